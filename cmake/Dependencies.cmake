@@ -1,0 +1,30 @@
+# The Debian packages deltatune builds on (scripts/setup installs them).
+find_package(OpenMP REQUIRED)
+find_package(nlohmann_json 3.10 REQUIRED)
+find_package(CLI11 CONFIG QUIET)
+if(NOT TARGET CLI11::CLI11)
+  find_path(CLI11_INCLUDE_DIR CLI/CLI.hpp REQUIRED)
+  add_library(CLI11::CLI11 INTERFACE IMPORTED)
+  target_include_directories(CLI11::CLI11 INTERFACE ${CLI11_INCLUDE_DIR})
+endif()
+
+# OpenBLAS: Debian ships cblas.h per threading variant; prefer the pthread build.
+find_path(OPENBLAS_INCLUDE_DIR cblas.h
+          PATHS /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas REQUIRED)
+find_library(OPENBLAS_LIBRARY NAMES openblas
+             PATHS /usr/lib/x86_64-linux-gnu/openblas-pthread REQUIRED)
+add_library(deltatune::blas INTERFACE IMPORTED)
+target_include_directories(deltatune::blas INTERFACE ${OPENBLAS_INCLUDE_DIR})
+target_link_libraries(deltatune::blas INTERFACE ${OPENBLAS_LIBRARY})
+
+find_path(SENTENCEPIECE_INCLUDE_DIR sentencepiece_processor.h REQUIRED)
+find_library(SENTENCEPIECE_LIBRARY sentencepiece REQUIRED)
+add_library(deltatune::sentencepiece INTERFACE IMPORTED)
+target_include_directories(deltatune::sentencepiece INTERFACE ${SENTENCEPIECE_INCLUDE_DIR})
+target_link_libraries(deltatune::sentencepiece INTERFACE ${SENTENCEPIECE_LIBRARY})
+
+find_path(UTF8PROC_INCLUDE_DIR utf8proc.h REQUIRED)
+find_library(UTF8PROC_LIBRARY utf8proc REQUIRED)
+add_library(deltatune::utf8proc INTERFACE IMPORTED)
+target_include_directories(deltatune::utf8proc INTERFACE ${UTF8PROC_INCLUDE_DIR})
+target_link_libraries(deltatune::utf8proc INTERFACE ${UTF8PROC_LIBRARY})

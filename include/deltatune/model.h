@@ -1,0 +1,114 @@
+#pragma once
+// Pretrained transformers as module trees with Hugging Face names: BERT/RoBERTa encoders, GPT-2, and
+// the Llama family (Llama, Mistral, Qwen2). Besides the per-linear hooks (nn.h), a model exposes the
+// hook points that act across a layer: attention keys/values (prefix tuning) and the input
+// embeddings (prompt tuning).
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "deltatune/hf_config.h"
+#include "deltatune/nn.h"
+#include "deltatune/random.h"
+
+namespace deltatune {
+
+enum class HeadKind { None, CausalLM, MaskedLM, SequenceClassification };
+const char* head_name(HeadKind h);
+
+// Keys and values of earlier positions, per layer ([B, Hkv, S, D]), for generation.
+struct KVCache {
+  std::vector<Tensor> keys, values;
+  int64_t length = 0;
+};
+
+struct ModelInput {
+  Tensor input_ids;       // integer [B, T]
+  Tensor attention_mask;  // optional [B, T]: 1 = token, 0 = padding (right padding)
+  Tensor token_type_ids;  // optional, BERT-style segment ids
+  KVCache* cache = nullptr;  // decoders: extended in place when given
+};
+
+struct ModelOutput {
+  Tensor last_hidden_state;  // [B, T, H] (after the final norm for decoders)
+  Tensor logits;             // [B, T, V] for LM heads, [B, num_labels] for classification
+  Tensor attention_mask;     // the mask over hidden states, after any prompt tokens were prepended
+};
+
+// Prefix tuning: prepends keys/values (and their mask) in one layer's attention.
+struct AttentionHook {
+  virtual ~AttentionHook() = default;
+  // k, v: [B, Hkv, S, D]; key_mask: [B, S] float (1 = attend). `hidden` is the layer's input.
+  virtual void extend(int64_t layer, const Tensor& hidden, Tensor& k, Tensor& v, Tensor& key_mask) = 0;
+  virtual int64_t length() const = 0;  // keys prepended per layer
+  std::string owner;
+  bool enabled = true;
+};
+
+// Prompt tuning: transforms the input embeddings [B, T, H] and the mask [B, T] (float).
+struct EmbeddingHook {
+  virtual ~EmbeddingHook() = default;
+  virtual void extend(Tensor& embeddings, Tensor& mask) = 0;
+  std::string owner;
+  bool enabled = true;
+};
+
+class TransformerModel : public nn::Module {
+ public:
+  TransformerModel(std::string type_name, ModelConfig config, HeadKind head)
+      : nn::Module(std::move(type_name)), config(std::move(config)), head(head) {}
+  virtual ModelOutput forward(const ModelInput& input) = 0;
+
+  // Where the blocks live ("bert.encoder.layer", "transformer.h", "model.layers").
+  virtual std::string layers_path() const = 0;
+  // Module names inside a block for the common roles (attn.q, attn.k, attn.v, attn.o, ffn.up,
+  // ffn.gate, ffn.down, ln), and outside the blocks (embed, head). One config fits every model.
+  virtual std::map<std::string, std::vector<std::string>> roles() const = 0;
+  // Parameter names of the task head (trained and saved with a delta, like PEFT's modules_to_save).
+  virtual std::vector<std::string> head_parameters() const = 0;
+  // The token embedding matrix [V, H].
+  virtual Tensor& input_embeddings() = 0;
+
+  ModelConfig config;
+  HeadKind head;
+  std::vector<std::shared_ptr<AttentionHook>> attention_hooks;
+  std::vector<std::shared_ptr<EmbeddingHook>> embedding_hooks;
+  Generator dropout_rng{1234};
+
+ protected:
+  // Applies the enabled attention hooks of `layer`.
+  void extend_attention(int64_t layer, const Tensor& hidden, Tensor& k, Tensor& v, Tensor& key_mask);
+  // Applies the enabled embedding hooks; returns the positions prepended.
+  int64_t extend_embeddings(Tensor& embeddings, Tensor& mask);
+  int64_t prefix_length() const;
+  float dropout_p(double p) const { return training() ? float(p) : 0.0f; }
+};
+
+// Builds a model from its config, parameters initialised as transformers does (normal(0, 0.02),
+// zero biases, unit norms), seeded.
+std::unique_ptr<TransformerModel> build_model(const ModelConfig& config, HeadKind head, uint64_t seed = 0);
+
+struct LoadOptions {
+  std::optional<HeadKind> head;  // default: from config.architectures
+  std::optional<int64_t> num_labels;
+  bool keep_half_precision = false;  // keep float16/bfloat16 weights as stored (computed in float32)
+  uint64_t seed = 0;                  // for heads the checkpoint lacks
+  bool verbose = true;                // print transformers-style missing/unexpected key reports
+};
+
+struct LoadReport {
+  std::vector<std::string> missing;      // expected by the model, absent from the checkpoint
+  std::vector<std::string> unexpected;   // in the checkpoint, unused
+  std::vector<std::string> initialized;  // task-head parameters newly initialised
+};
+
+// Loads a Hugging Face checkpoint folder (config.json + safetensors). Missing task-head weights are
+// initialised with a warning; other missing weights are an error.
+std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& dir, const LoadOptions& options = {},
+                                                  LoadReport* report = nullptr);
+HeadKind head_from_architectures(const ModelConfig& config);
+
+}  // namespace deltatune

@@ -1,0 +1,124 @@
+#pragma once
+// The module tree. A module owns named parameters and named children; the dotted path of a parameter
+// is exactly its Hugging Face checkpoint key (bert.encoder.layer.0.attention.self.query.weight), so
+// loading is a name lookup. Linear layers carry hook lists: that is where deltas attach (delta/).
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "deltatune/ops.h"
+#include "deltatune/tensor.h"
+
+namespace deltatune::nn {
+
+class Module {
+ public:
+  explicit Module(std::string type_name) : type_name_(std::move(type_name)) {}
+  virtual ~Module() = default;
+  Module(const Module&) = delete;
+  Module& operator=(const Module&) = delete;
+
+  const std::string& type_name() const { return type_name_; }
+
+  // An undefined tensor registers an absent parameter (e.g. a Linear without bias) that a delta may add.
+  Tensor& register_parameter(const std::string& name, Tensor value);
+  template <class M>
+  std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> module) {
+    children_.emplace_back(name, module);
+    return module;
+  }
+  // Replaces or removes a child (deltas that wrap a module); returns the previous one.
+  std::shared_ptr<Module> replace_module(const std::string& name, std::shared_ptr<Module> module);
+
+  // Defined parameters with full dotted names, in registration order, depth first.
+  std::vector<std::pair<std::string, Tensor*>> named_parameters(const std::string& prefix = "");
+  std::vector<std::pair<std::string, Module*>> named_modules(const std::string& prefix = "");
+  std::deque<std::pair<std::string, Tensor>>& local_parameters() { return params_; }
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>>& children() { return children_; }
+  Module* find_module(const std::string& path);    // nullptr if absent; "" is this module
+  Tensor* find_parameter(const std::string& path);  // nullptr if absent or undefined
+
+  void set_training(bool on);
+  bool training() const { return training_; }
+  int64_t parameter_count();
+
+ private:
+  std::string type_name_;
+  std::deque<std::pair<std::string, Tensor>> params_;  // a deque: references stay valid
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
+  bool training_ = false;
+};
+
+class Linear;
+
+// A delta's attachment to a linear layer. pre() may transform the input (IA3 on feed-forward inputs);
+// post() may transform the output given the (transformed) input (LoRA adds, adapters wrap, IA3 scales).
+struct LinearHook {
+  virtual ~LinearHook() = default;
+  virtual Tensor pre(Linear& layer, const Tensor& x) { return x; }
+  virtual Tensor post(Linear& layer, const Tensor& x, const Tensor& y) { return y; }
+  std::string owner;    // the delta that attached it (detach by name)
+  bool enabled = true;  // switched off: the layer behaves as the base
+};
+
+// y = x W^T + b. GPT-2's Conv1D stores W as [in, out] (fan_in_fan_out): read through a transposed
+// view, never copied.
+class Linear : public Module {
+ public:
+  Linear(int64_t in_features, int64_t out_features, bool bias, bool fan_in_fan_out = false);
+  Tensor forward(const Tensor& x);
+  // The base computation without hooks (deltas that need the frozen output, or merging).
+  Tensor base_forward(const Tensor& x);
+  Tensor& weight() { return weight_; }
+  Tensor& bias() { return bias_; }
+  // The weight as [out, in] (a view for fan_in_fan_out).
+  Tensor weight_out_in() const { return fan_in_fan_out ? weight_.t() : weight_; }
+
+  int64_t in_features, out_features;
+  bool fan_in_fan_out;
+  std::vector<std::shared_ptr<LinearHook>> hooks;
+
+ private:
+  Tensor& weight_;
+  Tensor& bias_;
+};
+
+class Embedding : public Module {
+ public:
+  Embedding(int64_t num, int64_t dim);
+  Tensor forward(const Tensor& ids);
+  Tensor& weight() { return weight_; }
+
+ private:
+  Tensor& weight_;
+};
+
+class LayerNorm : public Module {
+ public:
+  LayerNorm(int64_t dim, float eps, bool bias = true);
+  Tensor forward(const Tensor& x);
+  float eps;
+
+ private:
+  Tensor& weight_;
+  Tensor& bias_;
+};
+
+class RMSNorm : public Module {
+ public:
+  RMSNorm(int64_t dim, float eps);
+  Tensor forward(const Tensor& x);
+  float eps;
+
+ private:
+  Tensor& weight_;
+};
+
+// Activations by transformers' names: gelu, gelu_new, gelu_pytorch_tanh, silu/swish, relu, tanh.
+using Activation = std::function<Tensor(const Tensor&)>;
+Activation activation(const std::string& name);
+
+}  // namespace deltatune::nn

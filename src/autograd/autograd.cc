@@ -1,0 +1,113 @@
+#include "deltatune/autograd.h"
+
+#include <algorithm>
+#include <atomic>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "deltatune/error.h"
+#include "deltatune/ops.h"
+
+namespace deltatune {
+namespace {
+thread_local bool g_grad_enabled = true;
+std::atomic<uint64_t> g_sequence{0};
+}  // namespace
+
+bool grad_enabled() { return g_grad_enabled; }
+NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
+
+Tensor record(const char* name, Tensor output, std::vector<Tensor> inputs, BackwardFn backward) {
+  if (!g_grad_enabled) return output;
+  bool any = false;
+  for (const Tensor& t : inputs) any = any || (t.defined() && t.requires_grad());
+  if (!any) return output;
+  auto node = std::make_shared<Node>();
+  node->name = name;
+  node->inputs = std::move(inputs);
+  node->backward = std::move(backward);
+  node->sequence = g_sequence.fetch_add(1);
+  output.impl()->grad_fn = std::move(node);
+  output.impl()->requires_grad = true;
+  return output;
+}
+
+namespace {
+// Adds g into a leaf's gradient buffer (created on first use, float32, the leaf's shape).
+void accumulate_leaf(const Tensor& leaf, const Tensor& g) {
+  TensorImpl* impl = leaf.impl();
+  if (!impl->grad) {
+    // A fresh buffer of the leaf's own: later in-place adds must never alias another tensor.
+    Tensor owned = Tensor::empty(leaf.shape());
+    owned.copy_(g);
+    impl->grad = std::make_shared<TensorImpl>(*owned.impl());
+    return;
+  }
+  Tensor existing(impl->grad);
+  ops::add_(existing, g);
+}
+}  // namespace
+
+void run_backward(const Tensor& root, const Tensor& grad_output) {
+  if (!root.requires_grad())
+    throw Error("backward: the tensor does not require grad (no input of its graph requires grad)");
+  if (grad_output.shape() != root.shape())
+    throw ShapeError("backward: gradient " + grad_output.describe() + " does not match output " + root.describe());
+  NoGradGuard no_grad;
+  if (!root.grad_fn()) {
+    accumulate_leaf(root, grad_output);
+    return;
+  }
+  // Collect the graph reachable from the root, then run it in reverse tape order. The nodes are held
+  // here so that freeing one node's edges cannot destroy a node still to run.
+  std::vector<std::shared_ptr<Node>> nodes;
+  std::unordered_set<Node*> seen;
+  std::vector<std::shared_ptr<Node>> stack{root.grad_fn()};
+  seen.insert(stack.back().get());
+  while (!stack.empty()) {
+    std::shared_ptr<Node> n = std::move(stack.back());
+    stack.pop_back();
+    for (const Tensor& in : n->inputs) {
+      if (!in.defined()) continue;
+      const std::shared_ptr<Node>& next = in.grad_fn();
+      if (next && seen.insert(next.get()).second) stack.push_back(next);
+    }
+    nodes.push_back(std::move(n));
+  }
+  std::sort(nodes.begin(), nodes.end(), [](const auto& a, const auto& b) { return a->sequence > b->sequence; });
+
+  std::unordered_map<Node*, Tensor> pending;
+  pending[root.grad_fn().get()] = grad_output;
+  for (const std::shared_ptr<Node>& node : nodes) {
+    Node* n = node.get();
+    auto it = pending.find(n);
+    if (it == pending.end() || !n->backward) continue;
+    Tensor g = std::move(it->second);
+    pending.erase(it);
+    std::vector<bool> needs(n->inputs.size());
+    for (size_t i = 0; i < n->inputs.size(); ++i) needs[i] = n->inputs[i].defined() && n->inputs[i].requires_grad();
+    std::vector<Tensor> grads = n->backward(g, needs);
+    if (grads.size() != n->inputs.size())
+      throw Error("backward of " + n->name + " returned " + std::to_string(grads.size()) + " gradients for " +
+                  std::to_string(n->inputs.size()) + " inputs");
+    for (size_t i = 0; i < grads.size(); ++i) {
+      if (!needs[i] || !grads[i].defined()) continue;
+      const Tensor& in = n->inputs[i];
+      if (grads[i].shape() != in.shape())
+        throw ShapeError("backward of " + n->name + ": gradient " + grads[i].describe() + " for input " + in.describe());
+      if (Node* next = in.grad_fn().get()) {
+        auto p = pending.find(next);
+        if (p == pending.end()) pending.emplace(next, grads[i]);
+        else p->second = ops::add(p->second, grads[i]);
+      } else {
+        accumulate_leaf(in, grads[i]);
+      }
+    }
+    // Free this part of the graph: saved tensors and edges go as soon as they are used.
+    n->backward = nullptr;
+    n->inputs.clear();
+  }
+}
+
+}  // namespace deltatune

@@ -1,0 +1,140 @@
+// Building models from configs and loading Hugging Face checkpoints into them by name.
+#include <cstdio>
+#include <set>
+
+#include "deltatune/autograd.h"
+#include "deltatune/error.h"
+#include "deltatune/model.h"
+#include "deltatune/safetensors.h"
+#include "models/bert.h"
+#include "models/common.h"
+#include "models/gpt2.h"
+#include "models/llama.h"
+
+namespace deltatune {
+namespace {
+
+// Keys that transformers ties to another parameter and skips when loading.
+bool is_tied_alias(const TransformerModel& model, const std::string& key) {
+  if (!model.config.tie_word_embeddings) return false;
+  return key == "lm_head.weight" || key == "cls.predictions.decoder.weight" || key == "cls.predictions.decoder.bias" ||
+         key == "lm_head.decoder.weight" || key == "lm_head.decoder.bias";
+}
+
+std::string join(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+void init_parameters(TransformerModel& model, uint64_t seed, const std::set<std::string>* only = nullptr) {
+  Generator gen(seed);
+  NoGradGuard guard;
+  for (auto& [name, t] : model.named_parameters()) {
+    if (only && !only->count(name)) continue;
+    const bool is_norm = name.find("LayerNorm") != std::string::npos || name.find("layer_norm") != std::string::npos ||
+                         name.find("ln_") != std::string::npos || name.find("norm.") != std::string::npos ||
+                         name.find("layernorm") != std::string::npos;
+    const bool is_bias = name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+    if (is_bias) t->fill_(0.0f);
+    else if (is_norm) t->fill_(1.0f);
+    else models::init_normal(*t, gen, 0.02f);
+  }
+}
+}  // namespace
+
+HeadKind head_from_architectures(const ModelConfig& c) {
+  for (const auto& a : c.architectures) {
+    if (a.find("ForSequenceClassification") != std::string::npos) return HeadKind::SequenceClassification;
+    if (a.find("ForMaskedLM") != std::string::npos) return HeadKind::MaskedLM;
+    if (a.find("ForCausalLM") != std::string::npos || a.find("LMHeadModel") != std::string::npos) return HeadKind::CausalLM;
+  }
+  return c.family == ArchFamily::Bert ? HeadKind::MaskedLM : HeadKind::CausalLM;
+}
+
+std::unique_ptr<TransformerModel> build_model(const ModelConfig& config, HeadKind head, uint64_t seed) {
+  std::unique_ptr<TransformerModel> model;
+  switch (config.family) {
+    case ArchFamily::Bert: model = std::make_unique<models::BertModel>(config, head); break;
+    case ArchFamily::Gpt2: model = std::make_unique<models::Gpt2Model>(config, head); break;
+    case ArchFamily::Llama: model = std::make_unique<models::LlamaModel>(config, head); break;
+  }
+  init_parameters(*model, seed);
+  return model;
+}
+
+std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& dir, const LoadOptions& options,
+                                                  LoadReport* report_out) {
+  ModelConfig config = load_model_config(dir);
+  if (options.num_labels) {
+    if (*options.num_labels < 1) throw ConfigError("num_labels must be at least 1");
+    config.num_labels = *options.num_labels;
+  }
+  const HeadKind head = options.head.value_or(head_from_architectures(config));
+  std::unique_ptr<TransformerModel> model;
+  switch (config.family) {
+    case ArchFamily::Bert: model = std::make_unique<models::BertModel>(config, head); break;
+    case ArchFamily::Gpt2: model = std::make_unique<models::Gpt2Model>(config, head); break;
+    case ArchFamily::Llama: model = std::make_unique<models::LlamaModel>(config, head); break;
+  }
+  std::map<std::string, Tensor> tensors = load_checkpoint_tensors(dir);
+  // Checkpoints of a bare base model (BertModel, GPT2Model, LlamaModel) lack the prefix.
+  const std::string prefix = model->layers_path().substr(0, model->layers_path().find('.')) + ".";
+  bool has_prefix = false;
+  for (auto& [k, _] : tensors) has_prefix = has_prefix || k.rfind(prefix, 0) == 0;
+
+  LoadReport report;
+  std::set<std::string> used;
+  const std::vector<std::string> head_params = model->head_parameters();
+  std::set<std::string> to_init;
+  NoGradGuard guard;
+  for (auto& [name, param] : model->named_parameters()) {
+    std::string key = name;
+    if (!has_prefix && name.rfind(prefix, 0) == 0) key = name.substr(prefix.size());
+    auto it = tensors.find(key);
+    if (it == tensors.end()) {
+      report.missing.push_back(name);
+      continue;
+    }
+    used.insert(key);
+    const Tensor& src = it->second;
+    if (src.shape() != param->shape())
+      throw IoError((dir / "model.safetensors").string() + ": tensor '" + key + "' has shape " +
+                    shape_str(src.shape()) + " but the model expects " + shape_str(param->shape()));
+    if (options.keep_half_precision) *param = src;
+    else *param = src.float32().contiguous().detach();
+    if (param->same(src) && src.dtype() == DType::F32) *param = src.clone().detach();  // own memory, writable
+  }
+  for (auto& [key, _] : tensors)
+    if (!used.count(key) && !is_tied_alias(*model, key)) report.unexpected.push_back(key);
+
+  std::vector<std::string> fatal;
+  for (const auto& name : report.missing) {
+    bool is_head = false;
+    for (const auto& h : head_params) is_head = is_head || h == name;
+    if (is_head) {
+      to_init.insert(name);
+      report.initialized.push_back(name);
+    } else {
+      fatal.push_back(name);
+    }
+  }
+  if (!fatal.empty())
+    throw IoError(dir.string() + ": the checkpoint lacks weights the model needs: " + join(fatal));
+  if (!to_init.empty()) init_parameters(*model, options.seed, &to_init);
+  if (options.verbose) {
+    if (!report.unexpected.empty())
+      std::fprintf(stderr, "Some weights of the model checkpoint at %s were not used when initializing %s: [%s]\n",
+                   dir.string().c_str(), model->type_name().c_str(), join(report.unexpected).c_str());
+    if (!report.initialized.empty())
+      std::fprintf(stderr,
+                   "Some weights of %s were not initialized from the model checkpoint at %s and are newly "
+                   "initialized: [%s]\nYou should probably TRAIN this model on a down-stream task to be able to use "
+                   "it for predictions and inference.\n",
+                   model->type_name().c_str(), dir.string().c_str(), join(report.initialized).c_str());
+  }
+  if (report_out) *report_out = report;
+  return model;
+}
+
+}  // namespace deltatune

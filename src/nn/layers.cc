@@ -1,0 +1,55 @@
+#include "deltatune/error.h"
+#include "deltatune/nn.h"
+
+namespace deltatune::nn {
+
+Linear::Linear(int64_t in, int64_t out, bool bias, bool fan_in_fan_out)
+    : Module("Linear"),
+      in_features(in),
+      out_features(out),
+      fan_in_fan_out(fan_in_fan_out),
+      weight_(register_parameter("weight", fan_in_fan_out ? Tensor::zeros({in, out}) : Tensor::zeros({out, in}))),
+      bias_(register_parameter("bias", bias ? Tensor::zeros({out}) : Tensor())) {}
+
+Tensor Linear::base_forward(const Tensor& x) { return ops::linear(x, weight_out_in(), bias_); }
+
+Tensor Linear::forward(const Tensor& x) {
+  Tensor in = x;
+  for (auto& h : hooks)
+    if (h->enabled) in = h->pre(*this, in);
+  Tensor y = base_forward(in);
+  for (auto& h : hooks)
+    if (h->enabled) y = h->post(*this, in, y);
+  return y;
+}
+
+Embedding::Embedding(int64_t num, int64_t dim)
+    : Module("Embedding"), weight_(register_parameter("weight", Tensor::zeros({num, dim}))) {}
+
+Tensor Embedding::forward(const Tensor& ids) { return ops::embedding(weight_, ids); }
+
+LayerNorm::LayerNorm(int64_t dim, float eps, bool bias)
+    : Module("LayerNorm"),
+      eps(eps),
+      weight_(register_parameter("weight", Tensor::ones({dim}))),
+      bias_(register_parameter("bias", bias ? Tensor::zeros({dim}) : Tensor())) {}
+
+Tensor LayerNorm::forward(const Tensor& x) { return ops::layer_norm(x, weight_, bias_, eps); }
+
+RMSNorm::RMSNorm(int64_t dim, float eps)
+    : Module("RMSNorm"), eps(eps), weight_(register_parameter("weight", Tensor::ones({dim}))) {}
+
+Tensor RMSNorm::forward(const Tensor& x) { return ops::rms_norm(x, weight_, eps); }
+
+Activation activation(const std::string& name) {
+  if (name == "gelu") return [](const Tensor& x) { return ops::gelu(x, ops::GeluKind::Erf); };
+  if (name == "gelu_new" || name == "gelu_pytorch_tanh" || name == "gelu_fast")
+    return [](const Tensor& x) { return ops::gelu(x, ops::GeluKind::Tanh); };
+  if (name == "silu" || name == "swish") return [](const Tensor& x) { return ops::silu(x); };
+  if (name == "relu") return [](const Tensor& x) { return ops::relu(x); };
+  if (name == "tanh") return [](const Tensor& x) { return ops::tanh(x); };
+  throw ConfigError("unsupported activation '" + name +
+                    "' (supported: gelu, gelu_new, gelu_pytorch_tanh, gelu_fast, silu, swish, relu, tanh)");
+}
+
+}  // namespace deltatune::nn

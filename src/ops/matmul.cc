@@ -1,0 +1,172 @@
+// Matrix products through OpenBLAS. A 2-D operand whose rows or columns are contiguous is passed to
+// sgemm as is (transposed when column-major), so x @ W.t() and GPT-2's [in, out] weights cost no copy.
+#include <cblas.h>
+
+#include "deltatune/autograd.h"
+#include "deltatune/error.h"
+#include "deltatune/ops.h"
+
+namespace deltatune::ops {
+namespace {
+
+struct MatrixView {
+  const float* data;
+  CBLAS_TRANSPOSE trans;
+  int64_t ld;
+};
+
+// How sgemm can read a 2-D float32 matrix with shape [rows, cols] at `data` and the given strides.
+bool as_blas(const float* data, int64_t rows, int64_t cols, int64_t s0, int64_t s1, MatrixView& view) {
+  if (s1 == 1 && (s0 >= cols || rows == 1)) {
+    view = {data, CblasNoTrans, std::max<int64_t>(s0, std::max<int64_t>(cols, 1))};
+    return true;
+  }
+  if (s0 == 1 && (s1 >= rows || cols == 1)) {
+    view = {data, CblasTrans, std::max<int64_t>(s1, std::max<int64_t>(rows, 1))};
+    return true;
+  }
+  return false;
+}
+
+// A float32 tensor whose last two dims sgemm can read (copied only if it must be).
+Tensor blas_ready(const Tensor& t) {
+  Tensor f = t.float32();
+  const int64_t r = f.dim();
+  MatrixView v;
+  if (as_blas(nullptr, f.size(r - 2), f.size(r - 1), f.strides()[size_t(r - 2)], f.strides()[size_t(r - 1)], v)) return f;
+  return f.contiguous();
+}
+
+// C[m, n] = op(A) op(B) (+ beta * C), all row-major.
+void gemm(int64_t m, int64_t n, int64_t k, const MatrixView& a, const MatrixView& b, float beta, float* c, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, a.trans, b.trans, int(m), int(n), int(k), 1.0f, a.data, int(a.ld), b.data, int(b.ld),
+              beta, c, int(ldc));
+}
+
+MatrixView view_of(const Tensor& t, int64_t extra_offset = 0) {
+  const int64_t r = t.dim();
+  MatrixView v{};
+  as_blas(t.f32() + extra_offset, t.size(r - 2), t.size(r - 1), t.strides()[size_t(r - 2)], t.strides()[size_t(r - 1)], v);
+  return v;
+}
+
+Tensor matmul_forward(const Tensor& a_in, const Tensor& b_in) {
+  if (a_in.dim() < 2 || b_in.dim() < 2)
+    throw ShapeError("matmul: operands need at least 2 dims, got " + shape_str(a_in.shape()) + " and " +
+                     shape_str(b_in.shape()));
+  const int64_t m = a_in.size(-2), k = a_in.size(-1), n = b_in.size(-1);
+  if (b_in.size(-2) != k)
+    throw ShapeError("matmul: shapes " + shape_str(a_in.shape()) + " and " + shape_str(b_in.shape()) +
+                     " do not match (" + std::to_string(k) + " vs " + std::to_string(b_in.size(-2)) + ")");
+  Tensor a = blas_ready(a_in), b = blas_ready(b_in);
+  // Broadcast batch dims.
+  Shape batch_a(a.shape().begin(), a.shape().end() - 2), batch_b(b.shape().begin(), b.shape().end() - 2);
+  const size_t rank = std::max(batch_a.size(), batch_b.size());
+  Shape batch(rank);
+  for (size_t i = 0; i < rank; ++i) {
+    int64_t da = i < rank - batch_a.size() ? 1 : batch_a[i - (rank - batch_a.size())];
+    int64_t db = i < rank - batch_b.size() ? 1 : batch_b[i - (rank - batch_b.size())];
+    if (da != db && da != 1 && db != 1)
+      throw ShapeError("matmul: batch dims of " + shape_str(a_in.shape()) + " and " + shape_str(b_in.shape()) +
+                       " do not broadcast");
+    batch[i] = da == 1 ? db : da;
+  }
+  Shape out_shape = batch;
+  out_shape.push_back(m);
+  out_shape.push_back(n);
+  Tensor out = Tensor::empty(out_shape);
+  // One GEMM when b is a plain matrix and a's batch and rows are contiguous: [batch*m, k] @ [k, n].
+  if (b.dim() == 2 && a.is_contiguous()) {
+    const int64_t rows = a.numel() / std::max<int64_t>(k, 1);
+    MatrixView va{a.f32(), CblasNoTrans, std::max<int64_t>(k, 1)};
+    if (rows && n) gemm(rows, n, k, va, view_of(b), 0.0f, out.f32(), n);
+    return out;
+  }
+  const int64_t count = shape_numel(batch);
+  // Offsets of each batch entry in a and b (stride 0 along broadcast dims).
+  auto batch_offset = [&](const Tensor& t, const Shape& tb, int64_t index) {
+    int64_t off = 0;
+    for (int64_t d = int64_t(rank) - 1; d >= 0; --d) {
+      int64_t i = index % batch[size_t(d)];
+      index /= batch[size_t(d)];
+      int64_t td = d - int64_t(rank - tb.size());
+      if (td >= 0 && tb[size_t(td)] != 1) off += i * t.strides()[size_t(td)];
+    }
+    return off;
+  };
+  for (int64_t i = 0; i < count; ++i) {
+    if (m && n) gemm(m, n, k, view_of(a, batch_offset(a, batch_a, i)), view_of(b, batch_offset(b, batch_b, i)), 0.0f,
+                     out.f32() + i * m * n, n);
+  }
+  return out;
+}
+}  // namespace
+
+Tensor matmul(const Tensor& a, const Tensor& b) {
+  Tensor out = matmul_forward(a, b);
+  Tensor ad = a.detach(), bd = b.detach();
+  return record("matmul", out, {a, b}, [ad, bd](const Tensor& g, const std::vector<bool>& needs) {
+    Tensor ga, gb;
+    if (needs[0]) ga = sum_to(matmul_forward(g, transpose(bd, -1, -2)), ad.shape());
+    if (needs[1]) {
+      if (bd.dim() == 2 && ad.dim() > 2) {  // fold a's batch into the rows: one GEMM
+        const int64_t k = ad.size(-1), n = g.size(-1);
+        gb = matmul_forward(transpose(reshape(ad, {-1, k}), 0, 1), reshape(g, {-1, n}));
+      } else {
+        gb = sum_to(matmul_forward(transpose(ad, -1, -2), g), bd.shape());
+      }
+    }
+    return std::vector<Tensor>{ga, gb};
+  });
+}
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  if (weight.dim() != 2) throw ShapeError("linear: weight must be 2-D, got " + weight.describe());
+  if (x.dim() < 1 || x.size(-1) != weight.size(1))
+    throw ShapeError("linear: input " + shape_str(x.shape()) + " does not match weight " + shape_str(weight.shape()) +
+                     " (in features " + std::to_string(weight.size(1)) + ")");
+  const int64_t in = weight.size(1), outf = weight.size(0);
+  if (bias.defined() && (bias.dim() != 1 || bias.size(0) != outf))
+    throw ShapeError("linear: bias " + shape_str(bias.shape()) + " does not match weight " + shape_str(weight.shape()));
+  Tensor xc = x.float32().contiguous();
+  Tensor w = blas_ready(weight);
+  const int64_t rows = xc.numel() / std::max<int64_t>(in, 1);
+  Shape out_shape = x.shape();
+  out_shape.back() = outf;
+  Tensor out = Tensor::empty(out_shape);
+  float* o = out.f32();
+  float beta = 0.0f;
+  if (bias.defined()) {  // pre-fill with the bias and let sgemm add the product (beta = 1)
+    const Tensor b = bias.float32().contiguous();
+    const float* pb = b.f32();
+#pragma omp parallel for if (rows * outf > 32768)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < outf; ++c) o[r * outf + c] = pb[c];
+    beta = 1.0f;
+  }
+  // out[rows, out] = x[rows, in] @ W^T: W is [out, in], so its transpose flips the view.
+  MatrixView wv = view_of(w);
+  MatrixView wt{wv.data, wv.trans == CblasNoTrans ? CblasTrans : CblasNoTrans, wv.ld};
+  if (rows && outf) gemm(rows, outf, in, MatrixView{xc.f32(), CblasNoTrans, std::max<int64_t>(in, 1)}, wt, beta, o, outf);
+
+  Tensor xd = xc.detach(), wd = w.detach();
+  return record("linear", out, {x, weight, bias}, [xd, wd, in, outf, rows](const Tensor& g_in, const std::vector<bool>& needs) {
+    Tensor g = g_in.contiguous();
+    Tensor gx, gw, gb;
+    MatrixView gv{g.f32(), CblasNoTrans, std::max<int64_t>(outf, 1)};
+    if (needs[0]) {  // gx[rows, in] = g[rows, out] @ W[out, in]
+      gx = Tensor::empty(xd.shape());
+      if (rows && in) gemm(rows, in, outf, gv, view_of(wd), 0.0f, gx.f32(), in);
+    }
+    if (needs[1]) {  // gW[out, in] = g^T[out, rows] @ x[rows, in]
+      Tensor gwc = Tensor::empty({outf, in});
+      MatrixView gt{g.f32(), CblasTrans, std::max<int64_t>(outf, 1)};
+      if (outf && in) gemm(outf, in, rows, gt, MatrixView{xd.f32(), CblasNoTrans, std::max<int64_t>(in, 1)}, 0.0f, gwc.f32(), in);
+      gw = gwc;
+    }
+    if (needs[2]) gb = sum(reshape(g, {rows, outf}), {0});
+    return std::vector<Tensor>{gx, gw, gb};
+  });
+}
+
+}  // namespace deltatune::ops

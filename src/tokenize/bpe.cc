@@ -1,0 +1,329 @@
+// Byte-level BPE (GPT-2, RoBERTa, Llama 3): regex split, bytes mapped to printable characters, then
+// merges applied lowest rank first.
+#include <array>
+#include <fstream>
+#include <queue>
+#include <unordered_map>
+
+#include "deltatune/error.h"
+#include "tokenize/loaders.h"
+#include "tokenize/pipeline.h"
+#include "tokenize/pretokenize.h"
+#include "tokenize/unicode.h"
+
+namespace deltatune::tokenize {
+namespace {
+
+using nlohmann::json;
+
+// GPT-2's reversible byte <-> character table: printable Latin-1 bytes stand for themselves, the rest
+// are moved to U+0100 and up, so every byte string becomes visible, whitespace-free text.
+struct ByteTable {
+  std::array<char32_t, 256> to_char{};
+  std::unordered_map<char32_t, unsigned char> to_byte;
+
+  ByteTable() {
+    char32_t next = 256;
+    for (int b = 0; b < 256; ++b) {
+      const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+      to_char[b] = printable ? static_cast<char32_t>(b) : next++;
+      to_byte[to_char[b]] = static_cast<unsigned char>(b);
+    }
+  }
+};
+
+const ByteTable& byte_table() {
+  static const ByteTable table;
+  return table;
+}
+
+struct PreTokenizer {
+  bool add_prefix_space = false;
+  std::optional<SplitRegex> regex = SplitRegex::Gpt2;  // nullopt: the whole text is one word
+  bool nfc = false;                                      // an NFC normaliser runs first
+};
+
+struct Merge {
+  int32_t rank;
+  int64_t merged;
+};
+
+struct BpeModel {
+  std::optional<std::string> unk_token;
+  bool fuse_unk = false;
+  bool ignore_merges = false;  // Llama 3: a word that is itself in the vocabulary skips the merges
+  std::unordered_map<uint64_t, Merge> merges;
+
+  static uint64_t key(int64_t a, int64_t b) { return static_cast<uint64_t>(a) << 32 | static_cast<uint64_t>(b); }
+};
+
+class BpeTokenizer final : public PipelineTokenizer {
+ public:
+  BpeTokenizer(Vocab vocab, AddedVocabulary added, Template post, PreTokenizer pre, BpeModel model,
+               const SpecialTokenNames& names, const TokenizerConfig& config)
+      : PipelineTokenizer(std::move(vocab), std::move(added), std::move(post)),
+        pre_(pre),
+        model_(std::move(model)) {
+    unk_id_ = model_.unk_token ? vocab_.find(*model_.unk_token) : -1;
+    finish_setup(names, config);
+  }
+
+  std::string kind() const override { return "bpe"; }
+
+ protected:
+  std::u32string normalize(std::u32string_view text) const override {
+    return pre_.nfc ? nfc(text) : std::u32string(text);
+  }
+
+  std::vector<std::u32string> pre_tokenize(std::u32string_view text) const override {
+    std::u32string prefixed;
+    if (pre_.add_prefix_space && !text.empty() && text[0] != U' ') {
+      prefixed = U" " + std::u32string(text);
+      text = prefixed;
+    }
+    std::vector<std::u32string> words =
+        pre_.regex ? split_with_regex(text, *pre_.regex) : std::vector<std::u32string>{std::u32string(text)};
+    const ByteTable& table = byte_table();
+    for (std::u32string& word : words) {
+      std::u32string mapped;
+      for (unsigned char byte : encode_utf8(word)) mapped += table.to_char[byte];
+      word = std::move(mapped);
+    }
+    return words;
+  }
+
+  void encode_word(std::u32string_view word, Encoding& out) const override {
+    if (model_.ignore_merges) {
+      const std::string whole = encode_utf8(word);
+      if (const int64_t id = vocab_.find(whole); id >= 0) return out.append(id, whole);
+    }
+    // A doubly linked list of symbols, merged in place; a heap orders candidate merges by (rank, position).
+    std::vector<int64_t> ids;
+    for (char32_t c : word) {
+      std::string one;
+      append_utf8(one, c);
+      int64_t id = vocab_.find(one);
+      if (id < 0) {
+        if (unk_id_ < 0) continue;  // no unknown token: HF drops the character
+        if (model_.fuse_unk && !ids.empty() && ids.back() == unk_id_) continue;
+        id = unk_id_;
+      }
+      ids.push_back(id);
+    }
+    const int n = static_cast<int>(ids.size());
+    std::vector<int> prev(n), next(n);
+    std::vector<bool> alive(n, true);
+    for (int i = 0; i < n; ++i) prev[i] = i - 1, next[i] = i + 1 < n ? i + 1 : -1;
+
+    using Candidate = std::pair<int32_t, int>;  // (rank, position of the left symbol)
+    std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> heap;
+    const auto consider = [&](int left) {
+      if (left < 0 || next[left] < 0) return;
+      const auto it = model_.merges.find(BpeModel::key(ids[left], ids[next[left]]));
+      if (it != model_.merges.end()) heap.push({it->second.rank, left});
+    };
+    for (int i = 0; i + 1 < n; ++i) consider(i);
+    while (!heap.empty()) {
+      const auto [rank, left] = heap.top();
+      heap.pop();
+      if (!alive[left] || next[left] < 0) continue;
+      const auto it = model_.merges.find(BpeModel::key(ids[left], ids[next[left]]));
+      if (it == model_.merges.end() || it->second.rank != rank) continue;  // stale: the pair has changed
+      const int right = next[left];
+      ids[left] = it->second.merged;
+      alive[right] = false;
+      next[left] = next[right];
+      if (next[left] >= 0) prev[next[left]] = left;
+      consider(prev[left]);
+      consider(left);
+    }
+    for (int i = 0; i < n; ++i) {
+      if (alive[i]) out.append(ids[i], vocab_.token(ids[i]));
+    }
+  }
+
+  // HF's ByteLevel decoder: each token's characters back to bytes (a token with a character outside
+  // the table, such as an added token, keeps its own bytes), then bytes to UTF-8.
+  std::string decode_tokens(const std::vector<std::string>& tokens) const override {
+    const ByteTable& table = byte_table();
+    std::string bytes;
+    for (const std::string& token : tokens) {
+      std::string decoded;
+      bool mapped = true;
+      for (char32_t c : decode_utf8(token)) {
+        const auto it = table.to_byte.find(c);
+        if (it == table.to_byte.end()) {
+          mapped = false;
+          break;
+        }
+        decoded.push_back(static_cast<char>(it->second));
+      }
+      bytes += mapped ? decoded : token;
+    }
+    return utf8_lossy(bytes);
+  }
+
+ private:
+  PreTokenizer pre_;
+  BpeModel model_;
+  int64_t unk_id_ = -1;
+};
+
+void add_merge(BpeModel& model, const Vocab& vocab, const std::string& a, const std::string& b,
+               const std::filesystem::path& file) {
+  const int64_t left = vocab.find(a), right = vocab.find(b), merged = vocab.find(a + b);
+  if (left < 0 || right < 0 || merged < 0) {
+    throw IoError(file.string() + ": merge \"" + a + " " + b + "\" uses a token that is not in the vocabulary");
+  }
+  const auto rank = static_cast<int32_t>(model.merges.size());
+  model.merges.try_emplace(BpeModel::key(left, right), Merge{rank, merged});  // the first rank wins
+}
+
+std::pair<std::string, std::string> split_merge_line(const std::string& line, const std::filesystem::path& file) {
+  const size_t space = line.find(' ');
+  if (space == std::string::npos || line.find(' ', space + 1) != std::string::npos) {
+    throw IoError(file.string() + ": merge \"" + line + "\" is not two tokens separated by one space");
+  }
+  return {line.substr(0, space), line.substr(space + 1)};
+}
+
+Vocab parse_vocab(const json& object) {
+  Vocab vocab;
+  for (const auto& [token, id] : object.items()) vocab.add(token, id.get<int64_t>());
+  return vocab;
+}
+
+PreTokenizer parse_pre_tokenizer(const json& spec, const std::filesystem::path& file) {
+  const auto unsupported = [&](const std::string& what) {
+    return IoError(file.string() + ": unsupported pre_tokenizer " + what +
+                   " (supported: ByteLevel, or a Split with the GPT-2 or Llama 3 regex then ByteLevel)");
+  };
+  PreTokenizer pre;
+  const std::string type = spec.is_object() ? spec.value("type", "") : "";
+  if (type == "ByteLevel") {
+    pre.add_prefix_space = spec.value("add_prefix_space", false);
+    if (!spec.value("use_regex", true)) pre.regex.reset();
+    return pre;
+  }
+  if (type != "Sequence") throw unsupported("\"" + type + "\"");
+  const json& steps = spec.at("pretokenizers");
+  if (steps.size() != 2 || steps[0].value("type", "") != "Split" || steps[1].value("type", "") != "ByteLevel") {
+    throw unsupported("sequence");
+  }
+  const std::string pattern = steps[0].at("pattern").value("Regex", "");
+  pre.regex = find_split_regex(pattern);
+  if (!pre.regex || steps[0].value("invert", false) || steps[0].value("behavior", "") != "Isolated") {
+    throw unsupported("split \"" + pattern + "\"");
+  }
+  pre.add_prefix_space = steps[1].value("add_prefix_space", false);
+  return pre;
+}
+
+bool is_roberta(const TokenizerConfig& config) { return config.tokenizer_class().find("Roberta") != std::string::npos; }
+
+// The names HF's tokenizer classes assume when tokenizer_config.json does not set them.
+SpecialTokenNames default_names(const TokenizerConfig& config, const Vocab& vocab) {
+  if (is_roberta(config)) return {"<pad>", "<unk>", "<s>", "</s>", "<s>", "</s>", "<mask>"};
+  SpecialTokenNames names;
+  if (vocab.contains("<|endoftext|>")) names.unk = names.bos = names.eos = "<|endoftext|>";
+  return names;
+}
+
+// add_bos_token / add_eos_token in tokenizer_config.json rebuild the template, as transformers does.
+void apply_bos_eos_config(Template& post, const TokenizerConfig& config, const SpecialTokenNames& names,
+                          const Vocab& vocab, const AddedVocabulary& added) {
+  if (!config.has("add_bos_token") && !config.has("add_eos_token")) return;
+  const auto id_of = [&](const std::optional<std::string>& name) -> int64_t {
+    if (!name) return -1;
+    const AddedToken* token = added.find(*name);
+    return token != nullptr ? token->id : vocab.find(*name);
+  };
+  const int64_t bos = config.flag("add_bos_token").value_or(false) ? id_of(names.bos) : -1;
+  const int64_t eos = config.flag("add_eos_token").value_or(false) ? id_of(names.eos) : -1;
+  post = Template::bos_eos(bos, names.bos.value_or(""), eos, names.eos.value_or(""));
+}
+
+}  // namespace
+
+bool is_byte_level_bpe(const json& spec) {
+  const auto mentions_byte_level = [](const json& part) {
+    return part.is_object() && part.dump().find("\"ByteLevel\"") != std::string::npos;
+  };
+  return mentions_byte_level(spec.value("pre_tokenizer", json())) || mentions_byte_level(spec.value("decoder", json()));
+}
+
+std::unique_ptr<Tokenizer> load_bpe_json(const json& spec, const TokenizerConfig& config,
+                                         const std::filesystem::path& file) {
+  return with_file_context(file, [&]() -> std::unique_ptr<Tokenizer> {
+    const json& model_spec = spec.at("model");
+    Vocab vocab = parse_vocab(model_spec.at("vocab"));
+    BpeModel model;
+    if (model_spec.contains("unk_token") && !model_spec["unk_token"].is_null()) {
+      model.unk_token = model_spec["unk_token"].get<std::string>();
+    }
+    model.fuse_unk = model_spec.value("fuse_unk", false);
+    model.ignore_merges = model_spec.value("ignore_merges", false);
+    for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+      if (model_spec.contains(key) && !model_spec[key].is_null() && !model_spec[key].get<std::string>().empty()) {
+        throw IoError(file.string() + ": BPE \"" + key + "\" is not supported for byte-level BPE");
+      }
+    }
+    for (const json& merge : model_spec.at("merges")) {
+      const auto [a, b] = merge.is_array() ? std::pair{merge.at(0).get<std::string>(), merge.at(1).get<std::string>()}
+                                           : split_merge_line(merge.get<std::string>(), file);
+      add_merge(model, vocab, a, b, file);
+    }
+
+    PreTokenizer pre = parse_pre_tokenizer(spec.value("pre_tokenizer", json()), file);
+    const json normalizer = spec.value("normalizer", json());
+    if (!normalizer.is_null()) {
+      if (normalizer.value("type", "") != "NFC") {
+        throw IoError(file.string() + ": unsupported normalizer \"" + normalizer.value("type", "") +
+                      "\" for byte-level BPE (supported: none, NFC)");
+      }
+      pre.nfc = true;
+    }
+    AddedVocabulary added = parse_added_tokens(spec.value("added_tokens", json()));
+    const SpecialTokenNames names = special_token_names(config, default_names(config, vocab));
+    Template post = parse_post_processor(spec.value("post_processor", json()), file);
+    apply_bos_eos_config(post, config, names, vocab, added);
+    return std::make_unique<BpeTokenizer>(std::move(vocab), std::move(added), std::move(post), pre,
+                                          std::move(model), names, config);
+  });
+}
+
+std::unique_ptr<Tokenizer> load_bpe_files(const std::filesystem::path& vocab_json,
+                                          const std::filesystem::path& merges_txt, const TokenizerConfig& config) {
+  const json vocab_spec = read_json_file(vocab_json);
+  Vocab vocab = with_file_context(vocab_json, [&] {
+    if (!vocab_spec.is_object()) throw IoError(vocab_json.string() + ": expected an object of token -> id");
+    return parse_vocab(vocab_spec);
+  });
+
+  std::ifstream in(merges_txt, std::ios::binary);
+  if (!in) throw IoError(merges_txt.string() + ": cannot open file");
+  BpeModel model;
+  std::string line;
+  for (int line_number = 1; std::getline(in, line); ++line_number) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty() || line.starts_with("#version")) continue;
+    const auto [a, b] = split_merge_line(line, merges_txt.string() + ":" + std::to_string(line_number));
+    add_merge(model, vocab, a, b, merges_txt.string() + ":" + std::to_string(line_number));
+  }
+
+  PreTokenizer pre;
+  pre.add_prefix_space = config.flag("add_prefix_space").value_or(false);
+  const SpecialTokenNames names = special_token_names(config, default_names(config, vocab));
+  AddedVocabulary added = implied_added_tokens(config, names, vocab);
+  Template post;
+  if (is_roberta(config)) {
+    const auto id_of = [&](const std::optional<std::string>& name) { return name ? vocab.find(*name) : -1; };
+    post = Template::roberta(id_of(names.cls), names.cls.value_or(""), id_of(names.sep), names.sep.value_or(""));
+  } else {
+    apply_bos_eos_config(post, config, names, vocab, added);
+  }
+  return std::make_unique<BpeTokenizer>(std::move(vocab), std::move(added), std::move(post), pre, std::move(model),
+                                        names, config);
+}
+
+}  // namespace deltatune::tokenize

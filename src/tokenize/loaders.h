@@ -1,0 +1,33 @@
+#pragma once
+// One loader per tokenizer file format; Tokenizer::load() picks which (tokenizer.cc).
+#include <filesystem>
+#include <memory>
+
+#include <nlohmann/json.hpp>
+
+#include "deltatune/tokenizer.h"
+#include "tokenize/config.h"
+
+namespace deltatune::tokenize {
+
+// tokenizer.json with "model": {"type": "WordPiece"}.
+std::unique_ptr<Tokenizer> load_wordpiece_json(const nlohmann::json& spec, const TokenizerConfig& config,
+                                               const std::filesystem::path& file);
+// A BERT vocab.txt (one token per line, the line number is the id).
+std::unique_ptr<Tokenizer> load_wordpiece_vocab(const std::filesystem::path& vocab_txt,
+                                                const TokenizerConfig& config);
+
+// Whether a tokenizer.json BPE model is byte-level (GPT-2 family) rather than SentencePiece-style.
+bool is_byte_level_bpe(const nlohmann::json& spec);
+// tokenizer.json with a byte-level "BPE" model.
+std::unique_ptr<Tokenizer> load_bpe_json(const nlohmann::json& spec, const TokenizerConfig& config,
+                                         const std::filesystem::path& file);
+// GPT-2's vocab.json + merges.txt.
+std::unique_ptr<Tokenizer> load_bpe_files(const std::filesystem::path& vocab_json,
+                                          const std::filesystem::path& merges_txt, const TokenizerConfig& config);
+
+// A SentencePiece tokenizer.model.
+std::unique_ptr<Tokenizer> load_sentencepiece(const std::filesystem::path& model_file,
+                                              const TokenizerConfig& config);
+
+}  // namespace deltatune::tokenize

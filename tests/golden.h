@@ -1,0 +1,30 @@
+#pragma once
+// Access to the Hugging Face reference outputs copied from ../shared/golden into tests/data/golden.
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "deltatune/safetensors.h"
+
+namespace golden {
+
+inline std::filesystem::path dir() { return std::filesystem::path(DELTATUNE_TEST_DATA) / "golden"; }
+inline std::filesystem::path model_dir(const std::string& name) {
+  return std::filesystem::path(DELTATUNE_ASSETS) / "models" / name;
+}
+inline nlohmann::json manifest() {
+  std::ifstream in(dir() / "manifest.json");
+  return nlohmann::json::parse(in);
+}
+inline nlohmann::json find_case(const std::string& name) {
+  for (auto& c : manifest()["cases"])
+    if (c["case"] == name) return c;
+  throw std::runtime_error("no golden case " + name);
+}
+inline deltatune::TensorFile outputs(const std::string& name) {
+  return deltatune::read_safetensors(dir() / (name + ".safetensors"));
+}
+
+}  // namespace golden

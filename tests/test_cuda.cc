@@ -1,0 +1,36 @@
+// The CUDA backend's wiring: runs on a GPU, skips cleanly without one.
+#include <gtest/gtest.h>
+
+#include "deltatune/cuda.h"
+#include "deltatune/error.h"
+
+using namespace deltatune;
+
+TEST(Cuda, VectorAddMatchesCpu) {
+  if (!cuda::available()) GTEST_SKIP() << (cuda::compiled() ? "no GPU present" : "built without CUDA");
+  std::vector<float> a{1, 2, 3, 4, 5}, b{10, 20, 30, 40, 50};
+  auto out = cuda::vector_add(a, b);
+  ASSERT_EQ(out.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_FLOAT_EQ(out[i], a[i] + b[i]);
+}
+
+TEST(Cuda, GemmMatchesCpu) {
+  if (!cuda::available()) GTEST_SKIP() << (cuda::compiled() ? "no GPU present" : "built without CUDA");
+  const int m = 3, n = 4, k = 5;
+  std::vector<float> a(m * k), b(k * n);
+  for (int i = 0; i < m * k; ++i) a[i] = float(i % 7) - 3;
+  for (int i = 0; i < k * n; ++i) b[i] = float(i % 5) * 0.5f;
+  auto c = cuda::gemm(a, b, m, n, k);
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) {
+      float ref = 0;
+      for (int p = 0; p < k; ++p) ref += a[i * k + p] * b[p * n + j];
+      EXPECT_NEAR(c[i * n + j], ref, 1e-4);
+    }
+}
+
+TEST(Cuda, ReportsAbsenceClearly) {
+  if (cuda::available()) GTEST_SKIP() << "a GPU is present";
+  EXPECT_TRUE(cuda::device_name().empty());
+  if (!cuda::compiled()) EXPECT_THROW(cuda::vector_add({1}, {2}), Error);
+}

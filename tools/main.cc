@@ -1,0 +1,50 @@
+// The `deltatune` command: subcommands register themselves (command.h); errors become one line and
+// exit code 2 (bad input) or 1 (internal failure), never a crash.
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+
+#include "command.h"
+#include "deltatune/error.h"
+
+namespace deltatune::cli {
+std::vector<Command>& registry() {
+  static std::vector<Command> commands;
+  return commands;
+}
+}  // namespace deltatune::cli
+
+int main(int argc, char** argv) {
+  using namespace deltatune;
+  CLI::App app{"deltatune: delta tuning (parameter-efficient fine-tuning) of transformer language models"};
+  app.set_version_flag("--version", std::string("deltatune ") + DELTATUNE_VERSION);
+  app.require_subcommand(1);
+  app.footer("Run `deltatune COMMAND --help` for a command's options.");
+  auto& commands = cli::registry();
+  std::sort(commands.begin(), commands.end(), [](auto& a, auto& b) { return a.name < b.name; });
+  for (auto& command : commands) {
+    CLI::App* sub = app.add_subcommand(command.name, command.description);
+    command.setup(*sub);
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const cli::ExitError& e) {
+    std::fprintf(stderr, "deltatune: %s\n", e.message.c_str());
+    return e.code;
+  } catch (const IoError& e) {
+    std::fprintf(stderr, "deltatune: %s\n", e.what());
+    return 2;
+  } catch (const ConfigError& e) {
+    std::fprintf(stderr, "deltatune: %s\n", e.what());
+    return 2;
+  } catch (const Error& e) {
+    std::fprintf(stderr, "deltatune: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "deltatune: internal error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

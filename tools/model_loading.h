@@ -1,0 +1,21 @@
+#pragma once
+// Loading a model (and, once deltas exist, a delta over it) the same way in every command.
+#include <memory>
+#include <string>
+
+#include "deltatune/model.h"
+#include "deltatune/visualise.h"
+
+namespace deltatune::cli {
+
+struct LoadedModel {
+  std::unique_ptr<TransformerModel> model;
+  TreeOptions tree_options;    // delta modules to mark in a tree
+  std::string trainable_line;  // "trainable N of M (x%)" with a delta attached
+};
+
+// head: "" (from config), causal-lm, masked-lm, sequence-classification, none.
+HeadKind parse_head(const std::string& head);
+LoadedModel load_model(const std::string& model_dir, const std::string& head = "", const std::string& delta = "");
+
+}  // namespace deltatune::cli
