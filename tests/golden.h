@@ -19,7 +19,8 @@ inline nlohmann::json manifest() {
   return nlohmann::json::parse(in);
 }
 inline nlohmann::json find_case(const std::string& name) {
-  for (auto& c : manifest()["cases"])
+  const nlohmann::json all = manifest();
+  for (const auto& c : all["cases"])
     if (c["case"] == name) return c;
   throw std::runtime_error("no golden case " + name);
 }

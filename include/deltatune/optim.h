@@ -59,9 +59,9 @@ class Optimizer {
   void set_group_lr(size_t group, double lr);
   double group_weight_decay(size_t group) const;
 
-  const char* name() const { return name_; }         // "sgd", "adamw"
+  const char* name() const { return name_; }          // "sgd", "adamw"
   int64_t step_count() const { return step_count_; }  // step() calls so far
-  std::vector<Tensor> parameters() const;              // every group's, in order
+  std::vector<Tensor> parameters() const;             // every group's, in order
   NamedParams named_parameters() const;
 
   // Checkpoint state as named tensors (copies), for a safetensors file:

@@ -162,7 +162,8 @@ Entry parse_entry(const fs::path& file, const std::string& name, const nlohmann:
   }
   if (!begin || !end)
     fail_tensor(file, name, "'data_offsets' must be two non-negative integers, got " + offsets.dump());
-  e.begin = *begin, e.end = *end;
+  e.begin = *begin;
+  e.end = *end;
   if (e.begin > e.end)
     fail_tensor(file, name, "data_offsets " + offsets_str(e.begin, e.end) + ": begin is after end");
   if (e.end > data_size)
@@ -185,13 +186,15 @@ void check_overlaps(const fs::path& file, std::vector<const Entry*> entries) {
   std::erase_if(entries, [](const Entry* e) { return e->begin == e->end; });
   std::sort(entries.begin(), entries.end(),
             [](const Entry* a, const Entry* b) { return a->begin < b->begin; });
-  for (size_t i = 1; i < entries.size(); ++i) {
-    const Entry& prev = *entries[i - 1];
-    const Entry& cur = *entries[i];
-    if (cur.begin < prev.end)
-      fail_tensor(file, cur.name,
-                  "data_offsets " + offsets_str(cur.begin, cur.end) + " overlap tensor '" + prev.name + "' " +
-                      offsets_str(prev.begin, prev.end));
+  // Compare with the furthest-reaching earlier tensor, not just the previous one: a long tensor can
+  // cover several shorter ones.
+  const Entry* reach = nullptr;
+  for (const Entry* cur : entries) {
+    if (reach && cur->begin < reach->end)
+      fail_tensor(file, cur->name,
+                  "data_offsets " + offsets_str(cur->begin, cur->end) + " overlap tensor '" + reach->name +
+                      "' " + offsets_str(reach->begin, reach->end));
+    if (!reach || cur->end > reach->end) reach = cur;
   }
 }
 

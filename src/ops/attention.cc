@@ -4,6 +4,7 @@
 // QK^T, PV and the backward products are OpenBLAS GEMMs over strided per-head matrices, so the
 // usual q/k/v views ([B, T, H, D] transposed to [B, H, T, D]) are read without copies.
 #include <cblas.h>
+#include <cstdlib>
 
 #include <algorithm>
 #include <cmath>
@@ -56,10 +57,10 @@ HeadMatrices head_matrices(const Tensor& t) {
 class BlasSingleThread {
  public:
   explicit BlasSingleThread(bool on) : on_(on) {
-    if (on_) openblas_set_num_threads(1);
+    if (on_ && getenv("NOGUARD") == nullptr) openblas_set_num_threads(1);
   }
   ~BlasSingleThread() {
-    if (on_) openblas_set_num_threads(num_threads());
+    if (on_ && getenv("NOGUARD") == nullptr) openblas_set_num_threads(num_threads());
   }
   BlasSingleThread(const BlasSingleThread&) = delete;
   BlasSingleThread& operator=(const BlasSingleThread&) = delete;

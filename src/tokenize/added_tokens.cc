@@ -1,7 +1,6 @@
 #include "tokenize/added_tokens.h"
 
 #include <algorithm>
-#include <array>
 
 #include "tokenize/unicode.h"
 
@@ -31,11 +30,35 @@ void AddedVocabulary::add(AddedToken token) {
   if (const auto it = by_content_.find(token.content); it != by_content_.end()) {
     patterns_[it->second] = token.content;
     tokens_[it->second] = std::move(token);
-    return;
+  } else {
+    by_content_[token.content] = tokens_.size();
+    patterns_.push_back(token.content);
+    tokens_.push_back(std::move(token));
   }
-  by_content_[token.content] = tokens_.size();
-  patterns_.push_back(token.content);
-  tokens_.push_back(std::move(token));
+  reindex();
+}
+
+void AddedVocabulary::set_pattern(size_t index, std::string pattern) {
+  patterns_[index] = std::move(pattern);
+  reindex();
+}
+
+void AddedVocabulary::reindex() {
+  by_id_.clear();
+  for (size_t i = 0; i < tokens_.size(); ++i) by_id_[tokens_[i].id] = i;
+  for (auto& by_byte : candidates_) {
+    for (auto& list : by_byte) list.clear();
+  }
+  for (size_t i = 0; i < tokens_.size(); ++i) {
+    if (patterns_[i].empty()) continue;
+    candidates_[tokens_[i].normalized ? 1 : 0][static_cast<unsigned char>(patterns_[i][0])].push_back(i);
+  }
+  for (auto& by_byte : candidates_) {
+    for (auto& list : by_byte) {
+      std::stable_sort(list.begin(), list.end(),
+                       [&](size_t a, size_t b) { return patterns_[a].size() > patterns_[b].size(); });
+    }
+  }
 }
 
 const AddedToken* AddedVocabulary::find(std::string_view content) const {
@@ -44,10 +67,8 @@ const AddedToken* AddedVocabulary::find(std::string_view content) const {
 }
 
 const AddedToken* AddedVocabulary::find(int64_t id) const {
-  for (const auto& token : tokens_) {
-    if (token.id == id) return &token;
-  }
-  return nullptr;
+  const auto it = by_id_.find(id);
+  return it == by_id_.end() ? nullptr : &tokens_[it->second];
 }
 
 bool AddedVocabulary::is_special(int64_t id) const {
@@ -62,18 +83,7 @@ int64_t AddedVocabulary::max_id() const {
 }
 
 std::vector<Segment> AddedVocabulary::split(std::string_view text, bool normalized) const {
-  // Candidates by first byte, longest first, so the first hit at a position is the longest match.
-  std::array<std::vector<size_t>, 256> by_first_byte;
-  for (size_t i = 0; i < tokens_.size(); ++i) {
-    if (tokens_[i].normalized == normalized && !patterns_[i].empty()) {
-      by_first_byte[static_cast<unsigned char>(patterns_[i][0])].push_back(i);
-    }
-  }
-  for (auto& list : by_first_byte) {
-    std::stable_sort(list.begin(), list.end(),
-                     [&](size_t a, size_t b) { return patterns_[a].size() > patterns_[b].size(); });
-  }
-
+  const auto& by_first_byte = candidates_[normalized ? 1 : 0];  // the first hit is the longest match
   std::vector<Segment> segments;
   const auto emit_text = [&](size_t from, size_t to) {
     if (to > from) segments.push_back({std::string(text.substr(from, to - from)), -1});

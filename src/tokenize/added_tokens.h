@@ -1,9 +1,11 @@
 #pragma once
 // Added tokens ([CLS], <|endoftext|>, ...): strings that are cut out of the text whole, before the
 // subword model runs, as Hugging Face tokenizers' AddedVocabulary does.
+#include <array>
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "tokenize/vocab.h"
@@ -31,7 +33,7 @@ class AddedVocabulary {
   // A token with the same content replaces the earlier one.
   void add(AddedToken token);
   // Sets the form a `normalized` token is matched by (its content after the tokenizer's normaliser).
-  void set_pattern(size_t index, std::string pattern) { patterns_[index] = std::move(pattern); }
+  void set_pattern(size_t index, std::string pattern);
 
   const std::vector<AddedToken>& tokens() const { return tokens_; }
   const AddedToken* find(std::string_view content) const;
@@ -44,9 +46,14 @@ class AddedVocabulary {
   std::vector<Segment> split(std::string_view text, bool normalized) const;
 
  private:
+  void reindex();
+
   std::vector<AddedToken> tokens_;
   std::vector<std::string> patterns_;  // what each token is matched by
   StringMap<size_t> by_content_;
+  std::unordered_map<int64_t, size_t> by_id_;
+  // For each `normalized` flag and first byte, the tokens that can match there, longest pattern first.
+  std::array<std::array<std::vector<size_t>, 256>, 2> candidates_;
 };
 
 }  // namespace deltatune::tokenize

@@ -65,6 +65,11 @@ class BpeTokenizer final : public PipelineTokenizer {
         pre_(pre),
         model_(std::move(model)) {
     unk_id_ = model_.unk_token ? vocab_.find(*model_.unk_token) : -1;
+    for (char32_t c = 0; c < char_ids_.size(); ++c) {
+      std::string one;
+      append_utf8(one, c);
+      char_ids_[c] = vocab_.find(one);
+    }
     finish_setup(names, config);
   }
 
@@ -100,9 +105,14 @@ class BpeTokenizer final : public PipelineTokenizer {
     // A doubly linked list of symbols, merged in place; a heap orders candidate merges by (rank, position).
     std::vector<int64_t> ids;
     for (char32_t c : word) {
-      std::string one;
-      append_utf8(one, c);
-      int64_t id = vocab_.find(one);
+      int64_t id;
+      if (c < char_ids_.size()) {
+        id = char_ids_[c];
+      } else {
+        std::string one;
+        append_utf8(one, c);
+        id = vocab_.find(one);
+      }
       if (id < 0) {
         if (unk_id_ < 0) continue;  // no unknown token: HF drops the character
         if (model_.fuse_unk && !ids.empty() && ids.back() == unk_id_) continue;
@@ -167,6 +177,7 @@ class BpeTokenizer final : public PipelineTokenizer {
   PreTokenizer pre_;
   BpeModel model_;
   int64_t unk_id_ = -1;
+  std::array<int64_t, 512> char_ids_{};  // the ids of the byte-level characters (all below U+0200)
 };
 
 void add_merge(BpeModel& model, const Vocab& vocab, const std::string& a, const std::string& b,

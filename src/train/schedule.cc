@@ -24,10 +24,12 @@ LrSchedule::LrSchedule(Kind kind, int64_t num_warmup_steps, int64_t num_training
   if (num_training_steps < 0)
     throw ConfigError("lr schedule '" + name() + "': num_training_steps must be >= 0, got " +
                       std::to_string(num_training_steps));
-  if (!std::isfinite(num_cycles)) throw ConfigError("lr schedule '" + name() + "': num_cycles must be finite");
+  if (!std::isfinite(num_cycles))
+    throw ConfigError("lr schedule '" + name() + "': num_cycles must be finite");
 }
 
-LrSchedule LrSchedule::from_name(std::string_view name, int64_t num_warmup_steps, int64_t num_training_steps) {
+LrSchedule LrSchedule::from_name(std::string_view name, int64_t num_warmup_steps,
+                                 int64_t num_training_steps) {
   const std::vector<std::string>& all = names();
   for (size_t i = 0; i < all.size(); ++i)
     if (all[i] == name) return LrSchedule(Kind(i), num_warmup_steps, num_training_steps);

@@ -1,0 +1,128 @@
+// End-to-end tests of the `deltatune` command on the mini models.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+
+#include "cli_run.h"
+#include "golden.h"
+#include "model_compare.h"
+
+namespace fs = std::filesystem;
+using cli_test::quote;
+using cli_test::run;
+
+namespace {
+fs::path temp_dir(const std::string& name) {
+  fs::path d = fs::temp_directory_path() / ("deltatune_cli_" + name);
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+std::string model(const std::string& name) { return quote(golden::model_dir(name).string()); }
+}  // namespace
+
+TEST(Cli, HelpAndVersion) {
+  auto help = run("--help");
+  EXPECT_EQ(help.code, 0);
+  for (const char* cmd : {"inspect", "tokenize", "forward", "generate"})
+    EXPECT_NE(help.output.find(cmd), std::string::npos) << cmd;
+  auto version = run("--version");
+  EXPECT_EQ(version.code, 0);
+  EXPECT_NE(version.output.find("deltatune"), std::string::npos);
+  for (const char* cmd : {"inspect", "tokenize", "forward", "generate", "demo"}) {
+    auto r = run(std::string(cmd) + " --help");
+    EXPECT_EQ(r.code, 0) << cmd;
+    EXPECT_NE(r.output.find("Usage"), std::string::npos) << cmd;
+  }
+}
+
+TEST(Cli, InspectFoldsRepeatedLayers) {
+  auto r = run("inspect " + model("bert-mini"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("bert: 4 layers"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("0-3 ×4"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("query (Linear) weight:[256, 256] bias:[256]"), std::string::npos) << r.output;
+  auto llama = run("inspect " + model("llama-mini"));
+  ASSERT_EQ(llama.code, 0) << llama.output;
+  EXPECT_NE(llama.output.find("k_proj (Linear) weight:[128, 256]"), std::string::npos) << llama.output;
+}
+
+TEST(Cli, ForwardMatchesGolden) {
+  for (const std::string name : {"gpt2-mini", "bert-mini", "llama-mini"}) {
+    auto expected = golden::outputs(name + "-base");
+    auto c = golden::find_case(name + "-base");
+    fs::path dir = temp_dir("forward_" + name);
+    nlohmann::json in;
+    in["input_ids"] = expected.tensors.at("input_ids").to_ints();
+    const int64_t B = expected.tensors.at("input_ids").size(0), T = expected.tensors.at("input_ids").size(1);
+    auto ids = expected.tensors.at("input_ids").to_ints();
+    auto mask = expected.tensors.at("attention_mask").to_ints();
+    nlohmann::json rows = nlohmann::json::array(), mrows = nlohmann::json::array();
+    for (int64_t b = 0; b < B; ++b) {
+      rows.push_back(std::vector<int64_t>(ids.begin() + b * T, ids.begin() + (b + 1) * T));
+      mrows.push_back(std::vector<int64_t>(mask.begin() + b * T, mask.begin() + (b + 1) * T));
+    }
+    std::ofstream(dir / "in.json") << nlohmann::json{{"input_ids", rows}, {"attention_mask", mrows}}.dump();
+    auto r = run("forward --model " + model(name) + " --input " + quote((dir / "in.json").string()) + " --output " +
+                 quote((dir / "out.safetensors").string()));
+    ASSERT_EQ(r.code, 0) << r.output;
+    auto out = deltatune::read_safetensors(dir / "out.safetensors");
+    deltatune::ModelOutput mo;
+    mo.logits = out.tensors.at("logits");
+    mo.last_hidden_state = out.tensors.at("last_hidden_state");
+    EXPECT_EQ(mo.logits.dtype(), deltatune::DType::F32);
+    auto cmp = golden::compare(mo, expected);
+    EXPECT_LT(cmp.max_logits, 1e-4) << name;
+    EXPECT_LT(cmp.max_hidden, 1e-4) << name;
+    EXPECT_GT(cmp.positions, 50);
+  }
+}
+
+TEST(Cli, GenerateContinuesAPrompt) {
+  auto greedy = run("generate --model " + model("gpt2-mini") + " --prompt 'Call me Ishmael.' --max-new-tokens 8");
+  ASSERT_EQ(greedy.code, 0) << greedy.output;
+  EXPECT_EQ(greedy.output.rfind("Call me Ishmael.", 0), 0u) << greedy.output;
+  EXPECT_GT(greedy.output.size(), std::string("Call me Ishmael.\n").size());
+  auto again = run("generate --model " + model("gpt2-mini") + " --prompt 'Call me Ishmael.' --max-new-tokens 8");
+  EXPECT_EQ(greedy.output, again.output);  // greedy is deterministic
+  auto a = run("generate --model " + model("llama-mini") + " --prompt 'The sea' --sample --temperature 0.8 --top-k 40 --top-p 0.9 --seed 3 --max-new-tokens 10");
+  auto b = run("generate --model " + model("llama-mini") + " --prompt 'The sea' --sample --temperature 0.8 --top-k 40 --top-p 0.9 --seed 3 --max-new-tokens 10");
+  ASSERT_EQ(a.code, 0) << a.output;
+  EXPECT_EQ(a.output, b.output);  // the same seed samples the same text
+}
+
+TEST(Cli, CorruptInputsGiveOneLineAndExitCode2) {
+  fs::path dir = temp_dir("corrupt");
+  // A checkpoint whose safetensors file is truncated.
+  fs::create_directories(dir / "truncated");
+  fs::copy_file(golden::model_dir("gpt2-mini") / "config.json", dir / "truncated" / "config.json");
+  {
+    std::ifstream src(golden::model_dir("gpt2-mini") / "model.safetensors", std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(src)), {});
+    std::ofstream(dir / "truncated" / "model.safetensors", std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+  }
+  auto r = run("inspect " + quote((dir / "truncated").string()));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("model.safetensors"), std::string::npos) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  // A config without hidden_size.
+  fs::create_directories(dir / "nohidden");
+  std::ofstream(dir / "nohidden" / "config.json") << R"({"model_type": "bert", "num_hidden_layers": 2, "vocab_size": 100})";
+  r = run("inspect " + quote((dir / "nohidden").string()));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("hidden_size"), std::string::npos) << r.output;
+  // An empty tokenizer folder.
+  fs::create_directories(dir / "empty");
+  r = run("tokenize --model " + quote((dir / "empty").string()) + " --text hi");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("empty"), std::string::npos) << r.output;
+  // Bad forward input.
+  std::ofstream(dir / "bad.json") << R"({"input_ids": [[1, 2], [3]]})";
+  r = run("forward --model " + model("gpt2-mini") + " --input " + quote((dir / "bad.json").string()) + " --output " +
+          quote((dir / "o.safetensors").string()));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("row 1"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "o.safetensors"));
+}
