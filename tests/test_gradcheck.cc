@@ -9,6 +9,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <regex>
@@ -284,6 +286,7 @@ class Gradcheck : public ::testing::TestWithParam<Case> {};
 TEST_P(Gradcheck, MatchesFiniteDifferences) {
   const Case& c = GetParam();
   CheckResult r = gradcheck(c);
+  if (std::getenv("GRADCHECK_VERBOSE")) std::printf("%-50s max abs error %.3g\n", c.name.c_str(), r.max_abs_err);
   EXPECT_TRUE(r.ok) << c.name << ": analytic and numeric gradients differ (atol " << c.atol << ", rtol " << c.rtol
                     << ", max abs error " << r.max_abs_err << ")\n"
                     << r.report;

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <string>
@@ -12,6 +13,7 @@
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
+#include "deltatune/threads.h"
 
 using namespace deltatune;
 namespace O = deltatune::ops;
@@ -43,7 +45,7 @@ std::string error_of(Fn fn) {
 // Dtypes and strided views
 
 TEST(Dtype, HalfRoundTripIsExactForRepresentableValues) {
-  const std::vector<float> values{0.0f, -0.0f, 1.0f, -1.5f, 0.333251953125f, 1024.5f, 65504.0f, -65504.0f,
+  const std::vector<float> values{0.0f, -0.0f, 1.0f, -1.5f, 0.333251953125f, 1023.5f, 65504.0f, -65504.0f,
                                   6.103515625e-05f /* 2^-14 */, 5.9604644775390625e-08f /* 2^-24 */};
   Tensor x = Tensor::from_floats(values, {int64_t(values.size())});
   Tensor h = O::cast(x, DType::F16);
@@ -484,6 +486,76 @@ TEST(CrossEntropy, OutOfRangeTargetNamesTargetAndClasses) {
   EXPECT_NE(msg.find("5"), std::string::npos) << msg;
   EXPECT_THROW(O::cross_entropy(Tensor::zeros({2, 5}), Tensor::from_ints({-1, 0}, {2})), ShapeError);
   EXPECT_THROW(O::cross_entropy(Tensor::zeros({2, 5}), Tensor::from_ints({0, 0, 0}, {3})), ShapeError);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Threaded kernels give the same values and gradients as one thread (shapes big enough to split).
+
+struct Outputs {
+  std::vector<float> out;
+  std::vector<std::vector<float>> grads;
+};
+
+Outputs run_with_threads(int threads, const std::vector<Shape>& shapes,
+                         const std::function<Tensor(const std::vector<Tensor>&)>& fn) {
+  const int before = num_threads();
+  set_num_threads(threads);
+  Generator gen(21);
+  std::vector<Tensor> leaves;
+  for (const Shape& s : shapes) leaves.push_back(Tensor::randn(s, gen).set_requires_grad(true));
+  Tensor out = fn(leaves);
+  std::vector<float> w(size_t(out.numel()));
+  for (float& x : w) x = gen.normal();
+  O::sum_all(O::mul(out, Tensor::from_floats(w, out.shape()))).backward();
+  Outputs r{out.to_floats(), {}};
+  for (const Tensor& l : leaves) r.grads.push_back(l.grad().to_floats());
+  set_num_threads(before);
+  return r;
+}
+
+TEST(Threads, ParallelKernelsMatchOneThread) {
+  struct Big {
+    std::string name;
+    std::vector<Shape> shapes;
+    std::function<Tensor(const std::vector<Tensor>&)> fn;
+  };
+  const std::vector<Big> cases{
+      {"attention", {{2, 4, 70, 16}, {2, 2, 90, 16}, {2, 2, 90, 8}},
+       [](const std::vector<Tensor>& x) {
+         std::vector<float> m(180, 1.0f);
+         for (int i = 0; i < 180; i += 7) m[size_t(i)] = 0.0f;
+         return O::scaled_dot_product_attention(x[0], x[1], x[2], Tensor::from_floats(m, {2, 90}), true);
+       }},
+      {"layer_norm", {{300, 64}, {64}, {64}}, [](const std::vector<Tensor>& x) { return O::layer_norm(x[0], x[1], x[2], 1e-5f); }},
+      {"rms_norm", {{300, 64}, {64}}, [](const std::vector<Tensor>& x) { return O::rms_norm(x[0], x[1], 1e-6f); }},
+      {"softmax", {{64, 30, 40}}, [](const std::vector<Tensor>& x) { return O::softmax(x[0], 1); }},
+      {"log_softmax", {{300, 64}}, [](const std::vector<Tensor>& x) { return O::log_softmax(x[0]); }},
+      {"cross_entropy", {{400, 50}},
+       [](const std::vector<Tensor>& x) {
+         std::vector<int64_t> t(400);
+         for (int i = 0; i < 400; ++i) t[size_t(i)] = i % 9 == 0 ? -100 : (i * 7) % 50;
+         return O::cross_entropy(x[0], Tensor::from_ints(t, {400}));
+       }},
+      {"embedding", {{50, 300}},
+       [](const std::vector<Tensor>& x) {
+         std::vector<int64_t> ids(400);
+         for (int i = 0; i < 400; ++i) ids[size_t(i)] = (i * 13) % 50;
+         return O::embedding(x[0], Tensor::from_ints(ids, {20, 20}));
+       }},
+      {"rope", {{2, 4, 64, 64}},
+       [](const std::vector<Tensor>& x) {
+         std::vector<int64_t> pos(64);
+         for (int i = 0; i < 64; ++i) pos[size_t(i)] = i + 3;
+         return O::rope(x[0], Tensor::from_ints(pos, {64}), O::rope_inv_freq(64, 10000.0f));
+       }},
+      {"concat", {{300, 40}, {300, 100}}, [](const std::vector<Tensor>& x) { return O::concat({x[0], x[1]}, 1); }},
+  };
+  for (const Big& c : cases) {
+    Outputs one = run_with_threads(1, c.shapes, c.fn), many = run_with_threads(4, c.shapes, c.fn);
+    expect_near_all(many.out, one.out, 1e-5f, c.name + " output");
+    for (size_t i = 0; i < one.grads.size(); ++i)
+      expect_near_all(many.grads[i], one.grads[i], 1e-4f, c.name + " gradient " + std::to_string(i));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

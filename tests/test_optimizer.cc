@@ -1,9 +1,11 @@
 // Optimizers, gradient clipping and lr schedules against torch 1.13 runs recorded by
 // scripts/make_optimizer_fixtures.py (tests/data/optimizer/*.json).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -12,6 +14,7 @@
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
 #include "deltatune/optim.h"
+#include "deltatune/safetensors.h"
 
 using namespace deltatune;
 using nlohmann::json;
@@ -160,6 +163,25 @@ TEST_P(Resume, SaveLoadContinuesIdentically) {
   EXPECT_EQ(resumed.opt->step_count(), int64_t(split));
   for (size_t i = split; i < steps.size(); ++i) take_step(resumed, steps[i]);
 
+  for (auto& [name, p] : resumed.params)
+    expect_same(p.to_floats(), floats(steps.back()["params"][name]), "resumed " + name);
+}
+
+// The state goes through a safetensors file as a trainer checkpoint would keep it.
+TEST(Optimizer, StateRoundTripsThroughSafetensors) {
+  const json c = load_fixture("adamw_amsgrad");
+  const json& steps = c["steps"];
+  FixtureRun first = make_run(c);
+  for (size_t i = 0; i < 4; ++i) take_step(first, steps[i]);
+  const std::filesystem::path file = std::filesystem::temp_directory_path() /
+                                     ("deltatune_optim_" + std::to_string(::getpid()) + ".safetensors");
+  write_safetensors(file, first.opt->state_tensors());
+
+  FixtureRun resumed = make_run(c);
+  for (auto& [name, p] : resumed.params) p.copy_(first.params.at(name));
+  resumed.opt->load_state_tensors(read_safetensors(file).tensors);
+  std::filesystem::remove(file);
+  for (size_t i = 4; i < steps.size(); ++i) take_step(resumed, steps[i]);
   for (auto& [name, p] : resumed.params)
     expect_same(p.to_floats(), floats(steps.back()["params"][name]), "resumed " + name);
 }

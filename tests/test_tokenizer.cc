@@ -1,5 +1,6 @@
 // Tokenizers against the ids Hugging Face transformers produced (tests/data/golden/tokenizers.json),
 // plus the folder layouts, errors, batching, decoding and the `deltatune tokenize` command.
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -7,12 +8,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
 #include <vector>
-
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 #include "deltatune/error.h"
 #include "deltatune/tokenizer.h"
@@ -35,7 +34,9 @@ const json& golden() {
   return data;
 }
 
-std::vector<int64_t> ids_of(const json& entry, const char* key = "ids") { return entry.at(key).get<std::vector<int64_t>>(); }
+std::vector<int64_t> ids_of(const json& entry, const char* key = "ids") {
+  return entry.at(key).get<std::vector<int64_t>>();
+}
 
 // A fresh folder under the system temp dir, removed at the end of the test.
 class TempDir {
@@ -124,7 +125,8 @@ TEST(TokenizerGolden, BertMiniWordPiece) {
 
 TEST(TokenizerGolden, BertMiniPairs) {
   const auto tokenizer = Tokenizer::load(model_dir("bert-mini"));
-  EXPECT_EQ(check_golden(*tokenizer, "bert-mini:pairs"), static_cast<int>(golden()["bert-mini:pairs"].size()));
+  EXPECT_EQ(check_golden(*tokenizer, "bert-mini:pairs"),
+            static_cast<int>(golden()["bert-mini:pairs"].size()));
 }
 
 TEST(TokenizerGolden, LlamaMiniSentencePiece) {
@@ -181,7 +183,8 @@ TEST(TokenizerGolden, NoSpecialTokens) {
 
 TEST(TokenizerLoad, VocabJsonAndMergesGiveTheSameIdsAsTokenizerJson) {
   TempDir dir;
-  for (const char* name : {"vocab.json", "merges.txt", "tokenizer_config.json"}) dir.copy(model_dir("gpt2-mini") / name);
+  for (const char* name : {"vocab.json", "merges.txt", "tokenizer_config.json"})
+    dir.copy(model_dir("gpt2-mini") / name);
   const auto tokenizer = Tokenizer::load(dir.path());
   EXPECT_EQ(tokenizer->kind(), "bpe");
   EXPECT_EQ(check_golden(*tokenizer, "gpt2-mini"), static_cast<int>(golden()["gpt2-mini"].size()));
@@ -201,7 +204,8 @@ TEST(TokenizerLoad, VocabTxtOnlyFolder) {
   const auto tokenizer = Tokenizer::load(dir.path());  // BertTokenizer's defaults: uncased, [CLS]/[SEP]
   EXPECT_EQ(tokenizer->kind(), "wordpiece");
   EXPECT_EQ(check_golden(*tokenizer, "bert-mini"), static_cast<int>(golden()["bert-mini"].size()));
-  EXPECT_EQ(check_golden(*tokenizer, "bert-mini:pairs"), static_cast<int>(golden()["bert-mini:pairs"].size()));
+  EXPECT_EQ(check_golden(*tokenizer, "bert-mini:pairs"),
+            static_cast<int>(golden()["bert-mini:pairs"].size()));
   EXPECT_EQ(tokenizer->pad_id(), 0);
 }
 
@@ -217,6 +221,79 @@ TEST(TokenizerLoad, CasedConfigKeepsCaseAndAccents) {
   dir.write("tokenizer_config.json", R"({"do_lower_case": true, "strip_accents": false})");
   EXPECT_EQ(Tokenizer::load(dir.path())->encode("Hello Café", false).tokens,
             (std::vector<std::string>{"hell", "##o", "[UNK]"}));
+}
+
+// A small Llama 3 style tokenizer.json: the Llama 3 split regex, ignore_merges, [a, b] merges, and a
+// template that adds <|begin_of_text|>.
+json llama3_style_tokenizer() {
+  // GPT-2's byte-to-character table, for the 256 single-byte tokens.
+  std::vector<std::string> byte_chars;
+  int shifted = 256;
+  for (int b = 0; b < 256; ++b) {
+    const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+    const int c = printable ? b : shifted++;
+    std::string utf8;
+    if (c < 0x80) {
+      utf8 += static_cast<char>(c);
+    } else {
+      utf8 += static_cast<char>(0xC0 | (c >> 6));
+      utf8 += static_cast<char>(0x80 | (c & 0x3F));
+    }
+    byte_chars.push_back(utf8);
+  }
+  json vocab = json::object();
+  for (int b = 0; b < 256; ++b) vocab[byte_chars[b]] = b;
+  int next = 256;
+  for (const char* token : {"He", "Hello", "Ġworld", "123", "45"}) vocab[token] = next++;
+  const std::string pattern =
+      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+  return json{
+      {"added_tokens",
+       {{{"id", 300}, {"content", "<|begin_of_text|>"}, {"special", true}, {"normalized", false}}}},
+      {"normalizer", nullptr},
+      {"pre_tokenizer",
+       {{"type", "Sequence"},
+        {"pretokenizers",
+         {{{"type", "Split"}, {"pattern", {{"Regex", pattern}}}, {"behavior", "Isolated"}, {"invert", false}},
+          {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}}},
+      {"post_processor",
+       {{"type", "TemplateProcessing"},
+        {"single",
+         {{{"SpecialToken", {{"id", "<|begin_of_text|>"}, {"type_id", 0}}}},
+          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+        {"pair",
+         {{{"SpecialToken", {{"id", "<|begin_of_text|>"}, {"type_id", 0}}}},
+          {{"Sequence", {{"id", "A"}, {"type_id", 0}}}},
+          {{"Sequence", {{"id", "B"}, {"type_id", 1}}}}}},
+        {"special_tokens",
+         {{"<|begin_of_text|>",
+           {{"id", "<|begin_of_text|>"}, {"ids", {300}}, {"tokens", {"<|begin_of_text|>"}}}}}}}},
+      {"decoder", {{"type", "ByteLevel"}}},
+      {"model",
+       {{"type", "BPE"},
+        {"ignore_merges", true},
+        {"vocab", vocab},
+        {"merges", json::array({json::array({"H", "e"})})}}}};
+}
+
+TEST(TokenizerLoad, Llama3StyleTokenizerJson) {
+  TempDir dir;
+  dir.write("tokenizer.json", llama3_style_tokenizer().dump());
+  dir.write("tokenizer_config.json", R"({"bos_token": "<|begin_of_text|>"})");
+  const auto tokenizer = Tokenizer::load(dir.path());
+  EXPECT_EQ(tokenizer->kind(), "bpe");
+  EXPECT_EQ(tokenizer->bos_id(), 300);
+  // Numbers split in threes, whole-vocabulary words skip the merges, "Hex" merges only "He".
+  const Encoding e = tokenizer->encode("Hello world12345 Hex");
+  EXPECT_EQ(e.tokens,
+            (std::vector<std::string>{"<|begin_of_text|>", "Hello", "Ġworld", "123", "45", "Ġ", "He", "x"}));
+  EXPECT_EQ(tokenizer->decode(e.ids), "Hello world12345 Hex");
+  EXPECT_EQ(tokenizer->encode_pair("a", "b").type_ids, (std::vector<int64_t>{0, 0, 1}));
+
+  json unsupported = llama3_style_tokenizer();
+  unsupported["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\w+";
+  dir.write("tokenizer.json", unsupported.dump());
+  EXPECT_THROW(Tokenizer::load(dir.path()), IoError);
 }
 
 TEST(TokenizerLoad, EmptyFolderNamesTheFolderAndTheFilesLookedFor) {
@@ -424,15 +501,16 @@ TEST(TokenizeCommand, ReadsTextAndJsonlFiles) {
   dir.write("texts.txt", plain);
   dir.write("texts.jsonl", jsonl);
   for (const char* file : {"texts.txt", "texts.jsonl"}) {
-    const CommandResult result = run_command("tokenize --model '" + model_dir("gpt2-mini").string() + "' --input '" +
-                                             (dir.path() / file).string() + "'");
+    const CommandResult result = run_command("tokenize --model '" + model_dir("gpt2-mini").string() +
+                                             "' --input '" + (dir.path() / file).string() + "'");
     ASSERT_EQ(result.status, 0) << result.output;
     const auto lines = json_lines(result.output);
     size_t line = 0;
     for (const json& entry : golden()["gpt2-mini"]) {
       if (entry["text"].get<std::string>().find_first_of("\r\n") != std::string::npos) continue;
       ASSERT_LT(line, lines.size());
-      EXPECT_EQ(lines[line++]["ids"].get<std::vector<int64_t>>(), ids_of(entry)) << file << ": " << entry["text"];
+      EXPECT_EQ(lines[line++]["ids"].get<std::vector<int64_t>>(), ids_of(entry))
+          << file << ": " << entry["text"];
     }
     EXPECT_EQ(line, lines.size());
   }
@@ -440,7 +518,8 @@ TEST(TokenizeCommand, ReadsTextAndJsonlFiles) {
 
 TEST(TokenizeCommand, PairsAndNoSpecialTokens) {
   const std::string model = "'" + model_dir("bert-mini").string() + "'";
-  const CommandResult pair = run_command("tokenize --model " + model + " --text 'UPPER lower' --pair 'MiXeD'");
+  const CommandResult pair =
+      run_command("tokenize --model " + model + " --text 'UPPER lower' --pair 'MiXeD'");
   ASSERT_EQ(pair.status, 0) << pair.output;
   const auto bert = Tokenizer::load(model_dir("bert-mini"));
   EXPECT_EQ(json_lines(pair.output).at(0)["ids"].get<std::vector<int64_t>>(),
@@ -448,7 +527,8 @@ TEST(TokenizeCommand, PairsAndNoSpecialTokens) {
 
   const CommandResult bare = run_command("tokenize --model " + model + " --text 'hello' --no-special-tokens");
   ASSERT_EQ(bare.status, 0) << bare.output;
-  EXPECT_EQ(json_lines(bare.output).at(0)["ids"].get<std::vector<int64_t>>(), bert->encode("hello", false).ids);
+  EXPECT_EQ(json_lines(bare.output).at(0)["ids"].get<std::vector<int64_t>>(),
+            bert->encode("hello", false).ids);
 }
 
 TEST(TokenizeCommand, BadInputExitsWithOneLine) {
@@ -459,8 +539,8 @@ TEST(TokenizeCommand, BadInputExitsWithOneLine) {
   EXPECT_EQ(std::count(missing.output.begin(), missing.output.end(), '\n'), 1) << missing.output;
 
   dir.write("bad.jsonl", "{\"text\": \"ok\"}\n{\"label\": 1}\n");
-  const CommandResult bad = run_command("tokenize --model '" + model_dir("gpt2-mini").string() + "' --input '" +
-                                        (dir.path() / "bad.jsonl").string() + "'");
+  const CommandResult bad = run_command("tokenize --model '" + model_dir("gpt2-mini").string() +
+                                        "' --input '" + (dir.path() / "bad.jsonl").string() + "'");
   EXPECT_EQ(bad.status, 2);
   EXPECT_NE(bad.output.find("bad.jsonl:2"), std::string::npos) << bad.output;
 

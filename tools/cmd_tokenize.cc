@@ -5,10 +5,9 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
-
-#include <nlohmann/json.hpp>
 
 #include "command.h"
 #include "deltatune/error.h"
@@ -37,10 +36,12 @@ struct Item {
 // Written with Python's json.dumps spacing ({"ids": [1, 2], ...}) so the lines read like HF's tools'.
 void print(const Encoding& encoding) {
   std::string line = "{\"ids\": [";
-  for (size_t i = 0; i < encoding.ids.size(); ++i) line += (i > 0 ? ", " : "") + std::to_string(encoding.ids[i]);
+  for (size_t i = 0; i < encoding.ids.size(); ++i)
+    line += (i > 0 ? ", " : "") + std::to_string(encoding.ids[i]);
   line += "], \"tokens\": [";
   for (size_t i = 0; i < encoding.tokens.size(); ++i) {
-    line += (i > 0 ? ", " : "") + json(encoding.tokens[i]).dump(-1, ' ', false, json::error_handler_t::replace);
+    line +=
+        (i > 0 ? ", " : "") + json(encoding.tokens[i]).dump(-1, ' ', false, json::error_handler_t::replace);
   }
   std::cout << line << "]}\n";
 }
@@ -86,11 +87,13 @@ void run(const Options& options, bool has_pair) {
   if (options.input.empty()) {
     items.push_back({options.text, has_pair ? std::optional(options.pair) : std::nullopt});
   } else {
-    if (has_pair) throw deltatune::cli::ExitError{"--pair goes with --text; in a .jsonl --input use \"text_pair\""};
+    if (has_pair)
+      throw deltatune::cli::ExitError{"--pair goes with --text; in a .jsonl --input use \"text_pair\""};
     items = read_items(options.input);
   }
   for (const Item& item : items) {
-    print(item.pair ? tokenizer->encode_pair(item.text, *item.pair, special) : tokenizer->encode(item.text, special));
+    print(item.pair ? tokenizer->encode_pair(item.text, *item.pair, special)
+                    : tokenizer->encode(item.text, special));
   }
 }
 
@@ -98,7 +101,8 @@ void setup(CLI::App& app) {
   auto options = std::make_shared<Options>();
   app.add_option("--model", options->model, "Model folder with the tokenizer files")->required();
   auto* text = app.add_option("--text", options->text, "The text to tokenize");
-  auto* input = app.add_option("--input", options->input, "A file of texts: one per line, or .jsonl with \"text\"");
+  auto* input =
+      app.add_option("--input", options->input, "A file of texts: one per line, or .jsonl with \"text\"");
   text->excludes(input);
   auto* pair = app.add_option("--pair", options->pair, "A second text, encoded as a pair with --text");
   app.add_flag("--no-special-tokens", options->no_special_tokens, "Do not add [CLS]/[SEP], BOS or EOS");
@@ -110,6 +114,7 @@ void setup(CLI::App& app) {
   });
 }
 
-deltatune::cli::Register reg("tokenize", "Tokenize text with a model's tokenizer (one JSON object per text)", setup);
+deltatune::cli::Register reg("tokenize", "Tokenize text with a model's tokenizer (one JSON object per text)",
+                             setup);
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "command.h"
+#include "deltatune/delta_io.h"
 #include "deltatune/error.h"
 
 namespace deltatune::cli {
@@ -20,9 +21,27 @@ LoadedModel load_model(const std::string& model_dir, const std::string& head, co
     throw ExitError{"model folder '" + model_dir + "' does not exist or is not a folder"};
   LoadOptions options;
   if (!head.empty()) options.head = parse_head(head);
+  if (!delta.empty()) {
+    if (!std::filesystem::is_directory(delta)) throw ExitError{"delta folder '" + delta + "' does not exist or is not a folder"};
+    // A delta saved with a task head decides the head (and label count) the model loads with.
+    delta::DeltaRequirements req = delta::peek_delta(delta);
+    if (req.head && head.empty()) options.head = req.head;
+    if (req.num_labels) options.num_labels = req.num_labels;
+    options.verbose = false;  // the delta supplies the head weights
+  }
   LoadedModel loaded;
   loaded.model = load_pretrained(model_dir, options);
-  if (!delta.empty()) throw ExitError{"--delta is not supported yet in this build"};
+  if (!delta.empty()) {
+    delta::SavedDelta saved = delta::load_delta(delta, *loaded.model);
+    for (const auto& path : saved.delta->attached_modules())
+      loaded.tree_options.delta_labels[path] = saved.delta->method();
+    std::vector<delta::Delta*> deltas{saved.delta.get()};
+    std::vector<std::string> head_names;
+    for (auto& [n, _] : saved.head) head_names.push_back(n);
+    auto [trainable, total] = delta::freeze_for_delta(*loaded.model, deltas, head_names);
+    loaded.trainable_line = trainable_summary(trainable, total);
+    loaded.deltas.push_back(std::move(saved.delta));
+  }
   return loaded;
 }
 

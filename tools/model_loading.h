@@ -3,6 +3,7 @@
 #include <memory>
 #include <string>
 
+#include "deltatune/delta.h"
 #include "deltatune/model.h"
 #include "deltatune/visualise.h"
 
@@ -10,6 +11,7 @@ namespace deltatune::cli {
 
 struct LoadedModel {
   std::unique_ptr<TransformerModel> model;
+  std::vector<std::unique_ptr<delta::Delta>> deltas;  // attached to model
   TreeOptions tree_options;    // delta modules to mark in a tree
   std::string trainable_line;  // "trainable N of M (x%)" with a delta attached
 };

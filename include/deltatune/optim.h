@@ -159,7 +159,8 @@ class LrSchedule {
   enum class Kind { Constant, ConstantWithWarmup, Linear, Cosine };
 
   // Warmup rises linearly from 0 over num_warmup_steps; linear and cosine then decay to 0 at
-  // num_training_steps (cosine: num_cycles waves; transformers' 0.5 is one half-cosine from 1 to 0).
+  // num_training_steps (cosine: num_cycles waves; transformers' 0.5 is one half-cosine from 1 to 0,
+  // which past num_training_steps rises again exactly as transformers' does).
   explicit LrSchedule(Kind kind, int64_t num_warmup_steps = 0, int64_t num_training_steps = 0,
                       double num_cycles = 0.5);
   // By transformers' SchedulerType name: names(). Another name throws ConfigError listing them.

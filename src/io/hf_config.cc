@@ -1,6 +1,7 @@
 #include "deltatune/hf_config.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstring>
 #include <fstream>

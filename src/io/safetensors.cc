@@ -13,7 +13,6 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <set>
 #include <sstream>
 #include <string_view>
 #include <vector>
@@ -181,20 +180,19 @@ Entry parse_entry(const fs::path& file, const std::string& name, const nlohmann:
   return e;
 }
 
-// Tensors may leave gaps (other writers align data), but no two may share bytes.
+// Tensors may leave gaps (other writers align data), but no two may share bytes. Sorted by begin,
+// any overlap shows between neighbours: a tensor that overlaps a later one overlaps its successor.
 void check_overlaps(const fs::path& file, std::vector<const Entry*> entries) {
   std::erase_if(entries, [](const Entry* e) { return e->begin == e->end; });
   std::sort(entries.begin(), entries.end(),
             [](const Entry* a, const Entry* b) { return a->begin < b->begin; });
-  // Compare with the furthest-reaching earlier tensor, not just the previous one: a long tensor can
-  // cover several shorter ones.
-  const Entry* reach = nullptr;
-  for (const Entry* cur : entries) {
-    if (reach && cur->begin < reach->end)
-      fail_tensor(file, cur->name,
-                  "data_offsets " + offsets_str(cur->begin, cur->end) + " overlap tensor '" + reach->name +
-                      "' " + offsets_str(reach->begin, reach->end));
-    if (!reach || cur->end > reach->end) reach = cur;
+  for (size_t i = 1; i < entries.size(); ++i) {
+    const Entry& prev = *entries[i - 1];
+    const Entry& cur = *entries[i];
+    if (cur.begin < prev.end)
+      fail_tensor(file, cur.name,
+                  "data_offsets " + offsets_str(cur.begin, cur.end) + " overlap tensor '" + prev.name + "' " +
+                      offsets_str(prev.begin, prev.end));
   }
 }
 

@@ -4,7 +4,6 @@
 // QK^T, PV and the backward products are OpenBLAS GEMMs over strided per-head matrices, so the
 // usual q/k/v views ([B, T, H, D] transposed to [B, H, T, D]) are read without copies.
 #include <cblas.h>
-#include <cstdlib>
 
 #include <algorithm>
 #include <cmath>
@@ -21,6 +20,7 @@ namespace deltatune::ops {
 namespace {
 
 constexpr int64_t kRowBlock = 256;  // query rows per score block: bounds the scratch to 256 x S
+constexpr int64_t kParallelWork = 1 << 18;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // A [B, H, rows, cols] float32 tensor seen as B*H row-major matrices with unit column stride.
@@ -57,10 +57,10 @@ HeadMatrices head_matrices(const Tensor& t) {
 class BlasSingleThread {
  public:
   explicit BlasSingleThread(bool on) : on_(on) {
-    if (on_ && getenv("NOGUARD") == nullptr) openblas_set_num_threads(1);
+    if (on_) openblas_set_num_threads(1);
   }
   ~BlasSingleThread() {
-    if (on_ && getenv("NOGUARD") == nullptr) openblas_set_num_threads(num_threads());
+    if (on_) openblas_set_num_threads(num_threads());
   }
   BlasSingleThread(const BlasSingleThread&) = delete;
   BlasSingleThread& operator=(const BlasSingleThread&) = delete;
@@ -75,6 +75,8 @@ struct Problem {
   float scale = 1;
   std::shared_ptr<std::vector<uint8_t>> mask;  // [B, S], 1 = attend; null = attend everywhere
   int64_t group() const { return h / hkv; }
+  // Multiply-adds of one pass over all heads: below kParallelWork a thread team costs more than it saves.
+  int64_t work() const { return b * h * t * s * (d + dv); }
   // Keys [0, key_end) can be seen by some row of the block ending before row t1.
   int64_t key_end(int64_t t1) const { return causal ? std::clamp<int64_t>(t1 + s - t, 0, s) : s; }
   // Keys [0, limit) are visible to row ti (before the padding mask).
@@ -244,7 +246,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   if (!lse->empty()) {
     const HeadMatrices qm = head_matrices(q), km = head_matrices(k), vm = head_matrices(v);
     const int64_t items = p->b * p->h;
-    const bool parallel = items > 1 && num_threads() > 1;
+    const bool parallel = items > 1 && num_threads() > 1 && p->work() > kParallelWork;
     const int64_t scratch = std::min(kRowBlock, p->t) * p->s;
     BlasSingleThread blas(parallel);
 #pragma omp parallel if (parallel)
@@ -269,7 +271,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                   }
                   const HeadMatrices qm = head_matrices(qd), km = head_matrices(kd), vm = head_matrices(vd);
                   const int64_t items = p->b * p->hkv;
-                  const bool parallel = items > 1 && num_threads() > 1;
+                  const bool parallel = items > 1 && num_threads() > 1 && p->work() > kParallelWork;
                   const int64_t scratch = std::min(kRowBlock, p->t) * p->s;
                   BlasSingleThread blas(parallel);
 #pragma omp parallel if (parallel)

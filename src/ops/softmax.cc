@@ -46,8 +46,9 @@ void softmax_forward(const float* x, float* out, const Rows& r, bool log) {
     double sum = 0;
     if (log) {
       for (int64_t j = 0; j < r.n; ++j) sum += std::exp(xs[j * st] - mx);
-      const float lse = mx + float(std::log(sum));
-      for (int64_t j = 0; j < r.n; ++j) ys[j * st] = xs[j * st] - lse;
+      // (x - max) - log(sum): adding max and log(sum) first would round away low bits of large inputs.
+      const float log_sum = float(std::log(sum));
+      for (int64_t j = 0; j < r.n; ++j) ys[j * st] = (xs[j * st] - mx) - log_sum;
     } else {
       for (int64_t j = 0; j < r.n; ++j) {
         ys[j * st] = std::exp(xs[j * st] - mx);

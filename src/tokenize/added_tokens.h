@@ -15,11 +15,11 @@ namespace deltatune::tokenize {
 struct AddedToken {
   std::string content;
   int64_t id = -1;
-  bool special = false;     // skipped by decode(skip_special_tokens = true)
-  bool normalized = false;  // matched in the normalised text rather than the raw text
-  bool lstrip = false;      // swallows the whitespace on its left
-  bool rstrip = false;      // ... and on its right
-  bool single_word = false; // only matches when not inside a word
+  bool special = false;      // skipped by decode(skip_special_tokens = true)
+  bool normalized = false;   // matched in the normalised text rather than the raw text
+  bool lstrip = false;       // swallows the whitespace on its left
+  bool rstrip = false;       // ... and on its right
+  bool single_word = false;  // only matches when not inside a word
 };
 
 // A piece of text between added tokens (added_id == -1), or one added token.

@@ -40,7 +40,7 @@ const ByteTable& byte_table() {
 struct PreTokenizer {
   bool add_prefix_space = false;
   std::optional<SplitRegex> regex = SplitRegex::Gpt2;  // nullopt: the whole text is one word
-  bool nfc = false;                                      // an NFC normaliser runs first
+  bool nfc = false;                                    // an NFC normaliser runs first
 };
 
 struct Merge {
@@ -54,7 +54,9 @@ struct BpeModel {
   bool ignore_merges = false;  // Llama 3: a word that is itself in the vocabulary skips the merges
   std::unordered_map<uint64_t, Merge> merges;
 
-  static uint64_t key(int64_t a, int64_t b) { return static_cast<uint64_t>(a) << 32 | static_cast<uint64_t>(b); }
+  static uint64_t key(int64_t a, int64_t b) {
+    return static_cast<uint64_t>(a) << 32 | static_cast<uint64_t>(b);
+  }
 };
 
 class BpeTokenizer final : public PipelineTokenizer {
@@ -125,22 +127,27 @@ class BpeTokenizer final : public PipelineTokenizer {
     std::vector<bool> alive(n, true);
     for (int i = 0; i < n; ++i) prev[i] = i - 1, next[i] = i + 1 < n ? i + 1 : -1;
 
-    using Candidate = std::pair<int32_t, int>;  // (rank, position of the left symbol)
+    struct Candidate {
+      int32_t rank;
+      int left;  // position of the left symbol
+      int64_t left_id, right_id, merged;
+      bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
+    };
     std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> heap;
     const auto consider = [&](int left) {
       if (left < 0 || next[left] < 0) return;
-      const auto it = model_.merges.find(BpeModel::key(ids[left], ids[next[left]]));
-      if (it != model_.merges.end()) heap.push({it->second.rank, left});
+      const int64_t a = ids[left], b = ids[next[left]];
+      const auto it = model_.merges.find(BpeModel::key(a, b));
+      if (it != model_.merges.end()) heap.push({it->second.rank, left, a, b, it->second.merged});
     };
     for (int i = 0; i + 1 < n; ++i) consider(i);
     while (!heap.empty()) {
-      const auto [rank, left] = heap.top();
+      const Candidate top = heap.top();
       heap.pop();
-      if (!alive[left] || next[left] < 0) continue;
-      const auto it = model_.merges.find(BpeModel::key(ids[left], ids[next[left]]));
-      if (it == model_.merges.end() || it->second.rank != rank) continue;  // stale: the pair has changed
-      const int right = next[left];
-      ids[left] = it->second.merged;
+      const int left = top.left, right = next[left];
+      // Stale when either symbol has changed since the candidate was pushed.
+      if (!alive[left] || right < 0 || ids[left] != top.left_id || ids[right] != top.right_id) continue;
+      ids[left] = top.merged;
       alive[right] = false;
       next[left] = next[right];
       if (next[left] >= 0) prev[next[left]] = left;
@@ -184,13 +191,15 @@ void add_merge(BpeModel& model, const Vocab& vocab, const std::string& a, const 
                const std::filesystem::path& file) {
   const int64_t left = vocab.find(a), right = vocab.find(b), merged = vocab.find(a + b);
   if (left < 0 || right < 0 || merged < 0) {
-    throw IoError(file.string() + ": merge \"" + a + " " + b + "\" uses a token that is not in the vocabulary");
+    throw IoError(file.string() + ": merge \"" + a + " " + b +
+                  "\" uses a token that is not in the vocabulary");
   }
   const auto rank = static_cast<int32_t>(model.merges.size());
   model.merges.try_emplace(BpeModel::key(left, right), Merge{rank, merged});  // the first rank wins
 }
 
-std::pair<std::string, std::string> split_merge_line(const std::string& line, const std::filesystem::path& file) {
+std::pair<std::string, std::string> split_merge_line(const std::string& line,
+                                                     const std::filesystem::path& file) {
   const size_t space = line.find(' ');
   if (space == std::string::npos || line.find(' ', space + 1) != std::string::npos) {
     throw IoError(file.string() + ": merge \"" + line + "\" is not two tokens separated by one space");
@@ -198,9 +207,10 @@ std::pair<std::string, std::string> split_merge_line(const std::string& line, co
   return {line.substr(0, space), line.substr(space + 1)};
 }
 
-Vocab parse_vocab(const json& object) {
+Vocab parse_vocab(const json& object, const std::filesystem::path& file) {
+  if (!object.is_object()) throw IoError(file.string() + ": the vocabulary is not an object of token -> id");
   Vocab vocab;
-  for (const auto& [token, id] : object.items()) vocab.add(token, id.get<int64_t>());
+  for (const auto& [token, id] : object.items()) vocab.add(token, parse_token_id(id, file));
   return vocab;
 }
 
@@ -218,7 +228,8 @@ PreTokenizer parse_pre_tokenizer(const json& spec, const std::filesystem::path& 
   }
   if (type != "Sequence") throw unsupported("\"" + type + "\"");
   const json& steps = spec.at("pretokenizers");
-  if (steps.size() != 2 || steps[0].value("type", "") != "Split" || steps[1].value("type", "") != "ByteLevel") {
+  if (steps.size() != 2 || steps[0].value("type", "") != "Split" ||
+      steps[1].value("type", "") != "ByteLevel") {
     throw unsupported("sequence");
   }
   const std::string pattern = steps[0].at("pattern").value("Regex", "");
@@ -230,7 +241,9 @@ PreTokenizer parse_pre_tokenizer(const json& spec, const std::filesystem::path& 
   return pre;
 }
 
-bool is_roberta(const TokenizerConfig& config) { return config.tokenizer_class().find("Roberta") != std::string::npos; }
+bool is_roberta(const TokenizerConfig& config) {
+  return config.tokenizer_class().find("Roberta") != std::string::npos;
+}
 
 // The names HF's tokenizer classes assume when tokenizer_config.json does not set them.
 SpecialTokenNames default_names(const TokenizerConfig& config, const Vocab& vocab) {
@@ -260,14 +273,15 @@ bool is_byte_level_bpe(const json& spec) {
   const auto mentions_byte_level = [](const json& part) {
     return part.is_object() && part.dump().find("\"ByteLevel\"") != std::string::npos;
   };
-  return mentions_byte_level(spec.value("pre_tokenizer", json())) || mentions_byte_level(spec.value("decoder", json()));
+  return mentions_byte_level(spec.value("pre_tokenizer", json())) ||
+         mentions_byte_level(spec.value("decoder", json()));
 }
 
 std::unique_ptr<Tokenizer> load_bpe_json(const json& spec, const TokenizerConfig& config,
                                          const std::filesystem::path& file) {
   return with_file_context(file, [&]() -> std::unique_ptr<Tokenizer> {
     const json& model_spec = spec.at("model");
-    Vocab vocab = parse_vocab(model_spec.at("vocab"));
+    Vocab vocab = parse_vocab(model_spec.at("vocab"), file);
     BpeModel model;
     if (model_spec.contains("unk_token") && !model_spec["unk_token"].is_null()) {
       model.unk_token = model_spec["unk_token"].get<std::string>();
@@ -275,13 +289,17 @@ std::unique_ptr<Tokenizer> load_bpe_json(const json& spec, const TokenizerConfig
     model.fuse_unk = model_spec.value("fuse_unk", false);
     model.ignore_merges = model_spec.value("ignore_merges", false);
     for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-      if (model_spec.contains(key) && !model_spec[key].is_null() && !model_spec[key].get<std::string>().empty()) {
+      if (model_spec.contains(key) && !model_spec[key].is_null() &&
+          !model_spec[key].get<std::string>().empty()) {
         throw IoError(file.string() + ": BPE \"" + key + "\" is not supported for byte-level BPE");
       }
     }
-    for (const json& merge : model_spec.at("merges")) {
-      const auto [a, b] = merge.is_array() ? std::pair{merge.at(0).get<std::string>(), merge.at(1).get<std::string>()}
-                                           : split_merge_line(merge.get<std::string>(), file);
+    const json& merges = model_spec.at("merges");
+    if (!merges.is_array()) throw IoError(file.string() + ": model.merges is not a list");
+    for (const json& merge : merges) {
+      const auto [a, b] = merge.is_array()
+                              ? std::pair{merge.at(0).get<std::string>(), merge.at(1).get<std::string>()}
+                              : split_merge_line(merge.get<std::string>(), file);
       add_merge(model, vocab, a, b, file);
     }
 
@@ -294,7 +312,7 @@ std::unique_ptr<Tokenizer> load_bpe_json(const json& spec, const TokenizerConfig
       }
       pre.nfc = true;
     }
-    AddedVocabulary added = parse_added_tokens(spec.value("added_tokens", json()));
+    AddedVocabulary added = parse_added_tokens(spec.value("added_tokens", json()), file);
     const SpecialTokenNames names = special_token_names(config, default_names(config, vocab));
     Template post = parse_post_processor(spec.value("post_processor", json()), file);
     apply_bos_eos_config(post, config, names, vocab, added);
@@ -304,12 +322,10 @@ std::unique_ptr<Tokenizer> load_bpe_json(const json& spec, const TokenizerConfig
 }
 
 std::unique_ptr<Tokenizer> load_bpe_files(const std::filesystem::path& vocab_json,
-                                          const std::filesystem::path& merges_txt, const TokenizerConfig& config) {
+                                          const std::filesystem::path& merges_txt,
+                                          const TokenizerConfig& config) {
   const json vocab_spec = read_json_file(vocab_json);
-  Vocab vocab = with_file_context(vocab_json, [&] {
-    if (!vocab_spec.is_object()) throw IoError(vocab_json.string() + ": expected an object of token -> id");
-    return parse_vocab(vocab_spec);
-  });
+  Vocab vocab = with_file_context(vocab_json, [&] { return parse_vocab(vocab_spec, vocab_json); });
 
   std::ifstream in(merges_txt, std::ios::binary);
   if (!in) throw IoError(merges_txt.string() + ": cannot open file");
@@ -328,13 +344,20 @@ std::unique_ptr<Tokenizer> load_bpe_files(const std::filesystem::path& vocab_jso
   AddedVocabulary added = implied_added_tokens(config, names, vocab);
   Template post;
   if (is_roberta(config)) {
+    // RobertaTokenizer's <mask> swallows the space before it, so "a <mask>" fills in as " word".
+    if (const AddedToken* mask = names.mask ? added.find(*names.mask) : nullptr; mask && !mask->lstrip) {
+      AddedToken with_lstrip = *mask;
+      with_lstrip.lstrip = true;
+      added.add(std::move(with_lstrip));
+    }
     const auto id_of = [&](const std::optional<std::string>& name) { return name ? vocab.find(*name) : -1; };
-    post = Template::roberta(id_of(names.cls), names.cls.value_or(""), id_of(names.sep), names.sep.value_or(""));
+    post =
+        Template::roberta(id_of(names.cls), names.cls.value_or(""), id_of(names.sep), names.sep.value_or(""));
   } else {
     apply_bos_eos_config(post, config, names, vocab, added);
   }
-  return std::make_unique<BpeTokenizer>(std::move(vocab), std::move(added), std::move(post), pre, std::move(model),
-                                        names, config);
+  return std::make_unique<BpeTokenizer>(std::move(vocab), std::move(added), std::move(post), pre,
+                                        std::move(model), names, config);
 }
 
 }  // namespace deltatune::tokenize

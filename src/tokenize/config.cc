@@ -87,6 +87,14 @@ std::vector<AddedToken> TokenizerConfig::added_tokens() const {
   });
 }
 
+int64_t parse_token_id(const json& value, const std::filesystem::path& file) {
+  constexpr int64_t kLimit = int64_t{1} << 24;  // far above any real vocabulary; keeps tables small
+  if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() >= kLimit) {
+    throw IoError(file.string() + ": token id " + value.dump() + " is not an integer in [0, 2^24)");
+  }
+  return value.get<int64_t>();
+}
+
 AddedToken parse_added_token(const json& entry, int64_t id) {
   AddedToken token;
   token.id = id;

@@ -3,12 +3,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "deltatune/error.h"
 #include "tokenize/added_tokens.h"
@@ -28,7 +27,7 @@ class TokenizerConfig {
   // A special token setting ("bos_token": "<s>" or {"content": "<s>", ...}); nullopt when absent or null.
   std::optional<std::string> token(std::string_view key) const;
   std::optional<bool> flag(std::string_view key) const;  // nullopt when absent or null
-  std::string tokenizer_class() const;                    // "" when absent
+  std::string tokenizer_class() const;                   // "" when absent
   int64_t model_max_length() const;                      // -1 when absent or the HF "unbounded" 1e30
   // "added_tokens_decoder" ({"0": {"content": ..., "special": true, ...}}), as added tokens.
   std::vector<AddedToken> added_tokens() const;
@@ -38,6 +37,9 @@ class TokenizerConfig {
   nlohmann::json json_ = nlohmann::json::object();
   std::filesystem::path file_;
 };
+
+// A token id read from a vocabulary file: an integer in [0, 2^24), else IoError naming the file.
+int64_t parse_token_id(const nlohmann::json& value, const std::filesystem::path& file);
 
 // One entry of tokenizer.json's "added_tokens" (or of added_tokens_decoder, with the id given apart).
 AddedToken parse_added_token(const nlohmann::json& entry, int64_t id);

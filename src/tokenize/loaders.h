@@ -2,7 +2,6 @@
 // One loader per tokenizer file format; Tokenizer::load() picks which (tokenizer.cc).
 #include <filesystem>
 #include <memory>
-
 #include <nlohmann/json.hpp>
 
 #include "deltatune/tokenizer.h"
@@ -24,7 +23,8 @@ std::unique_ptr<Tokenizer> load_bpe_json(const nlohmann::json& spec, const Token
                                          const std::filesystem::path& file);
 // GPT-2's vocab.json + merges.txt.
 std::unique_ptr<Tokenizer> load_bpe_files(const std::filesystem::path& vocab_json,
-                                          const std::filesystem::path& merges_txt, const TokenizerConfig& config);
+                                          const std::filesystem::path& merges_txt,
+                                          const TokenizerConfig& config);
 
 // A SentencePiece tokenizer.model.
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::filesystem::path& model_file,

@@ -68,10 +68,12 @@ void PipelineTokenizer::finish_setup(const SpecialTokenNames& names, const Token
   model_max_length_ = config.model_max_length();
 }
 
-AddedVocabulary parse_added_tokens(const nlohmann::json& list) {
+AddedVocabulary parse_added_tokens(const nlohmann::json& list, const std::filesystem::path& file) {
   AddedVocabulary added;
   if (list.is_null()) return added;
-  for (const nlohmann::json& entry : list) added.add(parse_added_token(entry, entry.at("id").get<int64_t>()));
+  if (!list.is_array()) throw IoError(file.string() + ": added_tokens is not a list");
+  for (const nlohmann::json& entry : list)
+    added.add(parse_added_token(entry, parse_token_id(entry.at("id"), file)));
   return added;
 }
 

@@ -26,7 +26,9 @@ class PipelineTokenizer : public Tokenizer {
       : vocab_(std::move(vocab)), added_(std::move(added)), template_(std::move(post)) {}
 
   Encoding tokenize(std::string_view text) const final;
-  Encoding add_special_tokens(const Encoding& a, const Encoding* b) const final { return template_.apply(a, b); }
+  Encoding add_special_tokens(const Encoding& a, const Encoding* b) const final {
+    return template_.apply(a, b);
+  }
 
   virtual std::u32string normalize(std::u32string_view text) const { return std::u32string(text); }
   virtual std::vector<std::u32string> pre_tokenize(std::u32string_view text) const = 0;
@@ -44,7 +46,7 @@ class PipelineTokenizer : public Tokenizer {
 };
 
 // tokenizer.json's "added_tokens" list.
-AddedVocabulary parse_added_tokens(const nlohmann::json& list);
+AddedVocabulary parse_added_tokens(const nlohmann::json& list, const std::filesystem::path& file);
 
 // The added tokens a folder without tokenizer.json implies: tokenizer_config.json's
 // added_tokens_decoder, and each named special token that the vocabulary has.

@@ -43,7 +43,8 @@ std::vector<TemplatePiece> parse_template_side(const json& items, const json& sp
       const json& ids = def.at("ids");
       const json& tokens = def.at("tokens");
       for (size_t i = 0; i < ids.size(); ++i) {
-        pieces.push_back(special(ids[i].get<int64_t>(), i < tokens.size() ? tokens[i].get<std::string>() : name,
+        pieces.push_back(special(ids[i].get<int64_t>(),
+                                 i < tokens.size() ? tokens[i].get<std::string>() : name,
                                  s.value("type_id", int64_t{0})));
       }
     } else {
@@ -74,7 +75,8 @@ int64_t Template::added(bool is_pair) const {
   return n;
 }
 
-Template Template::bert(int64_t cls, const std::string& cls_token, int64_t sep, const std::string& sep_token) {
+Template Template::bert(int64_t cls, const std::string& cls_token, int64_t sep,
+                        const std::string& sep_token) {
   Template t;
   t.single = {special(cls, cls_token, 0), sequence(0, 0), special(sep, sep_token, 0)};
   t.pair = {special(cls, cls_token, 0), sequence(0, 0), special(sep, sep_token, 0), sequence(1, 1),

@@ -4,11 +4,10 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "deltatune/tokenizer.h"
 
@@ -31,10 +30,12 @@ struct Template {
   // [CLS] A [SEP] / [CLS] A [SEP] B [SEP], with B's part of type 1.
   static Template bert(int64_t cls, const std::string& cls_token, int64_t sep, const std::string& sep_token);
   // <s> A </s> / <s> A </s> </s> B </s>, all of type 0.
-  static Template roberta(int64_t cls, const std::string& cls_token, int64_t sep, const std::string& sep_token);
+  static Template roberta(int64_t cls, const std::string& cls_token, int64_t sep,
+                          const std::string& sep_token);
   // [BOS] A [EOS] / [BOS] A [EOS] [BOS] B [EOS] with each marker present only when its id is >= 0
   // (Llama's add_bos_token / add_eos_token).
-  static Template bos_eos(int64_t bos, const std::string& bos_token, int64_t eos, const std::string& eos_token);
+  static Template bos_eos(int64_t bos, const std::string& bos_token, int64_t eos,
+                          const std::string& eos_token);
 };
 
 // Reads tokenizer.json's "post_processor" (null, ByteLevel, TemplateProcessing, BertProcessing,

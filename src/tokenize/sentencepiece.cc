@@ -15,7 +15,8 @@ class SentencePieceTokenizer final : public Tokenizer {
  public:
   SentencePieceTokenizer(const std::filesystem::path& model_file, const TokenizerConfig& config) {
     const auto status = processor_.Load(model_file.string());
-    if (!status.ok()) throw IoError(model_file.string() + ": cannot load SentencePiece model: " + status.ToString());
+    if (!status.ok())
+      throw IoError(model_file.string() + ": cannot load SentencePiece model: " + status.ToString());
     pieces_ = processor_.GetPieceSize();
     // Tokens added beyond the model's pieces (e.g. a pad token) are cut out of the text whole; the
     // model's own control pieces (<s>, </s>) are not, which is what transformers does for Llama.
@@ -107,7 +108,9 @@ class SentencePieceTokenizer final : public Tokenizer {
     return out;
   }
 
-  Encoding add_special_tokens(const Encoding& a, const Encoding* b) const override { return template_.apply(a, b); }
+  Encoding add_special_tokens(const Encoding& a, const Encoding* b) const override {
+    return template_.apply(a, b);
+  }
 
  private:
   sentencepiece::SentencePieceProcessor processor_;

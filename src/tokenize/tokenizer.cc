@@ -68,13 +68,15 @@ int64_t Tokenizer::num_special_tokens(bool pair) const {
   return static_cast<int64_t>(add_special_tokens(empty, pair ? &empty : nullptr).size());
 }
 
-BatchEncoding Tokenizer::encode_batch(const std::vector<std::string>& texts, const std::vector<std::string>* pairs,
-                                      int64_t max_length, bool pad) const {
+BatchEncoding Tokenizer::encode_batch(const std::vector<std::string>& texts,
+                                      const std::vector<std::string>* pairs, int64_t max_length,
+                                      bool pad) const {
   if (pairs != nullptr && pairs->size() != texts.size()) {
     throw ConfigError("encode_batch: " + std::to_string(texts.size()) + " texts but " +
                       std::to_string(pairs->size()) + " pair texts");
   }
-  const int64_t room = max_length > 0 ? std::max<int64_t>(0, max_length - num_special_tokens(pairs != nullptr)) : -1;
+  const int64_t room =
+      max_length > 0 ? std::max<int64_t>(0, max_length - num_special_tokens(pairs != nullptr)) : -1;
   BatchEncoding batch;
   for (size_t i = 0; i < texts.size(); ++i) {
     Encoding a = tokenize(texts[i]);
@@ -122,8 +124,9 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::filesystem::path& dir) {
     if (type == "BPE" && is_byte_level_bpe(spec)) return load_bpe_json(spec, config, tokenizer_json);
     // Other models (SentencePiece-style BPE, Unigram) are served by tokenizer.model when it is there.
     if (!fs::exists(sentencepiece_model)) {
-      throw IoError(tokenizer_json.string() + ": unsupported tokenizer model \"" + type +
-                    "\" (supported: WordPiece, byte-level BPE; or a SentencePiece tokenizer.model beside it)");
+      throw IoError(
+          tokenizer_json.string() + ": unsupported tokenizer model \"" + type +
+          "\" (supported: WordPiece, byte-level BPE; or a SentencePiece tokenizer.model beside it)");
     }
   }
   if (fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt")) {
@@ -132,7 +135,8 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::filesystem::path& dir) {
   if (fs::exists(dir / "vocab.txt")) return load_wordpiece_vocab(dir / "vocab.txt", config);
   if (fs::exists(sentencepiece_model)) return load_sentencepiece(sentencepiece_model, config);
   throw IoError(dir.string() +
-                ": no tokenizer found (looked for tokenizer.json, vocab.json + merges.txt, vocab.txt, tokenizer.model)");
+                ": no tokenizer found (looked for tokenizer.json, vocab.json + merges.txt, vocab.txt, "
+                "tokenizer.model)");
 }
 
 }  // namespace deltatune

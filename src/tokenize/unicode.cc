@@ -92,8 +92,20 @@ bool is_regex_space(char32_t c) {
 
 bool is_white_space(char32_t c) {
   switch (c) {
-    case 0x09: case 0x0A: case 0x0B: case 0x0C: case 0x0D: case 0x20: case 0x85: case 0xA0:
-    case 0x1680: case 0x2028: case 0x2029: case 0x202F: case 0x205F: case 0x3000:
+    case 0x09:
+    case 0x0A:
+    case 0x0B:
+    case 0x0C:
+    case 0x0D:
+    case 0x20:
+    case 0x85:
+    case 0xA0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202F:
+    case 0x205F:
+    case 0x3000:
       return true;
     default:
       return c >= 0x2000 && c <= 0x200A;
@@ -126,10 +138,9 @@ std::u32string nfd(std::u32string_view text) {
   const auto options = static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_DECOMPOSE);
   std::u32string out(text.size() + 8, U'\0');
   for (;;) {
-    const auto n = utf8proc_decompose(reinterpret_cast<const utf8proc_uint8_t*>(utf8.data()),
-                                      static_cast<utf8proc_ssize_t>(utf8.size()),
-                                      reinterpret_cast<utf8proc_int32_t*>(out.data()),
-                                      static_cast<utf8proc_ssize_t>(out.size()), options);
+    const auto n = utf8proc_decompose(
+        reinterpret_cast<const utf8proc_uint8_t*>(utf8.data()), static_cast<utf8proc_ssize_t>(utf8.size()),
+        reinterpret_cast<utf8proc_int32_t*>(out.data()), static_cast<utf8proc_ssize_t>(out.size()), options);
     if (n < 0) return std::u32string(text);  // cannot happen on our own valid UTF-8; keep the text
     if (static_cast<size_t>(n) <= out.size()) {
       out.resize(static_cast<size_t>(n));

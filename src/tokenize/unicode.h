@@ -14,8 +14,8 @@ void append_utf8(std::string& out, char32_t cp);
 // Bytes to text the way Rust's String::from_utf8_lossy does (one U+FFFD per bad sequence).
 std::string utf8_lossy(std::string_view bytes);
 
-bool is_letter(char32_t c);  // \p{L}
-bool is_number(char32_t c);  // \p{N}
+bool is_letter(char32_t c);           // \p{L}
+bool is_number(char32_t c);           // \p{N}
 bool is_mark_nonspacing(char32_t c);  // Mn, what stripping accents removes after NFD
 // Oniguruma's \s (the regex engine of HF tokenizers): \t-\r, U+0085, and the Zs, Zl, Zp categories.
 bool is_regex_space(char32_t c);

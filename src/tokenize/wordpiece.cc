@@ -77,7 +77,9 @@ class WordPieceTokenizer final : public PipelineTokenizer {
         normalizer_(normalizer),
         model_(std::move(model)) {
     unk_id_ = vocab_.find(model_.unk_token);
-    if (unk_id_ < 0) throw IoError(file.string() + ": the unknown token \"" + model_.unk_token + "\" is not in the vocabulary");
+    if (unk_id_ < 0)
+      throw IoError(file.string() + ": the unknown token \"" + model_.unk_token +
+                    "\" is not in the vocabulary");
     finish_setup(names, config);
   }
 
@@ -106,7 +108,8 @@ class WordPieceTokenizer final : public PipelineTokenizer {
       int64_t found = -1;
       std::string candidate;
       for (size_t end = word.size(); end > start; --end) {
-        candidate = (start > 0 ? model_.prefix : "") + bytes.substr(offsets[start], offsets[end] - offsets[start]);
+        candidate =
+            (start > 0 ? model_.prefix : "") + bytes.substr(offsets[start], offsets[end] - offsets[start]);
         found = vocab_.find(candidate);
         if (found >= 0) {
           pieces.append(found, candidate);
@@ -139,8 +142,8 @@ class WordPieceTokenizer final : public PipelineTokenizer {
 
   static std::string cleanup(std::string token) {
     static constexpr std::pair<std::string_view, std::string_view> kRules[] = {
-        {" .", "."},     {" ?", "?"},   {" !", "!"},         {" ,", ","},     {" ' ", "'"},    {" n't", "n't"},
-        {" 'm", "'m"},   {" do not", " don't"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
+        {" .", "."},   {" ?", "?"},           {" !", "!"},   {" ,", ","},     {" ' ", "'"},   {" n't", "n't"},
+        {" 'm", "'m"}, {" do not", " don't"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"}};
     for (const auto& [from, to] : kRules) replace_all(token, from, to);
     return token;
   }
@@ -160,7 +163,8 @@ BertNormalizer parse_normalizer(const json& spec, const std::filesystem::path& f
   }
   const std::string type = spec.value("type", "");
   if (type != "BertNormalizer") {
-    throw IoError(file.string() + ": unsupported normalizer \"" + type + "\" for WordPiece (expected BertNormalizer)");
+    throw IoError(file.string() + ": unsupported normalizer \"" + type +
+                  "\" for WordPiece (expected BertNormalizer)");
   }
   normalizer.clean_text = spec.value("clean_text", true);
   normalizer.handle_chinese_chars = spec.value("handle_chinese_chars", true);
@@ -178,7 +182,9 @@ std::unique_ptr<Tokenizer> load_wordpiece_json(const json& spec, const Tokenizer
   return with_file_context(file, [&]() -> std::unique_ptr<Tokenizer> {
     const json& model_spec = spec.at("model");
     Vocab vocab;
-    for (const auto& [token, id] : model_spec.at("vocab").items()) vocab.add(token, id.get<int64_t>());
+    const json& entries = model_spec.at("vocab");
+    if (!entries.is_object()) throw IoError(file.string() + ": model.vocab is not an object of token -> id");
+    for (const auto& [token, id] : entries.items()) vocab.add(token, parse_token_id(id, file));
     WordPieceModel model;
     model.unk_token = model_spec.value("unk_token", model.unk_token);
     model.prefix = model_spec.value("continuing_subword_prefix", model.prefix);
@@ -195,7 +201,7 @@ std::unique_ptr<Tokenizer> load_wordpiece_json(const json& spec, const Tokenizer
                     "\" for WordPiece (expected BertPreTokenizer)");
     }
     return std::make_unique<WordPieceTokenizer>(
-        std::move(vocab), parse_added_tokens(spec.value("added_tokens", json())),
+        std::move(vocab), parse_added_tokens(spec.value("added_tokens", json()), file),
         parse_post_processor(spec.value("post_processor", json()), file), normalizer, model,
         special_token_names(config, kBertNames), config, file);
   });

@@ -1,0 +1,69 @@
+#pragma once
+// Deltas: small trainable modules attached to a frozen model by name, without touching model code.
+// A delta is a config (JSON), its own named parameters, and attach/detach. Several may be attached at
+// once (detach in reverse order or by name) and each can be switched off.
+//
+// Targets are chosen by name, as PEFT and OpenDelta do: a list matches exact module paths or dotted
+// suffixes ("query" matches "bert.encoder.layer.0.attention.self.query"); a string is a full regex;
+// roles ("attn.q", "ffn.down", ...) map to each architecture's own names; `exclude` removes matches;
+// `layers` keeps only those block indices (PEFT's layers_to_transform).
+#include <filesystem>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "deltatune/model.h"
+
+namespace deltatune::delta {
+
+struct TargetSpec {
+  std::vector<std::string> names;  // exact paths, dotted suffixes, or roles
+  std::string regex;               // used instead of names when set (full match)
+  std::vector<std::string> exclude;
+  std::vector<int64_t> layers;     // empty: every layer
+  static TargetSpec from_json(const nlohmann::json& targets, const nlohmann::json& exclude = nullptr,
+                              const nlohmann::json& layers = nullptr);
+  nlohmann::json names_json() const;  // list or regex string, PEFT's target_modules form
+};
+
+// Module paths in `model` matched by `spec` (Linear layers only when linear_only). Throws ConfigError
+// listing candidate names when nothing matches.
+std::vector<std::string> resolve_targets(TransformerModel& model, const TargetSpec& spec, bool linear_only = true);
+// The block index of a module path ("bert.encoder.layer.3.attention..." -> 3), or -1.
+int64_t layer_index(const TransformerModel& model, const std::string& path);
+
+class Delta {
+ public:
+  virtual ~Delta() = default;
+  virtual std::string method() const = 0;  // "lora", "ia3", "prefix", ...
+  // Creates parameters (seeded) for `model` and installs hooks. Attaching twice is an error.
+  virtual void attach(TransformerModel& model) = 0;
+  // Removes the hooks; parameters are kept (re-attachable).
+  virtual void detach() = 0;
+  virtual void set_enabled(bool on) = 0;
+  // The delta's parameters by name: PEFT's key names without "base_model.model." where one exists.
+  virtual std::vector<std::pair<std::string, Tensor>> parameters() = 0;
+  // Replaces parameter values (after attach): unknown names or shape mismatches throw, naming the key.
+  void load_parameters(const std::map<std::string, Tensor>& values);
+  // Our config format (delta_config.json): method, targets, hyperparameters.
+  virtual nlohmann::json config() const = 0;
+  // Paths of modules this delta attached to (for inspect's tree).
+  virtual std::vector<std::string> attached_modules() const = 0;
+
+  std::string name = "default";
+  uint64_t seed = 0;
+};
+
+// Builds a delta from our config JSON ({"method": "lora", ...}). Unknown methods list the supported.
+std::unique_ptr<Delta> make_delta(const nlohmann::json& config);
+const std::vector<std::string>& supported_methods();
+
+// Freezes every model parameter except those named in `trainable` (task heads, modules_to_save) and
+// makes each attached delta's parameters trainable. Returns (trainable, total) parameter counts.
+std::pair<int64_t, int64_t> freeze_for_delta(TransformerModel& model, std::vector<Delta*> deltas,
+                                             const std::vector<std::string>& trainable);
+// Every trainable tensor by name: the deltas' and the model's own trainable ones.
+std::vector<std::pair<std::string, Tensor>> trainable_parameters(TransformerModel& model, std::vector<Delta*> deltas);
+
+}  // namespace deltatune::delta

@@ -1,0 +1,83 @@
+// The delta interface's shared parts: the method registry, parameter loading and freezing.
+#include <set>
+
+#include "deltatune/autograd.h"
+#include "deltatune/delta.h"
+#include "deltatune/error.h"
+#include "delta/methods.h"
+
+namespace deltatune::delta {
+namespace {
+using Factory = std::unique_ptr<Delta> (*)(const nlohmann::json&);
+const std::vector<std::pair<std::string, Factory>>& factories() {
+  static const std::vector<std::pair<std::string, Factory>> list{
+      {"lora", make_lora},
+  };
+  return list;
+}
+}  // namespace
+
+const std::vector<std::string>& supported_methods() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (auto& [n, _] : factories()) out.push_back(n);
+    return out;
+  }();
+  return names;
+}
+
+std::unique_ptr<Delta> make_delta(const nlohmann::json& config) {
+  if (!config.is_object() || !config.contains("method") || !config["method"].is_string())
+    throw ConfigError("a delta config needs a \"method\" (supported: " + nlohmann::json(supported_methods()).dump() + ")");
+  const std::string method = config["method"].get<std::string>();
+  for (auto& [name, factory] : factories())
+    if (name == method) return factory(config);
+  throw ConfigError("unknown delta method '" + method + "' (supported: " + nlohmann::json(supported_methods()).dump() + ")");
+}
+
+void Delta::load_parameters(const std::map<std::string, Tensor>& values) {
+  auto params = parameters();
+  std::map<std::string, Tensor*> by_name;
+  for (auto& [n, t] : params) by_name[n] = &t;
+  NoGradGuard guard;
+  for (auto& [name, value] : values) {
+    auto it = by_name.find(name);
+    if (it == by_name.end()) throw ConfigError("delta parameter '" + name + "' does not exist in this " + method() + " delta");
+    if (it->second->shape() != value.shape())
+      throw ShapeError("delta parameter '" + name + "': saved shape " + shape_str(value.shape()) + " does not fit " +
+                       shape_str(it->second->shape()) + " in the model");
+    it->second->copy_(value);
+  }
+}
+
+std::pair<int64_t, int64_t> freeze_for_delta(TransformerModel& model, std::vector<Delta*> deltas,
+                                             const std::vector<std::string>& trainable) {
+  std::set<std::string> keep(trainable.begin(), trainable.end());
+  int64_t n_trainable = 0, total = 0;
+  for (auto& [name, t] : model.named_parameters()) {
+    const bool on = keep.count(name) > 0;
+    if (on && t->dtype() != DType::F32) *t = t->float32().contiguous().detach();
+    t->set_requires_grad(on);
+    total += t->numel();
+    if (on) n_trainable += t->numel();
+  }
+  for (Delta* d : deltas)
+    for (auto& [_, t] : d->parameters()) {
+      t.set_requires_grad(true);
+      n_trainable += t.numel();
+      total += t.numel();
+    }
+  return {n_trainable, total};
+}
+
+std::vector<std::pair<std::string, Tensor>> trainable_parameters(TransformerModel& model, std::vector<Delta*> deltas) {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (Delta* d : deltas)
+    for (auto& [n, t] : d->parameters())
+      if (t.requires_grad()) out.emplace_back((d->name == "default" ? "" : d->name + ".") + n, t);
+  for (auto& [name, t] : model.named_parameters())
+    if (t->requires_grad()) out.emplace_back(name, *t);
+  return out;
+}
+
+}  // namespace deltatune::delta

@@ -1,0 +1,202 @@
+// Saving and loading deltas in our format and in PEFT's adapter format.
+#include <cstdio>
+#include <fstream>
+#include <set>
+
+#include "deltatune/autograd.h"
+#include "deltatune/delta_io.h"
+#include "deltatune/error.h"
+#include "deltatune/safetensors.h"
+#include "delta/peft_config.h"
+
+namespace deltatune::delta {
+namespace fs = std::filesystem;
+namespace {
+const char* kPeftPrefix = "base_model.model.";
+
+nlohmann::json read_json(const fs::path& file) {
+  std::ifstream in(file);
+  if (!in) throw IoError(file.string() + ": cannot be read");
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    throw IoError(file.string() + ": not valid JSON: " + e.what());
+  }
+}
+
+void write_json_atomic(const fs::path& file, const nlohmann::json& j) {
+  fs::path tmp = file;
+  tmp += ".tmp";
+  {
+    std::ofstream out(tmp);
+    if (!out) throw IoError(file.string() + ": cannot be written");
+    out << j.dump(2) << "\n";
+    if (!out) throw IoError(file.string() + ": write failed");
+  }
+  fs::rename(tmp, file);
+}
+
+std::string base_name(TransformerModel& model) {
+  auto it = model.config.raw.find("_name_or_path");
+  if (it != model.config.raw.end() && it->is_string()) return it->get<std::string>();
+  return model.config.model_type;
+}
+
+// Model parameters (task heads) stored with a delta are loaded into the model by name.
+void load_head(TransformerModel& model, const std::map<std::string, Tensor>& head, const fs::path& file) {
+  NoGradGuard guard;
+  for (auto& [name, value] : head) {
+    Tensor* p = model.find_parameter(name);
+    if (!p) throw ConfigError(file.string() + ": '" + name + "' is neither a delta parameter nor a model parameter");
+    if (p->shape() != value.shape())
+      throw ShapeError(file.string() + ": '" + name + "' has shape " + shape_str(value.shape()) + " but the model's is " +
+                       shape_str(p->shape()));
+    *p = value.float32().contiguous().clone().detach();
+  }
+}
+
+std::string head_task_type(HeadKind h) {
+  switch (h) {
+    case HeadKind::SequenceClassification: return "SEQ_CLS";
+    case HeadKind::CausalLM: return "CAUSAL_LM";
+    default: return "";
+  }
+}
+}  // namespace
+
+std::string base_fingerprint(TransformerModel& model) {
+  std::set<std::string> head(model.head_parameters().begin(), model.head_parameters().end());
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&](const void* data, size_t n) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  };
+  for (auto& [name, t] : model.named_parameters()) {
+    if (head.count(name)) continue;
+    mix(name.data(), name.size());
+    mix(t->shape().data(), t->shape().size() * sizeof(int64_t));
+    std::vector<float> v = t->to_floats();
+    for (size_t i = 0; i < v.size(); i += 997) mix(&v[i], sizeof(float));
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+DeltaRequirements peek_delta(const fs::path& dir) {
+  DeltaRequirements req;
+  if (fs::exists(dir / "delta_config.json")) {
+    nlohmann::json c = read_json(dir / "delta_config.json");
+    if (c.contains("head") && c["head"].is_string()) {
+      std::string h = c["head"];
+      if (h == "sequence-classification") req.head = HeadKind::SequenceClassification;
+      else if (h == "causal-lm") req.head = HeadKind::CausalLM;
+      else if (h == "masked-lm") req.head = HeadKind::MaskedLM;
+    }
+    if (c.contains("num_labels") && c["num_labels"].is_number_integer()) req.num_labels = c["num_labels"].get<int64_t>();
+    return req;
+  }
+  if (fs::exists(dir / "adapter_config.json")) {
+    nlohmann::json c = read_json(dir / "adapter_config.json");
+    if (c.value("task_type", nlohmann::json()).is_string() && c["task_type"] == "SEQ_CLS") {
+      req.head = HeadKind::SequenceClassification;
+      // The classifier's output rows are the label count.
+      auto file = read_safetensors(dir / "adapter_model.safetensors");
+      for (auto& [key, t] : file.tensors)
+        if (t.dim() == 2 && (key.find("classifier") != std::string::npos || key.find("score") != std::string::npos) &&
+            key.find("lora_") == std::string::npos && key.size() > 7 && key.compare(key.size() - 7, 7, ".weight") == 0 &&
+            key.find("dense.weight") == std::string::npos)
+          req.num_labels = t.size(0);
+    }
+    return req;
+  }
+  throw IoError(dir.string() + ": not a delta folder (no delta_config.json or adapter_config.json)");
+}
+
+SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
+  SavedDelta saved;
+  std::map<std::string, Tensor> tensors;
+  fs::path tensor_file;
+  if (fs::exists(dir / "delta_config.json")) {
+    saved.format = "deltatune";
+    saved.config = read_json(dir / "delta_config.json");
+    if (!saved.config.contains("delta")) throw IoError((dir / "delta_config.json").string() + ": missing 'delta'");
+    saved.delta = make_delta(saved.config["delta"]);
+    tensor_file = dir / "delta.safetensors";
+    tensors = read_safetensors(tensor_file).tensors;
+    std::string want = saved.config.value("base_fingerprint", "");
+    if (!want.empty()) {
+      std::string have = base_fingerprint(model);
+      if (have != want)
+        std::fprintf(stderr, "warning: %s was trained on other base weights (fingerprint %s, this model %s)\n",
+                     dir.string().c_str(), want.c_str(), have.c_str());
+    }
+  } else if (fs::exists(dir / "adapter_config.json")) {
+    saved.format = "peft";
+    saved.config = read_json(dir / "adapter_config.json");
+    saved.delta = make_delta(from_peft_config(saved.config, (dir / "adapter_config.json").string()));
+    tensor_file = dir / "adapter_model.safetensors";
+    if (!fs::exists(tensor_file)) throw IoError(tensor_file.string() + ": missing (PEFT adapters are read from safetensors)");
+    for (auto& [key, t] : read_safetensors(tensor_file).tensors) {
+      std::string k = key.rfind(kPeftPrefix, 0) == 0 ? key.substr(std::string(kPeftPrefix).size()) : key;
+      tensors[peft_key_to_ours(k)] = t;
+    }
+  } else {
+    throw IoError(dir.string() + ": not a delta folder (no delta_config.json or adapter_config.json)");
+  }
+  saved.delta->attach(model);
+  std::map<std::string, Tensor> delta_values;
+  std::set<std::string> delta_names;
+  for (auto& [n, _] : saved.delta->parameters()) delta_names.insert(n);
+  for (auto& [name, t] : tensors) {
+    if (delta_names.count(name)) delta_values[name] = t;
+    else saved.head[name] = t;
+  }
+  for (const auto& n : delta_names)
+    if (!delta_values.count(n)) throw IoError(tensor_file.string() + ": missing delta tensor '" + n + "'");
+  try {
+    saved.delta->load_parameters(delta_values);
+  } catch (const ShapeError& e) {
+    throw ShapeError(tensor_file.string() + ": " + e.what());
+  }
+  load_head(model, saved.head, tensor_file);
+  return saved;
+}
+
+void save_delta(const fs::path& dir, Delta& delta, TransformerModel& model, const std::map<std::string, Tensor>& head) {
+  fs::create_directories(dir);
+  std::map<std::string, Tensor> tensors;
+  for (auto& [n, t] : delta.parameters()) tensors[n] = t.detach();
+  for (auto& [n, t] : head) tensors[n] = t.detach();
+  nlohmann::json c;
+  c["format"] = "deltatune";
+  c["version"] = 1;
+  c["delta"] = delta.config();
+  c["base_model"] = base_name(model);
+  c["base_fingerprint"] = base_fingerprint(model);
+  c["head"] = head_name(model.head);
+  if (model.head == HeadKind::SequenceClassification) c["num_labels"] = model.config.num_labels;
+  std::vector<std::string> head_names;
+  for (auto& [n, _] : head) head_names.push_back(n);
+  c["head_parameters"] = head_names;
+  write_safetensors(dir / "delta.safetensors", tensors);
+  write_json_atomic(dir / "delta_config.json", c);
+}
+
+void save_peft(const fs::path& dir, Delta& delta, TransformerModel& model, const std::map<std::string, Tensor>& head) {
+  nlohmann::json c = to_peft_config(delta, model);
+  c["base_model_name_or_path"] = base_name(model);
+  std::string task = head_task_type(model.head);
+  c["task_type"] = task.empty() ? nlohmann::json() : nlohmann::json(task);
+  std::set<std::string> modules;
+  for (auto& [n, _] : head) modules.insert(n.substr(0, n.rfind('.')));
+  c["modules_to_save"] = modules.empty() ? nlohmann::json() : nlohmann::json(std::vector<std::string>(modules.begin(), modules.end()));
+  fs::create_directories(dir);
+  std::map<std::string, Tensor> tensors;
+  for (auto& [n, t] : delta.parameters()) tensors[kPeftPrefix + ours_key_to_peft(n)] = t.detach();
+  for (auto& [n, t] : head) tensors[kPeftPrefix + n] = t.detach();
+  write_safetensors(dir / "adapter_model.safetensors", tensors, {{"format", "pt"}});
+  write_json_atomic(dir / "adapter_config.json", c);
+}
+
+}  // namespace deltatune::delta

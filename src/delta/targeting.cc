@@ -1,0 +1,123 @@
+// Choosing target modules by name: exact paths, dotted suffixes, roles, a full regex, exclusions and
+// layer indices, with PEFT's matching rules.
+#include <regex>
+#include <set>
+
+#include "deltatune/delta.h"
+#include "deltatune/error.h"
+
+namespace deltatune::delta {
+namespace {
+bool suffix_match(const std::string& path, const std::string& name) {
+  return path == name ||
+         (path.size() > name.size() && path.compare(path.size() - name.size(), name.size(), name) == 0 &&
+          path[path.size() - name.size() - 1] == '.');
+}
+
+// Expands roles (attn.q, ffn.down, ...) into the architecture's module names; other names stay.
+std::vector<std::string> expand_roles(TransformerModel& model, const std::vector<std::string>& names) {
+  const auto roles = model.roles();
+  std::vector<std::string> out;
+  for (const auto& n : names) {
+    auto it = roles.find(n);
+    if (it == roles.end()) {
+      out.push_back(n);
+      continue;
+    }
+    for (const auto& m : it->second) {
+      // Role names inside blocks are relative to a block; outside (embed, head) they are full paths.
+      out.push_back(m);
+    }
+  }
+  return out;
+}
+
+std::vector<int64_t> int_list(const nlohmann::json& j, const char* what) {
+  std::vector<int64_t> out;
+  if (j.is_null()) return out;
+  if (j.is_number_integer()) return {j.get<int64_t>()};
+  if (!j.is_array()) throw ConfigError(std::string(what) + " must be an integer or a list of integers");
+  for (const auto& v : j) {
+    if (!v.is_number_integer()) throw ConfigError(std::string(what) + " must be an integer or a list of integers");
+    out.push_back(v.get<int64_t>());
+  }
+  return out;
+}
+}  // namespace
+
+TargetSpec TargetSpec::from_json(const nlohmann::json& targets, const nlohmann::json& exclude, const nlohmann::json& layers) {
+  TargetSpec spec;
+  if (targets.is_string()) spec.regex = targets.get<std::string>();
+  else if (targets.is_array())
+    for (const auto& t : targets) {
+      if (!t.is_string()) throw ConfigError("targets must be a list of module names or a regex string");
+      spec.names.push_back(t.get<std::string>());
+    }
+  else if (!targets.is_null()) throw ConfigError("targets must be a list of module names or a regex string");
+  if (exclude.is_string()) spec.exclude.push_back(exclude.get<std::string>());
+  else if (exclude.is_array())
+    for (const auto& t : exclude) spec.exclude.push_back(t.get<std::string>());
+  spec.layers = int_list(layers, "layers");
+  return spec;
+}
+
+nlohmann::json TargetSpec::names_json() const {
+  if (!regex.empty()) return regex;
+  return names;
+}
+
+int64_t layer_index(const TransformerModel& model, const std::string& path) {
+  const std::string prefix = model.layers_path() + ".";
+  if (path.rfind(prefix, 0) != 0) return -1;
+  size_t end = path.find('.', prefix.size());
+  std::string digits = path.substr(prefix.size(), end == std::string::npos ? std::string::npos : end - prefix.size());
+  if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) return -1;
+  return std::stoll(digits);
+}
+
+std::vector<std::string> resolve_targets(TransformerModel& model, const TargetSpec& spec, bool linear_only) {
+  if (spec.names.empty() && spec.regex.empty()) throw ConfigError("no targets given (a list of module names, roles, or a regex)");
+  std::vector<std::string> names = expand_roles(model, spec.names);
+  std::vector<std::string> excluded = expand_roles(model, spec.exclude);
+  std::regex pattern;
+  if (!spec.regex.empty()) {
+    try {
+      pattern = std::regex(spec.regex);
+    } catch (const std::regex_error& e) {
+      throw ConfigError("targets regex '" + spec.regex + "' is invalid: " + e.what());
+    }
+  }
+  std::vector<std::string> out;
+  std::set<std::string> candidates;
+  for (auto& [path, module] : model.named_modules()) {
+    if (path.empty() || (linear_only && module->type_name() != "Linear")) continue;
+    std::string last = path.substr(path.rfind('.') + 1);
+    candidates.insert(last);
+    bool hit = false;
+    if (!spec.regex.empty()) hit = std::regex_match(path, pattern);
+    else
+      for (const auto& n : names) hit = hit || suffix_match(path, n);
+    if (!hit) continue;
+    bool skip = false;
+    for (const auto& e : excluded) skip = skip || suffix_match(path, e);
+    if (skip) continue;
+    if (!spec.layers.empty()) {
+      int64_t layer = layer_index(model, path);
+      bool keep = false;
+      for (int64_t l : spec.layers) keep = keep || l == layer;
+      if (!keep) continue;
+    }
+    out.push_back(path);
+  }
+  if (out.empty()) {
+    std::string list;
+    for (const auto& c : candidates) list += (list.empty() ? "" : ", ") + c;
+    std::string wanted = spec.regex.empty() ? nlohmann::json(spec.names).dump() : "'" + spec.regex + "'";
+    throw ConfigError("targets " + wanted + " match no " + std::string(linear_only ? "linear " : "") +
+                      "module of this " + model.config.model_type + " model (its linear layers: " + list +
+                      "; roles: attn.q, attn.k, attn.v, attn.o, ffn.up, ffn.gate, ffn.down)");
+  }
+  return out;
+}
+
+}  // namespace deltatune::delta
