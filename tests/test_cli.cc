@@ -126,3 +126,22 @@ TEST(Cli, CorruptInputsGiveOneLineAndExitCode2) {
   EXPECT_NE(r.output.find("row 1"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir / "o.safetensors"));
 }
+
+TEST(Cli, InspectMarksADeltaAndCountsTrainable) {
+  fs::path dir = temp_dir("inspect_delta");
+  std::ofstream(dir / "lora.json") << R"({"method": "lora", "r": 4, "targets": ["attn.q", "attn.v"], "layers": [2, 3]})";
+  auto r = run("inspect " + model("bert-mini") + " --delta " + quote((dir / "lora.json").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("0-1 ×2"), std::string::npos) << r.output;  // layers without the delta fold
+  EXPECT_NE(r.output.find("query (Linear) weight:[256, 256] bias:[256]  65.8K  [lora]"), std::string::npos) << r.output;
+  // 2 layers x 2 modules x (4x256 + 256x4) = 8192 trainable parameters.
+  EXPECT_NE(r.output.find("trainable 8,192 of 5,470,976"), std::string::npos) << r.output;
+  auto golden_dir = quote((golden::dir() / "adapters/llama-lora-qv").string());
+  auto peft = run("inspect " + model("llama-mini") + " --delta " + golden_dir);
+  ASSERT_EQ(peft.code, 0) << peft.output;
+  EXPECT_NE(peft.output.find("q_proj (Linear) weight:[256, 256]  65.5K  [lora]"), std::string::npos) << peft.output;
+  std::ofstream(dir / "bad.json") << R"({"method": "lora", "targets": ["nonexistent"]})";
+  auto bad = run("inspect " + model("bert-mini") + " --delta " + quote((dir / "bad.json").string()));
+  EXPECT_EQ(bad.code, 2) << bad.output;
+  EXPECT_NE(bad.output.find("match no"), std::string::npos) << bad.output;
+}

@@ -49,3 +49,11 @@ INSTANTIATE_TEST_SUITE_P(Lora, GoldenAdapter,
                            for (auto& ch : n) if (ch == '-') ch = '_';
                            return n;
                          });
+
+INSTANTIATE_TEST_SUITE_P(Methods, GoldenAdapter,
+                         ::testing::Values("llama-ia3", "gpt2-prefix", "gpt2-prompt", "llama-prefix"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (auto& ch : n) if (ch == '-') ch = '_';
+                           return n;
+                         });

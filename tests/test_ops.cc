@@ -26,7 +26,8 @@ std::vector<float> iota(int64_t n, float start = 0, float step = 1) {
   return v;
 }
 
-void expect_near_all(const std::vector<float>& got, const std::vector<float>& want, float tol, const std::string& what = "") {
+void expect_near_all(const std::vector<float>& got, const std::vector<float>& want, float tol,
+                     const std::string& what = "") {
   ASSERT_EQ(got.size(), want.size()) << what;
   for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], tol) << what << " at " << i;
 }
@@ -45,8 +46,16 @@ std::string error_of(Fn fn) {
 // Dtypes and strided views
 
 TEST(Dtype, HalfRoundTripIsExactForRepresentableValues) {
-  const std::vector<float> values{0.0f, -0.0f, 1.0f, -1.5f, 0.333251953125f, 1023.5f, 65504.0f, -65504.0f,
-                                  6.103515625e-05f /* 2^-14 */, 5.9604644775390625e-08f /* 2^-24 */};
+  const std::vector<float> values{0.0f,
+                                  -0.0f,
+                                  1.0f,
+                                  -1.5f,
+                                  0.333251953125f,
+                                  1023.5f,
+                                  65504.0f,
+                                  -65504.0f,
+                                  6.103515625e-05f /* 2^-14 */,
+                                  5.9604644775390625e-08f /* 2^-24 */};
   Tensor x = Tensor::from_floats(values, {int64_t(values.size())});
   Tensor h = O::cast(x, DType::F16);
   EXPECT_EQ(h.dtype(), DType::F16);
@@ -62,7 +71,12 @@ TEST(Dtype, HalfRoundTripIsExactForRepresentableValues) {
 }
 
 TEST(Dtype, BFloat16RoundTripIsExactForRepresentableValues) {
-  const std::vector<float> values{0.0f, 1.0f, -1.5f, 3.140625f, -256.0f, 1.1754943508222875e-38f /* 2^-126 */,
+  const std::vector<float> values{0.0f,
+                                  1.0f,
+                                  -1.5f,
+                                  3.140625f,
+                                  -256.0f,
+                                  1.1754943508222875e-38f /* 2^-126 */,
                                   3.3895313892515355e38f /* largest bf16 */};
   Tensor x = Tensor::from_floats(values, {int64_t(values.size())});
   std::vector<float> back = O::cast(O::cast(x, DType::BF16), DType::F32).to_floats();
@@ -78,7 +92,8 @@ TEST(Layout, StridedViewsReadCorrectly) {
   EXPECT_EQ(O::slice(x, 1, 1, 4, 2).to_floats(), (std::vector<float>{1, 3, 5, 7, 9, 11}));
   EXPECT_EQ(O::slice(x.t(), 0, 1, 3).to_floats(), (std::vector<float>{1, 5, 9, 2, 6, 10}));
   EXPECT_EQ(x.select(0, 2).to_floats(), (std::vector<float>{8, 9, 10, 11}));
-  EXPECT_EQ(O::expand(Tensor::from_floats({1, 2}, {2, 1}), {2, 3}).to_floats(), (std::vector<float>{1, 1, 1, 2, 2, 2}));
+  EXPECT_EQ(O::expand(Tensor::from_floats({1, 2}, {2, 1}), {2, 3}).to_floats(),
+            (std::vector<float>{1, 1, 1, 2, 2, 2}));
   Tensor y = Tensor::from_floats(iota(24), {2, 3, 4});
   std::vector<float> p = O::permute(y, {2, 0, 1}).to_floats();  // p[k][i][j] = y[i][j][k]
   for (int k = 0; k < 4; ++k)
@@ -126,7 +141,8 @@ TEST(Elementwise, KnownValues) {
   EXPECT_EQ(O::div(a, Tensor::scalar(2)).to_floats(), (std::vector<float>{0.5, 1, 1.5, 2, 2.5, 3}));
   Tensor x = Tensor::from_floats({-1, 0, 1}, {3});
   expect_near_all(O::gelu(x).to_floats(), {-0.15865525f, 0.0f, 0.84134475f}, 1e-6f, "gelu");
-  expect_near_all(O::gelu(x, O::GeluKind::Tanh).to_floats(), {-0.15880801f, 0.0f, 0.84119199f}, 1e-6f, "gelu_tanh");
+  expect_near_all(O::gelu(x, O::GeluKind::Tanh).to_floats(), {-0.15880801f, 0.0f, 0.84119199f}, 1e-6f,
+                  "gelu_tanh");
   expect_near_all(O::silu(x).to_floats(), {-0.26894142f, 0.0f, 0.73105858f}, 1e-6f, "silu");
   expect_near_all(O::sigmoid(x).to_floats(), {0.26894142f, 0.5f, 0.73105858f}, 1e-6f, "sigmoid");
   EXPECT_EQ(O::relu(x).to_floats(), (std::vector<float>{0, 0, 1}));
@@ -142,7 +158,8 @@ TEST(Reduce, KnownValues) {
   EXPECT_EQ(O::sum_to(a, {3, 1}).to_floats(), (std::vector<float>{6 + 54, 22 + 70, 38 + 86}));
 }
 
-std::vector<float> naive_matmul(const std::vector<float>& a, const std::vector<float>& b, int m, int k, int n) {
+std::vector<float> naive_matmul(const std::vector<float>& a, const std::vector<float>& b, int m, int k,
+                                int n) {
   std::vector<float> c(size_t(m * n));
   for (int i = 0; i < m; ++i)
     for (int j = 0; j < n; ++j) {
@@ -161,7 +178,8 @@ TEST(Matmul, MatchesNaive) {
   for (int i = 0; i < 2; ++i) {
     std::vector<float> ai(av.begin() + i * 12, av.begin() + (i + 1) * 12);
     std::vector<float> want = naive_matmul(ai, b.to_floats(), 3, 4, 5);
-    expect_near_all(std::vector<float>(got.begin() + i * 15, got.begin() + (i + 1) * 15), want, 1e-5f, "matmul");
+    expect_near_all(std::vector<float>(got.begin() + i * 15, got.begin() + (i + 1) * 15), want, 1e-5f,
+                    "matmul");
   }
   // linear: x @ W^T + b, with W given as [out, in]
   Tensor bias = Tensor::from_floats({1, 2, 3, 4, 5}, {5});
@@ -169,7 +187,17 @@ TEST(Matmul, MatchesNaive) {
   std::vector<float> want = naive_matmul(av, bt.t().to_floats(), 6, 4, 5);
   for (size_t i = 0; i < want.size(); ++i) want[i] += float(i % 5 + 1);
   expect_near_all(lin, want, 1e-5f, "linear");
-  expect_near_all(O::matmul(a, bt.t()).to_floats(), naive_matmul(av, bt.t().to_floats(), 6, 4, 5), 1e-5f, "matmul bt");
+  expect_near_all(O::matmul(a, bt.t()).to_floats(), naive_matmul(av, bt.t().to_floats(), 6, 4, 5), 1e-5f,
+                  "matmul bt");
+}
+
+TEST(Matmul, EmptyInnerDimGivesZeros) {
+  for (int i = 0; i < 3; ++i) Tensor::full({64, 64}, 7.0f);  // leave non-zero memory for the allocator to reuse
+  EXPECT_EQ(O::matmul(Tensor::zeros({4, 0}), Tensor::zeros({0, 3})).to_floats(), std::vector<float>(12, 0.0f));
+  EXPECT_EQ(O::matmul(Tensor::zeros({2, 4, 0}), Tensor::zeros({2, 0, 3})).to_floats(), std::vector<float>(24, 0.0f));
+  EXPECT_EQ(O::linear(Tensor::zeros({4, 0}), Tensor::zeros({3, 0})).to_floats(), std::vector<float>(12, 0.0f));
+  EXPECT_EQ(O::linear(Tensor::zeros({2, 0}), Tensor::zeros({3, 0}), Tensor::from_floats({1, 2, 3}, {3})).to_floats(),
+            (std::vector<float>{1, 2, 3, 1, 2, 3}));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -253,7 +281,8 @@ TEST(Embedding, GathersRowsFromAnyDtype) {
   EXPECT_EQ(e.shape(), (Shape{2, 2, 3}));
   EXPECT_EQ(e.to_floats(), (std::vector<float>{9, 10, 11, 0, 1, 2, 9, 10, 11, 3, 4, 5}));
   EXPECT_EQ(O::embedding(O::cast(w, DType::BF16), ids).to_floats(), e.to_floats());
-  EXPECT_EQ(O::embedding(w, Tensor::from_ints({2}, {1}, DType::I32)).to_floats(), (std::vector<float>{6, 7, 8}));
+  EXPECT_EQ(O::embedding(w, Tensor::from_ints({2}, {1}, DType::I32)).to_floats(),
+            (std::vector<float>{6, 7, 8}));
   std::string msg = error_of([&] { O::embedding(w, Tensor::from_ints({1, 4}, {2})); });
   EXPECT_NE(msg.find("embedding"), std::string::npos) << msg;
   EXPECT_NE(msg.find("4"), std::string::npos) << msg;
@@ -286,8 +315,10 @@ TEST(Dropout, SeededMaskScalesKeptValuesAndIsReusedInBackward) {
   std::vector<float> v = y.to_floats();
   int64_t zeros = 0;
   for (float f : v) {
-    if (f == 0.0f) ++zeros;
-    else EXPECT_FLOAT_EQ(f, 1.0f / 0.75f);
+    if (f == 0.0f)
+      ++zeros;
+    else
+      EXPECT_FLOAT_EQ(f, 1.0f / 0.75f);
   }
   EXPECT_NEAR(double(zeros) / double(n), 0.25, 0.015);
   O::sum_all(y).backward();
@@ -305,8 +336,9 @@ struct AttnConfig {
 };
 
 // The textbook formula with a [T, S] score matrix per head.
-std::vector<float> naive_attention(const AttnConfig& c, const std::vector<float>& q, const std::vector<float>& k,
-                                   const std::vector<float>& v, const std::vector<float>& mask) {
+std::vector<float> naive_attention(const AttnConfig& c, const std::vector<float>& q,
+                                   const std::vector<float>& k, const std::vector<float>& v,
+                                   const std::vector<float>& mask) {
   std::vector<float> out(size_t(c.b * c.h * c.t * c.dv), 0.0f);
   const float scale = c.scale < 0 ? 1.0f / std::sqrt(float(c.d)) : c.scale;
   for (int64_t b = 0; b < c.b; ++b)
@@ -318,11 +350,13 @@ std::vector<float> naive_attention(const AttnConfig& c, const std::vector<float>
         double mx = -1e300;
         bool any = false;
         for (int64_t s = 0; s < c.s; ++s) {
-          on[size_t(s)] = (mask.empty() || mask[size_t(b * c.s + s)] != 0) && (!c.causal || s <= t + c.s - c.t);
+          on[size_t(s)] =
+              (mask.empty() || mask[size_t(b * c.s + s)] != 0) && (!c.causal || s <= t + c.s - c.t);
           if (!on[size_t(s)]) continue;
           double dot = 0;
           for (int64_t j = 0; j < c.d; ++j)
-            dot += double(q[size_t(((b * c.h + h) * c.t + t) * c.d + j)]) * k[size_t(((b * c.hkv + kvh) * c.s + s) * c.d + j)];
+            dot += double(q[size_t(((b * c.h + h) * c.t + t) * c.d + j)]) *
+                   k[size_t(((b * c.hkv + kvh) * c.s + s) * c.d + j)];
           sc[size_t(s)] = dot * scale;
           mx = std::max(mx, sc[size_t(s)]);
           any = true;
@@ -344,13 +378,13 @@ std::vector<float> naive_attention(const AttnConfig& c, const std::vector<float>
 
 TEST(Attention, MatchesNaiveReference) {
   const std::vector<AttnConfig> configs{
-      {2, 2, 2, 5, 5, 8, 8, false, false, -1},   // plain
-      {2, 2, 2, 5, 5, 8, 8, true, false, -1},    // causal
-      {1, 2, 2, 3, 7, 8, 8, true, false, -1},    // causal with T < S (a cache or prefix before the queries)
-      {1, 1, 1, 6, 3, 4, 4, true, false, -1},    // causal with T > S: the first rows see nothing
-      {2, 4, 2, 4, 6, 8, 5, false, true, 0.2f},  // GQA, padding mask, custom scale, Dv != D
-      {2, 6, 2, 3, 9, 4, 4, true, true, -1},     // everything at once
-      {1, 2, 1, 300, 300, 8, 8, true, true, -1}, // more rows than one block of the kernel
+      {2, 2, 2, 5, 5, 8, 8, false, false, -1},    // plain
+      {2, 2, 2, 5, 5, 8, 8, true, false, -1},     // causal
+      {1, 2, 2, 3, 7, 8, 8, true, false, -1},     // causal with T < S (a cache or prefix before the queries)
+      {1, 1, 1, 6, 3, 4, 4, true, false, -1},     // causal with T > S: the first rows see nothing
+      {2, 4, 2, 4, 6, 8, 5, false, true, 0.2f},   // GQA, padding mask, custom scale, Dv != D
+      {2, 6, 2, 3, 9, 4, 4, true, true, -1},      // everything at once
+      {1, 2, 1, 300, 300, 8, 8, true, true, -1},  // more rows than one block of the kernel
   };
   Generator gen(11);
   for (const AttnConfig& c : configs) {
@@ -369,14 +403,54 @@ TEST(Attention, MatchesNaiveReference) {
   }
 }
 
+// The fused kernel's gradients against the same attention written with the basic ops (matmul,
+// softmax, an additive mask, repeated kv heads), over more query rows than one kernel block.
+TEST(Attention, GradientsMatchComposedOps) {
+  const int64_t b = 2, h = 4, hkv = 2, t = 260, s = 300, d = 8;
+  Generator gen(17);
+  Tensor q = Tensor::randn({b, h, t, d}, gen).set_requires_grad(true);
+  Tensor k = Tensor::randn({b, hkv, s, d}, gen).set_requires_grad(true);
+  Tensor v = Tensor::randn({b, hkv, s, d}, gen).set_requires_grad(true);
+  Tensor w = Tensor::randn({b, h, t, d}, gen);
+  std::vector<float> mask(size_t(b * s), 1.0f), bias(size_t(b * t * s), 0.0f);
+  for (int64_t i = 0; i < b * s; ++i)
+    if (i % 5 == 3) mask[size_t(i)] = 0.0f;
+  for (int64_t bi = 0; bi < b; ++bi)
+    for (int64_t ti = 0; ti < t; ++ti)
+      for (int64_t si = 0; si < s; ++si)
+        if (mask[size_t(bi * s + si)] == 0.0f || si > ti + s - t)
+          bias[size_t((bi * t + ti) * s + si)] = -1e9f;
+
+  O::sum_all(O::mul(O::scaled_dot_product_attention(q, k, v, Tensor::from_floats(mask, {b, s}), true), w))
+      .backward();
+  const std::vector<float> gq = q.grad().to_floats(), gk = k.grad().to_floats(), gv = v.grad().to_floats();
+  q.zero_grad();
+  k.zero_grad();
+  v.zero_grad();
+
+  auto repeat_kv = [&](const Tensor& x) {
+    return O::reshape(O::expand(x.unsqueeze(2), {b, hkv, h / hkv, s, d}), {b, h, s, d});
+  };
+  Tensor scores = O::mul_scalar(O::matmul(q, O::transpose(repeat_kv(k), -1, -2)), 1.0f / std::sqrt(float(d)));
+  scores = O::add(scores, Tensor::from_floats(bias, {b, 1, t, s}));
+  Tensor ref = O::matmul(O::softmax(scores, -1), repeat_kv(v));
+  O::sum_all(O::mul(ref, w)).backward();
+  expect_near_all(gq, q.grad().to_floats(), 1e-4f, "dq");
+  expect_near_all(gk, k.grad().to_floats(), 1e-4f, "dk");
+  expect_near_all(gv, v.grad().to_floats(), 1e-4f, "dv");
+}
+
 TEST(Attention, ReadsStridedInputsAndIntegerMasks) {
   Generator gen(12);
   // Projections come out as [B, T, H, D] and are viewed as [B, H, T, D] without a copy.
-  Tensor q = Tensor::randn({2, 4, 3, 8}, gen), k = Tensor::randn({2, 6, 3, 8}, gen), v = Tensor::randn({2, 6, 3, 8}, gen);
+  Tensor q = Tensor::randn({2, 4, 3, 8}, gen), k = Tensor::randn({2, 6, 3, 8}, gen),
+         v = Tensor::randn({2, 6, 3, 8}, gen);
   Tensor mask = Tensor::from_ints({1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1}, {2, 6});
-  Tensor got = O::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, true);
-  Tensor want = O::scaled_dot_product_attention(O::contiguous(q.transpose(1, 2)), O::contiguous(k.transpose(1, 2)),
-                                                O::contiguous(v.transpose(1, 2)), O::cast(mask, DType::F32), true);
+  Tensor got =
+      O::scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, true);
+  Tensor want =
+      O::scaled_dot_product_attention(O::contiguous(q.transpose(1, 2)), O::contiguous(k.transpose(1, 2)),
+                                      O::contiguous(v.transpose(1, 2)), O::cast(mask, DType::F32), true);
   expect_near_all(got.to_floats(), want.to_floats(), 1e-6f);
   AttnConfig c{2, 3, 3, 4, 6, 8, 8, true, true, -1};
   std::vector<float> mv;
@@ -390,7 +464,8 @@ TEST(Attention, ReadsStridedInputsAndIntegerMasks) {
 
 TEST(Attention, FullyMaskedRowsGiveZerosAndNoGradient) {
   Generator gen(13);
-  Tensor q = Tensor::randn({2, 1, 2, 4}, gen), k = Tensor::randn({2, 1, 3, 4}, gen), v = Tensor::randn({2, 1, 3, 4}, gen);
+  Tensor q = Tensor::randn({2, 1, 2, 4}, gen), k = Tensor::randn({2, 1, 3, 4}, gen),
+         v = Tensor::randn({2, 1, 3, 4}, gen);
   q.set_requires_grad(true);
   Tensor mask = Tensor::from_ints({0, 0, 0, 1, 1, 1}, {2, 3});  // batch 0 sees nothing
   Tensor out = O::scaled_dot_product_attention(q, k, v, mask);
@@ -443,7 +518,8 @@ TEST(Rope, MatchesNaiveRotateHalf) {
           for (int64_t j = 0; j < d; ++j) {
             const double angle = double(float(p) * fv[size_t(j % (d / 2))]);
             const double rot = j < d / 2 ? -xv[base + size_t(j + d / 2)] : xv[base + size_t(j - d / 2)];
-            EXPECT_NEAR(y[base + size_t(j)], xv[base + size_t(j)] * std::cos(angle) + rot * std::sin(angle), 1e-5)
+            EXPECT_NEAR(y[base + size_t(j)], xv[base + size_t(j)] * std::cos(angle) + rot * std::sin(angle),
+                        1e-5)
                 << "per_batch " << per_batch << " b " << bi << " t " << ti << " j " << j;
           }
         }
@@ -476,7 +552,8 @@ TEST(CrossEntropy, MatchesNaiveWithIgnoreIndex) {
   EXPECT_EQ(all_ignored.item(), 0.0f);
   EXPECT_EQ(all_ignored.dim(), 0);
   // A uniform row over C classes costs log(C).
-  EXPECT_NEAR(O::cross_entropy(Tensor::zeros({1, 8}), Tensor::from_ints({3}, {1}, DType::I32)).item(), std::log(8.0), 1e-6);
+  EXPECT_NEAR(O::cross_entropy(Tensor::zeros({1, 8}), Tensor::from_ints({3}, {1}, DType::I32)).item(),
+              std::log(8.0), 1e-6);
 }
 
 TEST(CrossEntropy, OutOfRangeTargetNamesTargetAndClasses) {
@@ -520,35 +597,47 @@ TEST(Threads, ParallelKernelsMatchOneThread) {
     std::function<Tensor(const std::vector<Tensor>&)> fn;
   };
   const std::vector<Big> cases{
-      {"attention", {{2, 4, 70, 16}, {2, 2, 90, 16}, {2, 2, 90, 8}},
+      {"attention",
+       {{2, 4, 70, 16}, {2, 2, 90, 16}, {2, 2, 90, 8}},
        [](const std::vector<Tensor>& x) {
          std::vector<float> m(180, 1.0f);
          for (int i = 0; i < 180; i += 7) m[size_t(i)] = 0.0f;
          return O::scaled_dot_product_attention(x[0], x[1], x[2], Tensor::from_floats(m, {2, 90}), true);
        }},
-      {"layer_norm", {{300, 64}, {64}, {64}}, [](const std::vector<Tensor>& x) { return O::layer_norm(x[0], x[1], x[2], 1e-5f); }},
-      {"rms_norm", {{300, 64}, {64}}, [](const std::vector<Tensor>& x) { return O::rms_norm(x[0], x[1], 1e-6f); }},
+      {"layer_norm",
+       {{300, 64}, {64}, {64}},
+       [](const std::vector<Tensor>& x) { return O::layer_norm(x[0], x[1], x[2], 1e-5f); }},
+      {"rms_norm",
+       {{300, 64}, {64}},
+       [](const std::vector<Tensor>& x) { return O::rms_norm(x[0], x[1], 1e-6f); }},
       {"softmax", {{64, 30, 40}}, [](const std::vector<Tensor>& x) { return O::softmax(x[0], 1); }},
       {"log_softmax", {{300, 64}}, [](const std::vector<Tensor>& x) { return O::log_softmax(x[0]); }},
-      {"cross_entropy", {{400, 50}},
+      {"cross_entropy",
+       {{400, 50}},
        [](const std::vector<Tensor>& x) {
          std::vector<int64_t> t(400);
          for (int i = 0; i < 400; ++i) t[size_t(i)] = i % 9 == 0 ? -100 : (i * 7) % 50;
          return O::cross_entropy(x[0], Tensor::from_ints(t, {400}));
        }},
-      {"embedding", {{50, 300}},
+      {"embedding",
+       {{50, 300}},
        [](const std::vector<Tensor>& x) {
          std::vector<int64_t> ids(400);
          for (int i = 0; i < 400; ++i) ids[size_t(i)] = (i * 13) % 50;
          return O::embedding(x[0], Tensor::from_ints(ids, {20, 20}));
        }},
-      {"rope", {{2, 4, 64, 64}},
+      {"rope",
+       {{2, 4, 64, 64}},
        [](const std::vector<Tensor>& x) {
          std::vector<int64_t> pos(64);
          for (int i = 0; i < 64; ++i) pos[size_t(i)] = i + 3;
          return O::rope(x[0], Tensor::from_ints(pos, {64}), O::rope_inv_freq(64, 10000.0f));
        }},
-      {"concat", {{300, 40}, {300, 100}}, [](const std::vector<Tensor>& x) { return O::concat({x[0], x[1]}, 1); }},
+      {"concat",
+       {{300, 40}, {300, 100}},
+       [](const std::vector<Tensor>& x) {
+         return O::concat({x[0], x[1]}, 1);
+       }},
   };
   for (const Big& c : cases) {
     Outputs one = run_with_threads(1, c.shapes, c.fn), many = run_with_threads(4, c.shapes, c.fn);
@@ -581,7 +670,8 @@ TEST(Autograd, NoGradGuardRecordsNothing) {
     Tensor y = O::softmax(O::mul(x, x));
     EXPECT_FALSE(y.requires_grad());
     EXPECT_EQ(y.grad_fn(), nullptr);
-    Tensor a = O::scaled_dot_product_attention(x.reshape({1, 1, 3, 1}), x.reshape({1, 1, 3, 1}), x.reshape({1, 1, 3, 1}));
+    Tensor a = O::scaled_dot_product_attention(x.reshape({1, 1, 3, 1}), x.reshape({1, 1, 3, 1}),
+                                               x.reshape({1, 1, 3, 1}));
     EXPECT_FALSE(a.requires_grad());
     EXPECT_EQ(a.grad_fn(), nullptr);
   }
@@ -594,8 +684,8 @@ TEST(Autograd, NoGradGuardRecordsNothing) {
 TEST(Autograd, FrozenTensorsNeverGetAGradient) {
   Generator gen(16);
   Tensor x = Tensor::randn({2, 4}, gen).set_requires_grad(true);
-  Tensor w = Tensor::randn({3, 4}, gen);  // frozen
-  Tensor ln_w = Tensor::ones({3});         // frozen
+  Tensor w = Tensor::randn({3, 4}, gen);    // frozen
+  Tensor ln_w = Tensor::ones({3});          // frozen
   Tensor emb = Tensor::randn({5, 4}, gen);  // frozen
   Tensor h = O::add(O::linear(x, w), O::sum(O::embedding(emb, Tensor::from_ints({1, 2}, {2})), {1}, true));
   O::sum_all(O::layer_norm(h, ln_w, Tensor(), 1e-5f)).backward();
@@ -653,7 +743,9 @@ TEST(Autograd, ShapeMismatchMessagesNameTheOpAndBothShapes) {
   EXPECT_NE(mm.find("matmul"), std::string::npos) << mm;
   EXPECT_NE(mm.find("[2, 3]"), std::string::npos) << mm;
   EXPECT_NE(mm.find("[4, 5]"), std::string::npos) << mm;
-  const std::string ln = error_of([] { O::layer_norm(Tensor::zeros({2, 3}), Tensor::zeros({4}), Tensor(), 1e-5f); });
+  const std::string ln = error_of([] {
+    O::layer_norm(Tensor::zeros({2, 3}), Tensor::zeros({4}), Tensor(), 1e-5f);
+  });
   EXPECT_NE(ln.find("layer_norm"), std::string::npos) << ln;
   EXPECT_NE(ln.find("[2, 3]"), std::string::npos) << ln;
   EXPECT_NE(ln.find("[4]"), std::string::npos) << ln;

@@ -1,6 +1,8 @@
 #include "model_loading.h"
 
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "command.h"
 #include "deltatune/delta_io.h"
@@ -21,8 +23,9 @@ LoadedModel load_model(const std::string& model_dir, const std::string& head, co
     throw ExitError{"model folder '" + model_dir + "' does not exist or is not a folder"};
   LoadOptions options;
   if (!head.empty()) options.head = parse_head(head);
-  if (!delta.empty()) {
-    if (!std::filesystem::is_directory(delta)) throw ExitError{"delta folder '" + delta + "' does not exist or is not a folder"};
+  const bool delta_is_config = !delta.empty() && std::filesystem::is_regular_file(delta);
+  if (!delta.empty() && !delta_is_config) {
+    if (!std::filesystem::is_directory(delta)) throw ExitError{"delta '" + delta + "' is neither a delta folder nor a config file"};
     // A delta saved with a task head decides the head (and label count) the model loads with.
     delta::DeltaRequirements req = delta::peek_delta(delta);
     if (req.head && head.empty()) options.head = req.head;
@@ -31,7 +34,21 @@ LoadedModel load_model(const std::string& model_dir, const std::string& head, co
   }
   LoadedModel loaded;
   loaded.model = load_pretrained(model_dir, options);
-  if (!delta.empty()) {
+  if (delta_is_config) {  // a fresh delta from a JSON config: attach it as it would train
+    std::ifstream in(delta);
+    nlohmann::json config;
+    try {
+      config = nlohmann::json::parse(in);
+    } catch (const std::exception& e) {
+      throw ExitError{delta + ": not valid JSON: " + e.what()};
+    }
+    auto d = delta::make_delta(config);
+    d->attach(*loaded.model);
+    for (const auto& path : d->attached_modules()) loaded.tree_options.delta_labels[path] = d->method();
+    auto [trainable, total] = delta::freeze_for_delta(*loaded.model, {d.get()}, loaded.model->head_parameters());
+    loaded.trainable_line = trainable_summary(trainable, total);
+    loaded.deltas.push_back(std::move(d));
+  } else if (!delta.empty()) {
     delta::SavedDelta saved = delta::load_delta(delta, *loaded.model);
     for (const auto& path : saved.delta->attached_modules())
       loaded.tree_options.delta_labels[path] = saved.delta->method();

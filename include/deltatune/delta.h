@@ -9,6 +9,7 @@
 // `layers` keeps only those block indices (PEFT's layers_to_transform).
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -30,6 +31,9 @@ struct TargetSpec {
 // Module paths in `model` matched by `spec` (Linear layers only when linear_only). Throws ConfigError
 // listing candidate names when nothing matches.
 std::vector<std::string> resolve_targets(TransformerModel& model, const TargetSpec& spec, bool linear_only = true);
+// PEFT's rank_pattern/alpha_pattern lookup: the value of the first key that matches `path` as a
+// dotted-suffix regex ("(.*\\.)?(KEY)$"), if any.
+std::optional<nlohmann::json> pattern_lookup(const nlohmann::json& patterns, const std::string& path);
 // The block index of a module path ("bert.encoder.layer.3.attention..." -> 3), or -1.
 int64_t layer_index(const TransformerModel& model, const std::string& path);
 
@@ -48,6 +52,10 @@ class Delta {
   void load_parameters(const std::map<std::string, Tensor>& values);
   // Our config format (delta_config.json): method, targets, hyperparameters.
   virtual nlohmann::json config() const = 0;
+  // What a save writes: parameters() and config() unless a method saves a reduced form (prefix
+  // tuning's reparameterisation MLP is saved collapsed to its output, as PEFT does).
+  virtual std::vector<std::pair<std::string, Tensor>> saved_parameters() { return parameters(); }
+  virtual nlohmann::json saved_config() const { return config(); }
   // Paths of modules this delta attached to (for inspect's tree).
   virtual std::vector<std::string> attached_modules() const = 0;
 

@@ -63,8 +63,8 @@ struct ModelConfig {
 
   double hidden_dropout = 0.0;     // bert hidden_dropout_prob, gpt2 resid_pdrop
   double embedding_dropout = 0.0;  // gpt2 embd_pdrop; bert reuses hidden_dropout_prob
-  double attention_dropout =
-      0.0;  // bert attention_probs_dropout_prob, gpt2 attn_pdrop, llama attention_dropout
+  // bert attention_probs_dropout_prob, gpt2 attn_pdrop, llama attention_dropout
+  double attention_dropout = 0.0;
 
   // Mistral (and qwen2 with use_sliding_window): the attention window; nullopt when null or unused.
   std::optional<int64_t> sliding_window;

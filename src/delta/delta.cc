@@ -11,7 +11,9 @@ namespace {
 using Factory = std::unique_ptr<Delta> (*)(const nlohmann::json&);
 const std::vector<std::pair<std::string, Factory>>& factories() {
   static const std::vector<std::pair<std::string, Factory>> list{
-      {"lora", make_lora},
+      {"lora", make_lora},     {"ia3", make_ia3},         {"prefix", make_prefix},
+      {"prompt", make_prompt}, {"adapter", make_adapter}, {"bitfit", make_bitfit},
+      {"ln", make_ln_tuning},  {"last-layers", make_last_layers},
   };
   return list;
 }
@@ -54,29 +56,34 @@ std::pair<int64_t, int64_t> freeze_for_delta(TransformerModel& model, std::vecto
                                              const std::vector<std::string>& trainable) {
   std::set<std::string> keep(trainable.begin(), trainable.end());
   int64_t n_trainable = 0, total = 0;
+  std::set<const TensorImpl*> in_model, counted;
   for (auto& [name, t] : model.named_parameters()) {
     const bool on = keep.count(name) > 0;
     if (on && t->dtype() != DType::F32) *t = t->float32().contiguous().detach();
     t->set_requires_grad(on);
     total += t->numel();
-    if (on) n_trainable += t->numel();
+    in_model.insert(t->impl());
+    if (on) n_trainable += t->numel(), counted.insert(t->impl());
   }
   for (Delta* d : deltas)
     for (auto& [_, t] : d->parameters()) {
       t.set_requires_grad(true);
+      if (!counted.insert(t.impl()).second) continue;
       n_trainable += t.numel();
-      total += t.numel();
+      if (!in_model.count(t.impl())) total += t.numel();  // specification deltas train model tensors
     }
   return {n_trainable, total};
 }
 
 std::vector<std::pair<std::string, Tensor>> trainable_parameters(TransformerModel& model, std::vector<Delta*> deltas) {
   std::vector<std::pair<std::string, Tensor>> out;
+  std::set<const TensorImpl*> seen;  // specification deltas (bitfit, ln, ...) train the model's own tensors
   for (Delta* d : deltas)
     for (auto& [n, t] : d->parameters())
-      if (t.requires_grad()) out.emplace_back((d->name == "default" ? "" : d->name + ".") + n, t);
+      if (t.requires_grad() && seen.insert(t.impl()).second)
+        out.emplace_back((d->name == "default" ? "" : d->name + ".") + n, t);
   for (auto& [name, t] : model.named_parameters())
-    if (t->requires_grad()) out.emplace_back(name, *t);
+    if (t->requires_grad() && seen.insert(t->impl()).second) out.emplace_back(name, *t);
   return out;
 }
 

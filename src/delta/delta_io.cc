@@ -64,8 +64,10 @@ std::string head_task_type(HeadKind h) {
 }
 }  // namespace
 
-std::string base_fingerprint(TransformerModel& model) {
+// Hashes the base weights except the head and `skip` (model tensors a delta trains itself: bitfit, ln).
+static std::string fingerprint(TransformerModel& model, const std::set<std::string>& skip) {
   std::set<std::string> head(model.head_parameters().begin(), model.head_parameters().end());
+  head.insert(skip.begin(), skip.end());
   uint64_t h = 1469598103934665603ull;
   auto mix = [&](const void* data, size_t n) {
     const auto* p = static_cast<const unsigned char*>(data);
@@ -81,6 +83,16 @@ std::string base_fingerprint(TransformerModel& model) {
   char buf[17];
   std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(h));
   return buf;
+}
+
+std::string base_fingerprint(TransformerModel& model) { return fingerprint(model, {}); }
+
+// The fingerprint of the base under an attached delta: tensors the delta trains in place are left out.
+static std::string base_fingerprint_under(TransformerModel& model, Delta& delta) {
+  std::set<std::string> skip;
+  for (auto& [n, _] : delta.parameters())
+    if (model.find_parameter(n)) skip.insert(n);
+  return fingerprint(model, skip);
 }
 
 DeltaRequirements peek_delta(const fs::path& dir) {
@@ -124,13 +136,6 @@ SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
     saved.delta = make_delta(saved.config["delta"]);
     tensor_file = dir / "delta.safetensors";
     tensors = read_safetensors(tensor_file).tensors;
-    std::string want = saved.config.value("base_fingerprint", "");
-    if (!want.empty()) {
-      std::string have = base_fingerprint(model);
-      if (have != want)
-        std::fprintf(stderr, "warning: %s was trained on other base weights (fingerprint %s, this model %s)\n",
-                     dir.string().c_str(), want.c_str(), have.c_str());
-    }
   } else if (fs::exists(dir / "adapter_config.json")) {
     saved.format = "peft";
     saved.config = read_json(dir / "adapter_config.json");
@@ -145,6 +150,15 @@ SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
     throw IoError(dir.string() + ": not a delta folder (no delta_config.json or adapter_config.json)");
   }
   saved.delta->attach(model);
+  if (saved.format == "deltatune") {
+    std::string want = saved.config.value("base_fingerprint", "");
+    if (!want.empty()) {
+      std::string have = base_fingerprint_under(model, *saved.delta);
+      if (have != want)
+        std::fprintf(stderr, "warning: %s was trained on other base weights (fingerprint %s, this model %s)\n",
+                     dir.string().c_str(), want.c_str(), have.c_str());
+    }
+  }
   std::map<std::string, Tensor> delta_values;
   std::set<std::string> delta_names;
   for (auto& [n, _] : saved.delta->parameters()) delta_names.insert(n);
@@ -166,14 +180,14 @@ SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
 void save_delta(const fs::path& dir, Delta& delta, TransformerModel& model, const std::map<std::string, Tensor>& head) {
   fs::create_directories(dir);
   std::map<std::string, Tensor> tensors;
-  for (auto& [n, t] : delta.parameters()) tensors[n] = t.detach();
+  for (auto& [n, t] : delta.saved_parameters()) tensors[n] = t.detach();
   for (auto& [n, t] : head) tensors[n] = t.detach();
   nlohmann::json c;
   c["format"] = "deltatune";
   c["version"] = 1;
-  c["delta"] = delta.config();
+  c["delta"] = delta.saved_config();
   c["base_model"] = base_name(model);
-  c["base_fingerprint"] = base_fingerprint(model);
+  c["base_fingerprint"] = base_fingerprint_under(model, delta);
   c["head"] = head_name(model.head);
   if (model.head == HeadKind::SequenceClassification) c["num_labels"] = model.config.num_labels;
   std::vector<std::string> head_names;
@@ -193,7 +207,7 @@ void save_peft(const fs::path& dir, Delta& delta, TransformerModel& model, const
   c["modules_to_save"] = modules.empty() ? nlohmann::json() : nlohmann::json(std::vector<std::string>(modules.begin(), modules.end()));
   fs::create_directories(dir);
   std::map<std::string, Tensor> tensors;
-  for (auto& [n, t] : delta.parameters()) tensors[kPeftPrefix + ours_key_to_peft(n)] = t.detach();
+  for (auto& [n, t] : delta.saved_parameters()) tensors[peft_file_key(n)] = t.detach();
   for (auto& [n, t] : head) tensors[kPeftPrefix + n] = t.detach();
   write_safetensors(dir / "adapter_model.safetensors", tensors, {{"format", "pt"}});
   write_json_atomic(dir / "adapter_config.json", c);

@@ -13,19 +13,6 @@
 namespace deltatune::delta {
 namespace {
 
-// PEFT's pattern lookup: a key matches a module path when the path ends with it as dotted suffix (regex).
-std::optional<nlohmann::json> pattern_value(const nlohmann::json& patterns, const std::string& path) {
-  if (!patterns.is_object()) return std::nullopt;
-  for (auto it = patterns.begin(); it != patterns.end(); ++it) {
-    try {
-      if (std::regex_match(path, std::regex("(.*\\.)?(" + it.key() + ")$"))) return it.value();
-    } catch (const std::regex_error&) {
-      throw ConfigError("rank/alpha pattern '" + it.key() + "' is not a valid regex");
-    }
-  }
-  return std::nullopt;
-}
-
 struct LoraHook : nn::LinearHook {
   Tensor A, B, magnitude;  // magnitude: DoRA only
   float scaling = 1.0f;
@@ -76,13 +63,11 @@ class Lora : public Delta {
     Generator gen(seed);
     for (const auto& path : paths_) {
       auto* layer = static_cast<nn::Linear*>(model.find_module(path));
-      int64_t r = r_;
-      double alpha = alpha_;
-      if (auto v = pattern_value(config_.value("rank_pattern", nlohmann::json::object()), path)) r = v->get<int64_t>();
-      if (auto v = pattern_value(config_.value("alpha_pattern", nlohmann::json::object()), path)) alpha = v->get<double>();
+      const LoraShape shape = lora_shape(config(), path);
+      const int64_t r = shape.r;
       auto hook = std::make_shared<LoraHook>();
       hook->owner = name;
-      hook->scaling = float(rslora_ ? alpha / std::sqrt(double(r)) : alpha / double(r));
+      hook->scaling = float(shape.scaling);
       hook->dropout = float(dropout_);
       hook->rng = &model.dropout_rng;
       const int64_t in = layer->in_features, out = layer->out_features;
@@ -156,5 +141,15 @@ class Lora : public Delta {
 }  // namespace
 
 std::unique_ptr<Delta> make_lora(const nlohmann::json& config) { return std::make_unique<Lora>(config); }
+
+LoraShape lora_shape(const nlohmann::json& c, const std::string& path) {
+  LoraShape s;
+  s.r = c.value("r", int64_t(8));
+  double alpha = c.value("alpha", 8.0);
+  if (auto v = pattern_lookup(c.value("rank_pattern", nlohmann::json::object()), path)) s.r = v->get<int64_t>();
+  if (auto v = pattern_lookup(c.value("alpha_pattern", nlohmann::json::object()), path)) alpha = v->get<double>();
+  s.scaling = c.value("rslora", false) ? alpha / std::sqrt(double(s.r)) : alpha / double(s.r);
+  return s;
+}
 
 }  // namespace deltatune::delta

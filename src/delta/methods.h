@@ -8,5 +8,19 @@
 namespace deltatune::delta {
 
 std::unique_ptr<Delta> make_lora(const nlohmann::json& config);
+std::unique_ptr<Delta> make_ia3(const nlohmann::json& config);
+std::unique_ptr<Delta> make_prefix(const nlohmann::json& config);
+std::unique_ptr<Delta> make_prompt(const nlohmann::json& config);
+std::unique_ptr<Delta> make_adapter(const nlohmann::json& config);
+// Specification deltas (bitfit.cc): they train the model's own tensors.
+std::unique_ptr<Delta> make_bitfit(const nlohmann::json& config);
+std::unique_ptr<Delta> make_ln_tuning(const nlohmann::json& config);
+std::unique_ptr<Delta> make_last_layers(const nlohmann::json& config);
+// LoRA's rank and scaling for one module path (rank_pattern / alpha_pattern / rsLoRA applied).
+struct LoraShape {
+  int64_t r;
+  double scaling;
+};
+LoraShape lora_shape(const nlohmann::json& lora_config, const std::string& path);
 
 }  // namespace deltatune::delta

@@ -1,6 +1,8 @@
 #include "delta/peft_config.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <map>
 #include <set>
 
 #include "deltatune/error.h"
@@ -84,22 +86,221 @@ nlohmann::json lora_to_peft(const nlohmann::json& c, TransformerModel& model, co
   p["peft_version"] = "0.21.0";
   return p;
 }
+// --- IA3 ---
+const std::set<std::string>& ia3_keys() {
+  static const std::set<std::string> keys{"feedforward_modules", "init_ia3_weights"};
+  return keys;
+}
+
+nlohmann::json ia3_from_peft(const nlohmann::json& p, const std::string& source) {
+  warn_unknown(p, ia3_keys(), source);
+  nlohmann::json c{{"method", "ia3"}};
+  c["targets"] = p.value("target_modules", nlohmann::json());
+  if (c["targets"].is_null()) throw ConfigError(source + ": target_modules is null (PEFT's per-model defaults are not supported; name the modules)");
+  c["feedforward"] = p.value("feedforward_modules", nlohmann::json());
+  if (c["feedforward"].is_null()) c["feedforward"] = nlohmann::json::array();
+  c["exclude"] = p.value("exclude_modules", nlohmann::json());
+  c["layers"] = p.value("layers_to_transform", nlohmann::json());
+  c["init_ones"] = p.value("init_ia3_weights", true);
+  return c;
+}
+
+bool dotted_suffix(const std::string& path, const std::string& name) {
+  return path == name || (path.size() > name.size() && path.compare(path.size() - name.size(), name.size(), name) == 0 &&
+                          path[path.size() - name.size() - 1] == '.');
+}
+
+// The shortest dotted suffixes of `paths` that match none of `others` (PEFT's list matching), so a
+// PEFT config written from them selects exactly these modules.
+std::vector<std::string> minimal_suffixes(const std::vector<std::string>& paths, const std::vector<std::string>& others,
+                                          bool plain_endswith = false) {
+  std::set<std::string> out;
+  for (const auto& path : paths) {
+    std::string suffix;
+    size_t at = path.size();
+    while (true) {
+      size_t dot = at == 0 ? std::string::npos : path.rfind('.', at - 1);
+      suffix = dot == std::string::npos ? path : path.substr(dot + 1);
+      bool clash = false;
+      for (const auto& o : others) {
+        const bool hit = plain_endswith ? (o.size() >= suffix.size() && o.compare(o.size() - suffix.size(), suffix.size(), suffix) == 0)
+                                        : dotted_suffix(o, suffix);
+        clash = clash || hit;
+      }
+      if (!clash || dot == std::string::npos) break;
+      at = dot;
+    }
+    out.insert(suffix);
+  }
+  return {out.begin(), out.end()};
+}
+
+nlohmann::json ia3_to_peft(Delta& delta, TransformerModel& model) {
+  const nlohmann::json c = delta.saved_config();
+  const std::vector<std::string> paths = delta.attached_modules();
+  std::set<std::string> attached(paths.begin(), paths.end());
+  std::vector<int64_t> layers;
+  if (c.contains("layers") && c["layers"].is_array())
+    for (const auto& l : c["layers"]) layers.push_back(l.get<int64_t>());
+  // Feed-forward modules carry an input scaling [1, in].
+  std::map<std::string, Shape> shapes;
+  for (auto& [n, t] : delta.saved_parameters()) shapes[n.substr(0, n.rfind('.'))] = t.shape();
+  std::vector<std::string> others, feedforward, plain;
+  bool fan_in_fan_out = false;
+  for (auto& [path, m] : model.named_modules()) {
+    auto* layer = dynamic_cast<nn::Linear*>(m);
+    if (!layer) continue;
+    if (attached.count(path)) {
+      fan_in_fan_out = fan_in_fan_out || layer->fan_in_fan_out;
+      const Shape& s = shapes[path];
+      if (s == Shape{1, layer->in_features} && s != Shape{layer->out_features, 1}) feedforward.push_back(path);
+      else plain.push_back(path);
+      continue;
+    }
+    int64_t l = layer_index(model, path);
+    bool filtered = !layers.empty() && std::find(layers.begin(), layers.end(), l) == layers.end();
+    if (!filtered) others.push_back(path);
+  }
+  nlohmann::json p;
+  p["peft_type"] = "IA3";
+  p["target_modules"] = minimal_suffixes(paths, others);
+  // PEFT tests feed-forward names with a plain endswith against the targeted modules.
+  p["feedforward_modules"] = minimal_suffixes(feedforward, plain, true);
+  p["exclude_modules"] = nullptr;
+  p["fan_in_fan_out"] = fan_in_fan_out;
+  p["init_ia3_weights"] = c.value("init_ones", true);
+  p["inference_mode"] = true;
+  p["layers_pattern"] = nullptr;
+  p["layers_to_transform"] = layers.empty() ? nlohmann::json() : nlohmann::json(layers);
+  p["revision"] = nullptr;
+  p["auto_mapping"] = nullptr;
+  p["peft_version"] = "0.21.0";
+  return p;
+}
+
+// --- prompt learning (prefix and prompt tuning) ---
+const std::set<std::string>& prompt_learning_keys() {
+  static const std::set<std::string> keys{"num_virtual_tokens", "token_dim", "num_transformer_submodules",
+                                          "num_attention_heads", "num_layers"};
+  return keys;
+}
+
+void check_submodules(const nlohmann::json& p, const std::string& source) {
+  auto n = p.value("num_transformer_submodules", nlohmann::json());
+  if (!n.is_null() && n != 1)
+    throw ConfigError(source + ": num_transformer_submodules " + n.dump() +
+                      " (encoder-decoder models) is not supported (supported: 1)");
+}
+
+void copy_if_int(const nlohmann::json& from, const char* key, nlohmann::json& to, const char* as) {
+  if (from.contains(key) && from[key].is_number_integer()) to[as] = from[key];
+}
+
+nlohmann::json prefix_from_peft(const nlohmann::json& p, const std::string& source) {
+  std::set<std::string> known = prompt_learning_keys();
+  known.insert({"encoder_hidden_size", "prefix_projection", "init_weights"});
+  warn_unknown(p, known, source);
+  check_submodules(p, source);
+  nlohmann::json c{{"method", "prefix"}};
+  if (!p.contains("num_virtual_tokens") || !p["num_virtual_tokens"].is_number_integer())
+    throw ConfigError(source + ": num_virtual_tokens must be an integer");
+  c["num_virtual_tokens"] = p["num_virtual_tokens"];
+  // A saved prefix is the plain matrix even when it was trained through the projection (PEFT saves
+  // the projection's output, and loads it without the MLP).
+  c["projection"] = false;
+  copy_if_int(p, "encoder_hidden_size", c, "encoder_hidden_size");
+  copy_if_int(p, "num_layers", c, "num_layers");
+  copy_if_int(p, "token_dim", c, "token_dim");
+  copy_if_int(p, "num_attention_heads", c, "num_attention_heads");
+  return c;
+}
+
+nlohmann::json prompt_learning_common(const nlohmann::json& c, int64_t token_dim, int64_t heads, int64_t layers) {
+  nlohmann::json p;
+  p["num_virtual_tokens"] = c.value("num_virtual_tokens", int64_t(0));
+  p["token_dim"] = token_dim;
+  p["num_attention_heads"] = heads;
+  p["num_layers"] = layers;
+  p["num_transformer_submodules"] = 1;
+  p["inference_mode"] = true;
+  p["revision"] = nullptr;
+  p["auto_mapping"] = nullptr;
+  p["peft_version"] = "0.21.0";
+  return p;
+}
+
+nlohmann::json prefix_to_peft(Delta& delta, TransformerModel& model) {
+  const nlohmann::json c = delta.saved_config();
+  const ModelConfig& mc = model.config;
+  // PEFT sizes the prefix by key/value heads (grouped-query attention).
+  nlohmann::json p = prompt_learning_common(c, mc.num_kv_heads * mc.head_dim, mc.num_kv_heads, mc.num_layers);
+  p["peft_type"] = "PREFIX_TUNING";
+  p["encoder_hidden_size"] = c.value("encoder_hidden_size", mc.num_kv_heads * mc.head_dim);
+  p["prefix_projection"] = false;  // saved collapsed
+  p["init_weights"] = nullptr;
+  return p;
+}
+
+nlohmann::json prompt_from_peft(const nlohmann::json& p, const std::string& source) {
+  std::set<std::string> known = prompt_learning_keys();
+  known.insert({"prompt_tuning_init", "prompt_tuning_init_text", "tokenizer_name_or_path", "tokenizer_kwargs"});
+  warn_unknown(p, known, source);
+  check_submodules(p, source);
+  nlohmann::json c{{"method", "prompt"}};
+  if (!p.contains("num_virtual_tokens") || !p["num_virtual_tokens"].is_number_integer())
+    throw ConfigError(source + ": num_virtual_tokens must be an integer");
+  c["num_virtual_tokens"] = p["num_virtual_tokens"];
+  copy_if_int(p, "token_dim", c, "token_dim");
+  // The saved values replace the initialisation: loading needs no tokenizer.
+  c["init"] = "random";
+  return c;
+}
+
+nlohmann::json prompt_to_peft(Delta& delta, TransformerModel& model) {
+  const nlohmann::json c = delta.config();
+  const ModelConfig& mc = model.config;
+  nlohmann::json p = prompt_learning_common(c, mc.hidden_size, mc.num_heads, mc.num_layers);
+  p["peft_type"] = "PROMPT_TUNING";
+  const std::string init = c.value("init", std::string("random"));
+  const bool text = init == "text" && c.contains("init_text") && c["init_text"].is_string();
+  p["prompt_tuning_init"] = text ? "TEXT" : init == "vocab" ? "SAMPLE_VOCAB" : "RANDOM";
+  p["prompt_tuning_init_text"] = text ? c["init_text"] : nlohmann::json();
+  p["tokenizer_name_or_path"] = text && c.contains("tokenizer") ? c["tokenizer"] : nlohmann::json();
+  p["tokenizer_kwargs"] = nullptr;
+  return p;
+}
+
+const char* kSupportedPeft = "LORA, IA3, PREFIX_TUNING, PROMPT_TUNING";
 }  // namespace
 
 nlohmann::json from_peft_config(const nlohmann::json& peft, const std::string& source) {
   if (!peft.is_object() || !peft.contains("peft_type") || !peft["peft_type"].is_string())
-    throw ConfigError(source + ": missing 'peft_type'");
+    throw ConfigError(source + ": missing 'peft_type' (supported: " + kSupportedPeft + ")");
   const std::string type = peft["peft_type"];
   if (type == "LORA") return lora_from_peft(peft, source);
-  throw ConfigError(source + ": peft_type '" + type + "' is not supported (supported: LORA)");
+  if (type == "IA3") return ia3_from_peft(peft, source);
+  if (type == "PREFIX_TUNING") return prefix_from_peft(peft, source);
+  if (type == "PROMPT_TUNING") return prompt_from_peft(peft, source);
+  throw ConfigError(source + ": peft_type '" + type + "' is not supported (supported: " + kSupportedPeft + ")");
 }
 
 nlohmann::json to_peft_config(Delta& delta, TransformerModel& model) {
-  if (delta.method() == "lora") return lora_to_peft(delta.config(), model, delta.attached_modules());
-  throw ConfigError("the " + delta.method() + " delta has no PEFT equivalent (save it in deltatune's format)");
+  const std::string m = delta.method();
+  if (m == "lora") return lora_to_peft(delta.config(), model, delta.attached_modules());
+  if (m == "ia3") return ia3_to_peft(delta, model);
+  if (m == "prefix") return prefix_to_peft(delta, model);
+  if (m == "prompt") return prompt_to_peft(delta, model);
+  throw ConfigError("the " + m + " delta has no PEFT equivalent (save it in deltatune's format; PEFT supports " +
+                    kSupportedPeft + ")");
 }
 
 std::string peft_key_to_ours(const std::string& key) { return key; }
 std::string ours_key_to_peft(const std::string& key) { return key; }
+
+std::string peft_file_key(const std::string& key) {
+  // Prompt learning's one tensor sits at the top level of PEFT's file, outside the model.
+  if (key == "prompt_embeddings") return key;
+  return "base_model.model." + ours_key_to_peft(key);
+}
 
 }  // namespace deltatune::delta

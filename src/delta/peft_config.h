@@ -15,5 +15,8 @@ nlohmann::json to_peft_config(Delta& delta, TransformerModel& model);
 // Tensor key names: PEFT's (without "base_model.model.") <-> ours.
 std::string peft_key_to_ours(const std::string& key);
 std::string ours_key_to_peft(const std::string& key);
+// The key a tensor of ours has in PEFT's adapter_model.safetensors ("base_model.model." + key, but
+// prompt learning's "prompt_embeddings" as is).
+std::string peft_file_key(const std::string& key);
 
 }  // namespace deltatune::delta

@@ -66,6 +66,18 @@ nlohmann::json TargetSpec::names_json() const {
   return names;
 }
 
+std::optional<nlohmann::json> pattern_lookup(const nlohmann::json& patterns, const std::string& path) {
+  if (!patterns.is_object()) return std::nullopt;
+  for (auto it = patterns.begin(); it != patterns.end(); ++it) {
+    try {
+      if (std::regex_match(path, std::regex("(.*\\.)?(" + it.key() + ")$"))) return it.value();
+    } catch (const std::regex_error&) {
+      throw ConfigError("pattern '" + it.key() + "' is not a valid regex");
+    }
+  }
+  return std::nullopt;
+}
+
 int64_t layer_index(const TransformerModel& model, const std::string& path) {
   const std::string prefix = model.layers_path() + ".";
   if (path.rfind(prefix, 0) != 0) return -1;

@@ -11,12 +11,16 @@ bool is_index(const std::string& s) {
 }
 
 // A structural signature: two layers with the same one print identically, so they fold.
-std::string signature(nn::Module& m) {
+// Delta marks count too: a layer with a delta never folds with one without.
+std::string signature(nn::Module& m, const std::string& path, const TreeOptions& options) {
   std::string s = m.type_name() + "{";
+  auto label = options.delta_labels.find(path);
+  if (label != options.delta_labels.end()) s += "[" + label->second + "]";
+  else if (options.delta_modules.count(path)) s += "[delta]";
   for (auto& [name, t] : m.local_parameters())
     if (t.defined()) s += name + shape_str(t.shape()) + ";";
   for (auto& [name, child] : m.children())
-    if (child) s += name + ":" + signature(*child) + ",";
+    if (child) s += name + ":" + signature(*child, path.empty() ? name : path + "." + name, options) + ",";
   return s + "}";
 }
 
@@ -71,15 +75,11 @@ std::string module_tree(nn::Module& root, const TreeOptions& options) {
       if (!kids[i].second) { ++i; continue; }
       size_t j = i + 1;
       if (is_index(kids[i].first)) {
-        const std::string sig = signature(*kids[i].second);
-        const std::string p0 = path.empty() ? kids[i].first : path + "." + kids[i].first;
-        bool marked0 = options.delta_labels.count(p0) || options.delta_modules.count(p0);
-        while (j < kids.size() && kids[j].second && is_index(kids[j].first) && signature(*kids[j].second) == sig) {
-          const std::string pj = path.empty() ? kids[j].first : path + "." + kids[j].first;
-          bool marked = options.delta_labels.count(pj) || options.delta_modules.count(pj);
-          if (marked != marked0) break;
+        auto child_path = [&](size_t k) { return path.empty() ? kids[k].first : path + "." + kids[k].first; };
+        const std::string sig = signature(*kids[i].second, child_path(i), options);
+        while (j < kids.size() && kids[j].second && is_index(kids[j].first) &&
+               signature(*kids[j].second, child_path(j), options) == sig)
           ++j;
-        }
       }
       shown.emplace_back(kids[i].first, kids[i].second.get());
       labels.push_back(j - i > 1 ? kids[i].first + "-" + kids[j - 1].first + " ×" + std::to_string(j - i) : kids[i].first);

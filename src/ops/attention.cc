@@ -84,10 +84,10 @@ struct Problem {
 };
 
 // scores[tb, ns] = scale * Q[t0:t0+tb] K[0:ns]^T
-void block_scores(const Problem& p, const float* q, int64_t ldq, const float* k, int64_t ldk, int64_t t0, int64_t tb,
-                  int64_t ns, float* scores) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tb), int(ns), int(p.d), p.scale, q + t0 * ldq, int(ldq),
-              k, int(ldk), 0.0f, scores, int(ns));
+void block_scores(const Problem& p, const float* q, int64_t ldq, const float* k, int64_t ldk, int64_t t0,
+                  int64_t tb, int64_t ns, float* scores) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tb), int(ns), int(p.d), p.scale, q + t0 * ldq,
+              int(ldq), k, int(ldk), 0.0f, scores, int(ns));
 }
 
 void forward_head(const Problem& p, int64_t bi, int64_t hi, const HeadMatrices& q, const HeadMatrices& k,
@@ -108,8 +108,10 @@ void forward_head(const Problem& p, int64_t bi, int64_t hi, const HeadMatrices& 
       continue;
     }
     float* sc = scratch.data();
-    if (p.d > 0) block_scores(p, qm, q.ld, km, k.ld, t0, tb, ns, sc);
-    else std::fill(sc, sc + tb * ns, 0.0f);
+    if (p.d > 0)
+      block_scores(p, qm, q.ld, km, k.ld, t0, tb, ns, sc);
+    else
+      std::fill(sc, sc + tb * ns, 0.0f);
     for (int64_t r = 0; r < tb; ++r) {
       float* row = sc + r * ns;
       const int64_t limit = std::min(ns, p.row_limit(t0 + r));
@@ -132,16 +134,16 @@ void forward_head(const Problem& p, int64_t bi, int64_t hi, const HeadMatrices& 
       lm[t0 + r] = mx + float(std::log(sum));
     }
     if (p.dv > 0)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(tb), int(p.dv), int(ns), 1.0f, sc, int(ns), vm,
-                  int(v.ld), 0.0f, om + t0 * p.dv, int(p.dv));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(tb), int(p.dv), int(ns), 1.0f, sc, int(ns),
+                  vm, int(v.ld), 0.0f, om + t0 * p.dv, int(p.dv));
   }
 }
 
 // Gradients for one (batch, kv head): its group's query heads write their own dQ rows and add into
 // the shared dK, dV (so no two threads touch the same memory).
 void backward_kv_head(const Problem& p, int64_t bi, int64_t kvh, const HeadMatrices& q, const HeadMatrices& k,
-                      const HeadMatrices& v, const float* g, const float* lse, float* gq, float* gk, float* gv,
-                      std::vector<float>& probs, std::vector<float>& dprobs) {
+                      const HeadMatrices& v, const float* g, const float* lse, float* gq, float* gk,
+                      float* gv, std::vector<float>& probs, std::vector<float>& dprobs) {
   const float* km = k.at(bi, kvh);
   const float* vm = v.at(bi, kvh);
   float* gkm = gk ? gk + (bi * p.hkv + kvh) * p.s * p.d : nullptr;
@@ -158,23 +160,26 @@ void backward_kv_head(const Problem& p, int64_t bi, int64_t kvh, const HeadMatri
       const int64_t ns = p.key_end(t0 + tb);
       if (ns == 0) continue;  // every row fully masked: no gradient (gq was zeroed)
       float* pr = probs.data();
-      if (p.d > 0) block_scores(p, qm, q.ld, km, k.ld, t0, tb, ns, pr);
-      else std::fill(pr, pr + tb * ns, 0.0f);
+      if (p.d > 0)
+        block_scores(p, qm, q.ld, km, k.ld, t0, tb, ns, pr);
+      else
+        std::fill(pr, pr + tb * ns, 0.0f);
       for (int64_t r = 0; r < tb; ++r) {
         float* row = pr + r * ns;
         const float l = lm[t0 + r];
         const int64_t limit = l == kNegInf ? 0 : std::min(ns, p.row_limit(t0 + r));
-        for (int64_t j = 0; j < ns; ++j) row[j] = j < limit && (!mask || mask[j]) ? std::exp(row[j] - l) : 0.0f;
+        for (int64_t j = 0; j < ns; ++j)
+          row[j] = j < limit && (!mask || mask[j]) ? std::exp(row[j] - l) : 0.0f;
       }
       const float* gblk = gm + t0 * p.dv;
       if (gvm && p.dv > 0)  // dV += P^T dO
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(ns), int(p.dv), int(tb), 1.0f, pr, int(ns), gblk,
-                    int(p.dv), 1.0f, gvm, int(p.dv));
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(ns), int(p.dv), int(tb), 1.0f, pr, int(ns),
+                    gblk, int(p.dv), 1.0f, gvm, int(p.dv));
       if (!need_ds || p.d == 0) continue;
       float* dp = dprobs.data();
       if (p.dv > 0)  // dP = dO V^T
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tb), int(ns), int(p.dv), 1.0f, gblk, int(p.dv), vm,
-                    int(v.ld), 0.0f, dp, int(ns));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tb), int(ns), int(p.dv), 1.0f, gblk,
+                    int(p.dv), vm, int(v.ld), 0.0f, dp, int(ns));
       else
         std::fill(dp, dp + tb * ns, 0.0f);
       // dS = P * (dP - rowsum(P * dP)) * scale
@@ -187,8 +192,8 @@ void backward_kv_head(const Problem& p, int64_t bi, int64_t kvh, const HeadMatri
         for (int64_t j = 0; j < ns; ++j) drow[j] = prow[j] * (drow[j] - fd) * p.scale;
       }
       if (gqm)  // dQ = dS K
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(tb), int(p.d), int(ns), 1.0f, dp, int(ns), km,
-                    int(k.ld), 0.0f, gqm + t0 * p.d, int(p.d));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(tb), int(p.d), int(ns), 1.0f, dp, int(ns),
+                    km, int(k.ld), 0.0f, gqm + t0 * p.d, int(p.d));
       if (gkm)  // dK += dS^T Q
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(ns), int(p.d), int(tb), 1.0f, dp, int(ns),
                     qm + t0 * q.ld, int(q.ld), 1.0f, gkm, int(p.d));
@@ -215,10 +220,11 @@ void check_inputs(const Tensor& q, const Tensor& k, const Tensor& v, const Tenso
         "scaled_dot_product_attention: shapes do not fit (expected q [B, H, T, D], k and v [B, Hkv, S, D] "
         "with H a multiple of Hkv); got " +
         shapes());
-  if (key_mask.defined() && (key_mask.dim() != 2 || key_mask.size(0) != q.size(0) || key_mask.size(1) != k.size(2)))
-    throw ShapeError("scaled_dot_product_attention: key_mask " + shape_str(key_mask.shape()) + " does not fit " +
-                     shapes() + " (expected [B, S] = [" + std::to_string(q.size(0)) + ", " +
-                     std::to_string(k.size(2)) + "])");
+  if (key_mask.defined() &&
+      (key_mask.dim() != 2 || key_mask.size(0) != q.size(0) || key_mask.size(1) != k.size(2)))
+    throw ShapeError("scaled_dot_product_attention: key_mask " + shape_str(key_mask.shape()) +
+                     " does not fit " + shapes() + " (expected [B, S] = [" + std::to_string(q.size(0)) +
+                     ", " + std::to_string(k.size(2)) + "])");
 }
 
 }  // namespace
@@ -276,7 +282,8 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
                   BlasSingleThread blas(parallel);
 #pragma omp parallel if (parallel)
                   {
-                    std::vector<float> probs(static_cast<size_t>(scratch)), dprobs(static_cast<size_t>(scratch));
+                    std::vector<float> probs(static_cast<size_t>(scratch)),
+                        dprobs(static_cast<size_t>(scratch));
 #pragma omp for schedule(dynamic)
                     for (int64_t item = 0; item < items; ++item)
                       backward_kv_head(*p, item / p->hkv, item % p->hkv, qm, km, vm, gc.f32(), lse->data(),

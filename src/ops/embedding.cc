@@ -22,8 +22,10 @@ Tensor f32_contiguous(const Tensor& t) {
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
   if (!weight.defined() || !ids.defined()) throw ShapeError("embedding: weight or ids undefined");
-  if (weight.dim() != 2) throw ShapeError("embedding: weight must be [V, D], got " + shape_str(weight.shape()));
-  if (!is_floating(weight.dtype())) throw DtypeError("embedding: weight must be floating, got " + weight.describe());
+  if (weight.dim() != 2)
+    throw ShapeError("embedding: weight must be [V, D], got " + shape_str(weight.shape()));
+  if (!is_floating(weight.dtype()))
+    throw DtypeError("embedding: weight must be floating, got " + weight.describe());
   if (ids.dtype() != DType::I64 && ids.dtype() != DType::I32)
     throw DtypeError("embedding: ids must be int32 or int64, got " + ids.describe());
   const int64_t vocab = weight.size(0), d = weight.size(1);
@@ -92,16 +94,17 @@ Tensor dropout(const Tensor& a, float p, bool training, Generator& gen) {
   float* op = out.f32();
 #pragma omp parallel for if (n > 65536)
   for (int64_t i = 0; i < n; ++i) op[i] = (*keep)[size_t(i)] ? xp[i] * scale : 0.0f;
-  return record("dropout", out, {a}, [keep, scale](const Tensor& g, const std::vector<bool>&) -> std::vector<Tensor> {
-    Tensor gc = f32_contiguous(g);
-    Tensor gx = Tensor::empty(gc.shape());
-    const float* gp = gc.f32();
-    float* xp = gx.f32();
-    const int64_t n = gc.numel();
+  return record("dropout", out, {a},
+                [keep, scale](const Tensor& g, const std::vector<bool>&) -> std::vector<Tensor> {
+                  Tensor gc = f32_contiguous(g);
+                  Tensor gx = Tensor::empty(gc.shape());
+                  const float* gp = gc.f32();
+                  float* xp = gx.f32();
+                  const int64_t n = gc.numel();
 #pragma omp parallel for if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) xp[i] = (*keep)[size_t(i)] ? gp[i] * scale : 0.0f;
-    return {gx};
-  });
+                  for (int64_t i = 0; i < n; ++i) xp[i] = (*keep)[size_t(i)] ? gp[i] * scale : 0.0f;
+                  return {gx};
+                });
 }
 
 }  // namespace deltatune::ops

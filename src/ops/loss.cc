@@ -21,7 +21,8 @@ Tensor f32_contiguous(const Tensor& t) {
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
   if (!logits.defined() || !targets.defined()) throw ShapeError("cross_entropy: logits or targets undefined");
-  if (!is_floating(logits.dtype())) throw DtypeError("cross_entropy: logits must be floating, got " + logits.describe());
+  if (!is_floating(logits.dtype()))
+    throw DtypeError("cross_entropy: logits must be floating, got " + logits.describe());
   if (targets.dtype() != DType::I64 && targets.dtype() != DType::I32)
     throw DtypeError("cross_entropy: targets must be int32 or int64, got " + targets.describe());
   Shape rows_shape = logits.shape();

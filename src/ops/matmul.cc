@@ -74,7 +74,8 @@ Tensor matmul_forward(const Tensor& a_in, const Tensor& b_in) {
   Shape out_shape = batch;
   out_shape.push_back(m);
   out_shape.push_back(n);
-  Tensor out = Tensor::empty(out_shape);
+  // An empty inner dim (k == 0) runs no GEMM: the product is zeros.
+  Tensor out = k == 0 ? Tensor::zeros(out_shape) : Tensor::empty(out_shape);
   // One GEMM when b is a plain matrix and a's batch and rows are contiguous: [batch*m, k] @ [k, n].
   if (b.dim() == 2 && a.is_contiguous()) {
     const int64_t rows = a.numel() / std::max<int64_t>(k, 1);
@@ -130,10 +131,10 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     throw ShapeError("linear: bias " + shape_str(bias.shape()) + " does not match weight " + shape_str(weight.shape()));
   Tensor xc = x.float32().contiguous();
   Tensor w = blas_ready(weight);
-  const int64_t rows = xc.numel() / std::max<int64_t>(in, 1);
+  const int64_t rows = shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
   Shape out_shape = x.shape();
   out_shape.back() = outf;
-  Tensor out = Tensor::empty(out_shape);
+  Tensor out = in == 0 ? Tensor::zeros(out_shape) : Tensor::empty(out_shape);  // k == 0: no GEMM runs
   float* o = out.f32();
   float beta = 0.0f;
   if (bias.defined()) {  // pre-fill with the bias and let sgemm add the product (beta = 1)

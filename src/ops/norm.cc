@@ -21,7 +21,8 @@ Tensor f32_contiguous(const Tensor& t) {
 
 void check_affine(const char* op, const Tensor& x, const Tensor& p, const char* what) {
   if (!p.defined()) return;
-  if (!is_floating(p.dtype())) throw DtypeError(std::string(op) + ": " + what + " must be floating, got " + p.describe());
+  if (!is_floating(p.dtype()))
+    throw DtypeError(std::string(op) + ": " + what + " must be floating, got " + p.describe());
   if (p.dim() != 1 || p.size(0) != x.size(-1))
     throw ShapeError(std::string(op) + ": " + what + " " + shape_str(p.shape()) + " does not fit input " +
                      shape_str(x.shape()) + " (expected [" + std::to_string(x.size(-1)) + "])");
@@ -29,7 +30,8 @@ void check_affine(const char* op, const Tensor& x, const Tensor& p, const char* 
 
 void check_input(const char* op, const Tensor& x) {
   if (!x.defined()) throw ShapeError(std::string(op) + ": input is undefined");
-  if (!is_floating(x.dtype())) throw DtypeError(std::string(op) + ": needs a floating input, got " + x.describe());
+  if (!is_floating(x.dtype()))
+    throw DtypeError(std::string(op) + ": needs a floating input, got " + x.describe());
   if (x.dim() == 0) throw ShapeError(std::string(op) + ": needs at least 1 dim, got " + shape_str(x.shape()));
 }
 
@@ -38,7 +40,8 @@ struct Partials {
   int threads;
   int64_t d;
   std::vector<double> a, b;
-  Partials(int64_t dim) : threads(omp_get_max_threads()), d(dim), a(size_t(threads * dim)), b(size_t(threads * dim)) {}
+  Partials(int64_t dim)
+      : threads(omp_get_max_threads()), d(dim), a(size_t(threads * dim)), b(size_t(threads * dim)) {}
   double* a_of(int t) { return a.data() + int64_t(t) * d; }
   double* b_of(int t) { return b.data() + int64_t(t) * d; }
   void reduce(float* out_a, float* out_b) const {
@@ -91,50 +94,51 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, flo
       yr[j] = y;
     }
   }
-  return record("layer_norm", out, {x, weight, bias},
-                [xc, w, mean, rstd, d, rows](const Tensor& g, const std::vector<bool>& needs) -> std::vector<Tensor> {
-                  Tensor gc = f32_contiguous(g);
-                  const float* gp = gc.f32();
-                  const float* xp = xc.f32();
-                  const float* wp = w.defined() ? w.f32() : nullptr;
-                  Tensor gx = needs[0] ? Tensor::empty(xc.shape()) : Tensor();
-                  float* gxp = needs[0] ? gx.f32() : nullptr;
-                  const bool want_wb = needs[1] || needs[2];
-                  Partials part(want_wb ? d : 0);
-#pragma omp parallel
-                  {
-                    double* pw = want_wb ? part.a_of(omp_get_thread_num()) : nullptr;
-                    double* pb = want_wb ? part.b_of(omp_get_thread_num()) : nullptr;
+  return record(
+      "layer_norm", out, {x, weight, bias},
+      [xc, w, mean, rstd, d, rows](const Tensor& g, const std::vector<bool>& needs) -> std::vector<Tensor> {
+        Tensor gc = f32_contiguous(g);
+        const float* gp = gc.f32();
+        const float* xp = xc.f32();
+        const float* wp = w.defined() ? w.f32() : nullptr;
+        Tensor gx = needs[0] ? Tensor::empty(xc.shape()) : Tensor();
+        float* gxp = needs[0] ? gx.f32() : nullptr;
+        const bool want_wb = needs[1] || needs[2];
+        Partials part(want_wb ? d : 0);
+#pragma omp parallel if (rows * d > 8192)
+        {
+          double* pw = want_wb ? part.a_of(omp_get_thread_num()) : nullptr;
+          double* pb = want_wb ? part.b_of(omp_get_thread_num()) : nullptr;
 #pragma omp for
-                    for (int64_t r = 0; r < rows; ++r) {
-                      const float* xr = xp + r * d;
-                      const float* gr = gp + r * d;
-                      const float m = (*mean)[size_t(r)], rs = (*rstd)[size_t(r)];
-                      if (want_wb)
-                        for (int64_t j = 0; j < d; ++j) {
-                          pw[j] += double(gr[j]) * ((xr[j] - m) * rs);
-                          pb[j] += gr[j];
-                        }
-                      if (!gxp) continue;
-                      double sum_gh = 0, sum_ghx = 0;
-                      for (int64_t j = 0; j < d; ++j) {
-                        const float gh = wp ? gr[j] * wp[j] : gr[j];
-                        sum_gh += gh;
-                        sum_ghx += double(gh) * ((xr[j] - m) * rs);
-                      }
-                      const float mean_gh = float(sum_gh / double(d)), mean_ghx = float(sum_ghx / double(d));
-                      float* gxr = gxp + r * d;
-                      for (int64_t j = 0; j < d; ++j) {
-                        const float gh = wp ? gr[j] * wp[j] : gr[j];
-                        gxr[j] = rs * (gh - mean_gh - (xr[j] - m) * rs * mean_ghx);
-                      }
-                    }
-                  }
-                  Tensor gw = needs[1] ? Tensor::empty({d}) : Tensor();
-                  Tensor gb = needs[2] ? Tensor::empty({d}) : Tensor();
-                  if (want_wb) part.reduce(needs[1] ? gw.f32() : nullptr, needs[2] ? gb.f32() : nullptr);
-                  return {gx, gw, gb};
-                });
+          for (int64_t r = 0; r < rows; ++r) {
+            const float* xr = xp + r * d;
+            const float* gr = gp + r * d;
+            const float m = (*mean)[size_t(r)], rs = (*rstd)[size_t(r)];
+            if (want_wb)
+              for (int64_t j = 0; j < d; ++j) {
+                pw[j] += double(gr[j]) * ((xr[j] - m) * rs);
+                pb[j] += gr[j];
+              }
+            if (!gxp) continue;
+            double sum_gh = 0, sum_ghx = 0;
+            for (int64_t j = 0; j < d; ++j) {
+              const float gh = wp ? gr[j] * wp[j] : gr[j];
+              sum_gh += gh;
+              sum_ghx += double(gh) * ((xr[j] - m) * rs);
+            }
+            const float mean_gh = float(sum_gh / double(d)), mean_ghx = float(sum_ghx / double(d));
+            float* gxr = gxp + r * d;
+            for (int64_t j = 0; j < d; ++j) {
+              const float gh = wp ? gr[j] * wp[j] : gr[j];
+              gxr[j] = rs * (gh - mean_gh - (xr[j] - m) * rs * mean_ghx);
+            }
+          }
+        }
+        Tensor gw = needs[1] ? Tensor::empty({d}) : Tensor();
+        Tensor gb = needs[2] ? Tensor::empty({d}) : Tensor();
+        if (want_wb) part.reduce(needs[1] ? gw.f32() : nullptr, needs[2] ? gb.f32() : nullptr);
+        return {gx, gw, gb};
+      });
 }
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) {
@@ -159,45 +163,46 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) {
     float* yr = op + r * d;
     for (int64_t j = 0; j < d; ++j) yr[j] = wp ? wp[j] * (xr[j] * rs) : xr[j] * rs;
   }
-  return record("rms_norm", out, {x, weight},
-                [xc, w, rstd, d, rows](const Tensor& g, const std::vector<bool>& needs) -> std::vector<Tensor> {
-                  Tensor gc = f32_contiguous(g);
-                  const float* gp = gc.f32();
-                  const float* xp = xc.f32();
-                  const float* wp = w.defined() ? w.f32() : nullptr;
-                  Tensor gx = needs[0] ? Tensor::empty(xc.shape()) : Tensor();
-                  float* gxp = needs[0] ? gx.f32() : nullptr;
-                  const bool want_w = needs[1];
-                  Partials part(want_w ? d : 0);
-#pragma omp parallel
-                  {
-                    double* pw = want_w ? part.a_of(omp_get_thread_num()) : nullptr;
+  return record(
+      "rms_norm", out, {x, weight},
+      [xc, w, rstd, d, rows](const Tensor& g, const std::vector<bool>& needs) -> std::vector<Tensor> {
+        Tensor gc = f32_contiguous(g);
+        const float* gp = gc.f32();
+        const float* xp = xc.f32();
+        const float* wp = w.defined() ? w.f32() : nullptr;
+        Tensor gx = needs[0] ? Tensor::empty(xc.shape()) : Tensor();
+        float* gxp = needs[0] ? gx.f32() : nullptr;
+        const bool want_w = needs[1];
+        Partials part(want_w ? d : 0);
+#pragma omp parallel if (rows * d > 8192)
+        {
+          double* pw = want_w ? part.a_of(omp_get_thread_num()) : nullptr;
 #pragma omp for
-                    for (int64_t r = 0; r < rows; ++r) {
-                      const float* xr = xp + r * d;
-                      const float* gr = gp + r * d;
-                      const float rs = (*rstd)[size_t(r)];
-                      if (want_w)
-                        for (int64_t j = 0; j < d; ++j) pw[j] += double(gr[j]) * (xr[j] * rs);
-                      if (!gxp) continue;
-                      // gx = rs * (gh - xhat * mean(gh * xhat)), gh = g * w, xhat = x * rs.
-                      double sum_ghx = 0;
-                      for (int64_t j = 0; j < d; ++j) sum_ghx += double(wp ? gr[j] * wp[j] : gr[j]) * (xr[j] * rs);
-                      const float mean_ghx = float(sum_ghx / double(d));
-                      float* gxr = gxp + r * d;
-                      for (int64_t j = 0; j < d; ++j) {
-                        const float gh = wp ? gr[j] * wp[j] : gr[j];
-                        gxr[j] = rs * (gh - xr[j] * rs * mean_ghx);
-                      }
-                    }
-                  }
-                  Tensor gw;
-                  if (want_w) {
-                    gw = Tensor::empty({d});
-                    part.reduce(gw.f32(), nullptr);
-                  }
-                  return {gx, gw};
-                });
+          for (int64_t r = 0; r < rows; ++r) {
+            const float* xr = xp + r * d;
+            const float* gr = gp + r * d;
+            const float rs = (*rstd)[size_t(r)];
+            if (want_w)
+              for (int64_t j = 0; j < d; ++j) pw[j] += double(gr[j]) * (xr[j] * rs);
+            if (!gxp) continue;
+            // gx = rs * (gh - xhat * mean(gh * xhat)), gh = g * w, xhat = x * rs.
+            double sum_ghx = 0;
+            for (int64_t j = 0; j < d; ++j) sum_ghx += double(wp ? gr[j] * wp[j] : gr[j]) * (xr[j] * rs);
+            const float mean_ghx = float(sum_ghx / double(d));
+            float* gxr = gxp + r * d;
+            for (int64_t j = 0; j < d; ++j) {
+              const float gh = wp ? gr[j] * wp[j] : gr[j];
+              gxr[j] = rs * (gh - xr[j] * rs * mean_ghx);
+            }
+          }
+        }
+        Tensor gw;
+        if (want_w) {
+          gw = Tensor::empty({d});
+          part.reduce(gw.f32(), nullptr);
+        }
+        return {gx, gw};
+      });
 }
 
 }  // namespace deltatune::ops

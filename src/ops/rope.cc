@@ -49,15 +49,16 @@ void rotate(const float* x, float* out, const RopeTable& tab, int64_t b0, int64_
 }  // namespace
 
 Tensor rope(const Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
-  if (!x.defined() || !positions.defined() || !inv_freq.defined()) throw ShapeError("rope: an input is undefined");
+  if (!x.defined() || !positions.defined() || !inv_freq.defined())
+    throw ShapeError("rope: an input is undefined");
   if (!is_floating(x.dtype())) throw DtypeError("rope: x must be floating, got " + x.describe());
   if (x.dim() < 2) throw ShapeError("rope: x must be [B, H, T, D], got " + shape_str(x.shape()));
   const int64_t t = x.size(-2), d = x.size(-1);
   if (d % 2 != 0) throw ShapeError("rope: head dim must be even, got x " + shape_str(x.shape()));
   const int64_t h = d / 2;
   if (inv_freq.dim() != 1 || inv_freq.size(0) != h)
-    throw ShapeError("rope: inv_freq " + shape_str(inv_freq.shape()) + " does not fit x " + shape_str(x.shape()) +
-                     " (expected [" + std::to_string(h) + "])");
+    throw ShapeError("rope: inv_freq " + shape_str(inv_freq.shape()) + " does not fit x " +
+                     shape_str(x.shape()) + " (expected [" + std::to_string(h) + "])");
   auto tab = std::make_shared<RopeTable>();
   tab->t = t;
   tab->half = h;
@@ -69,8 +70,8 @@ Tensor rope(const Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
     b0 = x.size(0);
     tab->batches = positions.size(0);
   } else {
-    throw ShapeError("rope: positions " + shape_str(positions.shape()) + " do not fit x " + shape_str(x.shape()) +
-                     " (expected [T] or [B, T] with T = " + std::to_string(t) + ")");
+    throw ShapeError("rope: positions " + shape_str(positions.shape()) + " do not fit x " +
+                     shape_str(x.shape()) + " (expected [T] or [B, T] with T = " + std::to_string(t) + ")");
   }
   const std::vector<float> pos = positions.to_floats();
   const std::vector<float> freq = inv_freq.to_floats();
@@ -82,7 +83,7 @@ Tensor rope(const Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
       tab->cos[p * size_t(h) + size_t(i)] = float(std::cos(double(angle)));
       tab->sin[p * size_t(h) + size_t(i)] = float(std::sin(double(angle)));
     }
-  const int64_t m = t * d && b0 ? x.numel() / (b0 * t * d) : 0;
+  const int64_t m = (t > 0 && d > 0 && b0 > 0) ? x.numel() / (b0 * t * d) : 0;
   Tensor xc = f32_contiguous(x);
   Tensor out = Tensor::empty(x.shape());
   if (out.numel()) rotate(xc.f32(), out.f32(), *tab, b0, m, false);
@@ -97,8 +98,10 @@ Tensor rope(const Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
 }
 
 Tensor rope_inv_freq(int64_t head_dim, float theta) {
-  if (head_dim <= 0) throw ConfigError("rope_inv_freq: head_dim must be positive, got " + std::to_string(head_dim));
-  if (!(theta > 0.0f)) throw ConfigError("rope_inv_freq: theta must be positive, got " + std::to_string(theta));
+  if (head_dim <= 0)
+    throw ConfigError("rope_inv_freq: head_dim must be positive, got " + std::to_string(head_dim));
+  if (!(theta > 0.0f))
+    throw ConfigError("rope_inv_freq: theta must be positive, got " + std::to_string(theta));
   // transformers: 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim)), in float32.
   // The exponent is a float32 division; the power is rounded once to float32; 1.0 / p is torch's
   // reciprocal (a float32 division).

@@ -24,9 +24,12 @@ struct Rows {
 Rows rows_of(const Shape& shape, int64_t d) {
   Rows r;
   for (int64_t j = 0; j < int64_t(shape.size()); ++j) {
-    if (j < d) r.outer *= shape[size_t(j)];
-    else if (j == d) r.n = shape[size_t(j)];
-    else r.inner *= shape[size_t(j)];
+    if (j < d)
+      r.outer *= shape[size_t(j)];
+    else if (j == d)
+      r.n = shape[size_t(j)];
+    else
+      r.inner *= shape[size_t(j)];
   }
   return r;
 }
@@ -74,14 +77,16 @@ void softmax_backward(const float* y, const float* g, float* gx, const Rows& r, 
         gx[base + j * st] = g[base + j * st] - std::exp(y[base + j * st]) * float(dot);
     } else {
       for (int64_t j = 0; j < r.n; ++j) dot += double(g[base + j * st]) * y[base + j * st];
-      for (int64_t j = 0; j < r.n; ++j) gx[base + j * st] = y[base + j * st] * (g[base + j * st] - float(dot));
+      for (int64_t j = 0; j < r.n; ++j)
+        gx[base + j * st] = y[base + j * st] * (g[base + j * st] - float(dot));
     }
   }
 }
 
 Tensor softmax_impl(const Tensor& a, int64_t dim, bool log) {
   const char* name = log ? "log_softmax" : "softmax";
-  if (!is_floating(a.dtype())) throw DtypeError(std::string(name) + ": needs a floating tensor, got " + a.describe());
+  if (!is_floating(a.dtype()))
+    throw DtypeError(std::string(name) + ": needs a floating tensor, got " + a.describe());
   Tensor x = f32_contiguous(a);
   Tensor out = Tensor::empty(a.shape());
   if (a.dim() == 0) {  // a single element: softmax 1, log_softmax 0
@@ -94,12 +99,13 @@ Tensor softmax_impl(const Tensor& a, int64_t dim, bool log) {
   const Rows r = rows_of(a.shape(), d);
   if (a.numel()) softmax_forward(x.f32(), out.f32(), r, log);
   Tensor y = out.detach();
-  return record(name, out, {a}, [y, r, log](const Tensor& g, const std::vector<bool>&) -> std::vector<Tensor> {
-    Tensor gc = f32_contiguous(g);
-    Tensor gx = Tensor::empty(y.shape());
-    if (y.numel()) softmax_backward(y.f32(), gc.f32(), gx.f32(), r, log);
-    return {gx};
-  });
+  return record(name, out, {a},
+                [y, r, log](const Tensor& g, const std::vector<bool>&) -> std::vector<Tensor> {
+                  Tensor gc = f32_contiguous(g);
+                  Tensor gx = Tensor::empty(y.shape());
+                  if (y.numel()) softmax_backward(y.f32(), gc.f32(), gx.f32(), r, log);
+                  return {gx};
+                });
 }
 
 }  // namespace

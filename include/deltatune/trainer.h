@@ -1,0 +1,153 @@
+#pragma once
+// Fine-tuning a sequence classifier: only the delta (and the task head) train, with AdamW, a
+// learning-rate schedule, gradient clipping and accumulation, periodic evaluation on a dev set,
+// early stopping, the best weights kept, and checkpoints that resume bit for bit.
+//
+//   train::TrainTarget target = train::TrainTarget::with_deltas(*model, {lora.get()}, "lora");
+//   train::Trainer trainer(target, options);           // options.run_dir receives logs and checkpoints
+//   train::TrainResult result = trainer.train(train_set, &dev_set);
+//   train::save_trained(run_dir / "delta", target);
+//
+// Reproducibility: data order depends only on (seed, epoch) and the model's dropout generator is
+// reseeded from (seed, step) before every update, so a run is a function of its seed and a resumed
+// run replays exactly the updates an uninterrupted one makes.
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "deltatune/data.h"
+#include "deltatune/delta.h"
+#include "deltatune/error.h"
+#include "deltatune/model.h"
+#include "deltatune/optim.h"
+
+namespace deltatune::train {
+
+// What a run trains: the deltas attached to the model (none for full or head-only tuning) and the
+// model's own parameters that train and are saved with them (the task head; everything for "full").
+struct TrainTarget {
+  TransformerModel* model = nullptr;
+  std::vector<delta::Delta*> deltas;
+  std::vector<std::string> model_parameters;
+  std::string method;  // "lora", ..., "full", "head"
+
+  // Deltas already attached; the head trains with them.
+  static TrainTarget with_deltas(TransformerModel& model, std::vector<delta::Delta*> deltas, std::string method);
+  // Every model parameter trains.
+  static TrainTarget full(TransformerModel& model);
+  // Only the task head trains (a linear probe on frozen features).
+  static TrainTarget head_only(TransformerModel& model);
+
+  // Sets requires_grad accordingly (everything else frozen); returns (trainable, total) counts.
+  std::pair<int64_t, int64_t> freeze() const;
+  // The trainable tensors by name (delta parameters, then model parameters): optimizer and checkpoint keys.
+  NamedParams parameters() const;
+};
+
+// Raised when the loss or the gradient norm stops being finite; training stops without writing
+// anything, so the last checkpoint on disk is the last good state.
+class TrainingDiverged : public Error {
+  using Error::Error;
+};
+
+struct TrainOptions {
+  int64_t epochs = 3;
+  int64_t max_steps = 0;  // > 0: stop after this many optimizer updates (overrides epochs)
+  double lr = 5e-4;
+  double weight_decay = 0.01;  // not applied to biases and norm weights (as transformers' Trainer)
+  double warmup_ratio = 0.06;
+  std::string schedule = "linear";  // LrSchedule::names()
+  double max_grad_norm = 1.0;        // <= 0: no clipping
+  int64_t batch_size = 16;
+  int64_t eval_batch_size = 64;
+  int64_t grad_accum = 1;  // batches per optimizer update
+  bool bucket_by_length = false;
+  uint64_t seed = 42;
+
+  int64_t eval_every = 0;        // > 0: also evaluate on dev every N updates (always at each epoch end)
+  int64_t checkpoint_every = 0;  // > 0: also checkpoint every N updates (always after each evaluation)
+  int64_t patience = 0;          // > 0: stop after N evaluations without improvement
+  std::string metric = "accuracy";  // dev metric that picks the best weights: accuracy, macro_f1, mcc, loss
+  bool restore_best = true;         // end with the best dev weights (when a dev set is given)
+
+  std::filesystem::path run_dir;  // log.jsonl, checkpoint/, best/ (required)
+  bool resume = false;            // continue from run_dir/checkpoint
+
+  bool progress = true;      // progress on stderr
+  int64_t log_every = 0;     // non-TTY progress lines every N updates; 0: about 20 lines per run
+  // Called after every update with the step count; returning false stops training cleanly after a
+  // checkpoint (like an interrupt). Tests use it to interrupt and to inject faults.
+  std::function<bool(int64_t step)> on_step;
+};
+
+struct TrainResult {
+  int64_t steps = 0;              // updates done in total (including those before a resume)
+  int64_t total_steps = 0;        // planned
+  std::vector<double> losses;     // training loss of each update made by this call
+  nlohmann::json best_dev;        // dev metrics at the best evaluation (null without dev)
+  int64_t best_step = -1;
+  nlohmann::json last_dev;
+  std::string stop_reason;        // "completed", "max_steps", "early_stopping", "stopped"
+  double seconds = 0;             // wall time of this call
+  int64_t trainable = 0, total = 0;
+};
+
+class Trainer {
+ public:
+  Trainer(TrainTarget target, TrainOptions options);
+  // `dev` may be null: no evaluation, the final weights are the last ones.
+  TrainResult train(const data::EncodedDataset& train_set, const data::EncodedDataset* dev);
+
+ private:
+  TrainTarget target_;
+  TrainOptions options_;
+};
+
+// --- evaluation ---
+
+struct Predictions {
+  std::vector<int64_t> predicted;
+  std::vector<int64_t> labels;                    // -1 where unlabelled
+  std::vector<std::vector<float>> probabilities;  // per example, when asked for
+  double loss = 0;                                // mean cross-entropy (labelled sets only)
+};
+// Runs the model over a dataset in eval mode without recording, in the dataset's order.
+Predictions predict(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size = 64,
+                    bool keep_probabilities = false);
+// {"loss", "accuracy", "macro_f1", "mcc"} on a labelled dataset.
+nlohmann::json evaluate(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size = 64);
+
+// The model inputs of a batch (token types only for models that have them).
+ModelInput model_input(const TransformerModel& model, const data::Batch& batch);
+
+// --- what a run leaves behind ---
+
+// Saves what `target` trained into `dir`: a delta in our format (with the head tensors), or for
+// full / head-only tuning the trained model tensors in the same layout (delta.safetensors and a
+// delta_config.json whose delta method is "full" or "head").
+void save_trained(const std::filesystem::path& dir, const TrainTarget& target);
+// PEFT's adapter format, for a single delta whose method PEFT has. Returns false when not possible.
+bool save_trained_peft(const std::filesystem::path& dir, const TrainTarget& target);
+
+// What load_trained attached.
+struct LoadedTrained {
+  std::vector<std::unique_ptr<delta::Delta>> deltas;
+  std::string method;
+};
+// Loads a folder written by save_trained (or a PEFT adapter) onto `model`.
+LoadedTrained load_trained(const std::filesystem::path& dir, TransformerModel& model);
+
+// Finds labels.json for a delta folder: inside it, or in its parent (the run folder).
+std::filesystem::path find_labels_file(const std::filesystem::path& delta_dir);
+
+// The run's curves as a small SVG: training loss, dev loss and the dev metric against the step.
+std::string training_plot_svg(const std::vector<nlohmann::json>& log_entries, const std::string& metric = "accuracy");
+// Reads run_dir/log.jsonl and writes run_dir/plot.svg; returns its path.
+std::filesystem::path write_training_plot(const std::filesystem::path& run_dir, const std::string& metric = "accuracy");
+std::vector<nlohmann::json> read_log(const std::filesystem::path& log_file);
+
+}  // namespace deltatune::train

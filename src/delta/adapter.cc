@@ -1,0 +1,222 @@
+// Bottleneck adapters: a small down-projection, an activation and an up-projection.
+//   houlsby   sequential, after the attention output and after the feed-forward output:
+//             y -> y + s * up(act(down(y)))   (Houlsby et al.)
+//   pfeiffer  sequential, after the feed-forward output only (Pfeiffer et al.)
+//   parallel  added to the feed-forward output from the feed-forward input (He et al.):
+//             ffn(x) -> ffn(x) + s * up(act(down(x)))
+// The bottleneck is given directly or as hidden / reduction_factor. The up-projection starts at zero,
+// so an attached adapter is the identity. residual: false makes a sequential adapter replace y.
+// Parameters: <module>.adapter.down.weight/.bias and .adapter.up.weight/.bias, where <module> is the
+// linear layer the adapter follows (attn.o, ffn.down). Our format only: PEFT has no adapters.
+#include <cmath>
+
+#include "deltatune/autograd.h"
+#include "deltatune/delta.h"
+#include "deltatune/error.h"
+#include "delta/methods.h"
+
+namespace deltatune::delta {
+namespace {
+
+struct AdapterWeights {
+  Tensor down_w, down_b, up_w, up_b;
+};
+
+struct AdapterBlock {
+  AdapterWeights w;
+  nn::Activation act;
+  float scaling = 1.0f;
+  float dropout = 0.0f;
+  Generator* rng = nullptr;
+  Tensor run(const Tensor& x, bool training) const {
+    Tensor h = act(ops::linear(x, w.down_w, w.down_b));
+    if (training && dropout > 0.0f) h = ops::dropout(h, dropout, true, *rng);
+    return ops::mul_scalar(ops::linear(h, w.up_w, w.up_b), scaling);
+  }
+};
+
+// Sequential: after the layer's output.
+struct SequentialHook : nn::LinearHook {
+  AdapterBlock block;
+  bool residual = true;
+  Tensor post(nn::Linear& layer, const Tensor& x, const Tensor& y) override {
+    Tensor a = block.run(y, layer.training());
+    return residual ? ops::add(y, a) : a;
+  }
+};
+
+// Parallel: the feed-forward input is caught on the first feed-forward linear, the adapter's output
+// added to the last one's.
+struct ParallelState {
+  Tensor input;
+};
+struct CaptureHook : nn::LinearHook {
+  std::shared_ptr<ParallelState> state;
+  Tensor pre(nn::Linear& layer, const Tensor& x) override {
+    state->input = x;
+    return x;
+  }
+};
+struct ParallelHook : nn::LinearHook {
+  AdapterBlock block;
+  std::shared_ptr<ParallelState> state;
+  Tensor post(nn::Linear& layer, const Tensor& x, const Tensor& y) override {
+    if (!state->input.defined())
+      throw Error("parallel adapter on a feed-forward output whose input was not seen (is the up-projection hooked?)");
+    Tensor in = state->input;
+    state->input = Tensor();
+    return ops::add(y, block.run(in, layer.training()));
+  }
+};
+
+class Adapter : public Delta {
+ public:
+  explicit Adapter(const nlohmann::json& c) : config_(c) {
+    variant_ = c.value("variant", std::string("houlsby"));
+    if (variant_ != "houlsby" && variant_ != "pfeiffer" && variant_ != "parallel")
+      throw ConfigError("adapter: unknown variant '" + variant_ + "' (supported: houlsby, pfeiffer, parallel)");
+    if (c.contains("bottleneck") && !c["bottleneck"].is_null()) {
+      if (!c["bottleneck"].is_number_integer()) throw ConfigError("adapter: bottleneck must be an integer");
+      bottleneck_ = c["bottleneck"].get<int64_t>();
+      if (bottleneck_ < 1) throw ConfigError("adapter: bottleneck must be at least 1, got " + std::to_string(bottleneck_));
+    }
+    reduction_ = c.value("reduction_factor", 16.0);
+    if (reduction_ <= 0) throw ConfigError("adapter: reduction_factor must be positive");
+    activation_ = c.value("activation", std::string("relu"));
+    nn::activation(activation_);  // validates the name
+    residual_ = c.value("residual", true);
+    scaling_ = c.value("scaling", 1.0);
+    dropout_ = c.value("dropout", 0.0);
+    if (dropout_ < 0 || dropout_ >= 1) throw ConfigError("adapter: dropout must be in [0, 1)");
+    if (c.contains("targets") && !c["targets"].is_null() && variant_ != "parallel")
+      targets_ = c["targets"];
+    else if (variant_ == "houlsby")
+      targets_ = {"attn.o", "ffn.down"};
+    else
+      targets_ = {"ffn.down"};
+    seed = c.value("seed", uint64_t(0));
+  }
+
+  std::string method() const override { return "adapter"; }
+
+  void attach(TransformerModel& model) override {
+    if (model_) throw Error("adapter delta '" + name + "' is already attached");
+    auto spec = TargetSpec::from_json(targets_, config_.value("exclude", nlohmann::json()),
+                                      config_.value("layers", nlohmann::json()));
+    paths_ = resolve_targets(model, spec);
+    std::vector<std::string> inputs;  // parallel: the feed-forward input layer of each block
+    if (variant_ == "parallel") {
+      auto up_spec = TargetSpec::from_json(nlohmann::json{"ffn.up"}, config_.value("exclude", nlohmann::json()),
+                                           config_.value("layers", nlohmann::json()));
+      inputs = resolve_targets(model, up_spec);
+      if (inputs.size() != paths_.size())
+        throw ConfigError("adapter: parallel adapters need one feed-forward input and output per block (found " +
+                          std::to_string(inputs.size()) + " inputs, " + std::to_string(paths_.size()) + " outputs)");
+    }
+    Generator gen(seed);
+    std::map<std::string, AdapterWeights> previous;
+    for (auto& [p, w] : weights_) previous[p] = w;
+    weights_.clear();
+    for (size_t i = 0; i < paths_.size(); ++i) {
+      const std::string& path = paths_[i];
+      auto* layer = static_cast<nn::Linear*>(model.find_module(path));
+      const int64_t hidden = layer->out_features;
+      const int64_t in = variant_ == "parallel" ? static_cast<nn::Linear*>(model.find_module(inputs[i]))->in_features : hidden;
+      const int64_t r = bottleneck_ > 0 ? bottleneck_ : std::max<int64_t>(1, int64_t(std::lround(double(hidden) / reduction_)));
+      AdapterWeights w;
+      auto prev = previous.find(path);
+      if (prev != previous.end() && prev->second.down_w.shape() == Shape{r, in}) {
+        w = prev->second;
+      } else {  // torch's Linear default for down, zeros for up: the adapter starts as the identity
+        const float bound = 1.0f / std::sqrt(float(in));
+        w.down_w = Tensor::uniform({r, in}, gen, -bound, bound);
+        w.down_b = Tensor::uniform({r}, gen, -bound, bound);
+        w.up_w = Tensor::zeros({hidden, r});
+        w.up_b = Tensor::zeros({hidden});
+      }
+      weights_.emplace_back(path, w);
+      AdapterBlock block{w, nn::activation(activation_), float(scaling_), float(dropout_), &model.dropout_rng};
+      if (variant_ == "parallel") {
+        auto state = std::make_shared<ParallelState>();
+        auto capture = std::make_shared<CaptureHook>();
+        capture->state = state;
+        auto hook = std::make_shared<ParallelHook>();
+        hook->block = block;
+        hook->state = state;
+        install(static_cast<nn::Linear*>(model.find_module(inputs[i])), capture);
+        install(layer, hook);
+      } else {
+        auto hook = std::make_shared<SequentialHook>();
+        hook->block = block;
+        hook->residual = residual_;
+        install(layer, hook);
+      }
+    }
+    model_ = &model;
+  }
+
+  void detach() override {
+    for (auto& [layer, hook] : installed_) {
+      auto& hs = layer->hooks;
+      hs.erase(std::remove(hs.begin(), hs.end(), hook), hs.end());
+    }
+    installed_.clear();
+    model_ = nullptr;
+  }
+
+  void set_enabled(bool on) override {
+    enabled_ = on;
+    for (auto& [_, h] : installed_) h->enabled = on;
+  }
+
+  std::vector<std::pair<std::string, Tensor>> parameters() override {
+    std::vector<std::pair<std::string, Tensor>> out;
+    for (auto& [path, w] : weights_) {
+      out.emplace_back(path + ".adapter.down.weight", w.down_w);
+      out.emplace_back(path + ".adapter.down.bias", w.down_b);
+      out.emplace_back(path + ".adapter.up.weight", w.up_w);
+      out.emplace_back(path + ".adapter.up.bias", w.up_b);
+    }
+    return out;
+  }
+
+  nlohmann::json config() const override {
+    nlohmann::json c = config_;
+    c["method"] = "adapter";
+    c["variant"] = variant_;
+    if (bottleneck_ > 0) c["bottleneck"] = bottleneck_;
+    else c["reduction_factor"] = reduction_;
+    c["activation"] = activation_;
+    c["residual"] = residual_;
+    c["scaling"] = scaling_;
+    c["dropout"] = dropout_;
+    c["targets"] = targets_;
+    return c;
+  }
+
+  std::vector<std::string> attached_modules() const override { return paths_; }
+
+ private:
+  void install(nn::Linear* layer, std::shared_ptr<nn::LinearHook> hook) {
+    hook->owner = name;
+    hook->enabled = enabled_;
+    layer->hooks.push_back(hook);
+    installed_.emplace_back(layer, hook);
+  }
+
+  nlohmann::json config_;
+  std::string variant_, activation_;
+  int64_t bottleneck_ = 0;
+  double reduction_ = 16.0, scaling_ = 1.0, dropout_ = 0.0;
+  bool residual_ = true, enabled_ = true;
+  nlohmann::json targets_;
+  TransformerModel* model_ = nullptr;
+  std::vector<std::string> paths_;
+  std::vector<std::pair<std::string, AdapterWeights>> weights_;
+  std::vector<std::pair<nn::Linear*, std::shared_ptr<nn::LinearHook>>> installed_;
+};
+}  // namespace
+
+std::unique_ptr<Delta> make_adapter(const nlohmann::json& config) { return std::make_unique<Adapter>(config); }
+
+}  // namespace deltatune::delta

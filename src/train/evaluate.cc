@@ -1,0 +1,82 @@
+// Running a classifier over a dataset: predictions, probabilities, loss and metrics.
+#include "deltatune/autograd.h"
+#include "deltatune/metrics.h"
+#include "deltatune/ops.h"
+#include "deltatune/tokenizer.h"
+#include "deltatune/trainer.h"
+
+namespace deltatune::train {
+namespace {
+
+// Restores the model's training flag when evaluation ends, whichever way it ends.
+class EvalMode {
+ public:
+  explicit EvalMode(TransformerModel& model) : model_(model), was_training_(model.training()) { model.set_training(false); }
+  ~EvalMode() { model_.set_training(was_training_); }
+  EvalMode(const EvalMode&) = delete;
+  EvalMode& operator=(const EvalMode&) = delete;
+
+ private:
+  TransformerModel& model_;
+  bool was_training_;
+};
+
+}  // namespace
+
+ModelInput model_input(const TransformerModel& model, const data::Batch& batch) {
+  ModelInput in;
+  in.input_ids = batch.input_ids;
+  in.attention_mask = batch.attention_mask;
+  // Only BERT-style models have segment embeddings; others must not be given ids they would ignore.
+  if (model.config.type_vocab_size > 0) in.token_type_ids = batch.token_type_ids;
+  return in;
+}
+
+Predictions predict(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size,
+                    bool keep_probabilities) {
+  if (model.head != HeadKind::SequenceClassification)
+    throw ConfigError("predict: the model has no sequence-classification head");
+  EvalMode eval(model);
+  NoGradGuard no_grad;
+  // Length-sorted batches waste little on padding; results go back to the dataset's order.
+  data::Batcher batcher(dataset, {.batch_size = batch_size, .shuffle = false, .seed = 0, .bucket_by_length = true}, 0);
+  const size_t n = dataset.size();
+  Predictions out;
+  out.predicted.assign(n, -1);
+  out.labels.assign(n, -1);
+  if (keep_probabilities) out.probabilities.resize(n);
+  double loss_sum = 0;
+  int64_t labelled = 0;
+  for (const auto& indices : batcher.epoch_order(0)) {
+    data::Batch batch = batcher.make_batch(indices);
+    Tensor logits = model.forward(model_input(model, batch)).logits;
+    const int64_t C = logits.size(-1);
+    if (batch.labels.defined()) {
+      loss_sum += double(ops::cross_entropy(logits, batch.labels).item()) * double(batch.size());
+      labelled += batch.size();
+    }
+    const std::vector<float> probs = ops::softmax(logits, -1).to_floats();
+    for (size_t b = 0; b < indices.size(); ++b) {
+      const float* row = probs.data() + b * size_t(C);
+      int64_t best = 0;
+      for (int64_t c = 1; c < C; ++c)
+        if (row[c] > row[best]) best = c;
+      out.predicted[indices[b]] = best;
+      out.labels[indices[b]] = dataset.examples[indices[b]].label;
+      if (keep_probabilities) out.probabilities[indices[b]].assign(row, row + C);
+    }
+  }
+  out.loss = labelled > 0 ? loss_sum / double(labelled) : 0.0;
+  return out;
+}
+
+nlohmann::json evaluate(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size) {
+  Predictions p = predict(model, dataset, batch_size, false);
+  for (int64_t label : p.labels)
+    if (label < 0) throw ConfigError("evaluate: the dataset has unlabelled examples");
+  nlohmann::json m = metrics::classification_metrics(p.predicted, p.labels);
+  m["loss"] = p.loss;
+  return m;
+}
+
+}  // namespace deltatune::train

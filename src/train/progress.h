@@ -1,0 +1,52 @@
+#pragma once
+// Training progress for people (a status line on stderr) and for programs (RUN_DIR/log.jsonl, one
+// JSON object per line: every training update and every evaluation).
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace deltatune::train_detail {
+
+class RunLog {
+ public:
+  explicit RunLog(std::filesystem::path file);
+  ~RunLog();
+  RunLog(const RunLog&) = delete;
+  RunLog& operator=(const RunLog&) = delete;
+  void write(const nlohmann::json& entry);  // flushed at once: a crash loses nothing logged
+  // Drops entries after `step` (a resumed run re-logs the updates it replays).
+  static void truncate_after(const std::filesystem::path& file, int64_t step);
+
+ private:
+  std::filesystem::path file_;
+  std::FILE* out_ = nullptr;
+};
+
+// On a terminal the status line is redrawn in place (\r); otherwise (logs, CI) a line is printed
+// every `every` updates, so files do not fill with carriage returns.
+class ProgressBar {
+ public:
+  ProgressBar(int64_t total_steps, int64_t first_step, bool enabled, int64_t every);
+  void update(int64_t step, double epoch, double loss, double lr, int64_t tokens);
+  // A line that stays (evaluation results), printed above the status line.
+  void message(const std::string& line);
+  void finish();
+  double tokens_per_second() const;
+
+ private:
+  void clear();
+  std::string status(int64_t step, double epoch, double loss, double lr) const;
+
+  int64_t total_, first_step_, every_;
+  bool enabled_, tty_;
+  bool drawn_ = false;
+  int64_t tokens_ = 0;
+  std::chrono::steady_clock::time_point start_, last_draw_;
+  int64_t last_step_ = 0;
+};
+
+std::string format_duration(double seconds);  // "1:02:03", "4:05"
+
+}  // namespace deltatune::train_detail

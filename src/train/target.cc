@@ -1,0 +1,166 @@
+// What a run trains, and saving / loading the result.
+#include <set>
+
+#include "deltatune/autograd.h"
+#include "deltatune/delta_io.h"
+#include "deltatune/safetensors.h"
+#include "deltatune/trainer.h"
+#include "train/files.h"
+
+namespace fs = std::filesystem;
+
+namespace deltatune::train {
+namespace {
+
+// Methods whose "delta" is a set of the model's own tensors, stored by name.
+bool is_model_tensor_method(const std::string& method) { return method == "full" || method == "head"; }
+
+std::string base_name(const TransformerModel& model) {
+  auto it = model.config.raw.find("_name_or_path");
+  if (it != model.config.raw.end() && it->is_string()) return it->get<std::string>();
+  return model.config.model_type;
+}
+
+std::map<std::string, Tensor> model_tensors(const TrainTarget& target) {
+  std::map<std::string, Tensor> out;
+  for (const auto& name : target.model_parameters) {
+    Tensor* p = target.model->find_parameter(name);
+    if (!p) throw ConfigError("model parameter '" + name + "' does not exist");
+    out[name] = p->detach();
+  }
+  return out;
+}
+
+// Writes into a sibling folder first, then swaps it in: a crash never leaves a half-written delta.
+// "run/delta/" and "run/delta" name the same folder; the trailing slash would break sibling names.
+fs::path folder_path(const fs::path& dir) {
+  fs::path d = dir.lexically_normal();
+  return d.has_filename() ? d : d.parent_path();
+}
+
+template <class Write>
+void write_folder(const fs::path& target, Write write) {
+  const fs::path dir = folder_path(target);
+  fs::path staged = dir;
+  staged += ".tmp";
+  fs::remove_all(staged);
+  fs::create_directories(staged);
+  try {
+    write(staged);
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(staged, ignored);
+    throw;
+  }
+  train_detail::replace_folder(staged, dir);
+}
+
+nlohmann::json read_json_file(const fs::path& file) {
+  try {
+    return nlohmann::json::parse(train_detail::read_file(file));
+  } catch (const nlohmann::json::parse_error& e) {
+    throw IoError(file.string() + ": not valid JSON (" + std::string(e.what()) + ")");
+  }
+}
+
+}  // namespace
+
+TrainTarget TrainTarget::with_deltas(TransformerModel& model, std::vector<delta::Delta*> deltas, std::string method) {
+  return {&model, std::move(deltas), model.head_parameters(), std::move(method)};
+}
+
+TrainTarget TrainTarget::full(TransformerModel& model) {
+  TrainTarget t{&model, {}, {}, "full"};
+  for (auto& [name, _] : model.named_parameters()) t.model_parameters.push_back(name);
+  return t;
+}
+
+TrainTarget TrainTarget::head_only(TransformerModel& model) { return {&model, {}, model.head_parameters(), "head"}; }
+
+std::pair<int64_t, int64_t> TrainTarget::freeze() const {
+  if (deltas.size() > 1) throw ConfigError("training several deltas at once is not supported yet");
+  return delta::freeze_for_delta(*model, deltas, model_parameters);
+}
+
+NamedParams TrainTarget::parameters() const {
+  NamedParams out;
+  std::set<TensorImpl*> seen;  // tied weights appear under two names but are one tensor
+  for (auto& [name, t] : delta::trainable_parameters(*model, deltas))
+    if (seen.insert(t.impl()).second) out.emplace_back(name, t);
+  return out;
+}
+
+void save_trained(const fs::path& dir, const TrainTarget& target) {
+  TransformerModel& model = *target.model;
+  const std::map<std::string, Tensor> tensors = model_tensors(target);
+  if (!target.deltas.empty()) {
+    if (target.deltas.size() > 1) throw ConfigError("saving several deltas at once is not supported yet");
+    write_folder(dir, [&](const fs::path& staged) { delta::save_delta(staged, *target.deltas[0], model, tensors); });
+    return;
+  }
+  if (!is_model_tensor_method(target.method))
+    throw ConfigError("save_trained: method '" + target.method + "' has no delta attached");
+  write_folder(dir, [&](const fs::path& staged) {
+    nlohmann::json c;
+    c["format"] = "deltatune";
+    c["version"] = 1;
+    c["delta"] = {{"method", target.method}};
+    c["base_model"] = base_name(model);
+    // A head-only run leaves the base untouched, so its fingerprint still identifies it.
+    if (target.method == "head") c["base_fingerprint"] = delta::base_fingerprint(model);
+    c["head"] = head_name(model.head);
+    if (model.head == HeadKind::SequenceClassification) c["num_labels"] = model.config.num_labels;
+    c["head_parameters"] = model.head_parameters();
+    write_safetensors(staged / "delta.safetensors", tensors);
+    train_detail::write_file_atomic(staged / "delta_config.json", c.dump(2) + "\n");
+  });
+}
+
+bool save_trained_peft(const fs::path& dir, const TrainTarget& target) {
+  if (target.deltas.size() != 1) return false;
+  const std::map<std::string, Tensor> head = model_tensors(target);
+  try {
+    write_folder(dir, [&](const fs::path& staged) { delta::save_peft(staged, *target.deltas[0], *target.model, head); });
+  } catch (const ConfigError&) {
+    return false;  // PEFT has no such method (or no such option of it)
+  }
+  return true;
+}
+
+LoadedTrained load_trained(const fs::path& dir, TransformerModel& model) {
+  if (!fs::is_directory(dir)) throw IoError(dir.string() + ": delta folder does not exist");
+  LoadedTrained out;
+  const fs::path config_file = dir / "delta_config.json";
+  if (fs::exists(config_file)) {
+    nlohmann::json c = read_json_file(config_file);
+    const std::string method = c.contains("delta") && c["delta"].is_object() ? c["delta"].value("method", "") : "";
+    if (is_model_tensor_method(method)) {
+      const fs::path file = dir / "delta.safetensors";
+      TensorFile tensors = read_safetensors(file);
+      NoGradGuard guard;
+      for (auto& [name, value] : tensors.tensors) {
+        Tensor* p = model.find_parameter(name);
+        if (!p) throw IoError(file.string() + ": tensor '" + name + "' is not a parameter of this model");
+        if (p->shape() != value.shape())
+          throw IoError(file.string() + ": tensor '" + name + "' has shape " + shape_str(value.shape()) +
+                        " but the model's is " + shape_str(p->shape()));
+        *p = value.float32().contiguous().clone().detach();
+      }
+      out.method = method;
+      return out;
+    }
+  }
+  delta::SavedDelta saved = delta::load_delta(dir, model);
+  out.method = saved.delta->method();
+  out.deltas.push_back(std::move(saved.delta));
+  return out;
+}
+
+fs::path find_labels_file(const fs::path& dir) {
+  const fs::path delta_dir = folder_path(dir);
+  for (const fs::path& candidate : {delta_dir / "labels.json", delta_dir.parent_path() / "labels.json"})
+    if (fs::is_regular_file(candidate)) return candidate;
+  throw IoError(delta_dir.string() + ": no labels.json in the delta folder or its run folder (needed to name the classes)");
+}
+
+}  // namespace deltatune::train

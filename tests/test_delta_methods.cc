@@ -1,0 +1,409 @@
+// Every delta method on the mini models: identity at init where the method starts as one, the loss
+// falls over a few AdamW steps, switching off gives the base back, and saving (our format and PEFT's)
+// then loading into a fresh model gives identical logits. Plus the config errors users meet.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "deltatune/autograd.h"
+#include "deltatune/delta.h"
+#include "deltatune/delta_io.h"
+#include "deltatune/error.h"
+#include "deltatune/optim.h"
+#include "delta/peft_config.h"
+#include "golden.h"
+
+using namespace deltatune;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::unique_ptr<TransformerModel> load(const std::string& name) {
+  LoadOptions options;
+  options.verbose = false;
+  return load_pretrained(golden::model_dir(name), options);
+}
+
+fs::path temp_dir(const std::string& name) {
+  fs::path d = fs::temp_directory_path() / ("deltatune_methods_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(d);
+  return d;
+}
+
+// A tiny fixed batch: two rows of 10 ids, the second padded after 7, and fixed random targets.
+struct Batch {
+  ModelInput input;
+  Tensor targets;  // [B, T]
+};
+Batch make_batch(const TransformerModel& model) {
+  Generator gen(7);
+  const int64_t B = 2, T = 10, V = std::min<int64_t>(model.config.vocab_size, 1000);
+  std::vector<int64_t> ids, targets;
+  std::vector<float> mask;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      ids.push_back(5 + int64_t(gen.below(uint64_t(V - 5))));
+      targets.push_back(5 + int64_t(gen.below(uint64_t(V - 5))));
+      mask.push_back(b == 1 && t >= 7 ? 0.0f : 1.0f);
+    }
+  Batch batch;
+  batch.input.input_ids = Tensor::from_ints(ids, {B, T});
+  batch.input.attention_mask = Tensor::from_floats(mask, {B, T});
+  batch.targets = Tensor::from_ints(targets, {B, T});
+  return batch;
+}
+
+Tensor logits_of(TransformerModel& model, const Batch& batch) {
+  NoGradGuard no_grad;
+  return model.forward(batch.input).logits.contiguous();
+}
+
+float max_diff(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  if (a.shape() != b.shape()) return 1e30f;
+  auto x = a.to_floats(), y = b.to_floats();
+  float m = 0;
+  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::fabs(x[i] - y[i]));
+  return m;
+}
+
+// Cross-entropy of the last T positions (prompt tokens come first) against the fixed targets,
+// padding ignored.
+Tensor loss_of(TransformerModel& model, const Batch& batch) {
+  Tensor logits = model.forward(batch.input).logits;
+  const int64_t B = batch.targets.size(0), T = batch.targets.size(1), V = logits.size(-1);
+  logits = logits.slice(1, logits.size(1) - T, logits.size(1));
+  std::vector<int64_t> t = batch.targets.to_ints();
+  std::vector<float> m = batch.input.attention_mask.to_floats();
+  for (size_t i = 0; i < t.size(); ++i)
+    if (m[i] == 0) t[i] = -100;
+  return ops::cross_entropy(logits.reshape({B * T, V}), Tensor::from_ints(t, {B * T}));
+}
+
+struct Case {
+  std::string model;
+  nlohmann::json config;
+  bool identity = true;  // the attached delta starts as the identity
+  bool peft = false;     // PEFT's format round trip too
+};
+
+void run_case(const Case& c) {
+  SCOPED_TRACE(c.model + " " + c.config.dump());
+  auto model = load(c.model);
+  const Batch batch = make_batch(*model);
+  const Tensor base = logits_of(*model, batch);
+  // A base weight, to check it is never trained.
+  const std::string probe = model->layers_path() + ".0";
+  std::vector<float> probe_before;
+  for (auto& [n, t] : model->named_parameters())
+    if (n.rfind(probe, 0) == 0 && n.find("weight") != std::string::npos && t->dim() == 2) {
+      probe_before = t->to_floats();
+      break;
+    }
+
+  auto delta = delta::make_delta(c.config);
+  delta->attach(*model);
+  ASSERT_FALSE(delta->parameters().empty());
+  if (c.identity) EXPECT_LT(max_diff(logits_of(*model, batch), base), 1e-5f) << "not the identity at init";
+
+  // Training moves only the delta, and the loss falls.
+  auto [trainable, total] = delta::freeze_for_delta(*model, {delta.get()}, {});
+  EXPECT_GT(trainable, 0);
+  EXPECT_LT(trainable, total);
+  AdamW opt(delta::trainable_parameters(*model, {delta.get()}), {.lr = 1e-2, .weight_decay = 0.0});
+  std::vector<float> losses;
+  for (int step = 0; step < 6; ++step) {
+    Tensor loss = loss_of(*model, batch);
+    losses.push_back(loss.item());
+    loss.backward();
+    opt.step();
+    opt.zero_grad();
+  }
+  {
+    NoGradGuard no_grad;
+    losses.push_back(loss_of(*model, batch).item());
+  }
+  EXPECT_LT(losses.back(), losses.front() - 0.05f) << "the loss did not fall: " << nlohmann::json(losses).dump();
+  const Tensor trained = logits_of(*model, batch);
+  if (trained.shape() == base.shape()) EXPECT_GT(max_diff(trained, base), 1e-4f) << "training changed nothing";
+
+  // Switched off, or detached: the base again (prompt tuning changes the length, so compare when it can).
+  delta->set_enabled(false);
+  if (c.config["method"] != "prompt") EXPECT_LT(max_diff(logits_of(*model, batch), base), 1e-5f) << "disabled";
+  delta->set_enabled(true);
+  EXPECT_LT(max_diff(logits_of(*model, batch), trained), 1e-6f) << "re-enabled";
+  for (auto& [n, t] : model->named_parameters())
+    if (n.rfind(probe, 0) == 0 && n.find("weight") != std::string::npos && t->dim() == 2) {
+      bool own = false;
+      for (auto& [dn, _] : delta->parameters()) own = own || dn == n;
+      if (!own) EXPECT_EQ(t->to_floats(), probe_before) << n << " changed";
+      break;
+    }
+
+  // Saved alone and loaded into a fresh model: the same logits.
+  const std::string tag = c.model + "_" + c.config["method"].get<std::string>();
+  fs::path ours = temp_dir(tag + "_ours");
+  delta::save_delta(ours, *delta, *model);
+  {
+    auto fresh = load(c.model);
+    testing::internal::CaptureStderr();
+    auto saved = delta::load_delta(ours, *fresh);
+    std::string err = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(err.find("other base weights"), std::string::npos) << err;
+    EXPECT_EQ(saved.format, "deltatune");
+    EXPECT_LT(max_diff(logits_of(*fresh, batch), trained), 1e-6f) << "our format round trip";
+  }
+  if (c.peft) {
+    fs::path peft = temp_dir(tag + "_peft");
+    delta::save_peft(peft, *delta, *model);
+    EXPECT_TRUE(fs::exists(peft / "adapter_config.json"));
+    auto fresh = load(c.model);
+    auto saved = delta::load_delta(peft, *fresh);
+    EXPECT_EQ(saved.format, "peft");
+    EXPECT_EQ(saved.delta->method(), delta->method());
+    EXPECT_LT(max_diff(logits_of(*fresh, batch), trained), 1e-6f) << "PEFT format round trip";
+    fs::remove_all(peft);
+  }
+  fs::remove_all(ours);
+
+  // Detached, the model is the base again and has its own tensors back.
+  delta->detach();
+  EXPECT_LT(max_diff(logits_of(*model, batch), base), 1e-5f) << "detached";
+}
+
+using nlohmann::json;
+}  // namespace
+
+TEST(DeltaMethods, LoraBert) { run_case({"bert-mini", {{"method", "lora"}, {"r", 4}, {"alpha", 8}}, true, true}); }
+TEST(DeltaMethods, LoraGpt2) {
+  run_case({"gpt2-mini", {{"method", "lora"}, {"r", 4}, {"targets", {"attn.q", "ffn.down"}}}, true, true});
+}
+
+TEST(DeltaMethods, Ia3Bert) { run_case({"bert-mini", {{"method", "ia3"}}, true, true}); }
+TEST(DeltaMethods, Ia3Llama) { run_case({"llama-mini", {{"method", "ia3"}}, true, true}); }
+TEST(DeltaMethods, Ia3Gpt2) { run_case({"gpt2-mini", {{"method", "ia3"}}, true, true}); }
+
+TEST(DeltaMethods, PrefixGpt2) {
+  run_case({"gpt2-mini", {{"method", "prefix"}, {"num_virtual_tokens", 5}}, false, true});
+}
+TEST(DeltaMethods, PrefixLlama) {
+  run_case({"llama-mini", {{"method", "prefix"}, {"num_virtual_tokens", 4}}, false, true});
+}
+TEST(DeltaMethods, PrefixBert) { run_case({"bert-mini", {{"method", "prefix"}, {"num_virtual_tokens", 4}}, false, false}); }
+// The MLP reparameterisation trains, then saves collapsed: PEFT's plain prompt_embeddings.
+TEST(DeltaMethods, PrefixProjection) {
+  run_case({"llama-mini",
+            {{"method", "prefix"}, {"num_virtual_tokens", 3}, {"projection", true}, {"encoder_hidden_size", 32}},
+            false,
+            true});
+}
+
+TEST(DeltaMethods, PromptGpt2) { run_case({"gpt2-mini", {{"method", "prompt"}, {"num_virtual_tokens", 4}}, false, true}); }
+TEST(DeltaMethods, PromptBert) {
+  run_case({"bert-mini", {{"method", "prompt"}, {"num_virtual_tokens", 4}, {"init", "vocab"}}, false, true});
+}
+
+TEST(DeltaMethods, BitFitBert) { run_case({"bert-mini", {{"method", "bitfit"}}, true, false}); }
+TEST(DeltaMethods, BitFitLlama) { run_case({"llama-mini", {{"method", "bitfit"}}, true, false}); }
+TEST(DeltaMethods, LnTuningBert) { run_case({"bert-mini", {{"method", "ln"}}, true, false}); }
+TEST(DeltaMethods, LnTuningLlama) { run_case({"llama-mini", {{"method", "ln"}, {"targets", {"ln"}}}, true, false}); }
+TEST(DeltaMethods, LastLayersBert) { run_case({"bert-mini", {{"method", "last-layers"}, {"k", 1}}, true, false}); }
+TEST(DeltaMethods, LastLayersGpt2) { run_case({"gpt2-mini", {{"method", "last-layers"}, {"k", 2}}, true, false}); }
+
+TEST(DeltaMethods, AdapterHoulsbyBert) {
+  run_case({"bert-mini", {{"method", "adapter"}, {"variant", "houlsby"}, {"bottleneck", 16}}, true, false});
+}
+TEST(DeltaMethods, AdapterPfeifferGpt2) {
+  run_case({"gpt2-mini", {{"method", "adapter"}, {"variant", "pfeiffer"}, {"reduction_factor", 8}}, true, false});
+}
+TEST(DeltaMethods, AdapterParallelLlama) {
+  run_case({"llama-mini", {{"method", "adapter"}, {"variant", "parallel"}, {"bottleneck", 8}, {"activation", "gelu"}}, true, false});
+}
+TEST(DeltaMethods, AdapterParallelBert) {
+  run_case({"bert-mini", {{"method", "adapter"}, {"variant", "parallel"}, {"bottleneck", 8}}, true, false});
+}
+
+// --- details ---
+
+TEST(DeltaMethods, Ia3ShapesFollowPeft) {
+  auto model = load("llama-mini");
+  auto d = delta::make_delta({{"method", "ia3"}});
+  d->attach(*model);
+  std::map<std::string, Shape> shapes;
+  for (auto& [n, t] : d->parameters()) shapes[n] = t.shape();
+  EXPECT_EQ(shapes.at("model.layers.0.self_attn.k_proj.ia3_l"), (Shape{128, 1}));
+  EXPECT_EQ(shapes.at("model.layers.0.self_attn.v_proj.ia3_l"), (Shape{128, 1}));
+  EXPECT_EQ(shapes.at("model.layers.0.mlp.down_proj.ia3_l"), (Shape{1, 704}));
+  EXPECT_EQ(shapes.size(), 12u);
+  // The PEFT config names exactly these modules.
+  json p = delta::to_peft_config(*d, *model);
+  EXPECT_EQ(p["peft_type"], "IA3");
+  EXPECT_EQ(p["target_modules"], json({"down_proj", "k_proj", "v_proj"}));
+  EXPECT_EQ(p["feedforward_modules"], json({"down_proj"}));
+}
+
+TEST(DeltaMethods, Ia3PeftNamesAreUnambiguous) {
+  // GPT-2 has c_proj in attention and MLP: the PEFT config must not name both.
+  auto model = load("gpt2-mini");
+  auto d = delta::make_delta({{"method", "ia3"}, {"targets", {"ffn.down"}}, {"feedforward", {"ffn.down"}}});
+  d->attach(*model);
+  json p = delta::to_peft_config(*d, *model);
+  EXPECT_EQ(p["target_modules"], json({"mlp.c_proj"}));
+  EXPECT_EQ(p["feedforward_modules"], json({"c_proj"}));
+  EXPECT_EQ(p["fan_in_fan_out"], true);
+}
+
+TEST(DeltaMethods, PrefixLayoutFollowsPeft) {
+  // Row p of prompt_embeddings holds, per layer l, the key in column block 2l and the value in 2l+1,
+  // each block Hkv heads of D. A prefix whose only nonzero is layer 1's value for head 1 changes
+  // nothing in layer 0.
+  auto model = load("llama-mini");
+  auto d = delta::make_delta({{"method", "prefix"}, {"num_virtual_tokens", 2}});
+  d->attach(*model);
+  auto params = d->parameters();
+  ASSERT_EQ(params.size(), 1u);
+  EXPECT_EQ(params[0].first, "prompt_embeddings");
+  EXPECT_EQ(params[0].second.shape(), (Shape{2, 4 * 2 * 2 * 64}));
+  json p = delta::to_peft_config(*d, *model);
+  EXPECT_EQ(p["token_dim"], 128);
+  EXPECT_EQ(p["num_attention_heads"], 2);
+  EXPECT_EQ(p["num_layers"], 4);
+}
+
+TEST(DeltaMethods, PromptInitFromTokens) {
+  auto model = load("gpt2-mini");
+  auto d = delta::make_delta({{"method", "prompt"}, {"num_virtual_tokens", 5}, {"init", "text"}, {"init_ids", {11, 22}}});
+  d->attach(*model);
+  Tensor prompt = d->parameters()[0].second;
+  ASSERT_EQ(prompt.shape(), (Shape{5, 256}));
+  const int64_t want[] = {11, 22, 11, 22, 11};  // repeated to the length, as PEFT does
+  for (int64_t i = 0; i < 5; ++i)
+    EXPECT_EQ(prompt.select(0, i).to_floats(), model->input_embeddings().select(0, want[i]).float32().to_floats());
+  // With the model's tokenizer.
+  auto t = delta::make_delta({{"method", "prompt"},
+                              {"num_virtual_tokens", 3},
+                              {"init", "text"},
+                              {"init_text", "the whale"},
+                              {"tokenizer", golden::model_dir("gpt2-mini").string()}});
+  t->attach(*model);
+  EXPECT_EQ(t->parameters()[0].second.shape(), (Shape{3, 256}));
+}
+
+TEST(DeltaMethods, BitFitAddsAndRemovesBiases) {
+  auto model = load("llama-mini");
+  const auto before = model->named_parameters().size();
+  auto d = delta::make_delta({{"method", "bitfit"}, {"targets", {"attn.q", "attn.v"}}});
+  d->attach(*model);
+  EXPECT_EQ(d->parameters().size(), 8u);
+  EXPECT_NE(model->find_parameter("model.layers.0.self_attn.q_proj.bias"), nullptr);
+  EXPECT_EQ(model->named_parameters().size(), before + 8);
+  d->detach();
+  EXPECT_EQ(model->find_parameter("model.layers.0.self_attn.q_proj.bias"), nullptr);
+  EXPECT_EQ(model->named_parameters().size(), before);
+}
+
+TEST(DeltaMethods, SpecificationDeltasTrainModelTensors) {
+  auto model = load("bert-mini");
+  auto d = delta::make_delta({{"method", "ln"}});
+  d->attach(*model);
+  for (auto& [n, t] : d->parameters()) {
+    Tensor* p = model->find_parameter(n);
+    ASSERT_NE(p, nullptr) << n;
+    EXPECT_TRUE(p->same(t)) << n;
+  }
+  auto [trainable, total] = delta::freeze_for_delta(*model, {d.get()}, {});
+  EXPECT_EQ(total, model->parameter_count());
+  auto named = delta::trainable_parameters(*model, {d.get()});
+  EXPECT_EQ(named.size(), d->parameters().size());  // listed once each
+}
+
+TEST(DeltaMethods, UnknownMethodListsSupported) {
+  try {
+    delta::make_delta({{"method", "nope"}});
+    FAIL();
+  } catch (const ConfigError& e) {
+    std::string m = e.what();
+    for (const char* n : {"lora", "ia3", "prefix", "prompt", "adapter", "bitfit", "ln", "last-layers"})
+      EXPECT_NE(m.find(n), std::string::npos) << m;
+  }
+}
+
+TEST(DeltaMethods, UnknownPeftTypeListsSupported) {
+  try {
+    delta::from_peft_config({{"peft_type", "VERA"}}, "x/adapter_config.json");
+    FAIL();
+  } catch (const ConfigError& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("VERA"), std::string::npos) << m;
+    EXPECT_NE(m.find("x/adapter_config.json"), std::string::npos) << m;
+    for (const char* n : {"LORA", "IA3", "PREFIX_TUNING", "PROMPT_TUNING"}) EXPECT_NE(m.find(n), std::string::npos) << m;
+  }
+}
+
+TEST(DeltaMethods, UnknownPeftKeysWarn) {
+  // A PEFT adapter from a newer version: its extra keys are ignored with a warning, and it loads.
+  auto model = load("gpt2-mini");
+  auto d = delta::make_delta({{"method", "ia3"}});
+  d->attach(*model);
+  fs::path dir = temp_dir("unknown_keys");
+  delta::save_peft(dir, *d, *model);
+  json c;
+  std::ifstream(dir / "adapter_config.json") >> c;
+  c["shiny_new_option"] = 3;
+  std::ofstream(dir / "adapter_config.json") << c.dump();
+  auto fresh = load("gpt2-mini");
+  testing::internal::CaptureStderr();
+  EXPECT_NO_THROW(delta::load_delta(dir, *fresh));
+  std::string err = testing::internal::GetCapturedStderr();
+  EXPECT_NE(err.find("shiny_new_option"), std::string::npos) << err;
+  EXPECT_NE(err.find("warning"), std::string::npos) << err;
+  fs::remove_all(dir);
+}
+
+TEST(DeltaMethods, AdapterShapeMismatchNamesKeyAndShapes) {
+  auto model = load("bert-mini");
+  auto d = delta::make_delta({{"method", "adapter"}, {"bottleneck", 8}});
+  d->attach(*model);
+  fs::path dir = temp_dir("adapter_mismatch");
+  delta::save_delta(dir, *d, *model);
+  // The config now claims a bottleneck the tensors do not have.
+  json c;
+  std::ifstream(dir / "delta_config.json") >> c;
+  c["delta"]["bottleneck"] = 16;
+  std::ofstream(dir / "delta_config.json") << c.dump();
+  auto fresh = load("bert-mini");
+  try {
+    delta::load_delta(dir, *fresh);
+    FAIL();
+  } catch (const ShapeError& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find(".adapter."), std::string::npos) << m;
+    EXPECT_NE(m.find("saved shape [8"), std::string::npos) << m;
+    EXPECT_NE(m.find("does not fit [16"), std::string::npos) << m;
+    EXPECT_NE(m.find("delta.safetensors"), std::string::npos) << m;
+  }
+  fs::remove_all(dir);
+}
+
+TEST(DeltaMethods, BadConfigsAreClear) {
+  EXPECT_THROW(delta::make_delta({{"method", "adapter"}, {"variant", "sideways"}}), ConfigError);
+  EXPECT_THROW(delta::make_delta({{"method", "adapter"}, {"activation", "wiggle"}}), ConfigError);
+  EXPECT_THROW(delta::make_delta({{"method", "prefix"}, {"num_virtual_tokens", 0}}), ConfigError);
+  EXPECT_THROW(delta::make_delta({{"method", "prompt"}, {"init", "text"}}), ConfigError);
+  auto model = load("llama-mini");
+  auto d = delta::make_delta({{"method", "prefix"}, {"num_virtual_tokens", 2}, {"token_dim", 256}});
+  try {
+    d->attach(*model);
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("token_dim"), std::string::npos) << e.what();
+  }
+  auto k = delta::make_delta({{"method", "last-layers"}, {"k", 9}});
+  EXPECT_THROW(k->attach(*model), ConfigError);
+  // Methods without a PEFT equivalent say so when saved in PEFT's format.
+  auto a = delta::make_delta({{"method", "adapter"}});
+  a->attach(*model);
+  EXPECT_THROW(delta::save_peft(temp_dir("adapter_peft"), *a, *model), ConfigError);
+}
