@@ -8,14 +8,17 @@ if(NOT TARGET CLI11::CLI11)
   target_include_directories(CLI11::CLI11 INTERFACE ${CLI11_INCLUDE_DIR})
 endif()
 
-# OpenBLAS: Debian ships cblas.h per threading variant; prefer the pthread build.
-find_path(OPENBLAS_INCLUDE_DIR cblas.h
-          PATHS /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/openblas REQUIRED)
-find_library(OPENBLAS_LIBRARY NAMES openblas
-             PATHS /usr/lib/x86_64-linux-gnu/openblas-pthread REQUIRED)
+# OpenBLAS: Debian ships one build per threading model. We use the OpenMP build so that BLAS and our
+# own kernels share one OpenMP thread pool: with the pthread build, idle OpenMP workers spin while
+# OpenBLAS's own threads wait for a core, and a 2-core machine runs 30x slower. The rpath pins that
+# build at run time whatever the system's libopenblas.so.0 alternative points to.
+find_path(OPENBLAS_OPENMP_INCLUDE_DIR cblas.h
+          PATHS /usr/include/x86_64-linux-gnu/openblas-openmp NO_DEFAULT_PATH REQUIRED)
+find_library(OPENBLAS_OPENMP_LIBRARY NAMES openblas
+             PATHS /usr/lib/x86_64-linux-gnu/openblas-openmp NO_DEFAULT_PATH REQUIRED)
 add_library(deltatune::blas INTERFACE IMPORTED)
-target_include_directories(deltatune::blas INTERFACE ${OPENBLAS_INCLUDE_DIR})
-target_link_libraries(deltatune::blas INTERFACE ${OPENBLAS_LIBRARY})
+target_include_directories(deltatune::blas INTERFACE ${OPENBLAS_OPENMP_INCLUDE_DIR})
+target_link_libraries(deltatune::blas INTERFACE ${OPENBLAS_OPENMP_LIBRARY})
 
 find_path(SENTENCEPIECE_INCLUDE_DIR sentencepiece_processor.h REQUIRED)
 find_library(SENTENCEPIECE_LIBRARY sentencepiece REQUIRED)
@@ -28,3 +31,6 @@ find_library(UTF8PROC_LIBRARY utf8proc REQUIRED)
 add_library(deltatune::utf8proc INTERFACE IMPORTED)
 target_include_directories(deltatune::utf8proc INTERFACE ${UTF8PROC_INCLUDE_DIR})
 target_link_libraries(deltatune::utf8proc INTERFACE ${UTF8PROC_LIBRARY})
+get_filename_component(OPENBLAS_LIBRARY_DIR ${OPENBLAS_OPENMP_LIBRARY} DIRECTORY)
+list(APPEND CMAKE_BUILD_RPATH ${OPENBLAS_LIBRARY_DIR})
+list(APPEND CMAKE_INSTALL_RPATH ${OPENBLAS_LIBRARY_DIR})

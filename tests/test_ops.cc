@@ -192,11 +192,16 @@ TEST(Matmul, MatchesNaive) {
 }
 
 TEST(Matmul, EmptyInnerDimGivesZeros) {
-  for (int i = 0; i < 3; ++i) Tensor::full({64, 64}, 7.0f);  // leave non-zero memory for the allocator to reuse
-  EXPECT_EQ(O::matmul(Tensor::zeros({4, 0}), Tensor::zeros({0, 3})).to_floats(), std::vector<float>(12, 0.0f));
-  EXPECT_EQ(O::matmul(Tensor::zeros({2, 4, 0}), Tensor::zeros({2, 0, 3})).to_floats(), std::vector<float>(24, 0.0f));
-  EXPECT_EQ(O::linear(Tensor::zeros({4, 0}), Tensor::zeros({3, 0})).to_floats(), std::vector<float>(12, 0.0f));
-  EXPECT_EQ(O::linear(Tensor::zeros({2, 0}), Tensor::zeros({3, 0}), Tensor::from_floats({1, 2, 3}, {3})).to_floats(),
+  for (int i = 0; i < 3; ++i)
+    Tensor::full({64, 64}, 7.0f);  // leave non-zero memory for the allocator to reuse
+  EXPECT_EQ(O::matmul(Tensor::zeros({4, 0}), Tensor::zeros({0, 3})).to_floats(),
+            std::vector<float>(12, 0.0f));
+  EXPECT_EQ(O::matmul(Tensor::zeros({2, 4, 0}), Tensor::zeros({2, 0, 3})).to_floats(),
+            std::vector<float>(24, 0.0f));
+  EXPECT_EQ(O::linear(Tensor::zeros({4, 0}), Tensor::zeros({3, 0})).to_floats(),
+            std::vector<float>(12, 0.0f));
+  EXPECT_EQ(O::linear(Tensor::zeros({2, 0}), Tensor::zeros({3, 0}), Tensor::from_floats({1, 2, 3}, {3}))
+                .to_floats(),
             (std::vector<float>{1, 2, 3, 1, 2, 3}));
 }
 

@@ -24,6 +24,7 @@
 #include "deltatune/error.h"
 #include "deltatune/model.h"
 #include "deltatune/optim.h"
+#include "deltatune/tokenizer.h"
 
 namespace deltatune::train {
 
@@ -79,8 +80,9 @@ struct TrainOptions {
 
   bool progress = true;      // progress on stderr
   int64_t log_every = 0;     // non-TTY progress lines every N updates; 0: about 20 lines per run
-  // Called after every update with the step count; returning false stops training cleanly after a
-  // checkpoint (like an interrupt). Tests use it to interrupt and to inject faults.
+  // Called after every update (and after that update's checkpoint, if one is due) with the step
+  // count; returning false stops training, leaving a checkpoint of this step (an interrupt). Changes it
+  // makes to the weights are not in that checkpoint. Tests use it to interrupt and to inject faults.
   std::function<bool(int64_t step)> on_step;
 };
 
@@ -143,6 +145,20 @@ LoadedTrained load_trained(const std::filesystem::path& dir, TransformerModel& m
 
 // Finds labels.json for a delta folder: inside it, or in its parent (the run folder).
 std::filesystem::path find_labels_file(const std::filesystem::path& delta_dir);
+
+// A trained classifier ready to run: the base model with its classification head, the delta loaded
+// on it, its tokenizer and label names.
+struct Classifier {
+  std::unique_ptr<TransformerModel> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  data::LabelMap labels;
+  LoadedTrained trained;        // empty without a delta
+  nlohmann::json train_config;  // the run's train_config.json when found beside the delta, else null
+};
+// Loads model_dir with a classification head sized by the delta's labels.json and applies the delta.
+// Without a delta (empty path) the head is newly initialised over `labels` (a baseline).
+Classifier load_classifier(const std::filesystem::path& model_dir, const std::filesystem::path& delta_dir,
+                           const data::LabelMap* labels = nullptr);
 
 // The run's curves as a small SVG: training loss, dev loss and the dev metric against the step.
 std::string training_plot_svg(const std::vector<nlohmann::json>& log_entries, const std::string& metric = "accuracy");

@@ -48,7 +48,8 @@ ModelOutput LlamaModel::forward(const ModelInput& in) {
   const int64_t batch = ids.size(0), length = ids.size(1);
   Tensor mask = float_mask(in.attention_mask, batch, length);
   Tensor x = embed_->forward(ids);
-  extend_embeddings(x, mask);
+  // A soft prompt joins once: on a cached step it is already in the cache.
+  if (!in.cache || in.cache->length == 0) extend_embeddings(x, mask);
   const int64_t total = x.size(1);
   const int64_t past = (in.cache ? in.cache->length : 0) + prefix_length();
   Tensor pos = positions(past, total);
