@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "cli_run.h"
+#include "temp_dir.h"
 #include "golden.h"
 #include "model_compare.h"
 
@@ -14,12 +15,7 @@ using cli_test::quote;
 using cli_test::run;
 
 namespace {
-fs::path temp_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / ("deltatune_cli_" + name);
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+fs::path temp_dir(const std::string& name) { return test_support::temp_dir("cli_" + name); }
 std::string model(const std::string& name) { return quote(golden::model_dir(name).string()); }
 }  // namespace
 

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "cli_run.h"
+#include "temp_dir.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta_io.h"
 #include "deltatune/merge.h"
@@ -16,8 +17,7 @@ TEST_P(GoldenMerged, MergeCommandWritesACheckpointMatchingPeft) {
   const std::string name = GetParam();
   nlohmann::json c = golden::find_case(name);
   auto expected = golden::outputs(name + "-merged");
-  fs::path out = fs::temp_directory_path() / ("deltatune_merge_" + name);
-  fs::remove_all(out);
+  fs::path out = test_support::temp_dir("merge_" + name);
   auto r = cli_test::run("merge --model " + cli_test::quote(golden::model_dir(c["model"]).string()) + " --delta " +
                          cli_test::quote((golden::dir() / c["adapter"].get<std::string>()).string()) + " --out " +
                          cli_test::quote(out.string()));

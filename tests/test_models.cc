@@ -5,6 +5,7 @@
 #include "deltatune/error.h"
 #include "deltatune/model.h"
 #include "model_compare.h"
+#include "temp_dir.h"
 
 using namespace deltatune;
 
@@ -118,8 +119,7 @@ TEST(Models, KvCacheGivesTheSameLogitsAsAFullPass) {
 }
 
 TEST(Models, MissingWeightsAreAnError) {
-  auto dir = std::filesystem::temp_directory_path() / "deltatune_missing_weights";
-  std::filesystem::create_directories(dir);
+  auto dir = test_support::temp_dir("missing_weights");
   std::filesystem::copy_file(golden::model_dir("gpt2-mini") / "config.json", dir / "config.json",
                              std::filesystem::copy_options::overwrite_existing);
   auto tensors = load_checkpoint_tensors(golden::model_dir("gpt2-mini"));

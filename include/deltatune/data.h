@@ -77,12 +77,12 @@ class LabelMap {
 void assign_labels(std::vector<Example>& examples, const LabelMap& labels);
 
 // A task folder: train.jsonl (required), dev.jsonl and test.jsonl (optional). .csv / .tsv files are
-// accepted in place of .jsonl.
+// accepted in place of .jsonl. labels_optional: plain texts (causal-LM tuning).
 struct Task {
   std::filesystem::path dir;
   std::vector<Example> train, dev, test;
 };
-Task load_task(const std::filesystem::path& dir, const Fields& fields = {});
+Task load_task(const std::filesystem::path& dir, const Fields& fields = {}, bool labels_optional = false);
 // The file of a split in a task folder ("train", "dev", "test"), or nullopt when absent.
 std::optional<std::filesystem::path> split_file(const std::filesystem::path& dir, const std::string& split);
 
@@ -116,10 +116,10 @@ EncodedDataset encode(const std::vector<Example>& examples, const Tokenizer& tok
 
 // One padded batch: rows padded on the right to the batch's longest row.
 struct Batch {
-  Tensor input_ids;       // int64 [B, T]
-  Tensor attention_mask;  // int64 [B, T]: 1 = token, 0 = padding
-  Tensor token_type_ids;  // int64 [B, T]
-  Tensor labels;          // int64 [B]; undefined when the examples are unlabelled
+  Tensor input_ids;             // int64 [B, T]
+  Tensor attention_mask;        // int64 [B, T]: 1 = token, 0 = padding
+  Tensor token_type_ids;        // int64 [B, T]
+  Tensor labels;                // int64 [B]; undefined when the examples are unlabelled
   std::vector<size_t> indices;  // the examples' positions in the dataset
   int64_t num_tokens = 0;       // real (unpadded) tokens
   int64_t size() const { return int64_t(indices.size()); }

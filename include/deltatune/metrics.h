@@ -29,16 +29,18 @@ struct ClassReport {
   int64_t support = 0;  // true examples of the class
 };
 // One row per class id in [0, names.size()), in id order.
-std::vector<ClassReport> per_class_report(const std::vector<int64_t>& predictions, const std::vector<int64_t>& labels,
+std::vector<ClassReport> per_class_report(const std::vector<int64_t>& predictions,
+                                          const std::vector<int64_t>& labels,
                                           const std::vector<std::string>& names);
 // The report as an aligned text table, like sklearn's classification_report.
 std::string format_report(const std::vector<ClassReport>& report, double accuracy);
 nlohmann::json report_json(const std::vector<ClassReport>& report);
 
 // {"accuracy", "macro_f1", "mcc"} for a classifier.
-nlohmann::json classification_metrics(const std::vector<int64_t>& predictions, const std::vector<int64_t>& labels);
+nlohmann::json classification_metrics(const std::vector<int64_t>& predictions,
+                                      const std::vector<int64_t>& labels);
 
-// Whether a larger value of the metric is better ("loss" is the one where smaller is).
+// Whether a larger value of the metric is better (not for "loss" and "perplexity").
 bool higher_is_better(const std::string& metric);
 
 }  // namespace deltatune::metrics

@@ -1,5 +1,6 @@
 #pragma once
-// Fine-tuning a sequence classifier: only the delta (and the task head) train, with AdamW, a
+// Fine-tuning a sequence classifier (or a causal LM on plain texts): only the delta (and the task
+// head) train, with AdamW, a
 // learning-rate schedule, gradient clipping and accumulation, periodic evaluation on a dev set,
 // early stopping, the best weights kept, and checkpoints that resume bit for bit.
 //
@@ -37,7 +38,8 @@ struct TrainTarget {
   std::string method;  // "lora", ..., "full", "head"
 
   // Deltas already attached; the head trains with them.
-  static TrainTarget with_deltas(TransformerModel& model, std::vector<delta::Delta*> deltas, std::string method);
+  static TrainTarget with_deltas(TransformerModel& model, std::vector<delta::Delta*> deltas,
+                                 std::string method);
   // Every model parameter trains.
   static TrainTarget full(TransformerModel& model);
   // Only the task head trains (a linear probe on frozen features).
@@ -62,7 +64,7 @@ struct TrainOptions {
   double weight_decay = 0.01;  // not applied to biases and norm weights (as transformers' Trainer)
   double warmup_ratio = 0.06;
   std::string schedule = "linear";  // LrSchedule::names()
-  double max_grad_norm = 1.0;        // <= 0: no clipping
+  double max_grad_norm = 1.0;       // <= 0: no clipping
   int64_t batch_size = 16;
   int64_t eval_batch_size = 64;
   int64_t grad_accum = 1;  // batches per optimizer update
@@ -72,14 +74,16 @@ struct TrainOptions {
   int64_t eval_every = 0;        // > 0: also evaluate on dev every N updates (always at each epoch end)
   int64_t checkpoint_every = 0;  // > 0: also checkpoint every N updates (always after each evaluation)
   int64_t patience = 0;          // > 0: stop after N evaluations without improvement
-  std::string metric = "accuracy";  // dev metric that picks the best weights: accuracy, macro_f1, mcc, loss
-  bool restore_best = true;         // end with the best dev weights (when a dev set is given)
+  // Dev metric that picks the best weights: accuracy, macro_f1, mcc, loss (classifiers); loss,
+  // perplexity (causal LMs).
+  std::string metric = "accuracy";
+  bool restore_best = true;  // end with the best dev weights (when a dev set is given)
 
   std::filesystem::path run_dir;  // log.jsonl, checkpoint/, best/ (required)
   bool resume = false;            // continue from run_dir/checkpoint
 
-  bool progress = true;      // progress on stderr
-  int64_t log_every = 0;     // non-TTY progress lines every N updates; 0: about 20 lines per run
+  bool progress = true;   // progress on stderr
+  int64_t log_every = 0;  // non-TTY progress lines every N updates; 0: about 20 lines per run
   // Called after every update (and after that update's checkpoint, if one is due) with the step
   // count; returning false stops training, leaving a checkpoint of this step (an interrupt). Changes it
   // makes to the weights are not in that checkpoint. Tests use it to interrupt and to inject faults.
@@ -87,14 +91,14 @@ struct TrainOptions {
 };
 
 struct TrainResult {
-  int64_t steps = 0;              // updates done in total (including those before a resume)
-  int64_t total_steps = 0;        // planned
-  std::vector<double> losses;     // training loss of each update made by this call
-  nlohmann::json best_dev;        // dev metrics at the best evaluation (null without dev)
+  int64_t steps = 0;           // updates done in total (including those before a resume)
+  int64_t total_steps = 0;     // planned
+  std::vector<double> losses;  // training loss of each update made by this call
+  nlohmann::json best_dev;     // dev metrics at the best evaluation (null without dev)
   int64_t best_step = -1;
   nlohmann::json last_dev;
-  std::string stop_reason;        // "completed", "max_steps", "early_stopping", "stopped"
-  double seconds = 0;             // wall time of this call
+  std::string stop_reason;  // "completed", "max_steps", "early_stopping", "stopped"
+  double seconds = 0;       // wall time of this call
   int64_t trainable = 0, total = 0;
 };
 
@@ -120,8 +124,16 @@ struct Predictions {
 // Runs the model over a dataset in eval mode without recording, in the dataset's order.
 Predictions predict(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size = 64,
                     bool keep_probabilities = false);
-// {"loss", "accuracy", "macro_f1", "mcc"} on a labelled dataset.
-nlohmann::json evaluate(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size = 64);
+// A classifier: {"loss", "accuracy", "macro_f1", "mcc"} on a labelled dataset. A causal LM:
+// {"loss", "perplexity"} over the next-token predictions of every text.
+nlohmann::json evaluate(TransformerModel& model, const data::EncodedDataset& dataset,
+                        int64_t batch_size = 64);
+
+// Causal-LM loss: mean cross-entropy of each real token predicted from the ones before it (labels
+// shifted by one, padding ignored). logits [B, T, V]. `counted` receives the number of predictions.
+Tensor causal_lm_loss(const Tensor& logits, const data::Batch& batch, int64_t* counted = nullptr);
+// The loss a model of this head trains on: cross-entropy over classes, or the causal-LM loss.
+Tensor training_loss(const TransformerModel& model, const Tensor& logits, const data::Batch& batch);
 
 // The model inputs of a batch (token types only for models that have them).
 ModelInput model_input(const TransformerModel& model, const data::Batch& batch);
@@ -146,6 +158,10 @@ LoadedTrained load_trained(const std::filesystem::path& dir, TransformerModel& m
 // Finds labels.json for a delta folder: inside it, or in its parent (the run folder).
 std::filesystem::path find_labels_file(const std::filesystem::path& delta_dir);
 
+// The run's train_config.json (the settings `deltatune train` used) found beside a delta folder (in
+// it or in its run folder), or null when there is none.
+nlohmann::json read_train_config(const std::filesystem::path& delta_dir);
+
 // A trained classifier ready to run: the base model with its classification head, the delta loaded
 // on it, its tokenizer and label names.
 struct Classifier {
@@ -161,9 +177,11 @@ Classifier load_classifier(const std::filesystem::path& model_dir, const std::fi
                            const data::LabelMap* labels = nullptr);
 
 // The run's curves as a small SVG: training loss, dev loss and the dev metric against the step.
-std::string training_plot_svg(const std::vector<nlohmann::json>& log_entries, const std::string& metric = "accuracy");
+std::string training_plot_svg(const std::vector<nlohmann::json>& log_entries,
+                              const std::string& metric = "accuracy");
 // Reads run_dir/log.jsonl and writes run_dir/plot.svg; returns its path.
-std::filesystem::path write_training_plot(const std::filesystem::path& run_dir, const std::string& metric = "accuracy");
+std::filesystem::path write_training_plot(const std::filesystem::path& run_dir,
+                                          const std::string& metric = "accuracy");
 std::vector<nlohmann::json> read_log(const std::filesystem::path& log_file);
 
 }  // namespace deltatune::train

@@ -8,12 +8,13 @@
 // so an attached adapter is the identity. residual: false makes a sequential adapter replace y.
 // Parameters: <module>.adapter.down.weight/.bias and .adapter.up.weight/.bias, where <module> is the
 // linear layer the adapter follows (attn.o, ffn.down). Our format only: PEFT has no adapters.
+#include <algorithm>
 #include <cmath>
 
+#include "delta/methods.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
 #include "deltatune/error.h"
-#include "delta/methods.h"
 
 namespace deltatune::delta {
 namespace {
@@ -62,7 +63,9 @@ struct ParallelHook : nn::LinearHook {
   std::shared_ptr<ParallelState> state;
   Tensor post(nn::Linear& layer, const Tensor& x, const Tensor& y) override {
     if (!state->input.defined())
-      throw Error("parallel adapter on a feed-forward output whose input was not seen (is the up-projection hooked?)");
+      throw Error(
+          "parallel adapter on a feed-forward output whose input was not seen (is the up-projection "
+          "hooked?)");
     Tensor in = state->input;
     state->input = Tensor();
     return ops::add(y, block.run(in, layer.training()));
@@ -74,11 +77,13 @@ class Adapter : public Delta {
   explicit Adapter(const nlohmann::json& c) : config_(c) {
     variant_ = c.value("variant", std::string("houlsby"));
     if (variant_ != "houlsby" && variant_ != "pfeiffer" && variant_ != "parallel")
-      throw ConfigError("adapter: unknown variant '" + variant_ + "' (supported: houlsby, pfeiffer, parallel)");
+      throw ConfigError("adapter: unknown variant '" + variant_ +
+                        "' (supported: houlsby, pfeiffer, parallel)");
     if (c.contains("bottleneck") && !c["bottleneck"].is_null()) {
       if (!c["bottleneck"].is_number_integer()) throw ConfigError("adapter: bottleneck must be an integer");
       bottleneck_ = c["bottleneck"].get<int64_t>();
-      if (bottleneck_ < 1) throw ConfigError("adapter: bottleneck must be at least 1, got " + std::to_string(bottleneck_));
+      if (bottleneck_ < 1)
+        throw ConfigError("adapter: bottleneck must be at least 1, got " + std::to_string(bottleneck_));
     }
     reduction_ = c.value("reduction_factor", 16.0);
     if (reduction_ <= 0) throw ConfigError("adapter: reduction_factor must be positive");
@@ -106,12 +111,14 @@ class Adapter : public Delta {
     paths_ = resolve_targets(model, spec);
     std::vector<std::string> inputs;  // parallel: the feed-forward input layer of each block
     if (variant_ == "parallel") {
-      auto up_spec = TargetSpec::from_json(nlohmann::json{"ffn.up"}, config_.value("exclude", nlohmann::json()),
-                                           config_.value("layers", nlohmann::json()));
+      auto up_spec =
+          TargetSpec::from_json(nlohmann::json{"ffn.up"}, config_.value("exclude", nlohmann::json()),
+                                config_.value("layers", nlohmann::json()));
       inputs = resolve_targets(model, up_spec);
       if (inputs.size() != paths_.size())
-        throw ConfigError("adapter: parallel adapters need one feed-forward input and output per block (found " +
-                          std::to_string(inputs.size()) + " inputs, " + std::to_string(paths_.size()) + " outputs)");
+        throw ConfigError(
+            "adapter: parallel adapters need one feed-forward input and output per block (found " +
+            std::to_string(inputs.size()) + " inputs, " + std::to_string(paths_.size()) + " outputs)");
     }
     Generator gen(seed);
     std::map<std::string, AdapterWeights> previous;
@@ -121,8 +128,12 @@ class Adapter : public Delta {
       const std::string& path = paths_[i];
       auto* layer = static_cast<nn::Linear*>(model.find_module(path));
       const int64_t hidden = layer->out_features;
-      const int64_t in = variant_ == "parallel" ? static_cast<nn::Linear*>(model.find_module(inputs[i]))->in_features : hidden;
-      const int64_t r = bottleneck_ > 0 ? bottleneck_ : std::max<int64_t>(1, int64_t(std::lround(double(hidden) / reduction_)));
+      const int64_t in = variant_ == "parallel"
+                             ? static_cast<nn::Linear*>(model.find_module(inputs[i]))->in_features
+                             : hidden;
+      const int64_t r = bottleneck_ > 0
+                            ? bottleneck_
+                            : std::max<int64_t>(1, int64_t(std::lround(double(hidden) / reduction_)));
       AdapterWeights w;
       auto prev = previous.find(path);
       if (prev != previous.end() && prev->second.down_w.shape() == Shape{r, in}) {
@@ -135,7 +146,8 @@ class Adapter : public Delta {
         w.up_b = Tensor::zeros({hidden});
       }
       weights_.emplace_back(path, w);
-      AdapterBlock block{w, nn::activation(activation_), float(scaling_), float(dropout_), &model.dropout_rng};
+      AdapterBlock block{w, nn::activation(activation_), float(scaling_), float(dropout_),
+                         &model.dropout_rng};
       if (variant_ == "parallel") {
         auto state = std::make_shared<ParallelState>();
         auto capture = std::make_shared<CaptureHook>();
@@ -184,8 +196,10 @@ class Adapter : public Delta {
     nlohmann::json c = config_;
     c["method"] = "adapter";
     c["variant"] = variant_;
-    if (bottleneck_ > 0) c["bottleneck"] = bottleneck_;
-    else c["reduction_factor"] = reduction_;
+    if (bottleneck_ > 0)
+      c["bottleneck"] = bottleneck_;
+    else
+      c["reduction_factor"] = reduction_;
     c["activation"] = activation_;
     c["residual"] = residual_;
     c["scaling"] = scaling_;
@@ -217,6 +231,8 @@ class Adapter : public Delta {
 };
 }  // namespace
 
-std::unique_ptr<Delta> make_adapter(const nlohmann::json& config) { return std::make_unique<Adapter>(config); }
+std::unique_ptr<Delta> make_adapter(const nlohmann::json& config) {
+  return std::make_unique<Adapter>(config);
+}
 
 }  // namespace deltatune::delta

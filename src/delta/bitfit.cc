@@ -8,10 +8,10 @@
 // enabled; detached or disabled, the slots hold the original tensors again, so the base is intact.
 #include <set>
 
+#include "delta/methods.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
 #include "deltatune/error.h"
-#include "delta/methods.h"
 
 namespace deltatune::delta {
 namespace {
@@ -30,7 +30,8 @@ class SpecDelta : public Delta {
   void attach(TransformerModel& model) override {
     if (model_) throw Error(method() + " delta '" + name + "' is already attached");
     std::vector<Selected> picked = select(model);
-    if (picked.empty()) throw ConfigError(method() + ": selects no parameter of this " + model.config.model_type + " model");
+    if (picked.empty())
+      throw ConfigError(method() + ": selects no parameter of this " + model.config.model_type + " model");
     std::map<std::string, Tensor> previous;
     for (auto& e : entries_) previous[e.name] = e.value;
     entries_.clear();
@@ -44,9 +45,12 @@ class SpecDelta : public Delta {
         if (n == s.leaf) e.original = t;
       const Shape shape = e.original.defined() ? e.original.shape() : s.shape;
       auto prev = previous.find(e.name);
-      if (prev != previous.end() && prev->second.shape() == shape) e.value = prev->second;
-      else if (e.original.defined()) e.value = e.original.float32().contiguous().clone().detach();
-      else e.value = Tensor::zeros(shape);
+      if (prev != previous.end() && prev->second.shape() == shape)
+        e.value = prev->second;
+      else if (e.original.defined())
+        e.value = e.original.float32().contiguous().clone().detach();
+      else
+        e.value = Tensor::zeros(shape);
       entries_.push_back(std::move(e));
     }
     model_ = &model;
@@ -89,7 +93,8 @@ class SpecDelta : public Delta {
   static std::vector<std::pair<std::string, nn::Module*>> backbone_modules(TransformerModel& model) {
     const std::string lp = model.layers_path();
     const std::string root = lp.substr(0, lp.find('.'));
-    std::set<std::string> head(model.head_parameters().begin(), model.head_parameters().end());
+    const std::vector<std::string> head_list = model.head_parameters();
+    std::set<std::string> head(head_list.begin(), head_list.end());
     std::vector<std::pair<std::string, nn::Module*>> out;
     for (auto& [path, m] : model.named_modules()) {
       if (path.rfind(root + ".", 0) != 0) continue;
@@ -155,7 +160,8 @@ class BitFit : public SpecDelta {
         if (leaf == "bias") has_slot = true, defined = t.defined();
       if (!has_slot || (!defined && !add_missing_)) continue;
       Shape shape;
-      if (linear) shape = {static_cast<nn::Linear*>(m)->out_features};
+      if (linear)
+        shape = {static_cast<nn::Linear*>(m)->out_features};
       else
         for (auto& [leaf, t] : m->local_parameters())
           if (leaf == "weight" && t.defined()) shape = {t.size(0)};
@@ -209,8 +215,8 @@ class LastLayers : public SpecDelta {
   std::vector<Selected> select(TransformerModel& model) override {
     const int64_t layers = model.config.num_layers;
     if (k_ > layers)
-      throw ConfigError("last-layers: k is " + std::to_string(k_) + " but the model has " + std::to_string(layers) +
-                        " layers");
+      throw ConfigError("last-layers: k is " + std::to_string(k_) + " but the model has " +
+                        std::to_string(layers) + " layers");
     std::vector<Selected> out;
     for (auto& [path, m] : model.named_modules()) {
       const int64_t layer = layer_index(model, path);
@@ -227,7 +233,11 @@ class LastLayers : public SpecDelta {
 }  // namespace
 
 std::unique_ptr<Delta> make_bitfit(const nlohmann::json& config) { return std::make_unique<BitFit>(config); }
-std::unique_ptr<Delta> make_ln_tuning(const nlohmann::json& config) { return std::make_unique<LnTuning>(config); }
-std::unique_ptr<Delta> make_last_layers(const nlohmann::json& config) { return std::make_unique<LastLayers>(config); }
+std::unique_ptr<Delta> make_ln_tuning(const nlohmann::json& config) {
+  return std::make_unique<LnTuning>(config);
+}
+std::unique_ptr<Delta> make_last_layers(const nlohmann::json& config) {
+  return std::make_unique<LastLayers>(config);
+}
 
 }  // namespace deltatune::delta

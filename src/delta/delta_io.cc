@@ -66,7 +66,8 @@ std::string head_task_type(HeadKind h) {
 
 // Hashes the base weights except the head and `skip` (model tensors a delta trains itself: bitfit, ln).
 static std::string fingerprint(TransformerModel& model, const std::set<std::string>& skip) {
-  std::set<std::string> head(model.head_parameters().begin(), model.head_parameters().end());
+  const std::vector<std::string> head_list = model.head_parameters();
+  std::set<std::string> head(head_list.begin(), head_list.end());
   head.insert(skip.begin(), skip.end());
   uint64_t h = 1469598103934665603ull;
   auto mix = [&](const void* data, size_t n) {

@@ -2,13 +2,14 @@
 // (y * l, l stored [out, 1]) or, for feed-forward targets, its input (x * l, l stored [1, in]).
 // The output scaling multiplies the whole result, bias included, as PEFT does. Vectors start at
 // ones, so an attached IA3 delta is the identity. Parameter names follow PEFT: <module>.ia3_l.
+#include <algorithm>
 #include <regex>
 #include <set>
 
+#include "delta/methods.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
 #include "deltatune/error.h"
-#include "delta/methods.h"
 
 namespace deltatune::delta {
 namespace {
@@ -34,15 +35,19 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 class Ia3 : public Delta {
  public:
   explicit Ia3(const nlohmann::json& c) : config_(c) {
-    nlohmann::json targets = c.contains("targets") && !c["targets"].is_null() ? c["targets"]
-                                                                              : nlohmann::json{"attn.k", "attn.v", "ffn.down"};
-    spec_ = TargetSpec::from_json(targets, c.value("exclude", nlohmann::json()), c.value("layers", nlohmann::json()));
-    feedforward_ = c.contains("feedforward") && !c["feedforward"].is_null() ? c["feedforward"] : nlohmann::json{"ffn.down"};
+    nlohmann::json targets = c.contains("targets") && !c["targets"].is_null()
+                                 ? c["targets"]
+                                 : nlohmann::json{"attn.k", "attn.v", "ffn.down"};
+    spec_ = TargetSpec::from_json(targets, c.value("exclude", nlohmann::json()),
+                                  c.value("layers", nlohmann::json()));
+    feedforward_ = c.contains("feedforward") && !c["feedforward"].is_null() ? c["feedforward"]
+                                                                            : nlohmann::json{"ffn.down"};
     if (!feedforward_.is_string() && !feedforward_.is_array())
       throw ConfigError("ia3: feedforward must be a list of module names or a regex string");
     if (feedforward_.is_array())
       for (const auto& f : feedforward_)
-        if (!f.is_string()) throw ConfigError("ia3: feedforward must be a list of module names or a regex string");
+        if (!f.is_string())
+          throw ConfigError("ia3: feedforward must be a list of module names or a regex string");
     init_ones_ = c.value("init_ones", true);
     seed = c.value("seed", uint64_t(0));
   }
@@ -59,14 +64,17 @@ class Ia3 : public Delta {
       try {
         ff_regex = std::regex(feedforward_.get<std::string>());
       } catch (const std::regex_error& e) {
-        throw ConfigError("ia3: feedforward regex '" + feedforward_.get<std::string>() + "' is invalid: " + e.what());
+        throw ConfigError("ia3: feedforward regex '" + feedforward_.get<std::string>() +
+                          "' is invalid: " + e.what());
       }
     } else {
       const auto roles = model.roles();
       for (const auto& f : feedforward_) {
         auto it = roles.find(f.get<std::string>());
-        if (it == roles.end()) ff_names.push_back(f.get<std::string>());
-        else ff_names.insert(ff_names.end(), it->second.begin(), it->second.end());
+        if (it == roles.end())
+          ff_names.push_back(f.get<std::string>());
+        else
+          ff_names.insert(ff_names.end(), it->second.begin(), it->second.end());
       }
     }
     // Re-attaching keeps the learned vectors.
@@ -78,13 +86,16 @@ class Ia3 : public Delta {
       auto* layer = static_cast<nn::Linear*>(model.find_module(path));
       auto hook = std::make_shared<Ia3Hook>();
       hook->owner = name;
-      if (feedforward_.is_string()) hook->feedforward = std::regex_match(path, ff_regex);
+      if (feedforward_.is_string())
+        hook->feedforward = std::regex_match(path, ff_regex);
       else
         for (const auto& f : ff_names) hook->feedforward = hook->feedforward || ends_with(path, f);
       const Shape shape = hook->feedforward ? Shape{1, layer->in_features} : Shape{layer->out_features, 1};
       auto prev = previous.find(path);
-      if (prev != previous.end() && prev->second.shape() == shape) hook->scale = prev->second;
-      else hook->scale = init_ones_ ? Tensor::ones(shape) : Tensor::randn(shape, gen);
+      if (prev != previous.end() && prev->second.shape() == shape)
+        hook->scale = prev->second;
+      else
+        hook->scale = init_ones_ ? Tensor::ones(shape) : Tensor::randn(shape, gen);
       layer->hooks.push_back(hook);
       hooks_.emplace_back(path, hook);
       layers_.push_back(layer);

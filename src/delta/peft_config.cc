@@ -55,56 +55,6 @@ nlohmann::json lora_from_peft(const nlohmann::json& p, const std::string& source
   return c;
 }
 
-nlohmann::json lora_to_peft(const nlohmann::json& c, TransformerModel& model, const std::vector<std::string>& paths) {
-  nlohmann::json p;
-  p["peft_type"] = "LORA";
-  p["r"] = c.value("r", 8);
-  p["lora_alpha"] = c.value("alpha", 8.0);
-  p["lora_dropout"] = c.value("dropout", 0.0);
-  p["use_rslora"] = c.value("rslora", false);
-  p["use_dora"] = c.value("dora", false);
-  p["rank_pattern"] = c.value("rank_pattern", nlohmann::json::object());
-  p["alpha_pattern"] = c.value("alpha_pattern", nlohmann::json::object());
-  p["bias"] = "none";
-  p["init_lora_weights"] = true;
-  p["inference_mode"] = true;
-  p["layers_pattern"] = nullptr;
-  p["layers_to_transform"] = c.contains("layers") && !c["layers"].is_null() && !c["layers"].empty() ? c["layers"] : nlohmann::json();
-  p["exclude_modules"] = nullptr;
-  // PEFT matches a list by exact name or dotted suffix: the last path components we attached to.
-  std::set<std::string> names;
-  bool fan_in_fan_out = false;
-  for (const auto& path : paths) {
-    names.insert(path.substr(path.rfind('.') + 1));
-    auto* layer = dynamic_cast<nn::Linear*>(model.find_module(path));
-    fan_in_fan_out = fan_in_fan_out || (layer && layer->fan_in_fan_out);
-  }
-  const auto& t = c.value("targets", nlohmann::json());
-  p["target_modules"] = t.is_string() ? t : nlohmann::json(std::vector<std::string>(names.begin(), names.end()));
-  p["fan_in_fan_out"] = fan_in_fan_out;
-  if (!c.value("exclude", nlohmann::json()).is_null() && !c["exclude"].empty()) p["exclude_modules"] = c["exclude"];
-  p["peft_version"] = "0.21.0";
-  return p;
-}
-// --- IA3 ---
-const std::set<std::string>& ia3_keys() {
-  static const std::set<std::string> keys{"feedforward_modules", "init_ia3_weights"};
-  return keys;
-}
-
-nlohmann::json ia3_from_peft(const nlohmann::json& p, const std::string& source) {
-  warn_unknown(p, ia3_keys(), source);
-  nlohmann::json c{{"method", "ia3"}};
-  c["targets"] = p.value("target_modules", nlohmann::json());
-  if (c["targets"].is_null()) throw ConfigError(source + ": target_modules is null (PEFT's per-model defaults are not supported; name the modules)");
-  c["feedforward"] = p.value("feedforward_modules", nlohmann::json());
-  if (c["feedforward"].is_null()) c["feedforward"] = nlohmann::json::array();
-  c["exclude"] = p.value("exclude_modules", nlohmann::json());
-  c["layers"] = p.value("layers_to_transform", nlohmann::json());
-  c["init_ones"] = p.value("init_ia3_weights", true);
-  return c;
-}
-
 bool dotted_suffix(const std::string& path, const std::string& name) {
   return path == name || (path.size() > name.size() && path.compare(path.size() - name.size(), name.size(), name) == 0 &&
                           path[path.size() - name.size() - 1] == '.');
@@ -135,35 +85,100 @@ std::vector<std::string> minimal_suffixes(const std::vector<std::string>& paths,
   return {out.begin(), out.end()};
 }
 
-nlohmann::json ia3_to_peft(Delta& delta, TransformerModel& model) {
-  const nlohmann::json c = delta.saved_config();
-  const std::vector<std::string> paths = delta.attached_modules();
+// Linear modules a PEFT config must not select: those not attached, except ones its
+// layers_to_transform already leaves out.
+std::vector<std::string> unattached_linears(TransformerModel& model, const std::vector<std::string>& paths,
+                                            const std::vector<int64_t>& layers) {
   std::set<std::string> attached(paths.begin(), paths.end());
+  std::vector<std::string> out;
+  for (auto& [path, m] : model.named_modules()) {
+    if (m->type_name() != "Linear" || attached.count(path)) continue;
+    const int64_t l = layer_index(model, path);
+    if (!layers.empty() && std::find(layers.begin(), layers.end(), l) == layers.end()) continue;
+    out.push_back(path);
+  }
+  return out;
+}
+
+std::vector<int64_t> layer_list(const nlohmann::json& c) {
   std::vector<int64_t> layers;
   if (c.contains("layers") && c["layers"].is_array())
     for (const auto& l : c["layers"]) layers.push_back(l.get<int64_t>());
-  // Feed-forward modules carry an input scaling [1, in].
+  else if (c.contains("layers") && c["layers"].is_number_integer())
+    layers.push_back(c["layers"].get<int64_t>());
+  return layers;
+}
+
+nlohmann::json lora_to_peft(const nlohmann::json& c, TransformerModel& model, const std::vector<std::string>& paths) {
+  nlohmann::json p;
+  p["peft_type"] = "LORA";
+  p["r"] = c.value("r", 8);
+  p["lora_alpha"] = c.value("alpha", 8.0);
+  p["lora_dropout"] = c.value("dropout", 0.0);
+  p["use_rslora"] = c.value("rslora", false);
+  p["use_dora"] = c.value("dora", false);
+  p["rank_pattern"] = c.value("rank_pattern", nlohmann::json::object());
+  p["alpha_pattern"] = c.value("alpha_pattern", nlohmann::json::object());
+  p["bias"] = "none";
+  p["init_lora_weights"] = true;
+  p["inference_mode"] = true;
+  p["layers_pattern"] = nullptr;
+  p["layers_to_transform"] = c.contains("layers") && !c["layers"].is_null() && !c["layers"].empty() ? c["layers"] : nlohmann::json();
+  p["exclude_modules"] = nullptr;
+  // PEFT matches a list by exact name or dotted suffix: the shortest suffixes of the modules we
+  // attached to that select nothing else (GPT-2's attn.c_proj and mlp.c_proj share "c_proj").
+  bool fan_in_fan_out = false;
+  for (const auto& path : paths) {
+    auto* layer = dynamic_cast<nn::Linear*>(model.find_module(path));
+    fan_in_fan_out = fan_in_fan_out || (layer && layer->fan_in_fan_out);
+  }
+  const auto& t = c.value("targets", nlohmann::json());
+  p["target_modules"] = t.is_string() ? t : nlohmann::json(minimal_suffixes(paths, unattached_linears(model, paths, layer_list(c))));
+  p["fan_in_fan_out"] = fan_in_fan_out;
+  // The list above already leaves excluded modules out; a regex keeps its exclusions.
+  if (t.is_string() && !c.value("exclude", nlohmann::json()).is_null() && !c["exclude"].empty())
+    p["exclude_modules"] = c["exclude"];
+  p["peft_version"] = "0.21.0";
+  return p;
+}
+// --- IA3 ---
+const std::set<std::string>& ia3_keys() {
+  static const std::set<std::string> keys{"feedforward_modules", "init_ia3_weights"};
+  return keys;
+}
+
+nlohmann::json ia3_from_peft(const nlohmann::json& p, const std::string& source) {
+  warn_unknown(p, ia3_keys(), source);
+  nlohmann::json c{{"method", "ia3"}};
+  c["targets"] = p.value("target_modules", nlohmann::json());
+  if (c["targets"].is_null()) throw ConfigError(source + ": target_modules is null (PEFT's per-model defaults are not supported; name the modules)");
+  c["feedforward"] = p.value("feedforward_modules", nlohmann::json());
+  if (c["feedforward"].is_null()) c["feedforward"] = nlohmann::json::array();
+  c["exclude"] = p.value("exclude_modules", nlohmann::json());
+  c["layers"] = p.value("layers_to_transform", nlohmann::json());
+  c["init_ones"] = p.value("init_ia3_weights", true);
+  return c;
+}
+
+nlohmann::json ia3_to_peft(Delta& delta, TransformerModel& model) {
+  const nlohmann::json c = delta.saved_config();
+  const std::vector<std::string> paths = delta.attached_modules();
+  const std::vector<int64_t> layers = layer_list(c);
+  // Feed-forward modules carry an input scaling [1, in], the others an output scaling [out, 1].
   std::map<std::string, Shape> shapes;
   for (auto& [n, t] : delta.saved_parameters()) shapes[n.substr(0, n.rfind('.'))] = t.shape();
-  std::vector<std::string> others, feedforward, plain;
+  std::vector<std::string> feedforward, plain;
   bool fan_in_fan_out = false;
-  for (auto& [path, m] : model.named_modules()) {
-    auto* layer = dynamic_cast<nn::Linear*>(m);
-    if (!layer) continue;
-    if (attached.count(path)) {
-      fan_in_fan_out = fan_in_fan_out || layer->fan_in_fan_out;
-      const Shape& s = shapes[path];
-      if (s == Shape{1, layer->in_features} && s != Shape{layer->out_features, 1}) feedforward.push_back(path);
-      else plain.push_back(path);
-      continue;
-    }
-    int64_t l = layer_index(model, path);
-    bool filtered = !layers.empty() && std::find(layers.begin(), layers.end(), l) == layers.end();
-    if (!filtered) others.push_back(path);
+  for (const auto& path : paths) {
+    auto* layer = static_cast<nn::Linear*>(model.find_module(path));
+    fan_in_fan_out = fan_in_fan_out || layer->fan_in_fan_out;
+    const Shape& s = shapes[path];
+    if (s == Shape{1, layer->in_features} && s != Shape{layer->out_features, 1}) feedforward.push_back(path);
+    else plain.push_back(path);
   }
   nlohmann::json p;
   p["peft_type"] = "IA3";
-  p["target_modules"] = minimal_suffixes(paths, others);
+  p["target_modules"] = minimal_suffixes(paths, unattached_linears(model, paths, layers));
   // PEFT tests feed-forward names with a plain endswith against the targeted modules.
   p["feedforward_modules"] = minimal_suffixes(feedforward, plain, true);
   p["exclude_modules"] = nullptr;

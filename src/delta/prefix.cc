@@ -9,19 +9,20 @@
 // While training, the prefix may be reparameterised (PEFT's prefix_projection, its PrefixEncoder):
 // Embedding [P, token_dim] -> Linear(token_dim, encoder_hidden_size) -> tanh -> Linear(...,
 // num_layers * 2 * token_dim). It is saved collapsed to the plain prompt_embeddings, as PEFT saves it.
+#include <algorithm>
 #include <cmath>
 
+#include "delta/methods.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
 #include "deltatune/error.h"
-#include "delta/methods.h"
 
 namespace deltatune::delta {
 namespace {
 
 struct PrefixParams {
-  Tensor embeddings;                   // [P, L*2*T] plain, or [P, T] with the projection
-  Tensor w1, b1, w2, b2;               // projection only
+  Tensor embeddings;      // [P, L*2*T] plain, or [P, T] with the projection
+  Tensor w1, b1, w2, b2;  // projection only
   bool projection() const { return w1.defined(); }
   // The prefix matrix [P, L*2*T].
   Tensor prefix() const {
@@ -31,20 +32,21 @@ struct PrefixParams {
 };
 
 struct PrefixHook : AttentionHook {
-  PrefixParams* params = nullptr;
+  PrefixParams params;  // handles shared with the delta: the hook stays valid on its own
   int64_t tokens = 0, layers = 0, kv_heads = 0, head_dim = 0;
   Tensor per_layer;  // [L*2, Hkv, P, D] for the forward in progress
 
   void extend(int64_t layer, const Tensor& hidden, Tensor& k, Tensor& v, Tensor& key_mask) override {
     if (layer < 0 || layer >= layers)
-      throw ShapeError("prefix: layer " + std::to_string(layer) + " is outside the " + std::to_string(layers) +
-                       " layers the prefix was built for");
+      throw ShapeError("prefix: layer " + std::to_string(layer) + " is outside the " +
+                       std::to_string(layers) + " layers the prefix was built for");
     if (k.size(1) != kv_heads || k.size(3) != head_dim)
-      throw ShapeError("prefix: keys " + shape_str(k.shape()) + " do not fit a prefix of " + std::to_string(kv_heads) +
-                       " heads of " + std::to_string(head_dim));
+      throw ShapeError("prefix: keys " + shape_str(k.shape()) + " do not fit a prefix of " +
+                       std::to_string(kv_heads) + " heads of " + std::to_string(head_dim));
     // Layer 0 starts a forward pass: (re)build the per-layer view once, so the projection runs once.
     if (layer == 0 || !per_layer.defined())
-      per_layer = ops::permute(ops::reshape(params->prefix(), {tokens, layers * 2, kv_heads, head_dim}), {1, 2, 0, 3});
+      per_layer =
+          ops::permute(ops::reshape(params.prefix(), {tokens, layers * 2, kv_heads, head_dim}), {1, 2, 0, 3});
     const int64_t batch = k.size(0);
     const Shape shape{batch, kv_heads, tokens, head_dim};
     Tensor pk = ops::expand(per_layer.select(0, 2 * layer).unsqueeze(0), shape);
@@ -62,10 +64,12 @@ class Prefix : public Delta {
   explicit Prefix(const nlohmann::json& c) : config_(c) {
     tokens_ = c.value("num_virtual_tokens", int64_t(10));
     projection_ = c.value("projection", false);
-    if (tokens_ < 1) throw ConfigError("prefix: num_virtual_tokens must be at least 1, got " + std::to_string(tokens_));
+    if (tokens_ < 1)
+      throw ConfigError("prefix: num_virtual_tokens must be at least 1, got " + std::to_string(tokens_));
     if (c.contains("encoder_hidden_size") && c["encoder_hidden_size"].is_number_integer())
       encoder_hidden_ = c["encoder_hidden_size"].get<int64_t>();
-    if (projection_ && encoder_hidden_ == 0 && c.contains("encoder_hidden_size") && !c["encoder_hidden_size"].is_null())
+    if (projection_ && encoder_hidden_ == 0 && c.contains("encoder_hidden_size") &&
+        !c["encoder_hidden_size"].is_null())
       throw ConfigError("prefix: encoder_hidden_size must be an integer");
     seed = c.value("seed", uint64_t(0));
   }
@@ -82,8 +86,9 @@ class Prefix : public Delta {
     // A config written for another model (PEFT's fields) must fit this one.
     auto check = [&](const char* key, int64_t have) {
       if (config_.contains(key) && config_[key].is_number_integer() && config_[key].get<int64_t>() != have)
-        throw ConfigError(std::string("prefix: ") + key + " is " + std::to_string(config_[key].get<int64_t>()) +
-                          " but this " + mc.model_type + " model needs " + std::to_string(have) +
+        throw ConfigError(std::string("prefix: ") + key + " is " +
+                          std::to_string(config_[key].get<int64_t>()) + " but this " + mc.model_type +
+                          " model needs " + std::to_string(have) +
                           " (num_layers x 2 x key/value heads x head_dim)");
     };
     check("num_layers", layers_);
@@ -91,7 +96,12 @@ class Prefix : public Delta {
     check("num_attention_heads", kv_heads_);
     if (encoder_hidden_ == 0) encoder_hidden_ = token_dim;
     const int64_t width = layers_ * 2 * token_dim;
-    if (!params_.embeddings.defined()) {
+    if (params_.embeddings.defined()) {  // re-attached: the kept prefix must fit
+      const int64_t have = params_.projection() ? params_.b2.size(0) : params_.embeddings.size(1);
+      if (have != width)
+        throw ConfigError("prefix: the kept prefix is " + std::to_string(have) + " wide but this " +
+                          mc.model_type + " model needs " + std::to_string(width));
+    } else {
       Generator gen(seed);
       if (projection_) {  // torch's defaults: Embedding N(0, 1), Linear U(+-1/sqrt(in))
         params_.embeddings = Tensor::randn({tokens_, token_dim}, gen);
@@ -107,7 +117,7 @@ class Prefix : public Delta {
     }
     hook_ = std::make_shared<PrefixHook>();
     hook_->owner = name;
-    hook_->params = &params_;
+    hook_->params = params_;
     hook_->tokens = tokens_;
     hook_->layers = layers_;
     hook_->kv_heads = kv_heads_;

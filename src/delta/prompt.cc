@@ -4,24 +4,26 @@
 // "vocab" (PEFT's SAMPLE_VOCAB: rows of the embedding matrix drawn at random), or "text" (the
 // embeddings of init_ids, or of init_text tokenized with the tokenizer folder given, cut or
 // repeated to P tokens).
+#include <algorithm>
+
+#include "delta/methods.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
 #include "deltatune/error.h"
 #include "deltatune/tokenizer.h"
-#include "delta/methods.h"
 
 namespace deltatune::delta {
 namespace {
 
 struct PromptHook : EmbeddingHook {
-  Tensor* prompt = nullptr;  // [P, H]
+  Tensor prompt;  // [P, H], shared with the delta
 
   void extend(Tensor& embeddings, Tensor& mask) override {
-    if (embeddings.size(-1) != prompt->size(1))
-      throw ShapeError("prompt: embeddings " + shape_str(embeddings.shape()) + " do not fit a prompt of width " +
-                       std::to_string(prompt->size(1)));
-    const int64_t batch = embeddings.size(0), tokens = prompt->size(0);
-    Tensor p = ops::expand(prompt->unsqueeze(0), {batch, tokens, prompt->size(1)});
+    if (embeddings.size(-1) != prompt.size(1))
+      throw ShapeError("prompt: embeddings " + shape_str(embeddings.shape()) +
+                       " do not fit a prompt of width " + std::to_string(prompt.size(1)));
+    const int64_t batch = embeddings.size(0), tokens = prompt.size(0);
+    Tensor p = ops::expand(prompt.unsqueeze(0), {batch, tokens, prompt.size(1)});
     embeddings = ops::concat({p, embeddings.float32()}, 1);
     mask = ops::concat({Tensor::ones({batch, tokens}), mask.float32()}, 1);
   }
@@ -31,7 +33,8 @@ class Prompt : public Delta {
  public:
   explicit Prompt(const nlohmann::json& c) : config_(c) {
     tokens_ = c.value("num_virtual_tokens", int64_t(8));
-    if (tokens_ < 1) throw ConfigError("prompt: num_virtual_tokens must be at least 1, got " + std::to_string(tokens_));
+    if (tokens_ < 1)
+      throw ConfigError("prompt: num_virtual_tokens must be at least 1, got " + std::to_string(tokens_));
     init_ = c.contains("init") && c["init"].is_string() ? c["init"].get<std::string>() : "random";
     if (init_ != "random" && init_ != "vocab" && init_ != "text")
       throw ConfigError("prompt: unknown init '" + init_ + "' (supported: random, vocab, text)");
@@ -43,7 +46,8 @@ class Prompt : public Delta {
         }
       } else if (c.contains("init_text") && c["init_text"].is_string()) {
         if (!c.contains("tokenizer") || !c["tokenizer"].is_string())
-          throw ConfigError("prompt: init 'text' with init_text needs \"tokenizer\" (a folder with the model's tokenizer)");
+          throw ConfigError(
+              "prompt: init 'text' with init_text needs \"tokenizer\" (a folder with the model's tokenizer)");
         auto tok = Tokenizer::load(c["tokenizer"].get<std::string>());
         // PEFT tokenizes with the tokenizer's defaults: special tokens included.
         init_ids_ = tok->encode(c["init_text"].get<std::string>()).ids;
@@ -62,8 +66,9 @@ class Prompt : public Delta {
     const int64_t hidden = model.config.hidden_size;
     if (config_.contains("token_dim") && config_["token_dim"].is_number_integer() &&
         config_["token_dim"].get<int64_t>() != hidden)
-      throw ConfigError("prompt: token_dim is " + std::to_string(config_["token_dim"].get<int64_t>()) + " but this " +
-                        model.config.model_type + " model's hidden size is " + std::to_string(hidden));
+      throw ConfigError("prompt: token_dim is " + std::to_string(config_["token_dim"].get<int64_t>()) +
+                        " but this " + model.config.model_type + " model's hidden size is " +
+                        std::to_string(hidden));
     if (!prompt_.defined() || prompt_.size(1) != hidden) {
       Generator gen(seed);
       if (init_ == "random") {
@@ -77,16 +82,20 @@ class Prompt : public Delta {
           for (int64_t i = 0; i < tokens_; ++i) ids.push_back(init_ids_[size_t(i) % init_ids_.size()]);
           for (int64_t id : ids)
             if (id < 0 || id >= vocab)
-              throw ConfigError("prompt: init token id " + std::to_string(id) + " is outside the vocabulary (size " +
-                                std::to_string(vocab) + ")");
+              throw ConfigError("prompt: init token id " + std::to_string(id) +
+                                " is outside the vocabulary (size " + std::to_string(vocab) + ")");
         }
         NoGradGuard no_grad;
-        prompt_ = ops::embedding(model.input_embeddings(), Tensor::from_ints(ids, {tokens_})).float32().contiguous().clone().detach();
+        prompt_ = ops::embedding(model.input_embeddings(), Tensor::from_ints(ids, {tokens_}))
+                      .float32()
+                      .contiguous()
+                      .clone()
+                      .detach();
       }
     }
     hook_ = std::make_shared<PromptHook>();
     hook_->owner = name;
-    hook_->prompt = &prompt_;
+    hook_->prompt = prompt_;
     hook_->enabled = enabled_;
     model.embedding_hooks.push_back(hook_);
     model_ = &model;

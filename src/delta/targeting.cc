@@ -14,6 +14,19 @@ bool suffix_match(const std::string& path, const std::string& name) {
           path[path.size() - name.size() - 1] == '.');
 }
 
+// Role names inside blocks are relative to a block: marked with this prefix, they match only
+// <layers_path>.<i>.<name> (BERT's ffn.down "output.dense" must not match "attention.output.dense").
+constexpr char kInBlock = '\x01';
+
+bool name_match(const TransformerModel& model, const std::string& path, const std::string& name) {
+  if (name.empty() || name[0] != kInBlock) return suffix_match(path, name);
+  const std::string rel = name.substr(1);
+  if (!suffix_match(path, rel) || layer_index(model, path) < 0) return false;
+  // What precedes the name must be exactly the block's path.
+  const std::string block = path.substr(0, path.size() - rel.size() - 1);
+  return block == model.layers_path() + "." + std::to_string(layer_index(model, path));
+}
+
 // Expands roles (attn.q, ffn.down, ...) into the architecture's module names; other names stay.
 std::vector<std::string> expand_roles(TransformerModel& model, const std::vector<std::string>& names) {
   const auto roles = model.roles();
@@ -26,7 +39,7 @@ std::vector<std::string> expand_roles(TransformerModel& model, const std::vector
     }
     for (const auto& m : it->second) {
       // Role names inside blocks are relative to a block; outside (embed, head) they are full paths.
-      out.push_back(m);
+      out.push_back(n == "embed" || n == "head" ? m : kInBlock + m);
     }
   }
   return out;
@@ -108,10 +121,10 @@ std::vector<std::string> resolve_targets(TransformerModel& model, const TargetSp
     bool hit = false;
     if (!spec.regex.empty()) hit = std::regex_match(path, pattern);
     else
-      for (const auto& n : names) hit = hit || suffix_match(path, n);
+      for (const auto& n : names) hit = hit || name_match(model, path, n);
     if (!hit) continue;
     bool skip = false;
-    for (const auto& e : excluded) skip = skip || suffix_match(path, e);
+    for (const auto& e : excluded) skip = skip || name_match(model, path, e);
     if (skip) continue;
     if (!spec.layers.empty()) {
       int64_t layer = layer_index(model, path);

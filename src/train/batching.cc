@@ -54,7 +54,8 @@ EncodedDataset encode(const std::vector<Example>& examples, const Tokenizer& tok
 
 Batcher::Batcher(const EncodedDataset& data, BatchOptions options, int64_t pad_id)
     : data_(&data), options_(options), pad_id_(pad_id) {
-  if (options_.batch_size < 1) throw ConfigError("batch size must be at least 1, got " + std::to_string(options_.batch_size));
+  if (options_.batch_size < 1)
+    throw ConfigError("batch size must be at least 1, got " + std::to_string(options_.batch_size));
 }
 
 int64_t Batcher::batches_per_epoch() const {
@@ -75,7 +76,8 @@ std::vector<std::vector<size_t>> Batcher::epoch_order(int64_t epoch) const {
     // Sort by length inside windows of 50 batches: little padding, yet still random across windows.
     const size_t window = 50 * bs;
     for (size_t start = 0; start < n; start += window) {
-      auto first = order.begin() + ptrdiff_t(start), last = order.begin() + ptrdiff_t(std::min(n, start + window));
+      auto first = order.begin() + ptrdiff_t(start),
+           last = order.begin() + ptrdiff_t(std::min(n, start + window));
       std::stable_sort(first, last, [&](size_t a, size_t b) {
         return data_->examples[a].ids.size() < data_->examples[b].ids.size();
       });
@@ -83,7 +85,8 @@ std::vector<std::vector<size_t>> Batcher::epoch_order(int64_t epoch) const {
   }
   std::vector<std::vector<size_t>> batches;
   for (size_t start = 0; start < n; start += bs)
-    batches.emplace_back(order.begin() + ptrdiff_t(start), order.begin() + ptrdiff_t(std::min(n, start + bs)));
+    batches.emplace_back(order.begin() + ptrdiff_t(start),
+                         order.begin() + ptrdiff_t(std::min(n, start + bs)));
   if (options_.bucket_by_length && options_.shuffle) {
     // Otherwise every window would run from its short batches to its long ones.
     const std::vector<size_t> batch_order = shuffled_indices(batches.size(), seed ^ 0x5bd1e995u);
@@ -99,7 +102,8 @@ Batch Batcher::make_batch(const std::vector<size_t>& indices) const {
   size_t longest = 0;
   bool labelled = true;
   for (size_t i : indices) {
-    if (i >= data_->size()) throw ConfigError("make_batch: example index " + std::to_string(i) + " out of range");
+    if (i >= data_->size())
+      throw ConfigError("make_batch: example index " + std::to_string(i) + " out of range");
     longest = std::max(longest, data_->examples[i].ids.size());
     labelled = labelled && data_->examples[i].label >= 0;
   }

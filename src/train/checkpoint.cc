@@ -48,16 +48,18 @@ nlohmann::json load_checkpoint(const fs::path& dir, const NamedParams& params, O
     expected.insert(name);
     auto it = saved.tensors.find(name);
     if (it == saved.tensors.end())
-      throw IoError(param_file.string() + ": no tensor '" + name + "' (the checkpoint was written by another configuration)");
+      throw IoError(param_file.string() + ": no tensor '" + name +
+                    "' (the checkpoint was written by another configuration)");
     if (it->second.shape() != param.shape())
-      throw IoError(param_file.string() + ": tensor '" + name + "' has shape " + shape_str(it->second.shape()) +
-                    " but the run's is " + shape_str(param.shape()));
+      throw IoError(param_file.string() + ": tensor '" + name + "' has shape " +
+                    shape_str(it->second.shape()) + " but the run's is " + shape_str(param.shape()));
     Tensor target = param;
     target.copy_(it->second);
   }
   for (const auto& [name, _] : saved.tensors)
     if (!expected.count(name))
-      throw IoError(param_file.string() + ": tensor '" + name + "' is not trained by this run (another configuration?)");
+      throw IoError(param_file.string() + ": tensor '" + name +
+                    "' is not trained by this run (another configuration?)");
   try {
     optimizer.load_state_tensors(read_safetensors(dir / "optimizer.safetensors").tensors);
   } catch (const IoError&) {

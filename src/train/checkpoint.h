@@ -16,6 +16,7 @@ void save_checkpoint(const std::filesystem::path& dir, const NamedParams& params
 bool checkpoint_exists(const std::filesystem::path& dir);
 // Loads tensors into `params` (same names and shapes, or an IoError naming the difference) and the
 // optimizer's state; returns state.json.
-nlohmann::json load_checkpoint(const std::filesystem::path& dir, const NamedParams& params, Optimizer& optimizer);
+nlohmann::json load_checkpoint(const std::filesystem::path& dir, const NamedParams& params,
+                               Optimizer& optimizer);
 
 }  // namespace deltatune::train_detail

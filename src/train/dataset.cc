@@ -32,7 +32,8 @@ std::string label_text(const nlohmann::json& value, const std::string& where, co
   throw IoError(where + ": field '" + field + "' must be a string or an integer label, got " + value.dump());
 }
 
-std::vector<Example> read_jsonl(const fs::path& file, std::string_view text, const Fields& fields, bool labels_optional) {
+std::vector<Example> read_jsonl(const fs::path& file, std::string_view text, const Fields& fields,
+                                bool labels_optional) {
   std::vector<Example> examples;
   int64_t line_no = 0;
   size_t start = 0;
@@ -54,7 +55,8 @@ std::vector<Example> read_jsonl(const fs::path& file, std::string_view text, con
     } catch (const nlohmann::json::parse_error& e) {
       throw IoError(where + ": not valid JSON (" + std::string(e.what()) + ")");
     }
-    if (!j.is_object()) throw IoError(where + ": expected a JSON object per line, got " + std::string(j.type_name()));
+    if (!j.is_object())
+      throw IoError(where + ": expected a JSON object per line, got " + std::string(j.type_name()));
     Example ex;
     ex.origin = where;
     auto text_it = j.find(fields.text);
@@ -76,8 +78,8 @@ std::vector<Example> read_jsonl(const fs::path& file, std::string_view text, con
   return examples;
 }
 
-std::vector<Example> read_table(const fs::path& file, std::string_view text, char delimiter, const Fields& fields,
-                                bool labels_optional) {
+std::vector<Example> read_table(const fs::path& file, std::string_view text, char delimiter,
+                                const Fields& fields, bool labels_optional) {
   const bool quoting = delimiter == ',';
   std::vector<detail::Row> rows = detail::parse_delimited(text, delimiter, quoting, file.string());
   if (rows.empty()) return {};
@@ -86,14 +88,16 @@ std::vector<Example> read_table(const fs::path& file, std::string_view text, cha
     auto it = std::find(header.fields.begin(), header.fields.end(), name);
     return it == header.fields.end() ? -1 : int64_t(it - header.fields.begin());
   };
-  const int64_t text_col = column(fields.text), pair_col = column(fields.text_pair), label_col = column(fields.label);
+  const int64_t text_col = column(fields.text), pair_col = column(fields.text_pair),
+                label_col = column(fields.label);
   std::string columns;
   for (const auto& h : header.fields) columns += (columns.empty() ? "" : ", ") + h;
   const std::string head_where = file.string() + ":" + std::to_string(header.line);
   if (text_col < 0)
     throw IoError(head_where + ": the header has no column '" + fields.text + "' (columns: " + columns + ")");
   if (label_col < 0 && !labels_optional)
-    throw IoError(head_where + ": the header has no column '" + fields.label + "' (columns: " + columns + ")");
+    throw IoError(head_where + ": the header has no column '" + fields.label + "' (columns: " + columns +
+                  ")");
 
   std::vector<Example> examples;
   for (size_t r = 1; r < rows.size(); ++r) {
@@ -123,10 +127,14 @@ std::vector<Example> read_examples(const fs::path& file, const Fields& fields, b
   const std::string_view text = without_bom(content);
   const std::string ext = lower(file.extension().string());
   std::vector<Example> examples;
-  if (ext == ".csv") examples = read_table(file, text, ',', fields, labels_optional);
-  else if (ext == ".tsv") examples = read_table(file, text, '\t', fields, labels_optional);
-  else if (ext == ".jsonl" || ext == ".json" || ext == ".ndjson") examples = read_jsonl(file, text, fields, labels_optional);
-  else throw IoError(file.string() + ": unknown data format '" + ext + "' (expected .jsonl, .csv or .tsv)");
+  if (ext == ".csv")
+    examples = read_table(file, text, ',', fields, labels_optional);
+  else if (ext == ".tsv")
+    examples = read_table(file, text, '\t', fields, labels_optional);
+  else if (ext == ".jsonl" || ext == ".json" || ext == ".ndjson")
+    examples = read_jsonl(file, text, fields, labels_optional);
+  else
+    throw IoError(file.string() + ": unknown data format '" + ext + "' (expected .jsonl, .csv or .tsv)");
   if (examples.empty()) throw IoError(file.string() + ": no examples (the file is empty)");
   return examples;
 }

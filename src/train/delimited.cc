@@ -4,7 +4,8 @@
 
 namespace deltatune::data::detail {
 
-std::vector<Row> parse_delimited(std::string_view text, char delimiter, bool quoting, const std::string& source) {
+std::vector<Row> parse_delimited(std::string_view text, char delimiter, bool quoting,
+                                 const std::string& source) {
   std::vector<Row> rows;
   Row row;
   std::string field;
@@ -60,7 +61,8 @@ std::vector<Row> parse_delimited(std::string_view text, char delimiter, bool quo
     }
   }
   if (in_quotes)
-    throw IoError(source + ":" + std::to_string(quote_line) + ": a quoted field is never closed (missing '\"')");
+    throw IoError(source + ":" + std::to_string(quote_line) +
+                  ": a quoted field is never closed (missing '\"')");
   end_row();
   return rows;
 }

@@ -15,6 +15,7 @@ struct Row {
 
 // Splits `text` into rows. Blank lines are skipped. An unterminated quote is an IoError naming
 // `source` and the line where the quoted field began.
-std::vector<Row> parse_delimited(std::string_view text, char delimiter, bool quoting, const std::string& source);
+std::vector<Row> parse_delimited(std::string_view text, char delimiter, bool quoting,
+                                 const std::string& source);
 
 }  // namespace deltatune::data::detail

@@ -1,4 +1,6 @@
 // Running a classifier over a dataset: predictions, probabilities, loss and metrics.
+#include <cmath>
+
 #include "deltatune/autograd.h"
 #include "deltatune/metrics.h"
 #include "deltatune/ops.h"
@@ -11,7 +13,9 @@ namespace {
 // Restores the model's training flag when evaluation ends, whichever way it ends.
 class EvalMode {
  public:
-  explicit EvalMode(TransformerModel& model) : model_(model), was_training_(model.training()) { model.set_training(false); }
+  explicit EvalMode(TransformerModel& model) : model_(model), was_training_(model.training()) {
+    model.set_training(false);
+  }
   ~EvalMode() { model_.set_training(was_training_); }
   EvalMode(const EvalMode&) = delete;
   EvalMode& operator=(const EvalMode&) = delete;
@@ -39,7 +43,8 @@ Predictions predict(TransformerModel& model, const data::EncodedDataset& dataset
   EvalMode eval(model);
   NoGradGuard no_grad;
   // Length-sorted batches waste little on padding; results go back to the dataset's order.
-  data::Batcher batcher(dataset, {.batch_size = batch_size, .shuffle = false, .seed = 0, .bucket_by_length = true}, 0);
+  data::Batcher batcher(dataset,
+                        {.batch_size = batch_size, .shuffle = false, .seed = 0, .bucket_by_length = true}, 0);
   const size_t n = dataset.size();
   Predictions out;
   out.predicted.assign(n, -1);
@@ -70,7 +75,32 @@ Predictions predict(TransformerModel& model, const data::EncodedDataset& dataset
   return out;
 }
 
+namespace {
+
+// Token-weighted mean next-token loss over the dataset, and its perplexity.
+nlohmann::json evaluate_lm(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size) {
+  EvalMode eval(model);
+  NoGradGuard no_grad;
+  data::Batcher batcher(dataset,
+                        {.batch_size = batch_size, .shuffle = false, .seed = 0, .bucket_by_length = true}, 0);
+  double total = 0;
+  int64_t tokens = 0;
+  for (const auto& indices : batcher.epoch_order(0)) {
+    data::Batch batch = batcher.make_batch(indices);
+    if (batch.input_ids.size(1) < 2) continue;  // one-token texts predict nothing
+    int64_t n = 0;
+    const double loss = causal_lm_loss(model.forward(model_input(model, batch)).logits, batch, &n).item();
+    total += loss * double(n);
+    tokens += n;
+  }
+  const double mean = tokens > 0 ? total / double(tokens) : 0.0;
+  return {{"loss", mean}, {"perplexity", std::exp(mean)}, {"tokens", tokens}};
+}
+
+}  // namespace
+
 nlohmann::json evaluate(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size) {
+  if (model.head == HeadKind::CausalLM) return evaluate_lm(model, dataset, batch_size);
   Predictions p = predict(model, dataset, batch_size, false);
   for (int64_t label : p.labels)
     if (label < 0) throw ConfigError("evaluate: the dataset has unlabelled examples");

@@ -40,7 +40,8 @@ LabelMap LabelMap::from_examples(std::vector<Example>& examples) {
     // Integer labels are class ids already: keep them, naming any unused id below the largest.
     int64_t largest = 0;
     for (const auto& s : distinct) largest = std::max<int64_t>(largest, std::stoll(s));
-    if (largest >= 100000) throw IoError("integer label " + std::to_string(largest) + " is too large for a class id");
+    if (largest >= 100000)
+      throw IoError("integer label " + std::to_string(largest) + " is too large for a class id");
     for (int64_t i = 0; i <= largest; ++i) names.push_back(std::to_string(i));
   } else {
     names.assign(distinct.begin(), distinct.end());  // std::set: sorted
@@ -51,7 +52,8 @@ LabelMap LabelMap::from_examples(std::vector<Example>& examples) {
 }
 
 const std::string& LabelMap::name(int64_t id) const {
-  if (id < 0 || id >= size()) throw ConfigError("class id " + std::to_string(id) + " is outside the label map");
+  if (id < 0 || id >= size())
+    throw ConfigError("class id " + std::to_string(id) + " is outside the label map");
   return names_[size_t(id)];
 }
 
@@ -105,8 +107,8 @@ void assign_labels(std::vector<Example>& examples, const LabelMap& labels) {
     if (!ex.label) continue;
     auto id = labels.find(*ex.label);
     if (!id)
-      throw IoError(ex.origin + ": unknown label '" + *ex.label + "' (the training labels are: " +
-                    known_labels(labels.names()) + ")");
+      throw IoError(ex.origin + ": unknown label '" + *ex.label +
+                    "' (the training labels are: " + known_labels(labels.names()) + ")");
     ex.label_id = *id;
   }
 }

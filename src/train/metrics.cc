@@ -14,13 +14,14 @@ namespace {
 
 void check_sizes(size_t a, size_t b, const char* what) {
   if (a != b)
-    throw ConfigError(std::string(what) + ": " + std::to_string(a) + " predictions but " + std::to_string(b) + " labels");
+    throw ConfigError(std::string(what) + ": " + std::to_string(a) + " predictions but " + std::to_string(b) +
+                      " labels");
 }
 
 // Confusion counts over the classes that occur on either side, indexed densely.
 struct Confusion {
-  std::vector<int64_t> classes;              // sorted class ids
-  std::vector<std::vector<double>> counts;   // [true][predicted]
+  std::vector<int64_t> classes;             // sorted class ids
+  std::vector<std::vector<double>> counts;  // [true][predicted]
 };
 
 Confusion confusion(const std::vector<int64_t>& predictions, const std::vector<int64_t>& labels) {
@@ -107,7 +108,8 @@ double matthews_corrcoef(const std::vector<int64_t>& predictions, const std::vec
 }
 
 double pearson(const std::vector<double>& x, const std::vector<double>& y) {
-  if (x.size() != y.size()) throw ConfigError("pearson: " + std::to_string(x.size()) + " vs " + std::to_string(y.size()) + " values");
+  if (x.size() != y.size())
+    throw ConfigError("pearson: " + std::to_string(x.size()) + " vs " + std::to_string(y.size()) + " values");
   const size_t n = x.size();
   if (n < 2) return 0.0;
   double mx = 0, my = 0;
@@ -128,11 +130,14 @@ double pearson(const std::vector<double>& x, const std::vector<double>& y) {
 }
 
 double spearman(const std::vector<double>& x, const std::vector<double>& y) {
-  if (x.size() != y.size()) throw ConfigError("spearman: " + std::to_string(x.size()) + " vs " + std::to_string(y.size()) + " values");
+  if (x.size() != y.size())
+    throw ConfigError("spearman: " + std::to_string(x.size()) + " vs " + std::to_string(y.size()) +
+                      " values");
   return pearson(ranks(x), ranks(y));
 }
 
-std::vector<ClassReport> per_class_report(const std::vector<int64_t>& predictions, const std::vector<int64_t>& labels,
+std::vector<ClassReport> per_class_report(const std::vector<int64_t>& predictions,
+                                          const std::vector<int64_t>& labels,
                                           const std::vector<std::string>& names) {
   check_sizes(predictions.size(), labels.size(), "per_class_report");
   const size_t K = names.size();
@@ -159,13 +164,14 @@ std::string format_report(const std::vector<ClassReport>& report, double accurac
   for (const auto& r : report) width = std::max(width, r.name.size());
   char line[512];
   std::string out;
-  std::snprintf(line, sizeof line, "%*s %10s %10s %10s %10s\n", int(width), "", "precision", "recall", "f1-score", "support");
+  std::snprintf(line, sizeof line, "%*s %10s %10s %10s %10s\n", int(width), "", "precision", "recall",
+                "f1-score", "support");
   out += line;
   int64_t total = 0;
   double p = 0, r = 0, f = 0;
   for (const auto& c : report) {
-    std::snprintf(line, sizeof line, "%*s %10.4f %10.4f %10.4f %10lld\n", int(width), c.name.c_str(), c.precision,
-                  c.recall, c.f1, static_cast<long long>(c.support));
+    std::snprintf(line, sizeof line, "%*s %10.4f %10.4f %10.4f %10lld\n", int(width), c.name.c_str(),
+                  c.precision, c.recall, c.f1, static_cast<long long>(c.support));
     out += line;
     total += c.support;
     p += c.precision;
@@ -177,8 +183,8 @@ std::string format_report(const std::vector<ClassReport>& report, double accurac
   std::snprintf(line, sizeof line, "%*s %10s %10s %10.4f %10lld\n", int(width), "accuracy", "", "", accuracy,
                 static_cast<long long>(total));
   out += line;
-  std::snprintf(line, sizeof line, "%*s %10.4f %10.4f %10.4f %10lld\n", int(width), "macro avg", p / k, r / k, f / k,
-                static_cast<long long>(total));
+  std::snprintf(line, sizeof line, "%*s %10.4f %10.4f %10.4f %10lld\n", int(width), "macro avg", p / k, r / k,
+                f / k, static_cast<long long>(total));
   out += line;
   return out;
 }
@@ -190,12 +196,13 @@ nlohmann::json report_json(const std::vector<ClassReport>& report) {
   return out;
 }
 
-nlohmann::json classification_metrics(const std::vector<int64_t>& predictions, const std::vector<int64_t>& labels) {
+nlohmann::json classification_metrics(const std::vector<int64_t>& predictions,
+                                      const std::vector<int64_t>& labels) {
   return {{"accuracy", accuracy(predictions, labels)},
           {"macro_f1", macro_f1(predictions, labels)},
           {"mcc", matthews_corrcoef(predictions, labels)}};
 }
 
-bool higher_is_better(const std::string& metric) { return metric != "loss"; }
+bool higher_is_better(const std::string& metric) { return metric != "loss" && metric != "perplexity"; }
 
 }  // namespace deltatune::metrics

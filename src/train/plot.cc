@@ -29,10 +29,14 @@ std::string num(double v) {
 std::string escape(const std::string& s) {
   std::string out;
   for (char c : s) {
-    if (c == '<') out += "&lt;";
-    else if (c == '>') out += "&gt;";
-    else if (c == '&') out += "&amp;";
-    else out += c;
+    if (c == '<')
+      out += "&lt;";
+    else if (c == '>')
+      out += "&gt;";
+    else if (c == '&')
+      out += "&amp;";
+    else
+      out += c;
   }
   return out;
 }
@@ -70,14 +74,17 @@ std::vector<nlohmann::json> read_log(const fs::path& log_file) {
 
 std::string training_plot_svg(const std::vector<nlohmann::json>& log, const std::string& metric) {
   Series raw{"train loss", "#9ecae1", {}, false, 0.8}, train{"train loss (avg)", "#1f77b4", {}, false, 2};
-  Series dev_loss{"dev loss", "#ff7f0e", {}, false, 2}, dev_metric{"dev " + metric, "#2ca02c", {}, metric != "loss", 2};
+  Series dev_loss{"dev loss", "#ff7f0e", {}, false, 2},
+      dev_metric{"dev " + metric, "#2ca02c", {}, metric != "loss", 2};
   for (const auto& e : log) {
     if (!e.is_object() || !e.contains("step")) continue;
     const double step = e["step"].get<double>();
     const std::string type = e.value("type", "");
-    if (type == "train" && e.contains("loss") && e["loss"].is_number()) raw.points.emplace_back(step, e["loss"].get<double>());
+    if (type == "train" && e.contains("loss") && e["loss"].is_number())
+      raw.points.emplace_back(step, e["loss"].get<double>());
     if (type == "eval") {
-      if (e.contains("loss") && e["loss"].is_number()) dev_loss.points.emplace_back(step, e["loss"].get<double>());
+      if (e.contains("loss") && e["loss"].is_number())
+        dev_loss.points.emplace_back(step, e["loss"].get<double>());
       if (metric != "loss" && e.contains(metric) && e[metric].is_number())
         dev_metric.points.emplace_back(step, e[metric].get<double>());
     }
@@ -103,16 +110,20 @@ std::string training_plot_svg(const std::vector<nlohmann::json>& log, const std:
   max_loss *= 1.05;
   auto px = [&](double step) { return left + (W - left - right) * step / max_step; };
   auto py_left = [&](double v) { return top + (H - top - bottom) * (1 - v / max_loss); };
-  auto py_right = [&](double v) { return top + (H - top - bottom) * (1 - (v - min_metric) / (max_metric - min_metric)); };
+  auto py_right = [&](double v) {
+    return top + (H - top - bottom) * (1 - (v - min_metric) / (max_metric - min_metric));
+  };
 
   std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + num(W) + "\" height=\"" + num(H) +
-                    "\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+                    "\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" "
+                    "fill=\"white\"/>\n";
   // Axes, grid and tick labels.
   for (int i = 0; i <= 4; ++i) {
     const double frac = i / 4.0, y = top + (H - top - bottom) * (1 - frac);
-    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(y) + "\" x2=\"" + num(W - right) + "\" y2=\"" + num(y) +
-           "\" stroke=\"#eee\"/>\n";
-    svg += "<text x=\"" + num(left - 6) + "\" y=\"" + num(y + 4) + "\" text-anchor=\"end\">" + num(max_loss * frac) + "</text>\n";
+    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(y) + "\" x2=\"" + num(W - right) + "\" y2=\"" +
+           num(y) + "\" stroke=\"#eee\"/>\n";
+    svg += "<text x=\"" + num(left - 6) + "\" y=\"" + num(y + 4) + "\" text-anchor=\"end\">" +
+           num(max_loss * frac) + "</text>\n";
     if (metric != "loss")
       svg += "<text x=\"" + num(W - right + 6) + "\" y=\"" + num(y + 4) + "\">" +
              num(min_metric + (max_metric - min_metric) * frac) + "</text>\n";
@@ -120,13 +131,14 @@ std::string training_plot_svg(const std::vector<nlohmann::json>& log, const std:
     svg += "<text x=\"" + num(x) + "\" y=\"" + num(H - bottom + 16) + "\" text-anchor=\"middle\">" +
            num(std::round(max_step * frac)) + "</text>\n";
   }
-  svg += "<rect x=\"" + num(left) + "\" y=\"" + num(top) + "\" width=\"" + num(W - left - right) + "\" height=\"" +
-         num(H - top - bottom) + "\" fill=\"none\" stroke=\"#888\"/>\n";
+  svg += "<rect x=\"" + num(left) + "\" y=\"" + num(top) + "\" width=\"" + num(W - left - right) +
+         "\" height=\"" + num(H - top - bottom) + "\" fill=\"none\" stroke=\"#888\"/>\n";
   svg += "<text x=\"" + num((W) / 2) + "\" y=\"" + num(H - 12) + "\" text-anchor=\"middle\">step</text>\n";
-  svg += "<text x=\"14\" y=\"" + num(H / 2) + "\" transform=\"rotate(-90 14 " + num(H / 2) + ")\" text-anchor=\"middle\">loss</text>\n";
+  svg += "<text x=\"14\" y=\"" + num(H / 2) + "\" transform=\"rotate(-90 14 " + num(H / 2) +
+         ")\" text-anchor=\"middle\">loss</text>\n";
   if (metric != "loss")
-    svg += "<text x=\"" + num(W - 12) + "\" y=\"" + num(H / 2) + "\" transform=\"rotate(90 " + num(W - 12) + " " + num(H / 2) +
-           ")\" text-anchor=\"middle\">" + escape(metric) + "</text>\n";
+    svg += "<text x=\"" + num(W - 12) + "\" y=\"" + num(H / 2) + "\" transform=\"rotate(90 " + num(W - 12) +
+           " " + num(H / 2) + ")\" text-anchor=\"middle\">" + escape(metric) + "</text>\n";
   // Curves (a single evaluation gets a dot, since a line needs two points).
   double legend_x = left;
   for (Series* s : all) {
@@ -136,7 +148,8 @@ std::string training_plot_svg(const std::vector<nlohmann::json>& log, const std:
       if (!std::isfinite(y)) continue;
       pts += num(px(x)) + "," + num(s->right_axis ? py_right(y) : py_left(y)) + " ";
     }
-    svg += "<polyline fill=\"none\" stroke=\"" + s->color + "\" stroke-width=\"" + num(s->width) + "\" points=\"" + pts + "\"/>\n";
+    svg += "<polyline fill=\"none\" stroke=\"" + s->color + "\" stroke-width=\"" + num(s->width) +
+           "\" points=\"" + pts + "\"/>\n";
     if (s->points.size() <= 30 && s != &raw && s != &train)
       for (auto& [x, y] : s->points)
         if (std::isfinite(y))

@@ -48,8 +48,11 @@ std::string format_duration(double seconds) {
   if (!(seconds >= 0) || seconds > 1e7) return "?";
   const int64_t s = int64_t(seconds + 0.5);
   char buf[32];
-  if (s >= 3600) std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", (long long)(s / 3600), (long long)(s / 60 % 60), (long long)(s % 60));
-  else std::snprintf(buf, sizeof buf, "%lld:%02lld", (long long)(s / 60), (long long)(s % 60));
+  if (s >= 3600)
+    std::snprintf(buf, sizeof buf, "%lld:%02lld:%02lld", (long long)(s / 3600), (long long)(s / 60 % 60),
+                  (long long)(s % 60));
+  else
+    std::snprintf(buf, sizeof buf, "%lld:%02lld", (long long)(s / 60), (long long)(s % 60));
   return buf;
 }
 
@@ -73,7 +76,8 @@ std::string ProgressBar::status(int64_t step, double epoch, double loss, double 
   const double eta = done > 0 ? elapsed / double(done) * double(total_ - step) : -1;
   char buf[256];
   std::snprintf(buf, sizeof buf, "step %lld/%lld  epoch %.2f  loss %.4f  lr %.2e  %.0f tok/s  ETA %s",
-                (long long)step, (long long)total_, epoch, loss, lr, tokens_per_second(), format_duration(eta).c_str());
+                (long long)step, (long long)total_, epoch, loss, lr, tokens_per_second(),
+                format_duration(eta).c_str());
   return buf;
 }
 

@@ -65,7 +65,8 @@ nlohmann::json read_json_file(const fs::path& file) {
 
 }  // namespace
 
-TrainTarget TrainTarget::with_deltas(TransformerModel& model, std::vector<delta::Delta*> deltas, std::string method) {
+TrainTarget TrainTarget::with_deltas(TransformerModel& model, std::vector<delta::Delta*> deltas,
+                                     std::string method) {
   return {&model, std::move(deltas), model.head_parameters(), std::move(method)};
 }
 
@@ -75,7 +76,9 @@ TrainTarget TrainTarget::full(TransformerModel& model) {
   return t;
 }
 
-TrainTarget TrainTarget::head_only(TransformerModel& model) { return {&model, {}, model.head_parameters(), "head"}; }
+TrainTarget TrainTarget::head_only(TransformerModel& model) {
+  return {&model, {}, model.head_parameters(), "head"};
+}
 
 std::pair<int64_t, int64_t> TrainTarget::freeze() const {
   if (deltas.size() > 1) throw ConfigError("training several deltas at once is not supported yet");
@@ -95,7 +98,8 @@ void save_trained(const fs::path& dir, const TrainTarget& target) {
   const std::map<std::string, Tensor> tensors = model_tensors(target);
   if (!target.deltas.empty()) {
     if (target.deltas.size() > 1) throw ConfigError("saving several deltas at once is not supported yet");
-    write_folder(dir, [&](const fs::path& staged) { delta::save_delta(staged, *target.deltas[0], model, tensors); });
+    write_folder(
+        dir, [&](const fs::path& staged) { delta::save_delta(staged, *target.deltas[0], model, tensors); });
     return;
   }
   if (!is_model_tensor_method(target.method))
@@ -120,7 +124,9 @@ bool save_trained_peft(const fs::path& dir, const TrainTarget& target) {
   if (target.deltas.size() != 1) return false;
   const std::map<std::string, Tensor> head = model_tensors(target);
   try {
-    write_folder(dir, [&](const fs::path& staged) { delta::save_peft(staged, *target.deltas[0], *target.model, head); });
+    write_folder(dir, [&](const fs::path& staged) {
+      delta::save_peft(staged, *target.deltas[0], *target.model, head);
+    });
   } catch (const ConfigError&) {
     return false;  // PEFT has no such method (or no such option of it)
   }
@@ -133,7 +139,8 @@ LoadedTrained load_trained(const fs::path& dir, TransformerModel& model) {
   const fs::path config_file = dir / "delta_config.json";
   if (fs::exists(config_file)) {
     nlohmann::json c = read_json_file(config_file);
-    const std::string method = c.contains("delta") && c["delta"].is_object() ? c["delta"].value("method", "") : "";
+    const std::string method =
+        c.contains("delta") && c["delta"].is_object() ? c["delta"].value("method", "") : "";
     if (is_model_tensor_method(method)) {
       const fs::path file = dir / "delta.safetensors";
       TensorFile tensors = read_safetensors(file);
@@ -160,7 +167,8 @@ fs::path find_labels_file(const fs::path& dir) {
   const fs::path delta_dir = folder_path(dir);
   for (const fs::path& candidate : {delta_dir / "labels.json", delta_dir.parent_path() / "labels.json"})
     if (fs::is_regular_file(candidate)) return candidate;
-  throw IoError(delta_dir.string() + ": no labels.json in the delta folder or its run folder (needed to name the classes)");
+  throw IoError(delta_dir.string() +
+                ": no labels.json in the delta folder or its run folder (needed to name the classes)");
 }
 
 }  // namespace deltatune::train

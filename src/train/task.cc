@@ -19,16 +19,17 @@ std::optional<fs::path> split_file(const fs::path& dir, const std::string& split
   return std::nullopt;
 }
 
-Task load_task(const fs::path& dir, const Fields& fields) {
+Task load_task(const fs::path& dir, const Fields& fields, bool labels_optional) {
   if (!fs::exists(dir)) throw IoError(dir.string() + ": task folder does not exist");
-  if (!fs::is_directory(dir)) throw IoError(dir.string() + ": not a folder (expected a task folder with train.jsonl)");
+  if (!fs::is_directory(dir))
+    throw IoError(dir.string() + ": not a folder (expected a task folder with train.jsonl)");
   Task task;
   task.dir = dir;
   auto train = split_file(dir, "train");
   if (!train) throw IoError(dir.string() + ": no train.jsonl (or train.csv / train.tsv) in the task folder");
-  task.train = read_examples(*train, fields);
-  if (auto dev = split_file(dir, "dev")) task.dev = read_examples(*dev, fields);
-  if (auto test = split_file(dir, "test")) task.test = read_examples(*test, fields);
+  task.train = read_examples(*train, fields, labels_optional);
+  if (auto dev = split_file(dir, "dev")) task.dev = read_examples(*dev, fields, labels_optional);
+  if (auto test = split_file(dir, "test")) task.test = read_examples(*test, fields, labels_optional);
   return task;
 }
 

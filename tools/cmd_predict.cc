@@ -1,0 +1,89 @@
+// deltatune predict --model DIR --delta DIR --input FILE.jsonl [--output FILE.jsonl]
+// Classifies each example of the input (labels optional): one JSON line per example, in input order,
+// {"label": NAME, "probabilities": {NAME: p, ...}} (plus "gold" when the input has a label).
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+
+#include "command.h"
+#include "deltatune/data.h"
+#include "deltatune/threads.h"
+#include "deltatune/trainer.h"
+
+namespace {
+using namespace deltatune;
+using cli::ExitError;
+
+struct Args {
+  std::string model, delta, input, output;
+  int64_t batch_size = 64, max_length = 0;
+  int threads = 0;
+  std::string text_field, pair_field;
+};
+
+std::string setting(const std::string& flag, const nlohmann::json& run, const char* key,
+                    const char* fallback) {
+  if (!flag.empty()) return flag;
+  if (run.is_object() && run.contains(key) && run[key].is_string()) return run[key].get<std::string>();
+  return fallback;
+}
+
+void run(const Args& a) {
+  if (a.threads > 0) set_num_threads(a.threads);
+  train::Classifier c = train::load_classifier(a.model, a.delta);
+  data::Fields fields;
+  fields.text = setting(a.text_field, c.train_config, "text-field", "text");
+  fields.text_pair = setting(a.pair_field, c.train_config, "pair-field", "text_pair");
+  fields.label = setting("", c.train_config, "label-field", "label");
+  int64_t max_length = a.max_length;
+  if (max_length <= 0)
+    max_length = c.train_config.is_object() ? c.train_config.value("max-length", int64_t(128)) : 128;
+
+  std::vector<data::Example> examples = data::read_examples(a.input, fields, /*labels_optional=*/true);
+  // Gold labels are echoed, not scored: an unseen one is not an error here.
+  std::vector<std::string> gold;
+  for (auto& ex : examples) {
+    gold.push_back(ex.label.value_or(""));
+    ex.label.reset();
+  }
+  const data::EncodedDataset dataset = data::encode(examples, *c.tokenizer, max_length);
+  train::Predictions p = train::predict(*c.model, dataset, a.batch_size, /*keep_probabilities=*/true);
+
+  std::ofstream file;
+  if (!a.output.empty()) {
+    file.open(a.output);
+    if (!file) throw ExitError{"cannot write '" + a.output + "'"};
+  }
+  std::ostream& out = a.output.empty() ? std::cout : file;
+  for (size_t i = 0; i < examples.size(); ++i) {
+    nlohmann::json probs = nlohmann::json::object();
+    for (size_t k = 0; k < p.probabilities[i].size(); ++k)
+      probs[c.labels.name(int64_t(k))] = p.probabilities[i][k];
+    nlohmann::json line = {{"label", c.labels.name(p.predicted[i])}, {"probabilities", probs}};
+    if (!gold[i].empty()) line["gold"] = gold[i];
+    out << line.dump() << "\n";
+  }
+  out.flush();
+  if (!out) throw ExitError{"write failed"};
+}
+
+void setup(CLI::App& app) {
+  auto a = std::make_shared<Args>();
+  app.add_option("--model", a->model, "Hugging Face model folder")->required();
+  app.add_option("--delta", a->delta, "Delta folder written by `deltatune train`")->required();
+  app.add_option("--input", a->input, "Examples to classify (.jsonl, .csv, .tsv; labels optional)")
+      ->required();
+  app.add_option("--output", a->output, "JSONL file to write (default: stdout)");
+  app.add_option("--batch-size", a->batch_size, "Examples per batch")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65536));
+  app.add_option("--max-length", a->max_length, "Tokens per example (default: the run's)")
+      ->check(CLI::Range(2, 1 << 20));
+  app.add_option("--threads", a->threads, "CPU threads")->check(CLI::Range(1, 1024));
+  app.add_option("--text-field", a->text_field, "Field holding the text (default: the run's, else text)");
+  app.add_option("--pair-field", a->pair_field,
+                 "Field holding the second text (default: the run's, else text_pair)");
+  app.callback([a] { run(*a); });
+}
+deltatune::cli::Register reg("predict", "Classify examples with a trained delta: one JSON line each", setup);
+}  // namespace
