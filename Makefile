@@ -16,8 +16,10 @@ build: setup
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
+# The main job: fine-tune bert-mini with LoRA on the built-in sentiment task, test accuracy before and after.
 demo: build
-	@$(BUILD)/deltatune demo
+	@OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $(BUILD)/deltatune train --model assets/models/bert-mini \
+		--data assets/tasks/sentiment --method lora --out runs/demo
 
 bench: build
 	@bench/run
