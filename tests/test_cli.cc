@@ -89,6 +89,29 @@ TEST(Cli, GenerateContinuesAPrompt) {
   EXPECT_EQ(a.output, b.output);  // the same seed samples the same text
 }
 
+// The four model commands on each mini model: inspect and tokenize everywhere, forward everywhere (see
+// ForwardMatchesGolden), generate on the decoders and a clear refusal on the encoder.
+TEST(Cli, FourCommandsOnEveryMiniModel) {
+  for (const std::string name : {"bert-mini", "gpt2-mini", "llama-mini"}) {
+    auto inspect = run("inspect " + model(name));
+    ASSERT_EQ(inspect.code, 0) << name << inspect.output;
+    EXPECT_NE(inspect.output.find("4 layers"), std::string::npos) << inspect.output;
+    auto tokens = run("tokenize --model " + model(name) + " --text 'Hello world'");
+    ASSERT_EQ(tokens.code, 0) << name << tokens.output;
+    auto j = nlohmann::json::parse(tokens.output);
+    EXPECT_EQ(j["ids"].size(), j["tokens"].size()) << name;
+    EXPECT_GE(j["ids"].size(), 2u) << name;
+    auto gen = run("generate --model " + model(name) + " --prompt 'Hello' --max-new-tokens 4");
+    if (name == "bert-mini") {
+      EXPECT_EQ(gen.code, 2) << gen.output;
+      EXPECT_NE(gen.output.find("causal LM"), std::string::npos) << gen.output;
+    } else {
+      ASSERT_EQ(gen.code, 0) << name << gen.output;
+      EXPECT_EQ(gen.output.rfind("Hello", 0), 0u) << gen.output;
+    }
+  }
+}
+
 TEST(Cli, CorruptInputsGiveOneLineAndExitCode2) {
   fs::path dir = temp_dir("corrupt");
   // A checkpoint whose safetensors file is truncated.
