@@ -43,23 +43,29 @@ fs::path data_file(const Args& a) {
   return *file;
 }
 
-// A causal-LM delta: the loss and perplexity of its next-token predictions over the texts.
-void run_lm(const Args& a, const fs::path& file) {
+// A language-model delta: the loss and perplexity of its next-token predictions over the texts (only
+// the answers of prompt/answer pairs), or of a masked LM at 15% masked positions (fixed seed).
+void run_lm(const Args& a, const fs::path& file, HeadKind head) {
   LoadOptions options;
-  options.head = HeadKind::CausalLM;
+  options.head = head;
   options.verbose = false;
   auto model = load_pretrained(a.model, options);
   auto tokenizer = Tokenizer::load(a.model);
   train::LoadedTrained trained = train::load_trained(a.delta, *model);
   const nlohmann::json run_config = train::read_train_config(a.delta);
-  const data::Fields fields{setting(a.text_field, run_config, "text-field", "text"), "text_pair", "label"};
+  const data::Fields fields{setting(a.text_field, run_config, "text-field", "text"),
+                            setting(a.pair_field, run_config, "pair-field", "text_pair"), "label"};
   int64_t max_length = a.max_length;
   if (max_length <= 0)
     max_length = run_config.is_object() ? run_config.value("max-length", int64_t(128)) : 128;
   std::vector<data::Example> examples = data::read_examples(file, fields, /*labels_optional=*/true);
-  const data::EncodedDataset dataset = data::encode(examples, *tokenizer, max_length);
+  const bool mlm = head == HeadKind::MaskedLM;
+  const data::EncodedDataset dataset = mlm ? data::encode(examples, *tokenizer, max_length)
+                                           : data::encode_for_lm(examples, *tokenizer, max_length);
+  std::optional<data::MlmMasking> masking;
+  if (mlm) masking = data::MlmMasking::for_tokenizer(*tokenizer);
   nlohmann::json out = {{"data", file.string()}, {"examples", dataset.size()}};
-  out.update(train::evaluate(*model, dataset, a.batch_size));
+  out.update(train::evaluate(*model, dataset, a.batch_size, masking ? &*masking : nullptr));
   std::printf("%s\n", out.dump(2).c_str());
   if (!a.output.empty()) {
     std::ofstream f(a.output);
@@ -71,7 +77,13 @@ void run_lm(const Args& a, const fs::path& file) {
 void run(const Args& a) {
   if (a.threads > 0) set_num_threads(a.threads);
   const fs::path file = data_file(a);
-  if (!a.delta.empty() && delta::peek_delta(a.delta).head == HeadKind::CausalLM) return run_lm(a, file);
+  if (!a.delta.empty()) {
+    const std::optional<HeadKind> head = delta::peek_delta(a.delta).head;
+    const nlohmann::json run_config = train::read_train_config(a.delta);
+    const std::string task = run_config.is_object() ? run_config.value("task", std::string()) : std::string();
+    if (head == HeadKind::CausalLM || task == "causal-lm") return run_lm(a, file, HeadKind::CausalLM);
+    if (head == HeadKind::MaskedLM || task == "masked-lm") return run_lm(a, file, HeadKind::MaskedLM);
+  }
   // Without a delta the labels come from the data (a baseline with an untrained head).
   data::LabelMap baseline_labels;
   if (a.delta.empty()) {

@@ -1,12 +1,15 @@
 // deltatune predict --model DIR --delta DIR --input FILE.jsonl [--output FILE.jsonl]
 // Classifies each example of the input (labels optional): one JSON line per example, in input order,
 // {"label": NAME, "probabilities": {NAME: p, ...}} (plus "gold" when the input has a label).
+// A delta trained with --task causal-lm continues each text instead: {"text": ..., "generated": ...}.
 #include <cstdio>
 #include <fstream>
 #include <iostream>
 
 #include "command.h"
 #include "deltatune/data.h"
+#include "deltatune/generate.h"
+#include "deltatune/tokenizer.h"
 #include "deltatune/threads.h"
 #include "deltatune/trainer.h"
 
@@ -19,7 +22,40 @@ struct Args {
   int64_t batch_size = 64, max_length = 0;
   int threads = 0;
   std::string text_field, pair_field;
+  int64_t max_new_tokens = 32;
 };
+
+std::ostream& output_stream(const Args& a, std::ofstream& file) {
+  if (!a.output.empty()) {
+    file.open(a.output);
+    if (!file) throw ExitError{"cannot write '" + a.output + "'"};
+  }
+  return a.output.empty() ? std::cout : file;
+}
+
+// A causal LM tuned on prompts: each input's text, continued greedily up to EOS or the limit.
+void run_lm(const Args& a, const nlohmann::json& run_config) {
+  LoadOptions load;
+  load.head = HeadKind::CausalLM;
+  load.verbose = false;
+  auto model = load_pretrained(a.model, load);
+  train::LoadedTrained trained = train::load_trained(a.delta, *model);
+  auto tokenizer = Tokenizer::load(a.model);
+  data::Fields fields;
+  fields.text = !a.text_field.empty() ? a.text_field : run_config.value("text-field", std::string("text"));
+  const std::vector<data::Example> examples = data::read_examples(a.input, fields, /*labels_optional=*/true);
+  GenerationOptions options;
+  options.max_new_tokens = a.max_new_tokens;
+  if (tokenizer->eos_id() >= 0) options.eos_ids = {tokenizer->eos_id()};
+  std::ofstream file;
+  std::ostream& out = output_stream(a, file);
+  for (const data::Example& ex : examples) {
+    std::vector<int64_t> ids = generate(*model, tokenizer->encode(ex.text, true).ids, options);
+    out << nlohmann::json{{"text", ex.text}, {"generated", tokenizer->decode(ids, true)}}.dump() << "\n";
+  }
+  out.flush();
+  if (!out) throw ExitError{"write failed"};
+}
 
 std::string setting(const std::string& flag, const nlohmann::json& run, const char* key,
                     const char* fallback) {
@@ -30,6 +66,10 @@ std::string setting(const std::string& flag, const nlohmann::json& run, const ch
 
 void run(const Args& a) {
   if (a.threads > 0) set_num_threads(a.threads);
+  const nlohmann::json run_config = train::read_train_config(a.delta);
+  if (run_config.is_object() && run_config.value("task", std::string()) == "causal-lm") return run_lm(a, run_config);
+  if (run_config.is_object() && run_config.value("task", std::string()) == "masked-lm")
+    throw ExitError{a.delta + ": a masked-LM delta has no labels to predict; use `deltatune eval` for its loss"};
   train::Classifier c = train::load_classifier(a.model, a.delta);
   data::Fields fields;
   fields.text = setting(a.text_field, c.train_config, "text-field", "text");
@@ -50,11 +90,7 @@ void run(const Args& a) {
   train::Predictions p = train::predict(*c.model, dataset, a.batch_size, /*keep_probabilities=*/true);
 
   std::ofstream file;
-  if (!a.output.empty()) {
-    file.open(a.output);
-    if (!file) throw ExitError{"cannot write '" + a.output + "'"};
-  }
-  std::ostream& out = a.output.empty() ? std::cout : file;
+  std::ostream& out = output_stream(a, file);
   for (size_t i = 0; i < examples.size(); ++i) {
     nlohmann::json probs = nlohmann::json::object();
     for (size_t k = 0; k < p.probabilities[i].size(); ++k)
@@ -80,10 +116,16 @@ void setup(CLI::App& app) {
   app.add_option("--max-length", a->max_length, "Tokens per example (default: the run's)")
       ->check(CLI::Range(2, 1 << 20));
   app.add_option("--threads", a->threads, "CPU threads")->check(CLI::Range(1, 1024));
+  app.add_option("--max-new-tokens", a->max_new_tokens, "Causal-LM deltas: tokens to generate per text")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 16));
   app.add_option("--text-field", a->text_field, "Field holding the text (default: the run's, else text)");
   app.add_option("--pair-field", a->pair_field,
                  "Field holding the second text (default: the run's, else text_pair)");
   app.callback([a] { run(*a); });
 }
-deltatune::cli::Register reg("predict", "Classify examples with a trained delta: one JSON line each", setup);
+deltatune::cli::Register reg("predict",
+                             "Classify examples with a trained delta (or continue texts with a causal-LM "
+                             "delta): one JSON line each",
+                             setup);
 }  // namespace

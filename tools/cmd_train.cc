@@ -226,9 +226,10 @@ void run(Args a, CLI::App& app) {
   for (auto [value, flag] : {std::pair{&a.model, "--model"}, {&a.data, "--data"}, {&a.out, "--out"}})
     if (value->empty())
       throw ExitError{std::string(flag) + " is required (on the command line or in --config)"};
-  if (a.task != "classification" && a.task != "causal-lm")
-    throw ExitError{"--task must be classification or causal-lm, got '" + a.task + "'"};
-  const bool lm = a.task == "causal-lm";
+  if (a.task != "classification" && a.task != "causal-lm" && a.task != "masked-lm")
+    throw ExitError{"--task must be classification, causal-lm or masked-lm, got '" + a.task + "'"};
+  const bool mlm = a.task == "masked-lm";
+  const bool lm = a.task == "causal-lm" || mlm;
   // A language model is judged by its loss unless asked otherwise.
   if (lm && app.get_option("--metric")->count() == 0) a.metric = "loss";
   if (a.threads > 0) set_num_threads(a.threads);
@@ -250,7 +251,7 @@ void run(Args a, CLI::App& app) {
     throw ExitError{"model folder '" + a.model + "' does not exist or is not a folder"};
   auto tokenizer = Tokenizer::load(a.model);
   LoadOptions load;
-  load.head = lm ? HeadKind::CausalLM : HeadKind::SequenceClassification;
+  load.head = mlm ? HeadKind::MaskedLM : lm ? HeadKind::CausalLM : HeadKind::SequenceClassification;
   if (!lm) load.num_labels = labels.size();
   load.seed = a.seed;
   load.verbose = false;  // the new classification head is expected, not a problem to report
@@ -273,7 +274,7 @@ void run(Args a, CLI::App& app) {
   } else if (a.method == "none" || a.method == "head") {
     if (lm)
       throw ExitError{"--method " + a.method +
-                      " trains the classification head alone; a causal LM has none to train"};
+                      " trains the classification head alone; a language model has none to train"};
     target = train::TrainTarget::head_only(*model);
   } else {
     delta = delta::make_delta(build_delta_config(a, app));
@@ -282,14 +283,26 @@ void run(Args a, CLI::App& app) {
     target = train::TrainTarget::with_deltas(*model, {delta.get()}, delta->method());
   }
 
-  const data::EncodedDataset train_set = data::encode(splits.train, *tokenizer, max_length);
-  const data::EncodedDataset dev_set = data::encode(splits.dev, *tokenizer, max_length);
-  const data::EncodedDataset test_set = data::encode(splits.test, *tokenizer, max_length);
+  // Causal LMs: a text_pair is the answer to the text (a prompt), and only the answer is learnt.
+  auto encode = [&](const std::vector<data::Example>& examples) {
+    return a.task == "causal-lm" ? data::encode_for_lm(examples, *tokenizer, max_length)
+                                 : data::encode(examples, *tokenizer, max_length);
+  };
+  const data::EncodedDataset train_set = encode(splits.train), dev_set = encode(splits.dev),
+                             test_set = encode(splits.test);
+  std::optional<data::MlmMasking> masking;
+  if (mlm) {
+    try {
+      masking = data::MlmMasking::for_tokenizer(*tokenizer);
+    } catch (const ConfigError& e) {
+      throw ExitError{a.model + ": " + e.what()};
+    }
+  }
   std::fprintf(
       stderr,
       "data: %zu train, %zu dev (%s), %zu test examples; %s; %lld train examples reach max length %lld\n",
       train_set.size(), dev_set.size(), splits.dev_origin.c_str(), test_set.size(),
-      lm ? "causal LM" : (std::to_string(labels.size()) + " labels").c_str(), (long long)train_set.truncated,
+      lm ? a.task.c_str() : (std::to_string(labels.size()) + " labels").c_str(), (long long)train_set.truncated,
       (long long)max_length);
 
   fs::create_directories(run_dir);
@@ -303,7 +316,7 @@ void run(Args a, CLI::App& app) {
   // The untrained baseline (a fresh head; LoRA starts as the identity), when the test set is small.
   nlohmann::json test_before = nullptr;
   if (!a.no_test_before && test_set.size() > 0 && test_set.size() <= 5000)
-    test_before = train::evaluate(*model, test_set, a.eval_batch_size);
+    test_before = train::evaluate(*model, test_set, a.eval_batch_size, masking ? &*masking : nullptr);
 
   train::TrainOptions options;
   options.epochs = a.epochs;
@@ -326,6 +339,7 @@ void run(Args a, CLI::App& app) {
   options.resume = a.resume;
   options.progress = !a.quiet;
   options.log_every = a.log_every;
+  options.mlm = masking;
   options.on_step = [](int64_t) { return !g_interrupted.load(); };
 
   const auto [trainable, total] = target.freeze();
@@ -358,7 +372,7 @@ void run(Args a, CLI::App& app) {
 
   nlohmann::json test = nullptr;
   if (test_set.size() > 0 && lm) {
-    test = train::evaluate(*model, test_set, a.eval_batch_size);
+    test = train::evaluate(*model, test_set, a.eval_batch_size, masking ? &*masking : nullptr);
   } else if (test_set.size() > 0) {
     train::Predictions p = train::predict(*model, test_set, a.eval_batch_size);
     test = metrics::classification_metrics(p.predicted, p.labels);
@@ -406,7 +420,9 @@ void setup(CLI::App& app) {
                  "lora, full (every weight), none/head (the head alone), or another delta method")
       ->capture_default_str();
   app.add_option("--task", a->task,
-                 "classification (labelled texts) or causal-lm (plain texts, next-token loss)")
+                 "classification (labelled texts), causal-lm (next-token loss on plain texts; with a text_pair, "
+                 "the text is a prompt and only its answer, the text_pair, is learnt) or masked-lm (BERT-style: "
+                 "15% of tokens masked, predicted)")
       ->capture_default_str();
   app.add_option("--epochs", a->epochs, "Passes over the training set")
       ->capture_default_str()

@@ -101,7 +101,8 @@ std::vector<size_t> shuffled_indices(size_t n, uint64_t seed);
 struct EncodedExample {
   std::vector<int64_t> ids;
   std::vector<int64_t> type_ids;
-  int64_t label = -1;  // -1: unlabelled
+  int64_t label = -1;     // -1: unlabelled
+  int64_t loss_from = 0;  // causal LM: the first token whose prediction counts (after a prompt)
 };
 
 struct EncodedDataset {
@@ -114,16 +115,38 @@ struct EncodedDataset {
 // (special tokens included; the longer text of a pair is cut first). max_length <= 0: no limit.
 EncodedDataset encode(const std::vector<Example>& examples, const Tokenizer& tokenizer, int64_t max_length);
 
+// For causal-LM tuning: a plain text trains on every token; an example with a text_pair is a prompt
+// (`text`) and its answer (`text_pair`, followed by EOS when the tokenizer has one), and only the
+// answer's tokens count in the loss. Truncation keeps the start.
+EncodedDataset encode_for_lm(const std::vector<Example>& examples, const Tokenizer& tokenizer, int64_t max_length);
+
+// Masked-LM corruption as transformers' DataCollatorForLanguageModeling: each real, non-special token
+// is chosen with `probability`; a chosen token becomes [MASK] 80% of the time, a random token 10%, and
+// stays 10%. The model predicts the chosen tokens only.
+struct MlmMasking {
+  int64_t mask_id = -1;
+  int64_t vocab_size = 0;
+  std::vector<int64_t> special_ids;  // never chosen ([CLS], [SEP], [PAD], ...)
+  double probability = 0.15;
+  static MlmMasking for_tokenizer(const Tokenizer& tokenizer);  // ConfigError without a mask token
+};
+
 // One padded batch: rows padded on the right to the batch's longest row.
 struct Batch {
   Tensor input_ids;             // int64 [B, T]
   Tensor attention_mask;        // int64 [B, T]: 1 = token, 0 = padding
   Tensor token_type_ids;        // int64 [B, T]
   Tensor labels;                // int64 [B]; undefined when the examples are unlabelled
+  Tensor lm_targets;            // int64 [B, T]: masked-LM targets, -100 where nothing is predicted
+  std::vector<int64_t> loss_from;  // per row: EncodedExample::loss_from
   std::vector<size_t> indices;  // the examples' positions in the dataset
   int64_t num_tokens = 0;       // real (unpadded) tokens
   int64_t size() const { return int64_t(indices.size()); }
 };
+
+// Corrupts `batch` for masked-LM training (see MlmMasking): input_ids get the masks, lm_targets the
+// original ids at the chosen positions. The same seed chooses the same positions.
+void apply_mlm_masking(Batch& batch, const MlmMasking& masking, uint64_t seed);
 
 struct BatchOptions {
   int64_t batch_size = 16;

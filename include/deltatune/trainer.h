@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -78,6 +79,8 @@ struct TrainOptions {
   // perplexity (causal LMs).
   std::string metric = "accuracy";
   bool restore_best = true;  // end with the best dev weights (when a dev set is given)
+  // Masked-LM models: how batches are corrupted (required for them; the positions depend on the step).
+  std::optional<data::MlmMasking> mlm;
 
   std::filesystem::path run_dir;  // log.jsonl, checkpoint/, best/ (required)
   bool resume = false;            // continue from run_dir/checkpoint
@@ -126,12 +129,16 @@ Predictions predict(TransformerModel& model, const data::EncodedDataset& dataset
                     bool keep_probabilities = false);
 // A classifier: {"loss", "accuracy", "macro_f1", "mcc"} on a labelled dataset. A causal LM:
 // {"loss", "perplexity"} over the next-token predictions of every text.
+// A masked LM: {"loss", "perplexity"} at positions chosen by `mlm` with a fixed seed (the same
+// positions at every evaluation).
 nlohmann::json evaluate(TransformerModel& model, const data::EncodedDataset& dataset,
-                        int64_t batch_size = 64);
+                        int64_t batch_size = 64, const data::MlmMasking* mlm = nullptr);
 
 // Causal-LM loss: mean cross-entropy of each real token predicted from the ones before it (labels
 // shifted by one, padding ignored). logits [B, T, V]. `counted` receives the number of predictions.
 Tensor causal_lm_loss(const Tensor& logits, const data::Batch& batch, int64_t* counted = nullptr);
+// Masked-LM loss: mean cross-entropy at the positions apply_mlm_masking chose (batch.lm_targets).
+Tensor masked_lm_loss(const Tensor& logits, const data::Batch& batch, int64_t* counted = nullptr);
 // The loss a model of this head trains on: cross-entropy over classes, or the causal-LM loss.
 Tensor training_loss(const TransformerModel& model, const Tensor& logits, const data::Batch& batch);
 

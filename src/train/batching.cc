@@ -116,6 +116,7 @@ Batch Batcher::make_batch(const std::vector<size_t>& indices) const {
     std::fill_n(mask.begin() + b * T, e.ids.size(), 1);
     std::copy(e.type_ids.begin(), e.type_ids.end(), types.begin() + b * T);
     batch.num_tokens += int64_t(e.ids.size());
+    batch.loss_from.push_back(e.loss_from);
     if (labelled) labels.push_back(e.label);
   }
   batch.input_ids = Tensor::from_ints(ids, {B, T});

@@ -77,8 +77,9 @@ Predictions predict(TransformerModel& model, const data::EncodedDataset& dataset
 
 namespace {
 
-// Token-weighted mean next-token loss over the dataset, and its perplexity.
-nlohmann::json evaluate_lm(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size) {
+// Token-weighted mean loss over the dataset (next-token, or at masked positions), and its perplexity.
+nlohmann::json evaluate_lm(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size,
+                           const data::MlmMasking* mlm) {
   EvalMode eval(model);
   NoGradGuard no_grad;
   data::Batcher batcher(dataset,
@@ -87,9 +88,16 @@ nlohmann::json evaluate_lm(TransformerModel& model, const data::EncodedDataset& 
   int64_t tokens = 0;
   for (const auto& indices : batcher.epoch_order(0)) {
     data::Batch batch = batcher.make_batch(indices);
-    if (batch.input_ids.size(1) < 2) continue;  // one-token texts predict nothing
     int64_t n = 0;
-    const double loss = causal_lm_loss(model.forward(model_input(model, batch)).logits, batch, &n).item();
+    double loss = 0;
+    if (mlm) {
+      data::apply_mlm_masking(batch, *mlm, 0x5eed + indices.front());  // fixed: comparable across evaluations
+      loss = masked_lm_loss(model.forward(model_input(model, batch)).logits, batch, &n).item();
+      if (n == 0) continue;
+    } else {
+      if (batch.input_ids.size(1) < 2) continue;  // one-token texts predict nothing
+      loss = causal_lm_loss(model.forward(model_input(model, batch)).logits, batch, &n).item();
+    }
     total += loss * double(n);
     tokens += n;
   }
@@ -99,8 +107,13 @@ nlohmann::json evaluate_lm(TransformerModel& model, const data::EncodedDataset& 
 
 }  // namespace
 
-nlohmann::json evaluate(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size) {
-  if (model.head == HeadKind::CausalLM) return evaluate_lm(model, dataset, batch_size);
+nlohmann::json evaluate(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size,
+                        const data::MlmMasking* mlm) {
+  if (model.head == HeadKind::CausalLM) return evaluate_lm(model, dataset, batch_size, nullptr);
+  if (model.head == HeadKind::MaskedLM) {
+    if (!mlm) throw ConfigError("evaluating a masked LM needs its masking settings");
+    return evaluate_lm(model, dataset, batch_size, mlm);
+  }
   Predictions p = predict(model, dataset, batch_size, false);
   for (int64_t label : p.labels)
     if (label < 0) throw ConfigError("evaluate: the dataset has unlabelled examples");

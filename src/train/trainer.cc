@@ -115,10 +115,13 @@ TrainResult Trainer::train(const data::EncodedDataset& train_set, const data::En
   const auto started = std::chrono::steady_clock::now();
   const TrainOptions& o = options_;
   TransformerModel& model = *target_.model;
-  const bool lm = model.head == HeadKind::CausalLM;
+  const bool mlm = model.head == HeadKind::MaskedLM;
+  const bool lm = model.head == HeadKind::CausalLM || mlm;
   if (!lm && model.head != HeadKind::SequenceClassification)
-    throw ConfigError("the trainer fine-tunes sequence classifiers and causal LMs; the model has a " +
+    throw ConfigError("the trainer fine-tunes sequence classifiers, causal LMs and masked LMs; the model has a " +
                       std::string(head_name(model.head)) + " head");
+  if (mlm && !o.mlm) throw ConfigError("training a masked LM needs masking settings (TrainOptions::mlm)");
+  const data::MlmMasking* masking = mlm ? &*o.mlm : nullptr;
   if (lm != (o.metric == "loss" || o.metric == "perplexity"))
     throw ConfigError("metric '" + o.metric + "' does not fit a " + std::string(head_name(model.head)) +
                       " model");
@@ -227,7 +230,7 @@ TrainResult Trainer::train(const data::EncodedDataset& train_set, const data::En
                            " or a smaller --max-grad-norm); " + where);
   };
   auto run_eval = [&] {
-    nlohmann::json m = evaluate(model, *dev, o.eval_batch_size);
+    nlohmann::json m = evaluate(model, *dev, o.eval_batch_size, masking);
     const double score = json_number(m, o.metric.c_str());
     const bool is_best = improved(score, best_score, o.metric);
     nlohmann::json entry = {{"type", "eval"},
@@ -271,6 +274,7 @@ TrainResult Trainer::train(const data::EncodedDataset& train_set, const data::En
       int64_t tokens = 0;
       for (size_t b = first; b < last; ++b) {
         data::Batch batch = batcher.make_batch(order[b]);
+        if (masking) data::apply_mlm_masking(batch, *masking, step_seed(o.seed, step) + b);
         Tensor loss = training_loss(model, model.forward(model_input(model, batch)).logits, batch);
         const double value = loss.item();
         if (!std::isfinite(value)) diverged("loss", value);
