@@ -1,6 +1,7 @@
 # The Debian packages deltatune builds on (scripts/setup installs them).
 find_package(OpenMP REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)
+find_package(yaml-cpp REQUIRED)  # YAML settings files (--config run.yaml)
 find_package(CLI11 CONFIG QUIET)
 if(NOT TARGET CLI11::CLI11)
   find_path(CLI11_INCLUDE_DIR CLI/CLI.hpp REQUIRED)

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "command.h"
+#include "deltatune/config_file.h"
 #include "deltatune/data.h"
 #include "deltatune/delta_io.h"
 #include "deltatune/metrics.h"
@@ -60,18 +61,18 @@ extern "C" void on_interrupt(int) {
   std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
 }
 
+// A JSON (or YAML: .yaml / .yml) settings file.
 nlohmann::json read_json(const std::string& file, const char* what) {
-  std::ifstream in(file);
-  if (!in) throw ExitError{std::string(what) + " '" + file + "' cannot be read"};
+  if (!fs::is_regular_file(file)) throw ExitError{std::string(what) + " '" + file + "' cannot be read"};
   try {
-    return nlohmann::json::parse(in);
-  } catch (const std::exception& e) {
-    throw ExitError{file + ": not valid JSON: " + e.what()};
+    return read_config_file(file);
+  } catch (const IoError& e) {
+    throw ExitError{e.what()};
   }
 }
 
-// --config FILE: a JSON object whose keys are the long flag names ("lr", "batch-size"; "_" works for
-// "-"). Flags given on the command line win over the file.
+// --config FILE: a JSON or YAML object whose keys are the long flag names ("lr", "batch-size"; "_"
+// works for "-"). Flags given on the command line win over the file.
 void apply_config_file(CLI::App& app, const std::string& file) {
   const nlohmann::json j = read_json(file, "config file");
   if (!j.is_object()) throw ExitError{file + ": expected a JSON object of flag names and values"};
@@ -444,9 +445,9 @@ void setup(CLI::App& app) {
          "Modules the delta attaches to: roles (attn.q, attn.v, ffn.up, ...) or names; comma-separated")
       ->delimiter(',');
   app.add_option("--delta-config", a->delta_config,
-                 "JSON delta config ({\"method\": \"lora\", \"r\": 8, ...})");
+                 "JSON or YAML delta config ({\"method\": \"lora\", \"r\": 8, ...})");
   app.add_option("--config", a->config,
-                 "JSON file of flag values (keys are the long flag names); flags given here win");
+                 "JSON or YAML file of flag values (keys are the long flag names); flags given here win");
   app.add_option("--k-shot", a->k_shot,
                  "Few-shot: train on K examples sampled with the seed, dev = the next 1000")
       ->check(CLI::NonNegativeNumber);

@@ -1,0 +1,77 @@
+// JSON and YAML settings files, both read into nlohmann::json (YAML through yaml-cpp).
+#include "deltatune/config_file.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <string>
+
+#include "deltatune/error.h"
+
+namespace deltatune {
+namespace {
+
+// A plain (unquoted) YAML scalar as the JSON value it reads as: YAML 1.2's core schema.
+nlohmann::json scalar(const YAML::Node& node) {
+  const std::string text = node.Scalar();
+  if (node.Tag() == "!") return text;  // quoted: always a string
+  if (text == "true" || text == "True" || text == "TRUE") return true;
+  if (text == "false" || text == "False" || text == "FALSE") return false;
+  if (text.empty() || text == "~" || text == "null" || text == "Null" || text == "NULL") return nullptr;
+  try {
+    size_t used = 0;
+    const long long i = std::stoll(text, &used);
+    if (used == text.size()) return i;
+  } catch (const std::exception&) {
+  }
+  try {
+    size_t used = 0;
+    const double d = std::stod(text, &used);
+    if (used == text.size()) return d;
+  } catch (const std::exception&) {
+  }
+  return text;
+}
+
+nlohmann::json to_json(const YAML::Node& node) {
+  switch (node.Type()) {
+    case YAML::NodeType::Null:
+    case YAML::NodeType::Undefined:
+      return nullptr;
+    case YAML::NodeType::Scalar:
+      return scalar(node);
+    case YAML::NodeType::Sequence: {
+      nlohmann::json out = nlohmann::json::array();
+      for (const auto& item : node) out.push_back(to_json(item));
+      return out;
+    }
+    case YAML::NodeType::Map: {
+      nlohmann::json out = nlohmann::json::object();
+      for (const auto& kv : node) out[kv.first.as<std::string>()] = to_json(kv.second);
+      return out;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+nlohmann::json read_config_file(const std::filesystem::path& file) {
+  std::ifstream in(file);
+  if (!in) throw IoError(file.string() + ": cannot be read");
+  const std::string ext = file.extension().string();
+  if (ext == ".yaml" || ext == ".yml") {
+    try {
+      return to_json(YAML::Load(in));
+    } catch (const YAML::Exception& e) {
+      throw IoError(file.string() + ":" + std::to_string(e.mark.line + 1) + ": not valid YAML: " + e.msg);
+    }
+  }
+  try {
+    return nlohmann::json::parse(in);
+  } catch (const std::exception& e) {
+    throw IoError(file.string() + ": not valid JSON: " + e.what());
+  }
+}
+
+}  // namespace deltatune
