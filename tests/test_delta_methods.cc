@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "delta/adapter_projection.h"
 #include "delta/peft_config.h"
 #include "temp_dir.h"
 #include "deltatune/autograd.h"
@@ -240,6 +241,17 @@ TEST(DeltaMethods, AdapterParallelLlama) {
             true,
             false});
 }
+TEST(DeltaMethods, AdapterHoulsbyGpt2) {
+  run_case({"gpt2-mini", {{"method", "adapter"}, {"variant", "houlsby"}, {"bottleneck", 16}}, true, false});
+}
+TEST(DeltaMethods, CompacterBert) { run_case({"bert-mini", {{"method", "compacter"}}, true, false}); }
+TEST(DeltaMethods, CompacterPlusPlusLlama) {
+  run_case({"llama-mini", {{"method", "compacter++"}, {"phm_dim", 8}, {"rank", 2}}, true, false});
+}
+TEST(DeltaMethods, LowRankAdapterBert) { run_case({"bert-mini", {{"method", "lowrank_adapter"}}, true, false}); }
+TEST(DeltaMethods, LowRankAdapterGpt2) {
+  run_case({"gpt2-mini", {{"method", "lowrank_adapter"}, {"rank", 2}, {"bottleneck", 16}}, true, false});
+}
 TEST(DeltaMethods, AdapterParallelBert) {
   run_case({"bert-mini", {{"method", "adapter"}, {"variant", "parallel"}, {"bottleneck", 8}}, true, false});
 }
@@ -338,6 +350,61 @@ TEST(DeltaMethods, SpecificationDeltasTrainModelTensors) {
   EXPECT_EQ(total, model->parameter_count());
   auto named = delta::trainable_parameters(*model, {d.get()});
   EXPECT_EQ(named.size(), d->parameters().size());  // listed once each
+}
+
+// A PHM projection's weight is the sum of Kronecker products of its rules and factor products:
+// W[a*p + i, b*q + j] = sum_k A_k[a, b] * (L_k R_k)[i, j], rebuilt here by hand.
+TEST(DeltaMethods, PhmProjectionIsASumOfKroneckerProducts) {
+  Generator gen(3);
+  const int64_t n = 4, out = 8, in = 12;
+  delta::Projection proj = delta::make_projection({delta::ProjectionKind::Phm, 2, n}, out, in, false, gen);
+  const Tensor W = proj.materialise().contiguous();
+  ASSERT_EQ(W.shape(), (Shape{out, in}));
+  const int64_t p = out / n, q = in / n, r = 2;
+  const auto a = proj.rule.to_floats(), l = proj.left.to_floats(), rr = proj.right.to_floats(), w = W.to_floats();
+  float worst = 0;
+  for (int64_t ai = 0; ai < n; ++ai)
+    for (int64_t i = 0; i < p; ++i)
+      for (int64_t bi = 0; bi < n; ++bi)
+        for (int64_t j = 0; j < q; ++j) {
+          double expected = 0;
+          for (int64_t k = 0; k < n; ++k) {
+            double bij = 0;
+            for (int64_t t = 0; t < r; ++t) bij += double(l[size_t((k * p + i) * r + t)]) * rr[size_t((k * r + t) * q + j)];
+            expected += double(a[size_t((k * n + ai) * n + bi)]) * bij;
+          }
+          worst = std::max(worst, float(std::fabs(expected - w[size_t((ai * p + i) * in + bi * q + j)])));
+        }
+  EXPECT_LT(worst, 1e-6f);
+  // The low-rank projection is L R; a zero-output projection is exactly zero.
+  delta::Projection low = delta::make_projection({delta::ProjectionKind::LowRank, 3, n}, out, in, true, gen);
+  for (float v : low.materialise().contiguous().to_floats()) EXPECT_EQ(v, 0.0f);
+  EXPECT_EQ(low.left.shape(), (Shape{out, 3}));
+  EXPECT_THROW(delta::make_projection({delta::ProjectionKind::Phm, 1, 5}, out, in, false, gen), ConfigError);
+}
+
+// Compacter: rules shared by every adapter, far fewer parameters than a dense adapter of the same size.
+TEST(DeltaMethods, CompacterSharesRulesAndIsSmall) {
+  auto model = load("bert-mini");
+  auto dense = delta::make_delta({{"method", "adapter"}, {"reduction_factor", 32}});
+  dense->attach(*model);
+  int64_t dense_count = 0, phm_count = 0, rules = 0;
+  for (auto& [_, t] : dense->parameters()) dense_count += t.numel();
+  dense->detach();
+  auto phm = delta::make_delta({{"method", "compacter"}});
+  phm->attach(*model);
+  for (auto& [n, t] : phm->parameters()) {
+    phm_count += t.numel();
+    rules += n.find("phm_rule") != std::string::npos;
+  }
+  EXPECT_EQ(rules, 2);  // one for all down-projections, one for all up-projections
+  EXPECT_LT(phm_count * 4, dense_count);
+  const nlohmann::json cfg = phm->config();
+  EXPECT_EQ(cfg["projection"], "phm");
+  EXPECT_EQ(cfg["phm_dim"], 4);
+  EXPECT_EQ(cfg["variant"], "houlsby");
+  EXPECT_THROW(delta::make_delta({{"method", "compacter"}, {"phm_dim", 3}})->attach(*load("bert-mini")), ConfigError);
+  EXPECT_THROW(delta::make_delta({{"method", "adapter"}, {"projection", "fancy"}}), ConfigError);
 }
 
 TEST(DeltaMethods, UnknownMethodListsSupported) {

@@ -6,11 +6,19 @@
 //             ffn(x) -> ffn(x) + s * up(act(down(x)))
 // The bottleneck is given directly or as hidden / reduction_factor. The up-projection starts at zero,
 // so an attached adapter is the identity. residual: false makes a sequential adapter replace y.
-// Parameters: <module>.adapter.down.weight/.bias and .adapter.up.weight/.bias, where <module> is the
-// linear layer the adapter follows (attn.o, ffn.down). Our format only: PEFT has no adapters.
+// projection: dense (default), lowrank (each weight a rank-`rank` product: the low-rank adapter) or
+// phm (Compacter's hypercomplex layers, `phm_dim` n, factors of rank `rank`, rules shared by every
+// adapter when shared_phm_rule); see adapter_projection.h. Method names with their defaults:
+//   compacter        houlsby placement, phm, reduction_factor 32, gelu (Mahabadi et al.)
+//   compacter++      the same after the feed-forward only (pfeiffer placement)
+//   lowrank_adapter  houlsby placement, lowrank with rank 1
+// Parameters: <module>.adapter.down.* and .adapter.up.* (weight, or weight_left/weight_right and
+// phm_rule; bias), where <module> is the linear layer the adapter follows (attn.o, ffn.down); shared
+// PHM rules are adapter.phm_rule.down / .up. Our format only: PEFT has no adapters.
 #include <algorithm>
 #include <cmath>
 
+#include "delta/adapter_projection.h"
 #include "delta/methods.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
@@ -20,7 +28,7 @@ namespace deltatune::delta {
 namespace {
 
 struct AdapterWeights {
-  Tensor down_w, down_b, up_w, up_b;
+  Projection down, up;
 };
 
 struct AdapterBlock {
@@ -30,9 +38,9 @@ struct AdapterBlock {
   float dropout = 0.0f;
   Generator* rng = nullptr;
   Tensor run(const Tensor& x, bool training) const {
-    Tensor h = act(ops::linear(x, w.down_w, w.down_b));
+    Tensor h = act(ops::linear(x, w.down.materialise(), w.down.bias));
     if (training && dropout > 0.0f) h = ops::dropout(h, dropout, true, *rng);
-    return ops::mul_scalar(ops::linear(h, w.up_w, w.up_b), scaling);
+    return ops::mul_scalar(ops::linear(h, w.up.materialise(), w.up.bias), scaling);
   }
 };
 
@@ -74,8 +82,19 @@ struct ParallelHook : nn::LinearHook {
 
 class Adapter : public Delta {
  public:
-  explicit Adapter(const nlohmann::json& c) : config_(c) {
-    variant_ = c.value("variant", std::string("houlsby"));
+  // `method` picks the defaults: "adapter", "compacter", "compacter++" or "lowrank_adapter".
+  Adapter(const nlohmann::json& c, const std::string& method) : config_(c), method_(method) {
+    const bool compacter = method == "compacter" || method == "compacter++";
+    variant_ = c.value("variant", std::string(method == "compacter++" ? "pfeiffer" : "houlsby"));
+    projection_name_ = c.value("projection", std::string(compacter                     ? "phm"
+                                                        : method == "lowrank_adapter" ? "lowrank"
+                                                                                      : "dense"));
+    projection_.kind = projection_kind(projection_name_);
+    projection_.rank = c.value("rank", int64_t(1));
+    projection_.phm_dim = c.value("phm_dim", int64_t(4));
+    shared_rule_ = c.value("shared_phm_rule", true);
+    if (projection_.rank < 1) throw ConfigError(method + ": rank must be at least 1");
+    if (projection_.phm_dim < 1) throw ConfigError(method + ": phm_dim must be at least 1");
     if (variant_ != "houlsby" && variant_ != "pfeiffer" && variant_ != "parallel")
       throw ConfigError("adapter: unknown variant '" + variant_ +
                         "' (supported: houlsby, pfeiffer, parallel)");
@@ -85,9 +104,9 @@ class Adapter : public Delta {
       if (bottleneck_ < 1)
         throw ConfigError("adapter: bottleneck must be at least 1, got " + std::to_string(bottleneck_));
     }
-    reduction_ = c.value("reduction_factor", 16.0);
+    reduction_ = c.value("reduction_factor", compacter ? 32.0 : 16.0);
     if (reduction_ <= 0) throw ConfigError("adapter: reduction_factor must be positive");
-    activation_ = c.value("activation", std::string("relu"));
+    activation_ = c.value("activation", std::string(compacter ? "gelu" : "relu"));
     nn::activation(activation_);  // validates the name
     residual_ = c.value("residual", true);
     scaling_ = c.value("scaling", 1.0);
@@ -102,7 +121,7 @@ class Adapter : public Delta {
     seed = c.value("seed", uint64_t(0));
   }
 
-  std::string method() const override { return "adapter"; }
+  std::string method() const override { return method_; }
 
   void attach(TransformerModel& model) override {
     if (model_) throw Error("adapter delta '" + name + "' is already attached");
@@ -124,6 +143,10 @@ class Adapter : public Delta {
     std::map<std::string, AdapterWeights> previous;
     for (auto& [p, w] : weights_) previous[p] = w;
     weights_.clear();
+    if (projection_.kind == ProjectionKind::Phm && shared_rule_ && !shared_down_rule_.defined()) {
+      shared_down_rule_ = make_phm_rule(projection_.phm_dim, gen);
+      shared_up_rule_ = make_phm_rule(projection_.phm_dim, gen);
+    }
     for (size_t i = 0; i < paths_.size(); ++i) {
       const std::string& path = paths_[i];
       auto* layer = static_cast<nn::Linear*>(model.find_module(path));
@@ -136,14 +159,12 @@ class Adapter : public Delta {
                             : std::max<int64_t>(1, int64_t(std::lround(double(hidden) / reduction_)));
       AdapterWeights w;
       auto prev = previous.find(path);
-      if (prev != previous.end() && prev->second.down_w.shape() == Shape{r, in}) {
+      if (prev != previous.end() && prev->second.down.bias.shape() == Shape{r} &&
+          prev->second.up.bias.shape() == Shape{hidden}) {
         w = prev->second;
-      } else {  // torch's Linear default for down, zeros for up: the adapter starts as the identity
-        const float bound = 1.0f / std::sqrt(float(in));
-        w.down_w = Tensor::uniform({r, in}, gen, -bound, bound);
-        w.down_b = Tensor::uniform({r}, gen, -bound, bound);
-        w.up_w = Tensor::zeros({hidden, r});
-        w.up_b = Tensor::zeros({hidden});
+      } else {  // the up-projection starts at zero: the adapter starts as the identity
+        w.down = make_projection(projection_, r, in, false, gen, shared_down_rule_);
+        w.up = make_projection(projection_, hidden, r, true, gen, shared_up_rule_);
       }
       weights_.emplace_back(path, w);
       AdapterBlock block{w, nn::activation(activation_), float(scaling_), float(dropout_),
@@ -183,19 +204,27 @@ class Adapter : public Delta {
 
   std::vector<std::pair<std::string, Tensor>> parameters() override {
     std::vector<std::pair<std::string, Tensor>> out;
+    if (shared_down_rule_.defined() && !weights_.empty()) {
+      out.emplace_back("adapter.phm_rule.down", shared_down_rule_);
+      out.emplace_back("adapter.phm_rule.up", shared_up_rule_);
+    }
     for (auto& [path, w] : weights_) {
-      out.emplace_back(path + ".adapter.down.weight", w.down_w);
-      out.emplace_back(path + ".adapter.down.bias", w.down_b);
-      out.emplace_back(path + ".adapter.up.weight", w.up_w);
-      out.emplace_back(path + ".adapter.up.bias", w.up_b);
+      w.down.append_parameters(path + ".adapter.down", out);
+      w.up.append_parameters(path + ".adapter.up", out);
     }
     return out;
   }
 
   nlohmann::json config() const override {
     nlohmann::json c = config_;
-    c["method"] = "adapter";
+    c["method"] = method_;
     c["variant"] = variant_;
+    c["projection"] = projection_name_;
+    if (projection_.kind != ProjectionKind::Dense) c["rank"] = projection_.rank;
+    if (projection_.kind == ProjectionKind::Phm) {
+      c["phm_dim"] = projection_.phm_dim;
+      c["shared_phm_rule"] = shared_rule_;
+    }
     if (bottleneck_ > 0)
       c["bottleneck"] = bottleneck_;
     else
@@ -219,7 +248,10 @@ class Adapter : public Delta {
   }
 
   nlohmann::json config_;
-  std::string variant_, activation_;
+  std::string method_, variant_, activation_, projection_name_;
+  ProjectionShape projection_;
+  bool shared_rule_ = true;
+  Tensor shared_down_rule_, shared_up_rule_;
   int64_t bottleneck_ = 0;
   double reduction_ = 16.0, scaling_ = 1.0, dropout_ = 0.0;
   bool residual_ = true, enabled_ = true;
@@ -232,7 +264,16 @@ class Adapter : public Delta {
 }  // namespace
 
 std::unique_ptr<Delta> make_adapter(const nlohmann::json& config) {
-  return std::make_unique<Adapter>(config);
+  return std::make_unique<Adapter>(config, "adapter");
+}
+std::unique_ptr<Delta> make_compacter(const nlohmann::json& config) {
+  return std::make_unique<Adapter>(config, "compacter");
+}
+std::unique_ptr<Delta> make_compacter_pp(const nlohmann::json& config) {
+  return std::make_unique<Adapter>(config, "compacter++");
+}
+std::unique_ptr<Delta> make_lowrank_adapter(const nlohmann::json& config) {
+  return std::make_unique<Adapter>(config, "lowrank_adapter");
 }
 
 }  // namespace deltatune::delta

@@ -14,6 +14,7 @@ const std::vector<std::pair<std::string, Factory>>& factories() {
       {"lora", make_lora},     {"ia3", make_ia3},         {"prefix", make_prefix},
       {"prompt", make_prompt}, {"adapter", make_adapter}, {"bitfit", make_bitfit},
       {"ln", make_ln_tuning},  {"last-layers", make_last_layers},
+      {"compacter", make_compacter}, {"compacter++", make_compacter_pp}, {"lowrank_adapter", make_lowrank_adapter},
   };
   return list;
 }

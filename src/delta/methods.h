@@ -12,6 +12,9 @@ std::unique_ptr<Delta> make_ia3(const nlohmann::json& config);
 std::unique_ptr<Delta> make_prefix(const nlohmann::json& config);
 std::unique_ptr<Delta> make_prompt(const nlohmann::json& config);
 std::unique_ptr<Delta> make_adapter(const nlohmann::json& config);
+std::unique_ptr<Delta> make_compacter(const nlohmann::json& config);     // adapter.cc
+std::unique_ptr<Delta> make_compacter_pp(const nlohmann::json& config);  // adapter.cc
+std::unique_ptr<Delta> make_lowrank_adapter(const nlohmann::json& config);
 // Specification deltas (bitfit.cc): they train the model's own tensors.
 std::unique_ptr<Delta> make_bitfit(const nlohmann::json& config);
 std::unique_ptr<Delta> make_ln_tuning(const nlohmann::json& config);
