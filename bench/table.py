@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Runs ours and the peer side by side per case and prints a Markdown table (bench/run drives this)."""
+import argparse, json, os, platform, subprocess, sys
+
+QUICK = [  # (model, method, lora_all, batch, seq)
+    ("bert-mini", "lora", False, 8, 128),
+    ("gpt2-mini", "lora", False, 8, 128),
+    ("llama-mini", "lora", True, 8, 128),
+    ("bert-mini", "full", False, 8, 128),
+    ("bert-mini", "frozen", False, 8, 128),
+]
+FULL = [
+    ("bert-base", "lora", False, 8, 128),
+    ("gpt2-124m", "lora", False, 4, 256),
+    ("llama-160m", "lora", True, 4, 256),
+    ("bert-base", "full", False, 8, 128),
+    ("bert-base", "frozen", False, 8, 128),
+]
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def run(cmd, env):
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(f"bench: {' '.join(cmd)} failed:\n{out.stderr}\n")
+        return None
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    return json.loads(lines[-1]) if lines else None
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ours", required=True)
+    ap.add_argument("--peer", required=True)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="the mini shapes (default)")
+    mode.add_argument("--full", action="store_true", help="the base shapes of issue 7")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", default="", help="run only cases whose name contains this")
+    a = ap.parse_args()
+    cases = FULL if a.full else QUICK
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "passive")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; threads {a.threads}, steps {a.steps}, warmup {a.warmup}")
+    print()
+    print("| case | ours tok/s | peer tok/s | speed ratio | ours MiB | peer MiB | memory ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for model, method, lora_all, b, t in cases:
+        name = f"{model} {method}{'-all' if lora_all else ''} b{b} s{t}"
+        if a.only and a.only not in name:
+            continue
+        args = ["--model", model, "--method", method, "--batch", str(b), "--seq", str(t), "--threads", str(a.threads),
+                "--steps", str(a.steps), "--warmup", str(a.warmup)] + (["--lora-all"] if lora_all else [])
+        ours = run([a.ours, "bench"] + args, env)
+        peer = run(["/usr/bin/python3", a.peer] + args, env)
+        if not ours or not peer:
+            print(f"| {name} | {'-' if not ours else ours['tokens_per_s']} | {'-' if not peer else peer['tokens_per_s']} | - | - | - | - |")
+            continue
+        ratio = ours["tokens_per_s"] / peer["tokens_per_s"]
+        mem = ours["peak_rss_mib"] / peer["peak_rss_mib"]
+        print(f"| {name} | {ours['tokens_per_s']:.0f} | {peer['tokens_per_s']:.0f} | {ratio:.2f}x | "
+              f"{ours['peak_rss_mib']:.0f} | {peer['peak_rss_mib']:.0f} | {mem:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

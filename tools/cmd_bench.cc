@@ -1,0 +1,199 @@
+// deltatune bench --model SHAPE --method lora|full|frozen [--lora-all] --batch B --seq T --threads N
+//                 --steps S --warmup W
+// The training step of ../shared/peers/torch_peer.py on our engine: a random-initialised model of a
+// real architecture's shape (built from a synthetic Hugging Face config, so it runs our model code),
+// LoRA r=8 alpha=16 on the attention query/value projections (every block linear with --lora-all),
+// AdamW, cross-entropy on a fixed random batch; "frozen" runs the forward and loss without recording.
+// Prints one JSON line with the peer's fields so the two can be compared side by side.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <set>
+#include <nlohmann/json.hpp>
+
+#include "command.h"
+#include "deltatune/autograd.h"
+#include "deltatune/delta.h"
+#include "deltatune/model.h"
+#include "deltatune/optim.h"
+#include "deltatune/threads.h"
+
+namespace {
+using deltatune::Tensor;
+using deltatune::cli::ExitError;
+using nlohmann::json;
+
+// The peer's SHAPES: name -> (arch, vocab, hidden, layers, heads, kv_heads, ffn, max_pos).
+struct BenchShape {
+  const char* arch;
+  int64_t vocab, hidden, layers, heads, kv_heads, ffn, max_pos;
+};
+const std::map<std::string, BenchShape>& shapes() {
+  static const std::map<std::string, BenchShape> s = {
+      {"bert-base", {"bert", 30522, 768, 12, 12, 12, 3072, 512}},
+      {"gpt2-124m", {"gpt2", 50257, 768, 12, 12, 12, 3072, 1024}},
+      {"llama-160m", {"llama", 32000, 768, 12, 12, 4, 2048, 2048}},
+      {"bert-mini", {"bert", 8192, 256, 4, 4, 4, 1024, 512}},
+      {"gpt2-mini", {"gpt2", 8192, 256, 4, 4, 4, 1024, 512}},
+      {"llama-mini", {"llama", 8000, 256, 4, 4, 2, 704, 1024}},
+  };
+  return s;
+}
+
+// A Hugging Face config.json for the shape, dropout off (the peer has none).
+json hf_config(const BenchShape& s) {
+  const std::string arch = s.arch;
+  if (arch == "bert")
+    return {{"model_type", "bert"}, {"architectures", {"BertForSequenceClassification"}},
+            {"vocab_size", s.vocab}, {"hidden_size", s.hidden}, {"num_hidden_layers", s.layers},
+            {"num_attention_heads", s.heads}, {"intermediate_size", s.ffn}, {"max_position_embeddings", s.max_pos},
+            {"hidden_act", "gelu"}, {"type_vocab_size", 1}, {"layer_norm_eps", 1e-5}, {"num_labels", 2},
+            {"hidden_dropout_prob", 0.0}, {"attention_probs_dropout_prob", 0.0}};
+  if (arch == "gpt2")
+    return {{"model_type", "gpt2"}, {"architectures", {"GPT2LMHeadModel"}}, {"vocab_size", s.vocab},
+            {"n_embd", s.hidden}, {"n_layer", s.layers}, {"n_head", s.heads}, {"n_inner", s.ffn},
+            {"n_positions", s.max_pos}, {"activation_function", "gelu_new"}, {"resid_pdrop", 0.0},
+            {"embd_pdrop", 0.0}, {"attn_pdrop", 0.0}, {"layer_norm_epsilon", 1e-5}};
+  return {{"model_type", "llama"}, {"architectures", {"LlamaForCausalLM"}}, {"vocab_size", s.vocab},
+          {"hidden_size", s.hidden}, {"num_hidden_layers", s.layers}, {"num_attention_heads", s.heads},
+          {"num_key_value_heads", s.kv_heads}, {"intermediate_size", s.ffn}, {"max_position_embeddings", s.max_pos},
+          {"hidden_act", "silu"}, {"rms_norm_eps", 1e-5}, {"tie_word_embeddings", false}};
+}
+
+double peak_rss_mib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return double(u.ru_maxrss) / 1024.0;
+}
+
+struct Options {
+  std::string model = "bert-base", method = "lora";
+  bool lora_all = false;
+  int64_t batch = 8, seq = 128, threads = 2, steps = 10, warmup = 3;
+};
+
+void run(const Options& o) {
+  using namespace deltatune;
+  auto it = shapes().find(o.model);
+  if (it == shapes().end()) {
+    std::string names;
+    for (auto& [n, _] : shapes()) names += (names.empty() ? "" : ", ") + n;
+    throw ExitError{"bench: unknown model shape '" + o.model + "' (known: " + names + ")"};
+  }
+  if (o.method != "lora" && o.method != "full" && o.method != "frozen")
+    throw ExitError{"bench: --method must be lora, full or frozen, got '" + o.method + "'"};
+  if (o.batch < 1 || o.seq < 2 || o.steps < 1 || o.warmup < 0 || o.threads < 1)
+    throw ExitError{"bench: --batch, --steps, --threads must be >= 1, --seq >= 2, --warmup >= 0"};
+  const BenchShape& s = it->second;
+  if (o.seq > s.max_pos) throw ExitError{"bench: --seq exceeds the shape's max positions"};
+  set_num_threads(int(o.threads));
+
+  ModelConfig config = parse_model_config(hf_config(s), "bench:" + o.model);
+  const bool is_bert = std::string(s.arch) == "bert";
+  std::unique_ptr<TransformerModel> model =
+      build_model(config, is_bert ? HeadKind::SequenceClassification : HeadKind::CausalLM, 0);
+  model->set_training(o.method != "frozen");
+
+  std::unique_ptr<delta::Delta> lora;
+  NamedParams params;
+  int64_t trainable = 0, total = 0;
+  if (o.method == "lora") {
+    json targets = o.lora_all ? json{"attn.q", "attn.k", "attn.v", "attn.o", "ffn.up", "ffn.gate", "ffn.down"}
+                              : json{"attn.q", "attn.v"};
+    lora = delta::make_delta({{"method", "lora"}, {"r", 8}, {"alpha", 16}, {"targets", targets}});
+    lora->attach(*model);
+    // As the peer: BERT trains its 2-way classifier besides the delta; the pooler stays frozen.
+    std::vector<std::string> keep;
+    if (is_bert) keep = {"classifier.weight", "classifier.bias"};
+    std::tie(trainable, total) = delta::freeze_for_delta(*model, {lora.get()}, keep);
+    params = delta::trainable_parameters(*model, {lora.get()});
+  } else {
+    std::set<const TensorImpl*> seen;  // tied weights count once
+    for (auto& [name, t] : model->named_parameters()) {
+      t->set_requires_grad(o.method == "full");
+      if (!seen.insert(t->impl()).second) continue;
+      total += t->numel();
+      if (o.method == "full") {
+        trainable += t->numel();
+        params.emplace_back(name, *t);
+      }
+    }
+  }
+  std::unique_ptr<AdamW> opt;
+  if (!params.empty()) opt = std::make_unique<AdamW>(params, AdamWOptions{.lr = 1e-4});
+
+  // A fixed random batch.
+  Generator gen(0);
+  std::vector<int64_t> ids(size_t(o.batch * o.seq)), labels(size_t(o.batch));
+  for (auto& v : ids) v = int64_t(gen.below(uint64_t(s.vocab)));
+  for (auto& v : labels) v = int64_t(gen.below(2));
+  ModelInput input;
+  input.input_ids = Tensor::from_ints(ids, {o.batch, o.seq});
+  const Tensor label_tensor = Tensor::from_ints(labels, {o.batch});
+  std::vector<int64_t> next(size_t(o.batch * (o.seq - 1)));
+  for (int64_t b = 0; b < o.batch; ++b)
+    for (int64_t t = 0; t + 1 < o.seq; ++t) next[size_t(b * (o.seq - 1) + t)] = ids[size_t(b * o.seq + t + 1)];
+  const Tensor next_tokens = Tensor::from_ints(next, {o.batch * (o.seq - 1)});
+
+  auto loss_of = [&]() {
+    ModelOutput out = model->forward(input);
+    if (is_bert) return ops::cross_entropy(out.logits, label_tensor);
+    const int64_t V = out.logits.size(-1);
+    return ops::cross_entropy(ops::reshape(out.logits.slice(1, 0, o.seq - 1), {-1, V}), next_tokens);
+  };
+
+  std::vector<double> times;
+  for (int64_t step = 0; step < o.warmup + o.steps; ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    if (o.method == "frozen") {
+      NoGradGuard no_grad;
+      (void)loss_of().item();
+    } else {
+      Tensor loss = loss_of();
+      loss.backward();
+      opt->step();
+      opt->zero_grad();
+    }
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (step >= o.warmup) times.push_back(dt);
+  }
+  std::sort(times.begin(), times.end());
+  const size_t n = times.size();
+  const double med = n % 2 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);
+  auto round1 = [](double v) { return double(int64_t(v * 10.0 + 0.5)) / 10.0; };
+  json line = {{"engine", "deltatune"},
+               {"model", o.model},
+               {"method", o.method + (o.lora_all ? "-all" : "")},
+               {"batch", o.batch},
+               {"seq", o.seq},
+               {"threads", o.threads},
+               {"step_ms", round1(med * 1e3)},
+               {"tokens_per_s", round1(double(o.batch * o.seq) / med)},
+               {"peak_rss_mib", round1(peak_rss_mib())},
+               {"trainable", trainable},
+               {"total", total}};
+  std::printf("%s\n", line.dump().c_str());
+  std::fflush(stdout);
+}
+
+void setup(CLI::App& app) {
+  auto o = std::make_shared<Options>();
+  std::vector<std::string> names;
+  for (auto& [n, _] : shapes()) names.push_back(n);
+  app.add_option("--model", o->model, "Model shape")->check(CLI::IsMember(names));
+  app.add_option("--method", o->method, "lora, full or frozen (forward only)")
+      ->check(CLI::IsMember({"lora", "full", "frozen"}));
+  app.add_flag("--lora-all", o->lora_all, "LoRA on every linear layer of the blocks (default: query and value)");
+  app.add_option("--batch", o->batch, "Batch size");
+  app.add_option("--seq", o->seq, "Sequence length");
+  app.add_option("--threads", o->threads, "CPU threads");
+  app.add_option("--steps", o->steps, "Timed steps (the median is reported)");
+  app.add_option("--warmup", o->warmup, "Untimed steps first");
+  app.callback([o] { run(*o); });
+}
+
+deltatune::cli::Register reg("bench", "Time a training step on a model shape (the PyTorch peer's benchmark)", setup);
+}  // namespace
