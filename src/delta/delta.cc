@@ -15,6 +15,7 @@ const std::vector<std::pair<std::string, Factory>>& factories() {
       {"prompt", make_prompt}, {"adapter", make_adapter}, {"bitfit", make_bitfit},
       {"ln", make_ln_tuning},  {"last-layers", make_last_layers},
       {"compacter", make_compacter}, {"compacter++", make_compacter_pp}, {"lowrank_adapter", make_lowrank_adapter},
+      {"unipelt", make_unipelt}, {"combination", make_combination},
   };
   return list;
 }
@@ -30,6 +31,7 @@ const std::vector<std::string>& supported_methods() {
 }
 
 std::unique_ptr<Delta> make_delta(const nlohmann::json& config) {
+  if (config.is_array()) return make_combination(config);  // a list of configs: their combination
   if (!config.is_object() || !config.contains("method") || !config["method"].is_string())
     throw ConfigError("a delta config needs a \"method\" (supported: " + nlohmann::json(supported_methods()).dump() + ")");
   const std::string method = config["method"].get<std::string>();

@@ -32,6 +32,9 @@ std::map<std::string, LoraFactors> lora_factors(Delta& delta) {
 }
 
 void apply(TransformerModel& model, Delta& delta, float sign) {
+  if (delta.method() == "unipelt")
+    throw ConfigError("merge: UniPELT's LoRA is scaled by a gate computed from each input, so it cannot be "
+                      "folded into fixed weights; use the delta as it is (deltatune eval/predict --delta)");
   if (delta.method() != "lora")
     throw ConfigError("merge: the " + delta.method() + " delta cannot be merged into the weights (supported: lora, dora)");
   const nlohmann::json c = delta.config();

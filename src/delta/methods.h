@@ -19,6 +19,10 @@ std::unique_ptr<Delta> make_lowrank_adapter(const nlohmann::json& config);
 std::unique_ptr<Delta> make_bitfit(const nlohmann::json& config);
 std::unique_ptr<Delta> make_ln_tuning(const nlohmann::json& config);
 std::unique_ptr<Delta> make_last_layers(const nlohmann::json& config);
+// Deltas made of deltas: UniPELT's gated adapter + prefix + LoRA (unipelt.cc), and any union of
+// deltas (combination.cc; a JSON list of configs is one too).
+std::unique_ptr<Delta> make_unipelt(const nlohmann::json& config);
+std::unique_ptr<Delta> make_combination(const nlohmann::json& config);
 // LoRA's rank and scaling for one module path (rank_pattern / alpha_pattern / rsLoRA applied).
 struct LoraShape {
   int64_t r;
