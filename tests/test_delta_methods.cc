@@ -15,6 +15,7 @@
 #include "deltatune/error.h"
 #include "deltatune/generate.h"
 #include "deltatune/optim.h"
+#include "deltatune/safetensors.h"
 #include "golden.h"
 
 using namespace deltatune;
@@ -252,6 +253,15 @@ TEST(DeltaMethods, LowRankAdapterBert) { run_case({"bert-mini", {{"method", "low
 TEST(DeltaMethods, LowRankAdapterGpt2) {
   run_case({"gpt2-mini", {{"method", "lowrank_adapter"}, {"rank", 2}, {"bottleneck", 16}}, true, false});
 }
+TEST(DeltaMethods, DiffPruningBert) {
+  run_case({"bert-mini", {{"method", "diff_pruning"}, {"target_sparsity", 0.5}, {"targets", {"attn.q", "attn.v"}}},
+            true, false});
+}
+TEST(DeltaMethods, DiffPruningGpt2) {
+  run_case({"gpt2-mini", {{"method", "diff_pruning"}, {"target_sparsity", 0.9}}, true, false});
+}
+TEST(DeltaMethods, MaskBert) { run_case({"bert-mini", {{"method", "mask"}, {"targets", {"ffn.up"}}}, true, false}); }
+TEST(DeltaMethods, MaskLlama) { run_case({"llama-mini", {{"method", "mask"}}, true, false}); }
 TEST(DeltaMethods, AdapterParallelBert) {
   run_case({"bert-mini", {{"method", "adapter"}, {"variant", "parallel"}, {"bottleneck", 8}}, true, false});
 }
@@ -405,6 +415,89 @@ TEST(DeltaMethods, CompacterSharesRulesAndIsSmall) {
   EXPECT_EQ(cfg["variant"], "houlsby");
   EXPECT_THROW(delta::make_delta({{"method", "compacter"}, {"phm_dim", 3}})->attach(*load("bert-mini")), ConfigError);
   EXPECT_THROW(delta::make_delta({{"method", "adapter"}, {"projection", "fancy"}}), ConfigError);
+}
+
+// Diff pruning: stochastic gates while training, an L0 penalty that reaches the gates, and a save
+// that holds only the projected difference's non-zero entries.
+TEST(DeltaMethods, DiffPruningGatesPenaltyAndSparseSave) {
+  auto model = load("bert-mini");
+  const Batch batch = make_batch(*model);
+  auto d = delta::make_delta({{"method", "diff_pruning"}, {"target_sparsity", 0.95}, {"targets", {"attn.q"}}});
+  d->attach(*model);
+  delta::freeze_for_delta(*model, {d.get()}, {});
+  EXPECT_FALSE(d->regularizer().defined());  // evaluation: no penalty
+  model->set_training(true);
+  Tensor penalty = d->regularizer();
+  ASSERT_TRUE(penalty.defined());
+  EXPECT_GT(penalty.item(), 0.0f);
+  penalty.backward();
+  for (auto& [n, t] : d->parameters())
+    if (n.find("log_alpha") != std::string::npos) {
+      ASSERT_TRUE(t.grad().defined()) << n;
+      for (float g : t.grad().to_floats()) EXPECT_GT(g, 0.0f);  // the penalty pushes every gate shut
+    }
+  // Train a few steps so the difference is not zero, then save.
+  AdamW opt(delta::trainable_parameters(*model, {d.get()}), {.lr = 1e-2, .weight_decay = 0.0});
+  for (int step = 0; step < 3; ++step) {
+    opt.zero_grad();
+    Tensor loss = ops::add(loss_of(*model, batch), d->regularizer());
+    loss.backward();
+    opt.step();
+  }
+  Tensor a = model->forward(batch.input).logits, b = model->forward(batch.input).logits;
+  EXPECT_GT(max_diff(a.detach(), b.detach()), 0.0f) << "training samples fresh gates each forward";
+  model->set_training(false);
+  const Tensor trained = logits_of(*model, batch);
+  fs::path dir = temp_dir("diff_sparse");
+  delta::save_delta(dir, *d, *model);
+  const auto file = read_safetensors(dir / "delta.safetensors");
+  int64_t saved = 0;
+  for (auto& [n, t] : file.tensors) {
+    EXPECT_TRUE(n.find(".diff.indices") != std::string::npos || n.find(".diff.values") != std::string::npos) << n;
+    if (n.find(".diff.values") != std::string::npos) {
+      EXPECT_LE(t.numel(), int64_t(std::ceil(0.05 * 256 * 256)));
+      for (float v : t.to_floats()) EXPECT_NE(v, 0.0f);
+      saved += t.numel();
+    }
+  }
+  EXPECT_GT(saved, 0);
+  auto fresh = load("bert-mini");
+  delta::load_delta(dir, *fresh);
+  EXPECT_LT(max_diff(logits_of(*fresh, batch), trained), 1e-6f);
+}
+
+// Learned masks: the forward equals the base model with the pruned weights set to zero, and the save
+// lists exactly the pruned positions.
+TEST(DeltaMethods, MaskEqualsZeroedWeightsAndSavesPrunedPositions) {
+  auto model = load("bert-mini");
+  const Batch batch = make_batch(*model);
+  auto d = delta::make_delta({{"method", "mask"}, {"targets", {"attn.q"}}, {"layers", {0}}});
+  d->attach(*model);
+  auto params = d->parameters();
+  ASSERT_EQ(params.size(), 1u);
+  // Prune every third weight by hand.
+  std::vector<float> scores = params[0].second.to_floats();
+  std::vector<int64_t> pruned;
+  for (size_t j = 0; j < scores.size(); j += 3) {
+    scores[j] = 0.0f;
+    pruned.push_back(int64_t(j));
+  }
+  d->load_parameters({{params[0].first, Tensor::from_floats(scores, params[0].second.shape())}});
+  const Tensor masked = logits_of(*model, batch);
+  fs::path dir = temp_dir("mask_save");
+  delta::save_delta(dir, *d, *model);
+  const auto file = read_safetensors(dir / "delta.safetensors");
+  ASSERT_EQ(file.tensors.size(), 1u);
+  EXPECT_EQ(file.tensors.begin()->second.to_ints(), pruned);
+  // The same model with those weights zeroed and no delta.
+  auto zeroed = load("bert-mini");
+  Tensor* w = zeroed->find_parameter("bert.encoder.layer.0.attention.self.query.weight");
+  ASSERT_NE(w, nullptr);
+  std::vector<float> values = w->to_floats();
+  for (int64_t p : pruned) values[size_t(p)] = 0.0f;
+  *w = Tensor::from_floats(values, w->shape());
+  EXPECT_LT(max_diff(logits_of(*zeroed, batch), masked), 1e-5f);
+  EXPECT_THROW(delta::make_delta({{"method", "mask"}, {"init_score", 0.001}}), ConfigError);
 }
 
 TEST(DeltaMethods, UnknownMethodListsSupported) {

@@ -56,6 +56,12 @@ class Delta {
   // tuning's reparameterisation MLP is saved collapsed to its output, as PEFT does).
   virtual std::vector<std::pair<std::string, Tensor>> saved_parameters() { return parameters(); }
   virtual nlohmann::json saved_config() const { return config(); }
+  // Reading a save back (after attach): the names of the tensors a save holds, and loading them.
+  // Methods that save a sparse form (diff pruning, masks) override both; the rest load parameters().
+  virtual std::vector<std::string> saved_names();
+  virtual void load_saved(const std::map<std::string, Tensor>& values) { load_parameters(values); }
+  // A term the trainer adds to the loss (diff pruning's L0 penalty); undefined for most methods.
+  virtual Tensor regularizer() { return Tensor(); }
   // Paths of modules this delta attached to (for inspect's tree).
   virtual std::vector<std::string> attached_modules() const = 0;
 

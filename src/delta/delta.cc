@@ -15,6 +15,7 @@ const std::vector<std::pair<std::string, Factory>>& factories() {
       {"prompt", make_prompt}, {"adapter", make_adapter}, {"bitfit", make_bitfit},
       {"ln", make_ln_tuning},  {"last-layers", make_last_layers},
       {"compacter", make_compacter}, {"compacter++", make_compacter_pp}, {"lowrank_adapter", make_lowrank_adapter},
+      {"diff_pruning", make_diff_pruning}, {"mask", make_mask},
       {"unipelt", make_unipelt}, {"combination", make_combination},
   };
   return list;
@@ -38,6 +39,12 @@ std::unique_ptr<Delta> make_delta(const nlohmann::json& config) {
   for (auto& [name, factory] : factories())
     if (name == method) return factory(config);
   throw ConfigError("unknown delta method '" + method + "' (supported: " + nlohmann::json(supported_methods()).dump() + ")");
+}
+
+std::vector<std::string> Delta::saved_names() {
+  std::vector<std::string> out;
+  for (auto& [n, _] : parameters()) out.push_back(n);
+  return out;
 }
 
 void Delta::load_parameters(const std::map<std::string, Tensor>& values) {

@@ -162,7 +162,7 @@ SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
   }
   std::map<std::string, Tensor> delta_values;
   std::set<std::string> delta_names;
-  for (auto& [n, _] : saved.delta->parameters()) delta_names.insert(n);
+  for (auto& n : saved.delta->saved_names()) delta_names.insert(n);
   for (auto& [name, t] : tensors) {
     if (delta_names.count(name)) delta_values[name] = t;
     else saved.head[name] = t;
@@ -170,7 +170,7 @@ SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
   for (const auto& n : delta_names)
     if (!delta_values.count(n)) throw IoError(tensor_file.string() + ": missing delta tensor '" + n + "'");
   try {
-    saved.delta->load_parameters(delta_values);
+    saved.delta->load_saved(delta_values);
   } catch (const ShapeError& e) {
     throw ShapeError(tensor_file.string() + ": " + e.what());
   }

@@ -19,6 +19,9 @@ std::unique_ptr<Delta> make_lowrank_adapter(const nlohmann::json& config);
 std::unique_ptr<Delta> make_bitfit(const nlohmann::json& config);
 std::unique_ptr<Delta> make_ln_tuning(const nlohmann::json& config);
 std::unique_ptr<Delta> make_last_layers(const nlohmann::json& config);
+// Sparse weight differences (sparse.cc): diff pruning and learned binary masks.
+std::unique_ptr<Delta> make_diff_pruning(const nlohmann::json& config);
+std::unique_ptr<Delta> make_mask(const nlohmann::json& config);
 // Deltas made of deltas: UniPELT's gated adapter + prefix + LoRA (unipelt.cc), and any union of
 // deltas (combination.cc; a JSON list of configs is one too).
 std::unique_ptr<Delta> make_unipelt(const nlohmann::json& config);

@@ -276,6 +276,8 @@ TrainResult Trainer::train(const data::EncodedDataset& train_set, const data::En
         data::Batch batch = batcher.make_batch(order[b]);
         if (masking) data::apply_mlm_masking(batch, *masking, step_seed(o.seed, step) + b);
         Tensor loss = training_loss(model, model.forward(model_input(model, batch)).logits, batch);
+        for (delta::Delta* d : target_.deltas)  // e.g. diff pruning's sparsity penalty
+          if (Tensor penalty = d->regularizer(); penalty.defined()) loss = ops::add(loss, penalty);
         const double value = loss.item();
         if (!std::isfinite(value)) diverged("loss", value);
         ops::mul_scalar(loss, scale).backward();
