@@ -1,0 +1,217 @@
+// Mixed-delta batches: each row of one batch names its delta (or none), the batch runs once, and every
+// row equals that row run alone through a model holding only its delta. LoRA, IA3, adapters and a
+// combination, on BERT and GPT-2; saved deltas; deltas that cannot share a batch are refused.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "deltatune/autograd.h"
+#include "deltatune/delta.h"
+#include "deltatune/delta_io.h"
+#include "deltatune/error.h"
+#include "deltatune/mixed_batch.h"
+#include "golden.h"
+#include "temp_dir.h"
+
+using namespace deltatune;
+using nlohmann::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::unique_ptr<TransformerModel> load(const std::string& name) {
+  LoadOptions options;
+  options.verbose = false;
+  return load_pretrained(golden::model_dir(name), options);
+}
+
+// B rows of T ids; row b is padded after T - (b % 3).
+ModelInput make_input(const TransformerModel& model, int64_t B, int64_t T = 9) {
+  Generator gen(11);
+  const int64_t V = std::min<int64_t>(model.config.vocab_size, 1000);
+  std::vector<int64_t> ids;
+  std::vector<float> mask;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      ids.push_back(5 + int64_t(gen.below(uint64_t(V - 5))));
+      mask.push_back(t < T - (b % 3) ? 1.0f : 0.0f);
+    }
+  ModelInput in;
+  in.input_ids = Tensor::from_ints(ids, {B, T});
+  in.attention_mask = Tensor::from_floats(mask, {B, T});
+  return in;
+}
+
+ModelInput row(const ModelInput& in, int64_t b) {
+  ModelInput r;
+  r.input_ids = in.input_ids.slice(0, b, b + 1).contiguous();
+  r.attention_mask = in.attention_mask.slice(0, b, b + 1).contiguous();
+  return r;
+}
+
+float max_diff(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  if (a.shape() != b.shape()) return 1e30f;
+  auto x = a.to_floats(), y = b.to_floats();
+  float m = 0;
+  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::fabs(x[i] - y[i]));
+  return m;
+}
+
+// A delta from `config` with every tensor randomised a little, so it changes the output.
+std::unique_ptr<delta::Delta> random_delta(TransformerModel& model, const json& config, uint64_t seed) {
+  auto d = delta::make_delta(config);
+  d->attach(model);
+  Generator gen(seed);
+  std::map<std::string, Tensor> values;
+  for (auto& [n, t] : d->parameters()) {
+    NoGradGuard no_grad;
+    values[n] = ops::add(t, Tensor::randn(t.shape(), gen, 0.05f)).contiguous();
+  }
+  d->load_parameters(values);
+  return d;
+}
+
+// The same delta's values in a fresh delta attached to `model`.
+std::unique_ptr<delta::Delta> copy_into(TransformerModel& model, delta::Delta& d) {
+  auto c = delta::make_delta(d.config());
+  c->attach(model);
+  std::map<std::string, Tensor> values;
+  for (auto& [n, t] : d.parameters()) values[n] = t;
+  c->load_parameters(values);
+  return c;
+}
+
+void check_mixed(const std::string& model_name, const std::vector<std::pair<std::string, json>>& deltas,
+                 const std::vector<std::string>& rows) {
+  SCOPED_TRACE(model_name);
+  auto model = load(model_name);
+  const ModelInput input = make_input(*model, int64_t(rows.size()));
+  Tensor base;
+  {
+    NoGradGuard no_grad;
+    base = model->forward(input).logits.contiguous();
+  }
+  serve::MixedBatch mixed(*model);
+  std::map<std::string, std::unique_ptr<delta::Delta>> made;
+  uint64_t seed = 1;
+  for (auto& [name, config] : deltas) {
+    auto scratch = load(model_name);
+    made[name] = random_delta(*scratch, config, ++seed);
+    mixed.add(name, delta::make_delta(made[name]->config()));
+    std::map<std::string, Tensor> values;
+    for (auto& [n, t] : made[name]->parameters()) values[n] = t;
+    mixed.get(name).load_parameters(values);
+  }
+  Tensor out;
+  {
+    NoGradGuard no_grad;
+    out = mixed.forward(input, rows).logits.contiguous();
+  }
+  for (size_t b = 0; b < rows.size(); ++b) {
+    SCOPED_TRACE("row " + std::to_string(b) + " (" + (rows[b].empty() ? "base" : rows[b]) + ")");
+    auto alone_model = load(model_name);
+    std::unique_ptr<delta::Delta> d;
+    if (!rows[b].empty()) d = copy_into(*alone_model, *made[rows[b]]);
+    NoGradGuard no_grad;
+    const Tensor alone = alone_model->forward(row(input, int64_t(b))).logits.contiguous();
+    const Tensor got = out.slice(0, int64_t(b), int64_t(b) + 1).contiguous();
+    EXPECT_LT(max_diff(got, alone), 1e-4f);
+    if (!rows[b].empty()) EXPECT_GT(max_diff(got, base.slice(0, int64_t(b), int64_t(b) + 1).contiguous()), 1e-3f);
+  }
+  // Between batches the deltas are idle: the plain forward is the base.
+  NoGradGuard no_grad;
+  EXPECT_LT(max_diff(model->forward(input).logits.contiguous(), base), 1e-4f);
+}
+
+const json kLoraA = {{"method", "lora"}, {"r", 4}};
+const json kLoraB = {{"method", "lora"}, {"r", 2}, {"targets", {"attn.q", "attn.v", "ffn.down"}}};
+const json kIa3 = {{"method", "ia3"}};
+const json kAdapter = {{"method", "adapter"}, {"variant", "houlsby"}};
+
+}  // namespace
+
+TEST(MixedBatch, LoraBert) {
+  check_mixed("bert-mini", {{"a", kLoraA}, {"b", kLoraB}}, {"a", "", "b", "a", "b", ""});
+}
+
+TEST(MixedBatch, LoraIa3AdapterBert) {
+  check_mixed("bert-mini", {{"lora", kLoraA}, {"ia3", kIa3}, {"adapter", kAdapter}},
+              {"ia3", "lora", "", "adapter", "ia3", "adapter", "lora"});
+}
+
+TEST(MixedBatch, Gpt2AndCombination) {
+  check_mixed("gpt2-mini",
+              {{"lora", {{"method", "lora"}, {"r", 4}, {"targets", {"attn.q", "ffn.down"}}}},
+               {"combo", {{"method", "combination"}, {"deltas", {kIa3, {{"method", "lora"}, {"r", 2}}}}}},
+               {"parallel", {{"method", "adapter"}, {"variant", "parallel"}}}},
+              {"combo", "lora", "parallel", "", "combo"});
+}
+
+TEST(MixedBatch, EveryRowOneDeltaAndAllBase) {
+  check_mixed("bert-mini", {{"a", kLoraA}}, {"a", "a", "a"});
+  check_mixed("bert-mini", {{"a", kLoraA}}, {"", "", ""});
+}
+
+TEST(MixedBatch, SavedDeltas) {
+  auto scratch = load("bert-mini");
+  auto a = random_delta(*scratch, kLoraA, 5);
+  fs::path dir_a = test_support::temp_dir("mixed_a");
+  delta::save_delta(dir_a, *a, *scratch);
+  a->detach();
+  auto b = random_delta(*scratch, kIa3, 6);
+  fs::path dir_b = test_support::temp_dir("mixed_b");
+  delta::save_peft(dir_b, *b, *scratch);
+  b->detach();
+
+  auto model = load("bert-mini");
+  const ModelInput input = make_input(*model, 3);
+  serve::MixedBatch mixed(*model);
+  mixed.add_saved("a", dir_a);
+  mixed.add_saved("b", dir_b);
+  EXPECT_EQ(mixed.names(), (std::vector<std::string>{"a", "b"}));
+  Tensor out;
+  {
+    NoGradGuard no_grad;
+    out = mixed.forward(input, {"b", "a", ""}).logits.contiguous();
+  }
+  for (auto [r, dir] : {std::pair{0, dir_b}, std::pair{1, dir_a}}) {
+    auto alone = load("bert-mini");
+    auto saved = delta::load_delta(dir, *alone);
+    NoGradGuard no_grad;
+    EXPECT_LT(max_diff(out.slice(0, r, r + 1).contiguous(), alone->forward(row(input, r)).logits.contiguous()), 1e-4f);
+  }
+  fs::remove_all(dir_a);
+  fs::remove_all(dir_b);
+}
+
+TEST(MixedBatch, Refusals) {
+  auto model = load("bert-mini");
+  const ModelInput input = make_input(*model, 2);
+  Tensor base;
+  {
+    NoGradGuard no_grad;
+    base = model->forward(input).logits.contiguous();
+  }
+  {
+    serve::MixedBatch mixed(*model);
+    mixed.add("a", delta::make_delta(kLoraA));
+    for (const json& c : {json{{"method", "prefix"}}, json{{"method", "prompt"}}, json{{"method", "bitfit"}},
+                          json{{"method", "unipelt"}}}) {
+      try {
+        mixed.add("x", delta::make_delta(c));
+        ADD_FAILURE() << c.dump() << " was accepted";
+      } catch (const ConfigError& e) {
+        EXPECT_NE(std::string(e.what()).find("cannot share a batch"), std::string::npos) << e.what();
+      }
+    }
+    EXPECT_THROW(mixed.add("a", delta::make_delta(kIa3)), ConfigError);  // the name is taken
+    EXPECT_THROW(mixed.forward(input, {"a"}), ConfigError);               // one name per row
+    EXPECT_THROW(mixed.forward(input, {"a", "nope"}), ConfigError);
+    NoGradGuard no_grad;
+    EXPECT_LT(max_diff(model->forward(input).logits.contiguous(), base), 1e-4f) << "a refused delta left hooks";
+  }
+  // Gone with the batch: the base again.
+  NoGradGuard no_grad;
+  EXPECT_LT(max_diff(model->forward(input).logits.contiguous(), base), 1e-4f);
+}
