@@ -324,6 +324,12 @@ std::vector<Case> all_cases() {
   add({"cross_entropy_all_ignored", {{2, 4}}, [](const Inputs& x) {
          return O::add(O::cross_entropy(x[0], ids({-100, -100}, {2})), O::sum_all(x[0]));
        }});
+  add({"linear_cross_entropy", {{5, 3}, {7, 3}}, [](const Inputs& x) {
+         return O::linear_cross_entropy(x[0], x[1], ids({6, -100, 0, 3, 2}, {5}));
+       }});
+  add({"linear_cross_entropy_scaled", {{4, 3}, {6, 3}}, [](const Inputs& x) {
+         return O::mul_scalar(O::linear_cross_entropy(x[0], x[1], ids({1, 5, 0, 2}, {4})), 3.0f);
+       }});
   return cs;
 }
 

@@ -561,6 +561,36 @@ TEST(CrossEntropy, MatchesNaiveWithIgnoreIndex) {
               std::log(8.0), 1e-6);
 }
 
+// The fused, chunked LM-head loss equals cross_entropy(linear(x, W)) in value and gradients, over
+// more rows than one chunk holds.
+TEST(CrossEntropy, LinearCrossEntropyMatchesUnfused) {
+  Generator gen(16);
+  const int64_t n = 700, h = 16, v = 9000;
+  Tensor x = Tensor::randn({n, h}, gen, 1.0f), w = Tensor::randn({v, h}, gen, 0.3f);
+  std::vector<int64_t> t(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) t[size_t(i)] = i % 7 == 3 ? -100 : int64_t(gen.below(uint64_t(v)));
+  Tensor targets = Tensor::from_ints(t, {n});
+  Tensor x1 = x.detach().set_requires_grad(), w1 = w.detach().set_requires_grad();
+  Tensor x2 = x.detach().set_requires_grad(), w2 = w.detach().set_requires_grad();
+  Tensor fused = O::mul_scalar(O::linear_cross_entropy(x1, w1, targets), 2.0f);
+  Tensor plain = O::mul_scalar(O::cross_entropy(O::linear(x2, w2), targets), 2.0f);
+  EXPECT_NEAR(fused.item(), plain.item(), 1e-5);
+  fused.backward();
+  plain.backward();
+  for (auto [a, b] : {std::pair{x1.grad(), x2.grad()}, std::pair{w1.grad(), w2.grad()}}) {
+    std::vector<float> av = a.to_floats(), bv = b.to_floats();
+    ASSERT_EQ(av.size(), bv.size());
+    double worst = 0;
+    for (size_t i = 0; i < av.size(); ++i) worst = std::max(worst, double(std::fabs(av[i] - bv[i])));
+    EXPECT_LT(worst, 1e-6);
+  }
+  {
+    NoGradGuard no_grad;  // no gradient work without grad mode
+    EXPECT_NEAR(O::linear_cross_entropy(x1, w1, targets).item(), plain.item() / 2.0f, 1e-5);
+  }
+  EXPECT_THROW(O::linear_cross_entropy(x, w, Tensor::from_ints({int64_t(v)}, {1})), ShapeError);
+}
+
 TEST(CrossEntropy, OutOfRangeTargetNamesTargetAndClasses) {
   std::string msg = error_of([] { O::cross_entropy(Tensor::zeros({2, 5}), Tensor::from_ints({1, 9}, {2})); });
   EXPECT_NE(msg.find("cross_entropy"), std::string::npos) << msg;

@@ -138,11 +138,20 @@ void run(const Options& o) {
     for (int64_t t = 0; t + 1 < o.seq; ++t) next[size_t(b * (o.seq - 1) + t)] = ids[size_t(b * o.seq + t + 1)];
   const Tensor next_tokens = Tensor::from_ints(next, {o.batch * (o.seq - 1)});
 
+  // The causal LM's head and loss run fused and chunked (ops::linear_cross_entropy): the same value
+  // as cross-entropy over the [B, T-1, V] logits the peer materialises.
+  input.compute_logits = is_bert;
+  Tensor head_weight;
+  if (!is_bert) {
+    Tensor* w = model->find_parameter("lm_head.weight");
+    head_weight = w ? *w : model->input_embeddings();
+  }
   auto loss_of = [&]() {
     ModelOutput out = model->forward(input);
     if (is_bert) return ops::cross_entropy(out.logits, label_tensor);
-    const int64_t V = out.logits.size(-1);
-    return ops::cross_entropy(ops::reshape(out.logits.slice(1, 0, o.seq - 1), {-1, V}), next_tokens);
+    const Tensor& hidden = out.last_hidden_state;
+    return ops::linear_cross_entropy(ops::reshape(hidden.slice(1, 0, o.seq - 1), {-1, hidden.size(-1)}), head_weight,
+                                     next_tokens);
   };
 
   std::vector<double> times;

@@ -30,6 +30,9 @@ struct ModelInput {
   Tensor attention_mask;  // optional [B, T]: 1 = token, 0 = padding (right padding)
   Tensor token_type_ids;  // optional, BERT-style segment ids
   KVCache* cache = nullptr;  // decoders: extended in place when given
+  // false: an LM head leaves `logits` undefined, for a caller that computes a fused, chunked loss
+  // from last_hidden_state (ops::linear_cross_entropy) instead of holding [B, T, V] logits.
+  bool compute_logits = true;
 };
 
 struct ModelOutput {

@@ -84,5 +84,9 @@ Tensor rope_inv_freq(int64_t head_dim, float theta);  // 1 / theta^(2i/D)
 // --- losses ---
 // logits [N, C], targets integer [N]; mean over targets != ignore_index (0 when none counted).
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index = -100);
+// cross_entropy(linear(x, weight), targets) without ever holding the [N, V] logits: x [N, H],
+// weight [V, H] (an LM head), chunked over rows. The gradients are computed during the forward.
+Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor& targets,
+                            int64_t ignore_index = -100);
 
 }  // namespace deltatune::ops

@@ -83,8 +83,9 @@ ModelOutput Gpt2Model::forward(const ModelInput& in) {
   ModelOutput out;
   out.last_hidden_state = x;
   out.attention_mask = mask;
-  if (head == HeadKind::CausalLM) out.logits = ops::linear(x, wte_->weight());
-  else if (head == HeadKind::SequenceClassification) out.logits = score_->forward(last_token(x, mask));
+  if (head == HeadKind::CausalLM) {
+    if (in.compute_logits) out.logits = ops::linear(x, wte_->weight());
+  } else if (head == HeadKind::SequenceClassification) out.logits = score_->forward(last_token(x, mask));
   return out;
 }
 

@@ -76,8 +76,9 @@ ModelOutput LlamaModel::forward(const ModelInput& in) {
   ModelOutput out;
   out.last_hidden_state = x;
   out.attention_mask = mask;
-  if (head == HeadKind::CausalLM) out.logits = lm_head_ ? lm_head_->forward(x) : ops::linear(x, embed_->weight());
-  else if (head == HeadKind::SequenceClassification) out.logits = score_->forward(last_token(x, mask));
+  if (head == HeadKind::CausalLM) {
+    if (in.compute_logits) out.logits = lm_head_ ? lm_head_->forward(x) : ops::linear(x, embed_->weight());
+  } else if (head == HeadKind::SequenceClassification) out.logits = score_->forward(last_token(x, mask));
   return out;
 }
 

@@ -104,24 +104,28 @@ Tensor unary_forward(const Tensor& a_in, Fn fn) {
 template <class Fn>
 Tensor unary_backward(const Tensor& g, const Tensor& x, const Tensor& y, Fn dfn) {
   const Tensor gc = g.contiguous();
-  Tensor out = Tensor::empty(x.shape());
+  Tensor out = Tensor::empty(gc.shape());
   const float* pg = gc.f32();
-  const float* px = x.f32();
+  const float* px = x.defined() ? x.f32() : nullptr;
   const float* py = y.defined() ? y.f32() : nullptr;
   float* o = out.f32();
-  const int64_t n = x.numel();
+  const int64_t n = out.numel();
 #pragma omp parallel for if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) o[i] = pg[i] * dfn(px[i], py ? py[i] : 0.0f);
+  for (int64_t i = 0; i < n; ++i) o[i] = pg[i] * dfn(px ? px[i] : 0.0f, py ? py[i] : 0.0f);
   return out;
 }
 
-// Records a unary op whose derivative depends on the input x and/or the output y.
+// What a unary op's derivative reads: the tape keeps only that (one activation-sized tensor, not two).
+enum class Saves { Input, Output };
+
+// Records a unary op whose derivative depends on the input x or the output y.
 template <class Fwd, class Dfn>
-Tensor unary_op(const char* name, const Tensor& a, Fwd fwd, Dfn dfn) {
+Tensor unary_op(const char* name, const Tensor& a, Fwd fwd, Dfn dfn, Saves saves) {
   Tensor x = a.float32().contiguous();
   Tensor out = unary_forward(x, fwd);
   if (!grad_enabled() || !a.requires_grad()) return out;
-  Tensor xs = x.detach(), ys = out.detach();
+  Tensor xs = saves == Saves::Input ? x.detach() : Tensor();
+  Tensor ys = saves == Saves::Output ? out.detach() : Tensor();
   return record(name, out, {a}, [xs, ys, dfn](const Tensor& g, const std::vector<bool>&) {
     return std::vector<Tensor>{unary_backward(g, xs, ys, dfn)};
   });
@@ -185,46 +189,46 @@ Tensor mul_scalar(const Tensor& a, float s) {
 Tensor neg(const Tensor& a) { return mul_scalar(a, -1.0f); }
 
 Tensor exp(const Tensor& a) {
-  return unary_op("exp", a, [](float x) { return std::exp(x); }, [](float, float y) { return y; });
+  return unary_op("exp", a, [](float x) { return std::exp(x); }, [](float, float y) { return y; }, Saves::Output);
 }
 Tensor log(const Tensor& a) {
-  return unary_op("log", a, [](float x) { return std::log(x); }, [](float x, float) { return 1.0f / x; });
+  return unary_op("log", a, [](float x) { return std::log(x); }, [](float x, float) { return 1.0f / x; }, Saves::Input);
 }
 Tensor sqrt(const Tensor& a) {
-  return unary_op("sqrt", a, [](float x) { return std::sqrt(x); }, [](float, float y) { return 0.5f / y; });
+  return unary_op("sqrt", a, [](float x) { return std::sqrt(x); }, [](float, float y) { return 0.5f / y; }, Saves::Output);
 }
 Tensor square(const Tensor& a) {
-  return unary_op("square", a, [](float x) { return x * x; }, [](float x, float) { return 2.0f * x; });
+  return unary_op("square", a, [](float x) { return x * x; }, [](float x, float) { return 2.0f * x; }, Saves::Input);
 }
 Tensor tanh(const Tensor& a) {
-  return unary_op("tanh", a, [](float x) { return std::tanh(x); }, [](float, float y) { return 1.0f - y * y; });
+  return unary_op("tanh", a, [](float x) { return std::tanh(x); }, [](float, float y) { return 1.0f - y * y; }, Saves::Output);
 }
 Tensor sigmoid(const Tensor& a) {
   return unary_op("sigmoid", a, [](float x) { return 1.0f / (1.0f + std::exp(-x)); },
-                  [](float, float y) { return y * (1.0f - y); });
+                  [](float, float y) { return y * (1.0f - y); }, Saves::Output);
 }
 Tensor relu(const Tensor& a) {
-  return unary_op("relu", a, [](float x) { return x > 0 ? x : 0.0f; }, [](float x, float) { return x > 0 ? 1.0f : 0.0f; });
+  return unary_op("relu", a, [](float x) { return x > 0 ? x : 0.0f; }, [](float x, float) { return x > 0 ? 1.0f : 0.0f; }, Saves::Input);
 }
 Tensor silu(const Tensor& a) {
   return unary_op("silu", a, [](float x) { return x / (1.0f + std::exp(-x)); },
                   [](float x, float) {
                     float s = 1.0f / (1.0f + std::exp(-x));
                     return s * (1.0f + x * (1.0f - s));
-                  });
+                  }, Saves::Input);
 }
 Tensor gelu(const Tensor& a, GeluKind kind) {
   if (kind == GeluKind::Erf)
     return unary_op("gelu", a, [](float x) { return 0.5f * x * (1.0f + std::erf(x * kInvSqrt2)); },
                     [](float x, float) {
                       return 0.5f * (1.0f + std::erf(x * kInvSqrt2)) + x * kInvSqrt2Pi * std::exp(-0.5f * x * x);
-                    });
+                    }, Saves::Input);
   return unary_op("gelu_tanh", a,
                   [](float x) { return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x))); },
                   [](float x, float) {
                     float t = std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x));
                     return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3 * 0.044715f * x * x);
-                  });
+                  }, Saves::Input);
 }
 
 void add_(Tensor& dst, const Tensor& src, float alpha) {

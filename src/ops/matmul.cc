@@ -150,13 +150,19 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   MatrixView wt{wv.data, wv.trans == CblasNoTrans ? CblasTrans : CblasNoTrans, wv.ld};
   if (rows && outf) gemm(rows, outf, in, MatrixView{xc.f32(), CblasNoTrans, std::max<int64_t>(in, 1)}, wt, beta, o, outf);
 
-  Tensor xd = xc.detach(), wd = w.detach();
-  return record("linear", out, {x, weight, bias}, [xd, wd, in, outf, rows](const Tensor& g_in, const std::vector<bool>& needs) {
+  // The tape keeps x only when the weight learns, and W only when x needs a gradient: a frozen
+  // layer holds no copy of its input, a layer on a frozen input no reference to its weight.
+  if (!grad_enabled() || !(x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad())))
+    return out;
+  Tensor xd = weight.requires_grad() ? xc.detach() : Tensor();
+  Tensor wd = x.requires_grad() ? w.detach() : Tensor();
+  const Shape x_shape = x.shape();
+  return record("linear", out, {x, weight, bias}, [xd, wd, x_shape, in, outf, rows](const Tensor& g_in, const std::vector<bool>& needs) {
     Tensor g = g_in.contiguous();
     Tensor gx, gw, gb;
     MatrixView gv{g.f32(), CblasNoTrans, std::max<int64_t>(outf, 1)};
     if (needs[0]) {  // gx[rows, in] = g[rows, out] @ W[out, in]
-      gx = Tensor::empty(xd.shape());
+      gx = Tensor::empty(x_shape);
       if (rows && in) gemm(rows, in, outf, gv, view_of(wd), 0.0f, gx.f32(), in);
     }
     if (needs[1]) {  // gW[out, in] = g^T[out, rows] @ x[rows, in]
