@@ -4,12 +4,16 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
 #include "deltatune/delta_io.h"
+#include "cli_run.h"
 #include "deltatune/error.h"
+#include "deltatune/gates.h"
 #include "deltatune/mixed_batch.h"
+#include "deltatune/safetensors.h"
 #include "golden.h"
 #include "temp_dir.h"
 
@@ -214,4 +218,96 @@ TEST(MixedBatch, Refusals) {
   // Gone with the batch: the base again.
   NoGradGuard no_grad;
   EXPECT_LT(max_diff(model->forward(input).logits.contiguous(), base), 1e-4f);
+}
+
+// The command line: forward --mixed-delta NAME=DIR (repeated), each row naming its delta in "deltas".
+TEST(MixedBatch, ForwardCommand) {
+  fs::path dir = test_support::temp_dir("mixed_cli");
+  auto scratch = load("bert-mini");
+  auto a = random_delta(*scratch, kLoraA, 21);
+  delta::save_delta(dir / "a", *a, *scratch);
+  a->detach();
+  auto b = random_delta(*scratch, kAdapter, 22);
+  delta::save_delta(dir / "b", *b, *scratch);
+  b->detach();
+  const ModelInput input = make_input(*scratch, 3);
+  json in = {{"input_ids", json::array()}, {"attention_mask", json::array()}, {"deltas", {"b", nullptr, "a"}}};
+  for (int64_t r = 0; r < 3; ++r) {
+    in["input_ids"].push_back(row(input, r).input_ids.to_ints());
+    std::vector<int64_t> m;
+    for (float v : row(input, r).attention_mask.to_floats()) m.push_back(int64_t(v));
+    in["attention_mask"].push_back(m);
+  }
+  std::ofstream(dir / "in.json") << in.dump();
+  const std::string common = "forward --model " + cli_test::quote(golden::model_dir("bert-mini").string()) + " --input " +
+                             cli_test::quote((dir / "in.json").string());
+  auto r = cli_test::run(common + " --output " + cli_test::quote((dir / "out.safetensors").string()) +
+                         " --mixed-delta a=" + cli_test::quote((dir / "a").string()) + " --mixed-delta b=" +
+                         cli_test::quote((dir / "b").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  const Tensor logits = read_safetensors(dir / "out.safetensors").tensors.at("logits");
+  for (auto [rw, name] : {std::pair{0, "b"}, std::pair{1, ""}, std::pair{2, "a"}}) {
+    auto alone = load("bert-mini");
+    std::optional<delta::SavedDelta> saved;
+    if (std::string(name) != "") saved = delta::load_delta(dir / name, *alone);
+    NoGradGuard no_grad;
+    EXPECT_LT(max_diff(logits.slice(0, rw, rw + 1).contiguous(), alone->forward(row(input, rw)).logits.contiguous()), 1e-4f)
+        << "row " << rw;
+  }
+  // Errors: an unknown name, a missing list, both flags, a bad spec.
+  in["deltas"] = {"b", "c", nullptr};
+  std::ofstream(dir / "bad.json") << in.dump();
+  r = cli_test::run("forward --model " + cli_test::quote(golden::model_dir("bert-mini").string()) + " --input " +
+                    cli_test::quote((dir / "bad.json").string()) + " --output /dev/null --mixed-delta b=" +
+                    cli_test::quote((dir / "b").string()));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("'c'"), std::string::npos) << r.output;
+  in.erase("deltas");
+  std::ofstream(dir / "nolist.json") << in.dump();
+  r = cli_test::run("forward --model " + cli_test::quote(golden::model_dir("bert-mini").string()) + " --input " +
+                    cli_test::quote((dir / "nolist.json").string()) + " --output /dev/null --mixed-delta b=" +
+                    cli_test::quote((dir / "b").string()));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("'deltas'"), std::string::npos) << r.output;
+  r = cli_test::run(common + " --output /dev/null --mixed-delta nodir");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("NAME=DIR"), std::string::npos) << r.output;
+  fs::remove_all(dir);
+}
+
+// deltatune gates: a table on stdout and the JSON file.
+TEST(Gates, Command) {
+  fs::path dir = test_support::temp_dir("gates_cli");
+  auto model = load("bert-mini");
+  auto d = delta::make_delta({{"method", "unipelt"}, {"variant", "AP"}});
+  d->attach(*model);
+  delta::save_delta(dir / "delta", *d, *model);
+  {
+    std::ofstream data(dir / "data.jsonl");
+    data << R"({"text": "a fine film", "label": "pos"})" << "\n"
+         << R"({"text": "dull and long, a very slow story", "label": "neg"})" << "\n"
+         << R"({"text": "great"})" << "\n";
+  }
+  auto r = cli_test::run("gates --model " + cli_test::quote(golden::model_dir("bert-mini").string()) + " --delta " +
+                         cli_test::quote((dir / "delta").string()) + " --data " +
+                         cli_test::quote((dir / "data.jsonl").string()) + " --batch-size 2 --dump-gates " +
+                         cli_test::quote((dir / "gates.json").string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("adapter"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("prefix"), std::string::npos) << r.output;
+  std::ifstream f(dir / "gates.json");
+  const json j = json::parse(f);
+  EXPECT_EQ(j["examples"], 3);
+  EXPECT_EQ(j["layers"].size(), size_t(model->config.num_layers));
+  EXPECT_GT(j["mean"]["adapter"].get<double>(), 0.0);
+  // A delta without gates is refused with a clear message.
+  auto lora = delta::make_delta(kLoraA);
+  auto fresh = load("bert-mini");
+  lora->attach(*fresh);
+  delta::save_delta(dir / "lora", *lora, *fresh);
+  r = cli_test::run("gates --model " + cli_test::quote(golden::model_dir("bert-mini").string()) + " --delta " +
+                    cli_test::quote((dir / "lora").string()) + " --data " + cli_test::quote((dir / "data.jsonl").string()));
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("no gates"), std::string::npos) << r.output;
+  fs::remove_all(dir);
 }
