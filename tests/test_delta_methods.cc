@@ -14,6 +14,7 @@
 #include "deltatune/delta_io.h"
 #include "deltatune/error.h"
 #include "deltatune/generate.h"
+#include "deltatune/merge.h"
 #include "deltatune/optim.h"
 #include "deltatune/safetensors.h"
 #include "golden.h"
@@ -125,6 +126,8 @@ void run_case(const Case& c) {
     NoGradGuard no_grad;
     losses.push_back(loss_of(*model, batch).item());
   }
+  std::printf("[ losses   ] %s %s: %.4f -> %.4f\n", c.model.c_str(), c.config["method"].get<std::string>().c_str(),
+              losses.front(), losses.back());
   EXPECT_LT(losses.back(), losses.front() - 0.05f)
       << "the loss did not fall: " << nlohmann::json(losses).dump();
   const Tensor trained = logits_of(*model, batch);
@@ -186,6 +189,21 @@ TEST(DeltaMethods, LoraGpt2) {
   run_case({"gpt2-mini", {{"method", "lora"}, {"r", 4}, {"targets", {"attn.q", "ffn.down"}}}, true, true});
 }
 
+// LoRA on embedding tables (PEFT's lora_embedding_A/B), alone and with linear targets.
+TEST(DeltaMethods, LoraEmbeddingsBert) {
+  run_case({"bert-mini", {{"method", "lora"}, {"r", 4}, {"targets", {"embed", "attn.q"}}}, true, true});
+}
+TEST(DeltaMethods, LoraEmbeddingsGpt2) {
+  run_case({"gpt2-mini", {{"method", "lora"}, {"r", 4}, {"targets", {"wte"}}}, true, true});
+}
+// PEFT's bias options: the adapted layers' biases, or every bias, trained beside the factors.
+TEST(DeltaMethods, LoraBiasLoraOnlyBert) {
+  run_case({"bert-mini", {{"method", "lora"}, {"r", 4}, {"bias", "lora_only"}}, true, true});
+}
+TEST(DeltaMethods, LoraBiasAllGpt2) {
+  run_case({"gpt2-mini", {{"method", "lora"}, {"r", 4}, {"bias", "all"}}, true, true});
+}
+
 TEST(DeltaMethods, Ia3Bert) { run_case({"bert-mini", {{"method", "ia3"}}, true, true}); }
 TEST(DeltaMethods, Ia3Llama) { run_case({"llama-mini", {{"method", "ia3"}}, true, true}); }
 TEST(DeltaMethods, Ia3Gpt2) { run_case({"gpt2-mini", {{"method", "ia3"}}, true, true}); }
@@ -244,6 +262,13 @@ TEST(DeltaMethods, AdapterParallelLlama) {
 }
 TEST(DeltaMethods, AdapterHoulsbyGpt2) {
   run_case({"gpt2-mini", {{"method", "adapter"}, {"variant", "houlsby"}, {"bottleneck", 16}}, true, false});
+}
+TEST(DeltaMethods, AdapterPfeifferBert) {
+  run_case({"bert-mini", {{"method", "adapter"}, {"variant", "pfeiffer"}, {"bottleneck", 16}}, true, false});
+}
+TEST(DeltaMethods, CompacterGpt2) { run_case({"gpt2-mini", {{"method", "compacter"}}, true, false}); }
+TEST(DeltaMethods, CompacterPlusPlusBert) {
+  run_case({"bert-mini", {{"method", "compacter++"}, {"rank", 2}}, true, false});
 }
 TEST(DeltaMethods, CompacterBert) { run_case({"bert-mini", {{"method", "compacter"}}, true, false}); }
 TEST(DeltaMethods, CompacterPlusPlusLlama) {
@@ -498,6 +523,47 @@ TEST(DeltaMethods, MaskEqualsZeroedWeightsAndSavesPrunedPositions) {
   *w = Tensor::from_floats(values, w->shape());
   EXPECT_LT(max_diff(logits_of(*zeroed, batch), masked), 1e-5f);
   EXPECT_THROW(delta::make_delta({{"method", "mask"}, {"init_score", 0.001}}), ConfigError);
+}
+
+// LoRA on embeddings: PEFT's shapes, key names and config; the bias options' parameters and errors.
+TEST(DeltaMethods, LoraEmbeddingAndBiasFollowPeft) {
+  auto model = load("bert-mini");
+  auto d = delta::make_delta({{"method", "lora"}, {"r", 4}, {"targets", {"word_embeddings", "query"}}, {"bias", "lora_only"}});
+  d->attach(*model);
+  std::map<std::string, Shape> shapes;
+  for (auto& [n, t] : d->parameters()) shapes[n] = t.shape();
+  const int64_t vocab = model->config.vocab_size, dim = model->config.hidden_size;
+  EXPECT_EQ(shapes.at("bert.embeddings.word_embeddings.lora_embedding_A"), (Shape{4, vocab}));
+  EXPECT_EQ(shapes.at("bert.embeddings.word_embeddings.lora_embedding_B"), (Shape{dim, 4}));
+  EXPECT_EQ(shapes.at("bert.encoder.layer.0.attention.self.query.bias"), (Shape{dim}));
+  EXPECT_EQ(shapes.count("bert.encoder.layer.0.attention.self.key.bias"), 0u);
+  EXPECT_EQ(shapes.size(), 2u + 4u * 3u);  // embedding A, B; per layer query A, B, bias
+  json p = delta::to_peft_config(*d, *model);
+  EXPECT_EQ(p["bias"], "lora_only");
+  EXPECT_EQ(p["target_modules"], json({"query", "word_embeddings"}));
+  fs::path dir = temp_dir("lora_embedding_keys");
+  delta::save_peft(dir, *d, *model);
+  const auto file = read_safetensors(dir / "adapter_model.safetensors");
+  EXPECT_EQ(file.tensors.count("base_model.model.bert.embeddings.word_embeddings.lora_embedding_A"), 1u);
+  EXPECT_EQ(file.tensors.count("base_model.model.bert.encoder.layer.1.attention.self.query.bias"), 1u);
+  // PEFT's own files hold an adapted layer's bias as <module>.base_layer.bias.
+  EXPECT_EQ(delta::peft_key_to_ours("bert.encoder.layer.1.attention.self.query.base_layer.bias"),
+            "bert.encoder.layer.1.attention.self.query.bias");
+  EXPECT_THROW(delta::merge_into(*model, *d), ConfigError);
+  fs::remove_all(dir);
+  // Llama's projections have no bias: lora_only trains the factors alone.
+  auto llama = load("llama-mini");
+  auto l = delta::make_delta({{"method", "lora"}, {"bias", "lora_only"}});
+  l->attach(*llama);
+  for (auto& [n, _] : l->parameters()) EXPECT_EQ(n.find(".bias"), std::string::npos) << n;
+  try {
+    delta::make_delta({{"method", "lora"}, {"bias", "some"}});
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("bias"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(delta::make_delta({{"method", "lora"}, {"dora", true}, {"targets", {"embed"}}})->attach(*llama),
+               ConfigError);
 }
 
 TEST(DeltaMethods, UnknownMethodListsSupported) {

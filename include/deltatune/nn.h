@@ -86,11 +86,23 @@ class Linear : public Module {
   Tensor& bias_;
 };
 
+class Embedding;
+
+// A delta's attachment to an embedding table (LoRA on embeddings): post() transforms the looked-up
+// vectors given the ids.
+struct EmbeddingHook {
+  virtual ~EmbeddingHook() = default;
+  virtual Tensor post(Embedding& layer, const Tensor& ids, const Tensor& y) { return y; }
+  std::string owner;
+  bool enabled = true;
+};
+
 class Embedding : public Module {
  public:
   Embedding(int64_t num, int64_t dim);
   Tensor forward(const Tensor& ids);
   Tensor& weight() { return weight_; }
+  std::vector<std::shared_ptr<EmbeddingHook>> hooks;
 
  private:
   Tensor& weight_;

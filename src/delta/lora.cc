@@ -2,6 +2,12 @@
 // rank_pattern / alpha_pattern, DoRA (a learned magnitude per output, PEFT's formula), and GPT-2's
 // fan_in_fan_out weights. Parameter names follow PEFT: <module>.lora_A.weight, .lora_B.weight,
 // .lora_magnitude_vector.
+// Embeddings (a target that is an embedding table, e.g. the role "embed"): PEFT's Embedding LoRA,
+// y = E[ids] + s (A^T[ids]) B^T with lora_embedding_A [r, vocab] (zeros) and lora_embedding_B
+// [dim, r] (N(0, 1)); no dropout, as PEFT. Named <module>.lora_embedding_A / .lora_embedding_B.
+// bias (PEFT's option): "none"; "lora_only" also trains the biases of the adapted linear layers;
+// "all" trains every bias of the backbone. Trained biases are held as BitFit holds them (the model's
+// originals come back when disabled or detached) and named as the model's (<module>.bias).
 #include <cmath>
 #include <regex>
 
@@ -39,6 +45,15 @@ struct LoraHook : nn::LinearHook {
   }
 };
 
+struct LoraEmbeddingHook : nn::EmbeddingHook {
+  Tensor A, B;  // [r, vocab], [dim, r]
+  float scaling = 1.0f;
+  Tensor post(nn::Embedding&, const Tensor& ids, const Tensor& y) override {
+    Tensor after_a = ops::embedding(A.t(), ids);  // [..., r]: rows of A^T
+    return ops::add(y, ops::mul_scalar(ops::linear(after_a, B), scaling));
+  }
+};
+
 class Lora : public Delta {
  public:
   explicit Lora(const nlohmann::json& c) : config_(c) {
@@ -50,6 +65,12 @@ class Lora : public Delta {
     init_ = c.contains("init") && c["init"].is_string() ? c["init"].get<std::string>() : "default";
     if (r_ < 1) throw ConfigError("lora: r must be at least 1, got " + std::to_string(r_));
     if (dropout_ < 0 || dropout_ >= 1) throw ConfigError("lora: dropout must be in [0, 1)");
+    if (c.contains("bias") && !c["bias"].is_null()) {
+      if (!c["bias"].is_string()) throw ConfigError("lora: bias must be \"none\", \"all\" or \"lora_only\"");
+      bias_ = c["bias"].get<std::string>();
+    }
+    if (bias_ != "none" && bias_ != "all" && bias_ != "lora_only")
+      throw ConfigError("lora: bias '" + bias_ + "' is not one of none, all, lora_only");
     nlohmann::json targets = c.contains("targets") ? c["targets"] : nlohmann::json{"attn.q", "attn.v"};
     spec_ = TargetSpec::from_json(targets, c.value("exclude", nlohmann::json()), c.value("layers", nlohmann::json()));
     seed = c.value("seed", uint64_t(0));
@@ -59,9 +80,29 @@ class Lora : public Delta {
 
   void attach(TransformerModel& model) override {
     if (model_) throw Error("lora delta '" + name + "' is already attached");
-    paths_ = resolve_targets(model, spec_);
+    // Linear layers and embedding tables; other modules a name or regex happens to match are skipped.
+    paths_.clear();
+    for (const auto& path : resolve_targets(model, spec_, false)) {
+      const std::string type = model.find_module(path)->type_name();
+      if (type == "Linear" || type == "Embedding") paths_.push_back(path);
+    }
+    if (paths_.empty()) resolve_targets(model, spec_);  // throws, listing the linear layers
     Generator gen(seed);
     for (const auto& path : paths_) {
+      if (auto* emb = dynamic_cast<nn::Embedding*>(model.find_module(path))) {
+        if (dora_) throw ConfigError("lora: dora is not supported on embeddings (target '" + path + "')");
+        const LoraShape shape = lora_shape(config(), path);
+        auto hook = std::make_shared<LoraEmbeddingHook>();
+        hook->owner = name;
+        hook->scaling = float(shape.scaling);
+        const Shape table = emb->weight().shape();
+        hook->A = Tensor::zeros({shape.r, table[0]});
+        hook->B = Tensor::randn({table[1], shape.r}, gen, 1.0f);
+        emb->hooks.push_back(hook);
+        emb_hooks_.emplace_back(path, hook);
+        emb_layers_.push_back(emb);
+        continue;
+      }
       auto* layer = static_cast<nn::Linear*>(model.find_module(path));
       const LoraShape shape = lora_shape(config(), path);
       const int64_t r = shape.r;
@@ -86,6 +127,7 @@ class Lora : public Delta {
       hooks_.emplace_back(path, hook);
       layers_.push_back(layer);
     }
+    if (bias_ != "none") attach_bias(model);
     model_ = &model;
   }
 
@@ -95,11 +137,19 @@ class Lora : public Delta {
       hs.erase(std::remove(hs.begin(), hs.end(), hooks_[i].second), hs.end());
     }
     layers_.clear();
+    for (size_t i = 0; i < emb_layers_.size(); ++i) {
+      auto& hs = emb_layers_[i]->hooks;
+      hs.erase(std::remove(hs.begin(), hs.end(), emb_hooks_[i].second), hs.end());
+    }
+    emb_layers_.clear();
+    if (bias_delta_) bias_delta_->detach();
     model_ = nullptr;
   }
 
   void set_enabled(bool on) override {
     for (auto& [_, h] : hooks_) h->enabled = on;
+    for (auto& [_, h] : emb_hooks_) h->enabled = on;
+    if (bias_delta_) bias_delta_->set_enabled(on);
   }
 
   std::vector<std::pair<std::string, Tensor>> parameters() override {
@@ -109,6 +159,12 @@ class Lora : public Delta {
       out.emplace_back(path + ".lora_B.weight", h->B);
       if (h->magnitude.defined()) out.emplace_back(path + ".lora_magnitude_vector", h->magnitude);
     }
+    for (auto& [path, h] : emb_hooks_) {
+      out.emplace_back(path + ".lora_embedding_A", h->A);
+      out.emplace_back(path + ".lora_embedding_B", h->B);
+    }
+    if (bias_delta_)
+      for (auto& p : bias_delta_->parameters()) out.push_back(p);
     return out;
   }
 
@@ -120,6 +176,7 @@ class Lora : public Delta {
     c["dropout"] = dropout_;
     c["rslora"] = rslora_;
     c["dora"] = dora_;
+    c["bias"] = bias_;
     c["targets"] = spec_.names_json();
     return c;
   }
@@ -127,7 +184,29 @@ class Lora : public Delta {
   std::vector<std::string> attached_modules() const override { return paths_; }
 
  private:
+  // bias "lora_only": the adapted linear layers' own biases; "all": every backbone bias. None is added
+  // where a layer has none (PEFT only trains biases that exist).
+  void attach_bias(TransformerModel& model) {
+    nlohmann::json bc{{"method", "bitfit"}, {"add_missing", false}};
+    if (bias_ == "lora_only") {
+      nlohmann::json with_bias = nlohmann::json::array();
+      for (auto* layer : layers_)
+        if (layer->bias().defined())
+          for (auto& [p, h] : hooks_)
+            if (model.find_module(p) == layer) with_bias.push_back(p);
+      if (with_bias.empty()) return;  // e.g. Llama's projections have no bias
+      bc["targets"] = with_bias;
+    }
+    if (!bias_delta_) bias_delta_ = make_bitfit(bc);  // re-attaching keeps the trained values
+    bias_delta_->name = name;
+    bias_delta_->attach(model);
+  }
+
   nlohmann::json config_;
+  std::string bias_ = "none";
+  std::vector<std::pair<std::string, std::shared_ptr<LoraEmbeddingHook>>> emb_hooks_;
+  std::vector<nn::Embedding*> emb_layers_;
+  std::unique_ptr<Delta> bias_delta_;
   int64_t r_;
   double alpha_, dropout_;
   bool rslora_, dora_;

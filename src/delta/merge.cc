@@ -38,6 +38,12 @@ void apply(TransformerModel& model, Delta& delta, float sign) {
   if (delta.method() != "lora")
     throw ConfigError("merge: the " + delta.method() + " delta cannot be merged into the weights (supported: lora, dora)");
   const nlohmann::json c = delta.config();
+  if (c.value("bias", std::string("none")) != "none")
+    throw ConfigError("merge: a LoRA trained with bias \"" + c.value("bias", std::string()) +
+                      "\" cannot be merged yet (supported: bias \"none\")");
+  for (auto& [name, _] : delta.parameters())
+    if (name.find(".lora_embedding_") != std::string::npos)
+      throw ConfigError("merge: LoRA on embeddings ('" + name + "') cannot be merged yet");
   NoGradGuard no_grad;
   for (auto& [path, f] : lora_factors(delta)) {
     auto* layer = dynamic_cast<nn::Linear*>(model.find_module(path));

@@ -38,9 +38,13 @@ void warn_unknown(const nlohmann::json& peft, const std::set<std::string>& known
 
 nlohmann::json lora_from_peft(const nlohmann::json& p, const std::string& source) {
   warn_unknown(p, lora_keys(), source);
-  const std::string bias = p.value("bias", std::string("none"));
-  if (bias != "none") throw ConfigError(source + ": LoRA bias '" + bias + "' is not supported yet (supported: none)");
+  const nlohmann::json bias = p.value("bias", nlohmann::json("none"));
+  if (!bias.is_null() && (!bias.is_string() || (bias != "none" && bias != "all" && bias != "lora_only")))
+    throw ConfigError(source + ": LoRA bias " + bias.dump() + " is not supported (supported: none, all, lora_only)");
+  if (p.value("lora_bias", false) == true)
+    throw ConfigError(source + ": lora_bias (a bias on lora_B) is not supported");
   nlohmann::json c{{"method", "lora"}};
+  c["bias"] = bias.is_null() ? nlohmann::json("none") : bias;
   c["r"] = p.value("r", 8);
   c["alpha"] = p.value("lora_alpha", 8.0);
   c["dropout"] = p.value("lora_dropout", 0.0);
@@ -92,7 +96,7 @@ std::vector<std::string> unattached_linears(TransformerModel& model, const std::
   std::set<std::string> attached(paths.begin(), paths.end());
   std::vector<std::string> out;
   for (auto& [path, m] : model.named_modules()) {
-    if (m->type_name() != "Linear" || attached.count(path)) continue;
+    if ((m->type_name() != "Linear" && m->type_name() != "Embedding") || attached.count(path)) continue;
     const int64_t l = layer_index(model, path);
     if (!layers.empty() && std::find(layers.begin(), layers.end(), l) == layers.end()) continue;
     out.push_back(path);
@@ -119,7 +123,7 @@ nlohmann::json lora_to_peft(const nlohmann::json& c, TransformerModel& model, co
   p["use_dora"] = c.value("dora", false);
   p["rank_pattern"] = c.value("rank_pattern", nlohmann::json::object());
   p["alpha_pattern"] = c.value("alpha_pattern", nlohmann::json::object());
-  p["bias"] = "none";
+  p["bias"] = c.value("bias", std::string("none"));
   p["init_lora_weights"] = true;
   p["inference_mode"] = true;
   p["layers_pattern"] = nullptr;
@@ -309,7 +313,13 @@ nlohmann::json to_peft_config(Delta& delta, TransformerModel& model) {
                     kSupportedPeft + ")");
 }
 
-std::string peft_key_to_ours(const std::string& key) { return key; }
+std::string peft_key_to_ours(const std::string& key) {
+  // PEFT wraps an adapted layer, so with bias "all" its own bias is saved as <module>.base_layer.bias.
+  const std::string wrapped = ".base_layer.bias";
+  if (key.size() > wrapped.size() && key.compare(key.size() - wrapped.size(), wrapped.size(), wrapped) == 0)
+    return key.substr(0, key.size() - wrapped.size()) + ".bias";
+  return key;
+}
 std::string ours_key_to_peft(const std::string& key) { return key; }
 
 std::string peft_file_key(const std::string& key) {

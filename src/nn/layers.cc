@@ -26,7 +26,12 @@ Tensor Linear::forward(const Tensor& x) {
 Embedding::Embedding(int64_t num, int64_t dim)
     : Module("Embedding"), weight_(register_parameter("weight", Tensor::zeros({num, dim}))) {}
 
-Tensor Embedding::forward(const Tensor& ids) { return ops::embedding(weight_, ids); }
+Tensor Embedding::forward(const Tensor& ids) {
+  Tensor y = ops::embedding(weight_, ids);
+  for (auto& h : hooks)
+    if (h->enabled) y = h->post(*this, ids, y);
+  return y;
+}
 
 LayerNorm::LayerNorm(int64_t dim, float eps, bool bias)
     : Module("LayerNorm"),
