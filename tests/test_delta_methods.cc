@@ -635,6 +635,28 @@ TEST(DeltaMethods, AdapterShapeMismatchNamesKeyAndShapes) {
   fs::remove_all(dir);
 }
 
+// A config error names the field at fault.
+TEST(DeltaMethods, BadFieldsAreNamed) {
+  const std::pair<json, const char*> cases[] = {
+      {{{"method", "lora"}, {"r", "four"}}, "r"},
+      {{{"method", "diff_pruning"}, {"target_sparsity", 1.0}}, "target_sparsity"},
+      {{{"method", "diff_pruning"}, {"l0_weight", -1}}, "l0_weight"},
+      {{{"method", "mask"}, {"threshold", "high"}}, "threshold"},
+      {{{"method", "mask"}, {"init_score", 0.0}}, "init_score"},
+      {{{"method", "compacter"}, {"phm_dim", 0}}, "phm_dim"},
+      {{{"method", "lowrank_adapter"}, {"rank", 0}}, "rank"},
+      {{{"method", "adapter"}, {"dropout", "lots"}}, "dropout"},
+  };
+  for (const auto& [config, field] : cases) {
+    try {
+      delta::make_delta(config);
+      ADD_FAILURE() << config.dump() << " was accepted";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(field), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(DeltaMethods, BadConfigsAreClear) {
   EXPECT_THROW(delta::make_delta({{"method", "adapter"}, {"variant", "sideways"}}), ConfigError);
   EXPECT_THROW(delta::make_delta({{"method", "adapter"}, {"activation", "wiggle"}}), ConfigError);

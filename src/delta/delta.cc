@@ -20,6 +20,18 @@ const std::vector<std::pair<std::string, Factory>>& factories() {
   };
   return list;
 }
+
+// Fields that are numbers in every method's config: a wrong type names the field, instead of
+// surfacing later as a JSON library error.
+void check_number_fields(const std::string& method, const nlohmann::json& c) {
+  static const char* const numbers[] = {
+      "r", "alpha", "lora_alpha", "dropout", "lora_dropout", "rank", "phm_dim", "bottleneck", "reduction_factor",
+      "scaling", "target_sparsity", "l0_weight", "init_log_alpha", "threshold", "init_score", "num_virtual_tokens",
+      "encoder_hidden_size", "token_dim", "k", "seed"};
+  for (const char* f : numbers)
+    if (c.contains(f) && !c[f].is_number())
+      throw ConfigError(method + ": " + f + " must be a number, got " + c[f].dump());
+}
 }  // namespace
 
 const std::vector<std::string>& supported_methods() {
@@ -37,7 +49,14 @@ std::unique_ptr<Delta> make_delta(const nlohmann::json& config) {
     throw ConfigError("a delta config needs a \"method\" (supported: " + nlohmann::json(supported_methods()).dump() + ")");
   const std::string method = config["method"].get<std::string>();
   for (auto& [name, factory] : factories())
-    if (name == method) return factory(config);
+    if (name == method) {
+      check_number_fields(method, config);
+      try {
+        return factory(config);
+      } catch (const nlohmann::json::exception& e) {  // a field of an unexpected type
+        throw ConfigError(method + " config " + config.dump() + ": " + e.what());
+      }
+    }
   throw ConfigError("unknown delta method '" + method + "' (supported: " + nlohmann::json(supported_methods()).dump() + ")");
 }
 

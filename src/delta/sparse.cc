@@ -12,6 +12,10 @@
 //       the layer uses W ⊙ m, so D = W ⊙ (m - 1); backward passes straight through the threshold
 //       (dL/ds = dL/dm). Scores start at init_score above the threshold: every entry kept, the
 //       identity. Saved as <module>.mask.pruned, the flat positions of the removed entries.
+// Config fields (both): targets (default attn.q/k/v/o, ffn.up/down), exclude, layers, seed.
+//   diff_pruning: target_sparsity (0.99; share of entries zero after projection, in [0, 1)),
+//                 l0_weight (0.1; the penalty's factor, >= 0), init_log_alpha (3.0; gates start open).
+//   mask:         threshold (5e-3), init_score (1e-2; must exceed threshold).
 #include <algorithm>
 #include <cmath>
 #include <functional>
