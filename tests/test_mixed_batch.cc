@@ -152,6 +152,11 @@ TEST(MixedBatch, Gpt2AndCombination) {
               {"combo", "lora", "parallel", "", "combo"});
 }
 
+TEST(MixedBatch, DiffPruningAndLora) {
+  check_mixed("bert-mini", {{"dp", {{"method", "diff_pruning"}, {"targets", {"attn.o", "ffn.down"}}}}, {"lora", kLoraA}},
+              {"dp", "", "lora", "dp"});
+}
+
 TEST(MixedBatch, EveryRowOneDeltaAndAllBase) {
   check_mixed("bert-mini", {{"a", kLoraA}}, {"a", "a", "a"});
   check_mixed("bert-mini", {{"a", kLoraA}}, {"", "", ""});

@@ -384,3 +384,22 @@ TEST(Combination, Errors) {
   auto fresh = load("bert-mini");
   EXPECT_LT(max_diff(logits_of(*model, batch.input), logits_of(*fresh, batch.input)), 1e-6f) << "a failed attach left hooks";
 }
+
+// A member that saves a sparse form (diff pruning) and adds a penalty: the combination forwards both.
+TEST(Combination, SparseMemberRoundTrip) {
+  auto model = load("bert-mini");
+  const Batch batch = make_batch(*model);
+  auto d = delta::make_delta(json::array({{{"method", "diff_pruning"}, {"targets", {"attn.o"}}}, {{"method", "lora"}, {"r", 2}}}));
+  d->attach(*model);
+  model->set_training(true);  // the L0 penalty counts while training
+  EXPECT_TRUE(d->regularizer().defined());
+  model->set_training(false);
+  train(*model, *d, batch, 1e-2, 3);
+  const Tensor trained = logits_of(*model, batch.input);
+  fs::path dir = test_support::temp_dir("combination_sparse");
+  delta::save_delta(dir, *d, *model);
+  auto fresh = load("bert-mini");
+  auto saved = delta::load_delta(dir, *fresh);
+  EXPECT_LT(max_diff(logits_of(*fresh, batch.input), trained), 1e-5f);
+  fs::remove_all(dir);
+}

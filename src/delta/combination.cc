@@ -6,7 +6,7 @@
 //   1. bitfit, ln, last-layers   the model's own tensors (the base every other delta sees)
 //   2. prompt                    the input embeddings
 //   3. prefix                    attention keys and values
-//   4. lora                      added to W x (the weight's product, parallel to it)
+//   4. lora, diff_pruning, mask  added to W x (the weight's product, parallel to it)
 //   5. ia3                       scales a layer's output (a LoRA on the same layer is scaled with it)
 //   6. adapter, compacter, ...   sequential adapters wrap the layer's complete output, last
 //   7. unipelt, combination      anything else, in the listed order
@@ -20,6 +20,7 @@
 #include "delta/composite.h"
 #include "delta/methods.h"
 #include "deltatune/error.h"
+#include "deltatune/ops.h"
 
 namespace deltatune::delta {
 namespace {
@@ -27,7 +28,7 @@ namespace {
 int order_of(const std::string& method) {
   static const std::vector<std::pair<std::string, int>> ranks{
       {"bitfit", 1}, {"ln", 1},      {"last-layers", 1},     {"prompt", 2},          {"prefix", 3},
-      {"lora", 4},   {"ia3", 5},     {"adapter", 6},         {"compacter", 6},       {"compacter++", 6},
+      {"lora", 4},   {"diff_pruning", 4}, {"mask", 4}, {"ia3", 5},     {"adapter", 6},         {"compacter", 6},       {"compacter++", 6},
       {"lowrank_adapter", 6}};
   for (auto& [m, r] : ranks)
     if (m == method) return r;
@@ -112,6 +113,31 @@ class Combination : public Delta, public CompositeDelta {
     return out;
   }
 
+  // Each member reads back its own part of a save (diff pruning's sparse form, for one).
+  std::vector<std::string> saved_names() override {
+    std::vector<std::string> out;
+    for (auto& d : members_)
+      for (auto& n : d->saved_names()) out.push_back(n);
+    return out;
+  }
+  void load_saved(const std::map<std::string, Tensor>& values) override {
+    std::set<std::string> used;
+    for (auto& d : members_) {
+      std::map<std::string, Tensor> part;
+      for (auto& n : d->saved_names())
+        if (auto it = values.find(n); it != values.end()) part[n] = it->second, used.insert(n);
+      d->load_saved(part);
+    }
+    for (auto& [n, _] : values)
+      if (!used.count(n)) throw ConfigError("delta parameter '" + n + "' belongs to no member of this combination (" + describe_members() + ")");
+  }
+  Tensor regularizer() override {
+    Tensor total;
+    for (auto& d : members_)
+      if (Tensor r = d->regularizer(); r.defined()) total = total.defined() ? ops::add(total, r) : r;
+    return total;
+  }
+
   nlohmann::json config() const override { return describe(false); }
   nlohmann::json saved_config() const override { return describe(true); }
 
@@ -128,7 +154,7 @@ class Combination : public Delta, public CompositeDelta {
     nlohmann::json c = config_.is_object() ? config_ : nlohmann::json::object();
     c["method"] = "combination";
     c["seed"] = seed;
-    c["order"] = "bitfit/ln/last-layers, prompt, prefix, lora, ia3, adapters, others";
+    c["order"] = "bitfit/ln/last-layers, prompt, prefix, lora/diff_pruning/mask, ia3, adapters, others";
     nlohmann::json list = nlohmann::json::array();
     for (auto& d : members_) list.push_back(saved ? d->saved_config() : d->config());
     c["deltas"] = list;
