@@ -204,6 +204,13 @@ TEST(DeltaMethods, LoraBiasAllGpt2) {
   run_case({"gpt2-mini", {{"method", "lora"}, {"r", 4}, {"bias", "all"}}, true, true});
 }
 
+TEST(DeltaMethods, DoraBert) {
+  run_case({"bert-mini", {{"method", "lora"}, {"r", 4}, {"dora", true}}, true, true});
+}
+TEST(DeltaMethods, DoraLlama) {
+  run_case({"llama-mini", {{"method", "lora"}, {"r", 4}, {"dora", true}, {"rslora", true}}, true, true});
+}
+
 TEST(DeltaMethods, Ia3Bert) { run_case({"bert-mini", {{"method", "ia3"}}, true, true}); }
 TEST(DeltaMethods, Ia3Llama) { run_case({"llama-mini", {{"method", "ia3"}}, true, true}); }
 TEST(DeltaMethods, Ia3Gpt2) { run_case({"gpt2-mini", {{"method", "ia3"}}, true, true}); }
@@ -545,7 +552,7 @@ TEST(DeltaMethods, LoraEmbeddingAndBiasFollowPeft) {
   delta::save_peft(dir, *d, *model);
   const auto file = read_safetensors(dir / "adapter_model.safetensors");
   EXPECT_EQ(file.tensors.count("base_model.model.bert.embeddings.word_embeddings.lora_embedding_A"), 1u);
-  EXPECT_EQ(file.tensors.count("base_model.model.bert.encoder.layer.1.attention.self.query.bias"), 1u);
+  EXPECT_EQ(file.tensors.count("base_model.model.bert.encoder.layer.1.attention.self.query.base_layer.bias"), 1u);
   // PEFT's own files hold an adapted layer's bias as <module>.base_layer.bias.
   EXPECT_EQ(delta::peft_key_to_ours("bert.encoder.layer.1.attention.self.query.base_layer.bias"),
             "bert.encoder.layer.1.attention.self.query.bias");

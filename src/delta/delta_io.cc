@@ -208,7 +208,19 @@ void save_peft(const fs::path& dir, Delta& delta, TransformerModel& model, const
   c["modules_to_save"] = modules.empty() ? nlohmann::json() : nlohmann::json(std::vector<std::string>(modules.begin(), modules.end()));
   fs::create_directories(dir);
   std::map<std::string, Tensor> tensors;
-  for (auto& [n, t] : delta.saved_parameters()) tensors[peft_file_key(n)] = t.detach();
+  // PEFT wraps each layer LoRA adapts, so a trained bias of one (bias "all" or "lora_only") is
+  // <module>.base_layer.bias in its files; read back by peft_key_to_ours.
+  std::set<std::string> adapted;
+  if (delta.method() == "lora")
+    for (const auto& p : delta.attached_modules()) adapted.insert(p);
+  for (auto& [n, t] : delta.saved_parameters()) {
+    std::string key = n;
+    const std::string bias = ".bias";
+    if (key.size() > bias.size() && key.compare(key.size() - bias.size(), bias.size(), bias) == 0 &&
+        adapted.count(key.substr(0, key.size() - bias.size())))
+      key = key.substr(0, key.size() - bias.size()) + ".base_layer.bias";
+    tensors[peft_file_key(key)] = t.detach();
+  }
   for (auto& [n, t] : head) tensors[kPeftPrefix + n] = t.detach();
   write_safetensors(dir / "adapter_model.safetensors", tensors, {{"format", "pt"}});
   write_json_atomic(dir / "adapter_config.json", c);
