@@ -10,6 +10,7 @@
 #include "delta/peft_config.h"
 #include "temp_dir.h"
 #include "deltatune/autograd.h"
+#include "deltatune/data.h"
 #include "deltatune/delta.h"
 #include "deltatune/delta_io.h"
 #include "deltatune/error.h"
@@ -17,6 +18,8 @@
 #include "deltatune/merge.h"
 #include "deltatune/optim.h"
 #include "deltatune/safetensors.h"
+#include "deltatune/tokenizer.h"
+#include "deltatune/trainer.h"
 #include "golden.h"
 
 using namespace deltatune;
@@ -496,6 +499,39 @@ TEST(DeltaMethods, DiffPruningGatesPenaltyAndSparseSave) {
   auto fresh = load("bert-mini");
   delta::load_delta(dir, *fresh);
   EXPECT_LT(max_diff(logits_of(*fresh, batch), trained), 1e-6f);
+}
+
+// The trainer adds a delta's regularizer to the loss: at the first update diff pruning's difference
+// is still zero, so the reported loss differs by exactly the L0 penalty.
+TEST(DeltaMethods, TrainerAddsDiffPruningPenalty) {
+  auto tok = Tokenizer::load(golden::model_dir("gpt2-mini"));
+  std::vector<data::Example> texts;
+  for (int i = 0; i < 4; ++i) {
+    data::Example e;
+    e.text = "The whale number " + std::to_string(i) + " swims in the deep blue sea.";
+    texts.push_back(e);
+  }
+  const data::EncodedDataset set = data::encode_for_lm(texts, *tok, 32);
+  auto first_loss = [&](double l0_weight) {
+    LoadOptions load;
+    load.head = HeadKind::CausalLM;
+    load.verbose = false;
+    auto model = load_pretrained(golden::model_dir("gpt2-mini"), load);
+    auto d = delta::make_delta({{"method", "diff_pruning"}, {"targets", {"attn.q"}}, {"l0_weight", l0_weight}});
+    d->attach(*model);
+    train::TrainOptions o;
+    o.max_steps = 1;
+    o.batch_size = 4;
+    o.metric = "loss";
+    o.progress = false;
+    o.run_dir = temp_dir("trainer_l0_" + std::to_string(int(l0_weight)));
+    train::Trainer trainer(train::TrainTarget::with_deltas(*model, {d.get()}, "diff_pruning"), o);
+    const train::TrainResult r = trainer.train(set, nullptr);
+    fs::remove_all(o.run_dir);
+    return r.losses.at(0);
+  };
+  const double gate_open = 1.0 / (1.0 + std::exp(-(3.0 - 2.0 / 3.0 * std::log(0.1 / 1.1))));
+  EXPECT_NEAR(first_loss(5.0) - first_loss(0.0), 5.0 * gate_open, 1e-3);
 }
 
 // Learned masks: the forward equals the base model with the pruned weights set to zero, and the save
