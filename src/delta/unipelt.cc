@@ -214,6 +214,7 @@ class UniPelt : public Delta, public CompositeDelta {
     eh.erase(std::remove(eh.begin(), eh.end(), std::static_pointer_cast<EmbeddingHook>(capture_)), eh.end());
     linear_.clear();
     prefix_hooks_.clear();
+    gate_names_.clear();  // the gates themselves stay in gates_ for a re-attach
     capture_.reset();
     model_ = nullptr;
   }
