@@ -21,6 +21,8 @@
 #include "deltatune/optim.h"
 #include "deltatune/threads.h"
 
+extern "C" char* openblas_get_corename(void);
+
 namespace {
 using deltatune::Tensor;
 using deltatune::cli::ExitError;
@@ -183,7 +185,8 @@ void run(const Options& o) {
                {"tokens_per_s", round1(double(o.batch * o.seq) / med)},
                {"peak_rss_mib", round1(peak_rss_mib())},
                {"trainable", trainable},
-               {"total", total}};
+               {"total", total},
+               {"blas_core", openblas_get_corename()}};
   std::printf("%s\n", line.dump().c_str());
   std::fflush(stdout);
 }

@@ -118,6 +118,11 @@ class Tensor {
   Tensor detach() const;  // shares storage, not recorded
 
   bool same(const Tensor& o) const { return impl_ == o.impl_; }
+  // True when this handle is the only one on its TensorImpl and that impl the only user of its
+  // storage: nothing else can observe an in-place change (autograd adopts such buffers, no copy).
+  bool uniquely_owned() const {
+    return impl_ && impl_.use_count() == 1 && impl_->storage && impl_->storage.use_count() == 1;
+  }
 
  private:
   std::shared_ptr<TensorImpl> impl_;

@@ -34,10 +34,21 @@ Tensor record(const char* name, Tensor output, std::vector<Tensor> inputs, Backw
 }
 
 namespace {
+// `t` is contiguous float32 of `shape`, covers its whole storage, and nothing else refers to it.
+bool owns_dense_f32(const Tensor& t, const Shape& shape) {
+  return t.uniquely_owned() && t.dtype() == DType::F32 && t.shape() == shape && t.is_contiguous() &&
+         t.offset() == 0 && t.device() == Device::CPU && t.storage()->bytes == size_t(t.numel()) * sizeof(float);
+}
+
 // Adds g into a leaf's gradient buffer (created on first use, float32, the leaf's shape).
 void accumulate_leaf(const Tensor& leaf, const Tensor& g) {
   TensorImpl* impl = leaf.impl();
   if (!impl->grad) {
+    // A gradient nobody else holds (a backward rule's fresh result) becomes the buffer as is.
+    if (owns_dense_f32(g, leaf.shape())) {
+      impl->grad = std::make_shared<TensorImpl>(*g.impl());
+      return;
+    }
     // A fresh buffer of the leaf's own: later in-place adds must never alias another tensor.
     Tensor owned = Tensor::empty(leaf.shape());
     owned.copy_(g);
@@ -99,6 +110,7 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
       if (Node* next = in.grad_fn().get()) {
         auto p = pending.find(next);
         if (p == pending.end()) pending.emplace(next, grads[i]);
+        else if (owns_dense_f32(p->second, in.shape())) ops::add_(p->second, grads[i]);  // no new buffer
         else p->second = ops::add(p->second, grads[i]);
       } else {
         accumulate_leaf(in, grads[i]);
