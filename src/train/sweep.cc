@@ -1,0 +1,500 @@
+// The method-comparison sweep (see include/deltatune/sweep.h): plans the grid, runs each unfinished
+// cell in-process (few-shot sampling, model + delta, Trainer with early stopping on the few-shot dev
+// set, test metrics and timed inference), and builds the tables and the plot from the summaries.
+#include "deltatune/sweep.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "deltatune/data.h"
+#include "deltatune/delta.h"
+#include "deltatune/error.h"
+#include "deltatune/metrics.h"
+#include "deltatune/model.h"
+#include "deltatune/tokenizer.h"
+#include "deltatune/trainer.h"
+#include "train/files.h"
+
+namespace deltatune::train {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const std::vector<SweepMethod>& sweep_methods() {
+  static const std::vector<SweepMethod> methods = {
+      {"full", nullptr, 2e-5, "full fine-tuning (every weight)"},
+      {"bitfit", {{"method", "bitfit"}}, 1e-4, "BitFit: biases only"},
+      {"houlsby", {{"method", "adapter"}, {"variant", "houlsby"}, {"reduction_factor", 16}}, 1e-4,
+       "Houlsby adapter (after attention and feed-forward), reduction factor 16"},
+      {"pfeiffer", {{"method", "adapter"}, {"variant", "pfeiffer"}, {"reduction_factor", 16}}, 1e-4,
+       "Pfeiffer adapter (after the feed-forward), reduction factor 16"},
+      {"prefix", {{"method", "prefix"}, {"num_virtual_tokens", 10}, {"projection", true}}, 2e-4,
+       "prefix tuning, 10 tokens, MLP reparameterisation"},
+      {"prompt", {{"method", "prompt"}, {"num_virtual_tokens", 10}}, 5e-4, "prompt tuning, 10 tokens"},
+      {"lora", {{"method", "lora"}, {"r", 8}, {"alpha", 16}, {"targets", {"attn.q", "attn.v"}}}, 5e-4,
+       "LoRA r 8, alpha 16 on query and value"},
+      {"ia3", {{"method", "ia3"}}, 5e-4, "IA3 (keys, values, feed-forward)"},
+      {"unipelt-ap", {{"method", "unipelt"}, {"variant", "AP"}}, 5e-4, "UniPELT (AP): gated adapter + prefix"},
+      {"unipelt-apl", {{"method", "unipelt"}, {"variant", "APL"}}, 5e-4,
+       "UniPELT (APL): gated adapter + prefix + LoRA"},
+  };
+  return methods;
+}
+
+const SweepMethod& sweep_method(const std::string& name) {
+  std::string names;
+  for (const auto& m : sweep_methods()) {
+    if (m.name == name) return m;
+    names += (names.empty() ? "" : ", ") + m.name;
+  }
+  throw ConfigError("sweep: unknown method '" + name + "' (known: " + names + ")");
+}
+
+namespace {
+
+std::string task_name(const fs::path& dir) {
+  fs::path p = dir;
+  if (p.filename().empty()) p = p.parent_path();
+  return p.filename().string();
+}
+
+json read_json_file(const fs::path& file) {
+  return json::parse(train_detail::read_file(file));
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+std::vector<SweepRun> sweep_plan(const SweepOptions& o) {
+  if (o.tasks.empty()) throw ConfigError("sweep: no tasks given");
+  if (o.methods.empty()) throw ConfigError("sweep: no methods given");
+  if (o.k_shots.empty() || o.seeds.empty()) throw ConfigError("sweep: no K-shot sizes or no seeds given");
+  for (const auto& m : o.methods) sweep_method(m);  // unknown names fail before any run
+  for (int64_t k : o.k_shots)
+    if (k <= 0) throw ConfigError("sweep: K must be positive, got " + std::to_string(k));
+  std::vector<SweepRun> plan;
+  for (uint64_t seed : o.seeds)
+    for (int64_t k : o.k_shots)
+      for (const auto& task_dir : o.tasks)
+        for (const auto& method : o.methods) {
+          SweepRun r;
+          r.method = method;
+          r.task = task_name(task_dir);
+          r.task_dir = task_dir;
+          r.k = k;
+          r.seed = seed;
+          r.dir = o.out_dir / r.task / ("k" + std::to_string(k)) / method / ("seed" + std::to_string(seed));
+          plan.push_back(std::move(r));
+        }
+  return plan;
+}
+
+bool sweep_run_finished(const SweepRun& run) { return fs::is_regular_file(run.dir / "summary.json"); }
+
+json run_sweep_cell(const SweepOptions& o, const SweepRun& run) {
+  const auto started = std::chrono::steady_clock::now();
+  const SweepMethod& method = sweep_method(run.method);
+
+  // Few-shot data: the training set shuffled with the seed, K to train, the next (<= max_dev) as dev.
+  data::Task task = data::load_task(run.task_dir);
+  data::FewShot shot = data::few_shot(task.train, run.k, run.seed);
+  if (o.max_dev > 0 && int64_t(shot.dev.size()) > o.max_dev) shot.dev.resize(size_t(o.max_dev));
+  std::vector<data::Example> test = task.test.empty() ? task.dev : task.test;
+  if (o.max_test > 0 && int64_t(test.size()) > o.max_test) test.resize(size_t(o.max_test));
+  // Labels come from the whole training set, so a K-shot sample missing a class still has its column.
+  data::LabelMap labels = data::LabelMap::from_examples(task.train);
+  data::assign_labels(shot.train, labels);
+  data::assign_labels(shot.dev, labels);
+  data::assign_labels(test, labels);
+
+  auto tokenizer = Tokenizer::load(o.model_dir);
+  LoadOptions load;
+  load.head = HeadKind::SequenceClassification;
+  load.num_labels = labels.size();
+  load.seed = run.seed;
+  load.verbose = false;
+  std::unique_ptr<TransformerModel> model = load_pretrained(o.model_dir, load);
+  model->dropout_rng.seed(run.seed);
+
+  std::unique_ptr<delta::Delta> delta;
+  TrainTarget target;
+  if (method.delta_config.is_null()) {
+    target = TrainTarget::full(*model);
+  } else {
+    delta = delta::make_delta(method.delta_config);
+    delta->seed = run.seed;
+    delta->attach(*model);
+    target = TrainTarget::with_deltas(*model, {delta.get()}, run.method);
+  }
+
+  const data::EncodedDataset train_set = data::encode(shot.train, *tokenizer, o.max_length);
+  const data::EncodedDataset dev_set = data::encode(shot.dev, *tokenizer, o.max_length);
+  const data::EncodedDataset test_set = data::encode(test, *tokenizer, o.max_length);
+
+  TrainOptions options;
+  auto ke = o.epochs_for_k.find(run.k);
+  options.epochs = ke != o.epochs_for_k.end() ? ke->second : o.epochs;
+  options.max_steps = o.max_steps;
+  options.lr = (o.lr ? *o.lr : method.lr) * o.lr_scale;
+  options.batch_size = o.batch_size;
+  options.seed = run.seed;
+  options.eval_every = o.eval_every;
+  options.patience = o.patience;
+  options.metric = "accuracy";
+  options.run_dir = run.dir;
+  options.progress = false;
+  // The best dev weights are reloaded below from best/ onto a fresh model (load_trained reads every
+  // method's saved form, e.g. prefix tuning's collapsed MLP, which the live delta cannot take back).
+  options.restore_best = false;
+
+  // A run interrupted before its summary starts again from scratch (its old files are removed).
+  fs::remove_all(run.dir);
+  fs::create_directories(run.dir);
+  labels.save(run.dir / "labels.json");
+  Trainer trainer(target, options);
+  TrainResult result = trainer.train(train_set, dev_set.size() > 0 ? &dev_set : nullptr);
+  TransformerModel* tested = model.get();
+  std::unique_ptr<TransformerModel> best_model;
+  LoadedTrained best_loaded;
+  if (result.best_step >= 0 && result.best_step != result.steps && fs::exists(run.dir / "best")) {
+    best_model = load_pretrained(o.model_dir, load);
+    best_loaded = load_trained(run.dir / "best", *best_model);
+    tested = best_model.get();
+  }
+
+  // Inference: the test set once, timed (after one warm-up batch, so first-touch costs do not count).
+  {
+    data::EncodedDataset warm;
+    warm.examples.assign(test_set.examples.begin(),
+                         test_set.examples.begin() + std::min<size_t>(test_set.size(), 8));
+    predict(*tested, warm, 64);
+  }
+  const auto infer_start = std::chrono::steady_clock::now();
+  Predictions p = predict(*tested, test_set, 64);
+  const double infer_seconds = seconds_since(infer_start);
+  json test_metrics = metrics::classification_metrics(p.predicted, p.labels);
+  test_metrics["loss"] = p.loss;
+
+  if (!o.keep_weights) {
+    fs::remove_all(run.dir / "checkpoint");
+    fs::remove_all(run.dir / "best");
+  }
+  json summary = {
+      {"method", run.method},
+      {"task", run.task},
+      {"task_dir", run.task_dir.string()},
+      {"k", run.k},
+      {"seed", run.seed},
+      {"model", o.model_dir.string()},
+      {"delta_config", method.delta_config},
+      {"lr", options.lr},
+      {"epochs", options.epochs},
+      {"patience", o.patience},
+      {"eval_every", o.eval_every},
+      {"max_steps", o.max_steps},
+      {"batch_size", o.batch_size},
+      {"max_length", o.max_length},
+      {"train_examples", train_set.size()},
+      {"dev_examples", dev_set.size()},
+      {"test_examples", test_set.size()},
+      {"trainable_params", result.trainable},
+      {"total_params", result.total},
+      {"steps", result.steps},
+      {"best_step", result.best_step},
+      {"stop_reason", result.stop_reason},
+      {"dev", result.best_dev},
+      {"test", test_metrics},
+      {"train_seconds", result.seconds},
+      {"infer_seconds", infer_seconds},
+      {"total_seconds", seconds_since(started)}};
+  train_detail::write_file_atomic(run.dir / "summary.json", summary.dump(2) + "\n");
+  return summary;
+}
+
+SweepReport run_sweep(const SweepOptions& o) {
+  if (o.shard_count < 1 || o.shard_index < 0 || o.shard_index >= o.shard_count)
+    throw ConfigError("sweep: shard must be i/n with 0 <= i < n, got " + std::to_string(o.shard_index) + "/" +
+                      std::to_string(o.shard_count));
+  if (!o.only_method.empty()) sweep_method(o.only_method);
+  const std::vector<SweepRun> plan = sweep_plan(o);
+  SweepReport report;
+  report.planned = int64_t(plan.size());
+  fs::create_directories(o.out_dir);
+  std::vector<const SweepRun*> mine;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const SweepRun& r = plan[i];
+    if (int64_t(i % size_t(o.shard_count)) != o.shard_index ||
+        (!o.only_method.empty() && r.method != o.only_method) || (!o.only_task.empty() && r.task != o.only_task)) {
+      ++report.other_shards;
+      continue;
+    }
+    if (sweep_run_finished(r)) {
+      ++report.skipped;
+      continue;
+    }
+    mine.push_back(&r);
+  }
+  const auto started = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < mine.size(); ++i) {
+    const SweepRun& r = *mine[i];
+    if (o.progress)
+      std::fprintf(stderr, "[%zu/%zu] %s k=%lld seed=%llu %s ...\n", i + 1, mine.size(), r.task.c_str(),
+                   (long long)r.k, (unsigned long long)r.seed, r.method.c_str());
+    try {
+      const json s = run_sweep_cell(o, r);
+      ++report.ran;
+      if (o.progress)
+        std::fprintf(stderr, "  test accuracy %.4f, %lld steps (%s), train %.1f s, inference %.2f s; %.0f s elapsed\n",
+                     s["test"]["accuracy"].get<double>(), (long long)s["steps"].get<int64_t>(),
+                     s["stop_reason"].get<std::string>().c_str(), s["train_seconds"].get<double>(),
+                     s["infer_seconds"].get<double>(), seconds_since(started));
+    } catch (const std::exception& e) {
+      ++report.failed;
+      report.failures.push_back(r.dir.string() + ": " + e.what());
+      if (o.progress) std::fprintf(stderr, "  FAILED: %s\n", e.what());
+    }
+    // The tables grow as runs finish, so a sweep stopped half way still leaves them.
+    std::vector<std::string> tasks;
+    for (const auto& t : o.tasks) tasks.push_back(task_name(t));
+    write_sweep_tables(o.out_dir, o.methods, tasks);
+  }
+  std::vector<std::string> tasks;
+  for (const auto& t : o.tasks) tasks.push_back(task_name(t));
+  write_sweep_tables(o.out_dir, o.methods, tasks);
+  return report;
+}
+
+// --- tables ---
+
+namespace {
+
+struct Stats {
+  double mean = 0, std = 0;
+  size_t n = 0;
+};
+Stats stats(const std::vector<double>& v) {
+  Stats s;
+  s.n = v.size();
+  if (v.empty()) return s;
+  for (double x : v) s.mean += x;
+  s.mean /= double(v.size());
+  if (v.size() > 1) {
+    double ss = 0;
+    for (double x : v) ss += (x - s.mean) * (x - s.mean);
+    s.std = std::sqrt(ss / double(v.size() - 1));  // sample standard deviation over seeds
+  }
+  return s;
+}
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+std::string xml_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '&') out += "&amp;";
+    else if (c == '<') out += "&lt;";
+    else if (c == '>') out += "&gt;";
+    else out += c;
+  }
+  return out;
+}
+
+// One row of a K-shot table.
+struct Row {
+  std::string method;
+  std::map<std::string, Stats> task;  // test accuracy x 100
+  bool complete = false;              // every task has a run
+  double avg = 0;                     // mean over tasks of the per-task means
+  double params_pct = 0;
+  double train_seconds = 0, infer_seconds = 0;  // means over runs
+  size_t runs = 0;
+};
+
+}  // namespace
+
+std::string write_sweep_tables(const fs::path& out_dir, const std::vector<std::string>& methods_in,
+                               const std::vector<std::string>& tasks_in) {
+  // Collect every finished run.
+  std::vector<json> runs;
+  if (fs::is_directory(out_dir))
+    for (const auto& e : fs::recursive_directory_iterator(out_dir))
+      if (e.is_regular_file() && e.path().filename() == "summary.json") {
+        try {
+          json s = read_json_file(e.path());
+          if (s.contains("method") && s.contains("k") && s.contains("test")) runs.push_back(std::move(s));
+        } catch (const std::exception&) {
+          // a file being written by another shard: it will be counted by the next rebuild
+        }
+      }
+  std::vector<std::string> methods = methods_in, tasks = tasks_in;
+  std::set<int64_t> ks;
+  for (const auto& s : runs) {
+    ks.insert(s["k"].get<int64_t>());
+    const std::string m = s["method"], t = s["task"];
+    if (methods_in.empty() && std::find(methods.begin(), methods.end(), m) == methods.end()) methods.push_back(m);
+    if (tasks_in.empty() && std::find(tasks.begin(), tasks.end(), t) == tasks.end()) tasks.push_back(t);
+  }
+
+  std::string md;
+  std::string csv = "k,method";
+  for (const auto& t : tasks) csv += "," + t + "_mean," + t + "_std";
+  csv += ",average,trainable_params_pct,train_time_rel_full,inference_time_rel_full,train_seconds,"
+         "inference_seconds,runs\n";
+  std::map<int64_t, std::vector<Row>> all_rows;
+
+  for (int64_t k : ks) {
+    std::vector<Row> rows;
+    for (const auto& m : methods) {
+      Row row;
+      row.method = m;
+      std::vector<double> train_s, infer_s, pct;
+      for (const auto& t : tasks) {
+        std::vector<double> acc;
+        for (const auto& s : runs)
+          if (s["k"] == k && s["method"] == m && s["task"] == t) {
+            acc.push_back(100.0 * s["test"]["accuracy"].get<double>());
+            train_s.push_back(s["train_seconds"].get<double>());
+            // inference per test example, so runs on differently sized test sets compare
+            infer_s.push_back(s["infer_seconds"].get<double>() /
+                              std::max<double>(1.0, s["test_examples"].get<double>()));
+            pct.push_back(100.0 * s["trainable_params"].get<double>() / s["total_params"].get<double>());
+          }
+        if (!acc.empty()) row.task[t] = stats(acc);
+      }
+      row.runs = train_s.size();
+      if (row.runs == 0) continue;
+      row.complete = row.task.size() == tasks.size();
+      for (auto& [_, st] : row.task) row.avg += st.mean / double(row.task.size());
+      row.train_seconds = stats(train_s).mean;
+      row.infer_seconds = stats(infer_s).mean;
+      row.params_pct = stats(pct).mean;
+      rows.push_back(std::move(row));
+    }
+    const Row* full = nullptr;
+    for (const auto& r : rows)
+      if (r.method == "full") full = &r;
+    // Best mean per task column and for the average (bold in the markdown).
+    std::map<std::string, double> best;
+    double best_avg = -1;
+    for (const auto& r : rows) {
+      for (auto& [t, st] : r.task) best[t] = std::max(best.count(t) ? best[t] : -1.0, st.mean);
+      if (r.complete) best_avg = std::max(best_avg, r.avg);
+    }
+
+    md += "### K = " + std::to_string(k) + "\n\n| method |";
+    for (const auto& t : tasks) md += " " + t + " |";
+    md += " avg | trainable params | train time | inference time |\n|---|";
+    for (size_t i = 0; i < tasks.size(); ++i) md += "---:|";
+    md += "---:|---:|---:|---:|\n";
+    for (const auto& r : rows) {
+      md += "| " + r.method + " |";
+      csv += std::to_string(k) + "," + r.method;
+      for (const auto& t : tasks) {
+        auto it = r.task.find(t);
+        if (it == r.task.end()) {
+          md += " – |";
+          csv += ",,";
+          continue;
+        }
+        std::string cell = fmt("%.1f", it->second.mean) + " ± " + fmt("%.1f", it->second.std);
+        if (it->second.n < 2) cell += " (n=" + std::to_string(it->second.n) + ")";
+        if (it->second.mean >= best[t]) cell = "**" + cell + "**";
+        md += " " + cell + " |";
+        csv += "," + fmt("%.4f", it->second.mean) + "," + fmt("%.4f", it->second.std);
+      }
+      std::string avg = r.complete ? fmt("%.1f", r.avg) : fmt("%.1f", r.avg) + " (partial)";
+      if (r.complete && r.avg >= best_avg) avg = "**" + avg + "**";
+      const bool rel = full && full->train_seconds > 0 && full->infer_seconds > 0;
+      md += " " + avg + " | " + fmt(r.params_pct >= 1 ? "%.1f%%" : "%.3f%%", r.params_pct) + " | " +
+            (rel ? fmt("%.2f×", r.train_seconds / full->train_seconds) : fmt("%.1f s", r.train_seconds)) + " | " +
+            (rel ? fmt("%.2f×", r.infer_seconds / full->infer_seconds)
+                 : fmt("%.2f ms/ex", 1000 * r.infer_seconds)) +
+            " |\n";
+      csv += "," + (r.complete ? fmt("%.4f", r.avg) : std::string()) + "," + fmt("%.5f", r.params_pct) + "," +
+             (rel ? fmt("%.4f", r.train_seconds / full->train_seconds) : std::string()) + "," +
+             (rel ? fmt("%.4f", r.infer_seconds / full->infer_seconds) : std::string()) + "," +
+             fmt("%.3f", r.train_seconds) + "," + fmt("%.6f", r.infer_seconds * 1000) + "," +
+             std::to_string(r.runs) + "\n";
+    }
+    md += "\n";
+    all_rows[k] = std::move(rows);
+  }
+  if (md.empty()) md = "(no finished runs yet)\n";
+  md = "Test accuracy (%), mean ± sample std over seeds; avg = mean over the tasks; trainable params include "
+       "the classification head, as % of the model's parameters; train time (training with its dev "
+       "evaluations) and inference time (per test example) relative to full fine-tuning at the same K. "
+       "Best per column in bold.\n\n" +
+       md;
+
+  // The plot: average accuracy per method, one bar per K.
+  std::string svg;
+  {
+    const std::vector<std::string> colors = {"#4878d0", "#ee854a", "#6acc64", "#d65f5f", "#956cb4"};
+    const double W = 760, H = 360, left = 56, right = 16, top = 34, bottom = 92;
+    const size_t nm = methods.size();
+    std::vector<int64_t> klist(ks.begin(), ks.end());
+    double lo = 100, hi = 0;
+    for (auto& [k, rows] : all_rows)
+      for (auto& r : rows) lo = std::min(lo, r.avg), hi = std::max(hi, r.avg);
+    if (hi < lo) lo = 0, hi = 100;
+    lo = std::max(0.0, std::floor((lo - 5) / 10) * 10);
+    hi = std::min(100.0, std::ceil((hi + 2) / 10) * 10);
+    if (hi <= lo) hi = lo + 10;
+    auto py = [&](double v) { return top + (H - top - bottom) * (1 - (v - lo) / (hi - lo)); };
+    const double group = (W - left - right) / double(std::max<size_t>(1, nm));
+    const double bar = group * 0.8 / double(std::max<size_t>(1, klist.size()));
+    svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + fmt("%.0f", W) + "\" height=\"" + fmt("%.0f", H) +
+          "\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+    svg += "<text x=\"" + fmt("%.0f", W / 2) +
+           "\" y=\"16\" text-anchor=\"middle\" font-size=\"13\">average test accuracy over tasks (%)</text>\n";
+    for (double v = lo; v <= hi + 1e-9; v += 10) {
+      svg += "<line x1=\"" + fmt("%.1f", left) + "\" y1=\"" + fmt("%.1f", py(v)) + "\" x2=\"" + fmt("%.1f", W - right) +
+             "\" y2=\"" + fmt("%.1f", py(v)) + "\" stroke=\"#ddd\"/>";
+      svg += "<text x=\"" + fmt("%.1f", left - 6) + "\" y=\"" + fmt("%.1f", py(v) + 4) + "\" text-anchor=\"end\">" +
+             fmt("%.0f", v) + "</text>\n";
+    }
+    for (size_t mi = 0; mi < nm; ++mi) {
+      const double gx = left + group * double(mi) + group * 0.1;
+      for (size_t ki = 0; ki < klist.size(); ++ki) {
+        for (const auto& r : all_rows[klist[ki]])
+          if (r.method == methods[mi]) {
+            const double x = gx + bar * double(ki), y = py(r.avg);
+            svg += "<rect x=\"" + fmt("%.1f", x) + "\" y=\"" + fmt("%.1f", y) + "\" width=\"" + fmt("%.1f", bar * 0.92) +
+                   "\" height=\"" + fmt("%.1f", py(lo) - y) + "\" fill=\"" + colors[ki % colors.size()] +
+                   (r.complete ? "" : "\" fill-opacity=\"0.4") + "\"><title>" + xml_escape(r.method) + " K=" +
+                   std::to_string(klist[ki]) + ": " + fmt("%.1f", r.avg) + "</title></rect>\n";
+          }
+      }
+      const double cx = left + group * (double(mi) + 0.5), cy = H - bottom + 12;
+      svg += "<text x=\"" + fmt("%.1f", cx) + "\" y=\"" + fmt("%.1f", cy) + "\" text-anchor=\"end\" transform=\"rotate(-35 " +
+             fmt("%.1f", cx) + " " + fmt("%.1f", cy) + ")\">" + xml_escape(methods[mi]) + "</text>\n";
+    }
+    svg += "<line x1=\"" + fmt("%.1f", left) + "\" y1=\"" + fmt("%.1f", py(lo)) + "\" x2=\"" + fmt("%.1f", W - right) +
+           "\" y2=\"" + fmt("%.1f", py(lo)) + "\" stroke=\"black\"/>\n";
+    for (size_t ki = 0; ki < klist.size(); ++ki) {
+      const double lx = W - right - 90 * double(klist.size() - ki);
+      svg += "<rect x=\"" + fmt("%.1f", lx) + "\" y=\"24\" width=\"12\" height=\"10\" fill=\"" +
+             colors[ki % colors.size()] + "\"/><text x=\"" + fmt("%.1f", lx + 16) + "\" y=\"33\">K = " +
+             std::to_string(klist[ki]) + "</text>\n";
+    }
+    svg += "</svg>\n";
+  }
+  train_detail::write_file_atomic(out_dir / "table.md", md);
+  train_detail::write_file_atomic(out_dir / "table.csv", csv);
+  train_detail::write_file_atomic(out_dir / "plot.svg", svg);
+  return md;
+}
+
+}  // namespace deltatune::train
