@@ -5,6 +5,8 @@
 #include "temp_dir.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta_io.h"
+#include "deltatune/error.h"
+#include "deltatune/ops.h"
 #include "deltatune/merge.h"
 #include "model_compare.h"
 
@@ -57,4 +59,111 @@ TEST(Merge, UnmergeRestoresTheBase) {
   }
   EXPECT_GT(moved, 1e-4);  // merging changed the weights
   EXPECT_LT(worst, 1e-5);  // and unmerging restored them
+}
+
+namespace {
+// Gives every parameter of an attached delta random values (so B != 0 and scales != 1).
+void randomise(delta::Delta& d, uint64_t seed) {
+  Generator gen(seed);
+  std::map<std::string, Tensor> values;
+  for (auto& [name, t] : d.parameters()) values[name] = ops::add_scalar(Tensor::randn(t.shape(), gen, 0.2f), name.find("ia3_l") != std::string::npos ? 1.0f : 0.0f);
+  d.load_parameters(values);
+}
+
+ModelInput sample_input() {
+  ModelInput in;
+  in.input_ids = Tensor::from_ints({101, 2023, 3185, 2001, 2307, 102, 101, 7592, 102, 0}, {2, 5});
+  in.attention_mask = Tensor::from_ints({1, 1, 1, 1, 1, 1, 1, 1, 1, 0}, {2, 5});
+  return in;
+}
+
+float max_abs_diff(const Tensor& a, const Tensor& b) {
+  std::vector<float> x = a.contiguous().to_floats(), y = b.contiguous().to_floats();
+  float m = 0;
+  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::fabs(x[i] - y[i]));
+  return m;
+}
+}  // namespace
+
+// Merged weights compute what the attached delta computed; unmerge (where defined) restores the base.
+class MergeEquivalence : public ::testing::TestWithParam<std::pair<std::string, std::string>> {};
+
+TEST_P(MergeEquivalence, MergedEqualsAttached) {
+  const auto [model_name, config] = GetParam();
+  LoadOptions options;
+  options.verbose = false;
+  auto model = load_pretrained(golden::model_dir(model_name), options);
+  NoGradGuard no_grad;
+  ModelInput in = sample_input();
+  Tensor base = model->forward(in).logits;
+  auto d = delta::make_delta(nlohmann::json::parse(config));
+  d->attach(*model);
+  randomise(*d, 5);
+  Tensor with_delta = model->forward(in).logits;
+  ASSERT_GT(max_abs_diff(with_delta, base), 1e-3) << "the delta must change the outputs";
+  delta::merge_into(*model, *d);
+  Tensor merged = model->forward(in).logits;
+  EXPECT_LT(max_abs_diff(merged, with_delta), 1e-4) << config;
+  if (d->config().value("bias", std::string("none")) == "none") {
+    delta::unmerge_from(*model, *d);
+    EXPECT_LT(max_abs_diff(model->forward(in).logits, base), 1e-4) << config;
+  } else {
+    EXPECT_THROW(delta::unmerge_from(*model, *d), ConfigError);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Methods, MergeEquivalence,
+    ::testing::Values(std::make_pair("bert-mini", R"({"method": "ia3"})"),
+                      std::make_pair("gpt2-mini", R"({"method": "ia3", "targets": ["c_attn", "mlp.c_proj"], "feedforward": ["mlp.c_proj"]})"),
+                      std::make_pair("bert-mini", R"({"method": "lora", "r": 4, "targets": ["attn.q", "attn.v"], "bias": "all"})"),
+                      std::make_pair("gpt2-mini", R"({"method": "lora", "r": 4, "targets": ["c_attn"], "bias": "lora_only"})"),
+                      std::make_pair("llama-mini", R"({"method": "lora", "r": 4, "targets": ["embed", "attn.v"]})")));
+
+TEST(Merge, GoldenIa3MergedReproducesPeft) {
+  // PEFT's IA3 adapter folded into llama-mini's weights computes PEFT's outputs with the adapter.
+  fs::path out = test_support::temp_dir("merge_ia3");
+  auto r = cli_test::run("merge --model " + cli_test::quote(golden::model_dir("llama-mini").string()) + " --delta " +
+                         cli_test::quote((golden::dir() / "adapters/llama-ia3").string()) + " --out " +
+                         cli_test::quote(out.string()));
+  ASSERT_EQ(r.code, 0) << r.output;
+  auto expected = golden::outputs("llama-ia3");
+  LoadOptions options;
+  options.verbose = false;
+  auto merged = load_pretrained(out, options);
+  NoGradGuard no_grad;
+  auto cmp = golden::compare(merged->forward(golden::input_of(expected)), expected);
+  EXPECT_LT(cmp.max_logits, 1e-4);
+  EXPECT_GT(cmp.positions, 50);
+  fs::remove_all(out);
+}
+
+TEST(Merge, UnmergeableDeltasSayWhy) {
+  LoadOptions options;
+  options.verbose = false;
+  auto model = load_pretrained(golden::model_dir("bert-mini"), options);
+  auto d = delta::make_delta(nlohmann::json::parse(R"({"method": "adapter", "variant": "pfeiffer"})"));
+  d->attach(*model);
+  try {
+    delta::merge_into(*model, *d);
+    FAIL() << "an adapter cannot be merged";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("ia3"), std::string::npos) << e.what();  // lists what can
+  }
+}
+
+TEST(Merge, LoraOnATiedEmbeddingIsRefused) {
+  // bert-mini's MLM decoder is tied to the word embeddings: merging would change the head too.
+  LoadOptions options;
+  options.verbose = false;
+  auto model = load_pretrained(golden::model_dir("bert-mini"), options);
+  auto d = delta::make_delta(nlohmann::json::parse(R"({"method": "lora", "r": 4, "targets": ["embed"]})"));
+  d->attach(*model);
+  randomise(*d, 3);
+  try {
+    delta::merge_into(*model, *d);
+    FAIL() << "a tied embedding must not be merged";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("tied"), std::string::npos) << e.what();
+  }
 }

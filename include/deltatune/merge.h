@@ -6,10 +6,14 @@
 
 namespace deltatune::delta {
 
-// W += scaling * B A for each LoRA target (DoRA: W = m / ||W + s B A|| * (W + s B A)); the delta's
-// hooks are then detached. Throws ConfigError for methods that cannot be merged, saying why.
+// W += scaling * B A for each LoRA target (DoRA: W = m / ||W + s B A|| * (W + s B A)); LoRA on an
+// embedding table adds s (B A)^T to it; biases a LoRA trained (bias "all"/"lora_only") replace the
+// model's; IA3 multiplies the weight's rows (and the bias) or, on feed-forward layers, its columns by
+// its vector. The delta's hooks are then detached. Throws ConfigError for methods that cannot be
+// merged (UniPELT's gated LoRA, adapters, prefixes, ...), saying why.
 void merge_into(TransformerModel& model, Delta& delta);
-// The inverse of merge_into for LoRA (W -= scaling * B A): restores the base within float rounding.
+// The inverse of merge_into for LoRA (W -= scaling * B A) and IA3 (divides by the vector): restores the
+// base within float rounding. DoRA and LoRA with trained biases cannot be undone (reload the base).
 void unmerge_from(TransformerModel& model, Delta& delta);
 // Writes the model as a Hugging Face checkpoint folder (config.json, model.safetensors, and the
 // tokenizer files copied from `source_dir`), loadable by transformers.

@@ -31,20 +31,66 @@ std::map<std::string, LoraFactors> lora_factors(Delta& delta) {
   return out;
 }
 
+// IA3: a vector scales a layer's output rows (and its bias) or, on feed-forward layers, its input
+// columns; merging multiplies the weight by it and unmerging divides (PEFT adds 1e-8 to the divisor).
+void apply_ia3(TransformerModel& model, Delta& delta, float sign) {
+  for (auto& [name, l] : delta.parameters()) {
+    const std::string path = name.substr(0, name.size() - std::string(".ia3_l").size());
+    auto* layer = dynamic_cast<nn::Linear*>(model.find_module(path));
+    if (!layer) throw ConfigError("merge: '" + path + "' is not a linear layer of this model");
+    // Shapes tell the kind: [1, in] scales inputs (feed-forward), [out, 1] outputs.
+    const bool feedforward = l.size(0) == 1 && l.size(1) == layer->in_features && layer->in_features > 1;
+    std::vector<float> v = l.to_floats();
+    if (sign < 0)
+      for (auto& x : v) x = 1.0f / (x + 1e-8f);
+    Tensor w = layer->weight_out_in().float32().contiguous().clone();  // [out, in]
+    float* d = w.f32();
+    const int64_t out = layer->out_features, in = layer->in_features;
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t i = 0; i < in; ++i) d[o * in + i] *= feedforward ? v[size_t(i)] : v[size_t(o)];
+    Tensor stored = layer->fan_in_fan_out ? w.t().contiguous() : w;
+    layer->weight() = stored.to(layer->weight().dtype()).contiguous().detach();
+    if (!feedforward && layer->bias().defined()) {
+      Tensor b = layer->bias().float32().contiguous().clone();
+      for (int64_t o = 0; o < out; ++o) b.f32()[o] *= v[size_t(o)];
+      layer->bias() = b.to(layer->bias().dtype()).contiguous().detach();
+    }
+  }
+}
+
+// LoRA on an embedding table: E += s (B A)^T, as PEFT's Embedding.get_delta_weight.
+void apply_lora_embedding(TransformerModel& model, const std::string& path, const Tensor& A, const Tensor& B,
+                          double scaling, float sign) {
+  auto* emb = dynamic_cast<nn::Embedding*>(model.find_module(path));
+  if (!emb) throw ConfigError("merge: '" + path + "' is not an embedding table of this model");
+  // A tied LM head reads the same table: folding the delta in would change the head too, which the
+  // attached delta never does (it only changes the lookup).
+  if (model.config.tie_word_embeddings && (model.head == HeadKind::CausalLM || model.head == HeadKind::MaskedLM) &&
+      emb->weight().same(model.input_embeddings()))
+    throw ConfigError("merge: '" + path + "' is tied to the LM head (tie_word_embeddings), so folding a LoRA into it "
+                      "would change the head as well; use the delta as it is, or load the model without the LM head");
+  Tensor delta_e = ops::mul_scalar(ops::matmul(B, A).t().contiguous(), float(scaling) * sign);  // [vocab, dim]
+  Tensor merged = ops::add(emb->weight().float32(), delta_e);
+  emb->weight() = merged.to(emb->weight().dtype()).contiguous().detach();
+}
+
 void apply(TransformerModel& model, Delta& delta, float sign) {
   if (delta.method() == "unipelt")
     throw ConfigError("merge: UniPELT's LoRA is scaled by a gate computed from each input, so it cannot be "
                       "folded into fixed weights; use the delta as it is (deltatune eval/predict --delta)");
-  if (delta.method() != "lora")
-    throw ConfigError("merge: the " + delta.method() + " delta cannot be merged into the weights (supported: lora, dora)");
-  const nlohmann::json c = delta.config();
-  if (c.value("bias", std::string("none")) != "none")
-    throw ConfigError("merge: a LoRA trained with bias \"" + c.value("bias", std::string()) +
-                      "\" cannot be merged yet (supported: bias \"none\")");
-  for (auto& [name, _] : delta.parameters())
-    if (name.find(".lora_embedding_") != std::string::npos)
-      throw ConfigError("merge: LoRA on embeddings ('" + name + "') cannot be merged yet");
   NoGradGuard no_grad;
+  if (delta.method() == "ia3") return apply_ia3(model, delta, sign);
+  if (delta.method() != "lora")
+    throw ConfigError("merge: the " + delta.method() + " delta cannot be merged into the weights (supported: lora, dora, ia3)");
+  const nlohmann::json c = delta.config();
+  if (sign < 0 && c.value("bias", std::string("none")) != "none")
+    throw ConfigError("unmerge: a LoRA that trained biases replaced them; reload the base instead");
+  std::map<std::string, std::pair<Tensor, Tensor>> embeddings;  // path -> (A, B)
+  for (auto& [name, t] : delta.parameters()) {
+    if (auto at = name.find(".lora_embedding_A"); at != std::string::npos) embeddings[name.substr(0, at)].first = t;
+    if (auto at = name.find(".lora_embedding_B"); at != std::string::npos) embeddings[name.substr(0, at)].second = t;
+  }
+  for (auto& [path, ab] : embeddings) apply_lora_embedding(model, path, ab.first, ab.second, lora_shape(c, path).scaling, sign);
   for (auto& [path, f] : lora_factors(delta)) {
     auto* layer = dynamic_cast<nn::Linear*>(model.find_module(path));
     if (!layer) throw ConfigError("merge: '" + path + "' is not a linear layer of this model");
@@ -64,11 +110,28 @@ void apply(TransformerModel& model, Delta& delta, float sign) {
     layer->weight() = stored.to(layer->weight().dtype()).contiguous().detach();
   }
 }
+
+// LoRA's trained biases (bias "all" / "lora_only") replace the model's while attached and named as the
+// model's own (<module>.bias): they are copied in once the delta is detached.
+std::map<std::string, Tensor> trained_biases(Delta& delta) {
+  std::map<std::string, Tensor> out;
+  if (delta.method() != "lora" || delta.config().value("bias", std::string("none")) == "none") return out;
+  for (auto& [name, t] : delta.parameters())
+    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) out[name] = t.clone();
+  return out;
+}
 }  // namespace
 
 void merge_into(TransformerModel& model, Delta& delta) {
+  std::map<std::string, Tensor> biases = trained_biases(delta);
   apply(model, delta, 1.0f);
   delta.detach();
+  NoGradGuard no_grad;
+  for (auto& [name, b] : biases) {
+    Tensor* target = model.find_parameter(name);
+    if (!target) throw ConfigError("merge: the model has no parameter '" + name + "' for the trained bias");
+    *target = b.to(target->dtype()).contiguous().detach();
+  }
 }
 
 void unmerge_from(TransformerModel& model, Delta& delta) { apply(model, delta, -1.0f); }
