@@ -205,6 +205,8 @@ void save_peft(const fs::path& dir, Delta& delta, TransformerModel& model, const
   c["task_type"] = task.empty() ? nlohmann::json() : nlohmann::json(task);
   std::set<std::string> modules;
   for (auto& [n, _] : head) modules.insert(n.substr(0, n.rfind('.')));
+  // PEFT's sequence-classification wrapper always adds both usual head names to the config.
+  if (task == "SEQ_CLS") modules.insert({"classifier", "score"});
   c["modules_to_save"] = modules.empty() ? nlohmann::json() : nlohmann::json(std::vector<std::string>(modules.begin(), modules.end()));
   fs::create_directories(dir);
   std::map<std::string, Tensor> tensors;

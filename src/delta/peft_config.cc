@@ -189,8 +189,8 @@ nlohmann::json ia3_to_peft(Delta& delta, TransformerModel& model) {
   p["fan_in_fan_out"] = fan_in_fan_out;
   p["init_ia3_weights"] = c.value("init_ones", true);
   p["inference_mode"] = true;
-  p["layers_pattern"] = nullptr;
-  p["layers_to_transform"] = layers.empty() ? nlohmann::json() : nlohmann::json(layers);
+  // PEFT's IA3Config has no layers_to_transform: a layer selection is already in target_modules
+  // (minimal_suffixes leaves out the unselected layers' modules).
   p["revision"] = nullptr;
   p["auto_mapping"] = nullptr;
   p["peft_version"] = "0.21.0";

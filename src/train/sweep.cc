@@ -319,6 +319,7 @@ struct Row {
   double avg = 0;                     // mean over tasks of the per-task means
   double params_pct = 0;
   double train_seconds = 0, infer_seconds = 0;  // means over runs
+  double step_seconds = 0;  // mean over runs of train_seconds / steps (early stopping ends runs at different steps)
   size_t runs = 0;
 };
 
@@ -350,7 +351,7 @@ std::string write_sweep_tables(const fs::path& out_dir, const std::vector<std::s
   std::string md;
   std::string csv = "k,method";
   for (const auto& t : tasks) csv += "," + t + "_mean," + t + "_std";
-  csv += ",average,trainable_params_pct,train_time_rel_full,inference_time_rel_full,train_seconds,"
+  csv += ",average,trainable_params_pct,train_time_rel_full,step_time_rel_full,inference_time_rel_full,train_seconds,"
          "inference_seconds,runs\n";
   std::map<int64_t, std::vector<Row>> all_rows;
 
@@ -359,13 +360,14 @@ std::string write_sweep_tables(const fs::path& out_dir, const std::vector<std::s
     for (const auto& m : methods) {
       Row row;
       row.method = m;
-      std::vector<double> train_s, infer_s, pct;
+      std::vector<double> train_s, infer_s, step_s, pct;
       for (const auto& t : tasks) {
         std::vector<double> acc;
         for (const auto& s : runs)
           if (s["k"] == k && s["method"] == m && s["task"] == t) {
             acc.push_back(100.0 * s["test"]["accuracy"].get<double>());
             train_s.push_back(s["train_seconds"].get<double>());
+            step_s.push_back(s["train_seconds"].get<double>() / std::max<double>(1.0, s["steps"].get<double>()));
             // inference per test example, so runs on differently sized test sets compare
             infer_s.push_back(s["infer_seconds"].get<double>() /
                               std::max<double>(1.0, s["test_examples"].get<double>()));
@@ -379,6 +381,7 @@ std::string write_sweep_tables(const fs::path& out_dir, const std::vector<std::s
       for (auto& [_, st] : row.task) row.avg += st.mean / double(row.task.size());
       row.train_seconds = stats(train_s).mean;
       row.infer_seconds = stats(infer_s).mean;
+      row.step_seconds = stats(step_s).mean;
       row.params_pct = stats(pct).mean;
       rows.push_back(std::move(row));
     }
@@ -395,9 +398,9 @@ std::string write_sweep_tables(const fs::path& out_dir, const std::vector<std::s
 
     md += "### K = " + std::to_string(k) + "\n\n| method |";
     for (const auto& t : tasks) md += " " + t + " |";
-    md += " avg | trainable params | train time | inference time |\n|---|";
+    md += " avg | trainable params | train time | time per step | inference time |\n|---|";
     for (size_t i = 0; i < tasks.size(); ++i) md += "---:|";
-    md += "---:|---:|---:|---:|\n";
+    md += "---:|---:|---:|---:|---:|\n";
     for (const auto& r : rows) {
       md += "| " + r.method + " |";
       csv += std::to_string(k) + "," + r.method;
@@ -416,14 +419,16 @@ std::string write_sweep_tables(const fs::path& out_dir, const std::vector<std::s
       }
       std::string avg = r.complete ? fmt("%.1f", r.avg) : fmt("%.1f", r.avg) + " (partial)";
       if (r.complete && r.avg >= best_avg) avg = "**" + avg + "**";
-      const bool rel = full && full->train_seconds > 0 && full->infer_seconds > 0;
+      const bool rel = full && full->train_seconds > 0 && full->step_seconds > 0 && full->infer_seconds > 0;
       md += " " + avg + " | " + fmt(r.params_pct >= 1 ? "%.1f%%" : "%.3f%%", r.params_pct) + " | " +
             (rel ? fmt("%.2f×", r.train_seconds / full->train_seconds) : fmt("%.1f s", r.train_seconds)) + " | " +
+            (rel ? fmt("%.2f×", r.step_seconds / full->step_seconds) : fmt("%.3f s", r.step_seconds)) + " | " +
             (rel ? fmt("%.2f×", r.infer_seconds / full->infer_seconds)
                  : fmt("%.2f ms/ex", 1000 * r.infer_seconds)) +
             " |\n";
       csv += "," + (r.complete ? fmt("%.4f", r.avg) : std::string()) + "," + fmt("%.5f", r.params_pct) + "," +
              (rel ? fmt("%.4f", r.train_seconds / full->train_seconds) : std::string()) + "," +
+             (rel ? fmt("%.4f", r.step_seconds / full->step_seconds) : std::string()) + "," +
              (rel ? fmt("%.4f", r.infer_seconds / full->infer_seconds) : std::string()) + "," +
              fmt("%.3f", r.train_seconds) + "," + fmt("%.6f", r.infer_seconds * 1000) + "," +
              std::to_string(r.runs) + "\n";
@@ -433,8 +438,9 @@ std::string write_sweep_tables(const fs::path& out_dir, const std::vector<std::s
   }
   if (md.empty()) md = "(no finished runs yet)\n";
   md = "Test accuracy (%), mean ± sample std over seeds; avg = mean over the tasks; trainable params include "
-       "the classification head, as % of the model's parameters; train time (training with its dev "
-       "evaluations) and inference time (per test example) relative to full fine-tuning at the same K. "
+       "the classification head, as % of the model's parameters; train time (a run's training with its dev "
+       "evaluations; early stopping ends runs at different steps), time per step (train time / steps) and "
+       "inference time (per test example) relative to full fine-tuning at the same K. "
        "Best per column in bold.\n\n" +
        md;
 
