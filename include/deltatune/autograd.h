@@ -40,6 +40,10 @@ class NoGradGuard {
 // Captured tensors in `backward` must not include `output` itself (use output.detach()).
 Tensor record(const char* name, Tensor output, std::vector<Tensor> inputs, BackwardFn backward);
 
+// How many nodes have been recorded since the start of the process (all threads): tests use it to
+// check what a forward puts on the tape.
+uint64_t recorded_nodes();
+
 // Runs backward from `root` with the given output gradient.
 void run_backward(const Tensor& root, const Tensor& grad_output);
 

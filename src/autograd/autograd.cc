@@ -15,6 +15,7 @@ std::atomic<uint64_t> g_sequence{0};
 }  // namespace
 
 bool grad_enabled() { return g_grad_enabled; }
+uint64_t recorded_nodes() { return g_sequence.load(); }
 NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
 

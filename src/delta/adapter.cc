@@ -189,10 +189,7 @@ class Adapter : public Delta {
   }
 
   void detach() override {
-    for (auto& [layer, hook] : installed_) {
-      auto& hs = layer->hooks;
-      hs.erase(std::remove(hs.begin(), hs.end(), hook), hs.end());
-    }
+    for (auto& [layer, hook] : installed_) remove_hook(layer->hooks, hook);
     installed_.clear();
     model_ = nullptr;
   }

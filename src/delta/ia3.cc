@@ -106,8 +106,7 @@ class Ia3 : public Delta {
 
   void detach() override {
     for (size_t i = 0; i < layers_.size(); ++i) {
-      auto& hs = layers_[i]->hooks;
-      hs.erase(std::remove(hs.begin(), hs.end(), hooks_[i].second), hs.end());
+      remove_hook(layers_[i]->hooks, hooks_[i].second);
     }
     layers_.clear();
     model_ = nullptr;

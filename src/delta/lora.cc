@@ -133,13 +133,11 @@ class Lora : public Delta {
 
   void detach() override {
     for (size_t i = 0; i < layers_.size(); ++i) {
-      auto& hs = layers_[i]->hooks;
-      hs.erase(std::remove(hs.begin(), hs.end(), hooks_[i].second), hs.end());
+      remove_hook(layers_[i]->hooks, hooks_[i].second);
     }
     layers_.clear();
     for (size_t i = 0; i < emb_layers_.size(); ++i) {
-      auto& hs = emb_layers_[i]->hooks;
-      hs.erase(std::remove(hs.begin(), hs.end(), emb_hooks_[i].second), hs.end());
+      remove_hook(emb_layers_[i]->hooks, emb_hooks_[i].second);
     }
     emb_layers_.clear();
     if (bias_delta_) bias_delta_->detach();

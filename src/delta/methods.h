@@ -1,11 +1,18 @@
 #pragma once
 // The delta methods' factories: one file per method, listed here and in make_delta (delta.cc).
+#include <algorithm>
 #include <memory>
 #include <nlohmann/json.hpp>
 
 #include "deltatune/delta.h"
 
 namespace deltatune::delta {
+
+// Takes one hook out of a layer's hook list (linear, embedding or model-level lists alike).
+template <class HookList, class Hook>
+void remove_hook(HookList& hooks, const Hook& hook) {
+  hooks.erase(std::remove(hooks.begin(), hooks.end(), hook), hooks.end());
+}
 
 std::unique_ptr<Delta> make_lora(const nlohmann::json& config);
 std::unique_ptr<Delta> make_ia3(const nlohmann::json& config);

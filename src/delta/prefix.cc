@@ -129,8 +129,7 @@ class Prefix : public Delta {
 
   void detach() override {
     if (!model_) return;
-    auto& hs = model_->attention_hooks;
-    hs.erase(std::remove(hs.begin(), hs.end(), std::static_pointer_cast<AttentionHook>(hook_)), hs.end());
+    remove_hook(model_->attention_hooks, std::static_pointer_cast<AttentionHook>(hook_));
     model_ = nullptr;
   }
 

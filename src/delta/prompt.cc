@@ -103,8 +103,7 @@ class Prompt : public Delta {
 
   void detach() override {
     if (!model_) return;
-    auto& hs = model_->embedding_hooks;
-    hs.erase(std::remove(hs.begin(), hs.end(), std::static_pointer_cast<EmbeddingHook>(hook_)), hs.end());
+    remove_hook(model_->embedding_hooks, std::static_pointer_cast<EmbeddingHook>(hook_));
     model_ = nullptr;
   }
 

@@ -210,8 +210,7 @@ class UniPelt : public Delta, public CompositeDelta {
     for (auto& [layer, gated] : linear_) swap_hook(layer->hooks, gated, gated->inner);
     for (auto& gated : prefix_hooks_) swap_hook(model_->attention_hooks, gated, gated->inner);
     for (Delta* d : members()) d->detach();
-    auto& eh = model_->embedding_hooks;
-    eh.erase(std::remove(eh.begin(), eh.end(), std::static_pointer_cast<EmbeddingHook>(capture_)), eh.end());
+    remove_hook(model_->embedding_hooks, std::static_pointer_cast<EmbeddingHook>(capture_));
     linear_.clear();
     prefix_hooks_.clear();
     gate_names_.clear();  // the gates themselves stay in gates_ for a re-attach
