@@ -564,7 +564,7 @@ TEST(DeltaMethods, MaskEqualsZeroedWeightsAndSavesPrunedPositions) {
   std::vector<float> values = w->to_floats();
   for (int64_t p : pruned) values[size_t(p)] = 0.0f;
   *w = Tensor::from_floats(values, w->shape());
-  EXPECT_LT(max_diff(logits_of(*zeroed, batch), masked), 1e-5f);
+  EXPECT_LT(max_diff(logits_of(*zeroed, batch), masked), 1e-4f);  // two float paths (masked product vs zeroed weights), as the golden tolerance
   EXPECT_THROW(delta::make_delta({{"method", "mask"}, {"init_score", 0.001}}), ConfigError);
 }
 

@@ -130,6 +130,27 @@ TEST(Layout, ConcatAndSplitValues) {
 // ---------------------------------------------------------------------------------------------
 // Elementwise, reductions, matrix products
 
+// GELU's vectorised erf form against the exact formula in double, over a range wide enough to
+// reach both saturated tails, and its derivative likewise (the array is large enough to run chunked
+// on several threads).
+TEST(Elementwise, GeluErfKernelsMatchTheExactFormula) {
+  std::vector<float> xs;
+  for (int i = -120000; i <= 120000; ++i) xs.push_back(float(i) * 1e-4f);
+  Tensor x = Tensor::from_floats(xs, {int64_t(xs.size())}).set_requires_grad();
+  Tensor y = O::gelu(x);
+  O::sum(y, {0}).backward();
+  std::vector<float> got = y.to_floats(), grad = x.grad().to_floats();
+  double worst = 0, worst_grad = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const double v = xs[i], cdf = 0.5 * (1 + std::erf(v / std::sqrt(2.0)));
+    const double dcdf = cdf + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI);
+    worst = std::max(worst, std::fabs(got[i] - v * cdf) / std::max(1.0, std::fabs(v)));
+    worst_grad = std::max(worst_grad, std::fabs(grad[i] - dcdf));
+  }
+  EXPECT_LT(worst, 4e-7) << "gelu";
+  EXPECT_LT(worst_grad, 1e-6) << "gelu derivative";
+}
+
 TEST(Elementwise, KnownValues) {
   Tensor a = Tensor::from_floats({1, 2, 3, 4, 5, 6}, {2, 3});
   Tensor row = Tensor::from_floats({10, 20, 30}, {3});

@@ -6,6 +6,7 @@
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
+#include "ops/cpu/gelu.h"
 
 namespace deltatune::ops {
 namespace {
@@ -217,12 +218,40 @@ Tensor silu(const Tensor& a) {
                     return s * (1.0f + x * (1.0f - s));
                   }, Saves::Input);
 }
+namespace {
+// Runs a vectorised kernel over [0, n) in chunks, one per thread, large arrays only.
+template <class Kernel>
+void parallel_chunks(int64_t n, Kernel kernel) {
+  constexpr int64_t kChunk = 16384;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for if (chunks > 2)
+  for (int64_t c = 0; c < chunks; ++c) kernel(c * kChunk, std::min(n, (c + 1) * kChunk) - c * kChunk);
+}
+
+// GELU's erf form through the vectorised kernels (ops/cpu/gelu.h); the tape keeps the input only.
+Tensor gelu_erf(const Tensor& a) {
+  Tensor x = a.float32().contiguous();
+  Tensor out = Tensor::empty(x.shape());
+  const float* px = x.f32();
+  float* po = out.f32();
+  parallel_chunks(x.numel(), [&](int64_t start, int64_t len) { kernels::gelu_erf(px + start, po + start, len); });
+  if (!grad_enabled() || !a.requires_grad()) return out;
+  Tensor xs = x.detach();
+  return record("gelu", out, {a}, [xs](const Tensor& g_in, const std::vector<bool>&) {
+    Tensor g = g_in.float32().contiguous();
+    Tensor gx = Tensor::empty(g.shape());
+    const float *pg = g.f32(), *pxs = xs.f32();
+    float* pgx = gx.f32();
+    parallel_chunks(g.numel(), [&](int64_t start, int64_t len) {
+      kernels::gelu_erf_backward(pg + start, pxs + start, pgx + start, len);
+    });
+    return std::vector<Tensor>{gx};
+  });
+}
+}  // namespace
+
 Tensor gelu(const Tensor& a, GeluKind kind) {
-  if (kind == GeluKind::Erf)
-    return unary_op("gelu", a, [](float x) { return 0.5f * x * (1.0f + std::erf(x * kInvSqrt2)); },
-                    [](float x, float) {
-                      return 0.5f * (1.0f + std::erf(x * kInvSqrt2)) + x * kInvSqrt2Pi * std::exp(-0.5f * x * x);
-                    }, Saves::Input);
+  if (kind == GeluKind::Erf) return gelu_erf(a);
   return unary_op("gelu_tanh", a,
                   [](float x) { return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x))); },
                   [](float x, float) {
