@@ -130,25 +130,49 @@ TEST(Layout, ConcatAndSplitValues) {
 // ---------------------------------------------------------------------------------------------
 // Elementwise, reductions, matrix products
 
-// GELU's vectorised erf form against the exact formula in double, over a range wide enough to
-// reach both saturated tails, and its derivative likewise (the array is large enough to run chunked
-// on several threads).
-TEST(Elementwise, GeluErfKernelsMatchTheExactFormula) {
+// The vectorised activations (GELU erf and tanh forms, SiLU) against their exact formulas in double,
+// over a range wide enough to reach both saturated tails, and their derivatives likewise (the array is
+// large enough to run chunked on several threads).
+TEST(Elementwise, VectorisedActivationsMatchTheExactFormulas) {
   std::vector<float> xs;
   for (int i = -120000; i <= 120000; ++i) xs.push_back(float(i) * 1e-4f);
-  Tensor x = Tensor::from_floats(xs, {int64_t(xs.size())}).set_requires_grad();
-  Tensor y = O::gelu(x);
-  O::sum(y, {0}).backward();
-  std::vector<float> got = y.to_floats(), grad = x.grad().to_floats();
-  double worst = 0, worst_grad = 0;
-  for (size_t i = 0; i < xs.size(); ++i) {
-    const double v = xs[i], cdf = 0.5 * (1 + std::erf(v / std::sqrt(2.0)));
-    const double dcdf = cdf + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI);
-    worst = std::max(worst, std::fabs(got[i] - v * cdf) / std::max(1.0, std::fabs(v)));
-    worst_grad = std::max(worst_grad, std::fabs(grad[i] - dcdf));
+  struct Case {
+    const char* name;
+    std::function<Tensor(const Tensor&)> op;
+    std::function<double(double)> f, df;
+  };
+  const double c = std::sqrt(2.0 / M_PI);
+  auto tanh_arg = [c](double v) { return c * (v + 0.044715 * v * v * v); };
+  std::vector<Case> cases = {
+      {"gelu", [](const Tensor& t) { return O::gelu(t); },
+       [](double v) { return v * 0.5 * (1 + std::erf(v / std::sqrt(2.0))); },
+       [](double v) { return 0.5 * (1 + std::erf(v / std::sqrt(2.0))) + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI); }},
+      {"gelu_tanh", [](const Tensor& t) { return O::gelu(t, O::GeluKind::Tanh); },
+       [=](double v) { return 0.5 * v * (1 + std::tanh(tanh_arg(v))); },
+       [=](double v) {
+         const double t = std::tanh(tanh_arg(v));
+         return 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * c * (1 + 3 * 0.044715 * v * v);
+       }},
+      {"silu", [](const Tensor& t) { return O::silu(t); }, [](double v) { return v / (1 + std::exp(-v)); },
+       [](double v) {
+         const double s = 1 / (1 + std::exp(-v));
+         return s * (1 + v * (1 - s));
+       }},
+  };
+  for (const auto& k : cases) {
+    Tensor x = Tensor::from_floats(xs, {int64_t(xs.size())}).set_requires_grad();
+    Tensor y = k.op(x);
+    O::sum(y, {0}).backward();
+    std::vector<float> got = y.to_floats(), grad = x.grad().to_floats();
+    double worst = 0, worst_grad = 0;
+    for (size_t i = 0; i < xs.size(); ++i) {
+      const double v = xs[i];
+      worst = std::max(worst, std::fabs(got[i] - k.f(v)) / std::max(1.0, std::fabs(v)));
+      worst_grad = std::max(worst_grad, std::fabs(grad[i] - k.df(v)));
+    }
+    EXPECT_LT(worst, 5e-7) << k.name;
+    EXPECT_LT(worst_grad, 3e-6) << k.name << " derivative";  // a few float32 ulps of values up to ~1.1
   }
-  EXPECT_LT(worst, 4e-7) << "gelu";
-  EXPECT_LT(worst_grad, 1e-6) << "gelu derivative";
 }
 
 TEST(Elementwise, KnownValues) {

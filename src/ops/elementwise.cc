@@ -6,7 +6,7 @@
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
-#include "ops/cpu/gelu.h"
+#include "ops/cpu/activations.h"
 
 namespace deltatune::ops {
 namespace {
@@ -211,13 +211,6 @@ Tensor sigmoid(const Tensor& a) {
 Tensor relu(const Tensor& a) {
   return unary_op("relu", a, [](float x) { return x > 0 ? x : 0.0f; }, [](float x, float) { return x > 0 ? 1.0f : 0.0f; }, Saves::Input);
 }
-Tensor silu(const Tensor& a) {
-  return unary_op("silu", a, [](float x) { return x / (1.0f + std::exp(-x)); },
-                  [](float x, float) {
-                    float s = 1.0f / (1.0f + std::exp(-x));
-                    return s * (1.0f + x * (1.0f - s));
-                  }, Saves::Input);
-}
 namespace {
 // Runs a vectorised kernel over [0, n) in chunks, one per thread, large arrays only.
 template <class Kernel>
@@ -228,36 +221,33 @@ void parallel_chunks(int64_t n, Kernel kernel) {
   for (int64_t c = 0; c < chunks; ++c) kernel(c * kChunk, std::min(n, (c + 1) * kChunk) - c * kChunk);
 }
 
-// GELU's erf form through the vectorised kernels (ops/cpu/gelu.h); the tape keeps the input only.
-Tensor gelu_erf(const Tensor& a) {
+// An activation through the vectorised kernels (ops/cpu/activations.h); the tape keeps the input only.
+Tensor vector_activation(const char* name, kernels::Activation f, const Tensor& a) {
   Tensor x = a.float32().contiguous();
   Tensor out = Tensor::empty(x.shape());
   const float* px = x.f32();
   float* po = out.f32();
-  parallel_chunks(x.numel(), [&](int64_t start, int64_t len) { kernels::gelu_erf(px + start, po + start, len); });
+  parallel_chunks(x.numel(), [&](int64_t start, int64_t len) { kernels::activation(f, px + start, po + start, len); });
   if (!grad_enabled() || !a.requires_grad()) return out;
   Tensor xs = x.detach();
-  return record("gelu", out, {a}, [xs](const Tensor& g_in, const std::vector<bool>&) {
+  return record(name, out, {a}, [xs, f](const Tensor& g_in, const std::vector<bool>&) {
     Tensor g = g_in.float32().contiguous();
     Tensor gx = Tensor::empty(g.shape());
     const float *pg = g.f32(), *pxs = xs.f32();
     float* pgx = gx.f32();
     parallel_chunks(g.numel(), [&](int64_t start, int64_t len) {
-      kernels::gelu_erf_backward(pg + start, pxs + start, pgx + start, len);
+      kernels::activation_backward(f, pg + start, pxs + start, pgx + start, len);
     });
     return std::vector<Tensor>{gx};
   });
 }
 }  // namespace
 
+Tensor silu(const Tensor& a) { return vector_activation("silu", kernels::Activation::Silu, a); }
+
 Tensor gelu(const Tensor& a, GeluKind kind) {
-  if (kind == GeluKind::Erf) return gelu_erf(a);
-  return unary_op("gelu_tanh", a,
-                  [](float x) { return 0.5f * x * (1.0f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x))); },
-                  [](float x, float) {
-                    float t = std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x));
-                    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3 * 0.044715f * x * x);
-                  }, Saves::Input);
+  if (kind == GeluKind::Erf) return vector_activation("gelu", kernels::Activation::GeluErf, a);
+  return vector_activation("gelu_tanh", kernels::Activation::GeluTanh, a);
 }
 
 void add_(Tensor& dst, const Tensor& src, float alpha) {
