@@ -190,6 +190,30 @@ void Tensor::copy_(const Tensor& src) {
                    size_t(numel()) * esize);
     return;
   }
+  // float32 into a contiguous destination from any strided source (transposes, permuted heads):
+  // row by row over the last dim, without the generic per-element dtype dispatch below.
+  if (st == DType::F32 && dt == DType::F32 && is_contiguous() && dim() >= 1 && numel() > 0 &&
+      src.storage() != storage()) {  // (a source sharing the storage may overlap: the gather below copes)
+    const int64_t last = size(-1), last_stride = src.strides().back(), rows = numel() / last, rank = dim();
+    const float* sp = src.f32();
+    float* dp = f32();
+    const Shape& sh = shape();
+    const Shape& ss = src.strides();
+#pragma omp parallel for if (numel() > 65536)
+    for (int64_t r = 0; r < rows; ++r) {
+      int64_t rest = r, off = 0;
+      for (int64_t d = rank - 2; d >= 0; --d) {
+        off += (rest % sh[size_t(d)]) * ss[size_t(d)];
+        rest /= sh[size_t(d)];
+      }
+      const float* from = sp + off;
+      float* to = dp + r * last;
+      if (last_stride == 1) std::memcpy(to, from, size_t(last) * sizeof(float));
+      else
+        for (int64_t c = 0; c < last; ++c) to[c] = from[c * last_stride];
+    }
+    return;
+  }
   // Gather source values row-major, then scatter into the destination's layout.
   if (st == DType::I64 && dt == DType::I64) {
     std::vector<int64_t> v = src.to_ints();
