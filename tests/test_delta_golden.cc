@@ -14,12 +14,8 @@
 
 using namespace deltatune;
 
-class GoldenAdapter : public ::testing::TestWithParam<std::string> {};
-
-TEST_P(GoldenAdapter, MatchesPeft) {
-  const std::string name = GetParam();
-  nlohmann::json c = golden::find_case(name);
-  auto expected = golden::outputs(name);
+// The golden case's base model with its PEFT adapter loaded (the head the adapter was saved with).
+std::pair<std::unique_ptr<TransformerModel>, delta::SavedDelta> load_golden_adapter(const nlohmann::json& c) {
   const auto dir = golden::dir() / c["adapter"].get<std::string>();
   LoadOptions options;
   options.verbose = false;
@@ -28,6 +24,16 @@ TEST_P(GoldenAdapter, MatchesPeft) {
   options.num_labels = req.num_labels;
   auto model = load_pretrained(golden::model_dir(c["model"]), options);
   auto saved = delta::load_delta(dir, *model);
+  return {std::move(model), std::move(saved)};
+}
+
+class GoldenAdapter : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GoldenAdapter, MatchesPeft) {
+  const std::string name = GetParam();
+  nlohmann::json c = golden::find_case(name);
+  auto expected = golden::outputs(name);
+  auto [model, saved] = load_golden_adapter(c);
   EXPECT_EQ(saved.format, "peft");
   NoGradGuard no_grad;
   auto out = model->forward(golden::input_of(expected));
@@ -74,13 +80,7 @@ TEST_P(GoldenAdapterResave, SameKeysShapesAndConfigFields) {
   const std::string name = GetParam();
   nlohmann::json c = golden::find_case(name);
   const auto dir = golden::dir() / c["adapter"].get<std::string>();
-  LoadOptions options;
-  options.verbose = false;
-  auto req = delta::peek_delta(dir);
-  options.head = req.head;
-  options.num_labels = req.num_labels;
-  auto model = load_pretrained(golden::model_dir(c["model"]), options);
-  auto saved = delta::load_delta(dir, *model);
+  auto [model, saved] = load_golden_adapter(c);
   const auto out = std::filesystem::temp_directory_path() / ("deltatune_resave_" + name + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(out);
   delta::save_peft(out, *saved.delta, *model, saved.head);
