@@ -38,7 +38,6 @@ std::string merge_method(const std::string& type) {
   return type;
 }
 
-bool uses_density(const std::string& method) { return method != "linear" && method != "cat"; }
 
 }  // namespace
 
