@@ -4,8 +4,10 @@
 
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <string>
 
+#include "deltatune/model.h"
 #include "deltatune/safetensors.h"
 
 namespace golden {
@@ -13,6 +15,12 @@ namespace golden {
 inline std::filesystem::path dir() { return std::filesystem::path(DELTATUNE_TEST_DATA) / "golden"; }
 inline std::filesystem::path model_dir(const std::string& name) {
   return std::filesystem::path(DELTATUNE_ASSETS) / "models" / name;
+}
+// A mini model from assets/models with the head its config names, loaded quietly (no key report).
+inline std::unique_ptr<deltatune::TransformerModel> load_model(const std::string& name) {
+  deltatune::LoadOptions options;
+  options.verbose = false;
+  return deltatune::load_pretrained(model_dir(name), options);
 }
 inline nlohmann::json manifest() {
   std::ifstream in(dir() / "manifest.json");

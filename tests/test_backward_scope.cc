@@ -18,9 +18,7 @@ struct StepCount {
 };
 
 StepCount lora_step(const std::string& model_name, int64_t layer) {
-  LoadOptions options;
-  options.verbose = false;
-  auto model = load_pretrained(golden::model_dir(model_name), options);
+  auto model = golden::load_model(model_name);
   model->set_training(true);
   auto d = delta::make_delta({{"method", "lora"}, {"r", 4}, {"targets", {"attn.q", "attn.v"}}, {"layers", {layer}}});
   d->attach(*model);

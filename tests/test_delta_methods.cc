@@ -27,12 +27,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::unique_ptr<TransformerModel> load(const std::string& name) {
-  LoadOptions options;
-  options.verbose = false;
-  return load_pretrained(golden::model_dir(name), options);
-}
-
 fs::path temp_dir(const std::string& name) { return test_support::temp_dir("methods_" + name); }
 
 // A tiny fixed batch: two rows of 10 ids, the second padded after 7, and fixed random targets.
@@ -95,7 +89,7 @@ struct Case {
 
 void run_case(const Case& c) {
   SCOPED_TRACE(c.model + " " + c.config.dump());
-  auto model = load(c.model);
+  auto model = golden::load_model(c.model);
   const Batch batch = make_batch(*model);
   const Tensor base = logits_of(*model, batch);
   // A base weight, to check it is never trained.
@@ -156,7 +150,7 @@ void run_case(const Case& c) {
   fs::path ours = temp_dir(tag + "_ours");
   delta::save_delta(ours, *delta, *model);
   {
-    auto fresh = load(c.model);
+    auto fresh = golden::load_model(c.model);
     testing::internal::CaptureStderr();
     auto saved = delta::load_delta(ours, *fresh);
     std::string err = testing::internal::GetCapturedStderr();
@@ -168,7 +162,7 @@ void run_case(const Case& c) {
     fs::path peft = temp_dir(tag + "_peft");
     delta::save_peft(peft, *delta, *model);
     EXPECT_TRUE(fs::exists(peft / "adapter_config.json"));
-    auto fresh = load(c.model);
+    auto fresh = golden::load_model(c.model);
     auto saved = delta::load_delta(peft, *fresh);
     EXPECT_EQ(saved.format, "peft");
     EXPECT_EQ(saved.delta->method(), delta->method());
@@ -304,7 +298,7 @@ TEST(DeltaMethods, AdapterParallelBert) {
 // --- details ---
 
 TEST(DeltaMethods, Ia3ShapesFollowPeft) {
-  auto model = load("llama-mini");
+  auto model = golden::load_model("llama-mini");
   auto d = delta::make_delta({{"method", "ia3"}});
   d->attach(*model);
   std::map<std::string, Shape> shapes;
@@ -322,7 +316,7 @@ TEST(DeltaMethods, Ia3ShapesFollowPeft) {
 
 TEST(DeltaMethods, Ia3PeftNamesAreUnambiguous) {
   // GPT-2 has c_proj in attention and MLP: the PEFT config must not name both.
-  auto model = load("gpt2-mini");
+  auto model = golden::load_model("gpt2-mini");
   auto d = delta::make_delta({{"method", "ia3"}, {"targets", {"ffn.down"}}, {"feedforward", {"ffn.down"}}});
   d->attach(*model);
   json p = delta::to_peft_config(*d, *model);
@@ -335,7 +329,7 @@ TEST(DeltaMethods, PrefixLayoutFollowsPeft) {
   // Row p of prompt_embeddings holds, per layer l, the key in column block 2l and the value in 2l+1,
   // each block Hkv heads of D. A prefix whose only nonzero is layer 1's value for head 1 changes
   // nothing in layer 0.
-  auto model = load("llama-mini");
+  auto model = golden::load_model("llama-mini");
   auto d = delta::make_delta({{"method", "prefix"}, {"num_virtual_tokens", 2}});
   d->attach(*model);
   auto params = d->parameters();
@@ -349,7 +343,7 @@ TEST(DeltaMethods, PrefixLayoutFollowsPeft) {
 }
 
 TEST(DeltaMethods, PromptInitFromTokens) {
-  auto model = load("gpt2-mini");
+  auto model = golden::load_model("gpt2-mini");
   auto d = delta::make_delta(
       {{"method", "prompt"}, {"num_virtual_tokens", 5}, {"init", "text"}, {"init_ids", {11, 22}}});
   d->attach(*model);
@@ -370,7 +364,7 @@ TEST(DeltaMethods, PromptInitFromTokens) {
 }
 
 TEST(DeltaMethods, BitFitAddsAndRemovesBiases) {
-  auto model = load("llama-mini");
+  auto model = golden::load_model("llama-mini");
   const auto before = model->named_parameters().size();
   auto d = delta::make_delta({{"method", "bitfit"}, {"targets", {"attn.q", "attn.v"}}});
   d->attach(*model);
@@ -383,7 +377,7 @@ TEST(DeltaMethods, BitFitAddsAndRemovesBiases) {
 }
 
 TEST(DeltaMethods, SpecificationDeltasTrainModelTensors) {
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   auto d = delta::make_delta({{"method", "ln"}});
   d->attach(*model);
   for (auto& [n, t] : d->parameters()) {
@@ -430,7 +424,7 @@ TEST(DeltaMethods, PhmProjectionIsASumOfKroneckerProducts) {
 
 // Compacter: rules shared by every adapter, far fewer parameters than a dense adapter of the same size.
 TEST(DeltaMethods, CompacterSharesRulesAndIsSmall) {
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   auto dense = delta::make_delta({{"method", "adapter"}, {"reduction_factor", 32}});
   dense->attach(*model);
   int64_t dense_count = 0, phm_count = 0, rules = 0;
@@ -448,14 +442,14 @@ TEST(DeltaMethods, CompacterSharesRulesAndIsSmall) {
   EXPECT_EQ(cfg["projection"], "phm");
   EXPECT_EQ(cfg["phm_dim"], 4);
   EXPECT_EQ(cfg["variant"], "houlsby");
-  EXPECT_THROW(delta::make_delta({{"method", "compacter"}, {"phm_dim", 3}})->attach(*load("bert-mini")), ConfigError);
+  EXPECT_THROW(delta::make_delta({{"method", "compacter"}, {"phm_dim", 3}})->attach(*golden::load_model("bert-mini")), ConfigError);
   EXPECT_THROW(delta::make_delta({{"method", "adapter"}, {"projection", "fancy"}}), ConfigError);
 }
 
 // Diff pruning: stochastic gates while training, an L0 penalty that reaches the gates, and a save
 // that holds only the projected difference's non-zero entries.
 TEST(DeltaMethods, DiffPruningGatesPenaltyAndSparseSave) {
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   const Batch batch = make_batch(*model);
   auto d = delta::make_delta({{"method", "diff_pruning"}, {"target_sparsity", 0.95}, {"targets", {"attn.q"}}});
   d->attach(*model);
@@ -496,7 +490,7 @@ TEST(DeltaMethods, DiffPruningGatesPenaltyAndSparseSave) {
     }
   }
   EXPECT_GT(saved, 0);
-  auto fresh = load("bert-mini");
+  auto fresh = golden::load_model("bert-mini");
   delta::load_delta(dir, *fresh);
   EXPECT_LT(max_diff(logits_of(*fresh, batch), trained), 1e-6f);
 }
@@ -537,7 +531,7 @@ TEST(DeltaMethods, TrainerAddsDiffPruningPenalty) {
 // Learned masks: the forward equals the base model with the pruned weights set to zero, and the save
 // lists exactly the pruned positions.
 TEST(DeltaMethods, MaskEqualsZeroedWeightsAndSavesPrunedPositions) {
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   const Batch batch = make_batch(*model);
   auto d = delta::make_delta({{"method", "mask"}, {"targets", {"attn.q"}}, {"layers", {0}}});
   d->attach(*model);
@@ -558,7 +552,7 @@ TEST(DeltaMethods, MaskEqualsZeroedWeightsAndSavesPrunedPositions) {
   ASSERT_EQ(file.tensors.size(), 1u);
   EXPECT_EQ(file.tensors.begin()->second.to_ints(), pruned);
   // The same model with those weights zeroed and no delta.
-  auto zeroed = load("bert-mini");
+  auto zeroed = golden::load_model("bert-mini");
   Tensor* w = zeroed->find_parameter("bert.encoder.layer.0.attention.self.query.weight");
   ASSERT_NE(w, nullptr);
   std::vector<float> values = w->to_floats();
@@ -570,7 +564,7 @@ TEST(DeltaMethods, MaskEqualsZeroedWeightsAndSavesPrunedPositions) {
 
 // LoRA on embeddings: PEFT's shapes, key names and config; the bias options' parameters and errors.
 TEST(DeltaMethods, LoraEmbeddingAndBiasFollowPeft) {
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   auto d = delta::make_delta({{"method", "lora"}, {"r", 4}, {"targets", {"word_embeddings", "query"}}, {"bias", "lora_only"}});
   d->attach(*model);
   std::map<std::string, Shape> shapes;
@@ -595,7 +589,7 @@ TEST(DeltaMethods, LoraEmbeddingAndBiasFollowPeft) {
   EXPECT_THROW(delta::merge_into(*model, *d), ConfigError);
   fs::remove_all(dir);
   // Llama's projections have no bias: lora_only trains the factors alone.
-  auto llama = load("llama-mini");
+  auto llama = golden::load_model("llama-mini");
   auto l = delta::make_delta({{"method", "lora"}, {"bias", "lora_only"}});
   l->attach(*llama);
   for (auto& [n, _] : l->parameters()) EXPECT_EQ(n.find(".bias"), std::string::npos) << n;
@@ -635,7 +629,7 @@ TEST(DeltaMethods, UnknownPeftTypeListsSupported) {
 
 TEST(DeltaMethods, UnknownPeftKeysWarn) {
   // A PEFT adapter from a newer version: its extra keys are ignored with a warning, and it loads.
-  auto model = load("gpt2-mini");
+  auto model = golden::load_model("gpt2-mini");
   auto d = delta::make_delta({{"method", "ia3"}});
   d->attach(*model);
   fs::path dir = temp_dir("unknown_keys");
@@ -644,7 +638,7 @@ TEST(DeltaMethods, UnknownPeftKeysWarn) {
   std::ifstream(dir / "adapter_config.json") >> c;
   c["shiny_new_option"] = 3;
   std::ofstream(dir / "adapter_config.json") << c.dump();
-  auto fresh = load("gpt2-mini");
+  auto fresh = golden::load_model("gpt2-mini");
   testing::internal::CaptureStderr();
   EXPECT_NO_THROW(delta::load_delta(dir, *fresh));
   std::string err = testing::internal::GetCapturedStderr();
@@ -654,7 +648,7 @@ TEST(DeltaMethods, UnknownPeftKeysWarn) {
 }
 
 TEST(DeltaMethods, AdapterShapeMismatchNamesKeyAndShapes) {
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   auto d = delta::make_delta({{"method", "adapter"}, {"bottleneck", 8}});
   d->attach(*model);
   fs::path dir = temp_dir("adapter_mismatch");
@@ -664,7 +658,7 @@ TEST(DeltaMethods, AdapterShapeMismatchNamesKeyAndShapes) {
   std::ifstream(dir / "delta_config.json") >> c;
   c["delta"]["bottleneck"] = 16;
   std::ofstream(dir / "delta_config.json") << c.dump();
-  auto fresh = load("bert-mini");
+  auto fresh = golden::load_model("bert-mini");
   try {
     delta::load_delta(dir, *fresh);
     FAIL();
@@ -705,7 +699,7 @@ TEST(DeltaMethods, BadConfigsAreClear) {
   EXPECT_THROW(delta::make_delta({{"method", "adapter"}, {"activation", "wiggle"}}), ConfigError);
   EXPECT_THROW(delta::make_delta({{"method", "prefix"}, {"num_virtual_tokens", 0}}), ConfigError);
   EXPECT_THROW(delta::make_delta({{"method", "prompt"}, {"init", "text"}}), ConfigError);
-  auto model = load("llama-mini");
+  auto model = golden::load_model("llama-mini");
   auto d = delta::make_delta({{"method", "prefix"}, {"num_virtual_tokens", 2}, {"token_dim", 256}});
   try {
     d->attach(*model);
@@ -728,7 +722,7 @@ TEST(DeltaMethods, GenerateWithCacheMatchesFullForwards) {
     for (const json& config : {json{{"method", "prompt"}, {"num_virtual_tokens", 3}},
                                json{{"method", "prefix"}, {"num_virtual_tokens", 3}}}) {
       SCOPED_TRACE(name + " " + config.dump());
-      auto model = load(name);
+      auto model = golden::load_model(name);
       auto d = delta::make_delta(config);
       d->attach(*model);
       const std::vector<int64_t> prompt{5, 17, 99, 4, 250};
@@ -753,7 +747,7 @@ TEST(DeltaMethods, GenerateWithCacheMatchesFullForwards) {
 // Roles inside blocks are relative to the block: BERT's ffn.down ("output.dense") is not its
 // attention output ("attention.output.dense").
 TEST(DeltaMethods, BlockRolesAreAnchored) {
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   auto paths = delta::resolve_targets(*model, delta::TargetSpec::from_json(json{"ffn.down"}));
   ASSERT_EQ(paths.size(), 4u);
   for (const auto& p : paths) EXPECT_EQ(p.find("attention"), std::string::npos) << p;

@@ -239,9 +239,7 @@ TEST_P(CombineCommand, ReproducesPeftOutputs) {
   auto r = cli_test::run(cmd);
   ASSERT_EQ(r.code, 0) << r.output;
   auto expected = golden::outputs("llama-lora-qv");
-  LoadOptions options;
-  options.verbose = false;
-  auto model = load_pretrained(golden::model_dir("llama-mini"), options);
+  auto model = golden::load_model("llama-mini");
   auto saved = delta::load_delta(out, *model);
   EXPECT_EQ(saved.delta->method(), "lora");
   NoGradGuard ng;
@@ -284,18 +282,16 @@ TEST(CombineCommandCat, TwoAdaptersEqualBothAttachedAtOnce) {
   ASSERT_EQ(r.code, 0) << r.output;
   auto expected = golden::outputs("llama-lora-qv");
   ModelInput input = golden::input_of(expected);
-  LoadOptions options;
-  options.verbose = false;
   NoGradGuard ng;
-  auto both = load_pretrained(golden::model_dir("llama-mini"), options);
+  auto both = golden::load_model("llama-mini");
   auto d1 = delta::load_delta(qv, *both);
   auto d2 = delta::load_delta(all, *both);
   std::vector<float> want = both->forward(input).logits.contiguous().to_floats();
-  auto combined = load_pretrained(golden::model_dir("llama-mini"), options);
+  auto combined = golden::load_model("llama-mini");
   auto c = delta::load_delta(out, *combined);
   std::vector<float> got = combined->forward(input).logits.contiguous().to_floats();
   EXPECT_LT(max_diff(got, want), 1e-4);
-  auto plain = load_pretrained(golden::model_dir("llama-mini"), options);
+  auto plain = golden::load_model("llama-mini");
   EXPECT_GT(max_diff(plain->forward(input).logits.contiguous().to_floats(), want), 1e-3);  // the deltas matter
   fs::remove_all(out);
 }

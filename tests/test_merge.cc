@@ -43,9 +43,7 @@ INSTANTIATE_TEST_SUITE_P(Lora, GoldenMerged,
                          });
 
 TEST(Merge, UnmergeRestoresTheBase) {
-  LoadOptions options;
-  options.verbose = false;
-  auto model = load_pretrained(golden::model_dir("llama-mini"), options);
+  auto model = golden::load_model("llama-mini");
   std::vector<float> before = model->find_parameter("model.layers.0.self_attn.q_proj.weight")->to_floats();
   auto saved = delta::load_delta(golden::dir() / "adapters/llama-lora-qv", *model);
   delta::merge_into(*model, *saved.delta);
@@ -90,9 +88,7 @@ class MergeEquivalence : public ::testing::TestWithParam<std::pair<std::string, 
 
 TEST_P(MergeEquivalence, MergedEqualsAttached) {
   const auto [model_name, config] = GetParam();
-  LoadOptions options;
-  options.verbose = false;
-  auto model = load_pretrained(golden::model_dir(model_name), options);
+  auto model = golden::load_model(model_name);
   NoGradGuard no_grad;
   ModelInput in = sample_input();
   Tensor base = model->forward(in).logits;
@@ -139,9 +135,7 @@ TEST(Merge, GoldenIa3MergedReproducesPeft) {
 }
 
 TEST(Merge, UnmergeableDeltasSayWhy) {
-  LoadOptions options;
-  options.verbose = false;
-  auto model = load_pretrained(golden::model_dir("bert-mini"), options);
+  auto model = golden::load_model("bert-mini");
   auto d = delta::make_delta(nlohmann::json::parse(R"({"method": "adapter", "variant": "pfeiffer"})"));
   d->attach(*model);
   try {
@@ -154,9 +148,7 @@ TEST(Merge, UnmergeableDeltasSayWhy) {
 
 TEST(Merge, LoraOnATiedEmbeddingIsRefused) {
   // bert-mini's MLM decoder is tied to the word embeddings: merging would change the head too.
-  LoadOptions options;
-  options.verbose = false;
-  auto model = load_pretrained(golden::model_dir("bert-mini"), options);
+  auto model = golden::load_model("bert-mini");
   auto d = delta::make_delta(nlohmann::json::parse(R"({"method": "lora", "r": 4, "targets": ["embed"]})"));
   d->attach(*model);
   randomise(*d, 3);

@@ -23,12 +23,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::unique_ptr<TransformerModel> load(const std::string& name) {
-  LoadOptions options;
-  options.verbose = false;
-  return load_pretrained(golden::model_dir(name), options);
-}
-
 // B rows of T ids; row b is padded after T - (b % 3).
 ModelInput make_input(const TransformerModel& model, int64_t B, int64_t T = 9) {
   Generator gen(11);
@@ -89,7 +83,7 @@ std::unique_ptr<delta::Delta> copy_into(TransformerModel& model, delta::Delta& d
 void check_mixed(const std::string& model_name, const std::vector<std::pair<std::string, json>>& deltas,
                  const std::vector<std::string>& rows) {
   SCOPED_TRACE(model_name);
-  auto model = load(model_name);
+  auto model = golden::load_model(model_name);
   const ModelInput input = make_input(*model, int64_t(rows.size()));
   Tensor base;
   {
@@ -100,7 +94,7 @@ void check_mixed(const std::string& model_name, const std::vector<std::pair<std:
   std::map<std::string, std::unique_ptr<delta::Delta>> made;
   uint64_t seed = 1;
   for (auto& [name, config] : deltas) {
-    auto scratch = load(model_name);
+    auto scratch = golden::load_model(model_name);
     made[name] = random_delta(*scratch, config, ++seed);
     mixed.add(name, delta::make_delta(made[name]->config()));
     std::map<std::string, Tensor> values;
@@ -114,7 +108,7 @@ void check_mixed(const std::string& model_name, const std::vector<std::pair<std:
   }
   for (size_t b = 0; b < rows.size(); ++b) {
     SCOPED_TRACE("row " + std::to_string(b) + " (" + (rows[b].empty() ? "base" : rows[b]) + ")");
-    auto alone_model = load(model_name);
+    auto alone_model = golden::load_model(model_name);
     std::unique_ptr<delta::Delta> d;
     if (!rows[b].empty()) d = copy_into(*alone_model, *made[rows[b]]);
     NoGradGuard no_grad;
@@ -163,7 +157,7 @@ TEST(MixedBatch, EveryRowOneDeltaAndAllBase) {
 }
 
 TEST(MixedBatch, SavedDeltas) {
-  auto scratch = load("bert-mini");
+  auto scratch = golden::load_model("bert-mini");
   auto a = random_delta(*scratch, kLoraA, 5);
   fs::path dir_a = test_support::temp_dir("mixed_a");
   delta::save_delta(dir_a, *a, *scratch);
@@ -173,7 +167,7 @@ TEST(MixedBatch, SavedDeltas) {
   delta::save_peft(dir_b, *b, *scratch);
   b->detach();
 
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   const ModelInput input = make_input(*model, 3);
   serve::MixedBatch mixed(*model);
   mixed.add_saved("a", dir_a);
@@ -185,7 +179,7 @@ TEST(MixedBatch, SavedDeltas) {
     out = mixed.forward(input, {"b", "a", ""}).logits.contiguous();
   }
   for (auto [r, dir] : {std::pair{0, dir_b}, std::pair{1, dir_a}}) {
-    auto alone = load("bert-mini");
+    auto alone = golden::load_model("bert-mini");
     auto saved = delta::load_delta(dir, *alone);
     NoGradGuard no_grad;
     EXPECT_LT(max_diff(out.slice(0, r, r + 1).contiguous(), alone->forward(row(input, r)).logits.contiguous()), 1e-4f);
@@ -195,7 +189,7 @@ TEST(MixedBatch, SavedDeltas) {
 }
 
 TEST(MixedBatch, Refusals) {
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   const ModelInput input = make_input(*model, 2);
   Tensor base;
   {
@@ -228,7 +222,7 @@ TEST(MixedBatch, Refusals) {
 // The command line: forward --mixed-delta NAME=DIR (repeated), each row naming its delta in "deltas".
 TEST(MixedBatch, ForwardCommand) {
   fs::path dir = test_support::temp_dir("mixed_cli");
-  auto scratch = load("bert-mini");
+  auto scratch = golden::load_model("bert-mini");
   auto a = random_delta(*scratch, kLoraA, 21);
   delta::save_delta(dir / "a", *a, *scratch);
   a->detach();
@@ -252,7 +246,7 @@ TEST(MixedBatch, ForwardCommand) {
   ASSERT_EQ(r.code, 0) << r.output;
   const Tensor logits = read_safetensors(dir / "out.safetensors").tensors.at("logits");
   for (auto [rw, name] : {std::pair{0, "b"}, std::pair{1, ""}, std::pair{2, "a"}}) {
-    auto alone = load("bert-mini");
+    auto alone = golden::load_model("bert-mini");
     std::optional<delta::SavedDelta> saved;
     if (std::string(name) != "") saved = delta::load_delta(dir / name, *alone);
     NoGradGuard no_grad;
@@ -283,7 +277,7 @@ TEST(MixedBatch, ForwardCommand) {
 // deltatune gates: a table on stdout and the JSON file.
 TEST(Gates, Command) {
   fs::path dir = test_support::temp_dir("gates_cli");
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   auto d = delta::make_delta({{"method", "unipelt"}, {"variant", "AP"}});
   d->attach(*model);
   delta::save_delta(dir / "delta", *d, *model);
@@ -307,7 +301,7 @@ TEST(Gates, Command) {
   EXPECT_GT(j["mean"]["adapter"].get<double>(), 0.0);
   // A delta without gates is refused with a clear message.
   auto lora = delta::make_delta(kLoraA);
-  auto fresh = load("bert-mini");
+  auto fresh = golden::load_model("bert-mini");
   lora->attach(*fresh);
   delta::save_delta(dir / "lora", *lora, *fresh);
   r = cli_test::run("gates --model " + cli_test::quote(golden::model_dir("bert-mini").string()) + " --delta " +

@@ -14,9 +14,7 @@ class GoldenBase : public ::testing::TestWithParam<std::string> {};
 TEST_P(GoldenBase, MatchesTransformers) {
   const std::string name = GetParam();
   auto expected = golden::outputs(name + "-base");
-  LoadOptions options;
-  options.verbose = false;
-  auto model = load_pretrained(golden::model_dir(name), options);
+  auto model = golden::load_model(name);
   NoGradGuard no_grad;
   ModelOutput out = model->forward(golden::input_of(expected));
   auto c = golden::compare(out, expected);
@@ -49,12 +47,10 @@ TEST(Models, KeepHalfPrecisionGivesSameOutputs) {
 }
 
 TEST(Models, ParameterNamesAreCheckpointKeys) {
-  LoadOptions options;
-  options.verbose = false;
-  auto bert = load_pretrained(golden::model_dir("bert-mini"), options);
+  auto bert = golden::load_model("bert-mini");
   EXPECT_NE(bert->find_parameter("bert.encoder.layer.0.attention.self.query.weight"), nullptr);
   EXPECT_NE(bert->find_parameter("cls.predictions.bias"), nullptr);
-  auto gpt2 = load_pretrained(golden::model_dir("gpt2-mini"), options);
+  auto gpt2 = golden::load_model("gpt2-mini");
   Tensor* c_attn = gpt2->find_parameter("transformer.h.0.attn.c_attn.weight");
   ASSERT_NE(c_attn, nullptr);
   EXPECT_EQ(c_attn->shape(), (Shape{256, 768}));  // Conv1D: [in, out]
@@ -93,9 +89,7 @@ TEST(Models, DecoderClassificationUsesLastRealToken) {
 
 TEST(Models, KvCacheGivesTheSameLogitsAsAFullPass) {
   for (const char* name : {"gpt2-mini", "llama-mini"}) {
-    LoadOptions options;
-    options.verbose = false;
-    auto model = load_pretrained(golden::model_dir(name), options);
+    auto model = golden::load_model(name);
     NoGradGuard no_grad;
     std::vector<int64_t> ids{35, 399, 501, 364, 742, 1373};
     ModelInput full;

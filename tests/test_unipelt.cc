@@ -23,12 +23,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::unique_ptr<TransformerModel> load(const std::string& name) {
-  LoadOptions options;
-  options.verbose = false;
-  return load_pretrained(golden::model_dir(name), options);
-}
-
 // Two rows of 10 ids, the second padded after 7, and random targets.
 struct Batch {
   ModelInput input;
@@ -122,7 +116,7 @@ json unipelt(const std::string& variant) { return {{"method", "unipelt"}, {"vari
 }  // namespace
 
 TEST(UniPelt, ConfigAndParameters) {
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   auto d = delta::make_delta(unipelt("APL"));
   d->attach(*model);
   const int64_t layers = model->config.num_layers;
@@ -166,7 +160,7 @@ TEST(UniPelt, ConfigAndParameters) {
 TEST(UniPelt, ClosedGatesGiveTheBase) {
   for (auto [name, variant] : {std::pair{"bert-mini", "APL"}, std::pair{"gpt2-mini", "AL"}}) {
     SCOPED_TRACE(name);
-    auto model = load(name);
+    auto model = golden::load_model(name);
     const Batch batch = make_batch(*model);
     const Tensor base = logits_of(*model, batch.input);
     auto d = delta::make_delta(unipelt(variant));
@@ -187,7 +181,7 @@ TEST(UniPelt, ClosedGatesGiveTheBase) {
 }
 
 TEST(UniPelt, GradientsReachEveryGate) {
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   const Batch batch = make_batch(*model);
   auto d = delta::make_delta(unipelt("APL"));
   d->attach(*model);
@@ -209,7 +203,7 @@ TEST(UniPelt, GradientsReachEveryGate) {
 
 // A gate averages over real tokens only: a padded row gives what the row alone gives.
 TEST(UniPelt, GatesIgnorePadding) {
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   const Batch batch = make_batch(*model);
   auto d = delta::make_delta(unipelt("APL"));
   d->attach(*model);
@@ -224,7 +218,7 @@ TEST(UniPelt, GatesIgnorePadding) {
 TEST(UniPelt, TrainsOnBertMini) {
   for (const char* variant : {"AP", "APL"}) {
     SCOPED_TRACE(variant);
-    auto model = load("bert-mini");
+    auto model = golden::load_model("bert-mini");
     const Batch batch = make_batch(*model);
     auto d = delta::make_delta(unipelt(variant));
     d->attach(*model);
@@ -234,7 +228,7 @@ TEST(UniPelt, TrainsOnBertMini) {
 }
 
 TEST(UniPelt, TrainsOnGpt2Mini) {
-  auto model = load("gpt2-mini");
+  auto model = golden::load_model("gpt2-mini");
   const Batch batch = make_batch(*model);
   auto d = delta::make_delta(unipelt("APL"));
   d->attach(*model);
@@ -243,7 +237,7 @@ TEST(UniPelt, TrainsOnGpt2Mini) {
 }
 
 TEST(UniPelt, SaveLoadAndMerge) {
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   const Batch batch = make_batch(*model);
   auto d = delta::make_delta(unipelt("APL"));
   d->attach(*model);
@@ -252,7 +246,7 @@ TEST(UniPelt, SaveLoadAndMerge) {
   fs::path dir = test_support::temp_dir("unipelt_save");
   delta::save_delta(dir, *d, *model);
   {
-    auto fresh = load("bert-mini");
+    auto fresh = golden::load_model("bert-mini");
     testing::internal::CaptureStderr();
     auto saved = delta::load_delta(dir, *fresh);
     const std::string err = testing::internal::GetCapturedStderr();
@@ -271,7 +265,7 @@ TEST(UniPelt, SaveLoadAndMerge) {
 }
 
 TEST(UniPelt, DumpGates) {
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   const Batch batch = make_batch(*model);
   auto d = delta::make_delta(unipelt("APL"));
   d->attach(*model);
@@ -308,7 +302,7 @@ TEST(UniPelt, DumpGates) {
 // --- combinations ---
 
 TEST(Combination, OrderTrainRoundTrip) {
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   const Batch batch = make_batch(*model);
   const Tensor base = logits_of(*model, batch.input);
   // Listed out of order: attached bitfit, prompt, adapter.
@@ -339,7 +333,7 @@ TEST(Combination, OrderTrainRoundTrip) {
   fs::path dir = test_support::temp_dir("combination_save");
   delta::save_delta(dir, *d, *model);
   {
-    auto fresh = load("bert-mini");
+    auto fresh = golden::load_model("bert-mini");
     testing::internal::CaptureStderr();
     auto saved = delta::load_delta(dir, *fresh);
     const std::string err = testing::internal::GetCapturedStderr();
@@ -354,7 +348,7 @@ TEST(Combination, OrderTrainRoundTrip) {
 
 // A bare list is a combination; LoRA then IA3 on the same layer, in the documented order.
 TEST(Combination, ListFormAndSameLayerOrder) {
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   const Batch batch = make_batch(*model);
   json list = {{{"method", "ia3"}, {"targets", {"attn.v"}}}, {{"method", "lora"}, {"r", 2}}};
   auto d = delta::make_delta(list);
@@ -363,7 +357,7 @@ TEST(Combination, ListFormAndSameLayerOrder) {
   auto losses = train(*model, *d, batch, 1e-2, 6);
   EXPECT_LT(losses.back(), losses.front() - 0.05f) << json(losses).dump();
   // With UniPELT as a member too.
-  auto model2 = load("bert-mini");
+  auto model2 = golden::load_model("bert-mini");
   auto d2 = delta::make_delta({{"method", "combination"}, {"deltas", {unipelt("AP"), {{"method", "bitfit"}}}}});
   d2->attach(*model2);
   EXPECT_TRUE(delta::has_gates(*d2));
@@ -379,17 +373,17 @@ TEST(Combination, Errors) {
     EXPECT_NE(std::string(e.what()).find("deltas[0]"), std::string::npos) << e.what();
   }
   // Two members training the same tensors.
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   auto d = delta::make_delta({{"method", "combination"}, {"deltas", {{{"method", "bitfit"}}, {{"method", "ln"}}}}});
   EXPECT_THROW(d->attach(*model), ConfigError);
   const Batch batch = make_batch(*model);
-  auto fresh = load("bert-mini");
+  auto fresh = golden::load_model("bert-mini");
   EXPECT_LT(max_diff(logits_of(*model, batch.input), logits_of(*fresh, batch.input)), 1e-6f) << "a failed attach left hooks";
 }
 
 // A member that saves a sparse form (diff pruning) and adds a penalty: the combination forwards both.
 TEST(Combination, SparseMemberRoundTrip) {
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   const Batch batch = make_batch(*model);
   auto d = delta::make_delta(json::array({{{"method", "diff_pruning"}, {"targets", {"attn.o"}}}, {{"method", "lora"}, {"r", 2}}}));
   d->attach(*model);
@@ -400,7 +394,7 @@ TEST(Combination, SparseMemberRoundTrip) {
   const Tensor trained = logits_of(*model, batch.input);
   fs::path dir = test_support::temp_dir("combination_sparse");
   delta::save_delta(dir, *d, *model);
-  auto fresh = load("bert-mini");
+  auto fresh = golden::load_model("bert-mini");
   auto saved = delta::load_delta(dir, *fresh);
   EXPECT_LT(max_diff(logits_of(*fresh, batch.input), trained), 1e-5f);
   fs::remove_all(dir);
@@ -415,7 +409,7 @@ TEST(Combination, EqualsMembersAttachedInOrder) {
                         {{"method", "lora"}, {"r", 4}, {"targets", {"attn.q", "attn.v"}}},
                         {{"method", "prompt"}, {"num_virtual_tokens", 2}},
                         {{"method", "bitfit"}}};
-  auto model = load("bert-mini");
+  auto model = golden::load_model("bert-mini");
   const Batch batch = make_batch(*model);
   auto combo = delta::make_delta({{"method", "combination"}, {"deltas", members}});
   combo->attach(*model);
@@ -426,7 +420,7 @@ TEST(Combination, EqualsMembersAttachedInOrder) {
   combo->load_parameters(values);
   const Tensor combined = logits_of(*model, batch.input);
 
-  auto separate = load("bert-mini");
+  auto separate = golden::load_model("bert-mini");
   std::vector<std::unique_ptr<delta::Delta>> ds;
   const json order = combo->config()["deltas"];  // the documented order
   ASSERT_EQ(order.size(), members.size());
@@ -440,6 +434,6 @@ TEST(Combination, EqualsMembersAttachedInOrder) {
   }
   EXPECT_LT(max_diff(logits_of(*separate, batch.input), combined), 1e-5f);
   // And the members matter: the base differs.
-  const Tensor base = logits_of(*load("bert-mini"), batch.input);
+  const Tensor base = logits_of(*golden::load_model("bert-mini"), batch.input);
   EXPECT_GT(max_diff(base, combined.slice(1, 2, combined.size(1)).contiguous()), 1e-3f);  // past the 2 prompt positions
 }
