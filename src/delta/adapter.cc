@@ -189,14 +189,13 @@ class Adapter : public Delta {
   }
 
   void detach() override {
-    for (auto& [layer, hook] : installed_) remove_hook(layer->hooks, hook);
-    installed_.clear();
+    hooks_.remove_all();
     model_ = nullptr;
   }
 
   void set_enabled(bool on) override {
     enabled_ = on;
-    for (auto& [_, h] : installed_) h->enabled = on;
+    hooks_.set_enabled(on);
   }
 
   std::vector<std::pair<std::string, Tensor>> parameters() override {
@@ -238,10 +237,7 @@ class Adapter : public Delta {
 
  private:
   void install(nn::Linear* layer, std::shared_ptr<nn::LinearHook> hook) {
-    hook->owner = name;
-    hook->enabled = enabled_;
-    layer->hooks.push_back(hook);
-    installed_.emplace_back(layer, hook);
+    hooks_.install(layer, std::move(hook), name, enabled_);
   }
 
   nlohmann::json config_;
@@ -256,7 +252,7 @@ class Adapter : public Delta {
   TransformerModel* model_ = nullptr;
   std::vector<std::string> paths_;
   std::vector<std::pair<std::string, AdapterWeights>> weights_;
-  std::vector<std::pair<nn::Linear*, std::shared_ptr<nn::LinearHook>>> installed_;
+  LinearHooks hooks_;
 };
 }  // namespace
 

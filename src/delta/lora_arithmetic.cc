@@ -49,6 +49,21 @@ const std::vector<std::string>& combination_types() {
   return types;
 }
 
+std::map<std::string, LoraFactors> lora_factors(Delta& lora) {
+  const nlohmann::json config = lora.config();
+  std::map<std::string, LoraFactors> out;
+  for (auto& [name, t] : lora.parameters()) {
+    for (const char* suffix : {".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"}) {
+      const std::string s = suffix;
+      if (name.size() <= s.size() || name.compare(name.size() - s.size(), s.size(), s) != 0) continue;
+      LoraFactors& f = out[name.substr(0, name.size() - s.size())];
+      (s == ".lora_A.weight" ? f.A : s == ".lora_B.weight" ? f.B : f.magnitude) = t;
+    }
+  }
+  for (auto& [path, f] : out) f.scaling = lora_shape(config, path).scaling;
+  return out;
+}
+
 LoraWeights lora_weights(Delta& lora) {
   if (lora.method() != "lora")
     throw ConfigError("LoRA arithmetic needs LoRA deltas, got a '" + lora.method() + "' delta");
@@ -57,15 +72,15 @@ LoraWeights lora_weights(Delta& lora) {
   if (out.config.value("dora", false))
     throw ConfigError("LoRA arithmetic does not combine DoRA deltas (their magnitude vectors do not add)");
   out.r = out.config.value("r", int64_t(8));
-  std::map<std::string, Tensor> params;
-  for (auto& [name, t] : lora.parameters()) params[name] = t;
+  const std::map<std::string, LoraFactors> factors = lora_factors(lora);
   for (const auto& path : lora.attached_modules()) {
-    auto a = params.find(path + ".lora_A.weight"), b = params.find(path + ".lora_B.weight");
-    if (a == params.end() || b == params.end()) throw Error("lora delta: no factors for module " + path);
+    auto it = factors.find(path);
+    if (it == factors.end() || !it->second.A.defined() || !it->second.B.defined())
+      throw Error("lora delta: no factors for module " + path);
     LoraFactors f;
-    f.A = a->second.float32().clone();
-    f.B = b->second.float32().clone();
-    f.scaling = lora_shape(out.config, path).scaling;
+    f.A = it->second.A.float32().clone();
+    f.B = it->second.B.float32().clone();
+    f.scaling = it->second.scaling;
     out.modules[path] = std::move(f);
   }
   if (out.modules.empty()) throw ConfigError("lora delta: it is not attached to any module");

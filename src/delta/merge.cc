@@ -5,31 +5,13 @@
 
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
+#include "deltatune/lora_arithmetic.h"
 #include "deltatune/safetensors.h"
 #include "delta/methods.h"
 
 namespace deltatune::delta {
 namespace fs = std::filesystem;
 namespace {
-struct LoraFactors {
-  Tensor A, B, magnitude;
-};
-
-// The LoRA factors of each attached module, from the delta's named parameters.
-std::map<std::string, LoraFactors> lora_factors(Delta& delta) {
-  std::map<std::string, LoraFactors> out;
-  for (auto& [name, t] : delta.parameters()) {
-    auto cut = [&](const std::string& suffix) {
-      return name.size() > suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0
-                 ? name.substr(0, name.size() - suffix.size())
-                 : std::string();
-    };
-    if (auto p = cut(".lora_A.weight"); !p.empty()) out[p].A = t;
-    else if (auto p2 = cut(".lora_B.weight"); !p2.empty()) out[p2].B = t;
-    else if (auto p3 = cut(".lora_magnitude_vector"); !p3.empty()) out[p3].magnitude = t;
-  }
-  return out;
-}
 
 // IA3: a vector scales a layer's output rows (and its bias) or, on feed-forward layers, its input
 // columns; merging multiplies the weight by it and unmerging divides (PEFT adds 1e-8 to the divisor).
@@ -38,8 +20,7 @@ void apply_ia3(TransformerModel& model, Delta& delta, float sign) {
     const std::string path = name.substr(0, name.size() - std::string(".ia3_l").size());
     auto* layer = dynamic_cast<nn::Linear*>(model.find_module(path));
     if (!layer) throw ConfigError("merge: '" + path + "' is not a linear layer of this model");
-    // Shapes tell the kind: [1, in] scales inputs (feed-forward), [out, 1] outputs.
-    const bool feedforward = l.size(0) == 1 && l.size(1) == layer->in_features && layer->in_features > 1;
+    const bool feedforward = ia3_scales_inputs(l.shape(), *layer);
     std::vector<float> v = l.to_floats();
     if (sign < 0)
       for (auto& x : v) x = 1.0f / (x + 1e-8f);
@@ -94,9 +75,8 @@ void apply(TransformerModel& model, Delta& delta, float sign) {
   for (auto& [path, f] : lora_factors(delta)) {
     auto* layer = dynamic_cast<nn::Linear*>(model.find_module(path));
     if (!layer) throw ConfigError("merge: '" + path + "' is not a linear layer of this model");
-    const double scaling = lora_shape(c, path).scaling;
     Tensor w = layer->weight_out_in().float32().contiguous();     // [out, in]
-    Tensor delta_w = ops::mul_scalar(ops::matmul(f.B, f.A), float(scaling));
+    Tensor delta_w = ops::mul_scalar(ops::matmul(f.B, f.A), float(f.scaling));
     Tensor merged;
     if (f.magnitude.defined()) {
       if (sign < 0) throw ConfigError("unmerge: DoRA merges cannot be undone exactly; reload the base instead");

@@ -2,6 +2,9 @@
 // The delta methods' factories: one file per method, listed here and in make_delta (delta.cc).
 #include <algorithm>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 #include <nlohmann/json.hpp>
 
 #include "deltatune/delta.h"
@@ -13,6 +16,34 @@ template <class HookList, class Hook>
 void remove_hook(HookList& hooks, const Hook& hook) {
   hooks.erase(std::remove(hooks.begin(), hooks.end(), hook), hooks.end());
 }
+
+// Whether an IA3 vector of this shape scales the layer's inputs ([1, in], feed-forward layers) rather
+// than its outputs ([out, 1]); the shapes say it unless both are [1, 1].
+inline bool ia3_scales_inputs(const Shape& vector_shape, const nn::Linear& layer) {
+  return vector_shape == Shape{1, layer.in_features} && vector_shape != Shape{layer.out_features, 1};
+}
+
+// The hooks a delta put on linear layers: installed with its name and on/off state, switched
+// together, and all taken out again at detach.
+class LinearHooks {
+ public:
+  void install(nn::Linear* layer, std::shared_ptr<nn::LinearHook> hook, const std::string& owner, bool enabled) {
+    hook->owner = owner;
+    hook->enabled = enabled;
+    layer->hooks.push_back(hook);
+    installed_.emplace_back(layer, std::move(hook));
+  }
+  void set_enabled(bool on) {
+    for (auto& [_, hook] : installed_) hook->enabled = on;
+  }
+  void remove_all() {
+    for (auto& [layer, hook] : installed_) remove_hook(layer->hooks, hook);
+    installed_.clear();
+  }
+
+ private:
+  std::vector<std::pair<nn::Linear*, std::shared_ptr<nn::LinearHook>>> installed_;
+};
 
 std::unique_ptr<Delta> make_lora(const nlohmann::json& config);
 std::unique_ptr<Delta> make_ia3(const nlohmann::json& config);

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "deltatune/error.h"
+#include "delta/methods.h"
 
 namespace deltatune::delta {
 namespace {
@@ -177,7 +178,7 @@ nlohmann::json ia3_to_peft(Delta& delta, TransformerModel& model) {
     auto* layer = static_cast<nn::Linear*>(model.find_module(path));
     fan_in_fan_out = fan_in_fan_out || layer->fan_in_fan_out;
     const Shape& s = shapes[path];
-    if (s == Shape{1, layer->in_features} && s != Shape{layer->out_features, 1}) feedforward.push_back(path);
+    if (ia3_scales_inputs(s, *layer)) feedforward.push_back(path);
     else plain.push_back(path);
   }
   nlohmann::json p;

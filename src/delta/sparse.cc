@@ -65,24 +65,20 @@ class WeightDifference : public Delta {
         create(i, shapes_.back(), *layer, gen);
       }
       auto hook = std::make_shared<DiffHook>();
-      hook->owner = name;
-      hook->enabled = enabled_;
       hook->difference = difference_fn(i, model);
-      layer->hooks.push_back(hook);
-      installed_.emplace_back(layer, hook);
+      hooks_.install(layer, hook, name, enabled_);
     }
     model_ = &model;
   }
 
   void detach() override {
-    for (auto& [layer, hook] : installed_) remove_hook(layer->hooks, hook);
-    installed_.clear();
+    hooks_.remove_all();
     model_ = nullptr;
   }
 
   void set_enabled(bool on) override {
     enabled_ = on;
-    for (auto& [_, h] : installed_) h->enabled = on;
+    hooks_.set_enabled(on);
   }
 
   std::vector<std::string> attached_modules() const override { return paths_; }
@@ -92,6 +88,14 @@ class WeightDifference : public Delta {
   // The hook's computation of target i's difference. It must not refer to the delta object (a model
   // keeps working when the delta that attached it is gone), only to state it shares.
   virtual std::function<Tensor(nn::Linear&)> difference_fn(size_t i, TransformerModel& model) = 0;
+
+  // The config fields both methods share: what was given, the method and the resolved target names.
+  nlohmann::json common_config() const {
+    nlohmann::json c = config_;
+    c["method"] = method_;
+    c["targets"] = spec_.names_json();
+    return c;
+  }
 
   // The flat positions saved under `key` for target i, checked against its weight's size.
   std::vector<int64_t> positions(const std::map<std::string, Tensor>& values, const std::string& key, size_t i) const {
@@ -114,7 +118,7 @@ class WeightDifference : public Delta {
   bool enabled_ = true;
   std::vector<std::string> paths_;
   std::vector<Shape> shapes_;
-  std::vector<std::pair<nn::Linear*, std::shared_ptr<DiffHook>>> installed_;
+  LinearHooks hooks_;
 };
 
 // clamp(x, 0, 1) as relu(x) - relu(x - 1): gradients pass inside (0, 1) only.
@@ -183,9 +187,7 @@ class DiffPruning : public WeightDifference {
   }
 
   nlohmann::json config() const override {
-    nlohmann::json c = config_;
-    c["method"] = method_;
-    c["targets"] = spec_.names_json();
+    nlohmann::json c = common_config();
     c["target_sparsity"] = st_->sparsity;
     c["l0_weight"] = l0_weight_;
     c["init_log_alpha"] = init_log_alpha_;
@@ -305,9 +307,7 @@ class LearnedMask : public WeightDifference {
   }
 
   nlohmann::json config() const override {
-    nlohmann::json c = config_;
-    c["method"] = method_;
-    c["targets"] = spec_.names_json();
+    nlohmann::json c = common_config();
     c["threshold"] = st_->threshold;
     c["init_score"] = init_score_;
     return c;
