@@ -132,9 +132,6 @@ Tensor unary_op(const char* name, const Tensor& a, Fwd fwd, Dfn dfn, Saves saves
   });
 }
 
-constexpr float kSqrt2OverPi = 0.7978845608028654f;
-constexpr float kInvSqrt2 = 0.7071067811865476f;
-constexpr float kInvSqrt2Pi = 0.3989422804014327f;
 }  // namespace
 
 Tensor add(const Tensor& a, const Tensor& b) {
