@@ -52,7 +52,11 @@ def main():
     ap.add_argument("--repeat", type=int, default=1,
                     help="alternate ours/peer this many times per case and keep each side's best run "
                          "(other load on the machine only ever slows a run down)")
+    ap.add_argument("--base-dtype", choices=["float32", "bfloat16", "both"], default="both",
+                    help="how ours stores the frozen weights: float32 (exact), bfloat16 (AVX-512 BF16 kernel, "
+                         "float32 where the CPU lacks it), or both side by side (default)")
     a = ap.parse_args()
+    dtypes = ["float32", "bfloat16"] if a.base_dtype == "both" else [a.base_dtype]
     cases = FULL if a.full else QUICK
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "passive")
@@ -60,28 +64,45 @@ def main():
           f"best of {max(1, a.repeat)}; OPENBLAS_CORETYPE={env.get('OPENBLAS_CORETYPE', '(auto)')}, "
           f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}")
     print()
-    print("| case | ours tok/s | peer tok/s | speed ratio | ours MiB | peer MiB | memory ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    def label(dt):
+        return "ours" if len(dtypes) == 1 and dt == "float32" else f"ours {'bf16' if dt == 'bfloat16' else 'f32'}"
+    head = ["case", "peer tok/s"]
+    for dt in dtypes:
+        head += [f"{label(dt)} tok/s", "speed ratio"]
+    head.append("peer MiB")
+    for dt in dtypes:
+        head += [f"{label(dt)} MiB", "memory ratio"]
+    print("| " + " | ".join(head) + " |")
+    print("|---" + "|---:" * (len(head) - 1) + "|")
     for model, method, lora_all, b, t in cases:
         name = f"{model} {method}{'-all' if lora_all else ''} b{b} s{t}"
         if a.only and a.only not in name:
             continue
         args = ["--model", model, "--method", method, "--batch", str(b), "--seq", str(t), "--threads", str(a.threads),
                 "--steps", str(a.steps), "--warmup", str(a.warmup)] + (["--lora-all"] if lora_all else [])
-        ours = peer = None
+        ours = {dt: None for dt in dtypes}
+        peer = None
         for _ in range(max(1, a.repeat)):
-            o = run([a.ours, "bench"] + args, env)
+            for dt in dtypes:
+                o = run([a.ours, "bench"] + args + ["--base-dtype", dt], env)
+                if o and (not ours[dt] or o["tokens_per_s"] > ours[dt]["tokens_per_s"]): ours[dt] = o
             p = run(["/usr/bin/python3", a.peer] + args, env)
-            if o and (not ours or o["tokens_per_s"] > ours["tokens_per_s"]): ours = o
             if p and (not peer or p["tokens_per_s"] > peer["tokens_per_s"]): peer = p
-        if not ours or not peer:
-            print(f"| {name} | {'-' if not ours else ours['tokens_per_s']} | {'-' if not peer else peer['tokens_per_s']} | - | - | - | - |")
-            continue
-        ratio = ours["tokens_per_s"] / peer["tokens_per_s"]
-        mem = ours["peak_rss_mib"] / peer["peak_rss_mib"]
-        print(f"| {name} | {ours['tokens_per_s']:.0f} | {peer['tokens_per_s']:.0f} | {ratio:.2f}x | "
-              f"{ours['peak_rss_mib']:.0f} | {peer['peak_rss_mib']:.0f} | {mem:.2f}x |", flush=True)
-
+        row = [name, f"{peer['tokens_per_s']:.0f}" if peer else "-"]
+        for dt in dtypes:
+            o = ours[dt]
+            row += [f"{o['tokens_per_s']:.0f}" if o else "-",
+                    f"{o['tokens_per_s'] / peer['tokens_per_s']:.2f}x" if o and peer else "-"]
+        row.append(f"{peer['peak_rss_mib']:.0f}" if peer else "-")
+        for dt in dtypes:
+            o = ours[dt]
+            row += [f"{o['peak_rss_mib']:.0f}" if o else "-",
+                    f"{o['peak_rss_mib'] / peer['peak_rss_mib']:.2f}x" if o and peer else "-"]
+        print("| " + " | ".join(row) + " |", flush=True)
+        # A bfloat16 run that fell back to float32 (no AVX-512 BF16 here) says so.
+        for dt in dtypes:
+            if ours[dt] and ours[dt].get("base_dtype", dt) != dt:
+                print(f"(ours {dt}: this CPU ran it in {ours[dt]['base_dtype']})", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -86,6 +86,13 @@ class Linear : public Module {
   Tensor& bias_;
 };
 
+// Stores the frozen weight matrices under `root` (Linear weights and Embedding tables that do not
+// require a gradient and share their storage with no other parameter) as `dtype`. bfloat16 halves
+// their memory and runs linear layers on the AVX-512 BF16 kernel (ops::linear); embedding lookups
+// read the table as it is. Call it after the delta is attached and the model frozen. Returns how many
+// weights changed.
+int64_t store_frozen_weights(Module& root, DType dtype);
+
 class Embedding;
 
 // A delta's attachment to an embedding table (LoRA on embeddings): post() transforms the looked-up

@@ -53,6 +53,14 @@ Tensor mean_all(const Tensor& a);
 // --- matrix products (OpenBLAS; transposed operands are passed to BLAS without copies) ---
 // a [..., m, k] @ b [..., k, n] with broadcast batch dims; 2-D x 2-D is one GEMM.
 Tensor matmul(const Tensor& a, const Tensor& b);
+// Products with a bfloat16 weight (linear, linear_cross_entropy): by default the weight is widened
+// to float32, so a model kept at half size computes as the float32 model with rounded weights. With
+// allow_bf16_products(true) (as torch.set_float32_matmul_precision("medium")), and where the CPU has
+// AVX-512 BF16 (bf16_linear_available()), they run on the BF16 kernel instead: the input is rounded to
+// bfloat16 too, sums stay float32; about twice the speed.
+bool bf16_linear_available();
+void allow_bf16_products(bool on);
+bool bf16_products_allowed();
 // x [..., in] @ weight[out, in]^T + bias[out]. bias may be undefined.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
 

@@ -1,3 +1,5 @@
+#include <map>
+
 #include "deltatune/error.h"
 #include "deltatune/nn.h"
 
@@ -21,6 +23,23 @@ Tensor Linear::forward(const Tensor& x) {
   for (auto& h : hooks)
     if (h->enabled) y = h->post(*this, in, y);
   return y;
+}
+
+int64_t store_frozen_weights(Module& root, DType dtype) {
+  std::map<const Storage*, int> users;  // tied weights (one storage, two parameters) are left alone
+  for (auto& [name, t] : root.named_parameters()) ++users[t->storage().get()];
+  int64_t changed = 0;
+  for (auto& [name, m] : root.named_modules()) {
+    Tensor* weight = nullptr;
+    if (auto* linear = dynamic_cast<Linear*>(m)) weight = &linear->weight();
+    if (auto* embedding = dynamic_cast<Embedding*>(m)) weight = &embedding->weight();
+    if (!weight) continue;
+    Tensor& w = *weight;
+    if (!w.defined() || w.requires_grad() || w.dtype() == dtype || users[w.storage().get()] > 1) continue;
+    w = w.detach().to(dtype);
+    ++changed;
+  }
+  return changed;
 }
 
 Embedding::Embedding(int64_t num, int64_t dim)

@@ -11,6 +11,8 @@
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
+#include "ops/bf16_products.h"
+#include "ops/cpu/gemm_bf16.h"
 
 namespace deltatune::ops {
 namespace {
@@ -119,20 +121,27 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor&
     ++counted;
   }
   const Tensor xc = f32_contiguous(x).detach();
-  const Tensor wc = f32_contiguous(weight).detach();
   const bool want_gx = grad_enabled() && x.requires_grad();
   const bool want_gw = grad_enabled() && weight.requires_grad();
+  // A frozen bfloat16 head (a base stored at half size) is read as it is by the BF16 kernel.
+  const bool bf16_kernel = !want_gw && runs_bf16_kernel(weight);
+  const Tensor wc = bf16_kernel ? weight.detach() : f32_contiguous(weight).detach();
   Tensor gx = want_gx ? Tensor::zeros({n, h}) : Tensor();
   Tensor gw = want_gw ? Tensor::zeros({v, h}) : Tensor();
-  // Rows per chunk: about 16 MiB of logits at a time.
-  const int64_t chunk = std::clamp<int64_t>((int64_t(1) << 22) / std::max<int64_t>(v, 1), 8, 1024);
+  // Rows per chunk: about 16 MiB of logits at a time; 64 MiB on the BF16 kernel, which repacks the
+  // head for every chunk and needs the rows to pay for that.
+  const int64_t logits_floats = int64_t(1) << (bf16_kernel ? 24 : 22);
+  const int64_t chunk = std::clamp<int64_t>(logits_floats / std::max<int64_t>(v, 1), 8, 1024);
   std::vector<float> logits(size_t(std::min(chunk, std::max<int64_t>(n, 1)) * v));
   const float inv_count = counted ? 1.0f / float(counted) : 0.0f;
   double total = 0;
   for (int64_t r0 = 0; r0 < n && v > 0; r0 += chunk) {
     const int64_t rows = std::min(chunk, n - r0);
     float* lg = logits.data();
-    if (h > 0)
+    if (bf16_kernel)  // B[k, n] = W[n, k]
+      kernels::gemm_f32_bf16(rows, v, h, xc.f32() + r0 * h, h, wc.data<uint16_t>(), wc.strides()[1], wc.strides()[0],
+                             lg, v, false);
+    else if (h > 0)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(v), int(h), 1.0f, xc.f32() + r0 * h,
                   int(h), wc.f32(), int(h), 0.0f, lg, int(v));
     else
@@ -159,7 +168,10 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor&
       }
     }
     total += chunk_total;
-    if (want_gx && h > 0)  // gx[rows, H] = G[rows, V] @ W[V, H]
+    if (want_gx && bf16_kernel)  // gx[rows, H] = G[rows, V] @ W[V, H]
+      kernels::gemm_f32_bf16(rows, h, v, lg, v, wc.data<uint16_t>(), wc.strides()[0], wc.strides()[1],
+                             gx.f32() + r0 * h, h, false);
+    else if (want_gx && h > 0)
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(h), int(v), 1.0f, lg, int(v), wc.f32(),
                   int(h), 0.0f, gx.f32() + r0 * h, int(h));
     if (want_gw && h > 0)  // gW[V, H] += G^T[V, rows] @ x[rows, H]

@@ -2,6 +2,10 @@
 // sgemm as is (transposed when column-major), so x @ W.t() and GPT-2's [in, out] weights cost no copy.
 #include <cblas.h>
 
+#include <atomic>
+
+#include "ops/bf16_products.h"
+#include "ops/cpu/gemm_bf16.h"
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
@@ -121,6 +125,19 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   });
 }
 
+namespace {
+std::atomic<bool> g_bf16_products{false};
+}  // namespace
+
+bool bf16_linear_available() { return kernels::bf16_gemm_available(); }
+void allow_bf16_products(bool on) { g_bf16_products = on; }
+bool bf16_products_allowed() { return g_bf16_products; }
+
+bool runs_bf16_kernel(const Tensor& weight) {
+  return weight.dtype() == DType::BF16 && weight.device() == Device::CPU && g_bf16_products &&
+         kernels::bf16_gemm_available();
+}
+
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   if (weight.dim() != 2) throw ShapeError("linear: weight must be 2-D, got " + weight.describe());
   if (x.dim() < 1 || x.size(-1) != weight.size(1))
@@ -130,7 +147,9 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   if (bias.defined() && (bias.dim() != 1 || bias.size(0) != outf))
     throw ShapeError("linear: bias " + shape_str(bias.shape()) + " does not match weight " + shape_str(weight.shape()));
   Tensor xc = x.float32().contiguous();
-  Tensor w = blas_ready(weight);
+  // A bfloat16 weight runs on the AVX-512 BF16 kernel when allowed (see ops.h); else it is widened.
+  const bool bf16_kernel = runs_bf16_kernel(weight);
+  Tensor w = bf16_kernel ? weight : blas_ready(weight);
   const int64_t rows = shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
   Shape out_shape = x.shape();
   out_shape.back() = outf;
@@ -146,9 +165,14 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
     beta = 1.0f;
   }
   // out[rows, out] = x[rows, in] @ W^T: W is [out, in], so its transpose flips the view.
-  MatrixView wv = view_of(w);
-  MatrixView wt{wv.data, wv.trans == CblasNoTrans ? CblasTrans : CblasNoTrans, wv.ld};
-  if (rows && outf) gemm(rows, outf, in, MatrixView{xc.f32(), CblasNoTrans, std::max<int64_t>(in, 1)}, wt, beta, o, outf);
+  if (bf16_kernel) {  // B[k, n] = W[n, k]
+    kernels::gemm_f32_bf16(rows, outf, in, xc.f32(), in, w.data<uint16_t>(), w.strides()[1], w.strides()[0], o, outf,
+                           beta != 0.0f);
+  } else if (rows && outf) {
+    MatrixView wv = view_of(w);
+    MatrixView wt{wv.data, wv.trans == CblasNoTrans ? CblasTrans : CblasNoTrans, wv.ld};
+    gemm(rows, outf, in, MatrixView{xc.f32(), CblasNoTrans, std::max<int64_t>(in, 1)}, wt, beta, o, outf);
+  }
 
   // The tape keeps x only when the weight learns, and W only when x needs a gradient: a frozen
   // layer holds no copy of its input, a layer on a frozen input no reference to its weight.
@@ -157,13 +181,17 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Tensor xd = weight.requires_grad() ? xc.detach() : Tensor();
   Tensor wd = x.requires_grad() ? w.detach() : Tensor();
   const Shape x_shape = x.shape();
-  return record("linear", out, {x, weight, bias}, [xd, wd, x_shape, in, outf, rows](const Tensor& g_in, const std::vector<bool>& needs) {
+  return record("linear", out, {x, weight, bias}, [xd, wd, x_shape, in, outf, rows, bf16_kernel](const Tensor& g_in, const std::vector<bool>& needs) {
     Tensor g = g_in.contiguous();
     Tensor gx, gw, gb;
     MatrixView gv{g.f32(), CblasNoTrans, std::max<int64_t>(outf, 1)};
     if (needs[0]) {  // gx[rows, in] = g[rows, out] @ W[out, in]
       gx = Tensor::empty(x_shape);
-      if (rows && in) gemm(rows, in, outf, gv, view_of(wd), 0.0f, gx.f32(), in);
+      if (bf16_kernel)  // B[k, n] = W[k, n]
+        kernels::gemm_f32_bf16(rows, in, outf, g.f32(), outf, wd.data<uint16_t>(), wd.strides()[0], wd.strides()[1],
+                               gx.f32(), in, false);
+      else if (rows && in)
+        gemm(rows, in, outf, gv, view_of(wd), 0.0f, gx.f32(), in);
     }
     if (needs[1]) {  // gW[out, in] = g^T[out, rows] @ x[rows, in]
       Tensor gwc = Tensor::empty({outf, in});

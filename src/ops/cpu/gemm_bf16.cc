@@ -1,0 +1,213 @@
+// The bfloat16-weight GEMM (see gemm_bf16.h). Blocked in the usual way (Goto & van de Geijn): each
+// thread owns a range of C's columns; A is rounded to bfloat16 once per call; for each block of
+// KC_PAIRS pairs of k, a thread packs its columns of B into strips of NR columns laid out the way
+// vdpbf16ps reads them ([pair][column][2]), then a 6 x 64 register tile of C is accumulated per
+// strip and group of rows. vdpbf16ps multiplies pairs along k, so k is padded to even with zeros.
+#include "gemm_bf16.h"
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#define DT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+namespace deltatune::ops::kernels {
+namespace {
+
+constexpr int MR = 6;               // rows of C per micro-tile
+constexpr int NR = 64;              // columns of C per micro-tile: four zmm of 16 floats
+constexpr int64_t KC_PAIRS = 128;   // pairs of k per packed block (a B strip: 128 * 64 * 4 B = 32 KiB)
+constexpr int64_t MC = 96;          // rows of A swept per B strip while it is hot
+
+// Rows [r0, r1) of A rounded to bfloat16, row stride k_even (k padded with a zero when odd).
+DT_BF16_TARGET void round_rows(const float* a, int64_t lda, int64_t k, int64_t k_even, int64_t r0, int64_t r1,
+                               uint16_t* out) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* src = a + r * lda;
+    uint16_t* dst = out + r * k_even;
+    int64_t j = 0;
+    for (; j + 32 <= k; j += 32) {
+      const __m512 lo = _mm512_loadu_ps(src + j), hi = _mm512_loadu_ps(src + j + 16);
+      _mm512_storeu_si512(dst + j, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+    if (j < k_even) {  // the tail (and the zero that pads k to even)
+      const int64_t left = k - j;
+      const __mmask16 mlo = __mmask16(left >= 16 ? 0xffff : (1u << left) - 1);
+      const __mmask16 mhi = __mmask16(left <= 16 ? 0 : (1u << (left - 16)) - 1);
+      const __m512 lo = _mm512_maskz_loadu_ps(mlo, src + j), hi = _mm512_maskz_loadu_ps(mhi, src + j + 16);
+      const int64_t store = k_even - j;
+      _mm512_mask_storeu_epi16(dst + j, __mmask32(store >= 32 ? ~0u : (1u << store) - 1),
+                               (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+  }
+}
+
+// Packs B's pairs [p0, p0 + pairs) and columns [n0, n0 + cols) into strips of NR columns, each
+// [pair][NR][2] (bfloat16), zero-padded past k and past the last column.
+DT_BF16_TARGET void pack_b(const uint16_t* b, int64_t b_k, int64_t b_n, int64_t k, int64_t p0, int64_t pairs,
+                           int64_t n0, int64_t cols, uint16_t* out) {
+  // Interleaving indices: element 2j of the result takes row 0's column j, element 2j + 1 row 1's.
+  alignas(64) static const uint16_t lo_idx[32] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
+                                                  8,  40, 9,  41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  alignas(64) static const uint16_t hi_idx[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
+                                                  24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+  const __m512i ilo = _mm512_load_si512(lo_idx), ihi = _mm512_load_si512(hi_idx);
+  for (int64_t s = 0; s < cols; s += NR) {
+    const int64_t width = std::min<int64_t>(NR, cols - s);
+    uint16_t* strip = out + (s / NR) * pairs * NR * 2;
+    if (b_n == 1) {  // rows of B are contiguous: interleave rows 2p and 2p + 1, 32 columns at a time
+      for (int64_t p = 0; p < pairs; ++p) {
+        const int64_t k0 = 2 * (p0 + p);
+        const uint16_t* r0 = b + k0 * b_k + n0 + s;
+        const uint16_t* r1 = r0 + b_k;
+        const bool has_r1 = k0 + 1 < k;
+        uint16_t* dst = strip + p * NR * 2;
+        for (int64_t j = 0; j < NR; j += 32) {
+          const int64_t left = std::max<int64_t>(0, std::min<int64_t>(32, width - j));
+          const __mmask32 m = __mmask32(left >= 32 ? ~0u : (1u << left) - 1);
+          const __m512i a0 = _mm512_maskz_loadu_epi16(m, r0 + j);
+          const __m512i a1 = has_r1 ? _mm512_maskz_loadu_epi16(m, r1 + j) : _mm512_setzero_si512();
+          _mm512_storeu_si512(dst + 2 * j, _mm512_permutex2var_epi16(a0, ilo, a1));
+          _mm512_storeu_si512(dst + 2 * j + 32, _mm512_permutex2var_epi16(a0, ihi, a1));
+        }
+      }
+    } else if (b_k == 1 && (NR - 1) * b_n * 2 < (int64_t(1) << 31)) {
+      // Columns of B contiguous (a [n, k] weight read as its transpose): each pair (k, k + 1) of a
+      // column is one 32-bit element; gather 16 columns' pair at a time.
+      const uint16_t* base = b + (n0 + s) * b_n;
+      const __m512i step = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                              _mm512_set1_epi32(int(b_n * 2)));
+      __mmask16 mask[NR / 16];
+      for (int g = 0; g < NR / 16; ++g) {
+        const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, width - 16 * g));
+        mask[g] = __mmask16(left >= 16 ? 0xffff : (1u << left) - 1);
+      }
+      // An odd k's last pair would read one element past a column: it is written below instead.
+      const int64_t whole = (k & 1) && p0 + pairs == (k + 1) / 2 ? pairs - 1 : pairs;
+      for (int64_t p = 0; p < whole; ++p) {
+        const uint16_t* at = base + 2 * (p0 + p);
+        uint32_t* dst = reinterpret_cast<uint32_t*>(strip + p * NR * 2);
+        for (int g = 0; g < NR / 16; ++g)
+          _mm512_storeu_si512(dst + 16 * g, _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), mask[g], step,
+                                                                        at + 16 * g * b_n, 1));
+      }
+      for (int64_t p = whole; p < pairs; ++p) {
+        uint16_t* dst = strip + p * NR * 2;
+        std::memset(dst, 0, NR * 2 * sizeof(uint16_t));
+        for (int64_t j = 0; j < width; ++j) dst[2 * j] = base[j * b_n + 2 * (p0 + p)];
+      }
+    } else {  // any other layout, element by element
+      std::memset(strip, 0, size_t(pairs * NR * 2) * sizeof(uint16_t));
+      for (int64_t j = 0; j < width; ++j) {
+        const uint16_t* col = b + (n0 + s + j) * b_n;
+        for (int64_t p = 0; p < pairs; ++p) {
+          const int64_t k0 = 2 * (p0 + p);
+          strip[(p * NR + j) * 2] = col[k0 * b_k];
+          strip[(p * NR + j) * 2 + 1] = k0 + 1 < k ? col[(k0 + 1) * b_k] : uint16_t(0);
+        }
+      }
+    }
+  }
+}
+
+// C[R rows, up to 64 columns] (+)= A-rows x packed B strip over `pairs` pairs of k.
+template <int R>
+DT_BF16_TARGET void micro_tile(int64_t pairs, const uint32_t* a, int64_t lda_pairs, const uint16_t* b, float* c,
+                               int64_t ldc, int width, bool load_c) {
+  __mmask16 mask[4];
+  for (int j = 0; j < 4; ++j) {
+    const int left = std::max(0, std::min(16, width - 16 * j));
+    mask[j] = __mmask16(left >= 16 ? 0xffff : (1u << left) - 1);
+  }
+  __m512 acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j)
+      acc[r][j] = load_c ? _mm512_maskz_loadu_ps(mask[j], c + r * ldc + 16 * j) : _mm512_setzero_ps();
+  for (int64_t p = 0; p < pairs; ++p) {
+    const uint16_t* bp = b + p * NR * 2;
+    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp), b1 = (__m512bh)_mm512_loadu_si512(bp + 32),
+                   b2 = (__m512bh)_mm512_loadu_si512(bp + 64), b3 = (__m512bh)_mm512_loadu_si512(bp + 96);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(int(a[r * lda_pairs + p]));
+      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
+      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
+      acc[r][2] = _mm512_dpbf16_ps(acc[r][2], av, b2);
+      acc[r][3] = _mm512_dpbf16_ps(acc[r][3], av, b3);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < 4; ++j) _mm512_mask_storeu_ps(c + r * ldc + 16 * j, mask[j], acc[r][j]);
+}
+
+using MicroTile = void (*)(int64_t, const uint32_t*, int64_t, const uint16_t*, float*, int64_t, int, bool);
+constexpr MicroTile kTiles[MR + 1] = {nullptr,        micro_tile<1>, micro_tile<2>, micro_tile<3>,
+                                      micro_tile<4>, micro_tile<5>, micro_tile<6>};
+
+// One thread's share: columns [n0, n1) of C over all rows.
+void columns(int64_t m, int64_t n0, int64_t n1, int64_t k, const uint16_t* a16, int64_t k_even, const uint16_t* b,
+             int64_t b_k, int64_t b_n, float* c, int64_t ldc, bool accumulate, std::vector<uint16_t>& packed) {
+  const int64_t all_pairs = k_even / 2, cols = n1 - n0;
+  const int64_t strips = (cols + NR - 1) / NR;
+  packed.resize(size_t(strips * KC_PAIRS * NR * 2));
+  const uint32_t* a32 = reinterpret_cast<const uint32_t*>(a16);
+  const int64_t lda_pairs = k_even / 2;
+  for (int64_t p0 = 0; p0 < all_pairs; p0 += KC_PAIRS) {
+    const int64_t pairs = std::min(KC_PAIRS, all_pairs - p0);
+    pack_b(b, b_k, b_n, k, p0, pairs, n0, cols, packed.data());
+    const bool load_c = accumulate || p0 > 0;
+    for (int64_t i0 = 0; i0 < m; i0 += MC) {
+      const int64_t i1 = std::min(m, i0 + MC);
+      for (int64_t s = 0; s < strips; ++s) {
+        const uint16_t* strip = packed.data() + s * pairs * NR * 2;
+        const int width = int(std::min<int64_t>(NR, cols - s * NR));
+        float* cs = c + n0 + s * NR;
+        for (int64_t i = i0; i < i1; i += MR) {
+          const int rows = int(std::min<int64_t>(MR, i1 - i));
+          kTiles[rows](pairs, a32 + i * lda_pairs + p0, lda_pairs, strip, cs + i * ldc, ldc, width, load_c);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool bf16_gemm_available() {
+  static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
+  return yes;
+}
+
+void gemm_f32_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const uint16_t* b, int64_t b_k,
+                   int64_t b_n, float* c, int64_t ldc, bool accumulate) {
+  if (m <= 0 || n <= 0) return;
+  if (k <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
+    return;
+  }
+  const int64_t k_even = k + (k & 1);
+  static thread_local std::vector<uint16_t> a16;
+  a16.resize(size_t(m * k_even));
+  uint16_t* a16p = a16.data();
+  // Split the columns into whole strips per thread; small products stay on one thread.
+  const int64_t strips = (n + NR - 1) / NR;
+  const int threads = int(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), strips)));
+  const bool parallel = threads > 1 && m * n * k >= (int64_t(1) << 21);
+#pragma omp parallel num_threads(threads) if (parallel)
+  {
+    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
+    const int64_t r0 = m * t / nt, r1 = m * (t + 1) / nt;
+    round_rows(a, lda, k, k_even, r0, r1, a16p);
+#pragma omp barrier
+    static thread_local std::vector<uint16_t> packed;
+    const int64_t s0 = strips * t / nt, s1 = strips * (t + 1) / nt;
+    const int64_t n0 = std::min(n, s0 * NR), n1 = std::min(n, s1 * NR);
+    if (n1 > n0) columns(m, n0, n1, k, a16p, k_even, b, b_k, b_n, c, ldc, accumulate, packed);
+  }
+}
+
+}  // namespace deltatune::ops::kernels

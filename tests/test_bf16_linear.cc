@@ -1,0 +1,227 @@
+// Frozen weights in bfloat16: the AVX-512 BF16 GEMM (ops/cpu/gemm_bf16), ops::linear on a bfloat16
+// weight (forward and the input's gradient), and nn::store_frozen_weights on a real model.
+// On a CPU with AVX-512 BF16 the products must equal double sums of the bfloat16-rounded operands up
+// to float32 summation; elsewhere a bfloat16 weight is widened and must give the float32 result.
+// Products on the kernel are opt-in (ops::allow_bf16_products); without it a bfloat16 weight is
+// widened (tests/test_models.cc: a half-precision checkpoint gives the float32 outputs).
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "deltatune/autograd.h"
+#include "deltatune/delta.h"
+#include "deltatune/nn.h"
+#include "deltatune/ops.h"
+#include "deltatune/random.h"
+#include "golden.h"
+#include "ops/cpu/gemm_bf16.h"
+
+using namespace deltatune;
+
+namespace {
+
+float round_bf16(float v) { return bf16_to_f32(f32_to_bf16(v)); }
+
+std::vector<float> randoms(size_t n, Generator& gen) {
+  std::vector<float> v(n);
+  for (auto& x : v) x = gen.normal();
+  return v;
+}
+
+// |c - sum a_i b_i| relative to sum |a_i b_i|, the bound float32 summation keeps.
+struct Worst {
+  double relative = 0;
+  void add(double got, double exact, double magnitude) {
+    relative = std::max(relative, std::fabs(got - exact) / std::max(magnitude, 1e-30));
+  }
+};
+
+TEST(Bf16Gemm, EqualsDoubleSumsOfTheRoundedOperandsForEveryShapeAndLayout) {
+  if (!ops::kernels::bf16_gemm_available()) {
+    EXPECT_FALSE(ops::bf16_linear_available());  // and the linear tests below check the float32 path
+    return;
+  }
+  Generator gen(7);
+  Worst worst;
+  int cases = 0;
+  // Tails of every block: rows past a 6-row tile, columns past a 64-column strip, odd k, k past one
+  // 256-deep block; B as [k, n] rows (b_n == 1) and as a transposed [n, k] weight (b_k == 1).
+  for (int64_t m : {1, 5, 6, 7, 13, 100})
+    for (int64_t n : {1, 17, 64, 65, 130})
+      for (int64_t k : {1, 2, 3, 31, 300, 513})
+        for (bool weight_rows : {false, true})
+          for (bool accumulate : {false, true}) {
+            if (m * n * k > 2'000'000) continue;
+            const std::vector<float> a = randoms(size_t(m * k), gen), c0 = randoms(size_t(m * n), gen);
+            std::vector<uint16_t> b(size_t(k * n));
+            for (auto& v : b) v = f32_to_bf16(gen.normal());
+            const int64_t b_k = weight_rows ? 1 : n, b_n = weight_rows ? k : 1;
+            std::vector<float> c = c0;
+            ops::kernels::gemm_f32_bf16(m, n, k, a.data(), k, b.data(), b_k, b_n, c.data(), n, accumulate);
+            for (int64_t i = 0; i < m; ++i)
+              for (int64_t j = 0; j < n; ++j) {
+                double exact = accumulate ? c0[size_t(i * n + j)] : 0.0, magnitude = std::fabs(exact);
+                for (int64_t kk = 0; kk < k; ++kk) {
+                  const double p = double(round_bf16(a[size_t(i * k + kk)])) *
+                                   double(bf16_to_f32(b[size_t(kk * b_k + j * b_n)]));
+                  exact += p;
+                  magnitude += std::fabs(p);
+                }
+                worst.add(c[size_t(i * n + j)], exact, magnitude);
+              }
+            ++cases;
+          }
+  EXPECT_GT(cases, 600);
+  EXPECT_LT(worst.relative, 1e-5);  // float32 sums; a wrong element or a missed pair is O(1)
+}
+
+// linear(x, W16) against float32 products of what the path computes with: x rounded to bfloat16 on
+// the kernel, as given where the weight is widened instead.
+void check_linear(bool fan_in_fan_out) {
+  ops::allow_bf16_products(true);
+  Generator gen(3);
+  const int64_t batch = 3, seq = 37, in = 96, out = 130;
+  Tensor x = Tensor::from_floats(randoms(size_t(batch * seq * in), gen), {batch, seq, in}).set_requires_grad();
+  Tensor bias = Tensor::from_floats(randoms(size_t(out), gen), {out});
+  // The stored weight ([out, in], or GPT-2's [in, out] read through a transposed view).
+  Tensor stored = fan_in_fan_out ? Tensor::from_floats(randoms(size_t(in * out), gen), {in, out}).to(DType::BF16)
+                                 : Tensor::from_floats(randoms(size_t(in * out), gen), {out, in}).to(DType::BF16);
+  Tensor w16 = fan_in_fan_out ? stored.t() : stored;
+  Tensor r = Tensor::from_floats(randoms(size_t(batch * seq * out), gen), {batch, seq, out});
+
+  Tensor y = ops::linear(x, w16, bias);
+  ASSERT_EQ(y.dtype(), DType::F32);
+  ops::sum_all(ops::mul(y, r)).backward();
+
+  const bool kernel = ops::bf16_linear_available();
+  auto path_input = [&](const Tensor& t) {
+    std::vector<float> v = t.to_floats();
+    if (kernel)
+      for (auto& e : v) e = round_bf16(e);
+    return Tensor::from_floats(v, t.shape());
+  };
+  NoGradGuard no_grad;
+  const Tensor w32 = w16.float32().contiguous();
+  const Tensor y_ref = ops::linear(path_input(x), w32, bias);
+  const Tensor gx_ref = ops::matmul(path_input(r), w32);  // dL/dx = r W
+  const std::vector<float> got = y.to_floats(), want = y_ref.to_floats();
+  const std::vector<float> gx = x.grad().to_floats(), gx_want = gx_ref.to_floats();
+  ASSERT_EQ(got.size(), want.size());
+  ASSERT_EQ(gx.size(), gx_want.size());
+  double worst = 0, worst_g = 0;
+  for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, double(std::fabs(got[i] - want[i])));
+  for (size_t i = 0; i < gx.size(); ++i) worst_g = std::max(worst_g, double(std::fabs(gx[i] - gx_want[i])));
+  EXPECT_LT(worst, 1e-4);  // values ~ N(0, 96) and N(0, 130): float32 summation order only
+  EXPECT_LT(worst_g, 1e-4);
+}
+
+TEST(Bf16Linear, ForwardAndInputGradientOnAnOutInWeight) { check_linear(false); }
+TEST(Bf16Linear, ForwardAndInputGradientOnATransposedConv1DWeight) { check_linear(true); }
+
+TEST(Bf16Linear, StoringFrozenWeightsSkipsLearningAndTiedOnes) {
+  nn::Module root("Root");
+  auto a = std::make_shared<nn::Linear>(8, 4, true), b = std::make_shared<nn::Linear>(8, 4, true),
+       c = std::make_shared<nn::Linear>(8, 4, false), d = std::make_shared<nn::Linear>(8, 4, false);
+  root.register_module("frozen", a);
+  root.register_module("learning", b);
+  root.register_module("tied_1", c);
+  root.register_module("tied_2", d);
+  b->weight().set_requires_grad();
+  d->weight() = c->weight();  // one storage, two parameters (as tied embeddings and heads)
+  EXPECT_EQ(nn::store_frozen_weights(root, DType::BF16), 1);
+  EXPECT_EQ(a->weight().dtype(), DType::BF16);
+  EXPECT_EQ(a->bias().dtype(), DType::F32);  // biases stay as they are (small, and may learn: BitFit)
+  EXPECT_EQ(b->weight().dtype(), DType::F32);
+  EXPECT_EQ(c->weight().dtype(), DType::F32);
+  EXPECT_TRUE(c->weight().same(d->weight()));
+}
+
+// A real model with LoRA: the frozen base stored in bfloat16 keeps the logits within bfloat16's
+// precision, the delta stays float32 and learns.
+TEST(Bf16Linear, LoraOnABfloat16BaseMatchesTheFloat32ModelAndTrains) {
+  ops::allow_bf16_products(true);
+  auto classifier = [] {  // the same seed: the same new head on both
+    LoadOptions options;
+    options.head = HeadKind::SequenceClassification;
+    options.num_labels = 2;
+    options.seed = 5;
+    options.verbose = false;
+    return load_pretrained(golden::model_dir("bert-mini"), options);
+  };
+  auto model = classifier(), reference = classifier();
+  auto lora = delta::make_delta({{"method", "lora"}, {"r", 8}, {"alpha", 16}, {"targets", {"attn.q", "attn.v"}}});
+  lora->attach(*model);
+  delta::freeze_for_delta(*model, {lora.get()}, {"classifier.weight", "classifier.bias"});  // the head learns
+  int64_t matrices = 0;  // linear layers and embedding tables; the classifier learns
+  for (auto& [name, m] : model->named_modules())
+    matrices += dynamic_cast<nn::Linear*>(m) != nullptr || dynamic_cast<nn::Embedding*>(m) != nullptr;
+  const int64_t changed = nn::store_frozen_weights(*model, DType::BF16);
+  EXPECT_EQ(changed, matrices - 1);
+  EXPECT_EQ(model->input_embeddings().dtype(), DType::BF16);
+  EXPECT_EQ(model->find_parameter("classifier.weight")->dtype(), DType::F32);
+  for (auto& [name, t] : lora->parameters()) EXPECT_EQ(t.dtype(), DType::F32) << name;
+
+  ModelInput input;
+  input.input_ids = Tensor::from_ints({2, 45, 97, 311, 28, 3, 2, 61, 5, 904, 77, 3}, {2, 6});
+  const std::vector<float> got = model->forward(input).logits.to_floats();
+  const std::vector<float> want = reference->forward(input).logits.to_floats();
+  ASSERT_EQ(got.size(), want.size());
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    worst = std::max(worst, double(std::fabs(got[i] - want[i])));
+    scale = std::max(scale, double(std::fabs(want[i])));
+  }
+  EXPECT_LT(worst, 0.05 * std::max(scale, 1.0));  // bfloat16 keeps 8 bits: ~0.4% per operand
+
+  // One step of LoRA training on the bfloat16 base: gradients reach the delta and move the loss.
+  model->set_training(true);
+  auto params = delta::trainable_parameters(*model, {lora.get()});
+  const Tensor labels = Tensor::from_ints({0, 1}, {2});
+  Tensor loss = ops::cross_entropy(model->forward(input).logits, labels);
+  loss.backward();
+  double grad_norm = 0;
+  for (auto& [name, t] : params)
+    if (t.grad().defined())
+      for (float g : t.grad().to_floats()) grad_norm += double(g) * g;
+  EXPECT_TRUE(std::isfinite(loss.item()));
+  EXPECT_GT(grad_norm, 0.0);
+}
+
+}  // namespace
+
+namespace {
+
+// The fused, chunked LM-head loss (ops::linear_cross_entropy) on a frozen bfloat16 head: the loss of
+// the widened head (from x rounded to bfloat16 on the kernel), and the input's gradient within
+// bfloat16's precision (the softmax gradient is rounded on its way into the kernel).
+TEST(Bf16Linear, FusedLmHeadLossOnABfloat16Head) {
+  ops::allow_bf16_products(true);
+  Generator gen(11);
+  const int64_t n = 70, h = 48, v = 301;
+  std::vector<float> xs = randoms(size_t(n * h), gen);
+  Tensor x = Tensor::from_floats(xs, {n, h}).set_requires_grad();
+  Tensor w16 = Tensor::from_floats(randoms(size_t(v * h), gen), {v, h}).to(DType::BF16);
+  std::vector<int64_t> targets(static_cast<size_t>(n));
+  for (auto& t : targets) t = int64_t(gen.below(uint64_t(v)));
+  targets[3] = -100;  // ignored
+  const Tensor tg = Tensor::from_ints(targets, {n});
+  Tensor loss = ops::linear_cross_entropy(x, w16, tg);
+  loss.backward();
+
+  if (ops::bf16_linear_available())
+    for (auto& e : xs) e = round_bf16(e);
+  Tensor x_ref = Tensor::from_floats(xs, {n, h}).set_requires_grad();
+  Tensor loss_ref = ops::linear_cross_entropy(x_ref, w16.float32(), tg);
+  loss_ref.backward();
+  EXPECT_NEAR(loss.item(), loss_ref.item(), 1e-5 * std::fabs(loss_ref.item()));
+  const std::vector<float> g = x.grad().to_floats(), g_ref = x_ref.grad().to_floats();
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    diff += (double(g[i]) - g_ref[i]) * (double(g[i]) - g_ref[i]);
+    norm += double(g_ref[i]) * g_ref[i];
+  }
+  EXPECT_GT(norm, 0.0);
+  EXPECT_LT(std::sqrt(diff / norm), 1e-2);
+}
+
+}  // namespace
