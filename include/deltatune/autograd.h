@@ -18,7 +18,7 @@ using BackwardFn = std::function<std::vector<Tensor>(const Tensor& grad_out, con
 
 struct Node {
   std::string name;            // the op, for error messages and debugging
-  std::vector<Tensor> inputs;  // edges to where gradients flow
+  std::vector<Tensor> inputs;  // edges to where gradients flow (computed inputs without their data)
   BackwardFn backward;
   uint64_t sequence = 0;       // creation order: the tape position
 };

@@ -19,6 +19,24 @@ uint64_t recorded_nodes() { return g_sequence.load(); }
 NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
 
+namespace {
+// What the tape keeps of an input: a leaf as it is (its gradient buffer lives on it), a computed
+// tensor as its metadata and grad_fn only. Backward rules capture the data they need themselves, so
+// an intermediate nothing saved is freed as soon as the forward is done with it, not at backward
+// (a linear layer's output under a LoRA add, say: the add needs no operand to differentiate).
+Tensor edge_of(const Tensor& t) {
+  if (!t.defined() || !t.grad_fn()) return t;
+  auto impl = std::make_shared<TensorImpl>();
+  impl->dtype = t.dtype();
+  impl->shape = t.shape();
+  impl->strides = t.strides();
+  impl->offset = t.offset();
+  impl->requires_grad = t.requires_grad();
+  impl->grad_fn = t.grad_fn();
+  return Tensor(impl);
+}
+}  // namespace
+
 Tensor record(const char* name, Tensor output, std::vector<Tensor> inputs, BackwardFn backward) {
   if (!g_grad_enabled) return output;
   bool any = false;
@@ -26,7 +44,8 @@ Tensor record(const char* name, Tensor output, std::vector<Tensor> inputs, Backw
   if (!any) return output;
   auto node = std::make_shared<Node>();
   node->name = name;
-  node->inputs = std::move(inputs);
+  node->inputs.reserve(inputs.size());
+  for (const Tensor& t : inputs) node->inputs.push_back(edge_of(t));
   node->backward = std::move(backward);
   node->sequence = g_sequence.fetch_add(1);
   output.impl()->grad_fn = std::move(node);
