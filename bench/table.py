@@ -52,11 +52,11 @@ def main():
     ap.add_argument("--repeat", type=int, default=1,
                     help="alternate ours/peer this many times per case and keep each side's best run "
                          "(other load on the machine only ever slows a run down)")
-    ap.add_argument("--base-dtype", choices=["float32", "bfloat16", "both"], default="both",
-                    help="how ours stores the frozen weights: float32 (exact), bfloat16 (AVX-512 BF16 kernel, "
+    ap.add_argument("--precision", choices=["float32", "bf16", "both"], default="both",
+                    help="ours in float32 (exact, as the peer), with --bf16 (bfloat16 products on AVX-512 BF16, "
                          "float32 where the CPU lacks it), or both side by side (default)")
     a = ap.parse_args()
-    dtypes = ["float32", "bfloat16"] if a.base_dtype == "both" else [a.base_dtype]
+    dtypes = ["float32", "bf16"] if a.precision == "both" else [a.precision]
     cases = FULL if a.full else QUICK
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "passive")
@@ -65,7 +65,7 @@ def main():
           f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}")
     print()
     def label(dt):
-        return "ours" if len(dtypes) == 1 and dt == "float32" else f"ours {'bf16' if dt == 'bfloat16' else 'f32'}"
+        return "ours" if len(dtypes) == 1 and dt == "float32" else f"ours {'bf16' if dt == 'bf16' else 'f32'}"
     head = ["case", "peer tok/s"]
     for dt in dtypes:
         head += [f"{label(dt)} tok/s", "speed ratio"]
@@ -84,7 +84,7 @@ def main():
         peer = None
         for _ in range(max(1, a.repeat)):
             for dt in dtypes:
-                o = run([a.ours, "bench"] + args + ["--base-dtype", dt], env)
+                o = run([a.ours, "bench"] + args + (["--bf16"] if dt == "bf16" else []), env)
                 if o and (not ours[dt] or o["tokens_per_s"] > ours[dt]["tokens_per_s"]): ours[dt] = o
             p = run(["/usr/bin/python3", a.peer] + args, env)
             if p and (not peer or p["tokens_per_s"] > peer["tokens_per_s"]): peer = p
@@ -99,10 +99,10 @@ def main():
             row += [f"{o['peak_rss_mib']:.0f}" if o else "-",
                     f"{o['peak_rss_mib'] / peer['peak_rss_mib']:.2f}x" if o and peer else "-"]
         print("| " + " | ".join(row) + " |", flush=True)
-        # A bfloat16 run that fell back to float32 (no AVX-512 BF16 here) says so.
+        # A bf16 run that fell back to float32 (no AVX-512 BF16 here) says so.
         for dt in dtypes:
-            if ours[dt] and ours[dt].get("base_dtype", dt) != dt:
-                print(f"(ours {dt}: this CPU ran it in {ours[dt]['base_dtype']})", flush=True)
+            if ours[dt] and ours[dt].get("precision", dt) != dt:
+                print(f"(ours {dt}: this CPU ran it in {ours[dt]['precision']})", flush=True)
 
 if __name__ == "__main__":
     main()

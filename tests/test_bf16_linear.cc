@@ -2,7 +2,7 @@
 // weight (forward and the input's gradient), and nn::store_frozen_weights on a real model.
 // On a CPU with AVX-512 BF16 the products must equal double sums of the bfloat16-rounded operands up
 // to float32 summation; elsewhere a bfloat16 weight is widened and must give the float32 result.
-// Products on the kernel are opt-in (ops::allow_bf16_products); without it a bfloat16 weight is
+// Products on the kernel are opt-in (ops::set_matmul_precision); without it a bfloat16 weight is
 // widened (tests/test_models.cc: a half-precision checkpoint gives the float32 outputs).
 #include <gtest/gtest.h>
 
@@ -75,48 +75,69 @@ TEST(Bf16Gemm, EqualsDoubleSumsOfTheRoundedOperandsForEveryShapeAndLayout) {
   EXPECT_LT(worst.relative, 1e-5);  // float32 sums; a wrong element or a missed pair is O(1)
 }
 
-// linear(x, W16) against float32 products of what the path computes with: x rounded to bfloat16 on
-// the kernel, as given where the weight is widened instead.
-void check_linear(bool fan_in_fan_out) {
-  ops::allow_bf16_products(true);
+double worst_diff(const Tensor& a, const Tensor& b) {
+  const std::vector<float> x = a.to_floats(), y = b.to_floats();
+  EXPECT_EQ(x.size(), y.size());
+  double worst = 0;
+  for (size_t i = 0; i < std::min(x.size(), y.size()); ++i) worst = std::max(worst, double(std::fabs(x[i] - y[i])));
+  return worst;
+}
+
+// linear(x, W) at Bf16 precision against float32 products of what the kernel computes with: x, the
+// output's gradient and W rounded to bfloat16 (as given where the CPU has no kernel). W is stored in
+// bfloat16 (a frozen base) or float32 and learning (mixed precision: its gradient stays float32).
+void check_linear(bool fan_in_fan_out, bool learning) {
   Generator gen(3);
   const int64_t batch = 3, seq = 37, in = 96, out = 130;
   Tensor x = Tensor::from_floats(randoms(size_t(batch * seq * in), gen), {batch, seq, in}).set_requires_grad();
   Tensor bias = Tensor::from_floats(randoms(size_t(out), gen), {out});
   // The stored weight ([out, in], or GPT-2's [in, out] read through a transposed view).
-  Tensor stored = fan_in_fan_out ? Tensor::from_floats(randoms(size_t(in * out), gen), {in, out}).to(DType::BF16)
-                                 : Tensor::from_floats(randoms(size_t(in * out), gen), {out, in}).to(DType::BF16);
-  Tensor w16 = fan_in_fan_out ? stored.t() : stored;
+  Tensor stored = fan_in_fan_out ? Tensor::from_floats(randoms(size_t(in * out), gen), {in, out})
+                                 : Tensor::from_floats(randoms(size_t(in * out), gen), {out, in});
+  if (learning) stored.set_requires_grad();
+  else stored = stored.to(DType::BF16);
   Tensor r = Tensor::from_floats(randoms(size_t(batch * seq * out), gen), {batch, seq, out});
 
-  Tensor y = ops::linear(x, w16, bias);
+  ops::set_matmul_precision(ops::MatmulPrecision::Bf16);
+  Tensor y = ops::linear(x, fan_in_fan_out ? stored.t() : stored, bias);
   ASSERT_EQ(y.dtype(), DType::F32);
   ops::sum_all(ops::mul(y, r)).backward();
+  ops::set_matmul_precision(ops::MatmulPrecision::Exact);  // the references below in float32
+  EXPECT_EQ(stored.dtype(), learning ? DType::F32 : DType::BF16);  // a learning weight is rounded per call only
 
   const bool kernel = ops::bf16_linear_available();
-  auto path_input = [&](const Tensor& t) {
+  auto path = [&](const Tensor& t) {
     std::vector<float> v = t.to_floats();
     if (kernel)
       for (auto& e : v) e = round_bf16(e);
     return Tensor::from_floats(v, t.shape());
   };
   NoGradGuard no_grad;
-  const Tensor w32 = w16.float32().contiguous();
-  const Tensor y_ref = ops::linear(path_input(x), w32, bias);
-  const Tensor gx_ref = ops::matmul(path_input(r), w32);  // dL/dx = r W
-  const std::vector<float> got = y.to_floats(), want = y_ref.to_floats();
-  const std::vector<float> gx = x.grad().to_floats(), gx_want = gx_ref.to_floats();
-  ASSERT_EQ(got.size(), want.size());
-  ASSERT_EQ(gx.size(), gx_want.size());
-  double worst = 0, worst_g = 0;
-  for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, double(std::fabs(got[i] - want[i])));
-  for (size_t i = 0; i < gx.size(); ++i) worst_g = std::max(worst_g, double(std::fabs(gx[i] - gx_want[i])));
-  EXPECT_LT(worst, 1e-4);  // values ~ N(0, 96) and N(0, 130): float32 summation order only
-  EXPECT_LT(worst_g, 1e-4);
+  const Tensor w = path((fan_in_fan_out ? stored.t() : stored).contiguous());  // [out, in]
+  EXPECT_LT(worst_diff(y, ops::linear(path(x), w, bias)), 1e-4);  // values ~ N(0, 96): summation order only
+  EXPECT_LT(worst_diff(x.grad(), ops::matmul(path(r), w)), 1e-4);  // dL/dx = r W
+  if (learning) {  // dL/dW = r^T x in float32, from the unrounded x
+    const Tensor gw = ops::matmul(ops::reshape(r, {-1, out}).t(), ops::reshape(x.detach(), {-1, in}));  // [out, in]
+    EXPECT_LT(worst_diff(stored.grad(), fan_in_fan_out ? gw.t().contiguous() : gw), 1e-4);
+  }
 }
 
-TEST(Bf16Linear, ForwardAndInputGradientOnAnOutInWeight) { check_linear(false); }
-TEST(Bf16Linear, ForwardAndInputGradientOnATransposedConv1DWeight) { check_linear(true); }
+TEST(Bf16Linear, ForwardAndInputGradientOnAnOutInWeight) { check_linear(false, false); }
+TEST(Bf16Linear, ForwardAndInputGradientOnATransposedConv1DWeight) { check_linear(true, false); }
+TEST(Bf16Linear, MixedPrecisionOnALearningFloat32Weight) { check_linear(false, true); }
+TEST(Bf16Linear, MixedPrecisionOnALearningConv1DWeight) { check_linear(true, true); }
+
+// LoRA's skinny factors (r < kBf16MinDim) stay in float32 at Bf16 precision.
+TEST(Bf16Linear, SkinnyWeightsStayFloat32) {
+  Generator gen(4);
+  const Tensor x = Tensor::from_floats(randoms(50 * 96, gen), {50, 96});
+  const Tensor a = Tensor::from_floats(randoms(8 * 96, gen), {8, 96});
+  const Tensor exact = ops::linear(x, a);
+  ops::set_matmul_precision(ops::MatmulPrecision::Bf16);
+  const Tensor got = ops::linear(x, a);
+  ops::set_matmul_precision(ops::MatmulPrecision::Exact);
+  EXPECT_EQ(worst_diff(got, exact), 0.0);
+}
 
 TEST(Bf16Linear, StoringFrozenWeightsSkipsLearningAndTiedOnes) {
   nn::Module root("Root");
@@ -139,7 +160,6 @@ TEST(Bf16Linear, StoringFrozenWeightsSkipsLearningAndTiedOnes) {
 // A real model with LoRA: the frozen base stored in bfloat16 keeps the logits within bfloat16's
 // precision, the delta stays float32 and learns.
 TEST(Bf16Linear, LoraOnABfloat16BaseMatchesTheFloat32ModelAndTrains) {
-  ops::allow_bf16_products(true);
   auto classifier = [] {  // the same seed: the same new head on both
     LoadOptions options;
     options.head = HeadKind::SequenceClassification;
@@ -163,8 +183,9 @@ TEST(Bf16Linear, LoraOnABfloat16BaseMatchesTheFloat32ModelAndTrains) {
 
   ModelInput input;
   input.input_ids = Tensor::from_ints({2, 45, 97, 311, 28, 3, 2, 61, 5, 904, 77, 3}, {2, 6});
+  const std::vector<float> want = reference->forward(input).logits.to_floats();  // float32
+  ops::set_matmul_precision(ops::MatmulPrecision::Bf16);
   const std::vector<float> got = model->forward(input).logits.to_floats();
-  const std::vector<float> want = reference->forward(input).logits.to_floats();
   ASSERT_EQ(got.size(), want.size());
   double worst = 0, scale = 0;
   for (size_t i = 0; i < got.size(); ++i) {
@@ -195,9 +216,9 @@ namespace {
 // the widened head (from x rounded to bfloat16 on the kernel), and the input's gradient within
 // bfloat16's precision (the softmax gradient is rounded on its way into the kernel).
 TEST(Bf16Linear, FusedLmHeadLossOnABfloat16Head) {
-  ops::allow_bf16_products(true);
+  ops::set_matmul_precision(ops::MatmulPrecision::Bf16);
   Generator gen(11);
-  const int64_t n = 70, h = 48, v = 301;
+  const int64_t n = 70, h = 80, v = 301;  // a head of at least kBf16MinDim both ways
   std::vector<float> xs = randoms(size_t(n * h), gen);
   Tensor x = Tensor::from_floats(xs, {n, h}).set_requires_grad();
   Tensor w16 = Tensor::from_floats(randoms(size_t(v * h), gen), {v, h}).to(DType::BF16);
@@ -207,6 +228,7 @@ TEST(Bf16Linear, FusedLmHeadLossOnABfloat16Head) {
   const Tensor tg = Tensor::from_ints(targets, {n});
   Tensor loss = ops::linear_cross_entropy(x, w16, tg);
   loss.backward();
+  ops::set_matmul_precision(ops::MatmulPrecision::Exact);
 
   if (ops::bf16_linear_available())
     for (auto& e : xs) e = round_bf16(e);

@@ -343,3 +343,24 @@ TEST(TrainCli, ContractFormWritesSummaryAndEvalPredictWork) {
   EXPECT_EQ(b.code, 2) << b.output;
   EXPECT_NE(b.output.find("train.jsonl:2: missing field 'text'"), std::string::npos) << b.output;
 }
+
+// --bf16 (mixed precision): trains, says what it did (or that the CPU lacks AVX-512 BF16), records
+// the setting, and leaves a float32 delta that eval reads on a float32 base.
+TEST(TrainCli, Bf16MixedPrecisionTrainsAFloat32Delta) {
+  fs::path run_dir = temp_dir("cli_bf16");
+  const std::string model = cli_test::quote(kModel.string()), task = cli_test::quote(small_task().string());
+  auto r = cli_test::run("train --model " + model + " --data " + task + " --method lora --out " +
+                         cli_test::quote(run_dir.string()) +
+                         " --batch-size 8 --max-length 32 --seed 7 --max-steps 4 --threads 2 --bf16");
+  ASSERT_EQ(r.code, 0) << r.output;
+  const bool kernel = ops::bf16_linear_available();
+  EXPECT_NE(r.output.find(kernel ? "bf16: products in bfloat16" : "no AVX-512 BF16"), std::string::npos) << r.output;
+  std::ifstream config_in(run_dir / "train_config.json");
+  EXPECT_EQ(nlohmann::json::parse(config_in)["bf16"], true);
+  auto saved = read_safetensors(run_dir / "delta" / "delta.safetensors");
+  ASSERT_FALSE(saved.tensors.empty());
+  for (auto& [name, t] : saved.tensors) EXPECT_EQ(t.dtype(), DType::F32) << name;
+  auto e = cli_test::run("eval --model " + model + " --delta " + cli_test::quote((run_dir / "delta").string()) +
+                         " --data " + task + " --split test --threads 2");
+  EXPECT_EQ(e.code, 0) << e.output;
+}

@@ -1,10 +1,11 @@
 // deltatune bench --model SHAPE --method lora|full|frozen [--lora-all] --batch B --seq T --threads N
-//                 --steps S --warmup W
+//                 --steps S --warmup W [--bf16]
 // The training step of ../shared/peers/torch_peer.py on our engine: a random-initialised model of a
 // real architecture's shape (built from a synthetic Hugging Face config, so it runs our model code),
 // LoRA r=8 alpha=16 on the attention query/value projections (every block linear with --lora-all),
 // AdamW, cross-entropy on a fixed random batch; "frozen" runs the forward and loss without recording.
-// Prints one JSON line with the peer's fields so the two can be compared side by side.
+// Prints one JSON line with the peer's fields so the two can be compared side by side. --bf16 runs
+// the products in bfloat16 (as `train --bf16`); the line's "precision" says which ran.
 #include <malloc.h>
 #include <sys/resource.h>
 
@@ -76,7 +77,7 @@ struct Options {
   std::string model = "bert-base", method = "lora";
   bool lora_all = false;
   int64_t batch = 8, seq = 128, threads = 2, steps = 10, warmup = 3;
-  std::string base_dtype = "float32";
+  bool bf16 = false;
 };
 
 void run(const Options& o) {
@@ -127,8 +128,9 @@ void run(const Options& o) {
     }
   }
   // Frozen weights at half size on the AVX-512 BF16 kernel (where the CPU has it: else they stay float32).
-  if (o.base_dtype == "bfloat16" && ops::bf16_linear_available()) {
-    ops::allow_bf16_products(true);
+  const bool bf16 = o.bf16 && ops::bf16_linear_available();
+  if (bf16) {
+    ops::set_matmul_precision(ops::MatmulPrecision::Bf16);
     nn::store_frozen_weights(*model, DType::BF16);
     malloc_trim(0);  // the float32 weights' pages go back: only what is used counts
   }
@@ -195,7 +197,7 @@ void run(const Options& o) {
                {"trainable", trainable},
                {"total", total},
                {"blas_core", openblas_get_corename()},
-               {"base_dtype", o.base_dtype == "bfloat16" && ops::bf16_linear_available() ? "bfloat16" : "float32"}};
+               {"precision", bf16 ? "bf16" : "float32"}};
   std::printf("%s\n", line.dump().c_str());
   std::fflush(stdout);
 }
@@ -207,10 +209,9 @@ void setup(CLI::App& app) {
   app.add_option("--model", o->model, "Model shape")->check(CLI::IsMember(names));
   app.add_option("--method", o->method, "lora, full or frozen (forward only)")
       ->check(CLI::IsMember({"lora", "full", "frozen"}));
-  app.add_option("--base-dtype", o->base_dtype,
-                 "Storage of the frozen linear weights: float32 (exact), or bfloat16 (half the memory, AVX-512 BF16 "
-                 "products; float32 on CPUs without it)")
-      ->check(CLI::IsMember({"float32", "bfloat16"}));
+  app.add_flag("--bf16", o->bf16,
+               "Products in bfloat16 on the AVX-512 BF16 kernel, frozen weights stored in bfloat16 (as train "
+               "--bf16; float32 on CPUs without it)");
   app.add_flag("--lora-all", o->lora_all, "LoRA on every linear layer of the blocks (default: query and value)");
   app.add_option("--batch", o->batch, "Batch size");
   app.add_option("--seq", o->seq, "Sequence length");

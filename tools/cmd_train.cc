@@ -43,7 +43,7 @@ struct Args {
   bool resume = false, bucket = false, quiet = false, no_test_before = false;
   int64_t log_every = 0, eval_batch_size = 64;
   std::string text_field = "text", pair_field = "text_pair", label_field = "label";
-  std::string base_dtype = "float32";
+  bool bf16 = false;
 };
 
 // Learning rates that suit each kind of run on small encoders: a delta or a head alone needs a much
@@ -137,7 +137,7 @@ nlohmann::json resolved_config(const Args& a, double lr) {
           {"text-field", a.text_field},
           {"pair-field", a.pair_field},
           {"label-field", a.label_field},
-          {"base-dtype", a.base_dtype}};
+          {"bf16", a.bf16}};
 }
 
 nlohmann::json build_delta_config(const Args& a, const CLI::App& app) {
@@ -285,14 +285,16 @@ void run(Args a, CLI::App& app) {
     delta->attach(*model);
     target = train::TrainTarget::with_deltas(*model, {delta.get()}, delta->method());
   }
-  if (a.base_dtype == "bfloat16") {  // once frozen: only the weights that do not learn change
-    ops::allow_bf16_products(true);
-    if (ops::bf16_linear_available())
-      std::fprintf(stderr, "base: %lld frozen weight matrices stored in bfloat16 (AVX-512 BF16 products)\n",
+  if (a.bf16) {  // once frozen: the weights that do not learn are rounded for good
+    if (ops::bf16_linear_available()) {
+      ops::set_matmul_precision(ops::MatmulPrecision::Bf16);
+      std::fprintf(stderr, "bf16: products in bfloat16, %lld frozen weight matrices stored in bfloat16\n",
                    (long long)nn::store_frozen_weights(*model, DType::BF16));
-    else
-      std::fprintf(stderr, "note: this CPU has no AVX-512 BF16; the frozen weights stay float32\n");
+    } else {
+      std::fprintf(stderr, "note: this CPU has no AVX-512 BF16; --bf16 is ignored (float32 products)\n");
+    }
   }
+
 
   // Causal LMs: a text_pair is the answer to the text (a prompt), and only the answer is learnt.
   auto encode = [&](const std::vector<data::Example>& examples) {
@@ -500,11 +502,10 @@ void setup(CLI::App& app) {
   app.add_option("--pair-field", a->pair_field, "Field holding the second text of a pair")
       ->capture_default_str();
   app.add_option("--label-field", a->label_field, "Field holding the label")->capture_default_str();
-  app.add_option("--base-dtype", a->base_dtype,
-                 "Storage of the frozen linear weights: float32 (exact, as PyTorch), or bfloat16 (half their memory "
-                 "and about twice the speed on CPUs with AVX-512 BF16; float32 elsewhere)")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"float32", "bfloat16"}));
+  app.add_flag("--bf16", a->bf16,
+               "Mixed precision where the CPU has AVX-512 BF16: linear products in bfloat16 with float32 sums, "
+               "frozen weights stored in bfloat16 (half their memory), float32 delta and optimizer; about twice the "
+               "speed. Default: float32, as PyTorch");
   app.add_flag("--resume", a->resume, "Continue from RUN_DIR/checkpoint (same flags as the interrupted run)");
   app.add_flag("--bucket", a->bucket, "Batch examples of similar length together (less padding)");
   app.add_flag("--no-test-before", a->no_test_before, "Skip the test evaluation before training");

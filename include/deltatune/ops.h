@@ -53,14 +53,19 @@ Tensor mean_all(const Tensor& a);
 // --- matrix products (OpenBLAS; transposed operands are passed to BLAS without copies) ---
 // a [..., m, k] @ b [..., k, n] with broadcast batch dims; 2-D x 2-D is one GEMM.
 Tensor matmul(const Tensor& a, const Tensor& b);
-// Products with a bfloat16 weight (linear, linear_cross_entropy): by default the weight is widened
-// to float32, so a model kept at half size computes as the float32 model with rounded weights. With
-// allow_bf16_products(true) (as torch.set_float32_matmul_precision("medium")), and where the CPU has
-// AVX-512 BF16 (bf16_linear_available()), they run on the BF16 kernel instead: the input is rounded to
-// bfloat16 too, sums stay float32; about twice the speed.
+// The precision of linear products (linear, linear_cross_entropy), as torch.set_float32_matmul_precision:
+//   Exact (the default): float32 products; a bfloat16 weight (a checkpoint kept at half size) is
+//     widened, so the model computes as the float32 model with rounded weights.
+//   Bf16, where the CPU has AVX-512 BF16 (bf16_linear_available()): products with weights of at least
+//     kBf16MinDim x kBf16MinDim run on the BF16 kernel, the input and the weight rounded to bfloat16
+//     (a float32 weight once per call; store frozen ones in bfloat16 for good: nn::store_frozen_weights),
+//     sums in float32; weight gradients stay float32, and the skinny LoRA factors stay float32.
+//     Mixed precision as Hugging Face's --bf16, about twice the speed of float32.
+enum class MatmulPrecision { Exact, Bf16 };
+constexpr int64_t kBf16MinDim = 64;
 bool bf16_linear_available();
-void allow_bf16_products(bool on);
-bool bf16_products_allowed();
+void set_matmul_precision(MatmulPrecision precision);
+MatmulPrecision matmul_precision();
 // x [..., in] @ weight[out, in]^T + bias[out]. bias may be undefined.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
 

@@ -1,6 +1,7 @@
 #pragma once
-// Whether a product with this weight runs on the AVX-512 BF16 kernel (ops/cpu/gemm_bf16.h): a
-// bfloat16 weight on the CPU, products allowed (ops::allow_bf16_products), and a CPU that has it.
+// Whether a product with this weight runs on the AVX-512 BF16 kernel (ops/cpu/gemm_bf16.h): Bf16
+// precision (ops::set_matmul_precision), a float32 or bfloat16 CPU weight of at least kBf16MinDim
+// rows and columns, and a CPU that has AVX-512 BF16.
 #include "deltatune/tensor.h"
 
 namespace deltatune::ops {

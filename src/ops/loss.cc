@@ -123,9 +123,10 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor&
   const Tensor xc = f32_contiguous(x).detach();
   const bool want_gx = grad_enabled() && x.requires_grad();
   const bool want_gw = grad_enabled() && weight.requires_grad();
-  // A frozen bfloat16 head (a base stored at half size) is read as it is by the BF16 kernel.
+  // Bf16 precision on a frozen head: the BF16 kernel reads it (rounded once if stored in float32).
   const bool bf16_kernel = !want_gw && runs_bf16_kernel(weight);
-  const Tensor wc = bf16_kernel ? weight.detach() : f32_contiguous(weight).detach();
+  const Tensor wc = !bf16_kernel ? f32_contiguous(weight).detach()
+                    : weight.dtype() == DType::BF16 ? weight.detach() : weight.detach().to(DType::BF16);
   Tensor gx = want_gx ? Tensor::zeros({n, h}) : Tensor();
   Tensor gw = want_gw ? Tensor::zeros({v, h}) : Tensor();
   // Rows per chunk: about 16 MiB of logits at a time; 64 MiB on the BF16 kernel, which repacks the

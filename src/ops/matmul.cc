@@ -126,16 +126,17 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
 }
 
 namespace {
-std::atomic<bool> g_bf16_products{false};
+std::atomic<MatmulPrecision> g_precision{MatmulPrecision::Exact};
 }  // namespace
 
 bool bf16_linear_available() { return kernels::bf16_gemm_available(); }
-void allow_bf16_products(bool on) { g_bf16_products = on; }
-bool bf16_products_allowed() { return g_bf16_products; }
+void set_matmul_precision(MatmulPrecision precision) { g_precision = precision; }
+MatmulPrecision matmul_precision() { return g_precision; }
 
 bool runs_bf16_kernel(const Tensor& weight) {
-  return weight.dtype() == DType::BF16 && weight.device() == Device::CPU && g_bf16_products &&
-         kernels::bf16_gemm_available();
+  return g_precision == MatmulPrecision::Bf16 && (weight.dtype() == DType::BF16 || weight.dtype() == DType::F32) &&
+         weight.device() == Device::CPU && weight.dim() == 2 && weight.size(0) >= kBf16MinDim &&
+         weight.size(1) >= kBf16MinDim && kernels::bf16_gemm_available();
 }
 
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
@@ -147,9 +148,10 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   if (bias.defined() && (bias.dim() != 1 || bias.size(0) != outf))
     throw ShapeError("linear: bias " + shape_str(bias.shape()) + " does not match weight " + shape_str(weight.shape()));
   Tensor xc = x.float32().contiguous();
-  // A bfloat16 weight runs on the AVX-512 BF16 kernel when allowed (see ops.h); else it is widened.
+  // Bf16 precision (see ops.h) runs on the AVX-512 BF16 kernel, a float32 weight rounded once here
+  // (and kept for the input's gradient); else float32, a bfloat16 weight widened.
   const bool bf16_kernel = runs_bf16_kernel(weight);
-  Tensor w = bf16_kernel ? weight : blas_ready(weight);
+  Tensor w = !bf16_kernel ? blas_ready(weight) : weight.dtype() == DType::BF16 ? weight : weight.detach().to(DType::BF16);
   const int64_t rows = shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
   Shape out_shape = x.shape();
   out_shape.back() = outf;
