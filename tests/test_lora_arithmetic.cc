@@ -295,3 +295,17 @@ TEST(CombineCommandCat, TwoAdaptersEqualBothAttachedAtOnce) {
   EXPECT_GT(max_diff(plain->forward(input).logits.contiguous().to_floats(), want), 1e-3);  // the deltas matter
   fs::remove_all(out);
 }
+
+// LoRA on an embedding table is not combined (yet): a clear configuration error naming the table,
+// not an internal one.
+TEST(LoraArithmetic, EmbeddingTargetsAreAClearConfigError) {
+  auto model = golden::load_model("llama-mini");
+  auto lora = delta::make_delta({{"method", "lora"}, {"r", 4}, {"alpha", 8}, {"targets", {"attn.q", "embed"}}});
+  lora->attach(*model);
+  try {
+    delta::lora_weights(*lora);
+    ADD_FAILURE() << "expected a ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("embed_tokens"), std::string::npos) << e.what();
+  }
+}

@@ -75,8 +75,10 @@ LoraWeights lora_weights(Delta& lora) {
   const std::map<std::string, LoraFactors> factors = lora_factors(lora);
   for (const auto& path : lora.attached_modules()) {
     auto it = factors.find(path);
-    if (it == factors.end() || !it->second.A.defined() || !it->second.B.defined())
-      throw Error("lora delta: no factors for module " + path);
+    if (it == factors.end() || !it->second.A.defined() || !it->second.B.defined())  // LoRA on an embedding
+      throw ConfigError("LoRA arithmetic combines LoRA on linear layers; this delta also adapts the embedding table " +
+                        path + " (lora_embedding_A/B), which it cannot combine yet: leave embeddings out of the "
+                        "deltas' targets to combine them");
     LoraFactors f;
     f.A = it->second.A.float32().clone();
     f.B = it->second.B.float32().clone();
