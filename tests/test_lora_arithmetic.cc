@@ -296,16 +296,37 @@ TEST(CombineCommandCat, TwoAdaptersEqualBothAttachedAtOnce) {
   fs::remove_all(out);
 }
 
-// LoRA on an embedding table is not combined (yet): a clear configuration error naming the table,
-// not an internal one.
-TEST(LoraArithmetic, EmbeddingTargetsAreAClearConfigError) {
+// LoRA on an embedding table combines as PEFT's add_weighted_adapter does (lora_embedding_A/B taken
+// as A [r, vocab] and B [dim, r]): cat of a delta with itself at 0.5 + 0.5, and svd at full rank,
+// give the delta's own outputs; the result keeps the embedding's parameter names.
+TEST(LoraArithmetic, EmbeddingTablesCombineLikeLinearLayers) {
   auto model = golden::load_model("llama-mini");
   auto lora = delta::make_delta({{"method", "lora"}, {"r", 4}, {"alpha", 8}, {"targets", {"attn.q", "embed"}}});
   lora->attach(*model);
-  try {
-    delta::lora_weights(*lora);
-    ADD_FAILURE() << "expected a ConfigError";
-  } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("embed_tokens"), std::string::npos) << e.what();
+  Generator gen(9);
+  for (auto& [name, t] : lora->parameters()) t.copy_(Tensor::randn(t.shape(), gen, 0.05f));  // A = 0 at init
+  ModelInput input;
+  input.input_ids = Tensor::from_ints({1, 15, 300, 7, 42, 9}, {1, 6});
+  NoGradGuard ng;
+  const std::vector<float> expected = model->forward(input).logits.to_floats();
+  const delta::LoraWeights w = delta::lora_weights(*lora);
+  ASSERT_TRUE(w.modules.count("model.embed_tokens"));
+  EXPECT_TRUE(w.modules.at("model.embed_tokens").embedding);
+  lora->detach();
+  for (const char* type : {"cat", "svd"}) {
+    delta::CombineOptions o;
+    o.type = type;
+    const bool cat = o.type == "cat";
+    // svd counts the scaling (2) twice, as PEFT: weight 0.5 gives back s B A.
+    const delta::CombinedLora combined =
+        cat ? delta::combine_loras({w, w}, {0.5, 0.5}, o) : delta::combine_loras({w}, {0.5}, o);
+    const auto params = combined.parameters();
+    EXPECT_TRUE(params.count("model.embed_tokens.lora_embedding_A")) << type;
+    EXPECT_TRUE(params.count("model.embed_tokens.lora_embedding_B")) << type;
+    auto d = delta::make_delta(combined.config);
+    d->attach(*model);
+    d->load_parameters(params);
+    EXPECT_LT(max_diff(model->forward(input).logits.to_floats(), expected), 1e-4) << type;
+    d->detach();
   }
 }

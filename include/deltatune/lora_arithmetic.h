@@ -34,11 +34,14 @@
 
 namespace deltatune::delta {
 
-// A LoRA's factors per target module: A [r, in], B [out, r], and its scaling (alpha / r).
+// A LoRA's factors per target module: A [r, in], B [out, r], and its scaling (alpha / r). On an
+// embedding table (PEFT's lora_embedding_A [r, vocab] and lora_embedding_B [dim, r]) in = vocab and
+// out = dim, so the arithmetic below treats both alike, as PEFT's add_weighted_adapter does.
 struct LoraFactors {
   Tensor A, B;
   double scaling = 1.0;
-  Tensor magnitude;  // DoRA's magnitude vector [out]; undefined for plain LoRA
+  Tensor magnitude;        // DoRA's magnitude vector [out]; undefined for plain LoRA
+  bool embedding = false;  // the factors of an embedding table (lora_weights only)
 };
 // The factors of each linear layer an attached LoRA (or DoRA) delta adapts: its own tensors, not
 // copies, with rank/alpha patterns and rsLoRA applied to the scaling. LoRA on embedding tables
@@ -49,7 +52,8 @@ struct LoraWeights {
   int64_t r = 0;                              // the config's rank
   std::map<std::string, LoraFactors> modules;  // module path -> factors
 };
-// Reads an attached LoRA delta's factors (copies). Throws ConfigError for other methods and DoRA.
+// Reads an attached LoRA delta's factors (copies), embedding tables included. Throws ConfigError for
+// other methods and DoRA.
 LoraWeights lora_weights(Delta& lora);
 
 struct CombineOptions {
@@ -67,7 +71,8 @@ struct CombinedLora {
   nlohmann::json config;                    // our LoRA config: r, alpha = r, targets (module paths)
   int64_t r = 0;
   std::map<std::string, LoraFactors> modules;
-  // The parameters by PEFT's names (<path>.lora_A.weight, <path>.lora_B.weight), for load_parameters.
+  // The parameters by PEFT's names (<path>.lora_A.weight, <path>.lora_B.weight; an embedding table's
+  // <path>.lora_embedding_A, <path>.lora_embedding_B), for load_parameters.
   std::map<std::string, Tensor> parameters() const;
 };
 // Combines LoRAs (one weight each). Throws ConfigError on bad options, rank mismatches that the type

@@ -73,16 +73,23 @@ LoraWeights lora_weights(Delta& lora) {
     throw ConfigError("LoRA arithmetic does not combine DoRA deltas (their magnitude vectors do not add)");
   out.r = out.config.value("r", int64_t(8));
   const std::map<std::string, LoraFactors> factors = lora_factors(lora);
+  std::map<std::string, Tensor> params;
+  for (auto& [name, t] : lora.parameters()) params[name] = t;
   for (const auto& path : lora.attached_modules()) {
-    auto it = factors.find(path);
-    if (it == factors.end() || !it->second.A.defined() || !it->second.B.defined())  // LoRA on an embedding
-      throw ConfigError("LoRA arithmetic combines LoRA on linear layers; this delta also adapts the embedding table " +
-                        path + " (lora_embedding_A/B), which it cannot combine yet: leave embeddings out of the "
-                        "deltas' targets to combine them");
     LoraFactors f;
-    f.A = it->second.A.float32().clone();
-    f.B = it->second.B.float32().clone();
-    f.scaling = it->second.scaling;
+    auto it = factors.find(path);
+    if (it != factors.end() && it->second.A.defined() && it->second.B.defined()) {
+      f.A = it->second.A.float32().clone();
+      f.B = it->second.B.float32().clone();
+      f.scaling = it->second.scaling;
+    } else if (params.count(path + ".lora_embedding_A") && params.count(path + ".lora_embedding_B")) {
+      f.A = params[path + ".lora_embedding_A"].float32().clone();
+      f.B = params[path + ".lora_embedding_B"].float32().clone();
+      f.scaling = lora_shape(out.config, path).scaling;
+      f.embedding = true;
+    } else {
+      throw Error("lora delta: no factors for module " + path);
+    }
     out.modules[path] = std::move(f);
   }
   if (out.modules.empty()) throw ConfigError("lora delta: it is not attached to any module");
@@ -92,8 +99,8 @@ LoraWeights lora_weights(Delta& lora) {
 std::map<std::string, Tensor> CombinedLora::parameters() const {
   std::map<std::string, Tensor> out;
   for (const auto& [path, f] : modules) {
-    out[path + ".lora_A.weight"] = f.A;
-    out[path + ".lora_B.weight"] = f.B;
+    out[path + (f.embedding ? ".lora_embedding_A" : ".lora_A.weight")] = f.A;
+    out[path + (f.embedding ? ".lora_embedding_B" : ".lora_B.weight")] = f.B;
   }
   return out;
 }
@@ -333,11 +340,12 @@ CombinedLora combine_loras(const std::vector<LoraWeights>& loras, const std::vec
     }
     const int64_t in = fs[0]->A.size(1), outf = fs[0]->B.size(0);
     for (const auto* f : fs)
-      if (f->A.size(1) != in || f->B.size(0) != outf)
+      if (f->A.size(1) != in || f->B.size(0) != outf || f->embedding != fs[0]->embedding)
         throw ConfigError("combine: module " + path + " has different shapes in different deltas (another base model?)");
     const uint64_t module_seed = fnv1a(path, o.seed * 0x9E3779B97F4A7C15ull + 0x1234567ull);
     LoraFactors res;
     res.scaling = 1.0;
+    res.embedding = fs[0]->embedding;
     if (o.type == "cat") {
       std::vector<float> A(size_t(new_rank * in), 0.0f), B(size_t(outf * new_rank), 0.0f);
       int64_t row = 0;
