@@ -345,7 +345,7 @@ TEST(TrainCli, ContractFormWritesSummaryAndEvalPredictWork) {
 }
 
 // --bf16 (mixed precision): trains, says what it did (or that the CPU lacks AVX-512 BF16), records
-// the setting, and leaves a float32 delta that eval reads on a float32 base.
+// the setting, and leaves a float32 delta; eval and predict run it with --bf16 as well.
 TEST(TrainCli, Bf16MixedPrecisionTrainsAFloat32Delta) {
   fs::path run_dir = temp_dir("cli_bf16");
   const std::string model = cli_test::quote(kModel.string()), task = cli_test::quote(small_task().string());
@@ -360,7 +360,15 @@ TEST(TrainCli, Bf16MixedPrecisionTrainsAFloat32Delta) {
   auto saved = read_safetensors(run_dir / "delta" / "delta.safetensors");
   ASSERT_FALSE(saved.tensors.empty());
   for (auto& [name, t] : saved.tensors) EXPECT_EQ(t.dtype(), DType::F32) << name;
+  // eval and predict take --bf16 too, on the float32 checkpoint and delta.
+  const std::string expect = kernel ? "bf16: products in bfloat16" : "no AVX-512 BF16";
   auto e = cli_test::run("eval --model " + model + " --delta " + cli_test::quote((run_dir / "delta").string()) +
-                         " --data " + task + " --split test --threads 2");
+                         " --data " + task + " --split test --threads 2 --bf16");
   EXPECT_EQ(e.code, 0) << e.output;
+  EXPECT_NE(e.output.find(expect), std::string::npos) << e.output;
+  EXPECT_NE(e.output.find("macro avg"), std::string::npos) << e.output;
+  auto p = cli_test::run("predict --model " + model + " --delta " + cli_test::quote((run_dir / "delta").string()) +
+                         " --input " + cli_test::quote((small_task() / "dev.jsonl").string()) + " --bf16");
+  EXPECT_EQ(p.code, 0) << p.output;
+  EXPECT_NE(p.output.find("\"probabilities\""), std::string::npos) << p.output;
 }

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "command.h"
+#include "model_loading.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
 #include "deltatune/model.h"
@@ -129,11 +130,11 @@ void run(const Options& o) {
   }
   // Frozen weights at half size on the AVX-512 BF16 kernel (where the CPU has it: else they stay float32).
   const bool bf16 = o.bf16 && ops::bf16_linear_available();
-  if (bf16) {
-    ops::set_matmul_precision(ops::MatmulPrecision::Bf16);
-    nn::store_frozen_weights(*model, DType::BF16);
+  if (o.bf16) {
+    cli::use_bf16(*model);
     malloc_trim(0);  // the float32 weights' pages go back: only what is used counts
   }
+
   std::unique_ptr<AdamW> opt;
   if (!params.empty()) opt = std::make_unique<AdamW>(params, AdamWOptions{.lr = 1e-4});
 

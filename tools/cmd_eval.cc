@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "command.h"
+#include "model_loading.h"
 #include "deltatune/data.h"
 #include "deltatune/delta_io.h"
 #include "deltatune/metrics.h"
@@ -22,6 +23,7 @@ struct Args {
   std::string model, delta, data, split = "test", output;
   int64_t batch_size = 64, max_length = 0;
   int threads = 0;
+  bool bf16 = false;
   std::string text_field, pair_field, label_field;
 };
 
@@ -52,6 +54,7 @@ void run_lm(const Args& a, const fs::path& file, HeadKind head) {
   auto model = load_pretrained(a.model, options);
   auto tokenizer = Tokenizer::load(a.model);
   train::LoadedTrained trained = train::load_trained(a.delta, *model);
+  if (a.bf16) cli::use_bf16(*model);
   const nlohmann::json run_config = train::read_train_config(a.delta);
   const data::Fields fields{setting(a.text_field, run_config, "text-field", "text"),
                             setting(a.pair_field, run_config, "pair-field", "text_pair"), "label"};
@@ -95,6 +98,7 @@ void run(const Args& a) {
   }
   train::Classifier c =
       train::load_classifier(a.model, a.delta, a.delta.empty() ? &baseline_labels : nullptr);
+  if (a.bf16) cli::use_bf16(*c.model);
   const data::Fields fields{setting(a.text_field, c.train_config, "text-field", "text"),
                             setting(a.pair_field, c.train_config, "pair-field", "text_pair"),
                             setting(a.label_field, c.train_config, "label-field", "label")};
@@ -135,6 +139,7 @@ void setup(CLI::App& app) {
       ->check(CLI::Range(2, 1 << 20));
   app.add_option("--output", a->output, "Also write the metrics JSON to this file");
   app.add_option("--threads", a->threads, "CPU threads")->check(CLI::Range(1, 1024));
+  app.add_flag("--bf16", a->bf16, cli::kBf16Help);
   app.add_option("--text-field", a->text_field, "Field holding the text (default: the run's, else text)");
   app.add_option("--pair-field", a->pair_field,
                  "Field holding the second text (default: the run's, else text_pair)");

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "command.h"
+#include "model_loading.h"
 #include "deltatune/data.h"
 #include "deltatune/generate.h"
 #include "deltatune/tokenizer.h"
@@ -21,6 +22,7 @@ struct Args {
   std::string model, delta, input, output;
   int64_t batch_size = 64, max_length = 0;
   int threads = 0;
+  bool bf16 = false;
   std::string text_field, pair_field;
   int64_t max_new_tokens = 32;
 };
@@ -40,6 +42,7 @@ void run_lm(const Args& a, const nlohmann::json& run_config) {
   load.verbose = false;
   auto model = load_pretrained(a.model, load);
   train::LoadedTrained trained = train::load_trained(a.delta, *model);
+  if (a.bf16) cli::use_bf16(*model);
   auto tokenizer = Tokenizer::load(a.model);
   data::Fields fields;
   fields.text = !a.text_field.empty() ? a.text_field : run_config.value("text-field", std::string("text"));
@@ -71,6 +74,7 @@ void run(const Args& a) {
   if (run_config.is_object() && run_config.value("task", std::string()) == "masked-lm")
     throw ExitError{a.delta + ": a masked-LM delta has no labels to predict; use `deltatune eval` for its loss"};
   train::Classifier c = train::load_classifier(a.model, a.delta);
+  if (a.bf16) cli::use_bf16(*c.model);
   data::Fields fields;
   fields.text = setting(a.text_field, c.train_config, "text-field", "text");
   fields.text_pair = setting(a.pair_field, c.train_config, "pair-field", "text_pair");
@@ -116,6 +120,7 @@ void setup(CLI::App& app) {
   app.add_option("--max-length", a->max_length, "Tokens per example (default: the run's)")
       ->check(CLI::Range(2, 1 << 20));
   app.add_option("--threads", a->threads, "CPU threads")->check(CLI::Range(1, 1024));
+  app.add_flag("--bf16", a->bf16, cli::kBf16Help);
   app.add_option("--max-new-tokens", a->max_new_tokens, "Causal-LM deltas: tokens to generate per text")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 16));

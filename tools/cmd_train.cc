@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "command.h"
+#include "model_loading.h"
 #include "deltatune/config_file.h"
 #include "deltatune/data.h"
 #include "deltatune/delta_io.h"
@@ -285,15 +286,8 @@ void run(Args a, CLI::App& app) {
     delta->attach(*model);
     target = train::TrainTarget::with_deltas(*model, {delta.get()}, delta->method());
   }
-  if (a.bf16) {  // once frozen: the weights that do not learn are rounded for good
-    if (ops::bf16_linear_available()) {
-      ops::set_matmul_precision(ops::MatmulPrecision::Bf16);
-      std::fprintf(stderr, "bf16: products in bfloat16, %lld frozen weight matrices stored in bfloat16\n",
-                   (long long)nn::store_frozen_weights(*model, DType::BF16));
-    } else {
-      std::fprintf(stderr, "note: this CPU has no AVX-512 BF16; --bf16 is ignored (float32 products)\n");
-    }
-  }
+  if (a.bf16) cli::use_bf16(*model);  // once frozen: the weights that do not learn are rounded for good
+
 
 
   // Causal LMs: a text_pair is the answer to the text (a prompt), and only the answer is learnt.
@@ -502,10 +496,7 @@ void setup(CLI::App& app) {
   app.add_option("--pair-field", a->pair_field, "Field holding the second text of a pair")
       ->capture_default_str();
   app.add_option("--label-field", a->label_field, "Field holding the label")->capture_default_str();
-  app.add_flag("--bf16", a->bf16,
-               "Mixed precision where the CPU has AVX-512 BF16: linear products in bfloat16 with float32 sums, "
-               "frozen weights stored in bfloat16 (half their memory), float32 delta and optimizer; about twice the "
-               "speed. Default: float32, as PyTorch");
+  app.add_flag("--bf16", a->bf16, std::string(cli::kBf16Help) + "; the delta and optimizer stay float32");
   app.add_flag("--resume", a->resume, "Continue from RUN_DIR/checkpoint (same flags as the interrupted run)");
   app.add_flag("--bucket", a->bucket, "Batch examples of similar length together (less padding)");
   app.add_flag("--no-test-before", a->no_test_before, "Skip the test evaluation before training");

@@ -1,5 +1,6 @@
 #include "model_loading.h"
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -60,6 +61,16 @@ LoadedModel load_model(const std::string& model_dir, const std::string& head, co
     loaded.deltas.push_back(std::move(saved.delta));
   }
   return loaded;
+}
+
+void use_bf16(TransformerModel& model) {
+  if (!ops::bf16_linear_available()) {
+    std::fprintf(stderr, "note: this CPU has no AVX-512 BF16; --bf16 is ignored (float32 products)\n");
+    return;
+  }
+  ops::set_matmul_precision(ops::MatmulPrecision::Bf16);
+  std::fprintf(stderr, "bf16: products in bfloat16, %lld frozen weight matrices stored in bfloat16\n",
+               static_cast<long long>(nn::store_frozen_weights(model, DType::BF16)));
 }
 
 }  // namespace deltatune::cli

@@ -20,4 +20,12 @@ struct LoadedModel {
 HeadKind parse_head(const std::string& head);
 LoadedModel load_model(const std::string& model_dir, const std::string& head = "", const std::string& delta = "");
 
+// --bf16 in the commands that run a model (train, eval, predict): bfloat16 products
+// (ops::MatmulPrecision::Bf16) and the frozen weights stored in bfloat16 where the CPU has AVX-512
+// BF16; elsewhere a note and float32. Call it once the model is frozen (deltas attached).
+void use_bf16(TransformerModel& model);
+inline const char* kBf16Help =
+    "Mixed precision where the CPU has AVX-512 BF16: linear products in bfloat16 with float32 sums, frozen "
+    "weights stored in bfloat16 (half their memory); about twice the speed. Default: float32, as PyTorch";
+
 }  // namespace deltatune::cli
