@@ -24,6 +24,7 @@ struct Storage {
   size_t bytes = 0;
   Device device = Device::CPU;
   std::shared_ptr<void> owner;  // frees the memory when the last user goes
+  bool fresh_zeros = false;     // freshly mapped pages, known to read as zero (allocate sets it)
   static std::shared_ptr<Storage> allocate(size_t bytes, Device device = Device::CPU);
 };
 
