@@ -41,12 +41,14 @@ struct LoraFactors {
   Tensor A, B;
   double scaling = 1.0;
   Tensor magnitude;        // DoRA's magnitude vector [out]; undefined for plain LoRA
-  bool embedding = false;  // the factors of an embedding table (lora_weights only)
+  bool embedding = false;  // the factors of an embedding table
 };
 // The factors of each linear layer an attached LoRA (or DoRA) delta adapts: its own tensors, not
 // copies, with rank/alpha patterns and rsLoRA applied to the scaling. LoRA on embedding tables
 // (lora_embedding_A/B) is not included.
 std::map<std::string, LoraFactors> lora_factors(Delta& lora);
+// The same for the embedding tables it adapts (embedding = true).
+std::map<std::string, LoraFactors> lora_embedding_factors(Delta& lora);
 struct LoraWeights {
   nlohmann::json config;                      // the delta's config (ours)
   int64_t r = 0;                              // the config's rank

@@ -49,19 +49,32 @@ const std::vector<std::string>& combination_types() {
   return types;
 }
 
-std::map<std::string, LoraFactors> lora_factors(Delta& lora) {
+namespace {
+// An attached LoRA's tensors grouped by module path, by their name suffixes; scaling from its config.
+std::map<std::string, LoraFactors> factors_by_suffix(Delta& lora, const std::string& a_suffix,
+                                                     const std::string& b_suffix, const std::string& magnitude_suffix,
+                                                     bool embedding) {
   const nlohmann::json config = lora.config();
   std::map<std::string, LoraFactors> out;
   for (auto& [name, t] : lora.parameters()) {
-    for (const char* suffix : {".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"}) {
-      const std::string s = suffix;
-      if (name.size() <= s.size() || name.compare(name.size() - s.size(), s.size(), s) != 0) continue;
-      LoraFactors& f = out[name.substr(0, name.size() - s.size())];
-      (s == ".lora_A.weight" ? f.A : s == ".lora_B.weight" ? f.B : f.magnitude) = t;
+    for (const std::string* s : {&a_suffix, &b_suffix, &magnitude_suffix}) {
+      if (s->empty() || name.size() <= s->size() || name.compare(name.size() - s->size(), s->size(), *s) != 0) continue;
+      LoraFactors& f = out[name.substr(0, name.size() - s->size())];
+      (s == &a_suffix ? f.A : s == &b_suffix ? f.B : f.magnitude) = t;
+      f.embedding = embedding;
     }
   }
   for (auto& [path, f] : out) f.scaling = lora_shape(config, path).scaling;
   return out;
+}
+}  // namespace
+
+std::map<std::string, LoraFactors> lora_factors(Delta& lora) {
+  return factors_by_suffix(lora, ".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector", false);
+}
+
+std::map<std::string, LoraFactors> lora_embedding_factors(Delta& lora) {
+  return factors_by_suffix(lora, ".lora_embedding_A", ".lora_embedding_B", "", true);
 }
 
 LoraWeights lora_weights(Delta& lora) {
@@ -72,24 +85,15 @@ LoraWeights lora_weights(Delta& lora) {
   if (out.config.value("dora", false))
     throw ConfigError("LoRA arithmetic does not combine DoRA deltas (their magnitude vectors do not add)");
   out.r = out.config.value("r", int64_t(8));
-  const std::map<std::string, LoraFactors> factors = lora_factors(lora);
-  std::map<std::string, Tensor> params;
-  for (auto& [name, t] : lora.parameters()) params[name] = t;
+  std::map<std::string, LoraFactors> factors = lora_factors(lora);
+  factors.merge(lora_embedding_factors(lora));
   for (const auto& path : lora.attached_modules()) {
-    LoraFactors f;
     auto it = factors.find(path);
-    if (it != factors.end() && it->second.A.defined() && it->second.B.defined()) {
-      f.A = it->second.A.float32().clone();
-      f.B = it->second.B.float32().clone();
-      f.scaling = it->second.scaling;
-    } else if (params.count(path + ".lora_embedding_A") && params.count(path + ".lora_embedding_B")) {
-      f.A = params[path + ".lora_embedding_A"].float32().clone();
-      f.B = params[path + ".lora_embedding_B"].float32().clone();
-      f.scaling = lora_shape(out.config, path).scaling;
-      f.embedding = true;
-    } else {
+    if (it == factors.end() || !it->second.A.defined() || !it->second.B.defined())
       throw Error("lora delta: no factors for module " + path);
-    }
+    LoraFactors f = it->second;
+    f.A = f.A.float32().clone();
+    f.B = f.B.float32().clone();
     out.modules[path] = std::move(f);
   }
   if (out.modules.empty()) throw ConfigError("lora delta: it is not attached to any module");

@@ -66,12 +66,7 @@ void apply(TransformerModel& model, Delta& delta, float sign) {
   const nlohmann::json c = delta.config();
   if (sign < 0 && c.value("bias", std::string("none")) != "none")
     throw ConfigError("unmerge: a LoRA that trained biases replaced them; reload the base instead");
-  std::map<std::string, std::pair<Tensor, Tensor>> embeddings;  // path -> (A, B)
-  for (auto& [name, t] : delta.parameters()) {
-    if (auto at = name.find(".lora_embedding_A"); at != std::string::npos) embeddings[name.substr(0, at)].first = t;
-    if (auto at = name.find(".lora_embedding_B"); at != std::string::npos) embeddings[name.substr(0, at)].second = t;
-  }
-  for (auto& [path, ab] : embeddings) apply_lora_embedding(model, path, ab.first, ab.second, lora_shape(c, path).scaling, sign);
+  for (auto& [path, f] : lora_embedding_factors(delta)) apply_lora_embedding(model, path, f.A, f.B, f.scaling, sign);
   for (auto& [path, f] : lora_factors(delta)) {
     auto* layer = dynamic_cast<nn::Linear*>(model.find_module(path));
     if (!layer) throw ConfigError("merge: '" + path + "' is not a linear layer of this model");
