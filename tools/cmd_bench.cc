@@ -128,8 +128,7 @@ void run(const Options& o) {
       }
     }
   }
-  // Frozen weights at half size on the AVX-512 BF16 kernel (where the CPU has it: else they stay float32).
-  const bool bf16 = o.bf16 && ops::bf16_linear_available();
+  // --bf16 as train's (cli::use_bf16: float32 where the CPU lacks AVX-512 BF16).
   if (o.bf16) {
     cli::use_bf16(*model);
     malloc_trim(0);  // the float32 weights' pages go back: only what is used counts
@@ -198,7 +197,7 @@ void run(const Options& o) {
                {"trainable", trainable},
                {"total", total},
                {"blas_core", openblas_get_corename()},
-               {"precision", bf16 ? "bf16" : "float32"}};
+               {"precision", ops::matmul_precision() == ops::MatmulPrecision::Bf16 ? "bf16" : "float32"}};
   std::printf("%s\n", line.dump().c_str());
   std::fflush(stdout);
 }

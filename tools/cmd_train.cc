@@ -288,8 +288,6 @@ void run(Args a, CLI::App& app) {
   }
   if (a.bf16) cli::use_bf16(*model);  // once frozen: the weights that do not learn are rounded for good
 
-
-
   // Causal LMs: a text_pair is the answer to the text (a prompt), and only the answer is learnt.
   auto encode = [&](const std::vector<data::Example>& examples) {
     return a.task == "causal-lm" ? data::encode_for_lm(examples, *tokenizer, max_length)

@@ -6,4 +6,6 @@
 
 namespace deltatune::ops {
 bool runs_bf16_kernel(const Tensor& weight);
+// The weight as the kernel reads it: itself when stored in bfloat16, else a rounded copy.
+Tensor bf16_weight(const Tensor& weight);
 }  // namespace deltatune::ops

@@ -125,8 +125,7 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor&
   const bool want_gw = grad_enabled() && weight.requires_grad();
   // Bf16 precision on a frozen head: the BF16 kernel reads it (rounded once if stored in float32).
   const bool bf16_kernel = !want_gw && runs_bf16_kernel(weight);
-  const Tensor wc = !bf16_kernel ? f32_contiguous(weight).detach()
-                    : weight.dtype() == DType::BF16 ? weight.detach() : weight.detach().to(DType::BF16);
+  const Tensor wc = bf16_kernel ? bf16_weight(weight) : f32_contiguous(weight).detach();
   Tensor gx = want_gx ? Tensor::zeros({n, h}) : Tensor();
   Tensor gw = want_gw ? Tensor::zeros({v, h}) : Tensor();
   // Rows per chunk: about 16 MiB of logits at a time; 64 MiB on the BF16 kernel, which repacks the

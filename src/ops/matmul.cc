@@ -139,6 +139,10 @@ bool runs_bf16_kernel(const Tensor& weight) {
          weight.size(1) >= kBf16MinDim && kernels::bf16_gemm_available();
 }
 
+Tensor bf16_weight(const Tensor& weight) {
+  return weight.dtype() == DType::BF16 ? weight.detach() : weight.detach().to(DType::BF16);
+}
+
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   if (weight.dim() != 2) throw ShapeError("linear: weight must be 2-D, got " + weight.describe());
   if (x.dim() < 1 || x.size(-1) != weight.size(1))
@@ -151,7 +155,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   // Bf16 precision (see ops.h) runs on the AVX-512 BF16 kernel, a float32 weight rounded once here
   // (and kept for the input's gradient); else float32, a bfloat16 weight widened.
   const bool bf16_kernel = runs_bf16_kernel(weight);
-  Tensor w = !bf16_kernel ? blas_ready(weight) : weight.dtype() == DType::BF16 ? weight : weight.detach().to(DType::BF16);
+  Tensor w = bf16_kernel ? bf16_weight(weight) : blas_ready(weight);
   const int64_t rows = shape_numel(Shape(x.shape().begin(), x.shape().end() - 1));
   Shape out_shape = x.shape();
   out_shape.back() = outf;

@@ -22,6 +22,10 @@ constexpr int NR = 64;              // columns of C per micro-tile: four zmm of 
 constexpr int64_t KC_PAIRS = 128;   // pairs of k per packed block (a B strip: 128 * 64 * 4 B = 32 KiB)
 constexpr int64_t MC = 96;          // rows of A swept per B strip while it is hot
 
+// Masks of the first n lanes (n clamped to [0, 16] or [0, 32]).
+__mmask16 lanes16(int64_t n) { return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1); }
+__mmask32 lanes32(int64_t n) { return n >= 32 ? __mmask32(~0u) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1); }
+
 // Rows [r0, r1) of A rounded to bfloat16, row stride k_even (k padded with a zero when odd).
 DT_BF16_TARGET void round_rows(const float* a, int64_t lda, int64_t k, int64_t k_even, int64_t r0, int64_t r1,
                                uint16_t* out) {
@@ -35,12 +39,9 @@ DT_BF16_TARGET void round_rows(const float* a, int64_t lda, int64_t k, int64_t k
     }
     if (j < k_even) {  // the tail (and the zero that pads k to even)
       const int64_t left = k - j;
-      const __mmask16 mlo = __mmask16(left >= 16 ? 0xffff : (1u << left) - 1);
-      const __mmask16 mhi = __mmask16(left <= 16 ? 0 : (1u << (left - 16)) - 1);
-      const __m512 lo = _mm512_maskz_loadu_ps(mlo, src + j), hi = _mm512_maskz_loadu_ps(mhi, src + j + 16);
-      const int64_t store = k_even - j;
-      _mm512_mask_storeu_epi16(dst + j, __mmask32(store >= 32 ? ~0u : (1u << store) - 1),
-                               (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      const __m512 lo = _mm512_maskz_loadu_ps(lanes16(left), src + j);
+      const __m512 hi = _mm512_maskz_loadu_ps(lanes16(left - 16), src + j + 16);
+      _mm512_mask_storeu_epi16(dst + j, lanes32(k_even - j), (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
   }
 }
@@ -66,8 +67,7 @@ DT_BF16_TARGET void pack_b(const uint16_t* b, int64_t b_k, int64_t b_n, int64_t 
         const bool has_r1 = k0 + 1 < k;
         uint16_t* dst = strip + p * NR * 2;
         for (int64_t j = 0; j < NR; j += 32) {
-          const int64_t left = std::max<int64_t>(0, std::min<int64_t>(32, width - j));
-          const __mmask32 m = __mmask32(left >= 32 ? ~0u : (1u << left) - 1);
+          const __mmask32 m = lanes32(width - j);
           const __m512i a0 = _mm512_maskz_loadu_epi16(m, r0 + j);
           const __m512i a1 = has_r1 ? _mm512_maskz_loadu_epi16(m, r1 + j) : _mm512_setzero_si512();
           _mm512_storeu_si512(dst + 2 * j, _mm512_permutex2var_epi16(a0, ilo, a1));
@@ -81,10 +81,7 @@ DT_BF16_TARGET void pack_b(const uint16_t* b, int64_t b_k, int64_t b_n, int64_t 
       const __m512i step = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
                                               _mm512_set1_epi32(int(b_n * 2)));
       __mmask16 mask[NR / 16];
-      for (int g = 0; g < NR / 16; ++g) {
-        const int64_t left = std::max<int64_t>(0, std::min<int64_t>(16, width - 16 * g));
-        mask[g] = __mmask16(left >= 16 ? 0xffff : (1u << left) - 1);
-      }
+      for (int g = 0; g < NR / 16; ++g) mask[g] = lanes16(width - 16 * g);
       // An odd k's last pair would read one element past a column: it is written below instead.
       const int64_t whole = (k & 1) && p0 + pairs == (k + 1) / 2 ? pairs - 1 : pairs;
       for (int64_t p = 0; p < whole; ++p) {
@@ -118,10 +115,7 @@ template <int R>
 DT_BF16_TARGET void micro_tile(int64_t pairs, const uint32_t* a, int64_t lda_pairs, const uint16_t* b, float* c,
                                int64_t ldc, int width, bool load_c) {
   __mmask16 mask[4];
-  for (int j = 0; j < 4; ++j) {
-    const int left = std::max(0, std::min(16, width - 16 * j));
-    mask[j] = __mmask16(left >= 16 ? 0xffff : (1u << left) - 1);
-  }
+  for (int j = 0; j < 4; ++j) mask[j] = lanes16(width - 16 * j);
   __m512 acc[R][4];
   for (int r = 0; r < R; ++r)
     for (int j = 0; j < 4; ++j)

@@ -1,5 +1,5 @@
 #pragma once
-// A GEMM with bfloat16 weights for frozen linear layers: C = A B with A float32 activations (rounded to
+// A GEMM with bfloat16 weights (frozen ones stored so, learning ones rounded per call): C = A B with A float32 activations (rounded to
 // bfloat16, round to nearest even, as they are read), B bfloat16, products summed in float32 by
 // AVX-512 BF16 dot products (vdpbf16ps: twice the multiply-adds of a float32 FMA per instruction, and
 // half the weight bytes). Debian's OpenBLAS has no sbgemm, so this is ours. Callers check
