@@ -4,21 +4,28 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 CUDA := $(shell test -x /usr/local/cuda/bin/nvcc && echo ON || echo OFF)
 
-.PHONY: setup build test demo bench clean
+.PHONY: setup configure build cli test demo bench clean
 
 setup:
 	@scripts/setup
 
-build: setup
+configure: setup
 	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DDELTATUNE_CUDA=$(CUDA) $(CMAKE_FLAGS) >/dev/null
+
+# Everything: the library, the command, tests and benchmarks.
+build: configure
 	@cmake --build $(BUILD) -j $(JOBS)
+
+# The command alone (what the main job needs).
+cli: configure
+	@cmake --build $(BUILD) -j $(JOBS) --target deltatune_cli
 
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 # The main job: fine-tune bert-mini with LoRA on the built-in sentiment task, test accuracy before and after.
-demo: build
-	@OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $(BUILD)/deltatune train --model assets/models/bert-mini \
+demo: cli
+	@$(BUILD)/deltatune train --model assets/models/bert-mini \
 		--data assets/tasks/sentiment --method lora --out runs/demo
 
 bench: build

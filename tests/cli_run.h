@@ -13,9 +13,10 @@ struct Result {
   std::string output;  // stdout and stderr together
 };
 
-inline Result run(const std::string& args) {
+// `env_prefix` goes before the binary (e.g. "env -u VAR NAME=value").
+inline Result run_with_env(const std::string& env_prefix, const std::string& args) {
   Result r;
-  std::string command = std::string(DELTATUNE_BINARY) + " " + args + " 2>&1";
+  std::string command = env_prefix + " " + std::string(DELTATUNE_BINARY) + " " + args + " 2>&1";
   FILE* pipe = popen(command.c_str(), "r");
   if (!pipe) return r;
   std::array<char, 4096> buf;
@@ -25,6 +26,8 @@ inline Result run(const std::string& args) {
   r.code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
 }
+
+inline Result run(const std::string& args) { return run_with_env("", args); }
 
 inline std::string quote(const std::string& s) { return "'" + s + "'"; }
 

@@ -13,6 +13,7 @@
 namespace fs = std::filesystem;
 using cli_test::quote;
 using cli_test::run;
+using cli_test::run_with_env;
 
 namespace {
 fs::path temp_dir(const std::string& name) { return test_support::temp_dir("cli_" + name); }
@@ -163,4 +164,29 @@ TEST(Cli, InspectMarksADeltaAndCountsTrainable) {
   auto bad = run("inspect " + model("bert-mini") + " --delta " + quote((dir / "bad.json").string()));
   EXPECT_EQ(bad.code, 2) << bad.output;
   EXPECT_NE(bad.output.find("match no"), std::string::npos) << bad.output;
+}
+
+// The OpenMP runtime reports how it was configured (OMP_DISPLAY_ENV=VERBOSE prints it at start-up);
+// the last report is the one of the process that runs the command.
+namespace {
+std::string last_spin_count(const std::string& output) {
+  const std::string key = "GOMP_SPINCOUNT = '";
+  const size_t at = output.rfind(key);
+  if (at == std::string::npos) return "";
+  return output.substr(at + key.size(), output.find('\'', at + key.size()) - at - key.size());
+}
+}  // namespace
+
+TEST(Cli, IdleThreadsSleepUnlessTheUserChoseAWaitPolicy) {
+  // Busy-waiting OpenMP threads take the cores other work needs: by itself the program must run with
+  // the passive policy (no spinning), whatever starts it.
+  auto chosen_by_us = run_with_env("env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT OMP_DISPLAY_ENV=VERBOSE", "--version");
+  ASSERT_EQ(chosen_by_us.code, 0) << chosen_by_us.output;
+  EXPECT_EQ(last_spin_count(chosen_by_us.output), "0") << chosen_by_us.output;
+  EXPECT_NE(chosen_by_us.output.find("deltatune"), std::string::npos);
+  // A policy the user set is theirs.
+  auto chosen_by_user = run_with_env("env OMP_WAIT_POLICY=active OMP_DISPLAY_ENV=VERBOSE", "--version");
+  ASSERT_EQ(chosen_by_user.code, 0) << chosen_by_user.output;
+  EXPECT_NE(last_spin_count(chosen_by_user.output), "0") << chosen_by_user.output;
+  EXPECT_NE(last_spin_count(chosen_by_user.output), "") << chosen_by_user.output;
 }

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "command.h"
+#include "wait_policy.h"
 #include "deltatune/error.h"
 
 namespace deltatune::cli {
@@ -18,6 +19,7 @@ std::vector<Command>& registry() {
 
 int main(int argc, char** argv) {
   using namespace deltatune;
+  cli::choose_openmp_wait_policy(argv);
   // Every training step frees and re-allocates activation-sized buffers (a few MiB to tens of MiB).
   // glibc would hand each to mmap and back to the kernel, so every step paid page faults and page
   // zeroing again (~4% of a bert-base LoRA step); keep them in the heap for reuse instead.
