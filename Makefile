@@ -19,7 +19,7 @@ test: build
 # The main job: fine-tune bert-mini with LoRA on the built-in sentiment task, test accuracy before and after.
 demo: build
 	@OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $(BUILD)/deltatune train --model assets/models/bert-mini \
-		--data assets/tasks/sentiment --method lora --out runs/demo
+		--data assets/tasks/sentiment --method lora --out runs/demo --overwrite
 
 bench: build
 	@bench/run
