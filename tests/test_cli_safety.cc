@@ -175,14 +175,17 @@ TEST(CliSafety, SigtermStopsTrainingWithACheckpoint) {
   }
   // Wait until training runs (a logged update), then ask it to stop. The bound only keeps a broken
   // build from hanging the test.
-  bool training = false;
-  for (int i = 0; i < 6000 && !training; ++i) {
-    training = fs::exists(run_dir / "log.jsonl") && train_entries(run_dir / "log.jsonl") > 0;
-    if (!training) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  ::kill(pid, training ? SIGTERM : SIGKILL);
+  bool training = false, ended = false;
   int status = 0;
-  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  for (int i = 0; i < 6000 && !training && !ended; ++i) {
+    training = fs::exists(run_dir / "log.jsonl") && train_entries(run_dir / "log.jsonl") > 0;
+    ended = !training && ::waitpid(pid, &status, WNOHANG) == pid;
+    if (!training && !ended) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (!ended) {
+    ::kill(pid, training ? SIGTERM : SIGKILL);
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  }
   ASSERT_TRUE(training) << read_text(log);
   const std::string output = read_text(log);
   ASSERT_TRUE(WIFEXITED(status)) << "ended by signal " << WTERMSIG(status) << "\n" << output;
