@@ -24,9 +24,10 @@ test: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 # The main job: fine-tune bert-mini with LoRA on the built-in sentiment task, test accuracy before and after.
+# --overwrite: the demo is meant to be rerun; it replaces its own runs/demo.
 demo: cli
 	@$(BUILD)/deltatune train --model assets/models/bert-mini \
-		--data assets/tasks/sentiment --method lora --out runs/demo
+		--data assets/tasks/sentiment --method lora --out runs/demo --overwrite
 
 bench: build
 	@bench/run

@@ -10,6 +10,7 @@
 #include "deltatune/error.h"
 #include "deltatune/lora_arithmetic.h"
 #include "model_loading.h"
+#include "out_folder.h"
 
 namespace {
 using deltatune::cli::ExitError;
@@ -40,7 +41,8 @@ void run(const Options& o) {
   if (weights.size() != o.deltas.size())
     throw ExitError{"combine: " + std::to_string(o.deltas.size()) + " deltas but " + std::to_string(weights.size()) +
                     " weights (--weights takes one per --delta, in the same order)"};
-  if (std::filesystem::exists(o.out) && !std::filesystem::is_empty(o.out) && !o.overwrite)
+  deltatune::cli::check_writable_folder(o.out, "--out");
+  if (deltatune::cli::holds_files(o.out) && !o.overwrite)
     throw ExitError{"combine: '" + o.out + "' exists and is not empty (pass --overwrite to replace its delta files)"};
 
   // The first delta decides the task head the model loads with; every delta is read over the same base.

@@ -3,16 +3,16 @@
 // per-class report), and the per-class report as a table on stderr. A causal-LM delta gets its loss
 // and perplexity on the texts.
 #include <cstdio>
-#include <fstream>
 
 #include "command.h"
-#include "model_loading.h"
+#include "deltatune/atomic_file.h"
 #include "deltatune/data.h"
 #include "deltatune/delta_io.h"
 #include "deltatune/metrics.h"
 #include "deltatune/threads.h"
 #include "deltatune/tokenizer.h"
 #include "deltatune/trainer.h"
+#include "model_loading.h"
 
 namespace {
 using namespace deltatune;
@@ -70,11 +70,7 @@ void run_lm(const Args& a, const fs::path& file, HeadKind head) {
   nlohmann::json out = {{"data", file.string()}, {"examples", dataset.size()}};
   out.update(train::evaluate(*model, dataset, a.batch_size, masking ? &*masking : nullptr));
   std::printf("%s\n", out.dump(2).c_str());
-  if (!a.output.empty()) {
-    std::ofstream f(a.output);
-    f << out.dump(2) << "\n";
-    if (!f) throw ExitError{"cannot write '" + a.output + "'"};
-  }
+  if (!a.output.empty()) write_file_atomic(a.output, out.dump(2) + "\n");
 }
 
 void run(const Args& a) {
@@ -118,11 +114,7 @@ void run(const Args& a) {
   out["per_class"] = metrics::report_json(report);
   std::printf("%s\n", out.dump(2).c_str());
   std::fprintf(stderr, "\n%s", metrics::format_report(report, out["accuracy"].get<double>()).c_str());
-  if (!a.output.empty()) {
-    std::ofstream f(a.output);
-    f << out.dump(2) << "\n";
-    if (!f) throw ExitError{"cannot write '" + a.output + "'"};
-  }
+  if (!a.output.empty()) write_file_atomic(a.output, out.dump(2) + "\n");
 }
 
 void setup(CLI::App& app) {

@@ -7,9 +7,9 @@
 //    "mean": {...}, "examples": N, "gates": [{"layer", "submodule", "module", "mean"}, ...]}
 // A gate near 1 means the model uses that submodule in that layer for this data; near 0, it does not.
 #include <cstdio>
-#include <fstream>
 
 #include "command.h"
+#include "deltatune/atomic_file.h"
 #include "deltatune/autograd.h"
 #include "deltatune/data.h"
 #include "deltatune/delta_io.h"
@@ -89,13 +89,7 @@ void run(const Args& a) {
     nlohmann::json out = delta::gates_json(gates);
     out["delta"] = a.delta;
     out["data"] = file.string();
-    const fs::path tmp = a.output + ".tmp";
-    {
-      std::ofstream f(tmp);
-      f << out.dump(2) << "\n";
-      if (!f) throw ExitError{"cannot write '" + a.output + "'"};
-    }
-    fs::rename(tmp, a.output);
+    write_file_atomic(a.output, out.dump(2) + "\n");
     std::printf("wrote %s\n", a.output.c_str());
   }
 }

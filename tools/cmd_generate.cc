@@ -6,6 +6,7 @@
 #include "deltatune/generate.h"
 #include "deltatune/tokenizer.h"
 #include "model_loading.h"
+#include "option_checks.h"
 
 namespace {
 void setup(CLI::App& app) {
@@ -19,9 +20,15 @@ void setup(CLI::App& app) {
   app.add_option("--max-new-tokens", o->max_new_tokens, "Tokens to generate at most")->default_val(32)->check(CLI::Range(1, 100000));
   app.add_flag("--sample", o->sample, "Sample instead of greedy decoding");
   app.add_flag("--greedy", *greedy, "Greedy decoding (the default)");
-  app.add_option("--temperature", o->temperature, "Sampling temperature")->default_val(1.0)->check(CLI::PositiveNumber);
-  app.add_option("--top-k", o->top_k, "Keep the k most likely tokens (0: all)")->default_val(0)->check(CLI::NonNegativeNumber);
-  app.add_option("--top-p", o->top_p, "Nucleus sampling: keep the smallest set with this mass")->default_val(1.0)->check(CLI::Range(0.0, 1.0));
+  app.add_option("--temperature", o->temperature, "Sampling temperature")
+      ->default_val(1.0)
+      ->check(deltatune::cli::kPositive);
+  app.add_option("--top-k", o->top_k, "Keep the k most likely tokens (0: all)")
+      ->default_val(0)
+      ->check(deltatune::cli::kNonNegative);
+  app.add_option("--top-p", o->top_p, "Nucleus sampling: keep the smallest set with this mass")
+      ->default_val(1.0)
+      ->check(deltatune::cli::kFraction);
   app.add_option("--seed", o->seed, "Random seed for sampling")->default_val(0);
   app.callback([=] {
     auto loaded = deltatune::cli::load_model(*model_dir, "causal-lm", *delta);

@@ -5,6 +5,7 @@
 #include "command.h"
 #include "deltatune/merge.h"
 #include "model_loading.h"
+#include "out_folder.h"
 
 namespace {
 void setup(CLI::App& app) {
@@ -12,7 +13,14 @@ void setup(CLI::App& app) {
   app.add_option("--model", *model_dir, "The base model folder")->required();
   app.add_option("--delta", *delta, "The delta folder (ours or PEFT's format)")->required();
   app.add_option("--out", *out, "Folder to write the merged checkpoint to (float32 safetensors)")->required();
+  auto overwrite = std::make_shared<bool>(false);
+  app.add_flag("--overwrite", *overwrite, "Write into a non-empty --out (its checkpoint files are replaced)");
   app.callback([=] {
+    // Before loading anything: an --out that cannot be written, or holds files, is refused up front.
+    deltatune::cli::check_writable_folder(*out, "--out");
+    if (!*overwrite && deltatune::cli::holds_files(*out))
+      throw deltatune::cli::ExitError{"--out '" + *out +
+                                      "' is not empty; pass --overwrite to replace its files"};
     auto loaded = deltatune::cli::load_model(*model_dir, "", *delta);
     for (auto& d : loaded.deltas) deltatune::delta::merge_into(*loaded.model, *d);
     deltatune::delta::save_checkpoint(*loaded.model, *model_dir, *out);

@@ -1,10 +1,12 @@
 // deltatune plot RUN_DIR [--metric NAME] : redraws RUN_DIR/plot.svg (training loss, dev loss and the
 // dev metric against the step) from RUN_DIR/log.jsonl, e.g. while a run is still going.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 
 #include "command.h"
+#include "deltatune/metrics.h"
 #include "deltatune/trainer.h"
 
 namespace {
@@ -30,6 +32,13 @@ void setup(CLI::App& app) {
           // The default metric will do.
         }
       }
+    }
+    // An unknown metric would draw an empty axis over the run's plot.svg.
+    const std::vector<std::string>& known = metrics::all_selection_metrics();
+    if (std::find(known.begin(), known.end(), m) == known.end()) {
+      std::string names;
+      for (const auto& n : known) names += (names.empty() ? "" : ", ") + n;
+      throw cli::ExitError{"--metric '" + m + "' is unknown (known: " + names + ")"};
     }
     std::printf("%s\n", train::write_training_plot(*run_dir, m).string().c_str());
   });

@@ -3,16 +3,16 @@
 // {"label": NAME, "probabilities": {NAME: p, ...}} (plus "gold" when the input has a label).
 // A delta trained with --task causal-lm continues each text instead: {"text": ..., "generated": ...}.
 #include <cstdio>
-#include <fstream>
 #include <iostream>
 
 #include "command.h"
-#include "model_loading.h"
+#include "deltatune/atomic_file.h"
 #include "deltatune/data.h"
 #include "deltatune/generate.h"
-#include "deltatune/tokenizer.h"
 #include "deltatune/threads.h"
+#include "deltatune/tokenizer.h"
 #include "deltatune/trainer.h"
+#include "model_loading.h"
 
 namespace {
 using namespace deltatune;
@@ -27,13 +27,29 @@ struct Args {
   int64_t max_new_tokens = 32;
 };
 
-std::ostream& output_stream(const Args& a, std::ofstream& file) {
-  if (!a.output.empty()) {
-    file.open(a.output);
-    if (!file) throw ExitError{"cannot write '" + a.output + "'"};
+// Lines go to stdout as they come, or into --output, written atomically once all are there (an
+// interrupted run leaves the previous file, not a part of the new one).
+class LineOutput {
+ public:
+  explicit LineOutput(const Args& a) : file_(a.output) {}
+  void line(const std::string& text) {
+    if (file_.empty())
+      std::cout << text << "\n";
+    else
+      buffer_ += text + "\n";
   }
-  return a.output.empty() ? std::cout : file;
-}
+  void finish() {
+    if (file_.empty()) {
+      std::cout.flush();
+      if (!std::cout) throw ExitError{"write to stdout failed"};
+    } else {
+      write_file_atomic(file_, buffer_);
+    }
+  }
+
+ private:
+  std::string file_, buffer_;
+};
 
 // A causal LM tuned on prompts: each input's text, continued greedily up to EOS or the limit.
 void run_lm(const Args& a, const nlohmann::json& run_config) {
@@ -50,14 +66,12 @@ void run_lm(const Args& a, const nlohmann::json& run_config) {
   GenerationOptions options;
   options.max_new_tokens = a.max_new_tokens;
   if (tokenizer->eos_id() >= 0) options.eos_ids = {tokenizer->eos_id()};
-  std::ofstream file;
-  std::ostream& out = output_stream(a, file);
+  LineOutput out(a);
   for (const data::Example& ex : examples) {
     std::vector<int64_t> ids = generate(*model, tokenizer->encode(ex.text, true).ids, options);
-    out << nlohmann::json{{"text", ex.text}, {"generated", tokenizer->decode(ids, true)}}.dump() << "\n";
+    out.line(nlohmann::json{{"text", ex.text}, {"generated", tokenizer->decode(ids, true)}}.dump());
   }
-  out.flush();
-  if (!out) throw ExitError{"write failed"};
+  out.finish();
 }
 
 std::string setting(const std::string& flag, const nlohmann::json& run, const char* key,
@@ -93,18 +107,16 @@ void run(const Args& a) {
   const data::EncodedDataset dataset = data::encode(examples, *c.tokenizer, max_length);
   train::Predictions p = train::predict(*c.model, dataset, a.batch_size, /*keep_probabilities=*/true);
 
-  std::ofstream file;
-  std::ostream& out = output_stream(a, file);
+  LineOutput out(a);
   for (size_t i = 0; i < examples.size(); ++i) {
     nlohmann::json probs = nlohmann::json::object();
     for (size_t k = 0; k < p.probabilities[i].size(); ++k)
       probs[c.labels.name(int64_t(k))] = p.probabilities[i][k];
     nlohmann::json line = {{"label", c.labels.name(p.predicted[i])}, {"probabilities", probs}};
     if (!gold[i].empty()) line["gold"] = gold[i];
-    out << line.dump() << "\n";
+    out.line(line.dump());
   }
-  out.flush();
-  if (!out) throw ExitError{"write failed"};
+  out.finish();
 }
 
 void setup(CLI::App& app) {

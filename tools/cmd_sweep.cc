@@ -8,6 +8,7 @@
 #include "deltatune/error.h"
 #include "deltatune/sweep.h"
 #include "deltatune/threads.h"
+#include "option_checks.h"
 
 namespace {
 using namespace deltatune;
@@ -113,15 +114,16 @@ void setup(CLI::App& app) {
       ->delimiter(',');
   app.add_option("--patience", a->patience, "Early stopping: dev evaluations without improvement (0: off)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(deltatune::cli::kNonNegative);
   app.add_option("--eval-every", a->eval_every, "Also evaluate on dev every N updates (always at epoch ends)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--max-steps", a->max_steps, "Cap on updates per run (0: none)")->check(CLI::NonNegativeNumber);
+      ->check(deltatune::cli::kNonNegative);
+  app.add_option("--max-steps", a->max_steps, "Cap on updates per run (0: none)")
+      ->check(deltatune::cli::kNonNegative);
   app.add_option("--max-dev", a->max_dev, "Few-shot dev set size cap (the examples after the K train ones)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(deltatune::cli::kNonNegative);
   app.add_option("--max-test", a->max_test, "Test on the first N test examples only (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(deltatune::cli::kNonNegative);
   app.add_option("--batch-size", a->batch_size, "Examples per batch")
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
@@ -129,10 +131,10 @@ void setup(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(2, 1 << 20));
   app.add_option("--lr", a->lr, "One learning rate for every method (default: each method's, --list-methods)")
-      ->check(CLI::PositiveNumber);
+      ->check(deltatune::cli::kPositive);
   app.add_option("--lr-scale", a->lr_scale, "Multiplies every method's learning rate")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(deltatune::cli::kPositive);
   app.add_option("--only-method", a->only_method, "Run this method's cells only (a piece of the grid)");
   app.add_option("--only-task", a->only_task, "Run this task's cells only (its folder name)");
   app.add_option("--shard", a->shard, "Run piece I of N (I/N, 0-based) of the grid's cells");

@@ -9,11 +9,10 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "command.h"
-#include "model_loading.h"
+#include "deltatune/atomic_file.h"
 #include "deltatune/config_file.h"
 #include "deltatune/data.h"
 #include "deltatune/delta_io.h"
@@ -22,6 +21,10 @@
 #include "deltatune/tokenizer.h"
 #include "deltatune/trainer.h"
 #include "deltatune/visualise.h"
+#include "model_loading.h"
+#include "option_checks.h"
+#include "out_folder.h"
+#include "train/checkpoint.h"
 
 namespace {
 using namespace deltatune;
@@ -41,7 +44,7 @@ struct Args {
   double warmup_ratio = 0.06, weight_decay = 0.01, max_grad_norm = 1.0;
   std::string schedule = "linear", metric = "accuracy";
   int threads = 0;
-  bool resume = false, bucket = false, quiet = false, no_test_before = false;
+  bool resume = false, overwrite = false, bucket = false, quiet = false, no_test_before = false;
   int64_t log_every = 0, eval_batch_size = 64;
   std::string text_field = "text", pair_field = "text_pair", label_field = "label";
   bool bf16 = false;
@@ -57,10 +60,36 @@ double default_lr(const std::string& method) {
   return 2e-3;
 }
 
-std::atomic<bool> g_interrupted{false};
-extern "C" void on_interrupt(int) {
-  g_interrupted = true;
-  std::signal(SIGINT, SIG_DFL);  // a second Ctrl-C ends the process at once
+// The signal that asked training to stop (SIGINT: Ctrl-C; SIGTERM: kill, a job scheduler), or 0.
+std::atomic<int> g_stop_signal{0};
+extern "C" void on_stop_signal(int signal) {
+  g_stop_signal = signal;
+  std::signal(signal, SIG_DFL);  // a second one ends the process at once
+}
+
+// While training runs, SIGINT and SIGTERM stop it after the current update, with a checkpoint.
+struct StopSignals {
+  StopSignals() {
+    g_stop_signal = 0;
+    std::signal(SIGINT, on_stop_signal);
+    std::signal(SIGTERM, on_stop_signal);
+  }
+  ~StopSignals() {
+    std::signal(SIGINT, SIG_DFL);
+    std::signal(SIGTERM, SIG_DFL);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+};
+
+std::string plural(int64_t n, const std::string& word) {
+  return std::to_string(n) + " " + word + (n == 1 ? "" : "s");
+}
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
 }
 
 // A JSON (or YAML: .yaml / .yml) settings file.
@@ -170,11 +199,8 @@ Splits load_splits(const Args& a, bool lm) {
     s.train = std::move(task.train);
     s.dev = std::move(task.dev);
     s.test = std::move(task.test);
-  } else if (fs::exists(a.data)) {
-    s.train = data::read_examples(a.data, fields, lm);
   } else {
-    throw ExitError{"data '" + a.data +
-                    "' does not exist (expected a task folder with train.jsonl, or a file)"};
+    s.train = data::read_examples(a.data, fields, lm);
   }
   if (a.k_shot > 0) {
     // UniPELT's protocol: K training examples and up to 1000 more as dev, all drawn from train.
@@ -206,6 +232,9 @@ void print_summary(const nlohmann::json& summary, const std::string& run_dir, bo
                   number(dev, key.c_str()), (long long)summary["best_step"].get<int64_t>(),
                   number(dev, "accuracy"), number(dev, "macro_f1"));
   }
+  if (!dev.is_object() && summary["train_loss"].is_number())
+    std::printf("  final train loss %.4f (the mean of up to the last 10 updates; no dev set)\n",
+                summary["train_loss"].get<double>());
   if (test.is_object()) {
     const char* main_metric = lm ? "perplexity" : "accuracy";
     const char* second = lm ? "loss" : "macro_f1";
@@ -218,11 +247,79 @@ void print_summary(const nlohmann::json& summary, const std::string& run_dir, bo
       std::printf("  test %s %.4f, %s %.4f\n", main_metric, number(test, main_metric), second_name,
                   number(test, second));
   }
-  std::printf("  %lld steps (%s) in %.1f s of training, %.1f s in all\n",
-              (long long)summary["steps"].get<int64_t>(), summary["stop_reason"].get<std::string>().c_str(),
-              summary["train_seconds"].get<double>(), summary["total_seconds"].get<double>());
+  std::printf("  %s (%s) in %.1f s of training, %.1f s in all\n",
+              plural(summary["steps"].get<int64_t>(), "step").c_str(),
+              summary["stop_reason"].get<std::string>().c_str(), summary["train_seconds"].get<double>(),
+              summary["total_seconds"].get<double>());
   std::printf("  run folder: %s (delta/, %s%ssummary.json, log.jsonl, plot.svg)\n", run_dir.c_str(),
               summary["peft_saved"].get<bool>() ? "peft/, " : "", lm ? "" : "labels.json, ");
+}
+
+// Every option is checked before any work (data, model, run folder): a typo costs nothing and leaves
+// nothing behind. What CLI11 cannot check alone (names, files, combinations) is checked here.
+void check_options(const Args& a, bool lm) {
+  const std::vector<std::string>& known_metrics = metrics::selection_metrics(lm);
+  if (std::find(known_metrics.begin(), known_metrics.end(), a.metric) == known_metrics.end())
+    throw ExitError{"--metric '" + a.metric + "' is not a metric of " +
+                    (lm ? "a language model" : "a classifier") + " (known: " + joined(known_metrics) + ")"};
+  const std::vector<std::string>& schedules = LrSchedule::names();
+  if (std::find(schedules.begin(), schedules.end(), a.schedule) == schedules.end())
+    throw ExitError{"--schedule '" + a.schedule + "' is unknown (known: " + joined(schedules) + ")"};
+  if (lm && (a.method == "none" || a.method == "head"))
+    throw ExitError{"--method " + a.method +
+                    " trains the classification head alone; a language model has none to train"};
+  if (a.resume && a.overwrite)
+    throw ExitError{"--resume continues the run in --out and --overwrite starts it over: give one of them"};
+  if (!fs::is_directory(a.model))
+    throw ExitError{"model folder '" + a.model + "' does not exist or is not a folder"};
+  if (!fs::exists(a.data))
+    throw ExitError{"data '" + a.data +
+                    "' does not exist (expected a task folder with train.jsonl, or a file)"};
+}
+
+// --out, before any work: a folder that can be written and, unless --resume or --overwrite says what to
+// do with it, holds no earlier run (whose delta, log and checkpoint this run would replace).
+void check_run_folder(const Args& a) {
+  cli::check_writable_folder(a.out, "--out");
+  const fs::path checkpoint = fs::path(a.out) / "checkpoint";
+  if (a.resume && !train_detail::checkpoint_exists(checkpoint))
+    throw ExitError{"--resume: no checkpoint in '" + checkpoint.string() + "' to continue from"};
+  if (!a.resume && !a.overwrite && cli::holds_files(a.out))
+    throw ExitError{"--out '" + a.out +
+                    "' is not empty (an earlier run?): pass --resume to continue its run " +
+                    "from its checkpoint, or --overwrite to start over (its run files are removed)"};
+}
+
+// --overwrite: the earlier run's files go, so nothing of it (a best/ of its own, its log) mixes with the
+// new run's. Only what `train` writes is removed; anything else in the folder stays.
+void clear_earlier_run(const fs::path& run_dir) {
+  bool removed = false;
+  for (const char* folder : {"delta", "peft", "best", "checkpoint"})
+    for (const char* suffix : {"", ".tmp", ".old"})
+      removed |= fs::remove_all(run_dir / (folder + std::string(suffix))) > 0;
+  for (const char* file : {"labels.json", "train_config.json", "log.jsonl", "plot.svg", "summary.json"})
+    removed |= fs::remove(run_dir / file);
+  if (removed) std::fprintf(stderr, "--overwrite: removed the earlier run's files in %s\n", run_dir.c_str());
+}
+
+// "2100 train, 300 dev, 600 test examples", saying where the dev set came from and which split is missing.
+std::string describe_splits(size_t train, size_t dev, size_t test, const std::string& dev_origin) {
+  std::string out = std::to_string(train) + " train, ";
+  if (dev == 0)
+    out += "no dev set (the final weights are kept)";
+  else
+    out += std::to_string(dev) + " dev" + (dev_origin == "dev" ? "" : " (" + dev_origin + ")");
+  out += test == 0 ? ", no test set" : ", " + std::to_string(test) + " test";
+  return out + " examples";
+}
+
+// The mean loss of the last updates (at most 10): what a run without a dev set reports of its end.
+nlohmann::json final_train_loss(const std::vector<double>& losses) {
+  if (losses.empty()) return nullptr;
+  const size_t n = std::min<size_t>(10, losses.size());
+  double sum = 0;
+  for (size_t i = losses.size() - n; i < losses.size(); ++i) sum += losses[i];
+  return sum / double(n);
 }
 
 void run(Args a, CLI::App& app) {
@@ -236,6 +333,12 @@ void run(Args a, CLI::App& app) {
   const bool lm = a.task == "causal-lm" || mlm;
   // A language model is judged by its loss unless asked otherwise.
   if (lm && app.get_option("--metric")->count() == 0) a.metric = "loss";
+  check_options(a, lm);
+  // The delta is made from its config now (unknown methods and bad settings fail here) and attached later.
+  std::unique_ptr<delta::Delta> delta;
+  if (a.method != "full" && a.method != "none" && a.method != "head")
+    delta = delta::make_delta(build_delta_config(a, app));
+  check_run_folder(a);
   if (a.threads > 0) set_num_threads(a.threads);
   const double lr = a.lr > 0 ? a.lr : default_lr(a.method);
   const fs::path run_dir = a.out;
@@ -251,8 +354,6 @@ void run(Args a, CLI::App& app) {
     data::assign_labels(splits.test, labels);
   }
 
-  if (!fs::is_directory(a.model))
-    throw ExitError{"model folder '" + a.model + "' does not exist or is not a folder"};
   auto tokenizer = Tokenizer::load(a.model);
   LoadOptions load;
   load.head = mlm ? HeadKind::MaskedLM : lm ? HeadKind::CausalLM : HeadKind::SequenceClassification;
@@ -271,17 +372,12 @@ void run(Args a, CLI::App& app) {
   }
 
   // What trains: a delta (plus the head), the whole model, or the head alone.
-  std::unique_ptr<delta::Delta> delta;
   train::TrainTarget target;
   if (a.method == "full") {
     target = train::TrainTarget::full(*model);
   } else if (a.method == "none" || a.method == "head") {
-    if (lm)
-      throw ExitError{"--method " + a.method +
-                      " trains the classification head alone; a language model has none to train"};
     target = train::TrainTarget::head_only(*model);
   } else {
-    delta = delta::make_delta(build_delta_config(a, app));
     delta->seed = a.seed;
     delta->attach(*model);
     target = train::TrainTarget::with_deltas(*model, {delta.get()}, delta->method());
@@ -303,20 +399,16 @@ void run(Args a, CLI::App& app) {
       throw ExitError{a.model + ": " + e.what()};
     }
   }
-  std::fprintf(
-      stderr,
-      "data: %zu train, %zu dev (%s), %zu test examples; %s; %lld train examples reach max length %lld\n",
-      train_set.size(), dev_set.size(), splits.dev_origin.c_str(), test_set.size(),
-      lm ? a.task.c_str() : (std::to_string(labels.size()) + " labels").c_str(), (long long)train_set.truncated,
-      (long long)max_length);
+  std::fprintf(stderr, "data: %s; %s; %lld train examples reach max length %lld\n",
+               describe_splits(train_set.size(), dev_set.size(), test_set.size(), splits.dev_origin).c_str(),
+               lm ? a.task.c_str() : (std::to_string(labels.size()) + " labels").c_str(),
+               (long long)train_set.truncated, (long long)max_length);
 
+  if (a.overwrite) clear_earlier_run(run_dir);
   fs::create_directories(run_dir);
   if (!lm) labels.save(run_dir / "labels.json");
   const nlohmann::json config = resolved_config(a, lr);
-  {
-    std::ofstream out(run_dir / "train_config.json");
-    out << config.dump(2) << "\n";
-  }
+  write_file_atomic(run_dir / "train_config.json", config.dump(2) + "\n");
 
   // The untrained baseline (a fresh head; LoRA starts as the identity), when the test set is small.
   nlohmann::json test_before = nullptr;
@@ -345,27 +437,28 @@ void run(Args a, CLI::App& app) {
   options.progress = !a.quiet;
   options.log_every = a.log_every;
   options.mlm = masking;
-  options.on_step = [](int64_t) { return !g_interrupted.load(); };
+  options.on_step = [](int64_t) { return g_stop_signal.load() == 0; };
 
   const auto [trainable, total] = target.freeze();
-  std::fprintf(stderr, "training %s: %s, lr %g, %lld epochs of %zu examples, batch %lld\n",
-               target.method.c_str(), trainable_summary(trainable, total).c_str(), lr, (long long)a.epochs,
-               train_set.size(), (long long)a.batch_size);
-  g_interrupted = false;
-  std::signal(SIGINT, on_interrupt);
+  // --max-steps decides the length of a run alone: its epochs are not what runs.
+  const std::string length = a.max_steps > 0 ? plural(a.max_steps, "update") + " (--max-steps) over"
+                                             : plural(a.epochs, "epoch") + " of";
+  std::fprintf(stderr, "training %s: %s, lr %g, %s %zu examples, batch %lld\n", target.method.c_str(),
+               trainable_summary(trainable, total).c_str(), lr, length.c_str(), train_set.size(),
+               (long long)a.batch_size);
   train::Trainer trainer(target, options);
   train::TrainResult result;
-  try {
+  {
+    StopSignals stop_signals;
     result = trainer.train(train_set, dev_set.size() > 0 ? &dev_set : nullptr);
-  } catch (...) {
-    std::signal(SIGINT, SIG_DFL);
-    throw;
   }
-  std::signal(SIGINT, SIG_DFL);
-  if (result.stop_reason == "stopped")
-    throw ExitError{"interrupted at step " + std::to_string(result.steps) + "; the checkpoint in " +
+  if (result.stop_reason == "stopped") {
+    const int signal = g_stop_signal.load();
+    throw ExitError{std::string("interrupted (") + (signal == SIGTERM ? "SIGTERM" : "Ctrl-C") + ") at step " +
+                        std::to_string(result.steps) + "; the checkpoint in " +
                         (run_dir / "checkpoint").string() + " continues with --resume",
-                    130};
+                    128 + signal};
+  }
 
   // The final weights (the best on dev) and where they came from.
   train::save_trained(run_dir / "delta", target);
@@ -395,6 +488,7 @@ void run(Args a, CLI::App& app) {
       {"train_seconds", result.seconds},
       {"total_seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()},
       {"steps", result.steps},
+      {"train_loss", final_train_loss(result.losses)},
       {"stop_reason", result.stop_reason},
       {"best_step", result.best_step},
       {"metric", a.metric},
@@ -406,11 +500,7 @@ void run(Args a, CLI::App& app) {
       {"train_examples", train_set.size()},
       {"peft_saved", peft_saved},
       {"config", config}};
-  {
-    std::ofstream out(run_dir / "summary.json");
-    out << summary.dump(2) << "\n";
-    if (!out) throw ExitError{(run_dir / "summary.json").string() + ": write failed"};
-  }
+  write_file_atomic(run_dir / "summary.json", summary.dump(2) + "\n");
   train::write_training_plot(run_dir, a.metric);
   print_summary(summary, run_dir.string(), lm);
 }
@@ -433,7 +523,7 @@ void setup(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
   app.add_option("--lr", a->lr, "Peak learning rate (default: 2e-3 for deltas, 1e-4 full, 5e-3 head)")
-      ->check(CLI::PositiveNumber);
+      ->check(cli::kPositive);
   app.add_option("--batch-size", a->batch_size, "Examples per batch")
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
@@ -443,7 +533,9 @@ void setup(CLI::App& app) {
   app.add_option("--seed", a->seed, "Seed of data order, delta and head init, dropout and few-shot sampling")
       ->capture_default_str();
   app.add_option("--lora-r", a->lora_r, "LoRA rank")->capture_default_str()->check(CLI::Range(1, 65536));
-  app.add_option("--lora-alpha", a->lora_alpha, "LoRA alpha (scaling alpha/r)")->capture_default_str();
+  app.add_option("--lora-alpha", a->lora_alpha, "LoRA alpha (scaling alpha/r)")
+      ->capture_default_str()
+      ->check(cli::kFinite);
   app.add_option(
          "--targets", a->targets,
          "Modules the delta attaches to: roles (attn.q, attn.v, ffn.up, ...) or names; comma-separated")
@@ -454,23 +546,23 @@ void setup(CLI::App& app) {
                  "JSON or YAML file of flag values (keys are the long flag names); flags given here win");
   app.add_option("--k-shot", a->k_shot,
                  "Few-shot: train on K examples sampled with the seed, dev = the next 1000")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::kNonNegative);
   app.add_option("--eval-every", a->eval_every, "Also evaluate on dev every N updates (always at epoch ends)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::kNonNegative);
   app.add_option("--patience", a->patience, "Early stopping after N evaluations without improvement (0: off)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::kNonNegative);
   app.add_option("--warmup-ratio", a->warmup_ratio, "Fraction of updates spent warming up the learning rate")
       ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
+      ->check(cli::kFraction);
   app.add_option("--weight-decay", a->weight_decay, "AdamW weight decay (not on biases and norms)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::kNonNegative);
   app.add_option("--grad-accum", a->grad_accum, "Batches per optimizer update")
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
   app.add_option("--max-grad-norm", a->max_grad_norm, "Gradient clipping norm (0: off)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::kNonNegative);
   app.add_option("--schedule", a->schedule,
                  "Learning-rate schedule: linear, cosine, constant, constant_with_warmup")
       ->capture_default_str();
@@ -481,21 +573,24 @@ void setup(CLI::App& app) {
   app.add_option("--threads", a->threads, "CPU threads (default: DELTATUNE_THREADS or all cores)")
       ->check(CLI::Range(1, 1024));
   app.add_option("--max-steps", a->max_steps, "Stop after N updates (overrides --epochs)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::kNonNegative);
   app.add_option("--checkpoint-every", a->checkpoint_every,
                  "Also checkpoint every N updates (always after evaluations)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::kNonNegative);
   app.add_option("--eval-batch-size", a->eval_batch_size, "Examples per evaluation batch")
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
   app.add_option("--log-every", a->log_every, "Progress line every N updates when stderr is not a terminal")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cli::kNonNegative);
   app.add_option("--text-field", a->text_field, "Field holding the text")->capture_default_str();
   app.add_option("--pair-field", a->pair_field, "Field holding the second text of a pair")
       ->capture_default_str();
   app.add_option("--label-field", a->label_field, "Field holding the label")->capture_default_str();
   app.add_flag("--bf16", a->bf16, std::string(cli::kBf16Help) + "; the delta and optimizer stay float32");
   app.add_flag("--resume", a->resume, "Continue from RUN_DIR/checkpoint (same flags as the interrupted run)");
+  app.add_flag("--overwrite", a->overwrite,
+               "Start over in a --out that holds an earlier run (its run files are removed; without --resume "
+               "or --overwrite a non-empty --out is refused)");
   app.add_flag("--bucket", a->bucket, "Batch examples of similar length together (less padding)");
   app.add_flag("--no-test-before", a->no_test_before, "Skip the test evaluation before training");
   app.add_flag("--quiet", a->quiet, "No progress output");

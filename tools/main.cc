@@ -1,5 +1,6 @@
 // The `deltatune` command: subcommands register themselves (command.h); errors become one line and
-// exit code 2 (bad input) or 1 (internal failure), never a crash.
+// exit code 2 (bad input, usage errors included) or 1 (internal failure), never a crash. --help and
+// --version print and exit 0.
 #include <malloc.h>
 
 #include <algorithm>
@@ -15,6 +16,22 @@ std::vector<Command>& registry() {
   static std::vector<Command> commands;
   return commands;
 }
+
+namespace {
+// CLI11's messages may span lines; a usage error is reported as one.
+std::string one_line(std::string text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  std::replace(text.begin(), text.end(), '\n', ' ');
+  return text;
+}
+
+// Where to read the options: the subcommand's help when one was given.
+std::string help_hint(CLI::App& app) {
+  const std::vector<CLI::App*> given = app.get_subcommands();
+  if (given.empty()) return " (see `deltatune --help`)";
+  return " (see `deltatune " + given.back()->get_name() + " --help`)";
+}
+}  // namespace
 }  // namespace deltatune::cli
 
 int main(int argc, char** argv) {
@@ -38,7 +55,14 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success))
+      return app.exit(e);  // --help, --version
+    // CLI11 takes an unknown command for a missing one.
+    const bool unknown_command = app.get_subcommands().empty() && argc > 1 && argv[1][0] != '-';
+    const std::string what =
+        unknown_command ? "unknown command '" + std::string(argv[1]) + "'" : cli::one_line(e.what());
+    std::fprintf(stderr, "deltatune: %s%s\n", what.c_str(), cli::help_hint(app).c_str());
+    return 2;
   } catch (const cli::ExitError& e) {
     std::fprintf(stderr, "deltatune: %s\n", e.message.c_str());
     return e.code;

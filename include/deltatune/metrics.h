@@ -43,4 +43,9 @@ nlohmann::json classification_metrics(const std::vector<int64_t>& predictions,
 // Whether a larger value of the metric is better (not for "loss" and "perplexity").
 bool higher_is_better(const std::string& metric);
 
+// The dev metrics that can pick a run's best weights: a classifier's (accuracy, macro_f1, mcc, loss)
+// or a language model's (loss, perplexity); all_selection_metrics() is both.
+const std::vector<std::string>& selection_metrics(bool language_model);
+const std::vector<std::string>& all_selection_metrics();
+
 }  // namespace deltatune::metrics

@@ -3,6 +3,7 @@
 #include <fstream>
 #include <set>
 
+#include "deltatune/atomic_file.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta_io.h"
 #include "deltatune/error.h"
@@ -25,15 +26,7 @@ nlohmann::json read_json(const fs::path& file) {
 }
 
 void write_json_atomic(const fs::path& file, const nlohmann::json& j) {
-  fs::path tmp = file;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp);
-    if (!out) throw IoError(file.string() + ": cannot be written");
-    out << j.dump(2) << "\n";
-    if (!out) throw IoError(file.string() + ": write failed");
-  }
-  fs::rename(tmp, file);
+  write_file_atomic(file, j.dump(2) + "\n");
 }
 
 std::string base_name(TransformerModel& model) {

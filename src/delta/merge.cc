@@ -1,8 +1,8 @@
 #include "deltatune/merge.h"
 
 #include <cmath>
-#include <fstream>
 
+#include "deltatune/atomic_file.h"
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/lora_arithmetic.h"
@@ -119,11 +119,7 @@ void save_checkpoint(TransformerModel& model, const fs::path& source_dir, const 
   nlohmann::json config = model.config.raw;
   config["dtype"] = "float32";
   if (config.contains("torch_dtype")) config["torch_dtype"] = "float32";
-  {
-    std::ofstream out(out_dir / "config.json.tmp");
-    out << config.dump(2) << "\n";
-  }
-  fs::rename(out_dir / "config.json.tmp", out_dir / "config.json");
+  write_file_atomic(out_dir / "config.json", config.dump(2) + "\n");
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "merges.txt",
                         "tokenizer.model", "special_tokens_map.json", "generation_config.json"})
     if (fs::exists(source_dir / f) && !fs::equivalent(source_dir, out_dir))

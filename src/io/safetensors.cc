@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -18,6 +17,7 @@
 #include <vector>
 
 #include "core/strided.h"
+#include "deltatune/atomic_file.h"
 #include "deltatune/error.h"
 
 namespace deltatune {
@@ -268,20 +268,6 @@ std::map<std::string, Tensor> load_sharded(const fs::path& index_file) {
 
 // --- writing ---
 
-void write_all(int fd, const void* data, size_t n, const fs::path& tmp) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    // Linux moves at most ~2 GiB per call; larger tensors take several.
-    ssize_t written = ::write(fd, p, std::min<size_t>(n, size_t(1) << 30));
-    if (written < 0) {
-      if (errno == EINTR) continue;
-      throw IoError(tmp.string() + ": write failed: " + errno_text());
-    }
-    p += written;
-    n -= size_t(written);
-  }
-}
-
 template <size_t kSize>
 void gather_elements(const Tensor& t, char* out) {
   const char* base = static_cast<const char*>(t.storage()->data) + t.offset() * int64_t(kSize);
@@ -308,17 +294,6 @@ std::vector<char> gather_bytes(const Tensor& t) {
   }
   return out;
 }
-
-// Removes the temporary file unless the write got as far as renaming it.
-struct TempFile {
-  fs::path path;
-  int fd = -1;
-  bool committed = false;
-  ~TempFile() {
-    if (fd >= 0) ::close(fd);
-    if (!committed && !path.empty()) ::unlink(path.c_str());
-  }
-};
 
 }  // namespace
 
@@ -429,39 +404,21 @@ void write_safetensors(const fs::path& file, const std::map<std::string, Tensor>
   header_text.append((8 - header_text.size() % 8) % 8, ' ');
   const uint64_t header_size = header_text.size();
 
-  // Unique within the folder: pid for other processes, a counter for other threads.
-  static std::atomic<uint64_t> counter{0};
-  const fs::path folder = file.has_parent_path() ? file.parent_path() : fs::path(".");
-  TempFile tmp;
-  tmp.path = folder / ("." + file.filename().string() + ".tmp-" + std::to_string(::getpid()) + "-" +
-                       std::to_string(counter++));
-  // Mode 0666 lets the umask decide, as for any newly created file.
-  tmp.fd = ::open(tmp.path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-  if (tmp.fd < 0) fail(file, "cannot create temporary file " + tmp.path.string() + ": " + errno_text());
-
-  write_all(tmp.fd, &header_size, 8, tmp.path);
-  write_all(tmp.fd, header_text.data(), header_text.size(), tmp.path);
+  AtomicFile out(file);
+  out.write(&header_size, 8);
+  out.write(header_text.data(), header_text.size());
   for (const Item& item : items) {
     const Tensor& t = *item.tensor;
     if (t.numel() == 0) continue;
     if (t.is_contiguous()) {
       const char* data = static_cast<const char*>(t.storage()->data) + t.offset() * int64_t(item.dtype->size);
-      write_all(tmp.fd, data, size_t(t.numel()) * item.dtype->size, tmp.path);
+      out.write(data, size_t(t.numel()) * item.dtype->size);
     } else {
       std::vector<char> bytes = gather_bytes(t);
-      write_all(tmp.fd, bytes.data(), bytes.size(), tmp.path);
+      out.write(bytes.data(), bytes.size());
     }
   }
-  if (::fsync(tmp.fd) != 0) fail(tmp.path, "fsync failed: " + errno_text());
-  int fd = tmp.fd;
-  tmp.fd = -1;
-  if (::close(fd) != 0) fail(tmp.path, "close failed: " + errno_text());
-  if (::rename(tmp.path.c_str(), file.c_str()) != 0)
-    fail(file, "cannot rename " + tmp.path.string() + " into place: " + errno_text());
-  tmp.committed = true;
-  // Make the rename itself durable; failing here loses nothing, so it is best effort.
-  Fd dir{::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
-  if (dir.fd >= 0) ::fsync(dir.fd);
+  out.commit();
 }
 
 }  // namespace deltatune

@@ -20,25 +20,6 @@ std::string read_file(const fs::path& file) {
   return buffer.str();
 }
 
-void write_file_atomic(const fs::path& file, const std::string& content) {
-  fs::path tmp = file;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw IoError(file.string() + ": cannot open for writing");
-    out.write(content.data(), std::streamsize(content.size()));
-    out.flush();
-    if (!out) {
-      std::error_code ignored;
-      fs::remove(tmp, ignored);
-      throw IoError(file.string() + ": write failed (disk full?)");
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, file, ec);
-  if (ec) throw IoError(file.string() + ": cannot rename the temporary file into place: " + ec.message());
-}
-
 void replace_folder(const fs::path& staged, const fs::path& target) {
   fs::path old = target;
   old += ".old";

@@ -1,14 +1,16 @@
 #pragma once
-// Small file helpers for the training code: whole-file reads and atomic writes (a temporary file in
-// the same folder, then a rename), so an interrupted run never leaves a half-written file.
+// Small file helpers for the training code: whole-file reads, atomic writes (deltatune/atomic_file.h)
+// and atomic folder replacement, so an interrupted run never leaves a half-written file.
 #include <filesystem>
 #include <string>
+
+#include "deltatune/atomic_file.h"
 
 namespace deltatune::train_detail {
 
 // The file's bytes; IoError naming the file when it cannot be read.
 std::string read_file(const std::filesystem::path& file);
-void write_file_atomic(const std::filesystem::path& file, const std::string& content);
+using deltatune::write_file_atomic;  // the library's one atomic write, under the name callers here use
 // Replaces folder `target` by folder `staged` (written completely beforehand): the old target is
 // moved aside, the new one renamed into place, then the old one removed. A crash in between leaves
 // either the old or the new folder, plus at most a leftover "<target>.old" that recover_folder() uses.

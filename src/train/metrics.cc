@@ -205,4 +205,15 @@ nlohmann::json classification_metrics(const std::vector<int64_t>& predictions,
 
 bool higher_is_better(const std::string& metric) { return metric != "loss" && metric != "perplexity"; }
 
+const std::vector<std::string>& selection_metrics(bool language_model) {
+  static const std::vector<std::string> classifier = {"accuracy", "macro_f1", "mcc", "loss"},
+                                        lm = {"loss", "perplexity"};
+  return language_model ? lm : classifier;
+}
+
+const std::vector<std::string>& all_selection_metrics() {
+  static const std::vector<std::string> all = {"accuracy", "macro_f1", "mcc", "loss", "perplexity"};
+  return all;
+}
+
 }  // namespace deltatune::metrics
