@@ -1,11 +1,13 @@
 // deltatune sweep --model DIR --tasks T1,T2 --methods full,lora,... --k 100,1000 --seeds 1,2 --out DIR
 // The method-comparison grid (methods x K-shot sizes x seeds x tasks), run in-process, resumable and
 // shardable; writes OUT/table.md, OUT/table.csv and OUT/plot.svg (see include/deltatune/sweep.h).
+#include <algorithm>
 #include <cstdio>
 #include <sstream>
 
 #include "command.h"
 #include "deltatune/error.h"
+#include "deltatune/method_presets.h"
 #include "deltatune/sweep.h"
 #include "deltatune/threads.h"
 #include "option_checks.h"
@@ -26,10 +28,19 @@ struct Args {
   bool tables_only = false, list = false, quiet = false, keep_weights = false;
 };
 
+// Every name the method table has (the same as train's --method), the default grid's marked.
+void print_methods() {
+  const auto& grid = train::default_sweep_methods();
+  for (const auto& m : method_presets()) {
+    const bool in_grid = std::find(grid.begin(), grid.end(), m.name) != grid.end();
+    std::printf("%c %-16s lr %-6g %s\n", in_grid ? '*' : ' ', m.name.c_str(), m.lr, m.description.c_str());
+  }
+  std::printf("(* in the default grid)\n");
+}
+
 void run(const Args& a) {
   if (a.list) {
-    for (const auto& m : train::sweep_methods())
-      std::printf("%-12s lr %-6g %s\n", m.name.c_str(), m.lr, m.description.c_str());
+    print_methods();
     return;
   }
   if (a.out.empty()) throw ExitError{"--out is required"};
@@ -44,7 +55,7 @@ void run(const Args& a) {
   for (const auto& t : a.tasks) o.tasks.push_back(t);
   o.methods = a.methods;
   if (o.methods.empty())
-    for (const auto& m : train::sweep_methods()) o.methods.push_back(m.name);
+    o.methods = train::default_sweep_methods();
   o.k_shots = a.k_shots;
   o.seeds = a.seeds;
   o.epochs = a.epochs;
@@ -99,7 +110,8 @@ void setup(CLI::App& app) {
   app.add_option("--tasks", a->tasks, "Task folders (train/dev/test), comma-separated")->delimiter(',');
   app.add_option("--out", a->out, "Sweep folder: one run folder per cell, and the tables (required)");
   app.add_option("--methods", a->methods,
-                 "Methods, comma-separated (default: all of --list-methods, in that order)")
+                 "Methods, comma-separated: the names train's --method takes (--list-methods); default: the "
+                 "starred ones, in that order")
       ->delimiter(',');
   app.add_option("--k", a->k_shots, "K-shot training set sizes, comma-separated")
       ->delimiter(',')
@@ -146,9 +158,9 @@ void setup(CLI::App& app) {
   app.add_flag("--quiet", a->quiet, "No progress lines");
   app.footer(
       "Runs whose folder holds a summary.json are skipped, so rerunning the same command resumes; several "
-      "processes may share --out with different --shard or --only-method. Defaults per method (UniPELT "
-      "paper): lr full 2e-5, adapter 1e-4, BitFit 1e-4, prefix 2e-4, LoRA 5e-4, UniPELT 5e-4; batch 16; "
-      "max length 128; the best dev accuracy's weights are tested.");
+      "processes may share --out with different --shard or --only-method. Each method's delta config and "
+      "default learning rate are train's (--list-methods); batch 16; max length 128; the best dev accuracy's "
+      "weights are tested.");
   app.callback([a] { run(*a); });
 }
 deltatune::cli::Register reg("sweep", "Compare delta methods over a grid of tasks, K-shot sizes and seeds", setup);

@@ -16,6 +16,7 @@
 #include "deltatune/config_file.h"
 #include "deltatune/data.h"
 #include "deltatune/delta_io.h"
+#include "deltatune/method_presets.h"
 #include "deltatune/metrics.h"
 #include "deltatune/threads.h"
 #include "deltatune/tokenizer.h"
@@ -36,8 +37,8 @@ struct Args {
   int64_t epochs = 3, batch_size = 16, max_length = 128;
   double lr = 0;  // 0: the method's default
   uint64_t seed = 42;
-  int64_t lora_r = 8;
-  double lora_alpha = 16;
+  int64_t lora_r = 0;      // 0: the method's (--method lora: 8)
+  double lora_alpha = 0;   // 0: the method's (--method lora: 16)
   std::vector<std::string> targets;
   std::string delta_config, config;
   int64_t k_shot = 0, eval_every = 0, patience = 0, grad_accum = 1, max_steps = 0, checkpoint_every = 0;
@@ -50,14 +51,31 @@ struct Args {
   bool bf16 = false;
 };
 
-// Learning rates that suit each kind of run on small encoders: a delta or a head alone needs a much
-// larger step than the full model, whose pretrained weights a large step would wreck. Measured on
-// bert-mini / sentiment, 3 epochs, batch 16 (test accuracy): LoRA 5e-4 0.73, 1e-3 0.76, 2e-3 0.79,
-// 5e-3 0.77; full 2e-5 0.67, 1e-4 0.80; head 1e-3 0.66, 5e-3 0.67.
-double default_lr(const std::string& method) {
-  if (method == "full") return 1e-4;
-  if (method == "head" || method == "none") return 5e-3;
-  return 2e-3;
+// --lr, else the method's default from the method table (which also refuses an unknown --method,
+// listing every name, before any work is done).
+double learning_rate(const Args& a) {
+  const double method_default = method_preset(a.method).lr;
+  return a.lr > 0 ? a.lr : method_default;
+}
+
+// "1e-4 full, 5e-3 head/none, 2e-3 the others": the table's default learning rates, for --lr's help.
+std::string default_lrs_text() {
+  std::vector<std::pair<double, std::vector<std::string>>> groups;
+  for (const auto& m : method_presets()) {
+    auto g = std::find_if(groups.begin(), groups.end(), [&](const auto& x) { return x.first == m.lr; });
+    if (g == groups.end()) g = groups.insert(groups.end(), {m.lr, {}});
+    g->second.push_back(m.name);
+  }
+  std::string text;
+  for (const auto& [lr, names] : groups) {
+    std::string who;
+    for (const auto& n : names) who += (who.empty() ? "" : "/") + n;
+    if (names.size() > 3) who = "the others";
+    char value[32];
+    std::snprintf(value, sizeof value, "%g", lr);
+    text += (text.empty() ? "" : ", ") + std::string(value) + " " + who;
+  }
+  return text;
 }
 
 // The signal that asked training to stop (SIGINT: Ctrl-C; SIGTERM: kill, a job scheduler), or 0.
@@ -115,6 +133,7 @@ void apply_config_file(CLI::App& app, const std::string& file) {
       throw ExitError{file + ": unknown key '" + raw_key +
                       "' (keys are the long flag names of `deltatune train`)"};
     if (opt->count() > 0) continue;
+    if (value.is_array() && value.empty()) continue;  // an empty list (train_config.json's "targets"): not given
     std::vector<std::string> values;
     auto as_text = [&](const nlohmann::json& v) -> std::string {
       if (v.is_string()) return v.get<std::string>();
@@ -170,16 +189,42 @@ nlohmann::json resolved_config(const Args& a, double lr) {
           {"bf16", a.bf16}};
 }
 
-nlohmann::json build_delta_config(const Args& a, const CLI::App& app) {
-  nlohmann::json c =
-      a.delta_config.empty() ? nlohmann::json::object() : read_json(a.delta_config, "delta config");
-  if (!c.is_object()) throw ExitError{a.delta_config + ": a delta config must be a JSON object"};
-  if (!c.contains("method") || app.get_option("--method")->count() > 0) c["method"] = a.method;
-  auto given = [&](const char* flag) { return app.get_option(flag)->count() > 0; };
-  if (c["method"] == "lora") {
-    if (!c.contains("r") || given("--lora-r")) c["r"] = a.lora_r;
-    if (!c.contains("alpha") || given("--lora-alpha")) c["alpha"] = a.lora_alpha;
-    if (!c.contains("targets")) c["targets"] = {"attn.q", "attn.v"};
+nlohmann::json read_delta_config_file(const Args& a) {
+  const nlohmann::json file = read_json(a.delta_config, "delta config");
+  if (!file.is_object()) throw ExitError{a.delta_config + ": a delta config must be a JSON object"};
+  if (file.contains("method") && !file["method"].is_string())
+    throw ExitError{a.delta_config + ": \"method\" must be a method name, got " + file["method"].dump()};
+  return file;
+}
+
+// The method a run trains: --method when given, else the method a --delta-config file names, else
+// lora. (Recorded in train_config.json, so a repeated run resolves the same way.)
+std::string method_name(const Args& a, const CLI::App& app) {
+  if (app.get_option("--method")->count() > 0 || a.delta_config.empty()) return a.method;
+  const nlohmann::json file = read_delta_config_file(a);
+  return file.value("method", a.method);
+}
+
+// The delta a run trains (a.method as method_name() resolved it). Without a --delta-config: the
+// method's config in the method table. A --delta-config file of that delta method: the file as
+// written (what it leaves out takes the method's defaults, as in every other command); a file naming
+// no method, a preset (houlsby) or another method than --method: its fields over the method's table
+// config. Then --lora-r, --lora-alpha (LoRA) and --targets, when given, override.
+nlohmann::json build_delta_config(const Args& a) {
+  nlohmann::json c = method_preset(a.method).delta_config;
+  if (!a.delta_config.empty()) {
+    const nlohmann::json file = read_delta_config_file(a);
+    if (file.contains("method") && file["method"] == c["method"]) {
+      c = file;
+    } else {
+      if (file.contains("lora_alpha")) c.erase("alpha");  // PEFT's spelling wins over the preset's
+      for (const auto& [key, value] : file.items())
+        if (key != "method") c[key] = value;
+    }
+  }
+  if (c.value("method", "") == "lora") {
+    if (a.lora_r > 0) c["r"] = a.lora_r;
+    if (a.lora_alpha > 0) c["alpha"] = a.lora_alpha;
   }
   if (!a.targets.empty()) c["targets"] = a.targets;
   if (!c.contains("seed")) c["seed"] = a.seed;
@@ -333,14 +378,15 @@ void run(Args a, CLI::App& app) {
   const bool lm = a.task == "causal-lm" || mlm;
   // A language model is judged by its loss unless asked otherwise.
   if (lm && app.get_option("--metric")->count() == 0) a.metric = "loss";
+  a.method = method_name(a, app);
+  const double lr = learning_rate(a);  // an unknown method name fails here, before any work
   check_options(a, lm);
-  // The delta is made from its config now (unknown methods and bad settings fail here) and attached later.
+  // The delta is made from its config now (bad settings fail here) and attached once the model is loaded.
   std::unique_ptr<delta::Delta> delta;
   if (a.method != "full" && a.method != "none" && a.method != "head")
-    delta = delta::make_delta(build_delta_config(a, app));
+    delta = delta::make_delta(build_delta_config(a));
   check_run_folder(a);
   if (a.threads > 0) set_num_threads(a.threads);
-  const double lr = a.lr > 0 ? a.lr : default_lr(a.method);
   const fs::path run_dir = a.out;
 
   // Data and labels first: bad data should fail before minutes of model loading.
@@ -512,7 +558,9 @@ void setup(CLI::App& app) {
                  "Task folder (train/dev/test .jsonl|.csv|.tsv) or one training file (required)");
   app.add_option("--out", a->out, "Run folder to write (required)");
   app.add_option("--method", a->method,
-                 "lora, full (every weight), none/head (the head alone), or another delta method")
+                 "What trains: full (every weight), head or none (the head alone), a delta method or a named "
+                 "preset of one; the same names, configs and learning rates as sweep's (sweep --list-methods): " +
+                     method_preset_names())
       ->capture_default_str();
   app.add_option("--task", a->task,
                  "classification (labelled texts), causal-lm (next-token loss on plain texts; with a text_pair, "
@@ -522,7 +570,7 @@ void setup(CLI::App& app) {
   app.add_option("--epochs", a->epochs, "Passes over the training set")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
-  app.add_option("--lr", a->lr, "Peak learning rate (default: 2e-3 for deltas, 1e-4 full, 5e-3 head)")
+  app.add_option("--lr", a->lr, "Peak learning rate (default: the method's: " + default_lrs_text() + ")")
       ->check(cli::kPositive);
   app.add_option("--batch-size", a->batch_size, "Examples per batch")
       ->capture_default_str()
@@ -532,10 +580,12 @@ void setup(CLI::App& app) {
       ->check(CLI::Range(2, 1 << 20));
   app.add_option("--seed", a->seed, "Seed of data order, delta and head init, dropout and few-shot sampling")
       ->capture_default_str();
-  app.add_option("--lora-r", a->lora_r, "LoRA rank")->capture_default_str()->check(CLI::Range(1, 65536));
-  app.add_option("--lora-alpha", a->lora_alpha, "LoRA alpha (scaling alpha/r)")
-      ->capture_default_str()
-      ->check(cli::kFinite);
+  app.add_option("--lora-r", a->lora_r, "LoRA rank (default, or 0: the method's; 8 for --method lora)")
+      ->check(CLI::Range(0, 65536));
+  app.add_option("--lora-alpha", a->lora_alpha,
+                 "LoRA alpha, scaling alpha/r (default, or 0: the method's: 16 for --method lora; in a "
+                 "--delta-config {\"method\": \"lora\", ...} the file's, else 8 as in PEFT)")
+      ->check(cli::kNonNegative);
   app.add_option(
          "--targets", a->targets,
          "Modules the delta attaches to: roles (attn.q, attn.v, ffn.up, ...) or names; comma-separated")

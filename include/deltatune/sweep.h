@@ -21,26 +21,17 @@
 
 namespace deltatune::train {
 
-// One method of the grid: its name in the tables, the delta config (null for full fine-tuning) and
-// its default learning rate (the UniPELT paper's: full 2e-5, adapter 1e-4, BitFit 1e-4, prefix 2e-4,
-// LoRA 5e-4, UniPELT 5e-4; prompt and IA3, which the paper does not tune, use 5e-4 / 5e-4 here).
-struct SweepMethod {
-  std::string name;
-  nlohmann::json delta_config;  // null: every weight trains ("full")
-  double lr = 5e-4;
-  std::string description;
-};
-// The methods the sweep knows, in table order: full, bitfit, houlsby, pfeiffer, prefix, prompt, lora,
-// ia3, unipelt-ap, unipelt-apl.
-const std::vector<SweepMethod>& sweep_methods();
-// By name; throws ConfigError listing the names when unknown.
-const SweepMethod& sweep_method(const std::string& name);
+// The grid's methods are names of the method table (include/deltatune/method_presets.h), the same
+// names `train --method` takes, each with its delta config and default learning rate.
+// The methods a sweep compares when none are given, in this order: full, bitfit, houlsby, pfeiffer,
+// prefix, prompt, lora, ia3, unipelt-ap, unipelt-apl (the UniPELT paper's rows, plus prompt and IA3).
+const std::vector<std::string>& default_sweep_methods();
 
 struct SweepOptions {
   std::filesystem::path model_dir;
   std::filesystem::path out_dir;
   std::vector<std::filesystem::path> tasks;  // task folders (train/dev/test)
-  std::vector<std::string> methods;          // names from sweep_methods()
+  std::vector<std::string> methods;          // names from method_presets()
   std::vector<int64_t> k_shots = {100, 1000};
   std::vector<uint64_t> seeds = {1, 2};
 

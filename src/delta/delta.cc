@@ -1,9 +1,11 @@
 // The delta interface's shared parts: the method registry, parameter loading and freezing.
+#include <algorithm>
 #include <set>
 
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
 #include "deltatune/error.h"
+#include "deltatune/method_presets.h"
 #include "delta/methods.h"
 
 namespace deltatune::delta {
@@ -19,6 +21,31 @@ const std::vector<std::pair<std::string, Factory>>& factories() {
       {"unipelt", make_unipelt}, {"combination", make_combination},
   };
   return list;
+}
+
+std::string comma_list(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+
+// Why a name is not a delta method: `full`/`head`/`none` train no delta, a preset name (houlsby, ...)
+// stands for a config of another method; anything else is unknown, and every name is listed.
+std::string not_a_delta_method(const std::string& method) {
+  const std::string methods = comma_list(supported_methods());
+  if (const MethodPreset* preset = find_method_preset(method)) {
+    if (preset->delta_config.is_null())
+      return "'" + method + "' is a --method of train and sweep (" + preset->description +
+             "), not a delta method; a delta config takes one of: " + methods;
+    return "'" + method + "' is a method preset of train and sweep, not a delta method; as a delta config it is " +
+           preset->delta_config.dump();
+  }
+  std::vector<std::string> others;  // the names train and sweep take besides the delta methods
+  for (const auto& m : method_presets())
+    if (std::find(supported_methods().begin(), supported_methods().end(), m.name) == supported_methods().end())
+      others.push_back(m.name);
+  return "unknown delta method '" + method + "' (delta methods: " + methods +
+         "; train and sweep --method also take: " + comma_list(others) + ")";
 }
 
 // Fields that are numbers in every method's config: a wrong type names the field, instead of
@@ -46,7 +73,7 @@ const std::vector<std::string>& supported_methods() {
 std::unique_ptr<Delta> make_delta(const nlohmann::json& config) {
   if (config.is_array()) return make_combination(config);  // a list of configs: their combination
   if (!config.is_object() || !config.contains("method") || !config["method"].is_string())
-    throw ConfigError("a delta config needs a \"method\" (supported: " + nlohmann::json(supported_methods()).dump() + ")");
+    throw ConfigError("a delta config needs a \"method\" (one of: " + comma_list(supported_methods()) + ")");
   const std::string method = config["method"].get<std::string>();
   for (auto& [name, factory] : factories())
     if (name == method) {
@@ -57,7 +84,7 @@ std::unique_ptr<Delta> make_delta(const nlohmann::json& config) {
         throw ConfigError(method + " config " + config.dump() + ": " + e.what());
       }
     }
-  throw ConfigError("unknown delta method '" + method + "' (supported: " + nlohmann::json(supported_methods()).dump() + ")");
+  throw ConfigError(not_a_delta_method(method));
 }
 
 std::vector<std::string> Delta::saved_names() {

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <initializer_list>
 #include <map>
 #include <set>
 #include <sstream>
@@ -15,6 +16,7 @@
 #include "deltatune/data.h"
 #include "deltatune/delta.h"
 #include "deltatune/error.h"
+#include "deltatune/method_presets.h"
 #include "deltatune/metrics.h"
 #include "deltatune/model.h"
 #include "deltatune/tokenizer.h"
@@ -25,34 +27,10 @@ namespace deltatune::train {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-const std::vector<SweepMethod>& sweep_methods() {
-  static const std::vector<SweepMethod> methods = {
-      {"full", nullptr, 2e-5, "full fine-tuning (every weight)"},
-      {"bitfit", {{"method", "bitfit"}}, 1e-4, "BitFit: biases only"},
-      {"houlsby", {{"method", "adapter"}, {"variant", "houlsby"}, {"reduction_factor", 16}}, 1e-4,
-       "Houlsby adapter (after attention and feed-forward), reduction factor 16"},
-      {"pfeiffer", {{"method", "adapter"}, {"variant", "pfeiffer"}, {"reduction_factor", 16}}, 1e-4,
-       "Pfeiffer adapter (after the feed-forward), reduction factor 16"},
-      {"prefix", {{"method", "prefix"}, {"num_virtual_tokens", 10}, {"projection", true}}, 2e-4,
-       "prefix tuning, 10 tokens, MLP reparameterisation"},
-      {"prompt", {{"method", "prompt"}, {"num_virtual_tokens", 10}}, 5e-4, "prompt tuning, 10 tokens"},
-      {"lora", {{"method", "lora"}, {"r", 8}, {"alpha", 16}, {"targets", {"attn.q", "attn.v"}}}, 5e-4,
-       "LoRA r 8, alpha 16 on query and value"},
-      {"ia3", {{"method", "ia3"}}, 5e-4, "IA3 (keys, values, feed-forward)"},
-      {"unipelt-ap", {{"method", "unipelt"}, {"variant", "AP"}}, 5e-4, "UniPELT (AP): gated adapter + prefix"},
-      {"unipelt-apl", {{"method", "unipelt"}, {"variant", "APL"}}, 5e-4,
-       "UniPELT (APL): gated adapter + prefix + LoRA"},
-  };
-  return methods;
-}
-
-const SweepMethod& sweep_method(const std::string& name) {
-  std::string names;
-  for (const auto& m : sweep_methods()) {
-    if (m.name == name) return m;
-    names += (names.empty() ? "" : ", ") + m.name;
-  }
-  throw ConfigError("sweep: unknown method '" + name + "' (known: " + names + ")");
+const std::vector<std::string>& default_sweep_methods() {
+  static const std::vector<std::string> names = {"full",   "bitfit", "houlsby", "pfeiffer",   "prefix",
+                                                 "prompt", "lora",   "ia3",     "unipelt-ap", "unipelt-apl"};
+  return names;
 }
 
 namespace {
@@ -67,6 +45,36 @@ json read_json_file(const fs::path& file) {
   return json::parse(train_detail::read_file(file));
 }
 
+// A name of the method table whose delta config builds (a `combination` needs its deltas listed,
+// which a sweep cannot give), so a bad grid fails before its first run.
+void check_sweep_method(const std::string& name) {
+  const MethodPreset& m = method_preset(name);
+  if (m.trains != MethodPreset::Trains::Delta) return;
+  try {
+    delta::make_delta(m.delta_config);
+  } catch (const ConfigError& e) {
+    throw ConfigError("sweep: method '" + name + "' cannot run as it is: " + e.what());
+  }
+}
+
+// "k100", "seed2": appended rather than `"k" + std::to_string(k)`, which GCC 12 misreads as an
+// overlapping copy (-Wrestrict, GCC bug 105329).
+std::string numbered(const char* prefix, uint64_t n) {
+  std::string s = prefix;
+  s += std::to_string(n);
+  return s;
+}
+
+// ",a,b": CSV fields appended to a row (built by appending, for the same reason as numbered()).
+std::string csv_fields(std::initializer_list<std::string> fields) {
+  std::string s;
+  for (const auto& f : fields) {
+    s += ',';
+    s += f;
+  }
+  return s;
+}
+
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
@@ -77,7 +85,7 @@ std::vector<SweepRun> sweep_plan(const SweepOptions& o) {
   if (o.tasks.empty()) throw ConfigError("sweep: no tasks given");
   if (o.methods.empty()) throw ConfigError("sweep: no methods given");
   if (o.k_shots.empty() || o.seeds.empty()) throw ConfigError("sweep: no K-shot sizes or no seeds given");
-  for (const auto& m : o.methods) sweep_method(m);  // unknown names fail before any run
+  for (const auto& m : o.methods) check_sweep_method(m);  // bad names fail before any run
   for (int64_t k : o.k_shots)
     if (k <= 0) throw ConfigError("sweep: K must be positive, got " + std::to_string(k));
   std::vector<SweepRun> plan;
@@ -91,7 +99,7 @@ std::vector<SweepRun> sweep_plan(const SweepOptions& o) {
           r.task_dir = task_dir;
           r.k = k;
           r.seed = seed;
-          r.dir = o.out_dir / r.task / ("k" + std::to_string(k)) / method / ("seed" + std::to_string(seed));
+          r.dir = o.out_dir / r.task / numbered("k", k) / method / numbered("seed", seed);
           plan.push_back(std::move(r));
         }
   return plan;
@@ -101,7 +109,7 @@ bool sweep_run_finished(const SweepRun& run) { return fs::is_regular_file(run.di
 
 json run_sweep_cell(const SweepOptions& o, const SweepRun& run) {
   const auto started = std::chrono::steady_clock::now();
-  const SweepMethod& method = sweep_method(run.method);
+  const MethodPreset& method = method_preset(run.method);
 
   // Few-shot data: the training set shuffled with the seed, K to train, the next (<= max_dev) as dev.
   data::Task task = data::load_task(run.task_dir);
@@ -126,8 +134,10 @@ json run_sweep_cell(const SweepOptions& o, const SweepRun& run) {
 
   std::unique_ptr<delta::Delta> delta;
   TrainTarget target;
-  if (method.delta_config.is_null()) {
+  if (method.trains == MethodPreset::Trains::Full) {
     target = TrainTarget::full(*model);
+  } else if (method.trains == MethodPreset::Trains::Head) {
+    target = TrainTarget::head_only(*model);
   } else {
     delta = delta::make_delta(method.delta_config);
     delta->seed = run.seed;
@@ -223,7 +233,7 @@ SweepReport run_sweep(const SweepOptions& o) {
   if (o.shard_count < 1 || o.shard_index < 0 || o.shard_index >= o.shard_count)
     throw ConfigError("sweep: shard must be i/n with 0 <= i < n, got " + std::to_string(o.shard_index) + "/" +
                       std::to_string(o.shard_count));
-  if (!o.only_method.empty()) sweep_method(o.only_method);
+  if (!o.only_method.empty()) check_sweep_method(o.only_method);
   const std::vector<SweepRun> plan = sweep_plan(o);
   SweepReport report;
   report.planned = int64_t(plan.size());
@@ -415,7 +425,7 @@ std::string write_sweep_tables(const fs::path& out_dir, const std::vector<std::s
         if (it->second.n < 2) cell += " (n=" + std::to_string(it->second.n) + ")";
         if (it->second.mean >= best[t]) cell = "**" + cell + "**";
         md += " " + cell + " |";
-        csv += "," + fmt("%.4f", it->second.mean) + "," + fmt("%.4f", it->second.std);
+        csv += csv_fields({fmt("%.4f", it->second.mean), fmt("%.4f", it->second.std)});
       }
       std::string avg = r.complete ? fmt("%.1f", r.avg) : fmt("%.1f", r.avg) + " (partial)";
       if (r.complete && r.avg >= best_avg) avg = "**" + avg + "**";
