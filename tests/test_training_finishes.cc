@@ -4,6 +4,7 @@
 // trained with, recorded, and reused by eval and predict.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -13,6 +14,7 @@
 #include "temp_dir.h"
 #include "deltatune/data.h"
 #include "deltatune/delta.h"
+#include "deltatune/random.h"
 #include "deltatune/threads.h"
 #include "deltatune/tokenizer.h"
 #include "deltatune/trainer.h"
@@ -158,3 +160,126 @@ TEST_P(BestWeights, RestoredWeightsAreThoseOfTheBestEvaluation) {
 
 INSTANTIATE_TEST_SUITE_P(EveryMethod, BestWeights, ::testing::ValuesIn(method_cases()),
                          [](const ::testing::TestParamInfo<MethodCase>& info) { return info.param.name; });
+
+// --- prompt tuning of language models ---
+
+namespace {
+
+// A small task folder of plain texts (the sentiment reviews without their labels).
+fs::path text_task(const std::string& name) {
+  const fs::path dir = test_support::temp_dir(name);
+  std::ifstream in(kAssets / "tasks" / "sentiment" / "train.jsonl");
+  std::string line;
+  for (auto [split, n] : {std::pair{"train", 16}, {"dev", 8}, {"test", 8}}) {
+    std::ofstream out(dir / (std::string(split) + ".jsonl"));
+    for (int i = 0; i < n && std::getline(in, line); ++i)
+      out << nlohmann::json{{"text", nlohmann::json::parse(line)["text"]}}.dump() << "\n";
+  }
+  return dir;
+}
+
+nlohmann::json read_json(const fs::path& file) {
+  std::ifstream in(file);
+  return nlohmann::json::parse(in);
+}
+
+std::string q(const fs::path& p) { return cli_test::quote(p.string()); }
+
+// Trains a prompt on MODEL with --task TASK, then checks what the run wrote is usable: eval on the
+// saved delta gives the run's own test loss.
+fs::path train_prompt(const std::string& model, const std::string& task, const std::string& extra = "") {
+  const fs::path dir = text_task("prompt_" + model + "_" + task), run = dir / "run";
+  const fs::path model_dir = kAssets / "models" / model;
+  auto r = cli_test::run("train --model " + q(model_dir) + " --data " + q(dir) + " --task " + task +
+                         " --method prompt --max-steps 4 --batch-size 8 --max-length 32 --lr 3e-2 --quiet "
+                         "--threads 2 --out " + q(run) + " " + extra);
+  EXPECT_EQ(r.code, 0) << r.output;
+  const nlohmann::json summary = read_json(run / "summary.json");
+  EXPECT_EQ(summary["steps"], 4);
+  const double test_loss = summary["test"]["loss"].get<double>();
+  EXPECT_TRUE(std::isfinite(test_loss)) << summary.dump();
+  auto e = cli_test::run("eval --model " + q(model_dir) + " --delta " + q(run / "delta") + " --data " + q(dir) +
+                         " --threads 2 --output " + q(dir / "eval.json"));
+  EXPECT_EQ(e.code, 0) << e.output;
+  if (e.code == 0) EXPECT_NEAR(read_json(dir / "eval.json")["loss"].get<double>(), test_loss, 1e-5);
+  return run;
+}
+
+// predict and generate run the trained prompt.
+void check_generation(const std::string& model, const fs::path& run) {
+  const fs::path model_dir = kAssets / "models" / model, input = run.parent_path() / "in.jsonl";
+  std::ofstream(input) << R"({"text": "The food was"})" << "\n" << R"({"text": "I did not like"})" << "\n";
+  auto p = cli_test::run("predict --model " + q(model_dir) + " --delta " + q(run / "delta") + " --input " +
+                         q(input) + " --max-new-tokens 3 --threads 2 --output " + q(run.parent_path() / "out.jsonl"));
+  ASSERT_EQ(p.code, 0) << p.output;
+  std::ifstream out(run.parent_path() / "out.jsonl");
+  int lines = 0;
+  for (std::string line; std::getline(out, line); ++lines)
+    EXPECT_TRUE(nlohmann::json::parse(line)["generated"].is_string()) << line;
+  EXPECT_EQ(lines, 2);
+  auto g = cli_test::run("generate --model " + q(model_dir) + " --delta " + q(run / "delta") +
+                         " --prompt 'The food was' --max-new-tokens 3");
+  EXPECT_EQ(g.code, 0) << g.output;
+}
+
+}  // namespace
+
+// PEFT's rule: the labels of the virtual tokens are -100, so the last of them predicts the first real
+// token and no other virtual position is scored; padding and a prompt's text (loss_from) are not.
+TEST(PromptTuningLoss, CausalLmScoresRealTokensOnlyAsPeftDoes) {
+  const int64_t B = 2, P = 3, T = 4, V = 5;
+  Generator gen(1);
+  const Tensor logits = Tensor::randn({B, P + T, V}, gen);
+  data::Batch batch;
+  batch.input_ids = Tensor::from_ints({1, 2, 3, 4, 2, 0, 1, 0}, {B, T});
+  batch.attention_mask = Tensor::from_ints({1, 1, 1, 1, 1, 1, 1, 0}, {B, T});  // row 1: one pad
+  batch.loss_from = {0, 1};  // row 1: its first token is a prompt
+  int64_t counted = 0;
+  const double loss = train::causal_lm_loss(logits, batch, &counted).item();
+  // By hand: token t of row b is predicted at position P + t - 1.
+  const std::vector<float> l = logits.to_floats();
+  const std::vector<int64_t> ids = batch.input_ids.to_ints();
+  double sum = 0;
+  int64_t n = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      if ((b == 1 && t == 0) || (b == 1 && t == 3)) continue;  // the prompt token, the pad
+      const float* row = l.data() + (b * (P + T) + P + t - 1) * V;
+      double z = 0;
+      for (int64_t v = 0; v < V; ++v) z += std::exp(double(row[v]));
+      sum += std::log(z) - row[ids[size_t(b * T + t)]];
+      ++n;
+    }
+  EXPECT_EQ(counted, n);
+  EXPECT_NEAR(loss, sum / double(n), 1e-5);
+  // Without virtual tokens nothing changes: the first token has nothing before it.
+  const Tensor plain = logits.slice(1, P, P + T).contiguous();
+  train::causal_lm_loss(plain, batch, &counted);
+  EXPECT_EQ(counted, n - 1);
+}
+
+TEST(PromptTuningLoss, MaskedLmLeavesTheVirtualTokensOut) {
+  const int64_t P = 2, T = 3, V = 4;
+  Generator gen(2);
+  const Tensor logits = Tensor::randn({1, P + T, V}, gen);
+  data::Batch batch;
+  batch.input_ids = Tensor::from_ints({5, 6, 7}, {1, T});
+  batch.attention_mask = Tensor::from_ints({1, 1, 1}, {1, T});
+  batch.lm_targets = Tensor::from_ints({-100, 2, -100}, {1, T});
+  const double loss = train::masked_lm_loss(logits, batch).item();
+  const std::vector<float> l = logits.to_floats();
+  const float* row = l.data() + (P + 1) * V;
+  double z = 0;
+  for (int64_t v = 0; v < V; ++v) z += std::exp(double(row[v]));
+  EXPECT_NEAR(loss, std::log(z) - row[2], 1e-5);
+}
+
+TEST(PromptTuning, TrainsGpt2CausalLmAndGenerates) {
+  check_generation("gpt2-mini", train_prompt("gpt2-mini", "causal-lm"));
+}
+
+TEST(PromptTuning, TrainsLlamaCausalLmAndGenerates) {
+  check_generation("llama-mini", train_prompt("llama-mini", "causal-lm"));
+}
+
+TEST(PromptTuning, TrainsBertMaskedLm) { train_prompt("bert-mini", "masked-lm"); }

@@ -135,9 +135,12 @@ nlohmann::json evaluate(TransformerModel& model, const data::EncodedDataset& dat
                         int64_t batch_size = 64, const data::MlmMasking* mlm = nullptr);
 
 // Causal-LM loss: mean cross-entropy of each real token predicted from the ones before it (labels
-// shifted by one, padding ignored). logits [B, T, V]. `counted` receives the number of predictions.
+// shifted by one, padding ignored). logits [B, T, V], or [B, P + T, V] when a delta prepended P
+// virtual tokens (prompt tuning): those predict nothing but the first token, as in PEFT. `counted`
+// receives the number of predictions.
 Tensor causal_lm_loss(const Tensor& logits, const data::Batch& batch, int64_t* counted = nullptr);
-// Masked-LM loss: mean cross-entropy at the positions apply_mlm_masking chose (batch.lm_targets).
+// Masked-LM loss: mean cross-entropy at the positions apply_mlm_masking chose (batch.lm_targets);
+// the logits of prepended virtual tokens are left out.
 Tensor masked_lm_loss(const Tensor& logits, const data::Batch& batch, int64_t* counted = nullptr);
 // The loss a model of this head trains on: cross-entropy over classes, or the causal-LM loss.
 Tensor training_loss(const TransformerModel& model, const Tensor& logits, const data::Batch& batch);
