@@ -283,3 +283,84 @@ TEST(PromptTuning, TrainsLlamaCausalLmAndGenerates) {
 }
 
 TEST(PromptTuning, TrainsBertMaskedLm) { train_prompt("bert-mini", "masked-lm"); }
+
+// --- one effective max length ---
+
+namespace {
+
+// A task whose first example is far longer than any model's positions, so the length cap matters.
+fs::path long_text_task(const std::string& name, bool labelled) {
+  const fs::path dir = test_support::temp_dir(name);
+  std::string long_text;
+  for (int i = 0; i < 120; ++i) long_text += "the food was good but the service was slow ";
+  for (auto [split, n] : {std::pair{"train", 8}, {"dev", 4}, {"test", 4}}) {
+    std::ofstream out(dir / (std::string(split) + ".jsonl"));
+    for (int i = 0; i < n; ++i) {
+      nlohmann::json line = {{"text", i == 0 ? long_text : "a short review number " + std::to_string(i)}};
+      if (labelled) line["label"] = i % 2;
+      out << line.dump() << "\n";
+    }
+  }
+  return dir;
+}
+
+int64_t model_positions(const std::string& model) {
+  const nlohmann::json c = read_json(kAssets / "models" / model / "config.json");
+  return c.contains("n_positions") ? c["n_positions"].get<int64_t>() : c["max_position_embeddings"].get<int64_t>();
+}
+
+struct LengthRun {
+  fs::path dir;     // the task folder; its run is dir/run
+  int64_t recorded = -1;  // train_config.json's max-length
+};
+
+// Trains with --max-length `requested` and reads the recorded length, after checking that eval (with
+// the recorded length, and with the length asked for) gives the run's own test loss.
+LengthRun train_with_length(const std::string& model, const std::string& args, int64_t requested) {
+  const bool labelled = args.find("--task") == std::string::npos;
+  LengthRun out{long_text_task("len_" + model + "_" + std::to_string(requested), labelled)};
+  const fs::path model_dir = kAssets / "models" / model, run = out.dir / "run";
+  auto r = cli_test::run("train --model " + q(model_dir) + " --data " + q(out.dir) + " " + args +
+                         " --max-length " + std::to_string(requested) +
+                         " --max-steps 1 --batch-size 8 --quiet --threads 2 --out " + q(run));
+  EXPECT_EQ(r.code, 0) << r.output;
+  if (r.code != 0) return out;
+  const double test_loss = read_json(run / "summary.json")["test"]["loss"].get<double>();
+  for (const std::string flag : {std::string(), " --max-length " + std::to_string(requested)}) {
+    auto e = cli_test::run("eval --model " + q(model_dir) + " --delta " + q(run / "delta") + " --data " +
+                           q(out.dir) + flag + " --threads 2 --output " + q(out.dir / "eval.json"));
+    EXPECT_EQ(e.code, 0) << flag << "\n" << e.output;
+    if (e.code == 0) EXPECT_NEAR(read_json(out.dir / "eval.json")["loss"].get<double>(), test_loss, 1e-5) << flag;
+  }
+  out.recorded = read_json(run / "train_config.json")["max-length"].get<int64_t>();
+  return out;
+}
+
+int64_t virtual_tokens(const LengthRun& run) {
+  return read_json(run.dir / "run" / "delta" / "delta_config.json")["delta"]["num_virtual_tokens"].get<int64_t>();
+}
+
+}  // namespace
+
+TEST(MaxLength, CappedToThePositionsRecordedAndReused) {
+  EXPECT_EQ(train_with_length("bert-mini", "--method lora", 1024).recorded, model_positions("bert-mini"));
+}
+
+TEST(MaxLength, PromptVirtualTokensTakePositions) {
+  const LengthRun run = train_with_length("bert-mini", "--method prompt", 512);
+  EXPECT_EQ(run.recorded, model_positions("bert-mini") - virtual_tokens(run));
+  EXPECT_LT(run.recorded, 512);
+  // predict fits the prompt in too, whatever length it is asked for.
+  auto p = cli_test::run("predict --model " + q(kBert) + " --delta " + q(run.dir / "run" / "delta") +
+                         " --input " + q(run.dir / "test.jsonl") + " --threads 2 --max-length 512");
+  EXPECT_EQ(p.code, 0) << p.output;
+}
+
+TEST(MaxLength, Gpt2PrefixTakesPositions) {
+  const LengthRun run = train_with_length("gpt2-mini", "--task causal-lm --method prefix", 1024);
+  EXPECT_EQ(run.recorded, model_positions("gpt2-mini") - virtual_tokens(run));
+}
+
+TEST(MaxLength, RotaryPositionsAreNotCapped) {
+  EXPECT_EQ(train_with_length("llama-mini", "--task causal-lm --method lora", 600).recorded, 600);
+}

@@ -145,6 +145,11 @@ Tensor masked_lm_loss(const Tensor& logits, const data::Batch& batch, int64_t* c
 // The loss a model of this head trains on: cross-entropy over classes, or the causal-LM loss.
 Tensor training_loss(const TransformerModel& model, const Tensor& logits, const data::Batch& batch);
 
+// The max length a run encodes with: `requested`, capped to the model's max_input_length() (its
+// positions less those of the attached deltas' virtual tokens), with a note on stderr when capped.
+// Call it with the deltas attached; `train` records the result and eval/predict reuse it.
+int64_t effective_max_length(const TransformerModel& model, int64_t requested);
+
 // The model inputs of a batch (token types only for models that have them).
 ModelInput model_input(const TransformerModel& model, const data::Batch& batch);
 
