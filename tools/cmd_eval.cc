@@ -61,6 +61,7 @@ void run_lm(const Args& a, const fs::path& file, HeadKind head) {
   int64_t max_length = a.max_length;
   if (max_length <= 0)
     max_length = run_config.is_object() ? run_config.value("max-length", int64_t(128)) : 128;
+  max_length = train::effective_max_length(*model, max_length);
   std::vector<data::Example> examples = data::read_examples(file, fields, /*labels_optional=*/true);
   const bool mlm = head == HeadKind::MaskedLM;
   const data::EncodedDataset dataset = mlm ? data::encode(examples, *tokenizer, max_length)
@@ -101,6 +102,7 @@ void run(const Args& a) {
   int64_t max_length = a.max_length;
   if (max_length <= 0)
     max_length = c.train_config.is_object() ? c.train_config.value("max-length", int64_t(128)) : 128;
+  max_length = train::effective_max_length(*c.model, max_length);
 
   std::vector<data::Example> examples = data::read_examples(file, fields);
   data::assign_labels(examples, c.labels);

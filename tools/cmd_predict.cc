@@ -96,6 +96,7 @@ void run(const Args& a) {
   int64_t max_length = a.max_length;
   if (max_length <= 0)
     max_length = c.train_config.is_object() ? c.train_config.value("max-length", int64_t(128)) : 128;
+  max_length = train::effective_max_length(*c.model, max_length);
 
   std::vector<data::Example> examples = data::read_examples(a.input, fields, /*labels_optional=*/true);
   // Gold labels are echoed, not scored: an unseen one is not an error here.

@@ -409,14 +409,6 @@ void run(Args a, CLI::App& app) {
   std::unique_ptr<TransformerModel> model = load_pretrained(a.model, load);
   model->dropout_rng.seed(a.seed);
 
-  int64_t max_length = a.max_length;
-  const int64_t positions = model->config.max_position_embeddings - model->config.position_offset;
-  if (model->config.family != ArchFamily::Llama && max_length > positions) {
-    std::fprintf(stderr, "note: --max-length %lld exceeds the model's %lld positions; using %lld\n",
-                 (long long)max_length, (long long)positions, (long long)positions);
-    max_length = positions;
-  }
-
   // What trains: a delta (plus the head), the whole model, or the head alone.
   train::TrainTarget target;
   if (a.method == "full") {
@@ -429,6 +421,10 @@ void run(Args a, CLI::App& app) {
     target = train::TrainTarget::with_deltas(*model, {delta.get()}, delta->method());
   }
   if (a.bf16) cli::use_bf16(*model);  // once frozen: the weights that do not learn are rounded for good
+  // One length for the whole run: what the positions leave once the delta's virtual tokens have
+  // theirs. train_config.json records it, and eval / predict reuse it.
+  const int64_t max_length = train::effective_max_length(*model, a.max_length);
+  a.max_length = max_length;
 
   // Causal LMs: a text_pair is the answer to the text (a prompt), and only the answer is learnt.
   auto encode = [&](const std::vector<data::Example>& examples) {
@@ -575,7 +571,7 @@ void setup(CLI::App& app) {
   app.add_option("--batch-size", a->batch_size, "Examples per batch")
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
-  app.add_option("--max-length", a->max_length, "Tokens per example, special tokens included")
+  app.add_option("--max-length", a->max_length, "Tokens per example, special tokens included (at most the model's positions less a prompt's or GPT-2 prefix's virtual tokens)")
       ->capture_default_str()
       ->check(CLI::Range(2, 1 << 20));
   app.add_option("--seed", a->seed, "Seed of data order, delta and head init, dropout and few-shot sampling")

@@ -55,6 +55,7 @@ struct AttentionHook {
 struct EmbeddingHook {
   virtual ~EmbeddingHook() = default;
   virtual void extend(Tensor& embeddings, Tensor& mask) = 0;
+  virtual int64_t length() const { return 0; }  // positions prepended (virtual tokens)
   std::string owner;
   bool enabled = true;
 };
@@ -74,6 +75,10 @@ class TransformerModel : public nn::Module {
   virtual std::vector<std::string> head_parameters() const = 0;
   // The token embedding matrix [V, H].
   virtual Tensor& input_embeddings() = 0;
+  // Tokens one input may have: the position embeddings less the positions the enabled deltas'
+  // virtual tokens take (a prompt's everywhere; a prefix's in GPT-2, whose positions continue after
+  // the prefix keys). nullopt for rotary positions, which have no table to run out of.
+  std::optional<int64_t> max_input_length() const;
 
   ModelConfig config;
   HeadKind head;

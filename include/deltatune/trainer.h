@@ -135,12 +135,20 @@ nlohmann::json evaluate(TransformerModel& model, const data::EncodedDataset& dat
                         int64_t batch_size = 64, const data::MlmMasking* mlm = nullptr);
 
 // Causal-LM loss: mean cross-entropy of each real token predicted from the ones before it (labels
-// shifted by one, padding ignored). logits [B, T, V]. `counted` receives the number of predictions.
+// shifted by one, padding ignored). logits [B, T, V], or [B, P + T, V] when a delta prepended P
+// virtual tokens (prompt tuning): those predict nothing but the first token, as in PEFT. `counted`
+// receives the number of predictions.
 Tensor causal_lm_loss(const Tensor& logits, const data::Batch& batch, int64_t* counted = nullptr);
-// Masked-LM loss: mean cross-entropy at the positions apply_mlm_masking chose (batch.lm_targets).
+// Masked-LM loss: mean cross-entropy at the positions apply_mlm_masking chose (batch.lm_targets);
+// the logits of prepended virtual tokens are left out.
 Tensor masked_lm_loss(const Tensor& logits, const data::Batch& batch, int64_t* counted = nullptr);
 // The loss a model of this head trains on: cross-entropy over classes, or the causal-LM loss.
 Tensor training_loss(const TransformerModel& model, const Tensor& logits, const data::Batch& batch);
+
+// The max length a run encodes with: `requested`, capped to the model's max_input_length() (its
+// positions less those of the attached deltas' virtual tokens), with a note on stderr when capped.
+// Call it with the deltas attached; `train` records the result and eval/predict reuse it.
+int64_t effective_max_length(const TransformerModel& model, int64_t requested);
 
 // The model inputs of a batch (token types only for models that have them).
 ModelInput model_input(const TransformerModel& model, const data::Batch& batch);

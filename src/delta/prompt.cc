@@ -27,6 +27,7 @@ struct PromptHook : EmbeddingHook {
     embeddings = ops::concat({p, embeddings.float32()}, 1);
     mask = ops::concat({Tensor::ones({batch, tokens}), mask.float32()}, 1);
   }
+  int64_t length() const override { return prompt.size(0); }
 };
 
 class Prompt : public Delta {

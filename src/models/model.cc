@@ -24,6 +24,15 @@ int64_t TransformerModel::extend_embeddings(Tensor& embeddings, Tensor& mask) {
   return embeddings.size(1) - before;
 }
 
+std::optional<int64_t> TransformerModel::max_input_length() const {
+  if (config.family == ArchFamily::Llama) return std::nullopt;
+  int64_t virtual_tokens = 0;
+  for (auto& h : embedding_hooks)
+    if (h->enabled) virtual_tokens += h->length();
+  if (config.family == ArchFamily::Gpt2) virtual_tokens += prefix_length();
+  return config.max_position_embeddings - config.position_offset - virtual_tokens;
+}
+
 int64_t TransformerModel::prefix_length() const {
   int64_t n = 0;
   for (auto& h : attention_hooks)

@@ -10,6 +10,39 @@
 namespace fs = std::filesystem;
 
 namespace deltatune::train_detail {
+namespace {
+
+void write_named_tensors(const fs::path& file, const NamedParams& params) {
+  std::map<std::string, Tensor> tensors;
+  for (const auto& [name, t] : params) tensors[name] = t.detach();
+  write_safetensors(file, tensors);
+}
+
+// Copies each tensor of `file` into the run's parameter of that name: the same names and shapes, or an
+// IoError naming the difference.
+void load_named_tensors(const fs::path& file, const NamedParams& params) {
+  TensorFile saved = read_safetensors(file);
+  std::set<std::string> expected;
+  NoGradGuard guard;
+  for (const auto& [name, param] : params) {
+    expected.insert(name);
+    auto it = saved.tensors.find(name);
+    if (it == saved.tensors.end())
+      throw IoError(file.string() + ": no tensor '" + name + "' (it was written by another configuration)");
+    if (it->second.shape() != param.shape())
+      throw IoError(file.string() + ": tensor '" + name + "' has shape " + shape_str(it->second.shape()) +
+                    " but the run's is " + shape_str(param.shape()));
+    Tensor target = param;
+    target.copy_(it->second);
+  }
+  for (const auto& [name, _] : saved.tensors)
+    if (!expected.count(name))
+      throw IoError(file.string() + ": tensor '" + name + "' is not trained by this run (another configuration?)");
+}
+
+const char* const kBestParams = "params.safetensors";
+
+}  // namespace
 
 void save_checkpoint(const fs::path& dir, const NamedParams& params, const Optimizer& optimizer,
                      const nlohmann::json& state) {
@@ -18,9 +51,7 @@ void save_checkpoint(const fs::path& dir, const NamedParams& params, const Optim
   std::error_code ignored;
   fs::remove_all(staged, ignored);
   fs::create_directories(staged);
-  std::map<std::string, Tensor> tensors;
-  for (const auto& [name, t] : params) tensors[name] = t.detach();
-  write_safetensors(staged / "params.safetensors", tensors);
+  write_named_tensors(staged / "params.safetensors", params);
   write_safetensors(staged / "optimizer.safetensors", optimizer.state_tensors());
   write_file_atomic(staged / "state.json", state.dump(2) + "\n");
   replace_folder(staged, dir);
@@ -40,26 +71,7 @@ nlohmann::json load_checkpoint(const fs::path& dir, const NamedParams& params, O
   } catch (const nlohmann::json::parse_error& e) {
     throw IoError(state_file.string() + ": not valid JSON (" + std::string(e.what()) + ")");
   }
-  const fs::path param_file = dir / "params.safetensors";
-  TensorFile saved = read_safetensors(param_file);
-  std::set<std::string> expected;
-  NoGradGuard guard;
-  for (const auto& [name, param] : params) {
-    expected.insert(name);
-    auto it = saved.tensors.find(name);
-    if (it == saved.tensors.end())
-      throw IoError(param_file.string() + ": no tensor '" + name +
-                    "' (the checkpoint was written by another configuration)");
-    if (it->second.shape() != param.shape())
-      throw IoError(param_file.string() + ": tensor '" + name + "' has shape " +
-                    shape_str(it->second.shape()) + " but the run's is " + shape_str(param.shape()));
-    Tensor target = param;
-    target.copy_(it->second);
-  }
-  for (const auto& [name, _] : saved.tensors)
-    if (!expected.count(name))
-      throw IoError(param_file.string() + ": tensor '" + name +
-                    "' is not trained by this run (another configuration?)");
+  load_named_tensors(dir / "params.safetensors", params);
   try {
     optimizer.load_state_tensors(read_safetensors(dir / "optimizer.safetensors").tensors);
   } catch (const IoError&) {
@@ -68,6 +80,33 @@ nlohmann::json load_checkpoint(const fs::path& dir, const NamedParams& params, O
     throw IoError((dir / "optimizer.safetensors").string() + ": " + e.what());
   }
   return state;
+}
+
+void save_best(const fs::path& dir, const train::TrainTarget& target, const NamedParams& params) {
+  fs::path staged = dir;
+  staged += ".new";
+  std::error_code ignored;
+  fs::remove_all(staged, ignored);
+  train::save_trained(staged, target);
+  // Model-tensor runs (full, head) save their parameters as they are; a delta may save a reduced form.
+  if (!target.deltas.empty()) write_named_tensors(staged / kBestParams, params);
+  replace_folder(staged, dir);
+}
+
+void restore_best(const fs::path& dir, const train::TrainTarget& target, const NamedParams& params) {
+  recover_folder(dir);
+  if (!target.deltas.empty()) return load_named_tensors(dir / kBestParams, params);
+  // Full and head-only runs: delta.safetensors holds the trained model tensors by name (a tied
+  // weight under both of its names, hence no check for extra tensors).
+  const fs::path file = dir / "delta.safetensors";
+  TensorFile saved = read_safetensors(file);
+  NoGradGuard guard;
+  for (const auto& [name, param] : params) {
+    auto it = saved.tensors.find(name);
+    if (it == saved.tensors.end()) throw IoError(file.string() + ": no tensor '" + name + "'");
+    Tensor target_tensor = param;
+    target_tensor.copy_(it->second);
+  }
 }
 
 }  // namespace deltatune::train_detail

@@ -1,6 +1,6 @@
 #pragma once
 // Training checkpoints: the trainable tensors, the optimizer's state and the loop's position, in one
-// folder written atomically (staged beside it, then swapped in).
+// folder written atomically (staged beside it, then swapped in). And the best dev weights.
 //   DIR/params.safetensors     trainable tensors by name
 //   DIR/optimizer.safetensors  Optimizer::state_tensors()
 //   DIR/state.json             step, epoch, position in the epoch, best score, ... (the trainer's)
@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "deltatune/optim.h"
+#include "deltatune/trainer.h"
 
 namespace deltatune::train_detail {
 
@@ -18,5 +19,13 @@ bool checkpoint_exists(const std::filesystem::path& dir);
 // optimizer's state; returns state.json.
 nlohmann::json load_checkpoint(const std::filesystem::path& dir, const NamedParams& params,
                                Optimizer& optimizer);
+
+// The best dev weights, DIR = RUN/best: the delta folder save_trained writes (what sweep and users
+// load) and, for a delta, params.safetensors with its trainable tensors as they are. Restoring must
+// use those: a delta's saved form may be reduced (diff pruning and masks save the projected sparse
+// difference, prefix tuning its collapsed MLP), which is what inference needs, not what trains.
+void save_best(const std::filesystem::path& dir, const train::TrainTarget& target, const NamedParams& params);
+// Puts the tensors save_best wrote back into `params` (names and shapes checked).
+void restore_best(const std::filesystem::path& dir, const train::TrainTarget& target, const NamedParams& params);
 
 }  // namespace deltatune::train_detail

@@ -4,41 +4,62 @@
 
 namespace deltatune::train {
 
+namespace {
+
+// Positions a delta prepended to the input (prompt tuning's virtual tokens): the logits are longer
+// than the batch's tokens by that much.
+int64_t virtual_positions(const Tensor& logits, const data::Batch& batch, const char* who) {
+  const int64_t B = batch.input_ids.size(0), T = batch.input_ids.size(1);
+  if (logits.dim() != 3 || logits.size(0) != B || logits.size(1) < T)
+    throw ShapeError(std::string(who) + ": logits " + shape_str(logits.shape()) + " do not fit input_ids " +
+                     shape_str(batch.input_ids.shape()));
+  return logits.size(1) - T;
+}
+
+}  // namespace
+
 Tensor causal_lm_loss(const Tensor& logits, const data::Batch& batch, int64_t* counted) {
   if (logits.dim() != 3)
     throw ShapeError("causal_lm_loss: logits must be [B, T, V], got " + shape_str(logits.shape()));
-  const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2);
-  if (batch.input_ids.shape() != Shape{B, T})
-    throw ShapeError("causal_lm_loss: logits " + shape_str(logits.shape()) + " do not fit input_ids " +
-                     shape_str(batch.input_ids.shape()));
-  if (T < 2) throw ShapeError("causal_lm_loss: a causal LM needs at least two tokens per row");
-  // Position t predicts token t + 1; predictions of padding and of a prompt are ignored (-100).
+  const int64_t P = virtual_positions(logits, batch, "causal_lm_loss");
+  const int64_t B = logits.size(0), T = batch.input_ids.size(1), V = logits.size(2);
+  // Each token is predicted from the position before it. Virtual tokens predict nothing, but the last
+  // of them predicts the first real token, as in PEFT (its labels are the input's, after -100s for
+  // the virtual tokens). Without them, the first token has nothing before it.
+  const int64_t first = P > 0 ? 0 : 1;
+  if (T - first < 1) throw ShapeError("causal_lm_loss: a causal LM needs at least two tokens per row");
+  // Predictions of padding and of a prompt are ignored (-100).
   const std::vector<int64_t> ids = batch.input_ids.to_ints(), mask = batch.attention_mask.to_ints();
-  std::vector<int64_t> targets(size_t(B * (T - 1)));
+  const int64_t N = T - first;
+  std::vector<int64_t> targets(size_t(B * N));
   int64_t n = 0;
   for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t + 1 < T; ++t) {
+    for (int64_t t = first; t < T; ++t) {
       const int64_t from = size_t(b) < batch.loss_from.size() ? batch.loss_from[size_t(b)] : 0;
-      const bool real = mask[size_t(b * T + t + 1)] != 0 && t + 1 >= from;
-      targets[size_t(b * (T - 1) + t)] = real ? ids[size_t(b * T + t + 1)] : -100;
+      const bool real = mask[size_t(b * T + t)] != 0 && t >= from;
+      targets[size_t(b * N + t - first)] = real ? ids[size_t(b * T + t)] : -100;
       n += real;
     }
   if (counted) *counted = n;
-  Tensor predictions = ops::reshape(logits.slice(1, 0, T - 1), {B * (T - 1), V});
-  return ops::cross_entropy(predictions, Tensor::from_ints(targets, {B * (T - 1)}), -100);
+  // Token t is predicted at logit position P + t - 1.
+  Tensor predictions = ops::reshape(logits.slice(1, P + first - 1, P + T - 1), {B * N, V});
+  return ops::cross_entropy(predictions, Tensor::from_ints(targets, {B * N}), -100);
 }
 
 Tensor masked_lm_loss(const Tensor& logits, const data::Batch& batch, int64_t* counted) {
   if (!batch.lm_targets.defined()) throw ConfigError("masked_lm_loss: the batch was not masked");
-  if (logits.dim() != 3 || logits.size(0) * logits.size(1) != batch.lm_targets.numel())
+  // Virtual tokens (a prompt) come first and are never masked: only the real positions count.
+  const int64_t P = virtual_positions(logits, batch, "masked_lm_loss");
+  const Tensor real = P > 0 ? logits.slice(1, P, logits.size(1)) : logits;
+  if (real.size(0) * real.size(1) != batch.lm_targets.numel())
     throw ShapeError("masked_lm_loss: logits " + shape_str(logits.shape()) + " do not fit the targets " +
                      shape_str(batch.lm_targets.shape()));
   if (counted) {
     *counted = 0;
     for (int64_t t : batch.lm_targets.to_ints()) *counted += t != -100;
   }
-  const int64_t V = logits.size(2);
-  return ops::cross_entropy(ops::reshape(logits, {logits.size(0) * logits.size(1), V}),
+  const int64_t V = real.size(2);
+  return ops::cross_entropy(ops::reshape(real, {real.size(0) * real.size(1), V}),
                             ops::reshape(batch.lm_targets, {batch.lm_targets.numel()}), -100);
 }
 

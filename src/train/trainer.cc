@@ -9,7 +9,6 @@
 #include "deltatune/autograd.h"
 #include "deltatune/metrics.h"
 #include "deltatune/ops.h"
-#include "deltatune/safetensors.h"
 #include "train/checkpoint.h"
 #include "train/files.h"
 #include "train/progress.h"
@@ -50,27 +49,6 @@ std::vector<ParamGroup> param_groups(TransformerModel& model, const NamedParams&
   if (!decay.params.empty()) groups.push_back(std::move(decay));
   if (!no_decay.params.empty()) groups.push_back(std::move(no_decay));
   return groups;
-}
-
-// The run's tensors under the names they are saved with (delta parameters unprefixed, head by path).
-std::map<std::string, Tensor> saved_names(const TrainTarget& target) {
-  std::map<std::string, Tensor> out;
-  for (delta::Delta* d : target.deltas)
-    for (auto& [name, t] : d->parameters()) out[name] = t;
-  for (const auto& name : target.model_parameters)
-    if (Tensor* p = target.model->find_parameter(name)) out[name] = *p;
-  return out;
-}
-
-void restore_saved(const fs::path& dir, const TrainTarget& target) {
-  TensorFile file = read_safetensors(dir / "delta.safetensors");
-  NoGradGuard guard;
-  for (auto& [name, t] : saved_names(target)) {
-    auto it = file.tensors.find(name);
-    if (it == file.tensors.end())
-      throw IoError((dir / "delta.safetensors").string() + ": no tensor '" + name + "'");
-    t.copy_(it->second);
-  }
 }
 
 bool improved(double score, double best, const std::string& metric) {
@@ -122,7 +100,8 @@ TrainResult Trainer::train(const data::EncodedDataset& train_set, const data::En
                       std::string(head_name(model.head)) + " head");
   if (mlm && !o.mlm) throw ConfigError("training a masked LM needs masking settings (TrainOptions::mlm)");
   const data::MlmMasking* masking = mlm ? &*o.mlm : nullptr;
-  if (lm != (o.metric == "loss" || o.metric == "perplexity"))
+  // A classifier may be judged by its dev loss too; a language model has no classes to count.
+  if (lm ? o.metric != "loss" && o.metric != "perplexity" : o.metric == "perplexity")
     throw ConfigError("metric '" + o.metric + "' does not fit a " + std::string(head_name(model.head)) +
                       " model");
   if (train_set.size() == 0) throw ConfigError("the training set is empty");
@@ -246,7 +225,7 @@ TrainResult Trainer::train(const data::EncodedDataset& train_set, const data::En
       best_dev = m;
       result.best_step = step;
       bad_evals = 0;
-      save_trained(best_dir, target_);
+      train_detail::save_best(best_dir, target_, params);
     } else if (o.patience > 0 && ++bad_evals >= o.patience) {
       stop_early = true;
     }
@@ -341,7 +320,7 @@ TrainResult Trainer::train(const data::EncodedDataset& train_set, const data::En
   // End with the weights that scored best on dev (what the test set and the saved delta get).
   if (o.restore_best && !stop_requested && result.best_step >= 0 && result.best_step != step &&
       fs::exists(best_dir))
-    restore_saved(best_dir, target_);
+    train_detail::restore_best(best_dir, target_, params);
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   return result;
 }
