@@ -4,11 +4,14 @@
 // predict, merge and serve take it like any other.
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "command.h"
+#include "deltatune/data.h"
 #include "deltatune/delta_io.h"
 #include "deltatune/error.h"
 #include "deltatune/lora_arithmetic.h"
+#include "deltatune/trainer.h"
 #include "model_loading.h"
 #include "out_folder.h"
 
@@ -25,6 +28,40 @@ struct Options {
   uint64_t seed = 0;
   bool dare_rescale = false, overwrite = false;
 };
+
+// Every source must be a delta (checked before loading anything: a full or head run's saved weights
+// would replace the model's); lora_weights then says which are not LoRA.
+void check_sources_are_deltas(const std::vector<std::string>& deltas) {
+  for (const auto& d : deltas) {
+    const std::string method = delta::peek_delta(d).method;
+    if (delta::saves_model_weights(method))
+      throw ExitError{"combine: " + d + " is a '" + method + "' run (model weights, not a LoRA delta)"};
+  }
+}
+
+// The sources' class names (labels.json in a delta folder or its run folder), which the combination
+// carries so that eval and predict can name its classes: one map, or none when no source has one.
+std::optional<deltatune::data::LabelMap> source_labels(const std::vector<std::string>& deltas) {
+  std::optional<deltatune::data::LabelMap> labels;
+  std::string first;
+  for (const auto& d : deltas) {
+    std::filesystem::path file;
+    try {
+      file = deltatune::train::find_labels_file(d);
+    } catch (const deltatune::IoError&) {
+      continue;  // no labels beside this delta (a PEFT adapter, a language-model delta)
+    }
+    deltatune::data::LabelMap map = deltatune::data::LabelMap::load(file);
+    if (!labels) {
+      labels = map;
+      first = file.string();
+    } else if (map.names() != labels->names() || map.integer_labels() != labels->integer_labels()) {
+      throw ExitError{"combine: the sources' label maps disagree (" + first + " and " + file.string() +
+                      "): deltas of different classes cannot be combined"};
+    }
+  }
+  return labels;
+}
 
 bool same_values(const deltatune::Tensor& a, const deltatune::Tensor& b) {
   if (a.shape() != b.shape()) return false;
@@ -44,6 +81,9 @@ void run(const Options& o) {
   deltatune::cli::check_writable_folder(o.out, "--out");
   if (deltatune::cli::holds_files(o.out) && !o.overwrite)
     throw ExitError{"combine: '" + o.out + "' exists and is not empty (pass --overwrite to replace its delta files)"};
+
+  check_sources_are_deltas(o.deltas);
+  const std::optional<deltatune::data::LabelMap> labels = source_labels(o.deltas);
 
   // The first delta decides the task head the model loads with; every delta is read over the same base.
   auto loaded = deltatune::cli::load_model(o.model_dir, "", o.deltas[0]);
@@ -93,6 +133,7 @@ void run(const Options& o) {
     delta::save_peft(o.out, *d, *loaded.model, head);
   else
     delta::save_delta(o.out, *d, *loaded.model, head);
+  if (labels) labels->save(std::filesystem::path(o.out) / "labels.json");
   std::printf("combined %zu LoRA deltas (%s) into one of rank %lld over %zu modules: wrote %s (%s format)\n",
               o.deltas.size(), o.type.c_str(), static_cast<long long>(combined.r), combined.modules.size(),
               o.out.c_str(), o.format.c_str());
@@ -124,7 +165,8 @@ void setup(CLI::App& app) {
   app.footer(
       "The result is a normal LoRA delta (alpha = r), as PEFT's add_weighted_adapter makes it. linear and the "
       "ties/dare/magnitude types need equal ranks; cat adds the ranks and is exact (its weight change is the "
-      "weighted sum); svd types approximate the weighted sum of the weight changes at --svd-rank.");
+      "weighted sum); svd types approximate the weighted sum of the weight changes at --svd-rank. The sources' "
+      "labels.json (beside a delta or in its run folder) is copied with it; their label maps must agree.");
   app.callback([o] {
     try {
       run(*o);

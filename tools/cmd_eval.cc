@@ -54,7 +54,7 @@ void run_lm(const Args& a, const fs::path& file, HeadKind head) {
   auto model = load_pretrained(a.model, options);
   auto tokenizer = Tokenizer::load(a.model);
   train::LoadedTrained trained = train::load_trained(a.delta, *model);
-  if (a.bf16) cli::use_bf16(*model);
+  if (a.bf16) cli::use_bf16(*model, trained.model_parameters);
   const nlohmann::json run_config = train::read_train_config(a.delta);
   const data::Fields fields{setting(a.text_field, run_config, "text-field", "text"),
                             setting(a.pair_field, run_config, "pair-field", "text_pair"), "label"};
@@ -77,7 +77,7 @@ void run_lm(const Args& a, const fs::path& file, HeadKind head) {
 void run(const Args& a) {
   if (a.threads > 0) set_num_threads(a.threads);
   const fs::path file = data_file(a);
-  if (!a.delta.empty()) {
+  if (!a.delta.empty()) {  // the delta's head (a PEFT adapter's task_type) or the run's task decides
     const std::optional<HeadKind> head = delta::peek_delta(a.delta).head;
     const nlohmann::json run_config = train::read_train_config(a.delta);
     const std::string task = run_config.is_object() ? run_config.value("task", std::string()) : std::string();
@@ -95,7 +95,7 @@ void run(const Args& a) {
   }
   train::Classifier c =
       train::load_classifier(a.model, a.delta, a.delta.empty() ? &baseline_labels : nullptr);
-  if (a.bf16) cli::use_bf16(*c.model);
+  if (a.bf16) cli::use_bf16(*c.model, c.trained.model_parameters);
   const data::Fields fields{setting(a.text_field, c.train_config, "text-field", "text"),
                             setting(a.pair_field, c.train_config, "pair-field", "text_pair"),
                             setting(a.label_field, c.train_config, "label-field", "label")};

@@ -8,6 +8,7 @@
 #include "command.h"
 #include "deltatune/atomic_file.h"
 #include "deltatune/data.h"
+#include "deltatune/delta_io.h"
 #include "deltatune/generate.h"
 #include "deltatune/threads.h"
 #include "deltatune/tokenizer.h"
@@ -51,6 +52,13 @@ class LineOutput {
   std::string file_, buffer_;
 };
 
+std::string setting(const std::string& flag, const nlohmann::json& run, const char* key,
+                    const char* fallback) {
+  if (!flag.empty()) return flag;
+  if (run.is_object() && run.contains(key) && run[key].is_string()) return run[key].get<std::string>();
+  return fallback;
+}
+
 // A causal LM tuned on prompts: each input's text, continued greedily up to EOS or the limit.
 void run_lm(const Args& a, const nlohmann::json& run_config) {
   LoadOptions load;
@@ -58,10 +66,10 @@ void run_lm(const Args& a, const nlohmann::json& run_config) {
   load.verbose = false;
   auto model = load_pretrained(a.model, load);
   train::LoadedTrained trained = train::load_trained(a.delta, *model);
-  if (a.bf16) cli::use_bf16(*model);
+  if (a.bf16) cli::use_bf16(*model, trained.model_parameters);
   auto tokenizer = Tokenizer::load(a.model);
   data::Fields fields;
-  fields.text = !a.text_field.empty() ? a.text_field : run_config.value("text-field", std::string("text"));
+  fields.text = setting(a.text_field, run_config, "text-field", "text");  // a PEFT adapter has no run config
   const std::vector<data::Example> examples = data::read_examples(a.input, fields, /*labels_optional=*/true);
   GenerationOptions options;
   options.max_new_tokens = a.max_new_tokens;
@@ -74,21 +82,17 @@ void run_lm(const Args& a, const nlohmann::json& run_config) {
   out.finish();
 }
 
-std::string setting(const std::string& flag, const nlohmann::json& run, const char* key,
-                    const char* fallback) {
-  if (!flag.empty()) return flag;
-  if (run.is_object() && run.contains(key) && run[key].is_string()) return run[key].get<std::string>();
-  return fallback;
-}
-
 void run(const Args& a) {
   if (a.threads > 0) set_num_threads(a.threads);
   const nlohmann::json run_config = train::read_train_config(a.delta);
-  if (run_config.is_object() && run_config.value("task", std::string()) == "causal-lm") return run_lm(a, run_config);
-  if (run_config.is_object() && run_config.value("task", std::string()) == "masked-lm")
+  // The delta's head (a PEFT adapter's task_type) or the run's task decides what to predict.
+  const std::optional<HeadKind> head = delta::peek_delta(a.delta).head;
+  const std::string task = run_config.is_object() ? run_config.value("task", std::string()) : std::string();
+  if (head == HeadKind::CausalLM || task == "causal-lm") return run_lm(a, run_config);
+  if (head == HeadKind::MaskedLM || task == "masked-lm")
     throw ExitError{a.delta + ": a masked-LM delta has no labels to predict; use `deltatune eval` for its loss"};
   train::Classifier c = train::load_classifier(a.model, a.delta);
-  if (a.bf16) cli::use_bf16(*c.model);
+  if (a.bf16) cli::use_bf16(*c.model, c.trained.model_parameters);
   data::Fields fields;
   fields.text = setting(a.text_field, c.train_config, "text-field", "text");
   fields.text_pair = setting(a.pair_field, c.train_config, "pair-field", "text_pair");

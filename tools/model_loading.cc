@@ -50,27 +50,32 @@ LoadedModel load_model(const std::string& model_dir, const std::string& head, co
     loaded.trainable_line = trainable_summary(trainable, total);
     loaded.deltas.push_back(std::move(d));
   } else if (!delta.empty()) {
+    // Whatever `train` wrote: a delta to attach, or a full / head run's weights replacing the model's.
     delta::SavedDelta saved = delta::load_delta(delta, *loaded.model);
-    for (const auto& path : saved.delta->attached_modules())
-      loaded.tree_options.delta_labels[path] = saved.delta->method();
-    std::vector<delta::Delta*> deltas{saved.delta.get()};
-    std::vector<std::string> head_names;
-    for (auto& [n, _] : saved.head) head_names.push_back(n);
-    auto [trainable, total] = delta::freeze_for_delta(*loaded.model, deltas, head_names);
+    loaded.trained_parameters = delta::trained_model_parameters(saved, *loaded.model);
+    std::vector<delta::Delta*> deltas;
+    if (saved.delta) {
+      for (const auto& path : saved.delta->attached_modules())
+        loaded.tree_options.delta_labels[path] = saved.delta->method();
+      deltas.push_back(saved.delta.get());
+    }
+    std::vector<std::string> trained;
+    for (auto& [n, _] : saved.head) trained.push_back(n);
+    auto [trainable, total] = delta::freeze_for_delta(*loaded.model, deltas, trained);
     loaded.trainable_line = trainable_summary(trainable, total);
-    loaded.deltas.push_back(std::move(saved.delta));
+    if (saved.delta) loaded.deltas.push_back(std::move(saved.delta));
   }
   return loaded;
 }
 
-void use_bf16(TransformerModel& model) {
+void use_bf16(TransformerModel& model, const std::vector<std::string>& trained) {
   if (!ops::bf16_linear_available()) {
     std::fprintf(stderr, "note: this CPU has no AVX-512 BF16; --bf16 is ignored (float32 products)\n");
     return;
   }
   ops::set_matmul_precision(ops::MatmulPrecision::Bf16);
   std::fprintf(stderr, "bf16: products in bfloat16, %lld frozen weight matrices stored in bfloat16\n",
-               static_cast<long long>(nn::store_frozen_weights(model, DType::BF16)));
+               static_cast<long long>(nn::store_frozen_weights(model, DType::BF16, {trained.begin(), trained.end()})));
 }
 
 }  // namespace deltatune::cli

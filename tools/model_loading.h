@@ -11,19 +11,25 @@ namespace deltatune::cli {
 
 struct LoadedModel {
   std::unique_ptr<TransformerModel> model;
-  std::vector<std::unique_ptr<delta::Delta>> deltas;  // attached to model
+  std::vector<std::unique_ptr<delta::Delta>> deltas;  // attached to model (none for a full or head run)
+  std::vector<std::string> trained_parameters;        // model tensors the saved delta trained (or replaced)
   TreeOptions tree_options;    // delta modules to mark in a tree
   std::string trainable_line;  // "trainable N of M (x%)" with a delta attached
 };
 
 // head: "" (from config), causal-lm, masked-lm, sequence-classification, none.
 HeadKind parse_head(const std::string& head);
+// delta: "" (none), a delta config (JSON file: a fresh delta, attached as it would train), or a folder
+// `train` (or PEFT) wrote, whatever the method: a delta is attached; a full or head run's weights
+// replace the model's (no delta attached). merge, generate, forward, inspect and combine load this way.
 LoadedModel load_model(const std::string& model_dir, const std::string& head = "", const std::string& delta = "");
 
 // --bf16 in the commands that run a model (train, eval, predict): bfloat16 products
 // (ops::MatmulPrecision::Bf16) and the frozen weights stored in bfloat16 where the CPU has AVX-512
-// BF16; elsewhere a note and float32. Call it once the model is frozen (deltas attached).
-void use_bf16(TransformerModel& model);
+// BF16; elsewhere a note and float32. Call it once the model is frozen (deltas attached). Only frozen
+// base weights are rounded: `trained` names model parameters a loaded delta trained (its head, a full
+// run's weights, train::LoadedTrained::model_parameters), which keep their precision as in training.
+void use_bf16(TransformerModel& model, const std::vector<std::string>& trained = {});
 inline const char* kBf16Help =
     "Mixed precision where the CPU has AVX-512 BF16: linear products in bfloat16 with float32 sums, frozen "
     "weights stored in bfloat16 (half their memory); about twice the speed. Default: float32, as PyTorch";

@@ -13,23 +13,34 @@
 
 namespace deltatune::delta {
 
+// Methods whose result is a set of the model's own tensors rather than a delta: "full" (every
+// weight) and "head" (the task head alone). `train` saves them in our delta layout.
+bool saves_model_weights(const std::string& method);
+
 struct SavedDelta {
-  std::unique_ptr<Delta> delta;
-  std::map<std::string, Tensor> head;  // model parameters saved with the delta (task heads)
+  std::unique_ptr<Delta> delta;        // null for a full or head run (saves_model_weights(method))
+  std::map<std::string, Tensor> head;  // model parameters saved with it (task head; all of a full run)
   nlohmann::json config;               // as read
   std::string format;                  // "deltatune" or "peft"
+  std::string method;                  // "lora", ..., "full", "head"
 };
 
-// What a saved delta needs of the model it loads into: its task head, if any.
+// What a saved delta needs of the model it loads into: its task head, if any, and what it is.
 struct DeltaRequirements {
-  std::optional<HeadKind> head;
+  std::optional<HeadKind> head;  // ours: as saved; PEFT: from task_type (SEQ_CLS, CAUSAL_LM)
   std::optional<int64_t> num_labels;
+  std::string method;  // our format's method ("lora", "full", "head", ...); empty for a PEFT adapter
 };
 DeltaRequirements peek_delta(const std::filesystem::path& dir);
 
 // Reads a delta folder in either format (detected from its files) and attaches it to `model`,
-// loading its parameters and the saved head weights. Warns when the base fingerprint differs.
+// loading its parameters and the saved head weights. A full or head run attaches nothing: its saved
+// tensors replace the model's (every weight, or the head). Warns when the base fingerprint differs.
 SavedDelta load_delta(const std::filesystem::path& dir, TransformerModel& model);
+// The model parameters a loaded delta trained: those saved with it (the head; every weight of a
+// full run) and the model tensors it trains in place (bitfit, ln, last-layers). --bf16 keeps them
+// at their precision (nn::store_frozen_weights).
+std::vector<std::string> trained_model_parameters(const SavedDelta& saved, TransformerModel& model);
 // Our format. `head` holds model parameters to save alongside (e.g. a classification head).
 void save_delta(const std::filesystem::path& dir, Delta& delta, TransformerModel& model,
                 const std::map<std::string, Tensor>& head = {});

@@ -5,6 +5,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -89,9 +90,11 @@ class Linear : public Module {
 // Stores the frozen weight matrices under `root` (Linear weights and Embedding tables that do not
 // require a gradient and share their storage with no other parameter) as `dtype`. bfloat16 halves
 // their memory and runs linear layers on the AVX-512 BF16 kernel (ops::linear); embedding lookups
-// read the table as it is. Call it after the delta is attached and the model frozen. Returns how many
-// weights changed.
-int64_t store_frozen_weights(Module& root, DType dtype);
+// read the table as it is. Call it after the delta is attached and the model frozen. `trained` names
+// parameters (paths under `root`) that were trained and keep their precision even without a gradient
+// (a loaded delta's head, a full run's weights: eval must compute as the training run did). Returns
+// how many weights changed.
+int64_t store_frozen_weights(Module& root, DType dtype, const std::set<std::string>& trained = {});
 
 class Embedding;
 

@@ -166,6 +166,7 @@ bool save_trained_peft(const std::filesystem::path& dir, const TrainTarget& targ
 struct LoadedTrained {
   std::vector<std::unique_ptr<delta::Delta>> deltas;
   std::string method;
+  std::vector<std::string> model_parameters;  // model tensors it trained: keep them at full precision
 };
 // Loads a folder written by save_trained (or a PEFT adapter) onto `model`.
 LoadedTrained load_trained(const std::filesystem::path& dir, TransformerModel& model);

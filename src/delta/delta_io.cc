@@ -48,6 +48,13 @@ void load_head(TransformerModel& model, const std::map<std::string, Tensor>& hea
   }
 }
 
+// delta_config.json's delta method ("" when it has none: make_delta then says what is wrong).
+std::string saved_method(const nlohmann::json& config) {
+  if (!config.contains("delta") || !config["delta"].is_object()) return "";
+  const nlohmann::json& method = config["delta"].value("method", nlohmann::json());
+  return method.is_string() ? method.get<std::string>() : "";
+}
+
 std::string head_task_type(HeadKind h) {
   switch (h) {
     case HeadKind::SequenceClassification: return "SEQ_CLS";
@@ -100,12 +107,13 @@ DeltaRequirements peek_delta(const fs::path& dir) {
       else if (h == "masked-lm") req.head = HeadKind::MaskedLM;
     }
     if (c.contains("num_labels") && c["num_labels"].is_number_integer()) req.num_labels = c["num_labels"].get<int64_t>();
+    req.method = saved_method(c);
     return req;
   }
   if (fs::exists(dir / "adapter_config.json")) {
     nlohmann::json c = read_json(dir / "adapter_config.json");
-    if (c.value("task_type", nlohmann::json()).is_string() && c["task_type"] == "SEQ_CLS") {
-      req.head = HeadKind::SequenceClassification;
+    req.head = peft_task_head(c);
+    if (req.head == HeadKind::SequenceClassification) {
       // The classifier's output rows are the label count.
       auto file = read_safetensors(dir / "adapter_model.safetensors");
       for (auto& [key, t] : file.tensors)
@@ -119,6 +127,23 @@ DeltaRequirements peek_delta(const fs::path& dir) {
   throw IoError(dir.string() + ": not a delta folder (no delta_config.json or adapter_config.json)");
 }
 
+bool saves_model_weights(const std::string& method) { return method == "full" || method == "head"; }
+
+// A full or head run: its tensors are the model's own and replace them; no delta is attached. A head
+// run left the base untouched, so its recorded fingerprint still identifies the base.
+static void load_model_weights(const fs::path& dir, SavedDelta& saved, TransformerModel& model) {
+  const fs::path tensor_file = dir / "delta.safetensors";
+  const std::string want = saved.config.value("base_fingerprint", "");
+  if (!want.empty()) {
+    const std::string have = base_fingerprint(model);
+    if (have != want)
+      std::fprintf(stderr, "warning: %s was trained on other base weights (fingerprint %s, this model %s)\n",
+                   dir.string().c_str(), want.c_str(), have.c_str());
+  }
+  saved.head = read_safetensors(tensor_file).tensors;
+  load_head(model, saved.head, tensor_file);
+}
+
 SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
   SavedDelta saved;
   std::map<std::string, Tensor> tensors;
@@ -127,6 +152,11 @@ SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
     saved.format = "deltatune";
     saved.config = read_json(dir / "delta_config.json");
     if (!saved.config.contains("delta")) throw IoError((dir / "delta_config.json").string() + ": missing 'delta'");
+    saved.method = saved_method(saved.config);
+    if (saves_model_weights(saved.method)) {
+      load_model_weights(dir, saved, model);
+      return saved;
+    }
     saved.delta = make_delta(saved.config["delta"]);
     tensor_file = dir / "delta.safetensors";
     tensors = read_safetensors(tensor_file).tensors;
@@ -143,6 +173,7 @@ SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
   } else {
     throw IoError(dir.string() + ": not a delta folder (no delta_config.json or adapter_config.json)");
   }
+  saved.method = saved.delta->method();
   saved.delta->attach(model);
   if (saved.format == "deltatune") {
     std::string want = saved.config.value("base_fingerprint", "");
@@ -169,6 +200,15 @@ SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
   }
   load_head(model, saved.head, tensor_file);
   return saved;
+}
+
+std::vector<std::string> trained_model_parameters(const SavedDelta& saved, TransformerModel& model) {
+  std::set<std::string> names;
+  for (auto& [n, _] : saved.head) names.insert(n);
+  if (saved.delta)
+    for (auto& [n, _] : saved.delta->parameters())
+      if (model.find_parameter(n)) names.insert(n);
+  return {names.begin(), names.end()};
 }
 
 void save_delta(const fs::path& dir, Delta& delta, TransformerModel& model, const std::map<std::string, Tensor>& head) {

@@ -293,6 +293,15 @@ nlohmann::json prompt_to_peft(Delta& delta, TransformerModel& model) {
 const char* kSupportedPeft = "LORA, IA3, PREFIX_TUNING, PROMPT_TUNING";
 }  // namespace
 
+std::optional<HeadKind> peft_task_head(const nlohmann::json& peft) {
+  if (!peft.is_object()) return std::nullopt;
+  const nlohmann::json& task = peft.value("task_type", nlohmann::json());
+  if (!task.is_string()) return std::nullopt;
+  if (task == "SEQ_CLS") return HeadKind::SequenceClassification;
+  if (task == "CAUSAL_LM") return HeadKind::CausalLM;
+  return std::nullopt;
+}
+
 nlohmann::json from_peft_config(const nlohmann::json& peft, const std::string& source) {
   if (!peft.is_object() || !peft.contains("peft_type") || !peft["peft_type"].is_string())
     throw ConfigError(source + ": missing 'peft_type' (supported: " + kSupportedPeft + ")");

@@ -1,6 +1,7 @@
 #pragma once
 // Translation between PEFT's adapter_config.json and our delta configs, per peft_type.
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "deltatune/delta.h"
@@ -10,6 +11,9 @@ namespace deltatune::delta {
 // PEFT config -> our config ({"method": ...}). Unknown peft_type: ConfigError listing the supported.
 // Unknown keys (from newer PEFT versions) warn on stderr and are ignored.
 nlohmann::json from_peft_config(const nlohmann::json& peft, const std::string& source);
+// The task head an adapter was saved for, from its task_type: SEQ_CLS a sequence classifier,
+// CAUSAL_LM a causal LM; none for other or missing task types (the model's config decides).
+std::optional<HeadKind> peft_task_head(const nlohmann::json& peft);
 // Our delta -> PEFT config fields (without base_model_name_or_path, task_type, modules_to_save).
 nlohmann::json to_peft_config(Delta& delta, TransformerModel& model);
 // Tensor key names: PEFT's (without "base_model.model.") <-> ours.

@@ -1,4 +1,5 @@
 #include <map>
+#include <set>
 
 #include "deltatune/error.h"
 #include "deltatune/nn.h"
@@ -25,9 +26,13 @@ Tensor Linear::forward(const Tensor& x) {
   return y;
 }
 
-int64_t store_frozen_weights(Module& root, DType dtype) {
+int64_t store_frozen_weights(Module& root, DType dtype, const std::set<std::string>& trained) {
   std::map<const Storage*, int> users;  // tied weights (one storage, two parameters) are left alone
-  for (auto& [name, t] : root.named_parameters()) ++users[t->storage().get()];
+  std::set<const Storage*> kept;
+  for (auto& [name, t] : root.named_parameters()) {
+    ++users[t->storage().get()];
+    if (trained.count(name)) kept.insert(t->storage().get());
+  }
   int64_t changed = 0;
   for (auto& [name, m] : root.named_modules()) {
     Tensor* weight = nullptr;
@@ -35,7 +40,9 @@ int64_t store_frozen_weights(Module& root, DType dtype) {
     if (auto* embedding = dynamic_cast<Embedding*>(m)) weight = &embedding->weight();
     if (!weight) continue;
     Tensor& w = *weight;
-    if (!w.defined() || w.requires_grad() || w.dtype() == dtype || users[w.storage().get()] > 1) continue;
+    if (!w.defined() || w.requires_grad() || w.dtype() == dtype || users[w.storage().get()] > 1 ||
+        kept.count(w.storage().get()))
+      continue;
     w = w.detach().to(dtype);
     ++changed;
   }

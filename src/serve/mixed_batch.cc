@@ -160,6 +160,11 @@ void MixedBatch::add(const std::string& name, std::unique_ptr<delta::Delta> d) {
 }
 
 void MixedBatch::add_saved(const std::string& name, const std::filesystem::path& dir) {
+  // Checked before loading: a full or head run's weights would replace the shared model's.
+  const std::string method = delta::peek_delta(dir).method;
+  if (delta::saves_model_weights(method))
+    throw ConfigError("mixed batch: '" + name + "' (" + dir.string() + ") is a '" + method +
+                      "' run, whose weights replace the model's; only deltas share one model");
   std::map<std::string, Tensor> head_before;
   for (auto& [n, t] : model_.named_parameters()) head_before[n] = *t;
   std::map<std::string, Tensor> head;

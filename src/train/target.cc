@@ -12,9 +12,6 @@ namespace fs = std::filesystem;
 namespace deltatune::train {
 namespace {
 
-// Methods whose "delta" is a set of the model's own tensors, stored by name.
-bool is_model_tensor_method(const std::string& method) { return method == "full" || method == "head"; }
-
 std::string base_name(const TransformerModel& model) {
   auto it = model.config.raw.find("_name_or_path");
   if (it != model.config.raw.end() && it->is_string()) return it->get<std::string>();
@@ -53,14 +50,6 @@ void write_folder(const fs::path& target, Write write) {
     throw;
   }
   train_detail::replace_folder(staged, dir);
-}
-
-nlohmann::json read_json_file(const fs::path& file) {
-  try {
-    return nlohmann::json::parse(train_detail::read_file(file));
-  } catch (const nlohmann::json::parse_error& e) {
-    throw IoError(file.string() + ": not valid JSON (" + std::string(e.what()) + ")");
-  }
 }
 
 }  // namespace
@@ -102,7 +91,7 @@ void save_trained(const fs::path& dir, const TrainTarget& target) {
         dir, [&](const fs::path& staged) { delta::save_delta(staged, *target.deltas[0], model, tensors); });
     return;
   }
-  if (!is_model_tensor_method(target.method))
+  if (!delta::saves_model_weights(target.method))
     throw ConfigError("save_trained: method '" + target.method + "' has no delta attached");
   write_folder(dir, [&](const fs::path& staged) {
     nlohmann::json c;
@@ -135,31 +124,11 @@ bool save_trained_peft(const fs::path& dir, const TrainTarget& target) {
 
 LoadedTrained load_trained(const fs::path& dir, TransformerModel& model) {
   if (!fs::is_directory(dir)) throw IoError(dir.string() + ": delta folder does not exist");
+  delta::SavedDelta saved = delta::load_delta(dir, model);  // full / head runs replace model weights
   LoadedTrained out;
-  const fs::path config_file = dir / "delta_config.json";
-  if (fs::exists(config_file)) {
-    nlohmann::json c = read_json_file(config_file);
-    const std::string method =
-        c.contains("delta") && c["delta"].is_object() ? c["delta"].value("method", "") : "";
-    if (is_model_tensor_method(method)) {
-      const fs::path file = dir / "delta.safetensors";
-      TensorFile tensors = read_safetensors(file);
-      NoGradGuard guard;
-      for (auto& [name, value] : tensors.tensors) {
-        Tensor* p = model.find_parameter(name);
-        if (!p) throw IoError(file.string() + ": tensor '" + name + "' is not a parameter of this model");
-        if (p->shape() != value.shape())
-          throw IoError(file.string() + ": tensor '" + name + "' has shape " + shape_str(value.shape()) +
-                        " but the model's is " + shape_str(p->shape()));
-        *p = value.float32().contiguous().clone().detach();
-      }
-      out.method = method;
-      return out;
-    }
-  }
-  delta::SavedDelta saved = delta::load_delta(dir, model);
-  out.method = saved.delta->method();
-  out.deltas.push_back(std::move(saved.delta));
+  out.method = saved.method;
+  out.model_parameters = delta::trained_model_parameters(saved, model);
+  if (saved.delta) out.deltas.push_back(std::move(saved.delta));
   return out;
 }
 
