@@ -358,7 +358,7 @@ TEST_P(TargetingError, ListsRealModulePathsAndTheRolesThatApply) {
     nn::Module* m = model->find_module(p);
     ASSERT_NE(m, nullptr) << "'" << p << "' is not a module path: " << message;
     EXPECT_EQ(m->type_name(), "Linear") << p;
-    EXPECT_EQ(layer_index(*model, p), 0) << p;
+    EXPECT_EQ(delta::layer_index(*model, p), 0) << p;
   }
   const std::vector<std::string> roles = split_list(between(message, "; roles: ", ")"));
   ASSERT_GE(roles.size(), 6u) << message;

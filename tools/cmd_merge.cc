@@ -50,6 +50,7 @@ std::unique_ptr<TransformerModel> merged_model(const Args& a) {
   }
   if (!fs::is_directory(a.model)) throw ExitError{"model folder '" + a.model + "' does not exist or is not a folder"};
   if (!fs::is_directory(a.delta)) throw ExitError{"delta '" + a.delta + "' is neither a delta folder nor a config file"};
+  delta::check_delta_fits(a.delta, a.model);  // before its head is asked of the model
   const delta::DeltaRequirements req = delta::peek_delta(a.delta);
   LoadOptions options;
   options.head = req.head;

@@ -45,5 +45,8 @@ std::string base_model_name(const TransformerModel& model);
 // (base_model_type, or an old delta's base_model naming a type) than `model` has.
 void check_delta_architecture(const nlohmann::json& delta_config, const std::filesystem::path& dir,
                               TransformerModel& model);
+// The same check before the model is loaded (a delta's head may not even exist on another
+// architecture): the delta folder against the model folder's config.json.
+void check_delta_fits(const std::filesystem::path& delta_dir, const std::filesystem::path& model_dir);
 
 }  // namespace deltatune::delta

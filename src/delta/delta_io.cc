@@ -65,14 +65,30 @@ std::string base_model_name(const TransformerModel& model) {
   return "";
 }
 
-void check_delta_architecture(const nlohmann::json& c, const fs::path& dir, TransformerModel& model) {
+namespace {
+// The error for a delta of ours recorded for another model type than `model_type`, or "".
+std::string architecture_mismatch(const nlohmann::json& c, const fs::path& dir, const std::string& model_type,
+                                  const std::string& model_description) {
   const std::string type = recorded_model_type(c);
-  if (type.empty() || type == model.config.model_type) return;
-  throw ConfigError(dir.string() + " is a delta for a " + type + " model" +
-                    base_description(json_string(c, "base_model"), json_string(c, "base_fingerprint")) +
-                    ", not for this " + model.config.model_type + " model" +
-                    base_description(base_model_name(model), base_fingerprint(model)) +
-                    ": use it with the base model it was trained on");
+  if (type.empty() || type == model_type) return "";
+  return dir.string() + " is a delta for a " + type + " model" +
+         base_description(json_string(c, "base_model"), json_string(c, "base_fingerprint")) + ", not for this " +
+         model_type + " model" + model_description + ": use it with the base model it was trained on";
+}
+}  // namespace
+
+void check_delta_architecture(const nlohmann::json& c, const fs::path& dir, TransformerModel& model) {
+  const std::string error = architecture_mismatch(c, dir, model.config.model_type,
+                                                  base_description(base_model_name(model), base_fingerprint(model)));
+  if (!error.empty()) throw ConfigError(error);
+}
+
+void check_delta_fits(const fs::path& delta_dir, const fs::path& model_dir) {
+  if (!fs::exists(delta_dir / "delta_config.json")) return;  // PEFT adapters record no model type
+  const nlohmann::json c = read_json(delta_dir / "delta_config.json");
+  const std::string error =
+      architecture_mismatch(c, delta_dir, load_model_config(model_dir).model_type, base_description(model_dir.string(), ""));
+  if (!error.empty()) throw ConfigError(error);
 }
 
 namespace {

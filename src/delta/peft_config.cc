@@ -177,7 +177,6 @@ nlohmann::json ia3_from_peft(const nlohmann::json& p, const std::string& source)
 nlohmann::json ia3_to_peft(Delta& delta, TransformerModel& model) {
   const nlohmann::json c = delta.saved_config();
   const std::vector<std::string> paths = delta.attached_modules();
-  const std::vector<int64_t> layers = layer_list(c);
   // Feed-forward modules carry an input scaling [1, in], the others an output scaling [out, 1].
   std::map<std::string, Shape> shapes;
   for (auto& [n, t] : delta.saved_parameters()) shapes[n.substr(0, n.rfind('.'))] = t.shape();
@@ -193,7 +192,8 @@ nlohmann::json ia3_to_peft(Delta& delta, TransformerModel& model) {
   // a feed-forward module's one entry serves in both lists: it must select no unattached module (by
   // dotted suffix, as target_modules match) and, as PEFT tests feed-forward names with a plain
   // endswith, end no attached module that is not feed-forward.
-  const std::vector<std::string> unattached = unattached_linears(model, paths, layers);
+  // IA3Config has no layers_to_transform: modules of unselected layers must not match either.
+  const std::vector<std::string> unattached = unattached_linears(model, paths, {});
   std::set<std::string> target_entries, feedforward_entries;
   for (const auto& path : plain)
     target_entries.insert(shortest_suffix(path, [&](const std::string& s) { return !selects_any(unattached, s, false); }));
