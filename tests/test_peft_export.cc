@@ -10,14 +10,14 @@
 #include <set>
 
 #include "cli_run.h"
-#include "golden.h"
-#include "temp_dir.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta_io.h"
 #include "deltatune/error.h"
 #include "deltatune/merge.h"
 #include "deltatune/safetensors.h"
 #include "deltatune/trainer.h"
+#include "golden.h"
+#include "temp_dir.h"
 
 using namespace deltatune;
 namespace fs = std::filesystem;
@@ -74,9 +74,10 @@ std::string model_arg(const std::string& name) { return quote(golden::model_dir(
 
 // Trains a few steps of `method` on bert-mini's named-label task into `run_dir`.
 void train_classifier(const fs::path& run_dir, const std::string& method) {
-  auto r = cli_test::run("train --model " + model_arg("bert-mini") + " --data " + quote(named_label_task().string()) +
-                         " --method " + method + " --out " + quote(run_dir.string()) +
-                         " --batch-size 8 --max-length 32 --seed 3 --max-steps 3 --threads 2 --quiet --no-test-before");
+  auto r = cli_test::run(
+      "train --model " + model_arg("bert-mini") + " --data " + quote(named_label_task().string()) +
+      " --method " + method + " --out " + quote(run_dir.string()) +
+      " --batch-size 8 --max-length 32 --seed 3 --max-steps 3 --threads 2 --quiet --no-test-before");
   ASSERT_EQ(r.code, 0) << r.output;
 }
 
@@ -103,7 +104,8 @@ void expect_merged_classifier(const fs::path& run_dir, const fs::path& out) {
   EXPECT_EQ(config["id2label"], json({{"0", "negative"}, {"1", "positive"}}));
   EXPECT_EQ(config["label2id"], json({{"negative", 0}, {"positive", 1}}));
   const TensorFile file = read_safetensors(out / "model.safetensors");
-  for (const char* name : {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight", "bert.pooler.dense.bias"})
+  for (const char* name :
+       {"classifier.weight", "classifier.bias", "bert.pooler.dense.weight", "bert.pooler.dense.bias"})
     EXPECT_EQ(file.tensors.count(name), 1u) << name;
 
   LoadOptions quiet;
@@ -144,7 +146,8 @@ TEST_P(Ia3Export, FeedforwardModulesAreASubsetOfTargetModulesAndSelectWhatWasAtt
   ASSERT_TRUE(p["feedforward_modules"].is_array());
   // IA3Config.__post_init__: "feedforward_modules should be a subset of target_modules".
   std::set<std::string> targets(p["target_modules"].begin(), p["target_modules"].end());
-  for (const auto& f : p["feedforward_modules"]) EXPECT_TRUE(targets.count(f.get<std::string>())) << f << " in " << p.dump();
+  for (const auto& f : p["feedforward_modules"])
+    EXPECT_TRUE(targets.count(f.get<std::string>())) << f << " in " << p.dump();
 
   // What PEFT would build from the file is what we attached, feed-forward where ours scales inputs.
   std::map<std::string, Shape> shapes;
@@ -173,11 +176,15 @@ TEST_P(Ia3Export, FeedforwardModulesAreASubsetOfTargetModulesAndSelectWhatWasAtt
 
 INSTANTIATE_TEST_SUITE_P(
     Models, Ia3Export,
-    ::testing::Values(Ia3Case{"bert-mini", {{"method", "ia3"}}}, Ia3Case{"gpt2-mini", {{"method", "ia3"}}},
-                      Ia3Case{"llama-mini", {{"method", "ia3"}}},
-                      Ia3Case{"gpt2-mini", {{"method", "ia3"}, {"targets", {"ffn.down"}}, {"feedforward", {"ffn.down"}}}},
-                      Ia3Case{"bert-mini", {{"method", "ia3"}, {"targets", {"ffn.up", "ffn.down", "attn.o"}}, {"layers", {1, 2}}}}),
-    [](const auto& info) { return std::to_string(info.index) + "_" + info.param.model.substr(0, info.param.model.find('-')); });
+    ::testing::Values(
+        Ia3Case{"bert-mini", {{"method", "ia3"}}}, Ia3Case{"gpt2-mini", {{"method", "ia3"}}},
+        Ia3Case{"llama-mini", {{"method", "ia3"}}},
+        Ia3Case{"gpt2-mini", {{"method", "ia3"}, {"targets", {"ffn.down"}}, {"feedforward", {"ffn.down"}}}},
+        Ia3Case{"bert-mini",
+                {{"method", "ia3"}, {"targets", {"ffn.up", "ffn.down", "attn.o"}}, {"layers", {1, 2}}}}),
+    [](const auto& info) {
+      return std::to_string(info.index) + "_" + info.param.model.substr(0, info.param.model.find('-'));
+    });
 
 // --- 2. base_model_name_or_path is the base's folder, never the model type ---
 
@@ -221,11 +228,13 @@ TEST(PeftExport, MergedClassifierLoadsAsOneWithItsLabelsAndLogits) {
   fs::path run_dir = temp_dir("merge_cls");
   train_classifier(run_dir, "lora");
   const fs::path out = run_dir / "merged";
-  auto r = cli_test::run("merge --model " + model_arg("bert-mini") + " --delta " + quote((run_dir / "delta").string()) +
-                         " --out " + quote(out.string()) + " --dtype float32");
+  auto r = cli_test::run("merge --model " + model_arg("bert-mini") + " --delta " +
+                         quote((run_dir / "delta").string()) + " --out " + quote(out.string()) +
+                         " --dtype float32");
   ASSERT_EQ(r.code, 0) << r.output;
   expect_merged_classifier(run_dir, out);
-  for (auto& [name, t] : read_safetensors(out / "model.safetensors").tensors) EXPECT_EQ(t.dtype(), DType::F32) << name;
+  for (auto& [name, t] : read_safetensors(out / "model.safetensors").tensors)
+    EXPECT_EQ(t.dtype(), DType::F32) << name;
   EXPECT_EQ(read_json(out / "config.json")["dtype"], "float32");
   fs::remove_all(run_dir);
 }
@@ -236,21 +245,23 @@ TEST(PeftExport, MergeKeepsTheBaseDtypeUnlessTold) {
   ASSERT_EQ(read_json(base / "config.json")["dtype"], "float16");
   fs::path dir = temp_dir("merge_dtype");
   std::ofstream(dir / "lora.json") << R"({"method": "lora", "targets": ["attn.q"]})";
-  auto r = cli_test::run("merge --model " + quote(base.string()) + " --delta " + quote((dir / "lora.json").string()) +
-                         " --out " + quote((dir / "half").string()));
+  auto r = cli_test::run("merge --model " + quote(base.string()) + " --delta " +
+                         quote((dir / "lora.json").string()) + " --out " + quote((dir / "half").string()));
   ASSERT_EQ(r.code, 0) << r.output;
   for (auto& [name, t] : read_safetensors(dir / "half" / "model.safetensors").tensors)
     EXPECT_EQ(t.dtype(), DType::F16) << name;
   EXPECT_EQ(read_json(dir / "half" / "config.json")["dtype"], "float16");
-  auto bf16 = cli_test::run("merge --model " + quote(base.string()) + " --delta " + quote((dir / "lora.json").string()) +
-                            " --out " + quote((dir / "bf16").string()) + " --dtype bfloat16");
+  auto bf16 = cli_test::run("merge --model " + quote(base.string()) + " --delta " +
+                            quote((dir / "lora.json").string()) + " --out " + quote((dir / "bf16").string()) +
+                            " --dtype bfloat16");
   ASSERT_EQ(bf16.code, 0) << bf16.output;
   for (auto& [name, t] : read_safetensors(dir / "bf16" / "model.safetensors").tensors)
     EXPECT_EQ(t.dtype(), DType::BF16) << name;
   EXPECT_EQ(read_json(dir / "bf16" / "config.json")["dtype"], "bfloat16");
   // A dtype it does not know: one line, exit 2, nothing written.
-  auto bad = cli_test::run("merge --model " + quote(base.string()) + " --delta " + quote((dir / "lora.json").string()) +
-                           " --out " + quote((dir / "bad").string()) + " --dtype float8");
+  auto bad = cli_test::run("merge --model " + quote(base.string()) + " --delta " +
+                           quote((dir / "lora.json").string()) + " --out " + quote((dir / "bad").string()) +
+                           " --dtype float8");
   EXPECT_EQ(bad.code, 2) << bad.output;
   EXPECT_NE(bad.output.find("--dtype 'float8'"), std::string::npos) << bad.output;
   EXPECT_FALSE(fs::exists(dir / "bad"));
@@ -263,8 +274,9 @@ TEST(PeftExport, FullFineTuneMergesIntoACheckpoint) {
   fs::path run_dir = temp_dir("merge_full");
   train_classifier(run_dir, "full");
   const fs::path out = run_dir / "merged";
-  auto r = cli_test::run("merge --model " + model_arg("bert-mini") + " --delta " + quote((run_dir / "delta").string()) +
-                         " --out " + quote(out.string()) + " --dtype float32");
+  auto r = cli_test::run("merge --model " + model_arg("bert-mini") + " --delta " +
+                         quote((run_dir / "delta").string()) + " --out " + quote(out.string()) +
+                         " --dtype float32");
   ASSERT_EQ(r.code, 0) << r.output;
   expect_merged_classifier(run_dir, out);
   fs::remove_all(run_dir);
@@ -368,7 +380,8 @@ TEST_P(TargetingError, ListsRealModulePathsAndTheRolesThatApply) {
     r->detach();
   }
   // Llama has a gated feed-forward; the others do not, and are not told they do.
-  EXPECT_EQ(std::find(roles.begin(), roles.end(), "ffn.gate") != roles.end(), GetParam() == "llama-mini") << message;
+  EXPECT_EQ(std::find(roles.begin(), roles.end(), "ffn.gate") != roles.end(), GetParam() == "llama-mini")
+      << message;
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, TargetingError, ::testing::Values("bert-mini", "gpt2-mini", "llama-mini"),

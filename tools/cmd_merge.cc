@@ -48,8 +48,10 @@ std::unique_ptr<TransformerModel> merged_model(const Args& a) {
     for (auto& d : loaded.deltas) delta::merge_into(*loaded.model, *d);
     return std::move(loaded.model);
   }
-  if (!fs::is_directory(a.model)) throw ExitError{"model folder '" + a.model + "' does not exist or is not a folder"};
-  if (!fs::is_directory(a.delta)) throw ExitError{"delta '" + a.delta + "' is neither a delta folder nor a config file"};
+  if (!fs::is_directory(a.model))
+    throw ExitError{"model folder '" + a.model + "' does not exist or is not a folder"};
+  if (!fs::is_directory(a.delta))
+    throw ExitError{"delta '" + a.delta + "' is neither a delta folder nor a config file"};
   delta::check_delta_fits(a.delta, a.model);  // before its head is asked of the model
   const delta::DeltaRequirements req = delta::peek_delta(a.delta);
   LoadOptions options;
@@ -81,8 +83,9 @@ void setup(CLI::App& app) {
   app.add_option("--dtype", a->dtype, "float32, float16 or bfloat16 (default: the base checkpoint's dtype)");
   app.callback([a] { run(*a); });
 }
-deltatune::cli::Register reg("merge",
-                             "Fold a delta (LoRA, DoRA, IA3; or a full/head run's weights) into the base and write a "
-                             "full checkpoint",
-                             setup);
+deltatune::cli::Register reg(
+    "merge",
+    "Fold a delta (LoRA, DoRA, IA3; or a full/head run's weights) into the base and write a "
+    "full checkpoint",
+    setup);
 }  // namespace

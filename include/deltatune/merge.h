@@ -28,8 +28,8 @@ struct CheckpointOptions {
 // Writes the model as a Hugging Face checkpoint folder (config.json, model.safetensors, and the
 // tokenizer files copied from `source_dir`, the base's folder), loadable by transformers as the
 // class of the model's head (e.g. BertForSequenceClassification with its label map).
-void save_checkpoint(TransformerModel& model, const std::filesystem::path& source_dir, const std::filesystem::path& out_dir,
-                     const CheckpointOptions& options = {});
+void save_checkpoint(TransformerModel& model, const std::filesystem::path& source_dir,
+                     const std::filesystem::path& out_dir, const CheckpointOptions& options = {});
 // transformers' class name for a model type and head: "BertForSequenceClassification", "GPT2LMHeadModel".
 std::string architecture_name(const std::string& model_type, HeadKind head);
 

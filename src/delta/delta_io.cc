@@ -50,7 +50,8 @@ std::string recorded_model_type(const nlohmann::json& c) {
 // "(base 'NAME', weights fingerprint F)", leaving out what is unknown.
 std::string base_description(const std::string& name, const std::string& fingerprint) {
   std::string out = name.empty() ? "" : "base '" + name + "'";
-  if (!fingerprint.empty()) out += (out.empty() ? "" : ", ") + std::string("weights fingerprint ") + fingerprint;
+  if (!fingerprint.empty())
+    out += (out.empty() ? "" : ", ") + std::string("weights fingerprint ") + fingerprint;
   return out.empty() ? "" : " (" + out + ")";
 }
 
@@ -72,22 +73,23 @@ std::string architecture_mismatch(const nlohmann::json& c, const fs::path& dir, 
   const std::string type = recorded_model_type(c);
   if (type.empty() || type == model_type) return "";
   return dir.string() + " is a delta for a " + type + " model" +
-         base_description(json_string(c, "base_model"), json_string(c, "base_fingerprint")) + ", not for this " +
-         model_type + " model" + model_description + ": use it with the base model it was trained on";
+         base_description(json_string(c, "base_model"), json_string(c, "base_fingerprint")) +
+         ", not for this " + model_type + " model" + model_description +
+         ": use it with the base model it was trained on";
 }
 }  // namespace
 
 void check_delta_architecture(const nlohmann::json& c, const fs::path& dir, TransformerModel& model) {
-  const std::string error = architecture_mismatch(c, dir, model.config.model_type,
-                                                  base_description(base_model_name(model), base_fingerprint(model)));
+  const std::string error = architecture_mismatch(
+      c, dir, model.config.model_type, base_description(base_model_name(model), base_fingerprint(model)));
   if (!error.empty()) throw ConfigError(error);
 }
 
 void check_delta_fits(const fs::path& delta_dir, const fs::path& model_dir) {
   if (!fs::exists(delta_dir / "delta_config.json")) return;  // PEFT adapters record no model type
   const nlohmann::json c = read_json(delta_dir / "delta_config.json");
-  const std::string error =
-      architecture_mismatch(c, delta_dir, load_model_config(model_dir).model_type, base_description(model_dir.string(), ""));
+  const std::string error = architecture_mismatch(c, delta_dir, load_model_config(model_dir).model_type,
+                                                  base_description(model_dir.string(), ""));
   if (!error.empty()) throw ConfigError(error);
 }
 

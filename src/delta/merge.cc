@@ -4,11 +4,11 @@
 #include <fstream>
 #include <map>
 
+#include "delta/methods.h"
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/lora_arithmetic.h"
 #include "deltatune/safetensors.h"
-#include "delta/methods.h"
 
 namespace deltatune::delta {
 namespace fs = std::filesystem;
@@ -113,18 +113,22 @@ void merge_into(TransformerModel& model, Delta& delta) {
 void unmerge_from(TransformerModel& model, Delta& delta) { apply(model, delta, -1.0f); }
 
 std::string architecture_name(const std::string& model_type, HeadKind head) {
-  static const std::map<std::string, std::string> prefixes = {{"bert", "Bert"},   {"roberta", "Roberta"},
-                                                              {"gpt2", "GPT2"},   {"llama", "Llama"},
+  static const std::map<std::string, std::string> prefixes = {{"bert", "Bert"},       {"roberta", "Roberta"},
+                                                              {"gpt2", "GPT2"},       {"llama", "Llama"},
                                                               {"mistral", "Mistral"}, {"qwen2", "Qwen2"}};
   auto it = prefixes.find(model_type);
-  if (it == prefixes.end()) throw ConfigError("no transformers class is known for model type '" + model_type + "'");
+  if (it == prefixes.end())
+    throw ConfigError("no transformers class is known for model type '" + model_type + "'");
   const std::string& prefix = it->second;
   switch (head) {
-    case HeadKind::SequenceClassification: return prefix + "ForSequenceClassification";
-    case HeadKind::MaskedLM: return prefix + "ForMaskedLM";
+    case HeadKind::SequenceClassification:
+      return prefix + "ForSequenceClassification";
+    case HeadKind::MaskedLM:
+      return prefix + "ForMaskedLM";
     case HeadKind::CausalLM:
       return prefix + (model_type == "gpt2" || model_type == "bert" ? "LMHeadModel" : "ForCausalLM");
-    case HeadKind::None: return prefix + "Model";
+    case HeadKind::None:
+      return prefix + "Model";
   }
   return prefix + "Model";
 }
@@ -143,7 +147,8 @@ DType base_dtype(const TransformerModel& model, const fs::path& source_dir) {
 }
 
 // A classifier's config names its classes: id2label / label2id (num_labels follows from them).
-void write_label_map(nlohmann::json& config, const TransformerModel& model, const std::vector<std::string>& labels) {
+void write_label_map(nlohmann::json& config, const TransformerModel& model,
+                     const std::vector<std::string>& labels) {
   std::vector<std::string> names = labels;
   if (names.empty())
     for (const auto& [_, name] : model.config.id2label) names.push_back(name);

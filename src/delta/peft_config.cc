@@ -92,7 +92,8 @@ std::string shortest_suffix(const std::string& path, Allowed allowed) {
 
 // The shortest dotted suffixes of `paths` that match none of `others` (PEFT's list matching), so a
 // PEFT config written from them selects exactly these modules.
-std::vector<std::string> minimal_suffixes(const std::vector<std::string>& paths, const std::vector<std::string>& others) {
+std::vector<std::string> minimal_suffixes(const std::vector<std::string>& paths,
+                                          const std::vector<std::string>& others) {
   std::set<std::string> out;
   for (const auto& path : paths)
     out.insert(shortest_suffix(path, [&](const std::string& s) { return !selects_any(others, s, false); }));
@@ -185,7 +186,8 @@ nlohmann::json ia3_to_peft(Delta& delta, TransformerModel& model) {
   for (const auto& path : paths) {
     auto* layer = static_cast<nn::Linear*>(model.find_module(path));
     fan_in_fan_out = fan_in_fan_out || layer->fan_in_fan_out;
-    if (ia3_scales_inputs(shapes[path], *layer)) feedforward.push_back(path);
+    if (ia3_scales_inputs(shapes[path], *layer))
+      feedforward.push_back(path);
     else plain.push_back(path);
   }
   // PEFT requires feedforward_modules to be a subset of target_modules (IA3Config.__post_init__), so
@@ -196,10 +198,12 @@ nlohmann::json ia3_to_peft(Delta& delta, TransformerModel& model) {
   const std::vector<std::string> unattached = unattached_linears(model, paths, {});
   std::set<std::string> target_entries, feedforward_entries;
   for (const auto& path : plain)
-    target_entries.insert(shortest_suffix(path, [&](const std::string& s) { return !selects_any(unattached, s, false); }));
+    target_entries.insert(
+        shortest_suffix(path, [&](const std::string& s) { return !selects_any(unattached, s, false); }));
   for (const auto& path : feedforward) {
-    const std::string entry = shortest_suffix(
-        path, [&](const std::string& s) { return !selects_any(unattached, s, false) && !selects_any(plain, s, true); });
+    const std::string entry = shortest_suffix(path, [&](const std::string& s) {
+      return !selects_any(unattached, s, false) && !selects_any(plain, s, true);
+    });
     target_entries.insert(entry);
     feedforward_entries.insert(entry);
   }

@@ -66,7 +66,8 @@ std::string targeting_hint(TransformerModel& model, bool linear_only) {
     const std::vector<std::string> names = expand_roles(model, {role});
     bool applies = false;
     for (auto& [path, module] : model.named_modules())
-      for (const auto& n : names) applies = applies || (selectable(*module, linear_only) && name_match(model, path, n));
+      for (const auto& n : names)
+        applies = applies || (selectable(*module, linear_only) && name_match(model, path, n));
     if (applies) roles += (roles.empty() ? "" : ", ") + role;
   }
   const std::string kind = linear_only ? "linear layers" : "modules";
@@ -166,8 +167,8 @@ std::vector<std::string> resolve_targets(TransformerModel& model, const TargetSp
   if (out.empty()) {
     std::string wanted = spec.regex.empty() ? nlohmann::json(spec.names).dump() : "'" + spec.regex + "'";
     throw ConfigError("targets " + wanted + " match no " + std::string(linear_only ? "linear " : "") +
-                      "module of this " + model.config.model_type + " model (" + targeting_hint(model, linear_only) +
-                      ")");
+                      "module of this " + model.config.model_type + " model (" +
+                      targeting_hint(model, linear_only) + ")");
   }
   return out;
 }
