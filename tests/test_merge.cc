@@ -20,9 +20,10 @@ TEST_P(GoldenMerged, MergeCommandWritesACheckpointMatchingPeft) {
   nlohmann::json c = golden::find_case(name);
   auto expected = golden::outputs(name + "-merged");
   fs::path out = test_support::temp_dir("merge_" + name);
-  auto r = cli_test::run("merge --model " + cli_test::quote(golden::model_dir(c["model"]).string()) + " --delta " +
-                         cli_test::quote((golden::dir() / c["adapter"].get<std::string>()).string()) + " --out " +
-                         cli_test::quote(out.string()));
+  auto r =
+      cli_test::run("merge --model " + cli_test::quote(golden::model_dir(c["model"]).string()) + " --delta " +
+                    cli_test::quote((golden::dir() / c["adapter"].get<std::string>()).string()) + " --out " +
+                    cli_test::quote(out.string()) + " --dtype float32");  // PEFT merged in float32
   ASSERT_EQ(r.code, 0) << r.output;
   LoadOptions options;
   options.verbose = false;
@@ -119,9 +120,10 @@ INSTANTIATE_TEST_SUITE_P(
 TEST(Merge, GoldenIa3MergedReproducesPeft) {
   // PEFT's IA3 adapter folded into llama-mini's weights computes PEFT's outputs with the adapter.
   fs::path out = test_support::temp_dir("merge_ia3");
-  auto r = cli_test::run("merge --model " + cli_test::quote(golden::model_dir("llama-mini").string()) + " --delta " +
-                         cli_test::quote((golden::dir() / "adapters/llama-ia3").string()) + " --out " +
-                         cli_test::quote(out.string()));
+  auto r = cli_test::run("merge --model " + cli_test::quote(golden::model_dir("llama-mini").string()) +
+                         " --delta " + cli_test::quote((golden::dir() / "adapters/llama-ia3").string()) +
+                         " --out " + cli_test::quote(out.string()) +
+                         " --dtype float32");  // PEFT merged in float32
   ASSERT_EQ(r.code, 0) << r.output;
   auto expected = golden::outputs("llama-ia3");
   LoadOptions options;

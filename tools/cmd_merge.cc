@@ -1,31 +1,98 @@
-// deltatune merge --model M --delta D --out DIR: fold a LoRA (or DoRA) delta into the weights and
-// write a full checkpoint transformers loads.
+// deltatune merge --model M --delta D --out DIR [--dtype T]: fold a delta (LoRA, DoRA, IA3) into the
+// weights, or take a full fine-tune's (or a head's) trained tensors, and write a full checkpoint
+// transformers loads: a classifier as ...ForSequenceClassification with its label map.
 #include <cstdio>
+#include <filesystem>
 
 #include "command.h"
+#include "deltatune/data.h"
+#include "deltatune/delta_io.h"
+#include "deltatune/error.h"
 #include "deltatune/merge.h"
+#include "deltatune/trainer.h"
 #include "model_loading.h"
 #include "out_folder.h"
 
 namespace {
-void setup(CLI::App& app) {
-  auto model_dir = std::make_shared<std::string>(), delta = std::make_shared<std::string>(), out = std::make_shared<std::string>();
-  app.add_option("--model", *model_dir, "The base model folder")->required();
-  app.add_option("--delta", *delta, "The delta folder (ours or PEFT's format)")->required();
-  app.add_option("--out", *out, "Folder to write the merged checkpoint to (float32 safetensors)")->required();
-  auto overwrite = std::make_shared<bool>(false);
-  app.add_flag("--overwrite", *overwrite, "Write into a non-empty --out (its checkpoint files are replaced)");
-  app.callback([=] {
-    // Before loading anything: an --out that cannot be written, or holds files, is refused up front.
-    deltatune::cli::check_writable_folder(*out, "--out");
-    if (!*overwrite && deltatune::cli::holds_files(*out))
-      throw deltatune::cli::ExitError{"--out '" + *out +
-                                      "' is not empty; pass --overwrite to replace its files"};
-    auto loaded = deltatune::cli::load_model(*model_dir, "", *delta);
-    for (auto& d : loaded.deltas) deltatune::delta::merge_into(*loaded.model, *d);
-    deltatune::delta::save_checkpoint(*loaded.model, *model_dir, *out);
-    std::printf("merged %s into %s: wrote %s\n", delta->c_str(), model_dir->c_str(), out->c_str());
-  });
+using namespace deltatune;
+namespace fs = std::filesystem;
+using cli::ExitError;
+
+struct Args {
+  std::string model, delta, out, dtype;
+  bool overwrite = false;
+};
+
+std::optional<DType> parse_dtype(const std::string& name) {
+  if (name.empty()) return std::nullopt;
+  if (name == "float32") return DType::F32;
+  if (name == "float16") return DType::F16;
+  if (name == "bfloat16") return DType::BF16;
+  throw ExitError{"--dtype '" + name + "' is not supported (float32, float16, bfloat16)"};
 }
-deltatune::cli::Register reg("merge", "Fold a LoRA/DoRA delta into the base weights and write a full checkpoint", setup);
+
+// A classifier's class names: the labels.json train wrote beside the delta (or in its run folder);
+// none for a delta without one (a PEFT adapter), whose checkpoint then names them LABEL_0, ...
+std::vector<std::string> delta_labels(const fs::path& delta) {
+  fs::path file;
+  try {
+    file = train::find_labels_file(delta);
+  } catch (const IoError&) {
+    return {};
+  }
+  return data::LabelMap::load(file).names();
+}
+
+// The base with the delta's head, the delta folded in (or a full / head run's tensors loaded).
+std::unique_ptr<TransformerModel> merged_model(const Args& a) {
+  if (fs::is_regular_file(a.delta)) {  // a delta config: merged as freshly initialised
+    auto loaded = cli::load_model(a.model, "", a.delta);
+    for (auto& d : loaded.deltas) delta::merge_into(*loaded.model, *d);
+    return std::move(loaded.model);
+  }
+  if (!fs::is_directory(a.model))
+    throw ExitError{"model folder '" + a.model + "' does not exist or is not a folder"};
+  if (!fs::is_directory(a.delta))
+    throw ExitError{"delta '" + a.delta + "' is neither a delta folder nor a config file"};
+  delta::check_delta_fits(a.delta, a.model);  // before its head is asked of the model
+  const delta::DeltaRequirements req = delta::peek_delta(a.delta);
+  LoadOptions options;
+  options.head = req.head;
+  options.num_labels = req.num_labels;
+  options.verbose = false;  // the delta supplies the head weights
+  auto model = load_pretrained(a.model, options);
+  train::LoadedTrained trained = train::load_trained(a.delta, *model);
+  for (auto& d : trained.deltas) delta::merge_into(*model, *d);
+  return model;
+}
+
+void run(const Args& a) {
+  delta::CheckpointOptions options;
+  options.dtype = parse_dtype(a.dtype);  // checked before any work
+  // Before loading anything: an --out that cannot be written, or holds files, is refused up front.
+  cli::check_writable_folder(a.out, "--out");
+  if (!a.overwrite && cli::holds_files(a.out))
+    throw ExitError{"--out '" + a.out + "' is not empty; pass --overwrite to replace its files"};
+  auto model = merged_model(a);
+  if (model->head == HeadKind::SequenceClassification) options.labels = delta_labels(a.delta);
+  delta::save_checkpoint(*model, a.model, a.out, options);
+  std::printf("merged %s into %s: wrote %s\n", a.delta.c_str(), a.model.c_str(), a.out.c_str());
+}
+
+void setup(CLI::App& app) {
+  auto a = std::make_shared<Args>();
+  app.add_option("--model", a->model, "The base model folder")->required();
+  app.add_option("--delta", a->delta,
+                 "The delta folder (ours or PEFT's format; a full or head run's delta/ too)")
+      ->required();
+  app.add_option("--out", a->out, "Folder to write the merged checkpoint to (safetensors)")->required();
+  app.add_flag("--overwrite", a->overwrite, "Write into a non-empty --out (its checkpoint files are replaced)");
+  app.add_option("--dtype", a->dtype, "float32, float16 or bfloat16 (default: the base checkpoint's dtype)");
+  app.callback([a] { run(*a); });
+}
+deltatune::cli::Register reg(
+    "merge",
+    "Fold a delta (LoRA, DoRA, IA3; or a full/head run's weights) into the base and write a "
+    "full checkpoint",
+    setup);
 }  // namespace

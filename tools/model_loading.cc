@@ -27,6 +27,7 @@ LoadedModel load_model(const std::string& model_dir, const std::string& head, co
   const bool delta_is_config = !delta.empty() && std::filesystem::is_regular_file(delta);
   if (!delta.empty() && !delta_is_config) {
     if (!std::filesystem::is_directory(delta)) throw ExitError{"delta '" + delta + "' is neither a delta folder nor a config file"};
+    delta::check_delta_fits(delta, model_dir);  // before its head is asked of the model
     // A delta saved with a task head decides the head (and label count) the model loads with.
     delta::DeltaRequirements req = delta::peek_delta(delta);
     if (req.head && head.empty()) options.head = req.head;

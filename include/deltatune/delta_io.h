@@ -49,5 +49,15 @@ void save_peft(const std::filesystem::path& dir, Delta& delta, TransformerModel&
                const std::map<std::string, Tensor>& head = {});
 // A short, stable fingerprint of the base weights (hash of names, shapes and sampled values).
 std::string base_fingerprint(TransformerModel& model);
+// The name a saved delta records for its base (PEFT's base_model_name_or_path): the config's
+// _name_or_path, which load_pretrained sets to the folder as given; empty when unknown.
+std::string base_model_name(const TransformerModel& model);
+// Throws a ConfigError saying so in plain words when a delta_config.json records another model type
+// (base_model_type, or an old delta's base_model naming a type) than `model` has.
+void check_delta_architecture(const nlohmann::json& delta_config, const std::filesystem::path& dir,
+                              TransformerModel& model);
+// The same check before the model is loaded (a delta's head may not even exist on another
+// architecture): the delta folder against the model folder's config.json.
+void check_delta_fits(const std::filesystem::path& delta_dir, const std::filesystem::path& model_dir);
 
 }  // namespace deltatune::delta

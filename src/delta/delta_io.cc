@@ -29,12 +29,64 @@ void write_json_atomic(const fs::path& file, const nlohmann::json& j) {
   write_file_atomic(file, j.dump(2) + "\n");
 }
 
-std::string base_name(TransformerModel& model) {
-  auto it = model.config.raw.find("_name_or_path");
-  if (it != model.config.raw.end() && it->is_string()) return it->get<std::string>();
-  return model.config.model_type;
+// The model type a delta of ours was trained on: its base_model_type, or for deltas saved before
+// that was recorded, base_model when it names a model type (it used to default to the type).
+std::string recorded_model_type(const nlohmann::json& c) {
+  if (c.contains("base_model_type") && c["base_model_type"].is_string()) return c["base_model_type"];
+  if (!c.contains("base_model") || !c["base_model"].is_string()) return "";
+  const std::string base = c["base_model"];
+  for (const auto& type : supported_model_types())
+    if (type == base) return base;
+  return "";
 }
 
+// "(base 'NAME', weights fingerprint F)", leaving out what is unknown.
+std::string base_description(const std::string& name, const std::string& fingerprint) {
+  std::string out = name.empty() ? "" : "base '" + name + "'";
+  if (!fingerprint.empty())
+    out += (out.empty() ? "" : ", ") + std::string("weights fingerprint ") + fingerprint;
+  return out.empty() ? "" : " (" + out + ")";
+}
+
+std::string json_string(const nlohmann::json& c, const char* key) {
+  return c.contains(key) && c[key].is_string() ? c[key].get<std::string>() : "";
+}
+}  // namespace
+
+std::string base_model_name(const TransformerModel& model) {
+  auto it = model.config.raw.find("_name_or_path");
+  if (it != model.config.raw.end() && it->is_string()) return it->get<std::string>();
+  return "";
+}
+
+namespace {
+// The error for a delta of ours recorded for another model type than `model_type`, or "".
+std::string architecture_mismatch(const nlohmann::json& c, const fs::path& dir, const std::string& model_type,
+                                  const std::string& model_description) {
+  const std::string type = recorded_model_type(c);
+  if (type.empty() || type == model_type) return "";
+  return dir.string() + " is a delta for a " + type + " model" +
+         base_description(json_string(c, "base_model"), json_string(c, "base_fingerprint")) +
+         ", not for this " + model_type + " model" + model_description +
+         ": use it with the base model it was trained on";
+}
+}  // namespace
+
+void check_delta_architecture(const nlohmann::json& c, const fs::path& dir, TransformerModel& model) {
+  const std::string error = architecture_mismatch(
+      c, dir, model.config.model_type, base_description(base_model_name(model), base_fingerprint(model)));
+  if (!error.empty()) throw ConfigError(error);
+}
+
+void check_delta_fits(const fs::path& delta_dir, const fs::path& model_dir) {
+  if (!fs::exists(delta_dir / "delta_config.json")) return;  // PEFT adapters record no model type
+  const nlohmann::json c = read_json(delta_dir / "delta_config.json");
+  const std::string error = architecture_mismatch(c, delta_dir, load_model_config(model_dir).model_type,
+                                                  base_description(model_dir.string(), ""));
+  if (!error.empty()) throw ConfigError(error);
+}
+
+namespace {
 // Model parameters (task heads) stored with a delta are loaded into the model by name.
 void load_head(TransformerModel& model, const std::map<std::string, Tensor>& head, const fs::path& file) {
   NoGradGuard guard;
@@ -152,6 +204,7 @@ SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
     saved.format = "deltatune";
     saved.config = read_json(dir / "delta_config.json");
     if (!saved.config.contains("delta")) throw IoError((dir / "delta_config.json").string() + ": missing 'delta'");
+    check_delta_architecture(saved.config, dir, model);
     saved.method = saved_method(saved.config);
     if (saves_model_weights(saved.method)) {
       load_model_weights(dir, saved, model);
@@ -220,7 +273,8 @@ void save_delta(const fs::path& dir, Delta& delta, TransformerModel& model, cons
   c["format"] = "deltatune";
   c["version"] = 1;
   c["delta"] = delta.saved_config();
-  c["base_model"] = base_name(model);
+  c["base_model"] = base_model_name(model).empty() ? model.config.model_type : base_model_name(model);
+  c["base_model_type"] = model.config.model_type;
   c["base_fingerprint"] = base_fingerprint_under(model, delta);
   c["head"] = head_name(model.head);
   if (model.head == HeadKind::SequenceClassification) c["num_labels"] = model.config.num_labels;
@@ -233,7 +287,10 @@ void save_delta(const fs::path& dir, Delta& delta, TransformerModel& model, cons
 
 void save_peft(const fs::path& dir, Delta& delta, TransformerModel& model, const std::map<std::string, Tensor>& head) {
   nlohmann::json c = to_peft_config(delta, model);
-  c["base_model_name_or_path"] = base_name(model);
+  // As PEFT: the base's name_or_path (the folder it was loaded from), null when unknown; never the
+  // model type, which is a real Hub id ("gpt2") that AutoPeftModel would fetch.
+  const std::string base = base_model_name(model);
+  c["base_model_name_or_path"] = base.empty() ? nlohmann::json() : nlohmann::json(base);
   std::string task = head_task_type(model.head);
   c["task_type"] = task.empty() ? nlohmann::json() : nlohmann::json(task);
   std::set<std::string> modules;

@@ -82,7 +82,13 @@ class Lora : public Delta {
     if (model_) throw Error("lora delta '" + name + "' is already attached");
     // Linear layers and embedding tables; other modules a name or regex happens to match are skipped.
     paths_.clear();
-    for (const auto& path : resolve_targets(model, spec_, false)) {
+    std::vector<std::string> matched;
+    try {
+      matched = resolve_targets(model, spec_, false);
+    } catch (const ConfigError&) {
+      // Nothing matched: the error below lists what LoRA can adapt, not every module.
+    }
+    for (const auto& path : matched) {
       const std::string type = model.find_module(path)->type_name();
       if (type == "Linear" || type == "Embedding") paths_.push_back(path);
     }

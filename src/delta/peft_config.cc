@@ -64,29 +64,39 @@ bool dotted_suffix(const std::string& path, const std::string& name) {
   return path == name || (path.size() > name.size() && path.compare(path.size() - name.size(), name.size(), name) == 0 &&
                           path[path.size() - name.size() - 1] == '.');
 }
+bool plain_suffix(const std::string& path, const std::string& name) {
+  return path.size() >= name.size() && path.compare(path.size() - name.size(), name.size(), name) == 0;
+}
+
+// Whether an entry of a PEFT module list selects any of `modules`: target_modules match by exact name
+// or dotted suffix, IA3's feedforward_modules by a plain endswith.
+bool selects_any(const std::vector<std::string>& modules, const std::string& entry, bool plain_endswith) {
+  for (const auto& m : modules)
+    if (plain_endswith ? plain_suffix(m, entry) : dotted_suffix(m, entry)) return true;
+  return false;
+}
+
+// The shortest dotted suffix of `path` (whole name components) that `allowed` accepts; the whole
+// path when none shorter is.
+template <class Allowed>
+std::string shortest_suffix(const std::string& path, Allowed allowed) {
+  size_t at = path.size();
+  while (true) {
+    const size_t dot = at == 0 ? std::string::npos : path.rfind('.', at - 1);
+    if (dot == std::string::npos) return path;
+    const std::string suffix = path.substr(dot + 1);
+    if (allowed(suffix)) return suffix;
+    at = dot;
+  }
+}
 
 // The shortest dotted suffixes of `paths` that match none of `others` (PEFT's list matching), so a
 // PEFT config written from them selects exactly these modules.
-std::vector<std::string> minimal_suffixes(const std::vector<std::string>& paths, const std::vector<std::string>& others,
-                                          bool plain_endswith = false) {
+std::vector<std::string> minimal_suffixes(const std::vector<std::string>& paths,
+                                          const std::vector<std::string>& others) {
   std::set<std::string> out;
-  for (const auto& path : paths) {
-    std::string suffix;
-    size_t at = path.size();
-    while (true) {
-      size_t dot = at == 0 ? std::string::npos : path.rfind('.', at - 1);
-      suffix = dot == std::string::npos ? path : path.substr(dot + 1);
-      bool clash = false;
-      for (const auto& o : others) {
-        const bool hit = plain_endswith ? (o.size() >= suffix.size() && o.compare(o.size() - suffix.size(), suffix.size(), suffix) == 0)
-                                        : dotted_suffix(o, suffix);
-        clash = clash || hit;
-      }
-      if (!clash || dot == std::string::npos) break;
-      at = dot;
-    }
-    out.insert(suffix);
-  }
+  for (const auto& path : paths)
+    out.insert(shortest_suffix(path, [&](const std::string& s) { return !selects_any(others, s, false); }));
   return {out.begin(), out.end()};
 }
 
@@ -168,7 +178,6 @@ nlohmann::json ia3_from_peft(const nlohmann::json& p, const std::string& source)
 nlohmann::json ia3_to_peft(Delta& delta, TransformerModel& model) {
   const nlohmann::json c = delta.saved_config();
   const std::vector<std::string> paths = delta.attached_modules();
-  const std::vector<int64_t> layers = layer_list(c);
   // Feed-forward modules carry an input scaling [1, in], the others an output scaling [out, 1].
   std::map<std::string, Shape> shapes;
   for (auto& [n, t] : delta.saved_parameters()) shapes[n.substr(0, n.rfind('.'))] = t.shape();
@@ -177,21 +186,37 @@ nlohmann::json ia3_to_peft(Delta& delta, TransformerModel& model) {
   for (const auto& path : paths) {
     auto* layer = static_cast<nn::Linear*>(model.find_module(path));
     fan_in_fan_out = fan_in_fan_out || layer->fan_in_fan_out;
-    const Shape& s = shapes[path];
-    if (ia3_scales_inputs(s, *layer)) feedforward.push_back(path);
+    if (ia3_scales_inputs(shapes[path], *layer))
+      feedforward.push_back(path);
     else plain.push_back(path);
+  }
+  // PEFT requires feedforward_modules to be a subset of target_modules (IA3Config.__post_init__), so
+  // a feed-forward module's one entry serves in both lists: it must select no unattached module (by
+  // dotted suffix, as target_modules match) and, as PEFT tests feed-forward names with a plain
+  // endswith, end no attached module that is not feed-forward.
+  // IA3Config has no layers_to_transform: modules of unselected layers must not match either.
+  const std::vector<std::string> unattached = unattached_linears(model, paths, {});
+  std::set<std::string> target_entries, feedforward_entries;
+  for (const auto& path : plain)
+    target_entries.insert(
+        shortest_suffix(path, [&](const std::string& s) { return !selects_any(unattached, s, false); }));
+  for (const auto& path : feedforward) {
+    const std::string entry = shortest_suffix(path, [&](const std::string& s) {
+      return !selects_any(unattached, s, false) && !selects_any(plain, s, true);
+    });
+    target_entries.insert(entry);
+    feedforward_entries.insert(entry);
   }
   nlohmann::json p;
   p["peft_type"] = "IA3";
-  p["target_modules"] = minimal_suffixes(paths, unattached_linears(model, paths, layers));
-  // PEFT tests feed-forward names with a plain endswith against the targeted modules.
-  p["feedforward_modules"] = minimal_suffixes(feedforward, plain, true);
+  p["target_modules"] = std::vector<std::string>(target_entries.begin(), target_entries.end());
+  p["feedforward_modules"] = std::vector<std::string>(feedforward_entries.begin(), feedforward_entries.end());
   p["exclude_modules"] = nullptr;
   p["fan_in_fan_out"] = fan_in_fan_out;
   p["init_ia3_weights"] = c.value("init_ones", true);
   p["inference_mode"] = true;
   // PEFT's IA3Config has no layers_to_transform: a layer selection is already in target_modules
-  // (minimal_suffixes leaves out the unselected layers' modules).
+  // (the entries above select none of the unselected layers' modules).
   p["revision"] = nullptr;
   p["auto_mapping"] = nullptr;
   p["peft_version"] = "0.21.0";

@@ -45,6 +45,39 @@ std::vector<std::string> expand_roles(TransformerModel& model, const std::vector
   return out;
 }
 
+// The modules a target may select: linear layers, or (linear_only false) any module holding weights.
+bool selectable(nn::Module& module, bool linear_only) {
+  if (linear_only) return module.type_name() == "Linear";
+  return module.children().empty() && !module.local_parameters().empty();
+}
+
+// For the "match no module" error: real paths of what targets could select (layer 0's and those
+// outside the blocks) and the roles that resolve to such modules on this model.
+std::string targeting_hint(TransformerModel& model, bool linear_only) {
+  std::string in_layer0, outside;
+  for (auto& [path, module] : model.named_modules()) {
+    if (path.empty() || !selectable(*module, linear_only)) continue;
+    const int64_t layer = layer_index(model, path);
+    std::string& list = layer == 0 ? in_layer0 : outside;
+    if (layer <= 0) list += (list.empty() ? "" : ", ") + path;
+  }
+  std::string roles;
+  for (const auto& [role, _] : model.roles()) {
+    const std::vector<std::string> names = expand_roles(model, {role});
+    bool applies = false;
+    for (auto& [path, module] : model.named_modules())
+      for (const auto& n : names)
+        applies = applies || (selectable(*module, linear_only) && name_match(model, path, n));
+    if (applies) roles += (roles.empty() ? "" : ", ") + role;
+  }
+  const std::string kind = linear_only ? "linear layers" : "modules";
+  std::string out = "its " + kind + " in layer 0: " + in_layer0;
+  if (model.config.num_layers > 1)
+    out += " (and the same in layers 1-" + std::to_string(model.config.num_layers - 1) + ")";
+  if (!outside.empty()) out += "; outside the layers: " + outside;
+  return out + "; roles: " + (roles.empty() ? "none" : roles);
+}
+
 std::vector<int64_t> int_list(const nlohmann::json& j, const char* what) {
   std::vector<int64_t> out;
   if (j.is_null()) return out;
@@ -113,11 +146,8 @@ std::vector<std::string> resolve_targets(TransformerModel& model, const TargetSp
     }
   }
   std::vector<std::string> out;
-  std::set<std::string> candidates;
   for (auto& [path, module] : model.named_modules()) {
     if (path.empty() || (linear_only && module->type_name() != "Linear")) continue;
-    std::string last = path.substr(path.rfind('.') + 1);
-    candidates.insert(last);
     bool hit = false;
     if (!spec.regex.empty()) hit = std::regex_match(path, pattern);
     else
@@ -135,12 +165,10 @@ std::vector<std::string> resolve_targets(TransformerModel& model, const TargetSp
     out.push_back(path);
   }
   if (out.empty()) {
-    std::string list;
-    for (const auto& c : candidates) list += (list.empty() ? "" : ", ") + c;
     std::string wanted = spec.regex.empty() ? nlohmann::json(spec.names).dump() : "'" + spec.regex + "'";
     throw ConfigError("targets " + wanted + " match no " + std::string(linear_only ? "linear " : "") +
-                      "module of this " + model.config.model_type + " model (its linear layers: " + list +
-                      "; roles: attn.q, attn.k, attn.v, attn.o, ffn.up, ffn.gate, ffn.down)");
+                      "module of this " + model.config.model_type + " model (" +
+                      targeting_hint(model, linear_only) + ")");
   }
   return out;
 }

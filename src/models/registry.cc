@@ -66,6 +66,9 @@ std::unique_ptr<TransformerModel> build_model(const ModelConfig& config, HeadKin
 std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& dir, const LoadOptions& options,
                                                   LoadReport* report_out) {
   ModelConfig config = load_model_config(dir);
+  // As transformers' from_pretrained: the model's name is the folder it was read from, as given (what
+  // a saved delta records as its base, PEFT's base_model_name_or_path).
+  config.raw["_name_or_path"] = dir.string();
   if (options.num_labels) {
     if (*options.num_labels < 1) throw ConfigError("num_labels must be at least 1");
     config.num_labels = *options.num_labels;

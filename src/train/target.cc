@@ -12,11 +12,6 @@ namespace fs = std::filesystem;
 namespace deltatune::train {
 namespace {
 
-std::string base_name(const TransformerModel& model) {
-  auto it = model.config.raw.find("_name_or_path");
-  if (it != model.config.raw.end() && it->is_string()) return it->get<std::string>();
-  return model.config.model_type;
-}
 
 std::map<std::string, Tensor> model_tensors(const TrainTarget& target) {
   std::map<std::string, Tensor> out;
@@ -98,7 +93,9 @@ void save_trained(const fs::path& dir, const TrainTarget& target) {
     c["format"] = "deltatune";
     c["version"] = 1;
     c["delta"] = {{"method", target.method}};
-    c["base_model"] = base_name(model);
+    const std::string base = delta::base_model_name(model);
+    c["base_model"] = base.empty() ? model.config.model_type : base;
+    c["base_model_type"] = model.config.model_type;
     // A head-only run leaves the base untouched, so its fingerprint still identifies it.
     if (target.method == "head") c["base_fingerprint"] = delta::base_fingerprint(model);
     c["head"] = head_name(model.head);
