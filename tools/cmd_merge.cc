@@ -11,7 +11,8 @@ void setup(CLI::App& app) {
   auto model_dir = std::make_shared<std::string>(), delta = std::make_shared<std::string>(), out = std::make_shared<std::string>();
   app.add_option("--model", *model_dir, "The base model folder")->required();
   app.add_option("--delta", *delta, "The delta folder (ours or PEFT's format)")->required();
-  app.add_option("--out", *out, "Folder to write the merged checkpoint to (float32 safetensors)")->required();
+  app.add_option("--out,--output", *out, "Folder to write the merged checkpoint to (float32 safetensors)")->required();
+  deltatune::cli::add_threads_option(app);
   app.callback([=] {
     auto loaded = deltatune::cli::load_model(*model_dir, "", *delta);
     for (auto& d : loaded.deltas) deltatune::delta::merge_into(*loaded.model, *d);
