@@ -1,4 +1,5 @@
-// deltatune inspect MODEL_DIR (or --model MODEL_DIR): the architecture summary and the module tree with parameter counts.
+// deltatune inspect MODEL_DIR (or --model MODEL_DIR): the architecture summary and the module tree with
+// parameter counts.
 #include <cstdio>
 
 #include "command.h"
@@ -11,7 +12,7 @@ void setup(CLI::App& app) {
   auto model_dir = std::make_shared<std::string>();
   auto delta_dir = std::make_shared<std::string>();
   auto head = std::make_shared<std::string>();
-  // The folder may be given either way; CLI11 cannot require "one of the two", so the callback checks.
+  // Either form names the folder (not both); the callback checks that one was given.
   auto* positional = app.add_option("model", *model_dir, "Hugging Face model folder (config.json + safetensors)");
   auto* flag = app.add_option("--model", *model_dir, "The model folder (same as the positional argument)");
   positional->excludes(flag);
