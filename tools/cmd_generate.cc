@@ -62,8 +62,9 @@ void setup(CLI::App& app) {
     if (result.stop == deltatune::StopReason::ContextLimit)
       std::fprintf(stderr, "note: stopped at the model's context limit (%lld positions)\n",
                    static_cast<long long>(loaded.model->config.max_position_embeddings));
-    std::fprintf(stderr, "generated %zu tokens in %.2f s (%.1f tokens/s, prompt of %zu tokens included)\n",
-                 result.ids.size(), seconds, seconds > 0 ? double(result.ids.size()) / seconds : 0.0, ids.size());
+    const size_t n = result.ids.size();
+    std::fprintf(stderr, "generated %zu token%s in %.2f s (%.1f tokens/s; the time includes reading the %zu-token prompt)\n",
+                 n, n == 1 ? "" : "s", seconds, seconds > 0 ? double(n) / seconds : 0.0, ids.size());
   });
 }
 deltatune::cli::Register reg("generate", "Continue a prompt with a decoder model (greedy or sampled, with a KV cache)", setup);
