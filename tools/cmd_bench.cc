@@ -77,7 +77,8 @@ double peak_rss_mib() {
 struct Options {
   std::string model = "bert-base", method = "lora";
   bool lora_all = false;
-  int64_t batch = 8, seq = 128, threads = 2, steps = 10, warmup = 3;
+  int64_t batch = 8, seq = 128, steps = 10, warmup = 3;
+  int threads = 2;
   bool bf16 = false;
 };
 
@@ -215,7 +216,7 @@ void setup(CLI::App& app) {
   app.add_flag("--lora-all", o->lora_all, "LoRA on every linear layer of the blocks (default: query and value)");
   app.add_option("--batch", o->batch, "Batch size");
   app.add_option("--seq", o->seq, "Sequence length");
-  app.add_option("--threads", o->threads, "CPU threads");
+  deltatune::cli::add_threads_option(app, &o->threads, "CPU threads (default: 2, as the PyTorch peer's)");
   app.add_option("--steps", o->steps, "Timed steps (the median is reported)");
   app.add_option("--warmup", o->warmup, "Untimed steps first");
   app.callback([o] { run(*o); });

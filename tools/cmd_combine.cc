@@ -160,7 +160,8 @@ void setup(CLI::App& app) {
   app.add_option("--format", o->format, "Write our format (deltatune) or PEFT's adapter format (peft)")
       ->check(CLI::IsMember({"deltatune", "peft"}))
       ->capture_default_str();
-  app.add_option("--out", o->out, "Folder to write the combined delta to")->required();
+  app.add_option("--out,--output", o->out, "Folder to write the combined delta to")->required();
+  deltatune::cli::add_threads_option(app);
   app.add_flag("--overwrite", o->overwrite, "Replace the delta files in a non-empty --out");
   app.footer(
       "The result is a normal LoRA delta (alpha = r), as PEFT's add_weighted_adapter makes it. linear and the "

@@ -131,8 +131,8 @@ void setup(CLI::App& app) {
       ->check(CLI::Range(1, 65536));
   app.add_option("--max-length", a->max_length, "Tokens per example (default: the run's)")
       ->check(CLI::Range(2, 1 << 20));
-  app.add_option("--output", a->output, "Also write the metrics JSON to this file");
-  app.add_option("--threads", a->threads, "CPU threads")->check(CLI::Range(1, 1024));
+  app.add_option("--output,--out", a->output, "Also write the metrics JSON to this file");
+  cli::add_threads_option(app, &a->threads);
   app.add_flag("--bf16", a->bf16, cli::kBf16Help);
   app.add_option("--text-field", a->text_field, "Field holding the text (default: the run's, else text)");
   app.add_option("--pair-field", a->pair_field,

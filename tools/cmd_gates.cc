@@ -100,12 +100,12 @@ void setup(CLI::App& app) {
   app.add_option("--delta", a->delta, "A UniPELT delta folder (RUN_DIR/delta), or a combination holding one")->required();
   app.add_option("--data", a->data, "A data file (.jsonl, .csv, .tsv) or a task folder")->required();
   app.add_option("--split", a->split, "Split of a task folder: train, dev or test")->capture_default_str();
-  app.add_option("--dump-gates,--output", a->output, "Write the gate means as JSON to this file");
+  app.add_option("--dump-gates,--output,--out", a->output, "Write the gate means as JSON to this file");
   app.add_option("--batch-size", a->batch_size, "Examples per batch")->capture_default_str()->check(CLI::Range(1, 65536));
   app.add_option("--max-length", a->max_length, "Tokens per example (default: the run's, else 128)")
       ->check(CLI::Range(2, 1 << 20));
   app.add_option("--limit", a->limit, "Use only the first N examples")->check(CLI::Range(1, 1 << 30));
-  app.add_option("--threads", a->threads, "CPU threads")->check(CLI::Range(1, 1024));
+  cli::add_threads_option(app, &a->threads);
   app.add_option("--text-field", a->text_field, "Field holding the text (default: the run's, else text)");
   app.add_option("--pair-field", a->pair_field, "Field holding the second text (default: the run's, else text_pair)");
   app.callback([a] { run(*a); });

@@ -1,4 +1,6 @@
 // deltatune generate --model DIR [--delta DIR] --prompt STR [--max-new-tokens N] [sampling flags]
+// The prompt and its continuation go to stdout; the speed (and a context-limit note) to stderr.
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 
@@ -9,6 +11,16 @@
 #include "option_checks.h"
 
 namespace {
+// Prints what `text` (the continuation so far, decoded in the prompt's context) adds to what is already
+// shown. Until the end, a text ending in U+FFFD waits: a multi-byte character's bytes may be still to come.
+void print_new_text(const std::string& text, std::string& shown, bool last = false) {
+  if (!last && text.ends_with("\xEF\xBF\xBD")) return;
+  if (text.size() <= shown.size() || text.compare(0, shown.size(), shown) != 0) return;
+  std::printf("%s", text.substr(shown.size()).c_str());
+  std::fflush(stdout);
+  shown = text;
+}
+
 void setup(CLI::App& app) {
   auto model_dir = std::make_shared<std::string>(), delta = std::make_shared<std::string>();
   auto prompt = std::make_shared<std::string>();
@@ -30,6 +42,7 @@ void setup(CLI::App& app) {
       ->default_val(1.0)
       ->check(deltatune::cli::kFraction);
   app.add_option("--seed", o->seed, "Random seed for sampling")->default_val(0);
+  deltatune::cli::add_threads_option(app);
   app.callback([=] {
     auto loaded = deltatune::cli::load_model(*model_dir, "causal-lm", *delta);
     auto tokenizer = deltatune::Tokenizer::load(*model_dir);
@@ -44,17 +57,21 @@ void setup(CLI::App& app) {
     std::string shown;
     std::printf("%s", prompt->c_str());
     std::fflush(stdout);
-    deltatune::generate(*loaded.model, ids, options, [&](int64_t id) {
+    const auto start = std::chrono::steady_clock::now();
+    const deltatune::Generation result = deltatune::generate_with_stop(*loaded.model, ids, options, [&](int64_t id) {
       produced.push_back(id);
-      // Decode the whole continuation each time so multi-byte characters print once complete.
-      std::string text = tokenizer->decode(produced, true);
-      if (text.size() > shown.size() && text.compare(0, shown.size(), shown) == 0) {
-        std::printf("%s", text.substr(shown.size()).c_str());
-        std::fflush(stdout);
-        shown = text;
-      }
+      print_new_text(tokenizer->decode_continuation(ids, produced), shown);
     });
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    print_new_text(tokenizer->decode_continuation(ids, produced), shown, /*last=*/true);
     std::printf("\n");
+    std::fflush(stdout);
+    if (result.stop == deltatune::StopReason::ContextLimit)
+      std::fprintf(stderr, "note: stopped at the model's context limit (%lld positions)\n",
+                   static_cast<long long>(loaded.model->config.max_position_embeddings));
+    const size_t n = result.ids.size();
+    std::fprintf(stderr, "generated %zu token%s in %.2f s (%.1f tokens/s; the time includes reading the %zu-token prompt)\n",
+                 n, n == 1 ? "" : "s", seconds, seconds > 0 ? double(n) / seconds : 0.0, ids.size());
   });
 }
 deltatune::cli::Register reg("generate", "Continue a prompt with a decoder model (greedy or sampled, with a KV cache)", setup);

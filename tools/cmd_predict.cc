@@ -76,8 +76,9 @@ void run_lm(const Args& a, const nlohmann::json& run_config) {
   if (tokenizer->eos_id() >= 0) options.eos_ids = {tokenizer->eos_id()};
   LineOutput out(a);
   for (const data::Example& ex : examples) {
-    std::vector<int64_t> ids = generate(*model, tokenizer->encode(ex.text, true).ids, options);
-    out.line(nlohmann::json{{"text", ex.text}, {"generated", tokenizer->decode(ids, true)}}.dump());
+    const std::vector<int64_t> prompt = tokenizer->encode(ex.text, true).ids;
+    const std::vector<int64_t> ids = generate(*model, prompt, options);
+    out.line(nlohmann::json{{"text", ex.text}, {"generated", tokenizer->decode_continuation(prompt, ids)}}.dump());
   }
   out.finish();
 }
@@ -130,13 +131,13 @@ void setup(CLI::App& app) {
   app.add_option("--delta", a->delta, "Delta folder written by `deltatune train`")->required();
   app.add_option("--input", a->input, "Examples to classify (.jsonl, .csv, .tsv; labels optional)")
       ->required();
-  app.add_option("--output", a->output, "JSONL file to write (default: stdout)");
+  app.add_option("--output,--out", a->output, "JSONL file to write (default: stdout)");
   app.add_option("--batch-size", a->batch_size, "Examples per batch")
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
   app.add_option("--max-length", a->max_length, "Tokens per example (default: the run's)")
       ->check(CLI::Range(2, 1 << 20));
-  app.add_option("--threads", a->threads, "CPU threads")->check(CLI::Range(1, 1024));
+  cli::add_threads_option(app, &a->threads);
   app.add_flag("--bf16", a->bf16, cli::kBf16Help);
   app.add_option("--max-new-tokens", a->max_new_tokens, "Causal-LM deltas: tokens to generate per text")
       ->capture_default_str()

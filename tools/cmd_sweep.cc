@@ -108,7 +108,7 @@ void setup(CLI::App& app) {
   auto a = std::make_shared<Args>();
   app.add_option("--model", a->model, "Hugging Face model folder (a sequence classifier is trained on it)");
   app.add_option("--tasks", a->tasks, "Task folders (train/dev/test), comma-separated")->delimiter(',');
-  app.add_option("--out", a->out, "Sweep folder: one run folder per cell, and the tables (required)");
+  app.add_option("--out,--output", a->out, "Sweep folder: one run folder per cell, and the tables (required)");
   app.add_option("--methods", a->methods,
                  "Methods, comma-separated: the names train's --method takes (--list-methods); default: the "
                  "starred ones, in that order")
@@ -150,8 +150,7 @@ void setup(CLI::App& app) {
   app.add_option("--only-method", a->only_method, "Run this method's cells only (a piece of the grid)");
   app.add_option("--only-task", a->only_task, "Run this task's cells only (its folder name)");
   app.add_option("--shard", a->shard, "Run piece I of N (I/N, 0-based) of the grid's cells");
-  app.add_option("--threads", a->threads, "CPU threads (default: DELTATUNE_THREADS or all cores)")
-      ->check(CLI::Range(1, 1024));
+  cli::add_threads_option(app, &a->threads);
   app.add_flag("--tables-only", a->tables_only, "Rebuild the tables from the finished runs in --out and print them");
   app.add_flag("--list-methods", a->list, "List the methods with their default learning rates");
   app.add_flag("--keep-weights", a->keep_weights, "Keep each run's best/ and checkpoint/ folders");

@@ -552,7 +552,7 @@ void setup(CLI::App& app) {
   app.add_option("--model", a->model, "Hugging Face model folder (required)");
   app.add_option("--data", a->data,
                  "Task folder (train/dev/test .jsonl|.csv|.tsv) or one training file (required)");
-  app.add_option("--out", a->out, "Run folder to write (required)");
+  app.add_option("--out,--output", a->out, "Run folder to write (required)");
   app.add_option("--method", a->method,
                  "What trains: full (every weight), head or none (the head alone), a delta method or a named "
                  "preset of one; the same names, configs and learning rates as sweep's (sweep --list-methods): " +
@@ -616,8 +616,7 @@ void setup(CLI::App& app) {
                  "Dev metric that picks the best weights: accuracy, macro_f1, mcc, loss (causal-lm: loss, "
                  "perplexity)")
       ->capture_default_str();
-  app.add_option("--threads", a->threads, "CPU threads (default: DELTATUNE_THREADS or all cores)")
-      ->check(CLI::Range(1, 1024));
+  cli::add_threads_option(app, &a->threads);
   app.add_option("--max-steps", a->max_steps, "Stop after N updates (overrides --epochs)")
       ->check(cli::kNonNegative);
   app.add_option("--checkpoint-every", a->checkpoint_every,

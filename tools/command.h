@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "deltatune/threads.h"
+
 namespace deltatune::cli {
 
 using SetupFn = std::function<void(CLI::App&)>;
@@ -31,5 +33,20 @@ struct ExitError {
   std::string message;
   int code = 2;
 };
+
+// --threads N for every command that computes: sets our kernels' and OpenBLAS's thread count as the
+// command line is parsed, before the command runs. `store` (optional) receives N too.
+inline CLI::Option* add_threads_option(CLI::App& app, int* store = nullptr,
+                                       const std::string& help = "CPU threads (default: DELTATUNE_THREADS or all cores)") {
+  return app
+      .add_option_function<int>(
+          "--threads",
+          [store](const int& n) {
+            set_num_threads(n);
+            if (store) *store = n;
+          },
+          help)
+      ->check(CLI::Range(1, 1024));
+}
 
 }  // namespace deltatune::cli

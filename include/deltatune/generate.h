@@ -18,7 +18,26 @@ struct GenerationOptions {
   std::vector<int64_t> eos_ids;  // stop when one is produced (it is included in the output)
 };
 
-// Returns the new token ids only. on_token (optional) sees each one as it is produced.
+// Why generation ended.
+enum class StopReason {
+  MaxNewTokens,   // options.max_new_tokens were produced
+  EndOfSequence,  // one of options.eos_ids was produced
+  ContextLimit,   // the sequence filled the model's positions (GPT-2's n_positions)
+};
+
+struct Generation {
+  std::vector<int64_t> ids;  // the new token ids only
+  StopReason stop = StopReason::MaxNewTokens;
+};
+
+// Generates until max_new_tokens, an end-of-sequence token or the model's context limit (prompt and
+// new tokens together never take more positions than the model has). on_token (optional) sees each
+// new id as it is produced. A prompt that leaves no position free is a ConfigError.
+Generation generate_with_stop(TransformerModel& model, const std::vector<int64_t>& prompt,
+                              const GenerationOptions& options,
+                              const std::function<void(int64_t)>& on_token = nullptr);
+
+// The same, returning the new token ids only.
 std::vector<int64_t> generate(TransformerModel& model, const std::vector<int64_t>& prompt,
                               const GenerationOptions& options,
                               const std::function<void(int64_t)>& on_token = nullptr);

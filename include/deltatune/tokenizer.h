@@ -58,6 +58,11 @@ class Tokenizer {
 
   // Ids back to text: byte-level BPE restores the UTF-8 bytes, WordPiece joins "##" pieces.
   virtual std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens = true) const = 0;
+  // The text `continuation` adds after `prompt`, decoded in the prompt's context as transformers'
+  // text-generation pipeline does (decode both, drop the decoded prompt's text). Decoded alone, a
+  // SentencePiece word would lose its leading space and a WordPiece "##" piece its join.
+  std::string decode_continuation(const std::vector<int64_t>& prompt, const std::vector<int64_t>& continuation,
+                                  bool skip_special_tokens = true) const;
 
   virtual int64_t vocab_size() const = 0;
   virtual int64_t token_to_id(std::string_view token) const = 0;  // -1 when not in the vocabulary

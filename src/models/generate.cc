@@ -40,30 +40,58 @@ int64_t pick_token(const std::vector<float>& logits, const GenerationOptions& o,
   return order.back();
 }
 
-std::vector<int64_t> generate(TransformerModel& model, const std::vector<int64_t>& prompt, const GenerationOptions& o,
+namespace {
+// Positions a forward pass after `cache` may still take, prefix keys counted: GPT-2's learned positions
+// end at n_positions; the Llama family's rotary positions have no fixed end (-1).
+int64_t positions_left(const TransformerModel& model, const KVCache& cache) {
+  if (model.config.family != ArchFamily::Gpt2) return -1;
+  int64_t prefix = 0;
+  for (const auto& hook : model.attention_hooks)
+    if (hook->enabled) prefix += hook->length();
+  return model.config.max_position_embeddings - cache.length - prefix;
+}
+}  // namespace
+
+Generation generate_with_stop(TransformerModel& model, const std::vector<int64_t>& prompt, const GenerationOptions& o,
                               const std::function<void(int64_t)>& on_token) {
   if (model.head != HeadKind::CausalLM) throw ConfigError("generate: the model needs a causal LM head");
   if (prompt.empty()) throw Error("generate: the prompt is empty (no token ids)");
   NoGradGuard no_grad;
   Generator gen(o.seed);
   KVCache cache;
-  std::vector<int64_t> out;
+  Generation result;
   std::vector<int64_t> step = prompt;
-  for (int64_t i = 0; i < o.max_new_tokens; ++i) {
+  while (int64_t(result.ids.size()) < o.max_new_tokens) {
+    // A new token is only picked when it will have a position of its own after `step` is fed.
+    const int64_t left = positions_left(model, cache);
+    if (left >= 0 && int64_t(step.size()) >= left) {
+      if (result.ids.empty())
+        throw ConfigError("generate: the prompt's " + std::to_string(prompt.size()) + " tokens leave none of the model's " +
+                          std::to_string(model.config.max_position_embeddings) + " positions free");
+      result.stop = StopReason::ContextLimit;
+      break;
+    }
     ModelInput in;
     in.input_ids = Tensor::from_ints(step, {1, int64_t(step.size())});
     in.cache = &cache;
     Tensor logits = model.forward(in).logits;
-    const int64_t t = logits.size(1), v = logits.size(2);
+    const int64_t t = logits.size(1);
     std::vector<float> last = logits.select(0, 0).select(0, t - 1).contiguous().to_floats();
-    (void)v;
     int64_t next = pick_token(last, o, gen);
-    out.push_back(next);
+    result.ids.push_back(next);
     if (on_token) on_token(next);
-    if (std::find(o.eos_ids.begin(), o.eos_ids.end(), next) != o.eos_ids.end()) break;
+    if (std::find(o.eos_ids.begin(), o.eos_ids.end(), next) != o.eos_ids.end()) {
+      result.stop = StopReason::EndOfSequence;
+      break;
+    }
     step = {next};
   }
-  return out;
+  return result;
+}
+
+std::vector<int64_t> generate(TransformerModel& model, const std::vector<int64_t>& prompt, const GenerationOptions& o,
+                              const std::function<void(int64_t)>& on_token) {
+  return generate_with_stop(model, prompt, o, on_token).ids;
 }
 
 }  // namespace deltatune

@@ -63,6 +63,20 @@ Encoding Tokenizer::encode_pair(std::string_view first, std::string_view second,
   return a;
 }
 
+std::string Tokenizer::decode_continuation(const std::vector<int64_t>& prompt,
+                                           const std::vector<int64_t>& continuation, bool skip_special) const {
+  std::vector<int64_t> all = prompt;
+  all.insert(all.end(), continuation.begin(), continuation.end());
+  const std::string full = decode(all, skip_special);
+  const std::string head = decode(prompt, skip_special);
+  // The decoded prompt is normally the start of the full text; where the continuation changes how the
+  // prompt's end decodes (a WordPiece cleanup rule across the seam), keep everything after the common part.
+  size_t common = 0;
+  while (common < head.size() && common < full.size() && head[common] == full[common]) ++common;
+  while (common > 0 && common < full.size() && (static_cast<unsigned char>(full[common]) & 0xC0) == 0x80) --common;
+  return full.substr(common);
+}
+
 int64_t Tokenizer::num_special_tokens(bool pair) const {
   const Encoding empty;
   return static_cast<int64_t>(add_special_tokens(empty, pair ? &empty : nullptr).size());
