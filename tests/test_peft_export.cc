@@ -268,6 +268,32 @@ TEST(PeftExport, MergeKeepsTheBaseDtypeUnlessTold) {
   fs::remove_all(dir);
 }
 
+// A decoder classifier (GPT-2, Llama) is only usable in batches by transformers when its config names a
+// pad token (it finds each row's last token through it): a merged one gets the end-of-text token when
+// the base names none, as the usual recipe does; an encoder's config is left as it is.
+TEST(PeftExport, MergedDecoderClassifierNamesAPadToken) {
+  fs::path dir = temp_dir("merge_pad");
+  for (const std::string name : {"gpt2-mini", "llama-mini", "bert-mini"}) {
+    SCOPED_TRACE(name);
+    const fs::path base = golden::model_dir(name);
+    const json base_config = read_json(base / "config.json");
+    LoadOptions options;
+    options.verbose = false;
+    options.head = HeadKind::SequenceClassification;
+    options.num_labels = 2;
+    auto model = load_pretrained(base, options);
+    delta::CheckpointOptions checkpoint;
+    checkpoint.labels = {"neg", "pos"};
+    delta::save_checkpoint(*model, base, dir / name, checkpoint);
+    const json written = read_json(dir / name / "config.json");
+    if (name == "bert-mini")
+      EXPECT_EQ(written["pad_token_id"], base_config["pad_token_id"]);
+    else
+      EXPECT_EQ(written["pad_token_id"], base_config["eos_token_id"]);
+  }
+  fs::remove_all(dir);
+}
+
 // --- 4. a full fine-tune exports as a normal checkpoint ---
 
 TEST(PeftExport, FullFineTuneMergesIntoACheckpoint) {

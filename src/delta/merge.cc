@@ -174,7 +174,16 @@ void save_checkpoint(TransformerModel& model, const fs::path& source_dir, const 
   config.erase("_name_or_path");  // set by load_pretrained to the base's folder: not this checkpoint's name
   // The checkpoint holds exactly this head's tensors: transformers must build the same class.
   config["architectures"] = {architecture_name(model.config.model_type, model.head)};
-  if (model.head == HeadKind::SequenceClassification) write_label_map(config, model, options.labels);
+  if (model.head == HeadKind::SequenceClassification) {
+    write_label_map(config, model, options.labels);
+    // transformers' decoder classifiers find each row's last token through pad_token_id and refuse
+    // batches without it; the usual recipe (pad with the end-of-text token) when the base has none.
+    if (config.value("pad_token_id", nlohmann::json()).is_null() && config.contains("eos_token_id") &&
+        model.config.family != ArchFamily::Bert) {
+      const nlohmann::json& eos = config["eos_token_id"];
+      config["pad_token_id"] = eos.is_array() && !eos.empty() ? eos[0] : eos;
+    }
+  }
   config["dtype"] = dtype_name(dtype);
   if (config.contains("torch_dtype")) config["torch_dtype"] = dtype_name(dtype);
   fs::create_directories(out_dir);
