@@ -16,6 +16,7 @@
 #include "cli_run.h"
 #include "deltatune/atomic_file.h"
 #include "deltatune/error.h"
+#include "small_task.h"
 #include "temp_dir.h"
 
 namespace fs = std::filesystem;
@@ -38,20 +39,9 @@ std::string read_text(const fs::path& file) {
   return s.str();
 }
 
-void copy_lines(const fs::path& from, size_t n, const fs::path& to) {
-  std::ifstream in(from);
-  std::ofstream out(to);
-  std::string line;
-  for (size_t i = 0; i < n && std::getline(in, line); ++i) out << line << "\n";
-}
-
 // A small sentiment task: 64 train, 16 dev, 16 test examples (or no dev/test split).
 fs::path small_task(const std::string& name, bool with_dev = true) {
-  const fs::path d = temp_dir("task_" + name), source = kAssets / "tasks" / "sentiment";
-  copy_lines(source / "train.jsonl", 64, d / "train.jsonl");
-  if (with_dev) copy_lines(source / "dev.jsonl", 16, d / "dev.jsonl");
-  copy_lines(source / "test.jsonl", 16, d / "test.jsonl");
-  return d;
+  return test_support::write_sentiment_subset(temp_dir("task_" + name), 64, with_dev ? 16 : 0, 16);
 }
 
 // A task folder whose training file is broken at line 2: loading it fails with "train.jsonl:2".
@@ -386,7 +376,7 @@ TEST(CliSafety, TrainWordsEpochsDevSetsAndStepCapsRight) {
 
 TEST(CliSafety, CausalLmRunWithoutDevReportsItsFinalTrainingLoss) {
   const fs::path dir = temp_dir("lm_no_dev");
-  copy_lines(kAssets / "tasks" / "sentiment" / "train.jsonl", 32, dir / "texts.jsonl");
+  test_support::copy_sentiment_lines("train", 32, dir / "texts.jsonl");
   const fs::path out = dir / "run";
   auto r = run("train --model " + kGpt2 + " --data " + quote((dir / "texts.jsonl").string()) +
                " --task causal-lm --method lora --max-steps 3 --batch-size 8 --max-length 32 --threads 2 "

@@ -21,6 +21,7 @@
 #include "deltatune/tokenizer.h"
 #include "deltatune/trainer.h"
 #include "golden.h"
+#include "small_task.h"
 #include "temp_dir.h"
 
 namespace fs = std::filesystem;
@@ -34,22 +35,8 @@ const fs::path kBert = golden::model_dir("bert-mini"), kGpt2 = golden::model_dir
 
 fs::path temp_dir(const std::string& name) { return test_support::temp_dir("loading_" + name); }
 
-// The first `n` lines of a split of the sentiment task.
-void copy_lines(const std::string& split, size_t n, const fs::path& to) {
-  std::ifstream in(fs::path(DELTATUNE_ASSETS) / "tasks" / "sentiment" / (split + ".jsonl"));
-  std::ofstream out(to);
-  std::string line;
-  for (size_t i = 0; i < n && std::getline(in, line); ++i) out << line << "\n";
-}
-
 fs::path small_task() {
-  static const fs::path dir = [] {
-    fs::path d = temp_dir("task");
-    copy_lines("train", 48, d / "train.jsonl");
-    copy_lines("dev", 16, d / "dev.jsonl");
-    copy_lines("test", 32, d / "test.jsonl");
-    return d;
-  }();
+  static const fs::path dir = test_support::write_sentiment_subset(temp_dir("task"), 48, 16, 32);
   return dir;
 }
 
