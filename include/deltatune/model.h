@@ -19,10 +19,14 @@ namespace deltatune {
 enum class HeadKind { None, CausalLM, MaskedLM, SequenceClassification };
 const char* head_name(HeadKind h);
 
-// Keys and values of earlier positions, per layer ([B, Hkv, S, D]), for generation.
+// Keys and values of earlier positions, per layer, for generation. Each layer holds a preallocated
+// buffer [B, Hkv, capacity, D] whose first `length` positions are filled: a forward pass writes its
+// new keys/values in place after them and attends to the filled prefix as a view, so a generated
+// token costs no copy of the whole cache. A full buffer grows geometrically (doubling).
 struct KVCache {
-  std::vector<Tensor> keys, values;
-  int64_t length = 0;
+  std::vector<Tensor> keys, values;  // the buffers, one per layer (capacity = size(2))
+  int64_t length = 0;                // positions filled (advanced once per forward pass)
+  int64_t reserve = 0;               // positions the first allocation makes room for (0: just the first pass)
 };
 
 struct ModelInput {

@@ -1,5 +1,8 @@
 #include "models/common.h"
 
+#include <algorithm>
+#include <cstring>
+
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 
@@ -40,6 +43,47 @@ Tensor last_token(const Tensor& hidden, const Tensor& mask) {
   return ops::concat(rows, 0);
 }
 
+namespace {
+// Writes src [B, H, T, D] into buf [B, H, capacity, D] at positions [at, at + T). Each (batch, head)
+// row block of the buffer is contiguous, so float32 goes row by row with memcpy.
+void write_positions(Tensor& buf, const Tensor& src, int64_t at) {
+  const int64_t batch = src.size(0), heads = src.size(1), length = src.size(2), dim = src.size(3);
+  if (src.dtype() != DType::F32 || buf.dtype() != DType::F32) {
+    Tensor target = buf.slice(2, at, at + length);
+    target.copy_(src);
+    return;
+  }
+  const Shape& ss = src.strides();
+  const Shape& bs = buf.strides();
+  const float* sp = src.f32();
+  float* bp = buf.f32();
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t t = 0; t < length; ++t) {
+        const float* from = sp + b * ss[0] + h * ss[1] + t * ss[2];
+        float* to = bp + b * bs[0] + h * bs[1] + (at + t) * bs[2];
+        if (ss[3] == 1) std::memcpy(to, from, size_t(dim) * sizeof(float));
+        else
+          for (int64_t d = 0; d < dim; ++d) to[d] = from[d * ss[3]];
+      }
+}
+
+// A buffer shaped like `like` with room for `capacity` positions, holding the first `keep` of `old`.
+Tensor cache_buffer(const Tensor& old, const Tensor& like, int64_t keep, int64_t capacity) {
+  Tensor buf = Tensor::empty({like.size(0), like.size(1), capacity, like.size(3)}, like.dtype());
+  if (keep > 0) {
+    Tensor kept = buf.slice(2, 0, keep);
+    kept.copy_(old.slice(2, 0, keep));
+  }
+  return buf;
+}
+
+bool continues(const Tensor& buf, const Tensor& x) {
+  return buf.defined() && buf.dtype() == x.dtype() && buf.size(0) == x.size(0) && buf.size(1) == x.size(1) &&
+         buf.size(3) == x.size(3);
+}
+}  // namespace
+
 void use_cache(KVCache* cache, int64_t layer, Tensor& k, Tensor& v) {
   if (!cache) return;
   if (int64_t(cache->keys.size()) <= layer) {
@@ -48,12 +92,29 @@ void use_cache(KVCache* cache, int64_t layer, Tensor& k, Tensor& v) {
   }
   Tensor& ck = cache->keys[size_t(layer)];
   Tensor& cv = cache->values[size_t(layer)];
-  if (ck.defined()) {
-    k = ops::concat({ck, k}, 2);
-    v = ops::concat({cv, v}, 2);
+  const int64_t past = cache->length, end = past + k.size(2);
+  const bool fits = continues(ck, k) && continues(cv, v);
+  if (past > 0 && !fits)
+    throw ShapeError("KV cache: keys " + shape_str(k.shape()) + " do not continue the " + std::to_string(past) +
+                     " cached positions of layer " + std::to_string(layer));
+  if (!fits || end > ck.size(2)) {
+    // Doubling keeps the copies on growth to O(1) per position over a whole generation.
+    const int64_t capacity = std::max({end, cache->reserve, fits ? 2 * ck.size(2) : int64_t(0)});
+    ck = cache_buffer(ck, k, past, capacity);
+    cv = cache_buffer(cv, v, past, capacity);
   }
-  ck = k.detach();
-  cv = v.detach();
+  write_positions(ck, k, past);
+  write_positions(cv, v, past);
+  if (grad_enabled() && (k.requires_grad() || v.requires_grad())) {
+    // Recording: the new keys keep their graph, so join them to the (constant) cached ones.
+    if (past > 0) {
+      k = ops::concat({ck.slice(2, 0, past), k}, 2);
+      v = ops::concat({cv.slice(2, 0, past), v}, 2);
+    }
+    return;
+  }
+  k = ck.slice(2, 0, end);
+  v = cv.slice(2, 0, end);
 }
 
 void init_normal(Tensor& t, Generator& gen, float std) {

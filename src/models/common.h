@@ -15,7 +15,8 @@ Tensor merge_heads(const Tensor& x);
 Tensor positions(int64_t offset, int64_t length);
 // Decoder classification: the hidden state of each example's last non-pad token: [B, T, H] -> [B, H].
 Tensor last_token(const Tensor& hidden, const Tensor& mask);
-// Prepends `cache` (when given) to k and v along the sequence axis and stores the result back.
+// With a cache: writes k and v ([B, Hkv, T, D]) into layer `layer`'s buffer after its `length` filled
+// positions (growing it when full) and replaces them with views of the filled prefix [B, Hkv, length + T, D].
 void use_cache(KVCache* cache, int64_t layer, Tensor& k, Tensor& v);
 // Normal(0, std) initialisation of a parameter in place.
 void init_normal(Tensor& t, Generator& gen, float std);

@@ -50,6 +50,18 @@ int64_t positions_left(const TransformerModel& model, const KVCache& cache) {
     if (hook->enabled) prefix += hook->length();
   return model.config.max_position_embeddings - cache.length - prefix;
 }
+
+// Positions the KV cache makes room for up front: the prompt (with any virtual tokens) and the new
+// tokens, within GPT-2's positions. A long generation starts at a bounded size and doubles as needed.
+int64_t cache_reserve(const TransformerModel& model, int64_t prompt, int64_t max_new_tokens) {
+  constexpr int64_t kMaxUpFront = 1024;
+  int64_t virtual_tokens = 0;
+  for (const auto& hook : model.embedding_hooks)
+    if (hook->enabled) virtual_tokens += hook->length();
+  int64_t want = prompt + virtual_tokens + std::min(std::max<int64_t>(max_new_tokens, 0), kMaxUpFront);
+  const int64_t left = positions_left(model, KVCache{});
+  return left >= 0 ? std::min(want, left) : want;
+}
 }  // namespace
 
 Generation generate_with_stop(TransformerModel& model, const std::vector<int64_t>& prompt, const GenerationOptions& o,
@@ -59,6 +71,7 @@ Generation generate_with_stop(TransformerModel& model, const std::vector<int64_t
   NoGradGuard no_grad;
   Generator gen(o.seed);
   KVCache cache;
+  cache.reserve = cache_reserve(model, int64_t(prompt.size()), o.max_new_tokens);
   Generation result;
   std::vector<int64_t> step = prompt;
   while (int64_t(result.ids.size()) < o.max_new_tokens) {

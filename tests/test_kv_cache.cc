@@ -1,0 +1,181 @@
+// The KV cache writes each pass's keys/values in place into preallocated buffers: cached generation
+// must give the ids and logits of a full forward over the whole sequence at every step, with and
+// without deltas that prepend keys (prefix) or embeddings (prompt), for batches with padding too.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "deltatune/autograd.h"
+#include "deltatune/delta.h"
+#include "deltatune/error.h"
+#include "deltatune/generate.h"
+#include "deltatune/model.h"
+#include "golden.h"
+
+using namespace deltatune;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr float kTolerance = 1e-4f;  // cached vs full: the same sums, in GEMMs of other shapes
+
+std::vector<float> last_row(const Tensor& logits, int64_t batch_index) {
+  const int64_t t = logits.size(1);
+  return logits.select(0, batch_index).select(0, t - 1).contiguous().to_floats();
+}
+
+int64_t argmax(const std::vector<float>& v) { return int64_t(std::max_element(v.begin(), v.end()) - v.begin()); }
+
+float max_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  float worst = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) worst = std::max(worst, std::fabs(a[i] - b[i]));
+  return worst;
+}
+
+Tensor full_forward_logits(TransformerModel& model, const std::vector<int64_t>& ids) {
+  ModelInput in;
+  in.input_ids = Tensor::from_ints(ids, {1, int64_t(ids.size())});
+  return model.forward(in).logits;
+}
+
+// Greedy steps two ways: with a cache that starts unreserved (so its buffers grow while generating)
+// and with a full forward over the whole sequence each step. Also checks generate() gives those ids.
+void expect_cache_matches_full_forward(TransformerModel& model, const std::string& what) {
+  NoGradGuard no_grad;
+  const std::vector<int64_t> prompt{35, 399, 501, 364};
+  const int64_t steps = 12;
+  std::vector<int64_t> ids = prompt;
+  KVCache cache;
+  std::vector<int64_t> step = prompt;
+  for (int64_t s = 0; s < steps; ++s) {
+    ModelInput in;
+    in.input_ids = Tensor::from_ints(step, {1, int64_t(step.size())});
+    in.cache = &cache;
+    std::vector<float> cached = last_row(model.forward(in).logits, 0);
+    std::vector<float> full = last_row(full_forward_logits(model, ids), 0);
+    EXPECT_LT(max_diff(cached, full), kTolerance) << what << " step " << s;
+    const int64_t next = argmax(full);
+    ASSERT_EQ(argmax(cached), next) << what << " step " << s;
+    ids.push_back(next);
+    step = {next};
+  }
+  GenerationOptions options;
+  options.max_new_tokens = steps;
+  std::vector<int64_t> generated = generate(model, prompt, options);
+  EXPECT_EQ(generated, std::vector<int64_t>(ids.begin() + int64_t(prompt.size()), ids.end())) << what;
+}
+
+}  // namespace
+
+TEST(KvCache, CachedStepsGiveTheIdsAndLogitsOfFullForwards) {
+  for (const char* name : {"gpt2-mini", "llama-mini"}) expect_cache_matches_full_forward(*golden::load_model(name), name);
+}
+
+TEST(KvCache, CachedStepsMatchFullForwardsWithPrefixAndPromptDeltas) {
+  for (const char* name : {"gpt2-mini", "llama-mini"})
+    for (const json& config : {json{{"method", "prefix"}, {"num_virtual_tokens", 3}},
+                               json{{"method", "prompt"}, {"num_virtual_tokens", 3}}}) {
+      auto model = golden::load_model(name);
+      auto d = delta::make_delta(config);
+      d->attach(*model);
+      {
+        // Larger values than the default init, so the deltas visibly steer the logits.
+        NoGradGuard no_grad;
+        Generator gen(7);
+        for (auto& [param_name, p] : d->parameters()) p.copy_(Tensor::randn(p.shape(), gen, 1.0f));
+      }
+      expect_cache_matches_full_forward(*model, std::string(name) + " " + config.dump());
+    }
+}
+
+TEST(KvCache, BatchWithPaddingMatchesFullForwards) {
+  // Row 1 is right-padded; cached steps pass the full mask over every position so far.
+  for (const char* name : {"gpt2-mini", "llama-mini"}) {
+    auto model = golden::load_model(name);
+    NoGradGuard no_grad;
+    std::vector<std::vector<int64_t>> rows{{35, 399, 501, 364}, {742, 1373, 0, 0}};
+    std::vector<std::vector<int64_t>> mask{{1, 1, 1, 1}, {1, 1, 0, 0}};
+    KVCache cache;
+    std::vector<int64_t> step_ids{35, 399, 501, 364, 742, 1373, 0, 0};
+    int64_t step_length = 4;
+    for (int s = 0; s < 6; ++s) {
+      const int64_t length = int64_t(rows[0].size());
+      std::vector<int64_t> flat_ids, flat_mask;
+      for (int b = 0; b < 2; ++b) {
+        flat_ids.insert(flat_ids.end(), rows[size_t(b)].begin(), rows[size_t(b)].end());
+        flat_mask.insert(flat_mask.end(), mask[size_t(b)].begin(), mask[size_t(b)].end());
+      }
+      ModelInput full;
+      full.input_ids = Tensor::from_ints(flat_ids, {2, length});
+      full.attention_mask = Tensor::from_ints(flat_mask, {2, length});
+      Tensor want = model->forward(full).logits;
+      ModelInput cached;
+      cached.input_ids = Tensor::from_ints(step_ids, {2, step_length});
+      cached.attention_mask = full.attention_mask;
+      cached.cache = &cache;
+      Tensor got = model->forward(cached).logits;
+      step_ids.clear();
+      for (int b = 0; b < 2; ++b) {
+        std::vector<float> w = last_row(want, b), g = last_row(got, b);
+        EXPECT_LT(max_diff(w, g), kTolerance) << name << " step " << s << " row " << b;
+        ASSERT_EQ(argmax(g), argmax(w)) << name << " step " << s << " row " << b;
+        rows[size_t(b)].push_back(argmax(w));
+        mask[size_t(b)].push_back(1);
+        step_ids.push_back(argmax(w));
+      }
+      step_length = 1;
+    }
+  }
+}
+
+TEST(KvCache, WritesInPlaceAndGrowsGeometrically) {
+  auto model = golden::load_model("gpt2-mini");
+  NoGradGuard no_grad;
+  auto feed = [&](KVCache& cache, std::vector<int64_t> ids) {
+    ModelInput in;
+    in.input_ids = Tensor::from_ints(ids, {1, int64_t(ids.size())});
+    in.cache = &cache;
+    model->forward(in);
+  };
+  // Reserved: one buffer per layer for the whole run, never replaced.
+  KVCache reserved;
+  reserved.reserve = 16;
+  feed(reserved, {35, 399, 501, 364});
+  ASSERT_EQ(reserved.keys.size(), size_t(model->config.num_layers));
+  const void* key_buffer = reserved.keys[0].storage().get();
+  const void* value_buffer = reserved.values.back().storage().get();
+  for (int64_t s = 0; s < 12; ++s) {
+    feed(reserved, {742});
+    EXPECT_EQ(reserved.keys[0].storage().get(), key_buffer) << "step " << s;
+    EXPECT_EQ(reserved.values.back().storage().get(), value_buffer) << "step " << s;
+    EXPECT_EQ(reserved.keys[0].size(2), 16);
+  }
+  EXPECT_EQ(reserved.length, 16);
+  // Unreserved: sized to the first pass, then doubled when full.
+  KVCache growing;
+  feed(growing, {35, 399, 501});
+  EXPECT_EQ(growing.keys[0].size(2), 3);
+  std::vector<int64_t> capacities;
+  for (int s = 0; s < 10; ++s) {
+    feed(growing, {742});
+    capacities.push_back(growing.keys[0].size(2));
+  }
+  EXPECT_EQ(capacities, (std::vector<int64_t>{6, 6, 6, 12, 12, 12, 12, 12, 12, 24}));
+  EXPECT_EQ(growing.length, 13);
+}
+
+TEST(KvCache, ABatchThatDoesNotContinueTheCacheIsAnError) {
+  auto model = golden::load_model("llama-mini");
+  NoGradGuard no_grad;
+  KVCache cache;
+  ModelInput first;
+  first.input_ids = Tensor::from_ints({35, 399}, {1, 2});
+  first.cache = &cache;
+  model->forward(first);
+  ModelInput wider;
+  wider.input_ids = Tensor::from_ints({742, 1373}, {2, 1});
+  wider.cache = &cache;
+  EXPECT_THROW(model->forward(wider), ShapeError);
+}
