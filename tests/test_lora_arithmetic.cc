@@ -13,6 +13,7 @@
 #include "deltatune/lora_arithmetic.h"
 #include "deltatune/ops.h"
 #include "deltatune/random.h"
+#include "deltatune/threads.h"
 #include "model_compare.h"
 #include "temp_dir.h"
 
@@ -157,6 +158,48 @@ TEST(LoraArithmetic, TruncatedSvdRecoversAKnownSpectrum) {
     for (size_t i = 0; i < M.size(); ++i) err2 += double(M[i] - approx[i]) * (M[i] - approx[i]);
     EXPECT_NEAR(std::sqrt(err2), 1.0, 1e-4);  // Eckart-Young: the Frobenius error is sigma_3
   }
+}
+
+// A layer-sized low-rank delta (a 1024-wide layer; LAPACK handles 4096 in seconds, but CI has two
+// cores): at its full rank the truncated SVD gives it back, V^T's rows are orthonormal with the
+// singular values decreasing, and a lower rank leaves exactly the dropped energy (Eckart-Young).
+TEST(LoraArithmetic, TruncatedSvdReconstructsALargeLowRankMatrix) {
+  // One thread: LAPACK's many small BLAS calls make spinning OpenMP workers crawl on a busy machine
+  // (the CLI sets a passive wait policy; a test binary keeps libgomp's default).
+  const int threads_before = num_threads();
+  set_num_threads(1);
+  for (auto [m, n] : std::vector<std::pair<int64_t, int64_t>>{{1024, 1024}, {384, 1024}}) {
+    Generator gen(11);
+    const int64_t rank = 16;
+    NoGradGuard ng;
+    const Tensor M = ops::matmul(Tensor::randn({m, rank}, gen, 0.5f), Tensor::randn({rank, n}, gen, 0.5f));
+    const std::vector<float> want = M.to_floats();
+    double energy = 0, largest = 0;
+    for (float x : want) energy += double(x) * x, largest = std::max(largest, double(std::fabs(x)));
+
+    auto [us, vt] = delta::truncated_svd(M, rank);
+    ASSERT_EQ(us.shape(), (Shape{m, rank}));
+    ASSERT_EQ(vt.shape(), (Shape{rank, n}));
+    EXPECT_LT(max_diff(ops::matmul(us, vt).to_floats(), want), 1e-5 * largest) << m << "x" << n;
+    const std::vector<float> gram = ops::matmul(vt, ops::transpose(vt, 0, 1)).to_floats();
+    for (int64_t i = 0; i < rank; ++i)
+      for (int64_t j = 0; j < rank; ++j) EXPECT_NEAR(gram[size_t(i * rank + j)], i == j ? 1.0 : 0.0, 1e-4);
+    const std::vector<float> u = us.to_floats();
+    std::vector<double> sigma(size_t(rank), 0.0);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t r = 0; r < rank; ++r) sigma[size_t(r)] += double(u[size_t(i * rank + r)]) * u[size_t(i * rank + r)];
+    for (auto& s2 : sigma) s2 = std::sqrt(s2);
+    for (int64_t r = 1; r < rank; ++r) EXPECT_GE(sigma[size_t(r - 1)], sigma[size_t(r)]);
+
+    const int64_t k = 6;
+    auto [us6, vt6] = delta::truncated_svd(M, k);
+    const std::vector<float> approx = ops::matmul(us6, vt6).to_floats();
+    double err2 = 0, kept2 = 0;
+    for (size_t i = 0; i < want.size(); ++i) err2 += double(want[i] - approx[i]) * (want[i] - approx[i]);
+    for (int64_t r = 0; r < k; ++r) kept2 += sigma[size_t(r)] * sigma[size_t(r)];
+    EXPECT_NEAR(err2 / energy, (energy - kept2) / energy, 1e-4) << m << "x" << n;
+    EXPECT_GT(err2 / energy, 1e-2);  // the dropped components are not negligible
+  }  set_num_threads(threads_before);
 }
 
 TEST(LoraArithmetic, MagnitudePruneKeepsTheLargestFractionAsPeft) {

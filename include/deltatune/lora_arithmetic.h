@@ -89,7 +89,7 @@ Tensor merge_task_tensors(const std::string& method, const std::vector<Tensor>& 
                           const std::vector<double>& weights, double density, const std::string& majority_sign_method,
                           uint64_t seed, bool dare_rescale);
 
-// Truncated SVD of a float matrix M [m, n] (one-sided Jacobi in double): M ≈ U_k diag(S_k) V_k^T.
+// Truncated SVD of a float matrix M [m, n] (LAPACK's sgesdd, as torch.linalg.svd): M ≈ U_k diag(S_k) V_k^T.
 // Returns {U_k S_k [m, k], V_k^T [k, n]} with singular values in decreasing order.
 std::pair<Tensor, Tensor> truncated_svd(const Tensor& m, int64_t k);
 
