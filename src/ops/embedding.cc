@@ -9,16 +9,9 @@
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
+#include "ops/f32_contiguous.h"
 
 namespace deltatune::ops {
-namespace {
-
-Tensor f32_contiguous(const Tensor& t) {
-  NoGradGuard no_grad;
-  return t.float32().contiguous();
-}
-
-}  // namespace
 
 Tensor embedding(const Tensor& weight, const Tensor& ids) {
   if (!weight.defined() || !ids.defined()) throw ShapeError("embedding: weight or ids undefined");

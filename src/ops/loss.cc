@@ -13,16 +13,9 @@
 #include "deltatune/ops.h"
 #include "ops/bf16_products.h"
 #include "ops/cpu/gemm_bf16.h"
+#include "ops/f32_contiguous.h"
 
 namespace deltatune::ops {
-namespace {
-
-Tensor f32_contiguous(const Tensor& t) {
-  NoGradGuard no_grad;
-  return t.float32().contiguous();
-}
-
-}  // namespace
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
   if (!logits.defined() || !targets.defined()) throw ShapeError("cross_entropy: logits or targets undefined");

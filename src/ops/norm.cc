@@ -10,14 +10,10 @@
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
+#include "ops/f32_contiguous.h"
 
 namespace deltatune::ops {
 namespace {
-
-Tensor f32_contiguous(const Tensor& t) {
-  NoGradGuard no_grad;
-  return t.float32().contiguous();
-}
 
 void check_affine(const char* op, const Tensor& x, const Tensor& p, const char* what) {
   if (!p.defined()) return;

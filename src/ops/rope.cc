@@ -9,14 +9,10 @@
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
+#include "ops/f32_contiguous.h"
 
 namespace deltatune::ops {
 namespace {
-
-Tensor f32_contiguous(const Tensor& t) {
-  NoGradGuard no_grad;
-  return t.float32().contiguous();
-}
 
 struct RopeTable {
   int64_t batches = 1;  // 1 when shared by every batch row

@@ -8,14 +8,10 @@
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
+#include "ops/f32_contiguous.h"
 
 namespace deltatune::ops {
 namespace {
-
-Tensor f32_contiguous(const Tensor& t) {
-  NoGradGuard no_grad;
-  return t.float32().contiguous();
-}
 
 struct Rows {
   int64_t outer = 1, n = 1, inner = 1;
