@@ -8,6 +8,7 @@
 #include "deltatune/delta_io.h"
 #include "deltatune/error.h"
 #include "deltatune/safetensors.h"
+#include "delta/module_names.h"
 #include "delta/peft_config.h"
 
 namespace deltatune::delta {
@@ -170,7 +171,7 @@ DeltaRequirements peek_delta(const fs::path& dir) {
       auto file = read_safetensors(dir / "adapter_model.safetensors");
       for (auto& [key, t] : file.tensors)
         if (t.dim() == 2 && (key.find("classifier") != std::string::npos || key.find("score") != std::string::npos) &&
-            key.find("lora_") == std::string::npos && key.size() > 7 && key.compare(key.size() - 7, 7, ".weight") == 0 &&
+            key.find("lora_") == std::string::npos && strip_suffix(key, ".weight") &&
             key.find("dense.weight") == std::string::npos)
           req.num_labels = t.size(0);
     }
@@ -307,10 +308,8 @@ void save_peft(const fs::path& dir, Delta& delta, TransformerModel& model, const
     for (const auto& p : delta.attached_modules()) adapted.insert(p);
   for (auto& [n, t] : delta.saved_parameters()) {
     std::string key = n;
-    const std::string bias = ".bias";
-    if (key.size() > bias.size() && key.compare(key.size() - bias.size(), bias.size(), bias) == 0 &&
-        adapted.count(key.substr(0, key.size() - bias.size())))
-      key = key.substr(0, key.size() - bias.size()) + ".base_layer.bias";
+    const auto module = strip_suffix(key, ".bias");
+    if (module && adapted.count(*module)) key = *module + ".base_layer.bias";
     tensors[peft_file_key(key)] = t.detach();
   }
   for (auto& [n, t] : head) tensors[kPeftPrefix + n] = t.detach();

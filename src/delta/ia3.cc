@@ -28,10 +28,6 @@ struct Ia3Hook : nn::LinearHook {
   }
 };
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 class Ia3 : public Delta {
  public:
   explicit Ia3(const nlohmann::json& c) : config_(c) {
@@ -89,7 +85,7 @@ class Ia3 : public Delta {
       if (feedforward_.is_string())
         hook->feedforward = std::regex_match(path, ff_regex);
       else
-        for (const auto& f : ff_names) hook->feedforward = hook->feedforward || ends_with(path, f);
+        for (const auto& f : ff_names) hook->feedforward = hook->feedforward || path.ends_with(f);
       const Shape shape = hook->feedforward ? Shape{1, layer->in_features} : Shape{layer->out_features, 1};
       auto prev = previous.find(path);
       if (prev != previous.end() && prev->second.shape() == shape)

@@ -11,6 +11,7 @@
 #include "deltatune/ops.h"
 #include "deltatune/random.h"
 #include "delta/methods.h"
+#include "delta/module_names.h"
 
 namespace deltatune::delta {
 namespace {
@@ -58,8 +59,9 @@ std::map<std::string, LoraFactors> factors_by_suffix(Delta& lora, const std::str
   std::map<std::string, LoraFactors> out;
   for (auto& [name, t] : lora.parameters()) {
     for (const std::string* s : {&a_suffix, &b_suffix, &magnitude_suffix}) {
-      if (s->empty() || name.size() <= s->size() || name.compare(name.size() - s->size(), s->size(), *s) != 0) continue;
-      LoraFactors& f = out[name.substr(0, name.size() - s->size())];
+      const auto path = strip_suffix(name, *s);
+      if (!path) continue;
+      LoraFactors& f = out[*path];
       (s == &a_suffix ? f.A : s == &b_suffix ? f.B : f.magnitude) = t;
       f.embedding = embedding;
     }

@@ -5,6 +5,7 @@
 #include <map>
 
 #include "delta/methods.h"
+#include "delta/module_names.h"
 #include "deltatune/atomic_file.h"
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
@@ -94,7 +95,7 @@ std::map<std::string, Tensor> trained_biases(Delta& delta) {
   std::map<std::string, Tensor> out;
   if (delta.method() != "lora" || delta.config().value("bias", std::string("none")) == "none") return out;
   for (auto& [name, t] : delta.parameters())
-    if (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0) out[name] = t.clone();
+    if (strip_suffix(name, ".bias")) out[name] = t.clone();
   return out;
 }
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "deltatune/error.h"
 #include "delta/methods.h"
+#include "delta/module_names.h"
 
 namespace deltatune::delta {
 namespace {
@@ -60,19 +61,11 @@ nlohmann::json lora_from_peft(const nlohmann::json& p, const std::string& source
   return c;
 }
 
-bool dotted_suffix(const std::string& path, const std::string& name) {
-  return path == name || (path.size() > name.size() && path.compare(path.size() - name.size(), name.size(), name) == 0 &&
-                          path[path.size() - name.size() - 1] == '.');
-}
-bool plain_suffix(const std::string& path, const std::string& name) {
-  return path.size() >= name.size() && path.compare(path.size() - name.size(), name.size(), name) == 0;
-}
-
 // Whether an entry of a PEFT module list selects any of `modules`: target_modules match by exact name
 // or dotted suffix, IA3's feedforward_modules by a plain endswith.
 bool selects_any(const std::vector<std::string>& modules, const std::string& entry, bool plain_endswith) {
   for (const auto& m : modules)
-    if (plain_endswith ? plain_suffix(m, entry) : dotted_suffix(m, entry)) return true;
+    if (plain_endswith ? m.ends_with(entry) : selects_module(m, entry)) return true;
   return false;
 }
 
@@ -350,9 +343,7 @@ nlohmann::json to_peft_config(Delta& delta, TransformerModel& model) {
 
 std::string peft_key_to_ours(const std::string& key) {
   // PEFT wraps an adapted layer, so with bias "all" its own bias is saved as <module>.base_layer.bias.
-  const std::string wrapped = ".base_layer.bias";
-  if (key.size() > wrapped.size() && key.compare(key.size() - wrapped.size(), wrapped.size(), wrapped) == 0)
-    return key.substr(0, key.size() - wrapped.size()) + ".bias";
+  if (auto module = strip_suffix(key, ".base_layer.bias")) return *module + ".bias";
   return key;
 }
 std::string ours_key_to_peft(const std::string& key) { return key; }

@@ -5,23 +5,18 @@
 
 #include "deltatune/delta.h"
 #include "deltatune/error.h"
+#include "delta/module_names.h"
 
 namespace deltatune::delta {
 namespace {
-bool suffix_match(const std::string& path, const std::string& name) {
-  return path == name ||
-         (path.size() > name.size() && path.compare(path.size() - name.size(), name.size(), name) == 0 &&
-          path[path.size() - name.size() - 1] == '.');
-}
-
 // Role names inside blocks are relative to a block: marked with this prefix, they match only
 // <layers_path>.<i>.<name> (BERT's ffn.down "output.dense" must not match "attention.output.dense").
 constexpr char kInBlock = '\x01';
 
 bool name_match(const TransformerModel& model, const std::string& path, const std::string& name) {
-  if (name.empty() || name[0] != kInBlock) return suffix_match(path, name);
+  if (name.empty() || name[0] != kInBlock) return selects_module(path, name);
   const std::string rel = name.substr(1);
-  if (!suffix_match(path, rel) || layer_index(model, path) < 0) return false;
+  if (!selects_module(path, rel) || layer_index(model, path) < 0) return false;
   // What precedes the name must be exactly the block's path.
   const std::string block = path.substr(0, path.size() - rel.size() - 1);
   return block == model.layers_path() + "." + std::to_string(layer_index(model, path));

@@ -35,7 +35,7 @@ void init_parameters(TransformerModel& model, uint64_t seed, const std::set<std:
     const bool is_norm = name.find("LayerNorm") != std::string::npos || name.find("layer_norm") != std::string::npos ||
                          name.find("ln_") != std::string::npos || name.find("norm.") != std::string::npos ||
                          name.find("layernorm") != std::string::npos;
-    const bool is_bias = name.size() >= 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+    const bool is_bias = name.ends_with(".bias");
     if (is_bias) t->fill_(0.0f);
     else if (is_norm) t->fill_(1.0f);
     else models::init_normal(*t, gen, 0.02f);
