@@ -234,15 +234,24 @@ void copy_if_int(const nlohmann::json& from, const char* key, nlohmann::json& to
   if (from.contains(key) && from[key].is_number_integer()) to[as] = from[key];
 }
 
-nlohmann::json prefix_from_peft(const nlohmann::json& p, const std::string& source) {
+// What prefix and prompt configs share: PEFT's prompt-learning keys (plus `extra`) are known, one
+// transformer submodule, an integer num_virtual_tokens. Returns our config for `method` with that count.
+nlohmann::json prompt_learning_from_peft(const nlohmann::json& p, const std::set<std::string>& extra,
+                                         const std::string& source, const char* method) {
   std::set<std::string> known = prompt_learning_keys();
-  known.insert({"encoder_hidden_size", "prefix_projection", "init_weights"});
+  known.insert(extra.begin(), extra.end());
   warn_unknown(p, known, source);
   check_submodules(p, source);
-  nlohmann::json c{{"method", "prefix"}};
+  nlohmann::json c{{"method", method}};
   if (!p.contains("num_virtual_tokens") || !p["num_virtual_tokens"].is_number_integer())
     throw ConfigError(source + ": num_virtual_tokens must be an integer");
   c["num_virtual_tokens"] = p["num_virtual_tokens"];
+  return c;
+}
+
+nlohmann::json prefix_from_peft(const nlohmann::json& p, const std::string& source) {
+  nlohmann::json c =
+      prompt_learning_from_peft(p, {"encoder_hidden_size", "prefix_projection", "init_weights"}, source, "prefix");
   // A saved prefix is the plain matrix even when it was trained through the projection (PEFT saves
   // the projection's output, and loads it without the MLP).
   c["projection"] = false;
@@ -280,14 +289,9 @@ nlohmann::json prefix_to_peft(Delta& delta, TransformerModel& model) {
 }
 
 nlohmann::json prompt_from_peft(const nlohmann::json& p, const std::string& source) {
-  std::set<std::string> known = prompt_learning_keys();
-  known.insert({"prompt_tuning_init", "prompt_tuning_init_text", "tokenizer_name_or_path", "tokenizer_kwargs"});
-  warn_unknown(p, known, source);
-  check_submodules(p, source);
-  nlohmann::json c{{"method", "prompt"}};
-  if (!p.contains("num_virtual_tokens") || !p["num_virtual_tokens"].is_number_integer())
-    throw ConfigError(source + ": num_virtual_tokens must be an integer");
-  c["num_virtual_tokens"] = p["num_virtual_tokens"];
+  nlohmann::json c = prompt_learning_from_peft(
+      p, {"prompt_tuning_init", "prompt_tuning_init_text", "tokenizer_name_or_path", "tokenizer_kwargs"}, source,
+      "prompt");
   copy_if_int(p, "token_dim", c, "token_dim");
   // The saved values replace the initialisation: loading needs no tokenizer.
   c["init"] = "random";
