@@ -2,29 +2,13 @@
 // PEFT's module-name suffix rule, and the SVG writer behind both plots.
 #include <gtest/gtest.h>
 
-#include <cstdlib>
-#include <fstream>
-
+#include "delta/module_names.h"
 #include "deltatune/sweep.h"
 #include "deltatune/trainer.h"
-#include "delta/module_names.h"
 #include "ops/f32_contiguous.h"
+#include "train/svg.h"
 
 using namespace deltatune;
-
-TEST(TmpDump, Svg) {
-  const char* dir = std::getenv("DD_DUMP");
-  if (!dir) GTEST_SKIP();
-  std::vector<nlohmann::json> log;
-  for (int s = 1; s <= 60; ++s) log.push_back({{"type", "train"}, {"step", s}, {"loss", 2.0 / s + 0.01 * (s % 7)}});
-  for (int s = 10; s <= 60; s += 10)
-    log.push_back({{"type", "eval"}, {"step", s}, {"loss", 1.5 / s}, {"accuracy", 0.5 + s / 200.0}, {"f1<&>", 0.3}});
-  std::ofstream(std::string(dir) + "/a.svg") << train::training_plot_svg(log, "accuracy");
-  std::ofstream(std::string(dir) + "/b.svg") << train::training_plot_svg(log);
-  std::ofstream(std::string(dir) + "/c.svg") << train::training_plot_svg(log, "f1<&>");
-  std::ofstream(std::string(dir) + "/d.svg") << train::training_plot_svg({});
-  train::write_sweep_tables(std::string(dir) + "/sweep");
-}
 
 // --- f32_contiguous: one float32, contiguous form for every kernel ---
 
@@ -63,11 +47,11 @@ TEST(ModuleNames, DottedSuffixOfWholeComponentsSelects) {
 }
 
 TEST(ModuleNames, PartialWordsAndOtherPlacesDoNotSelect) {
-  EXPECT_FALSE(delta::selects_module("layers.0.self_attn.q_proj", "proj"));     // part of a component
+  EXPECT_FALSE(delta::selects_module("layers.0.self_attn.q_proj", "proj"));  // part of a component
   EXPECT_FALSE(delta::selects_module("layers.0.self_attn.q_proj", "_proj"));
-  EXPECT_FALSE(delta::selects_module("layers.0.self_attn.q_proj", ".q_proj"));  // not a whole component
+  EXPECT_FALSE(delta::selects_module("layers.0.self_attn.q_proj", ".q_proj"));    // not a whole component
   EXPECT_FALSE(delta::selects_module("layers.0.self_attn.q_proj", "self_attn"));  // a prefix, not a suffix
-  EXPECT_FALSE(delta::selects_module("q_proj", "self_attn.q_proj"));             // longer than the path
+  EXPECT_FALSE(delta::selects_module("q_proj", "self_attn.q_proj"));              // longer than the path
   EXPECT_FALSE(delta::selects_module("attention.output.dense", "output.dens"));
   EXPECT_FALSE(delta::selects_module("layers.0.mlp.c_fc", ""));
 }
@@ -79,4 +63,38 @@ TEST(ModuleNames, StripSuffixNeedsSomethingLeft) {
   EXPECT_EQ(delta::strip_suffix("dense.weight", ".bias"), std::nullopt);
   EXPECT_EQ(delta::strip_suffix("dense.weight", ""), std::nullopt);  // an empty suffix names nothing
   EXPECT_EQ(delta::strip_suffix("w", "lw"), std::nullopt);
+}
+
+// --- the SVG writer both plots use ---
+
+TEST(Svg, EscapesMarkupCharacters) {
+  EXPECT_EQ(train::svg::escape("f1 <&> acc"), "f1 &lt;&amp;&gt; acc");
+  EXPECT_EQ(train::svg::escape("plain"), "plain");
+}
+
+TEST(Svg, WritesElementsWithAttributesInOrder) {
+  EXPECT_EQ(train::svg::element("line", {{"x1", "1"}, {"y1", "2.5"}, {"stroke", "#eee"}}),
+            "<line x1=\"1\" y1=\"2.5\" stroke=\"#eee\"/>");
+  EXPECT_EQ(train::svg::element("text", {{"x", "3"}}, "step"), "<text x=\"3\">step</text>");
+  EXPECT_EQ(train::svg::element("text", {{"x", "3"}}, ""), "<text x=\"3\"></text>");  // a body, even empty
+  EXPECT_EQ(train::svg::element("rect", {{"x", "0"}}, train::svg::element("title", {}, "a")),
+            "<rect x=\"0\"><title>a</title></rect>");
+}
+
+TEST(Svg, DocumentFramesTheContent) {
+  const std::string doc = train::svg::document(720, 360, "<circle r=\"1\"/>\n");
+  EXPECT_EQ(
+      doc,
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"720\" height=\"360\" font-family=\"sans-serif\" "
+      "font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n<circle "
+      "r=\"1\"/>\n</svg>\n");
+}
+
+TEST(Svg, TrainingPlotEscapesTheMetricName) {
+  std::vector<nlohmann::json> log{{{"type", "eval"}, {"step", 1}, {"loss", 1.0}, {"f1<x>", 0.5}},
+                                  {{"type", "eval"}, {"step", 2}, {"loss", 0.5}, {"f1<x>", 0.7}}};
+  const std::string plot = train::training_plot_svg(log, "f1<x>");
+  EXPECT_NE(plot.find("dev f1&lt;x&gt;"), std::string::npos) << plot;
+  EXPECT_EQ(plot.find("f1<x>"), std::string::npos) << plot;
+  EXPECT_EQ(plot.rfind("</svg>\n"), plot.size() - 7);
 }

@@ -5,9 +5,9 @@
 #include <map>
 #include <set>
 
-#include "deltatune/error.h"
 #include "delta/methods.h"
 #include "delta/module_names.h"
+#include "deltatune/error.h"
 
 namespace deltatune::delta {
 namespace {
@@ -250,8 +250,8 @@ nlohmann::json prompt_learning_from_peft(const nlohmann::json& p, const std::set
 }
 
 nlohmann::json prefix_from_peft(const nlohmann::json& p, const std::string& source) {
-  nlohmann::json c =
-      prompt_learning_from_peft(p, {"encoder_hidden_size", "prefix_projection", "init_weights"}, source, "prefix");
+  nlohmann::json c = prompt_learning_from_peft(
+      p, {"encoder_hidden_size", "prefix_projection", "init_weights"}, source, "prefix");
   // A saved prefix is the plain matrix even when it was trained through the projection (PEFT saves
   // the projection's output, and loads it without the MLP).
   c["projection"] = false;
@@ -290,8 +290,8 @@ nlohmann::json prefix_to_peft(Delta& delta, TransformerModel& model) {
 
 nlohmann::json prompt_from_peft(const nlohmann::json& p, const std::string& source) {
   nlohmann::json c = prompt_learning_from_peft(
-      p, {"prompt_tuning_init", "prompt_tuning_init_text", "tokenizer_name_or_path", "tokenizer_kwargs"}, source,
-      "prompt");
+      p, {"prompt_tuning_init", "prompt_tuning_init_text", "tokenizer_name_or_path", "tokenizer_kwargs"},
+      source, "prompt");
   copy_if_int(p, "token_dim", c, "token_dim");
   // The saved values replace the initialisation: loading needs no tokenizer.
   c["init"] = "random";

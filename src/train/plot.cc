@@ -7,6 +7,7 @@
 #include "deltatune/error.h"
 #include "deltatune/trainer.h"
 #include "train/files.h"
+#include "train/svg.h"
 
 namespace fs = std::filesystem;
 
@@ -24,21 +25,6 @@ std::string num(double v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.4g", v);
   return buf;
-}
-
-std::string escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '<')
-      out += "&lt;";
-    else if (c == '>')
-      out += "&gt;";
-    else if (c == '&')
-      out += "&amp;";
-    else
-      out += c;
-  }
-  return out;
 }
 
 // A moving average over a window of about 1/25 of the run: the raw per-update loss is noisy.
@@ -114,53 +100,61 @@ std::string training_plot_svg(const std::vector<nlohmann::json>& log, const std:
     return top + (H - top - bottom) * (1 - (v - min_metric) / (max_metric - min_metric));
   };
 
-  std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + num(W) + "\" height=\"" + num(H) +
-                    "\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" "
-                    "fill=\"white\"/>\n";
+  using svg::element;
+  std::string body;
+  const auto add = [&](const std::string& line) { body += line + "\n"; };  // one element a line
+  const auto text = [](const std::string& x, const std::string& y, const std::string& content,
+                       svg::Attributes more = {}) {
+    svg::Attributes a{{"x", x}, {"y", y}};
+    a.insert(a.end(), more.begin(), more.end());
+    return element("text", a, content);
+  };
+  const svg::Attributes middle{{"text-anchor", "middle"}};
   // Axes, grid and tick labels.
   for (int i = 0; i <= 4; ++i) {
     const double frac = i / 4.0, y = top + (H - top - bottom) * (1 - frac);
-    svg += "<line x1=\"" + num(left) + "\" y1=\"" + num(y) + "\" x2=\"" + num(W - right) + "\" y2=\"" +
-           num(y) + "\" stroke=\"#eee\"/>\n";
-    svg += "<text x=\"" + num(left - 6) + "\" y=\"" + num(y + 4) + "\" text-anchor=\"end\">" +
-           num(max_loss * frac) + "</text>\n";
+    add(element(
+        "line",
+        {{"x1", num(left)}, {"y1", num(y)}, {"x2", num(W - right)}, {"y2", num(y)}, {"stroke", "#eee"}}));
+    add(text(num(left - 6), num(y + 4), num(max_loss * frac), {{"text-anchor", "end"}}));
     if (metric != "loss")
-      svg += "<text x=\"" + num(W - right + 6) + "\" y=\"" + num(y + 4) + "\">" +
-             num(min_metric + (max_metric - min_metric) * frac) + "</text>\n";
-    const double x = px(max_step * frac);
-    svg += "<text x=\"" + num(x) + "\" y=\"" + num(H - bottom + 16) + "\" text-anchor=\"middle\">" +
-           num(std::round(max_step * frac)) + "</text>\n";
+      add(text(num(W - right + 6), num(y + 4), num(min_metric + (max_metric - min_metric) * frac)));
+    add(text(num(px(max_step * frac)), num(H - bottom + 16), num(std::round(max_step * frac)), middle));
   }
-  svg += "<rect x=\"" + num(left) + "\" y=\"" + num(top) + "\" width=\"" + num(W - left - right) +
-         "\" height=\"" + num(H - top - bottom) + "\" fill=\"none\" stroke=\"#888\"/>\n";
-  svg += "<text x=\"" + num((W) / 2) + "\" y=\"" + num(H - 12) + "\" text-anchor=\"middle\">step</text>\n";
-  svg += "<text x=\"14\" y=\"" + num(H / 2) + "\" transform=\"rotate(-90 14 " + num(H / 2) +
-         ")\" text-anchor=\"middle\">loss</text>\n";
-  if (metric != "loss")
-    svg += "<text x=\"" + num(W - 12) + "\" y=\"" + num(H / 2) + "\" transform=\"rotate(90 " + num(W - 12) +
-           " " + num(H / 2) + ")\" text-anchor=\"middle\">" + escape(metric) + "</text>\n";
+  add(element("rect", {{"x", num(left)},
+                       {"y", num(top)},
+                       {"width", num(W - left - right)},
+                       {"height", num(H - top - bottom)},
+                       {"fill", "none"},
+                       {"stroke", "#888"}}));
+  add(text(num(W / 2), num(H - 12), "step", middle));
+  const auto rotated = [&](double x, int degrees) {
+    return svg::Attributes{
+        {"transform", "rotate(" + std::to_string(degrees) + " " + num(x) + " " + num(H / 2) + ")"},
+        {"text-anchor", "middle"}};
+  };
+  add(text("14", num(H / 2), "loss", rotated(14, -90)));
+  if (metric != "loss") add(text(num(W - 12), num(H / 2), svg::escape(metric), rotated(W - 12, 90)));
   // Curves (a single evaluation gets a dot, since a line needs two points).
   double legend_x = left;
   for (Series* s : all) {
     if (s->points.empty()) continue;
+    const auto py = [&](double v) { return num(s->right_axis ? py_right(v) : py_left(v)); };
     std::string pts;
-    for (auto& [x, y] : s->points) {
-      if (!std::isfinite(y)) continue;
-      pts += num(px(x)) + "," + num(s->right_axis ? py_right(y) : py_left(y)) + " ";
-    }
-    svg += "<polyline fill=\"none\" stroke=\"" + s->color + "\" stroke-width=\"" + num(s->width) +
-           "\" points=\"" + pts + "\"/>\n";
+    for (auto& [x, y] : s->points)
+      if (std::isfinite(y)) pts += num(px(x)) + "," + py(y) + " ";
+    add(element("polyline",
+                {{"fill", "none"}, {"stroke", s->color}, {"stroke-width", num(s->width)}, {"points", pts}}));
     if (s->points.size() <= 30 && s != &raw && s != &train)
       for (auto& [x, y] : s->points)
         if (std::isfinite(y))
-          svg += "<circle cx=\"" + num(px(x)) + "\" cy=\"" + num(s->right_axis ? py_right(y) : py_left(y)) +
-                 "\" r=\"2.5\" fill=\"" + s->color + "\"/>\n";
-    svg += "<rect x=\"" + num(legend_x) + "\" y=\"10\" width=\"12\" height=\"4\" fill=\"" + s->color + "\"/>";
-    svg += "<text x=\"" + num(legend_x + 16) + "\" y=\"16\">" + escape(s->name) + "</text>\n";
+          add(element("circle", {{"cx", num(px(x))}, {"cy", py(y)}, {"r", "2.5"}, {"fill", s->color}}));
+    add(element("rect",
+                {{"x", num(legend_x)}, {"y", "10"}, {"width", "12"}, {"height", "4"}, {"fill", s->color}}) +
+        text(num(legend_x + 16), "16", svg::escape(s->name)));
     legend_x += 30 + 6.5 * double(s->name.size());
   }
-  svg += "</svg>\n";
-  return svg;
+  return svg::document(W, H, body);
 }
 
 fs::path write_training_plot(const fs::path& run_dir, const std::string& metric) {

@@ -22,6 +22,7 @@
 #include "deltatune/tokenizer.h"
 #include "deltatune/trainer.h"
 #include "train/files.h"
+#include "train/svg.h"
 
 namespace deltatune::train {
 namespace fs = std::filesystem;
@@ -310,17 +311,6 @@ std::string fmt(const char* f, double v) {
   return buf;
 }
 
-std::string xml_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    if (c == '&') out += "&amp;";
-    else if (c == '<') out += "&lt;";
-    else if (c == '>') out += "&gt;";
-    else out += c;
-  }
-  return out;
-}
-
 // One row of a K-shot table.
 struct Row {
   std::string method;
@@ -455,8 +445,9 @@ std::string write_sweep_tables(const fs::path& out_dir, const std::vector<std::s
        md;
 
   // The plot: average accuracy per method, one bar per K.
-  std::string svg;
+  std::string svg_body;
   {
+    using svg::element;
     const std::vector<std::string> colors = {"#4878d0", "#ee854a", "#6acc64", "#d65f5f", "#956cb4"};
     const double W = 760, H = 360, left = 56, right = 16, top = 34, bottom = 92;
     const size_t nm = methods.size();
@@ -469,47 +460,68 @@ std::string write_sweep_tables(const fs::path& out_dir, const std::vector<std::s
     hi = std::min(100.0, std::ceil((hi + 2) / 10) * 10);
     if (hi <= lo) hi = lo + 10;
     auto py = [&](double v) { return top + (H - top - bottom) * (1 - (v - lo) / (hi - lo)); };
+    auto px1 = [](double v) { return fmt("%.1f", v); };  // coordinates to a tenth of a pixel
+    auto hline = [&](double v, const char* stroke) {
+      return element("line", {{"x1", px1(left)},
+                              {"y1", px1(py(v))},
+                              {"x2", px1(W - right)},
+                              {"y2", px1(py(v))},
+                              {"stroke", stroke}});
+    };
     const double group = (W - left - right) / double(std::max<size_t>(1, nm));
     const double bar = group * 0.8 / double(std::max<size_t>(1, klist.size()));
-    svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + fmt("%.0f", W) + "\" height=\"" + fmt("%.0f", H) +
-          "\" font-family=\"sans-serif\" font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-    svg += "<text x=\"" + fmt("%.0f", W / 2) +
-           "\" y=\"16\" text-anchor=\"middle\" font-size=\"13\">average test accuracy over tasks (%)</text>\n";
-    for (double v = lo; v <= hi + 1e-9; v += 10) {
-      svg += "<line x1=\"" + fmt("%.1f", left) + "\" y1=\"" + fmt("%.1f", py(v)) + "\" x2=\"" + fmt("%.1f", W - right) +
-             "\" y2=\"" + fmt("%.1f", py(v)) + "\" stroke=\"#ddd\"/>";
-      svg += "<text x=\"" + fmt("%.1f", left - 6) + "\" y=\"" + fmt("%.1f", py(v) + 4) + "\" text-anchor=\"end\">" +
-             fmt("%.0f", v) + "</text>\n";
-    }
+    svg_body =
+        element("text",
+                {{"x", fmt("%.0f", W / 2)}, {"y", "16"}, {"text-anchor", "middle"}, {"font-size", "13"}},
+                "average test accuracy over tasks (%)") +
+        "\n";
+    for (double v = lo; v <= hi + 1e-9; v += 10)
+      svg_body += hline(v, "#ddd") +
+                  element("text", {{"x", px1(left - 6)}, {"y", px1(py(v) + 4)}, {"text-anchor", "end"}},
+                          fmt("%.0f", v)) +
+                  "\n";
     for (size_t mi = 0; mi < nm; ++mi) {
       const double gx = left + group * double(mi) + group * 0.1;
       for (size_t ki = 0; ki < klist.size(); ++ki) {
         for (const auto& r : all_rows[klist[ki]])
           if (r.method == methods[mi]) {
             const double x = gx + bar * double(ki), y = py(r.avg);
-            svg += "<rect x=\"" + fmt("%.1f", x) + "\" y=\"" + fmt("%.1f", y) + "\" width=\"" + fmt("%.1f", bar * 0.92) +
-                   "\" height=\"" + fmt("%.1f", py(lo) - y) + "\" fill=\"" + colors[ki % colors.size()] +
-                   (r.complete ? "" : "\" fill-opacity=\"0.4") + "\"><title>" + xml_escape(r.method) + " K=" +
-                   std::to_string(klist[ki]) + ": " + fmt("%.1f", r.avg) + "</title></rect>\n";
+            svg::Attributes a{{"x", px1(x)},
+                              {"y", px1(y)},
+                              {"width", px1(bar * 0.92)},
+                              {"height", px1(py(lo) - y)},
+                              {"fill", colors[ki % colors.size()]}};
+            if (!r.complete) a.emplace_back("fill-opacity", "0.4");
+            const std::string title =
+                svg::escape(r.method) + " K=" + std::to_string(klist[ki]) + ": " + fmt("%.1f", r.avg);
+            svg_body += element("rect", a, element("title", {}, title)) + "\n";
           }
       }
       const double cx = left + group * (double(mi) + 0.5), cy = H - bottom + 12;
-      svg += "<text x=\"" + fmt("%.1f", cx) + "\" y=\"" + fmt("%.1f", cy) + "\" text-anchor=\"end\" transform=\"rotate(-35 " +
-             fmt("%.1f", cx) + " " + fmt("%.1f", cy) + ")\">" + xml_escape(methods[mi]) + "</text>\n";
+      svg_body += element("text",
+                          {{"x", px1(cx)},
+                           {"y", px1(cy)},
+                           {"text-anchor", "end"},
+                           {"transform", "rotate(-35 " + px1(cx) + " " + px1(cy) + ")"}},
+                          svg::escape(methods[mi])) +
+                  "\n";
     }
-    svg += "<line x1=\"" + fmt("%.1f", left) + "\" y1=\"" + fmt("%.1f", py(lo)) + "\" x2=\"" + fmt("%.1f", W - right) +
-           "\" y2=\"" + fmt("%.1f", py(lo)) + "\" stroke=\"black\"/>\n";
+    svg_body += hline(lo, "black") + "\n";
     for (size_t ki = 0; ki < klist.size(); ++ki) {
       const double lx = W - right - 90 * double(klist.size() - ki);
-      svg += "<rect x=\"" + fmt("%.1f", lx) + "\" y=\"24\" width=\"12\" height=\"10\" fill=\"" +
-             colors[ki % colors.size()] + "\"/><text x=\"" + fmt("%.1f", lx + 16) + "\" y=\"33\">K = " +
-             std::to_string(klist[ki]) + "</text>\n";
+      svg_body += element("rect", {{"x", px1(lx)},
+                                   {"y", "24"},
+                                   {"width", "12"},
+                                   {"height", "10"},
+                                   {"fill", colors[ki % colors.size()]}}) +
+                  element("text", {{"x", px1(lx + 16)}, {"y", "33"}}, "K = " + std::to_string(klist[ki])) +
+                  "\n";
     }
-    svg += "</svg>\n";
+    svg_body = svg::document(W, H, svg_body);
   }
   train_detail::write_file_atomic(out_dir / "table.md", md);
   train_detail::write_file_atomic(out_dir / "table.csv", csv);
-  train_detail::write_file_atomic(out_dir / "plot.svg", svg);
+  train_detail::write_file_atomic(out_dir / "plot.svg", svg_body);
   return md;
 }
 
