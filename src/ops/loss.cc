@@ -16,6 +16,25 @@
 #include "ops/f32_contiguous.h"
 
 namespace deltatune::ops {
+namespace {
+
+// How many targets count towards the mean loss (all but ignore_index), each checked to be one of
+// `classes`; `classes_text` says them in the error.
+int64_t counted_targets(const char* op, const std::vector<int64_t>& targets, int64_t classes,
+                        int64_t ignore_index, const std::string& classes_text) {
+  int64_t counted = 0;
+  for (size_t i = 0; i < targets.size(); ++i) {
+    const int64_t t = targets[i];
+    if (t == ignore_index) continue;
+    if (t < 0 || t >= classes)
+      throw ShapeError(std::string(op) + ": target " + std::to_string(t) + " at position " + std::to_string(i) +
+                       " is out of range for " + classes_text);
+    ++counted;
+  }
+  return counted;
+}
+
+}  // namespace
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index) {
   if (!logits.defined() || !targets.defined()) throw ShapeError("cross_entropy: logits or targets undefined");
@@ -30,16 +49,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
                      shape_str(targets.shape()) + " do not fit (expected logits [N, C] and targets [N])");
   const int64_t c = logits.size(-1), n = targets.numel();
   std::vector<int64_t> tgt = targets.to_ints();
-  int64_t counted = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t t = tgt[size_t(i)];
-    if (t == ignore_index) continue;
-    if (t < 0 || t >= c)
-      throw ShapeError("cross_entropy: target " + std::to_string(t) + " at position " + std::to_string(i) +
-                       " is out of range for C = " + std::to_string(c) + " classes (logits " +
-                       shape_str(logits.shape()) + ")");
-    ++counted;
-  }
+  const int64_t counted =
+      counted_targets("cross_entropy", tgt, c, ignore_index,
+                      "C = " + std::to_string(c) + " classes (logits " + shape_str(logits.shape()) + ")");
   Tensor x = f32_contiguous(logits).detach();
   const float* xp = x.f32();
   auto lse = std::make_shared<std::vector<float>>(size_t(n));
@@ -104,15 +116,8 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor&
                      shape_str(x.shape()));
   const int64_t n = x.size(0), h = x.size(1), v = weight.size(0);
   std::vector<int64_t> tgt = targets.to_ints();
-  int64_t counted = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t t = tgt[size_t(i)];
-    if (t == ignore_index) continue;
-    if (t < 0 || t >= v)
-      throw ShapeError("linear_cross_entropy: target " + std::to_string(t) + " at position " + std::to_string(i) +
-                       " is out of range for " + std::to_string(v) + " classes");
-    ++counted;
-  }
+  const int64_t counted =
+      counted_targets("linear_cross_entropy", tgt, v, ignore_index, std::to_string(v) + " classes");
   const Tensor xc = f32_contiguous(x).detach();
   const bool want_gx = grad_enabled() && x.requires_grad();
   const bool want_gw = grad_enabled() && weight.requires_grad();
