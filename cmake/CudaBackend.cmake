@@ -14,9 +14,12 @@ if(NOT CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "52")
 endif()
 file(GLOB DELTATUNE_CUDA_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/ops/cuda/*.cu)
 add_library(deltatune_cuda STATIC ${DELTATUNE_CUDA_SOURCES})
-set_target_properties(deltatune_cuda PROPERTIES CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON)
-target_compile_features(deltatune_cuda PUBLIC cuda_std_17)
-target_include_directories(deltatune_cuda PUBLIC ${PROJECT_SOURCE_DIR}/include)
+set_target_properties(deltatune_cuda PROPERTIES CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON
+                                                POSITION_INDEPENDENT_CODE ON)
+target_compile_features(deltatune_cuda PRIVATE cuda_std_17)
+target_include_directories(deltatune_cuda PRIVATE ${PROJECT_SOURCE_DIR}/include)
 target_link_libraries(deltatune_cuda PUBLIC CUDA::cudart CUDA::cublas)
-target_compile_definitions(deltatune PUBLIC DELTATUNE_HAS_CUDA=1)
-target_link_libraries(deltatune PUBLIC deltatune_cuda)
+target_compile_definitions(deltatune PRIVATE DELTATUNE_HAS_CUDA=1)
+# Inside a shared libdeltatune the kernels are the library's own; a static libdeltatune's consumers
+# link the kernels' archive too (installed and exported with it, see cmake/Install.cmake).
+target_link_libraries(deltatune PRIVATE deltatune_cuda)
