@@ -13,13 +13,13 @@ if(NOT CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "52")
   set(CMAKE_CUDA_ARCHITECTURES 80 90)
 endif()
 file(GLOB DELTATUNE_CUDA_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/ops/cuda/*.cu)
-add_library(deltatune_cuda STATIC ${DELTATUNE_CUDA_SOURCES})
+# An object library: its kernels become part of libdeltatune itself (shared or static), so that
+# deltatune/cuda.h's functions are the library's own and nothing more is installed.
+add_library(deltatune_cuda OBJECT ${DELTATUNE_CUDA_SOURCES})
 set_target_properties(deltatune_cuda PROPERTIES CUDA_STANDARD 17 CUDA_STANDARD_REQUIRED ON
                                                 POSITION_INDEPENDENT_CODE ON)
 target_compile_features(deltatune_cuda PRIVATE cuda_std_17)
 target_include_directories(deltatune_cuda PRIVATE ${PROJECT_SOURCE_DIR}/include)
-target_link_libraries(deltatune_cuda PUBLIC CUDA::cudart CUDA::cublas)
 target_compile_definitions(deltatune PRIVATE DELTATUNE_HAS_CUDA=1)
-# Inside a shared libdeltatune the kernels are the library's own; a static libdeltatune's consumers
-# link the kernels' archive too (installed and exported with it, see cmake/Install.cmake).
-target_link_libraries(deltatune PRIVATE deltatune_cuda)
+target_sources(deltatune PRIVATE $<TARGET_OBJECTS:deltatune_cuda>)
+target_link_libraries(deltatune PRIVATE CUDA::cudart CUDA::cublas)

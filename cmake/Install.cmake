@@ -4,11 +4,7 @@
 include(CMakePackageConfigHelpers)
 set(DELTATUNE_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/deltatune)
 
-set(DELTATUNE_EXPORTED_TARGETS deltatune)
-if(TARGET deltatune_cuda AND NOT DELTATUNE_SHARED)
-  list(APPEND DELTATUNE_EXPORTED_TARGETS deltatune_cuda)  # a static libdeltatune needs its kernels' archive
-endif()
-install(TARGETS ${DELTATUNE_EXPORTED_TARGETS} EXPORT deltatuneTargets
+install(TARGETS deltatune EXPORT deltatuneTargets
         LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR})
 install(TARGETS deltatune_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 install(DIRECTORY include/deltatune DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
