@@ -20,6 +20,7 @@
 #include "model_loading.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
+#include "deltatune/loading.h"
 #include "deltatune/model.h"
 #include "deltatune/optim.h"
 #include "deltatune/threads.h"
@@ -129,9 +130,9 @@ void run(const Options& o) {
       }
     }
   }
-  // --bf16 as train's (cli::use_bf16: float32 where the CPU lacks AVX-512 BF16).
+  // --bf16 as train's (use_bf16: float32 where the CPU lacks AVX-512 BF16).
   if (o.bf16) {
-    cli::use_bf16(*model);
+    use_bf16(*model);
     malloc_trim(0);  // the float32 weights' pages go back: only what is used counts
   }
 

@@ -14,6 +14,7 @@
 #include "deltatune/data.h"
 #include "deltatune/delta_io.h"
 #include "deltatune/gates.h"
+#include "deltatune/loading.h"
 #include "deltatune/threads.h"
 #include "deltatune/tokenizer.h"
 #include "deltatune/trainer.h"
@@ -46,21 +47,21 @@ void run(const Args& a) {
     throw ExitError{"data '" + a.data + "' does not exist"};
   }
   if (!fs::is_directory(a.model)) throw ExitError{"model folder '" + a.model + "' does not exist"};
-  const delta::DeltaRequirements req = delta::peek_delta(a.delta);
-  LoadOptions options;
-  options.head = req.head;
-  options.num_labels = req.num_labels;
-  options.verbose = false;
-  auto model = load_pretrained(a.model, options);
-  auto tokenizer = Tokenizer::load(a.model);
-  train::LoadedTrained trained = train::load_trained(a.delta, *model);
+  LoadRequest request;
+  request.model_dir = a.model;
+  request.delta = a.delta;
+  request.tokenizer = true;
+  LoadedModel loaded = load_with_delta(request);
+  auto& model = loaded.model;
+  auto& tokenizer = loaded.tokenizer;
+  auto& trained = loaded.trained;
   std::vector<delta::Delta*> gated;
   for (auto& d : trained.deltas)
     if (delta::has_gates(*d)) gated.push_back(d.get());
   if (gated.empty())
     throw ExitError{a.delta + ": the " + trained.method + " delta has no gates (only UniPELT deltas do)"};
 
-  const nlohmann::json run_config = train::read_train_config(a.delta);
+  const nlohmann::json& run_config = loaded.train_config;
   const data::Fields fields{setting(a.text_field, run_config, "text-field", "text"),
                             setting(a.pair_field, run_config, "pair-field", "text_pair"), "label"};
   int64_t max_length = a.max_length;

@@ -8,6 +8,7 @@
 #include "deltatune/data.h"
 #include "deltatune/delta_io.h"
 #include "deltatune/error.h"
+#include "deltatune/loading.h"
 #include "deltatune/merge.h"
 #include "deltatune/trainer.h"
 #include "model_loading.h"
@@ -54,16 +55,12 @@ std::unique_ptr<TransformerModel> merged_model(const Args& a) {
     throw ExitError{"model folder '" + a.model + "' does not exist or is not a folder"};
   if (!fs::is_directory(a.delta))
     throw ExitError{"delta '" + a.delta + "' is neither a delta folder nor a config file"};
-  delta::check_delta_fits(a.delta, a.model);  // before its head is asked of the model
-  const delta::DeltaRequirements req = delta::peek_delta(a.delta);
-  LoadOptions options;
-  options.head = req.head;
-  options.num_labels = req.num_labels;
-  options.verbose = false;  // the delta supplies the head weights
-  auto model = load_pretrained(a.model, options);
-  train::LoadedTrained trained = train::load_trained(a.delta, *model);
-  for (auto& d : trained.deltas) delta::merge_into(*model, *d);
-  return model;
+  LoadRequest request;
+  request.model_dir = a.model;
+  request.delta = a.delta;
+  LoadedModel loaded = load_with_delta(request);
+  for (auto& d : loaded.trained.deltas) delta::merge_into(*loaded.model, *d);
+  return std::move(loaded.model);
 }
 
 void run(const Args& a) {

@@ -4,24 +4,19 @@
 // the delta and the classification head; with --task causal-lm, a causal LM on the texts alone.
 // RUN_DIR receives delta/ (our format), peft/ (PEFT's, when the method has one), labels.json,
 // train_config.json, log.jsonl, plot.svg, summary.json, best/ and checkpoint/ (for --resume).
+// The flags become a workflow::TrainRequest; the run is the library's (deltatune/workflow.h); this file
+// parses, checks the run folder, turns SIGINT/SIGTERM into a stop, and prints the summary.
 #include <algorithm>
 #include <atomic>
-#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "command.h"
-#include "deltatune/atomic_file.h"
 #include "deltatune/config_file.h"
-#include "deltatune/data.h"
-#include "deltatune/delta_io.h"
 #include "deltatune/method_presets.h"
-#include "deltatune/metrics.h"
-#include "deltatune/threads.h"
-#include "deltatune/tokenizer.h"
-#include "deltatune/trainer.h"
 #include "deltatune/visualise.h"
+#include "deltatune/workflow.h"
 #include "model_loading.h"
 #include "option_checks.h"
 #include "out_folder.h"
@@ -50,13 +45,6 @@ struct Args {
   std::string text_field = "text", pair_field = "text_pair", label_field = "label";
   bool bf16 = false;
 };
-
-// --lr, else the method's default from the method table (which also refuses an unknown --method,
-// listing every name, before any work is done).
-double learning_rate(const Args& a) {
-  const double method_default = method_preset(a.method).lr;
-  return a.lr > 0 ? a.lr : method_default;
-}
 
 // "1e-4 full, 5e-3 head/none, 2e-3 the others": the table's default learning rates, for --lr's help.
 std::string default_lrs_text() {
@@ -104,12 +92,6 @@ std::string plural(int64_t n, const std::string& word) {
   return std::to_string(n) + " " + word + (n == 1 ? "" : "s");
 }
 
-std::string joined(const std::vector<std::string>& names) {
-  std::string out;
-  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
-  return out;
-}
-
 // A JSON (or YAML: .yaml / .yml) settings file.
 nlohmann::json read_json(const std::string& file, const char* what) {
   if (!fs::is_regular_file(file)) throw ExitError{std::string(what) + " '" + file + "' cannot be read"};
@@ -154,17 +136,16 @@ void apply_config_file(CLI::App& app, const std::string& file) {
   }
 }
 
-// The run's settings with the flags' names: what --config reads, so a run can be repeated exactly.
-nlohmann::json resolved_config(const Args& a, double lr) {
+// The run's settings with the flags' names: what --config reads, so a run can be repeated exactly (the
+// workflow adds the learning rate and max length it resolved).
+nlohmann::json resolved_config(const Args& a) {
   return {{"model", a.model},
           {"data", a.data},
           {"out", a.out},
           {"task", a.task},
           {"method", a.method},
           {"epochs", a.epochs},
-          {"lr", lr},
           {"batch-size", a.batch_size},
-          {"max-length", a.max_length},
           {"seed", a.seed},
           {"lora-r", a.lora_r},
           {"lora-alpha", a.lora_alpha},
@@ -231,32 +212,6 @@ nlohmann::json build_delta_config(const Args& a) {
   return c;
 }
 
-struct Splits {
-  std::vector<data::Example> train, dev, test;
-  std::string dev_origin = "dev";
-};
-
-Splits load_splits(const Args& a, bool lm) {
-  const data::Fields fields{a.text_field, a.pair_field, a.label_field};
-  Splits s;
-  if (fs::is_directory(a.data)) {
-    data::Task task = data::load_task(a.data, fields, lm);
-    s.train = std::move(task.train);
-    s.dev = std::move(task.dev);
-    s.test = std::move(task.test);
-  } else {
-    s.train = data::read_examples(a.data, fields, lm);
-  }
-  if (a.k_shot > 0) {
-    // UniPELT's protocol: K training examples and up to 1000 more as dev, all drawn from train.
-    data::FewShot fs = data::few_shot(s.train, a.k_shot, a.seed);
-    s.train = std::move(fs.train);
-    s.dev = std::move(fs.dev);
-    s.dev_origin = "sampled from train";
-  }
-  return s;
-}
-
 double number(const nlohmann::json& m, const char* key) {
   return m.is_object() && m.contains(key) && m[key].is_number() ? m[key].get<double>() : -1.0;
 }
@@ -300,28 +255,6 @@ void print_summary(const nlohmann::json& summary, const std::string& run_dir, bo
               summary["peft_saved"].get<bool>() ? "peft/, " : "", lm ? "" : "labels.json, ");
 }
 
-// Every option is checked before any work (data, model, run folder): a typo costs nothing and leaves
-// nothing behind. What CLI11 cannot check alone (names, files, combinations) is checked here.
-void check_options(const Args& a, bool lm) {
-  const std::vector<std::string>& known_metrics = metrics::selection_metrics(lm);
-  if (std::find(known_metrics.begin(), known_metrics.end(), a.metric) == known_metrics.end())
-    throw ExitError{"--metric '" + a.metric + "' is not a metric of " +
-                    (lm ? "a language model" : "a classifier") + " (known: " + joined(known_metrics) + ")"};
-  const std::vector<std::string>& schedules = LrSchedule::names();
-  if (std::find(schedules.begin(), schedules.end(), a.schedule) == schedules.end())
-    throw ExitError{"--schedule '" + a.schedule + "' is unknown (known: " + joined(schedules) + ")"};
-  if (lm && (a.method == "none" || a.method == "head"))
-    throw ExitError{"--method " + a.method +
-                    " trains the classification head alone; a language model has none to train"};
-  if (a.resume && a.overwrite)
-    throw ExitError{"--resume continues the run in --out and --overwrite starts it over: give one of them"};
-  if (!fs::is_directory(a.model))
-    throw ExitError{"model folder '" + a.model + "' does not exist or is not a folder"};
-  if (!fs::exists(a.data))
-    throw ExitError{"data '" + a.data +
-                    "' does not exist (expected a task folder with train.jsonl, or a file)"};
-}
-
 // --out, before any work: a folder that can be written and, unless --resume or --overwrite says what to
 // do with it, holds no earlier run (whose delta, log and checkpoint this run would replace).
 void check_run_folder(const Args& a) {
@@ -335,216 +268,75 @@ void check_run_folder(const Args& a) {
                     "from its checkpoint, or --overwrite to start over (its run files are removed)"};
 }
 
-// --overwrite: the earlier run's files go, so nothing of it (a best/ of its own, its log) mixes with the
-// new run's. Only what `train` writes is removed; anything else in the folder stays.
-void clear_earlier_run(const fs::path& run_dir) {
-  bool removed = false;
-  for (const char* folder : {"delta", "peft", "best", "checkpoint"})
-    for (const char* suffix : {"", ".tmp", ".old"})
-      removed |= fs::remove_all(run_dir / (folder + std::string(suffix))) > 0;
-  for (const char* file : {"labels.json", "train_config.json", "log.jsonl", "plot.svg", "summary.json"})
-    removed |= fs::remove(run_dir / file);
-  if (removed) std::fprintf(stderr, "--overwrite: removed the earlier run's files in %s\n", run_dir.c_str());
-}
-
-// "2100 train, 300 dev, 600 test examples", saying where the dev set came from and which split is missing.
-std::string describe_splits(size_t train, size_t dev, size_t test, const std::string& dev_origin) {
-  std::string out = std::to_string(train) + " train, ";
-  if (dev == 0)
-    out += "no dev set (the final weights are kept)";
-  else
-    out += std::to_string(dev) + " dev" + (dev_origin == "dev" ? "" : " (" + dev_origin + ")");
-  out += test == 0 ? ", no test set" : ", " + std::to_string(test) + " test";
-  return out + " examples";
-}
-
-// The mean loss of the last updates (at most 10): what a run without a dev set reports of its end.
-nlohmann::json final_train_loss(const std::vector<double>& losses) {
-  if (losses.empty()) return nullptr;
-  const size_t n = std::min<size_t>(10, losses.size());
-  double sum = 0;
-  for (size_t i = losses.size() - n; i < losses.size(); ++i) sum += losses[i];
-  return sum / double(n);
+// The library's request: the flags, resolved (the method from a --delta-config file, its delta config).
+workflow::TrainRequest training_request(const Args& a) {
+  workflow::TrainRequest r;
+  r.model_dir = a.model;
+  r.data = a.data;
+  r.fields = {a.text_field, a.pair_field, a.label_field};
+  r.k_shot = a.k_shot;
+  r.task = a.task;
+  r.method = a.method;
+  const MethodPreset* preset = find_method_preset(a.method);
+  if (preset && preset->trains == MethodPreset::Trains::Delta) r.delta_config = build_delta_config(a);
+  if (a.lr > 0) r.lr = a.lr;
+  train::TrainOptions& o = r.options;
+  o.epochs = a.epochs;
+  o.max_steps = a.max_steps;
+  o.weight_decay = a.weight_decay;
+  o.warmup_ratio = a.warmup_ratio;
+  o.schedule = a.schedule;
+  o.max_grad_norm = a.max_grad_norm;
+  o.batch_size = a.batch_size;
+  o.eval_batch_size = a.eval_batch_size;
+  o.grad_accum = a.grad_accum;
+  o.bucket_by_length = a.bucket;
+  o.seed = a.seed;
+  o.eval_every = a.eval_every;
+  o.checkpoint_every = a.checkpoint_every;
+  o.patience = a.patience;
+  o.metric = a.metric;
+  o.run_dir = a.out;
+  o.resume = a.resume;
+  o.progress = !a.quiet;
+  o.log_every = a.log_every;
+  o.on_step = [](int64_t) { return g_stop_signal.load() == 0; };
+  r.max_length = a.max_length;
+  r.bf16 = a.bf16;
+  r.threads = a.threads;
+  r.overwrite = a.overwrite;
+  r.test_before = !a.no_test_before;
+  r.recorded_settings = resolved_config(a);
+  r.note = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+  return r;
 }
 
 void run(Args a, CLI::App& app) {
-  const auto started = std::chrono::steady_clock::now();
   for (auto [value, flag] : {std::pair{&a.model, "--model"}, {&a.data, "--data"}, {&a.out, "--out"}})
     if (value->empty())
       throw ExitError{std::string(flag) + " is required (on the command line or in --config)"};
-  if (a.task != "classification" && a.task != "causal-lm" && a.task != "masked-lm")
-    throw ExitError{"--task must be classification, causal-lm or masked-lm, got '" + a.task + "'"};
-  const bool mlm = a.task == "masked-lm";
-  const bool lm = a.task == "causal-lm" || mlm;
+  const bool lm = a.task == "causal-lm" || a.task == "masked-lm";
   // A language model is judged by its loss unless asked otherwise.
   if (lm && app.get_option("--metric")->count() == 0) a.metric = "loss";
   a.method = method_name(a, app);
-  const double lr = learning_rate(a);  // an unknown method name fails here, before any work
-  check_options(a, lm);
-  // The delta is made from its config now (bad settings fail here) and attached once the model is loaded.
-  std::unique_ptr<delta::Delta> delta;
-  if (a.method != "full" && a.method != "none" && a.method != "head")
-    delta = delta::make_delta(build_delta_config(a));
+  const workflow::TrainRequest request = training_request(a);
+  workflow::check_request(request);  // every option, before any work
+  if (a.resume && a.overwrite)
+    throw ExitError{"--resume continues the run in --out and --overwrite starts it over: give one of them"};
   check_run_folder(a);
-  if (a.threads > 0) set_num_threads(a.threads);
-  const fs::path run_dir = a.out;
-
-  // Data and labels first: bad data should fail before minutes of model loading.
-  Splits splits = load_splits(a, lm);
-  data::LabelMap labels;
-  if (!lm) {
-    labels = data::LabelMap::from_examples(splits.train);
-    if (labels.size() < 2)
-      throw ExitError{a.data + ": the training set has a single label; a classifier needs two or more"};
-    data::assign_labels(splits.dev, labels);
-    data::assign_labels(splits.test, labels);
-  }
-
-  auto tokenizer = Tokenizer::load(a.model);
-  LoadOptions load;
-  load.head = mlm ? HeadKind::MaskedLM : lm ? HeadKind::CausalLM : HeadKind::SequenceClassification;
-  if (!lm) load.num_labels = labels.size();
-  load.seed = a.seed;
-  load.verbose = false;  // the new classification head is expected, not a problem to report
-  std::unique_ptr<TransformerModel> model = load_pretrained(a.model, load);
-  model->dropout_rng.seed(a.seed);
-
-  // What trains: a delta (plus the head), the whole model, or the head alone.
-  train::TrainTarget target;
-  if (a.method == "full") {
-    target = train::TrainTarget::full(*model);
-  } else if (a.method == "none" || a.method == "head") {
-    target = train::TrainTarget::head_only(*model);
-  } else {
-    delta->seed = a.seed;
-    delta->attach(*model);
-    target = train::TrainTarget::with_deltas(*model, {delta.get()}, delta->method());
-  }
-  if (a.bf16) cli::use_bf16(*model);  // once frozen: the weights that do not learn are rounded for good
-  // One length for the whole run: what the positions leave once the delta's virtual tokens have
-  // theirs. train_config.json records it, and eval / predict reuse it.
-  const int64_t max_length = train::effective_max_length(*model, a.max_length);
-  a.max_length = max_length;
-
-  // Causal LMs: a text_pair is the answer to the text (a prompt), and only the answer is learnt.
-  auto encode = [&](const std::vector<data::Example>& examples) {
-    return a.task == "causal-lm" ? data::encode_for_lm(examples, *tokenizer, max_length)
-                                 : data::encode(examples, *tokenizer, max_length);
-  };
-  const data::EncodedDataset train_set = encode(splits.train), dev_set = encode(splits.dev),
-                             test_set = encode(splits.test);
-  std::optional<data::MlmMasking> masking;
-  if (mlm) {
-    try {
-      masking = data::MlmMasking::for_tokenizer(*tokenizer);
-    } catch (const ConfigError& e) {
-      throw ExitError{a.model + ": " + e.what()};
-    }
-  }
-  std::fprintf(stderr, "data: %s; %s; %lld train examples reach max length %lld\n",
-               describe_splits(train_set.size(), dev_set.size(), test_set.size(), splits.dev_origin).c_str(),
-               lm ? a.task.c_str() : (std::to_string(labels.size()) + " labels").c_str(),
-               (long long)train_set.truncated, (long long)max_length);
-
-  if (a.overwrite) clear_earlier_run(run_dir);
-  fs::create_directories(run_dir);
-  if (!lm) labels.save(run_dir / "labels.json");
-  const nlohmann::json config = resolved_config(a, lr);
-  write_file_atomic(run_dir / "train_config.json", config.dump(2) + "\n");
-
-  // The untrained baseline (a fresh head; LoRA starts as the identity), when the test set is small.
-  nlohmann::json test_before = nullptr;
-  if (!a.no_test_before && test_set.size() > 0 && test_set.size() <= 5000)
-    test_before = train::evaluate(*model, test_set, a.eval_batch_size, masking ? &*masking : nullptr);
-
-  train::TrainOptions options;
-  options.epochs = a.epochs;
-  options.max_steps = a.max_steps;
-  options.lr = lr;
-  options.weight_decay = a.weight_decay;
-  options.warmup_ratio = a.warmup_ratio;
-  options.schedule = a.schedule;
-  options.max_grad_norm = a.max_grad_norm;
-  options.batch_size = a.batch_size;
-  options.eval_batch_size = a.eval_batch_size;
-  options.grad_accum = a.grad_accum;
-  options.bucket_by_length = a.bucket;
-  options.seed = a.seed;
-  options.eval_every = a.eval_every;
-  options.checkpoint_every = a.checkpoint_every;
-  options.patience = a.patience;
-  options.metric = a.metric;
-  options.run_dir = run_dir;
-  options.resume = a.resume;
-  options.progress = !a.quiet;
-  options.log_every = a.log_every;
-  options.mlm = masking;
-  options.on_step = [](int64_t) { return g_stop_signal.load() == 0; };
-
-  const auto [trainable, total] = target.freeze();
-  // --max-steps decides the length of a run alone: its epochs are not what runs.
-  const std::string length = a.max_steps > 0 ? plural(a.max_steps, "update") + " (--max-steps) over"
-                                             : plural(a.epochs, "epoch") + " of";
-  std::fprintf(stderr, "training %s: %s, lr %g, %s %zu examples, batch %lld\n", target.method.c_str(),
-               trainable_summary(trainable, total).c_str(), lr, length.c_str(), train_set.size(),
-               (long long)a.batch_size);
-  train::Trainer trainer(target, options);
-  train::TrainResult result;
+  workflow::TrainRun run;
   {
     StopSignals stop_signals;
-    result = trainer.train(train_set, dev_set.size() > 0 ? &dev_set : nullptr);
+    run = workflow::run_training(request);
   }
-  if (result.stop_reason == "stopped") {
+  if (run.result.stop_reason == "stopped") {
     const int signal = g_stop_signal.load();
     throw ExitError{std::string("interrupted (") + (signal == SIGTERM ? "SIGTERM" : "Ctrl-C") + ") at step " +
-                        std::to_string(result.steps) + "; the checkpoint in " +
-                        (run_dir / "checkpoint").string() + " continues with --resume",
+                        std::to_string(run.result.steps) + "; the checkpoint in " +
+                        (fs::path(a.out) / "checkpoint").string() + " continues with --resume",
                     128 + signal};
   }
-
-  // The final weights (the best on dev) and where they came from.
-  train::save_trained(run_dir / "delta", target);
-  const bool peft_saved = train::save_trained_peft(run_dir / "peft", target);
-  if (!lm) {
-    labels.save(run_dir / "delta" / "labels.json");
-    if (peft_saved) labels.save(run_dir / "peft" / "labels.json");
-  }
-
-  nlohmann::json test = nullptr;
-  if (test_set.size() > 0 && lm) {
-    test = train::evaluate(*model, test_set, a.eval_batch_size, masking ? &*masking : nullptr);
-  } else if (test_set.size() > 0) {
-    train::Predictions p = train::predict(*model, test_set, a.eval_batch_size);
-    test = metrics::classification_metrics(p.predicted, p.labels);
-    test["loss"] = p.loss;
-    test["per_class"] =
-        metrics::report_json(metrics::per_class_report(p.predicted, p.labels, labels.names()));
-  }
-  nlohmann::json summary = {
-      {"task", a.task},
-      {"method", target.method},
-      {"model", a.model},
-      {"data", a.data},
-      {"trainable_params", result.trainable},
-      {"total_params", result.total},
-      {"train_seconds", result.seconds},
-      {"total_seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count()},
-      {"steps", result.steps},
-      {"train_loss", final_train_loss(result.losses)},
-      {"stop_reason", result.stop_reason},
-      {"best_step", result.best_step},
-      {"metric", a.metric},
-      {"dev", result.best_dev},
-      {"dev_last", result.last_dev},
-      {"test", test},
-      {"test_before", test_before},
-      {"labels", lm ? nlohmann::json() : nlohmann::json(labels.names())},
-      {"train_examples", train_set.size()},
-      {"peft_saved", peft_saved},
-      {"config", config}};
-  write_file_atomic(run_dir / "summary.json", summary.dump(2) + "\n");
-  train::write_training_plot(run_dir, a.metric);
-  print_summary(summary, run_dir.string(), lm);
+  print_summary(run.summary, a.out, lm);
 }
 
 void setup(CLI::App& app) {

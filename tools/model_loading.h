@@ -1,5 +1,7 @@
 #pragma once
-// Loading a model (and, once deltas exist, a delta over it) the same way in every command.
+// --model / --head / --delta as the commands that show or run a model take them (forward, inspect,
+// generate, merge, combine): argument glue over the one loader (deltatune/loading.h), plus what they
+// print (the delta's modules marked in a tree, the trainable count).
 #include <memory>
 #include <string>
 
@@ -20,16 +22,11 @@ struct LoadedModel {
 // head: "" (from config), causal-lm, masked-lm, sequence-classification, none.
 HeadKind parse_head(const std::string& head);
 // delta: "" (none), a delta config (JSON file: a fresh delta, attached as it would train), or a folder
-// `train` (or PEFT) wrote, whatever the method: a delta is attached; a full or head run's weights
-// replace the model's (no delta attached). merge, generate, forward, inspect and combine load this way.
+// `train` (or PEFT) wrote, whatever the method, loaded by load_with_delta: a delta is attached; a full
+// or head run's weights replace the model's (no delta attached).
 LoadedModel load_model(const std::string& model_dir, const std::string& head = "", const std::string& delta = "");
 
-// --bf16 in the commands that run a model (train, eval, predict): bfloat16 products
-// (ops::MatmulPrecision::Bf16) and the frozen weights stored in bfloat16 where the CPU has AVX-512
-// BF16; elsewhere a note and float32. Call it once the model is frozen (deltas attached). Only frozen
-// base weights are rounded: `trained` names model parameters a loaded delta trained (its head, a full
-// run's weights, train::LoadedTrained::model_parameters), which keep their precision as in training.
-void use_bf16(TransformerModel& model, const std::vector<std::string>& trained = {});
+// --bf16's help (the commands that run a model: train, eval, predict; deltatune::use_bf16 does it).
 inline const char* kBf16Help =
     "Mixed precision where the CPU has AVX-512 BF16: linear products in bfloat16 with float32 sums, frozen "
     "weights stored in bfloat16 (half their memory); about twice the speed. Default: float32, as PyTorch";

@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "deltatune/workflow.h"
+
 namespace deltatune::train {
 
 // The grid's methods are names of the method table (include/deltatune/method_presets.h), the same
@@ -71,7 +73,11 @@ struct SweepRun {
 std::vector<SweepRun> sweep_plan(const SweepOptions& options);
 // Whether a run has finished (its summary.json exists).
 bool sweep_run_finished(const SweepRun& run);
-// Trains and tests one run; writes run.dir/summary.json last and returns it.
+// The training request of one cell (the workflow of deltatune/workflow.h): the sweep's settings, the
+// method's learning rate from the method table (times lr_scale) unless `lr` overrides it.
+workflow::TrainRequest sweep_cell_request(const SweepOptions& options, const SweepRun& run);
+// Trains (run_training with the cell's few-shot splits) and tests one run; writes run.dir/summary.json
+// last and returns it.
 nlohmann::json run_sweep_cell(const SweepOptions& options, const SweepRun& run);
 
 struct SweepReport {

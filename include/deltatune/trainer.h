@@ -24,6 +24,7 @@
 #include "deltatune/data.h"
 #include "deltatune/delta.h"
 #include "deltatune/error.h"
+#include "deltatune/loading.h"
 #include "deltatune/model.h"
 #include "deltatune/optim.h"
 #include "deltatune/tokenizer.h"
@@ -162,14 +163,12 @@ void save_trained(const std::filesystem::path& dir, const TrainTarget& target);
 // PEFT's adapter format, for a single delta whose method PEFT has. Returns false when not possible.
 bool save_trained_peft(const std::filesystem::path& dir, const TrainTarget& target);
 
-// What load_trained attached.
-struct LoadedTrained {
-  std::vector<std::unique_ptr<delta::Delta>> deltas;
-  std::string method;
-  std::vector<std::string> model_parameters;  // model tensors it trained: keep them at full precision
-};
-// Loads a folder written by save_trained (or a PEFT adapter) onto `model`.
-LoadedTrained load_trained(const std::filesystem::path& dir, TransformerModel& model);
+// Loads a folder written by save_trained (or a PEFT adapter) onto `model`: a view of the one loader's
+// last step (apply_saved_delta, deltatune/loading.h).
+using LoadedTrained = AppliedDelta;
+inline LoadedTrained load_trained(const std::filesystem::path& dir, TransformerModel& model) {
+  return apply_saved_delta(dir, model);
+}
 
 // Finds labels.json for a delta folder: inside it, or in its parent (the run folder).
 std::filesystem::path find_labels_file(const std::filesystem::path& delta_dir);
@@ -178,17 +177,10 @@ std::filesystem::path find_labels_file(const std::filesystem::path& delta_dir);
 // it or in its run folder), or null when there is none.
 nlohmann::json read_train_config(const std::filesystem::path& delta_dir);
 
-// A trained classifier ready to run: the base model with its classification head, the delta loaded
-// on it, its tokenizer and label names.
-struct Classifier {
-  std::unique_ptr<TransformerModel> model;
-  std::unique_ptr<Tokenizer> tokenizer;
-  data::LabelMap labels;
-  LoadedTrained trained;        // empty without a delta
-  nlohmann::json train_config;  // the run's train_config.json when found beside the delta, else null
-};
-// Loads model_dir with a classification head sized by the delta's labels.json and applies the delta.
-// Without a delta (empty path) the head is newly initialised over `labels` (a baseline).
+// A trained classifier ready to run: the one loader (load_with_delta, deltatune/loading.h) asked for a
+// classification head sized by the delta's labels.json, and the tokenizer. Without a delta (empty path)
+// the head is newly initialised over `labels` (a baseline).
+using Classifier = LoadedModel;
 Classifier load_classifier(const std::filesystem::path& model_dir, const std::filesystem::path& delta_dir,
                            const data::LabelMap* labels = nullptr);
 

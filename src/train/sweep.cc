@@ -1,6 +1,7 @@
 // The method-comparison sweep (see include/deltatune/sweep.h): plans the grid, runs each unfinished
-// cell in-process (few-shot sampling, model + delta, Trainer with early stopping on the few-shot dev
-// set, test metrics and timed inference), and builds the tables and the plot from the summaries.
+// cell in-process (few-shot sampling, then the training workflow of deltatune/workflow.h with early
+// stopping on the few-shot dev set, then test metrics and timed inference on the best weights), and
+// builds the tables and the plot from the summaries.
 #include "deltatune/sweep.h"
 
 #include <algorithm>
@@ -21,6 +22,7 @@
 #include "deltatune/model.h"
 #include "deltatune/tokenizer.h"
 #include "deltatune/trainer.h"
+#include "deltatune/workflow.h"
 #include "train/files.h"
 #include "train/svg.h"
 
@@ -108,6 +110,33 @@ std::vector<SweepRun> sweep_plan(const SweepOptions& o) {
 
 bool sweep_run_finished(const SweepRun& run) { return fs::is_regular_file(run.dir / "summary.json"); }
 
+workflow::TrainRequest sweep_cell_request(const SweepOptions& o, const SweepRun& run) {
+  workflow::TrainRequest r;
+  r.model_dir = o.model_dir;
+  r.method = run.method;
+  r.lr = o.lr;
+  r.lr = workflow::learning_rate(r) * o.lr_scale;  // the method's default unless the sweep sets one
+  TrainOptions& options = r.options;
+  auto ke = o.epochs_for_k.find(run.k);
+  options.epochs = ke != o.epochs_for_k.end() ? ke->second : o.epochs;
+  options.max_steps = o.max_steps;
+  options.batch_size = o.batch_size;
+  options.seed = run.seed;
+  options.eval_every = o.eval_every;
+  options.patience = o.patience;
+  options.metric = "accuracy";
+  options.run_dir = run.dir;
+  options.progress = false;
+  // The best dev weights are reloaded from best/ onto a fresh model by the one loader, which reads every
+  // method's saved form (e.g. prefix tuning's collapsed MLP, which the live delta cannot take back).
+  options.restore_best = false;
+  r.max_length = o.max_length;
+  r.test_before = false;
+  r.evaluate_test = false;       // the cell times its own test pass, on the best weights
+  r.write_run_files = false;     // a cell leaves labels.json, log.jsonl, best/, checkpoint/, summary.json
+  return r;
+}
+
 json run_sweep_cell(const SweepOptions& o, const SweepRun& run) {
   const auto started = std::chrono::steady_clock::now();
   const MethodPreset& method = method_preset(run.method);
@@ -118,70 +147,28 @@ json run_sweep_cell(const SweepOptions& o, const SweepRun& run) {
   if (o.max_dev > 0 && int64_t(shot.dev.size()) > o.max_dev) shot.dev.resize(size_t(o.max_dev));
   std::vector<data::Example> test = task.test.empty() ? task.dev : task.test;
   if (o.max_test > 0 && int64_t(test.size()) > o.max_test) test.resize(size_t(o.max_test));
+  workflow::TrainRequest request = sweep_cell_request(o, run);
+  request.splits = {std::move(shot.train), std::move(shot.dev), std::move(test), "dev"};
   // Labels come from the whole training set, so a K-shot sample missing a class still has its column.
-  data::LabelMap labels = data::LabelMap::from_examples(task.train);
-  data::assign_labels(shot.train, labels);
-  data::assign_labels(shot.dev, labels);
-  data::assign_labels(test, labels);
-
-  auto tokenizer = Tokenizer::load(o.model_dir);
-  LoadOptions load;
-  load.head = HeadKind::SequenceClassification;
-  load.num_labels = labels.size();
-  load.seed = run.seed;
-  load.verbose = false;
-  std::unique_ptr<TransformerModel> model = load_pretrained(o.model_dir, load);
-  model->dropout_rng.seed(run.seed);
-
-  std::unique_ptr<delta::Delta> delta;
-  TrainTarget target;
-  if (method.trains == MethodPreset::Trains::Full) {
-    target = TrainTarget::full(*model);
-  } else if (method.trains == MethodPreset::Trains::Head) {
-    target = TrainTarget::head_only(*model);
-  } else {
-    delta = delta::make_delta(method.delta_config);
-    delta->seed = run.seed;
-    delta->attach(*model);
-    target = TrainTarget::with_deltas(*model, {delta.get()}, run.method);
-  }
-
-  const data::EncodedDataset train_set = data::encode(shot.train, *tokenizer, o.max_length);
-  const data::EncodedDataset dev_set = data::encode(shot.dev, *tokenizer, o.max_length);
-  const data::EncodedDataset test_set = data::encode(test, *tokenizer, o.max_length);
-
-  TrainOptions options;
-  auto ke = o.epochs_for_k.find(run.k);
-  options.epochs = ke != o.epochs_for_k.end() ? ke->second : o.epochs;
-  options.max_steps = o.max_steps;
-  options.lr = (o.lr ? *o.lr : method.lr) * o.lr_scale;
-  options.batch_size = o.batch_size;
-  options.seed = run.seed;
-  options.eval_every = o.eval_every;
-  options.patience = o.patience;
-  options.metric = "accuracy";
-  options.run_dir = run.dir;
-  options.progress = false;
-  // The best dev weights are reloaded below from best/ onto a fresh model (load_trained reads every
-  // method's saved form, e.g. prefix tuning's collapsed MLP, which the live delta cannot take back).
-  options.restore_best = false;
+  request.labels = data::LabelMap::from_examples(task.train);
 
   // A run interrupted before its summary starts again from scratch (its old files are removed).
   fs::remove_all(run.dir);
-  fs::create_directories(run.dir);
-  labels.save(run.dir / "labels.json");
-  Trainer trainer(target, options);
-  TrainResult result = trainer.train(train_set, dev_set.size() > 0 ? &dev_set : nullptr);
-  TransformerModel* tested = model.get();
-  std::unique_ptr<TransformerModel> best_model;
-  LoadedTrained best_loaded;
+  workflow::TrainRun trained = workflow::run_training(request);
+  const TrainResult& result = trained.result;
+  TransformerModel* tested = trained.model.get();
+  LoadedModel best;
   if (result.best_step >= 0 && result.best_step != result.steps && fs::exists(run.dir / "best")) {
-    best_model = load_pretrained(o.model_dir, load);
-    best_loaded = load_trained(run.dir / "best", *best_model);
-    tested = best_model.get();
+    LoadRequest load;
+    load.model_dir = o.model_dir;
+    load.delta = run.dir / "best";
+    load.classifier = true;  // labels.json in the run folder names the classes
+    best = load_with_delta(load);
+    tested = best.model.get();
   }
 
   // Inference: the test set once, timed (after one warm-up batch, so first-touch costs do not count).
+  const data::EncodedDataset& test_set = trained.test_set;
   {
     data::EncodedDataset warm;
     warm.examples.assign(test_set.examples.begin(),
@@ -206,15 +193,15 @@ json run_sweep_cell(const SweepOptions& o, const SweepRun& run) {
       {"seed", run.seed},
       {"model", o.model_dir.string()},
       {"delta_config", method.delta_config},
-      {"lr", options.lr},
-      {"epochs", options.epochs},
+      {"lr", trained.lr},
+      {"epochs", request.options.epochs},
       {"patience", o.patience},
       {"eval_every", o.eval_every},
       {"max_steps", o.max_steps},
       {"batch_size", o.batch_size},
       {"max_length", o.max_length},
-      {"train_examples", train_set.size()},
-      {"dev_examples", dev_set.size()},
+      {"train_examples", trained.train_set.size()},
+      {"dev_examples", trained.dev_set.size()},
       {"test_examples", test_set.size()},
       {"trainable_params", result.trainable},
       {"total_params", result.total},

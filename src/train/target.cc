@@ -119,16 +119,6 @@ bool save_trained_peft(const fs::path& dir, const TrainTarget& target) {
   return true;
 }
 
-LoadedTrained load_trained(const fs::path& dir, TransformerModel& model) {
-  if (!fs::is_directory(dir)) throw IoError(dir.string() + ": delta folder does not exist");
-  delta::SavedDelta saved = delta::load_delta(dir, model);  // full / head runs replace model weights
-  LoadedTrained out;
-  out.method = saved.method;
-  out.model_parameters = delta::trained_model_parameters(saved, model);
-  if (saved.delta) out.deltas.push_back(std::move(saved.delta));
-  return out;
-}
-
 fs::path find_labels_file(const fs::path& dir) {
   const fs::path delta_dir = folder_path(dir);
   for (const fs::path& candidate : {delta_dir / "labels.json", delta_dir.parent_path() / "labels.json"})

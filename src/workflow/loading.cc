@@ -1,0 +1,87 @@
+// The one loader of a base model plus a saved delta (see include/deltatune/loading.h).
+#include "deltatune/loading.h"
+
+#include <cstdio>
+
+#include "deltatune/delta_io.h"
+#include "deltatune/error.h"
+#include "deltatune/nn.h"
+#include "deltatune/ops.h"
+#include "deltatune/trainer.h"
+
+namespace deltatune {
+namespace fs = std::filesystem;
+
+namespace {
+
+// "run/delta/" -> "run/delta", so that its run folder is its parent.
+fs::path folder_path(const fs::path& dir) {
+  fs::path d = dir.lexically_normal();
+  return d.empty() || d.has_filename() ? d : d.parent_path();
+}
+
+// A classifier's classes: labels.json beside the delta, which must agree with the head it saved.
+data::LabelMap classifier_labels(const fs::path& delta_dir, const delta::DeltaRequirements& req) {
+  const fs::path labels_file = train::find_labels_file(delta_dir);
+  data::LabelMap labels = data::LabelMap::load(labels_file);
+  if (req.num_labels && *req.num_labels != labels.size())
+    throw IoError(labels_file.string() + ": " + std::to_string(labels.size()) +
+                  " labels but the delta's head has " + std::to_string(*req.num_labels) + " outputs");
+  return labels;
+}
+
+}  // namespace
+
+AppliedDelta apply_saved_delta(const fs::path& delta_dir, TransformerModel& model) {
+  if (!fs::is_directory(delta_dir)) throw IoError(delta_dir.string() + ": delta folder does not exist");
+  delta::SavedDelta saved = delta::load_delta(delta_dir, model);  // full / head runs replace model weights
+  AppliedDelta out;
+  out.method = saved.method;
+  out.model_parameters = delta::trained_model_parameters(saved, model);
+  if (saved.delta) out.deltas.push_back(std::move(saved.delta));
+  return out;
+}
+
+LoadedModel load_with_delta(const LoadRequest& r) {
+  if (!fs::is_directory(r.model_dir))
+    throw IoError("model folder '" + r.model_dir.string() + "' does not exist or is not a folder");
+  const fs::path delta_dir = folder_path(r.delta);
+  LoadedModel loaded;
+  LoadOptions options;
+  options.head = r.head;
+  if (!delta_dir.empty()) {
+    if (!fs::is_directory(delta_dir)) throw IoError(delta_dir.string() + ": delta folder does not exist");
+    delta::check_delta_fits(delta_dir, r.model_dir);  // before its head is asked of the model
+    const delta::DeltaRequirements req = delta::peek_delta(delta_dir);
+    if (!options.head) options.head = req.head;
+    options.num_labels = req.num_labels;
+    if (r.classifier) loaded.labels = classifier_labels(delta_dir, req);
+    loaded.train_config = train::read_train_config(delta_dir);
+    options.verbose = false;  // the delta supplies the head weights
+  } else if (r.classifier) {
+    if (!r.labels) throw ConfigError("load_with_delta: a classifier without a delta needs its label names");
+    loaded.labels = *r.labels;
+    options.verbose = false;  // a new head is what was asked for
+  }
+  if (r.classifier) {
+    options.head = HeadKind::SequenceClassification;
+    options.num_labels = loaded.labels.size();
+  }
+  loaded.model = load_pretrained(r.model_dir, options);
+  if (r.tokenizer) loaded.tokenizer = Tokenizer::load(r.model_dir);
+  if (!delta_dir.empty()) loaded.trained = apply_saved_delta(delta_dir, *loaded.model);
+  loaded.model->set_training(false);
+  return loaded;
+}
+
+void use_bf16(TransformerModel& model, const std::vector<std::string>& trained) {
+  if (!ops::bf16_linear_available()) {
+    std::fprintf(stderr, "note: this CPU has no AVX-512 BF16; --bf16 is ignored (float32 products)\n");
+    return;
+  }
+  ops::set_matmul_precision(ops::MatmulPrecision::Bf16);
+  std::fprintf(stderr, "bf16: products in bfloat16, %lld frozen weight matrices stored in bfloat16\n",
+               static_cast<long long>(nn::store_frozen_weights(model, DType::BF16, {trained.begin(), trained.end()})));
+}
+
+}  // namespace deltatune
