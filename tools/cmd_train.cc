@@ -186,23 +186,12 @@ std::string method_name(const Args& a, const CLI::App& app) {
   return file.value("method", a.method);
 }
 
-// The delta a run trains (a.method as method_name() resolved it). Without a --delta-config: the
-// method's config in the method table. A --delta-config file of that delta method: the file as
-// written (what it leaves out takes the method's defaults, as in every other command); a file naming
-// no method, a preset (houlsby) or another method than --method: its fields over the method's table
-// config. Then --lora-r, --lora-alpha (LoRA) and --targets, when given, override.
+// The delta a run trains (a.method as method_name() resolved it): the method's config in the method
+// table with a --delta-config file over it (workflow::delta_config_over_method says how), then
+// --lora-r, --lora-alpha (LoRA) and --targets, when given.
 nlohmann::json build_delta_config(const Args& a) {
-  nlohmann::json c = method_preset(a.method).delta_config;
-  if (!a.delta_config.empty()) {
-    const nlohmann::json file = read_delta_config_file(a);
-    if (file.contains("method") && file["method"] == c["method"]) {
-      c = file;
-    } else {
-      if (file.contains("lora_alpha")) c.erase("alpha");  // PEFT's spelling wins over the preset's
-      for (const auto& [key, value] : file.items())
-        if (key != "method") c[key] = value;
-    }
-  }
+  nlohmann::json c = workflow::delta_config_over_method(
+      a.method, a.delta_config.empty() ? nlohmann::json() : read_delta_config_file(a));
   if (c.value("method", "") == "lora") {
     if (a.lora_r > 0) c["r"] = a.lora_r;
     if (a.lora_alpha > 0) c["alpha"] = a.lora_alpha;

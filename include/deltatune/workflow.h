@@ -80,6 +80,13 @@ double learning_rate(const TrainRequest& request);
 // What a request trains when it is not given a delta config: the method table's config.
 nlohmann::json delta_config(const TrainRequest& request);
 
+// The delta a run of `method` trains given a delta config file's contents (null: no file): the
+// method's config in the method table; a file of that same delta method, as written (what it leaves
+// out takes the method's own defaults, as in every other command); a file naming no method, a preset
+// (houlsby) or another method: its fields over the table's config (PEFT's "lora_alpha" replacing
+// the table's "alpha").
+nlohmann::json delta_config_over_method(const std::string& method, const nlohmann::json& file);
+
 // Checks a request before any work (names, files, settings, the delta config): a ConfigError or
 // IoError saying what is wrong. run_training starts with it.
 void check_request(const TrainRequest& request);

@@ -216,6 +216,16 @@ json delta_config(const TrainRequest& r) {
   return r.delta_config.is_null() ? method_preset(r.method).delta_config : r.delta_config;
 }
 
+json delta_config_over_method(const std::string& method, const json& file) {
+  json c = method_preset(method).delta_config;
+  if (file.is_null()) return c;
+  if (file.contains("method") && file["method"] == c["method"]) return file;
+  if (file.contains("lora_alpha")) c.erase("alpha");  // PEFT's spelling wins over the preset's
+  for (const auto& [key, value] : file.items())
+    if (key != "method") c[key] = value;
+  return c;
+}
+
 void check_request(const TrainRequest& r) {
   learning_rate(r);
   if (r.task != "classification" && r.task != "causal-lm" && r.task != "masked-lm")
