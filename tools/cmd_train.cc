@@ -407,7 +407,6 @@ void run(Args a, CLI::App& app) {
   load.seed = a.seed;
   load.verbose = false;  // the new classification head is expected, not a problem to report
   std::unique_ptr<TransformerModel> model = load_pretrained(a.model, load);
-  model->dropout_rng.seed(a.seed);
 
   // What trains: a delta (plus the head), the whole model, or the head alone.
   train::TrainTarget target;

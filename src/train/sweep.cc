@@ -131,7 +131,6 @@ json run_sweep_cell(const SweepOptions& o, const SweepRun& run) {
   load.seed = run.seed;
   load.verbose = false;
   std::unique_ptr<TransformerModel> model = load_pretrained(o.model_dir, load);
-  model->dropout_rng.seed(run.seed);
 
   std::unique_ptr<delta::Delta> delta;
   TrainTarget target;
