@@ -1,8 +1,6 @@
 // The `deltatune` command: subcommands register themselves (command.h); errors become one line and
 // exit code 2 (bad input, usage errors included) or 1 (internal failure), never a crash. --help and
 // --version print and exit 0.
-#include <malloc.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <iostream>
@@ -10,6 +8,7 @@
 #include "command.h"
 #include "wait_policy.h"
 #include "deltatune/error.h"
+#include "deltatune/runtime.h"
 
 namespace deltatune::cli {
 std::vector<Command>& registry() {
@@ -36,12 +35,9 @@ std::string help_hint(CLI::App& app) {
 
 int main(int argc, char** argv) {
   using namespace deltatune;
-  cli::choose_openmp_wait_policy(argv);
-  // Every training step frees and re-allocates activation-sized buffers (a few MiB to tens of MiB).
-  // glibc would hand each to mmap and back to the kernel, so every step paid page faults and page
-  // zeroing again (~4% of a bert-base LoRA step); keep them in the heap for reuse instead.
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest allowed value
-  mallopt(M_TRIM_THRESHOLD, 512 << 20);
+  cli::choose_openmp_wait_policy(argv);  // before anything else: it may start the program again
+  // Activation-sized buffers stay in the heap between training steps (deltatune/runtime.h).
+  apply(RuntimeSettings{.heap = HeapTuning::for_training()});
   CLI::App app{"deltatune: delta tuning (parameter-efficient fine-tuning) of transformer language models"};
   app.set_version_flag("--version", std::string("deltatune ") + DELTATUNE_VERSION);
   app.require_subcommand(1);

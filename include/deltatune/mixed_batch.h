@@ -35,7 +35,8 @@ class MixedBatch {
   delta::Delta& get(const std::string& name);
 
   // example_deltas[b] names row b's delta ("" for the base). Between calls every delta is idle: a
-  // plain model.forward() gives the base.
+  // plain model.forward() gives the base. Calls may run concurrently (each keeps its rows in its own
+  // ForwardContext: input.context, or a fresh one); add() and add_saved() must not overlap them.
   ModelOutput forward(const ModelInput& input, const std::vector<std::string>& example_deltas);
 
  private:

@@ -3,6 +3,7 @@
 // the Llama family (Llama, Mistral, Qwen2). Besides the per-linear hooks (nn.h), a model exposes the
 // hook points that act across a layer: attention keys/values (prefix tuning) and the input
 // embeddings (prompt tuning).
+#include <atomic>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -10,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "deltatune/forward_context.h"
 #include "deltatune/hf_config.h"
 #include "deltatune/nn.h"
 #include "deltatune/random.h"
@@ -37,6 +39,9 @@ struct ModelInput {
   // false: an LM head leaves `logits` undefined, for a caller that computes a fused, chunked loss
   // from last_hidden_state (ops::linear_cross_entropy) instead of holding [B, T, V] logits.
   bool compute_logits = true;
+  // The call's own state (dropout generator, hooks' per-call values): forward_context.h. nullptr: the
+  // forward makes a fresh one.
+  ForwardContext* context = nullptr;
 };
 
 struct ModelOutput {
@@ -68,7 +73,9 @@ class TransformerModel : public nn::Module {
  public:
   TransformerModel(std::string type_name, ModelConfig config, HeadKind head)
       : nn::Module(std::move(type_name)), config(std::move(config)), head(head) {}
-  virtual ModelOutput forward(const ModelInput& input) = 0;
+  // Safe to call from several threads at once on different inputs: everything a call changes lives
+  // in its ForwardContext (input.context, or a fresh one) or in its own KV cache.
+  ModelOutput forward(const ModelInput& input);
 
   // Where the blocks live ("bert.encoder.layer", "transformer.h", "model.layers").
   virtual std::string layers_path() const = 0;
@@ -88,15 +95,21 @@ class TransformerModel : public nn::Module {
   HeadKind head;
   std::vector<std::shared_ptr<AttentionHook>> attention_hooks;
   std::vector<std::shared_ptr<EmbeddingHook>> embedding_hooks;
-  Generator dropout_rng{1234};
 
  protected:
+  // The architecture's forward pass, run with the call's context current on this thread.
+  virtual ModelOutput run_forward(const ModelInput& input) = 0;
+  // The dropout generator of the call in progress.
+  static Generator& dropout_rng() { return ForwardContext::current().dropout_rng; }
   // Applies the enabled attention hooks of `layer`.
   void extend_attention(int64_t layer, const Tensor& hidden, Tensor& k, Tensor& v, Tensor& key_mask);
   // Applies the enabled embedding hooks; returns the positions prepended.
   int64_t extend_embeddings(Tensor& embeddings, Tensor& mask);
   int64_t prefix_length() const;
   float dropout_p(double p) const { return training() ? float(p) : 0.0f; }
+
+ private:
+  std::atomic<uint64_t> calls_without_context_{0};  // seeds each such call's fresh context
 };
 
 // Builds a model from its config, parameters initialised as transformers does (normal(0, 0.02),

@@ -31,6 +31,11 @@ int& current() {
 
 int num_threads() { return current(); }
 
+void use_num_threads_on_this_thread() {
+  const int n = current();
+  if (omp_get_max_threads() != n) omp_set_num_threads(n);
+}
+
 void set_num_threads(int n) {
   if (n < 1) n = 1;
   current() = n;

@@ -36,10 +36,9 @@ struct AdapterBlock {
   nn::Activation act;
   float scaling = 1.0f;
   float dropout = 0.0f;
-  Generator* rng = nullptr;
   Tensor run(const Tensor& x, bool training) const {
     Tensor h = act(ops::linear(x, w.down.materialise(), w.down.bias));
-    if (training && dropout > 0.0f) h = ops::dropout(h, dropout, true, *rng);
+    if (training && dropout > 0.0f) h = ops::dropout(h, dropout, true, ForwardContext::current().dropout_rng);
     return ops::mul_scalar(ops::linear(h, w.up.materialise(), w.up.bias), scaling);
   }
 };
@@ -55,14 +54,13 @@ struct SequentialHook : nn::LinearHook {
 };
 
 // Parallel: the feed-forward input is caught on the first feed-forward linear, the adapter's output
-// added to the last one's.
-struct ParallelState {
-  Tensor input;
-};
+// added to the last one's. The caught input belongs to the call (ForwardContext), keyed by the pair's
+// shared state.
+struct ParallelState {};
 struct CaptureHook : nn::LinearHook {
   std::shared_ptr<ParallelState> state;
   Tensor pre(nn::Linear& layer, const Tensor& x) override {
-    state->input = x;
+    ForwardContext::current().slot<Tensor>(state.get()) = x;
     return x;
   }
 };
@@ -70,12 +68,14 @@ struct ParallelHook : nn::LinearHook {
   AdapterBlock block;
   std::shared_ptr<ParallelState> state;
   Tensor post(nn::Linear& layer, const Tensor& x, const Tensor& y) override {
-    if (!state->input.defined())
+    ForwardContext& call = ForwardContext::current();
+    Tensor* caught = call.find<Tensor>(state.get());
+    if (!caught || !caught->defined())
       throw Error(
           "parallel adapter on a feed-forward output whose input was not seen (is the up-projection "
           "hooked?)");
-    Tensor in = state->input;
-    state->input = Tensor();
+    Tensor in = *caught;
+    call.erase(state.get());
     return ops::add(y, block.run(in, layer.training()));
   }
 };
@@ -167,8 +167,7 @@ class Adapter : public Delta {
         w.up = make_projection(projection_, hidden, r, true, gen, shared_up_rule_);
       }
       weights_.emplace_back(path, w);
-      AdapterBlock block{w, nn::activation(activation_), float(scaling_), float(dropout_),
-                         &model.dropout_rng};
+      AdapterBlock block{w, nn::activation(activation_), float(scaling_), float(dropout_)};
       if (variant_ == "parallel") {
         auto state = std::make_shared<ParallelState>();
         auto capture = std::make_shared<CaptureHook>();

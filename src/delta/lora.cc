@@ -23,11 +23,10 @@ struct LoraHook : nn::LinearHook {
   Tensor A, B, magnitude;  // magnitude: DoRA only
   float scaling = 1.0f;
   float dropout = 0.0f;
-  Generator* rng = nullptr;
 
   Tensor post(nn::Linear& layer, const Tensor& x, const Tensor& y) override {
     const bool drop = layer.training() && dropout > 0.0f;
-    Tensor xin = drop ? ops::dropout(x, dropout, true, *rng) : x;
+    Tensor xin = drop ? ops::dropout(x, dropout, true, ForwardContext::current().dropout_rng) : x;
     Tensor lora = ops::linear(ops::linear(xin, A), B);
     if (!magnitude.defined()) return ops::add(y, ops::mul_scalar(lora, scaling));
     // DoRA: out = y + (m/||W + s B A|| - 1) (y - bias) + (m/||.||) s lora; the norm is detached.
@@ -116,7 +115,6 @@ class Lora : public Delta {
       hook->owner = name;
       hook->scaling = float(shape.scaling);
       hook->dropout = float(dropout_);
-      hook->rng = &model.dropout_rng;
       const int64_t in = layer->in_features, out = layer->out_features;
       if (init_ == "gaussian") {
         hook->A = Tensor::randn({r, in}, gen, 1.0f / float(r));

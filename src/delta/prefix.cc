@@ -34,7 +34,6 @@ struct PrefixParams {
 struct PrefixHook : AttentionHook {
   PrefixParams params;  // handles shared with the delta: the hook stays valid on its own
   int64_t tokens = 0, layers = 0, kv_heads = 0, head_dim = 0;
-  Tensor per_layer;  // [L*2, Hkv, P, D] for the forward in progress
 
   void extend(int64_t layer, const Tensor& hidden, Tensor& k, Tensor& v, Tensor& key_mask) override {
     if (layer < 0 || layer >= layers)
@@ -43,7 +42,10 @@ struct PrefixHook : AttentionHook {
     if (k.size(1) != kv_heads || k.size(3) != head_dim)
       throw ShapeError("prefix: keys " + shape_str(k.shape()) + " do not fit a prefix of " +
                        std::to_string(kv_heads) + " heads of " + std::to_string(head_dim));
-    // Layer 0 starts a forward pass: (re)build the per-layer view once, so the projection runs once.
+    // Layer 0 starts a forward pass: (re)build the per-layer view [L*2, Hkv, P, D] once, so the
+    // projection runs once per call; the view belongs to the call (its ForwardContext).
+    ForwardContext& call = ForwardContext::current();
+    Tensor& per_layer = call.slot<Tensor>(this);
     if (layer == 0 || !per_layer.defined())
       per_layer =
           ops::permute(ops::reshape(params.prefix(), {tokens, layers * 2, kv_heads, head_dim}), {1, 2, 0, 3});
@@ -54,7 +56,7 @@ struct PrefixHook : AttentionHook {
     k = ops::concat({pk, k}, 2);
     v = ops::concat({pv, v}, 2);
     key_mask = ops::concat({Tensor::ones({batch, tokens}), key_mask.float32()}, 1);
-    if (layer == layers - 1) per_layer = Tensor();  // do not keep the graph past the pass
+    if (layer == layers - 1) call.erase(this);  // do not keep the graph past the pass
   }
   int64_t length() const override { return tokens; }
 };

@@ -261,8 +261,10 @@ class DiffPruning : public WeightDifference {
     st_->log_alpha.push_back(Tensor::full(shape, float(init_log_alpha_)));
   }
 
-  std::function<Tensor(nn::Linear&)> difference_fn(size_t i, TransformerModel& model) override {
-    return [st = st_, i, rng = &model.dropout_rng](nn::Linear& layer) { return st->difference(i, layer.training(), *rng); };
+  std::function<Tensor(nn::Linear&)> difference_fn(size_t i, TransformerModel&) override {
+    return [st = st_, i](nn::Linear& layer) {
+      return st->difference(i, layer.training(), ForwardContext::current().dropout_rng);
+    };
   }
 
  private:

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <mutex>
 #include <sstream>
 
 #include "delta/composite.h"
@@ -39,9 +40,10 @@ struct GateParams {
   Tensor weight, bias;  // [1, H], [1]
 };
 
-// What the gates of one UniPELT share: the mask of the forward in progress and the recorded sums.
+// What the gates of one UniPELT share: the mask of the forward in progress (kept in the call's
+// ForwardContext, keyed by this object, so concurrent calls keep their own) and the recorded sums.
 struct GateContext {
-  Tensor mask;  // [B, T] as the embeddings saw it
+  std::mutex recording_mutex;  // concurrent calls add to the same sums
   bool recording = false;
   struct Sum {
     int64_t layer = -1;
@@ -54,6 +56,8 @@ struct GateContext {
   // The real-token mask for hidden states [B, T]: the captured one, with ones in front for positions
   // prepended after it was seen (prompt tokens); all ones when it does not fit (a cached decode step).
   Tensor mask_for(int64_t batch, int64_t length) const {
+    const Tensor* captured = ForwardContext::current().find<Tensor>(this);
+    const Tensor mask = captured ? *captured : Tensor();
     if (!mask.defined() || mask.dim() != 2 || mask.size(0) != batch || mask.size(1) > length)
       return Tensor::ones({batch, length});
     if (mask.size(1) == length) return mask;
@@ -74,6 +78,7 @@ struct GateContext {
     }
     Tensor g = ops::div(ops::sum(ops::mul(s, m), {1}), Tensor::from_floats(counts, {batch}));
     if (recording) {
+      std::lock_guard<std::mutex> lock(recording_mutex);
       Sum& sum = sums[where.module + "/" + where.submodule];
       if (sum.examples == 0) sum.layer = where.layer, sum.submodule = where.submodule, sum.module = where.module;
       for (float v : g.to_floats()) sum.total += v;
@@ -86,7 +91,7 @@ struct GateContext {
 // Watches the embeddings' mask; changes nothing.
 struct MaskCapture : EmbeddingHook {
   std::shared_ptr<GateContext> ctx;
-  void extend(Tensor& embeddings, Tensor& mask) override { ctx->mask = mask; }
+  void extend(Tensor&, Tensor& mask) override { ForwardContext::current().slot<Tensor>(ctx.get()) = mask; }
 };
 
 // A linear hook (adapter or LoRA) whose change to the output is scaled by a gate.
@@ -241,12 +246,14 @@ class UniPelt : public Delta, public CompositeDelta {
 
   void record(bool on) {
     if (!ctx_) ctx_ = std::make_shared<GateContext>();
+    std::lock_guard<std::mutex> lock(ctx_->recording_mutex);
     if (on) ctx_->sums.clear();
     ctx_->recording = on;
   }
   std::vector<GateMean> means() const {
     std::vector<GateMean> out;
     if (!ctx_) return out;
+    std::lock_guard<std::mutex> lock(ctx_->recording_mutex);
     for (auto& [_, s] : ctx_->sums)
       out.push_back({s.layer, s.submodule, s.module, s.examples ? s.total / double(s.examples) : 0.0, s.examples});
     return out;

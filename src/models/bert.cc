@@ -88,7 +88,7 @@ Tensor BertModel::position_ids(const Tensor& mask, int64_t batch, int64_t length
   return Tensor::from_ints(pos, {batch, length});
 }
 
-ModelOutput BertModel::forward(const ModelInput& in) {
+ModelOutput BertModel::run_forward(const ModelInput& in) {
   const Tensor& ids = in.input_ids;
   if (ids.dim() != 2) throw ShapeError("BertModel: input_ids must be [batch, length], got " + shape_str(ids.shape()));
   const int64_t batch = ids.size(0), length = ids.size(1);
@@ -106,7 +106,7 @@ ModelOutput BertModel::forward(const ModelInput& in) {
     if (prompt) types = ops::concat({Tensor::zeros({batch, prompt}, types.dtype()), types}, 1);
     x = ops::add(x, token_type_->forward(types));
   }
-  x = ops::dropout(emb_norm_->forward(x), dropout_p(config.hidden_dropout), training(), dropout_rng);
+  x = ops::dropout(emb_norm_->forward(x), dropout_p(config.hidden_dropout), training(), dropout_rng());
   const int64_t heads = config.num_heads, hd = config.head_dim;
   for (size_t i = 0; i < blocks_.size(); ++i) {
     Block& b = blocks_[i];
@@ -116,10 +116,10 @@ ModelOutput BertModel::forward(const ModelInput& in) {
     Tensor key_mask = mask;
     extend_attention(int64_t(i), x, k, v, key_mask);
     Tensor ctx = merge_heads(ops::scaled_dot_product_attention(q, k, v, key_mask, false));
-    Tensor a = ops::dropout(b.attn_out->forward(ctx), dropout_p(config.hidden_dropout), training(), dropout_rng);
+    Tensor a = ops::dropout(b.attn_out->forward(ctx), dropout_p(config.hidden_dropout), training(), dropout_rng());
     x = b.attn_norm->forward(ops::add(a, x));
     Tensor f = b.down->forward(act_(b.up->forward(x)));
-    f = ops::dropout(f, dropout_p(config.hidden_dropout), training(), dropout_rng);
+    f = ops::dropout(f, dropout_p(config.hidden_dropout), training(), dropout_rng());
     x = b.ffn_norm->forward(ops::add(f, x));
   }
   ModelOutput out;
@@ -132,11 +132,11 @@ ModelOutput BertModel::forward(const ModelInput& in) {
     Tensor first = x.select(1, 0);  // [CLS] / <s>
     Tensor pooled;
     if (config.is_roberta) {
-      pooled = ops::tanh(pooler_->forward(ops::dropout(first, classifier_dropout(), training(), dropout_rng)));
+      pooled = ops::tanh(pooler_->forward(ops::dropout(first, classifier_dropout(), training(), dropout_rng())));
     } else {
       pooled = ops::tanh(pooler_->forward(first));
     }
-    out.logits = classifier_->forward(ops::dropout(pooled, classifier_dropout(), training(), dropout_rng));
+    out.logits = classifier_->forward(ops::dropout(pooled, classifier_dropout(), training(), dropout_rng()));
   }
   return out;
 }

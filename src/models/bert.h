@@ -6,13 +6,13 @@ namespace deltatune::models {
 class BertModel : public TransformerModel {
  public:
   BertModel(const ModelConfig& config, HeadKind head);
-  ModelOutput forward(const ModelInput& input) override;
   std::string layers_path() const override { return prefix_ + ".encoder.layer"; }
   std::map<std::string, std::vector<std::string>> roles() const override;
   std::vector<std::string> head_parameters() const override;
   Tensor& input_embeddings() override { return word_->weight(); }
 
  private:
+  ModelOutput run_forward(const ModelInput& input) override;
   struct Block {
     std::shared_ptr<nn::Linear> query, key, value, attn_out, up, down;
     std::shared_ptr<nn::LayerNorm> attn_norm, ffn_norm;

@@ -39,7 +39,7 @@ Gpt2Model::Gpt2Model(const ModelConfig& c, HeadKind head) : TransformerModel("GP
     throw ConfigError("GPT-2 has no masked-LM head (use causal-lm or sequence-classification)");
 }
 
-ModelOutput Gpt2Model::forward(const ModelInput& in) {
+ModelOutput Gpt2Model::run_forward(const ModelInput& in) {
   const Tensor& ids = in.input_ids;
   if (ids.dim() != 2) throw ShapeError("GPT2Model: input_ids must be [batch, length], got " + shape_str(ids.shape()));
   const int64_t batch = ids.size(0), length = ids.size(1);
@@ -54,7 +54,7 @@ ModelOutput Gpt2Model::forward(const ModelInput& in) {
     throw ShapeError("GPT2Model: positions up to " + std::to_string(past + total) + " exceed n_positions " +
                      std::to_string(config.max_position_embeddings));
   x = ops::add(x, wpe_->forward(positions(past, total)));
-  x = ops::dropout(x, dropout_p(config.embedding_dropout), training(), dropout_rng);
+  x = ops::dropout(x, dropout_p(config.embedding_dropout), training(), dropout_rng());
   const int64_t heads = config.num_heads, hd = config.head_dim, h = config.hidden_size;
   // With a cache the mask covers the earlier positions too: callers pass the full [B, past + T] mask.
   Tensor key_mask_base = mask;
@@ -73,10 +73,10 @@ ModelOutput Gpt2Model::forward(const ModelInput& in) {
     float scale = config.scale_attn_weights ? 1.0f / std::sqrt(float(hd)) : 1.0f;
     if (config.scale_attn_by_inverse_layer_idx) scale /= float(i + 1);
     Tensor ctx = merge_heads(ops::scaled_dot_product_attention(q, k, v, key_mask, true, scale));
-    Tensor a = ops::dropout(b.attn_proj->forward(ctx), dropout_p(config.hidden_dropout), training(), dropout_rng);
+    Tensor a = ops::dropout(b.attn_proj->forward(ctx), dropout_p(config.hidden_dropout), training(), dropout_rng());
     x = ops::add(x, a);
     Tensor f = b.mlp_proj->forward(act_(b.c_fc->forward(b.ln2->forward(x))));
-    x = ops::add(x, ops::dropout(f, dropout_p(config.hidden_dropout), training(), dropout_rng));
+    x = ops::add(x, ops::dropout(f, dropout_p(config.hidden_dropout), training(), dropout_rng()));
   }
   if (in.cache) in.cache->length += total;
   x = ln_f_->forward(x);

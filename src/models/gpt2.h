@@ -8,13 +8,13 @@ namespace deltatune::models {
 class Gpt2Model : public TransformerModel {
  public:
   Gpt2Model(const ModelConfig& config, HeadKind head);
-  ModelOutput forward(const ModelInput& input) override;
   std::string layers_path() const override { return "transformer.h"; }
   std::map<std::string, std::vector<std::string>> roles() const override;
   std::vector<std::string> head_parameters() const override;
   Tensor& input_embeddings() override { return wte_->weight(); }
 
  private:
+  ModelOutput run_forward(const ModelInput& input) override;
   struct Block {
     std::shared_ptr<nn::LayerNorm> ln1, ln2;
     std::shared_ptr<nn::Linear> c_attn, attn_proj, c_fc, mlp_proj;

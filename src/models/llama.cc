@@ -42,7 +42,7 @@ LlamaModel::LlamaModel(const ModelConfig& c, HeadKind head) : TransformerModel("
     throw ConfigError("Llama-family models have no masked-LM head (use causal-lm or sequence-classification)");
 }
 
-ModelOutput LlamaModel::forward(const ModelInput& in) {
+ModelOutput LlamaModel::run_forward(const ModelInput& in) {
   const Tensor& ids = in.input_ids;
   if (ids.dim() != 2) throw ShapeError("LlamaModel: input_ids must be [batch, length], got " + shape_str(ids.shape()));
   const int64_t batch = ids.size(0), length = ids.size(1);

@@ -7,13 +7,13 @@ namespace deltatune::models {
 class LlamaModel : public TransformerModel {
  public:
   LlamaModel(const ModelConfig& config, HeadKind head);
-  ModelOutput forward(const ModelInput& input) override;
   std::string layers_path() const override { return "model.layers"; }
   std::map<std::string, std::vector<std::string>> roles() const override;
   std::vector<std::string> head_parameters() const override;
   Tensor& input_embeddings() override { return embed_->weight(); }
 
  private:
+  ModelOutput run_forward(const ModelInput& input) override;
   struct Block {
     std::shared_ptr<nn::RMSNorm> input_norm, post_norm;
     std::shared_ptr<nn::Linear> q, k, v, o, gate, up, down;

@@ -1,5 +1,7 @@
 #include "deltatune/model.h"
 
+#include "deltatune/threads.h"
+
 namespace deltatune {
 
 const char* head_name(HeadKind h) {
@@ -10,6 +12,19 @@ const char* head_name(HeadKind h) {
     case HeadKind::SequenceClassification: return "sequence-classification";
   }
   return "?";
+}
+
+ModelOutput TransformerModel::forward(const ModelInput& input) {
+  use_num_threads_on_this_thread();
+  if (input.context) {
+    ForwardScope scope(*input.context);
+    return run_forward(input);
+  }
+  // A fresh context per call; the count keeps consecutive calls' dropout different, and the first
+  // call's seed is the default one.
+  ForwardContext own(ForwardContext::kDefaultDropoutSeed + calls_without_context_.fetch_add(1));
+  ForwardScope scope(own);
+  return run_forward(input);
 }
 
 void TransformerModel::extend_attention(int64_t layer, const Tensor& hidden, Tensor& k, Tensor& v, Tensor& key_mask) {

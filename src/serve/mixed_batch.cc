@@ -1,6 +1,7 @@
 // Mixed-delta batches: every linear hook a delta installs is wrapped in a RowHook that runs the
 // delta's hook on the rows naming that delta only (gathered along the batch axis, then put back in
-// place); the other rows pass through untouched, bit for bit.
+// place); the other rows pass through untouched, bit for bit. Which rows name a delta is the call's
+// own state: kept in its ForwardContext under the delta's entry, so concurrent calls never share it.
 #include "deltatune/mixed_batch.h"
 
 #include <algorithm>
@@ -15,7 +16,7 @@
 namespace deltatune::serve {
 namespace {
 
-// The rows of the batch in progress that use one delta (sorted).
+// The rows of a call's batch that use one delta (sorted).
 struct Rows {
   std::vector<int64_t> index;
   int64_t batch = 0;
@@ -60,24 +61,31 @@ Tensor scatter(const Tensor& base, const Tensor& sub, const Rows& rows) {
 
 struct RowHook : nn::LinearHook {
   std::shared_ptr<nn::LinearHook> inner;
-  std::shared_ptr<Rows> rows;
+  const void* entry = nullptr;  // the delta's entry: the key of its rows in the call's context
 
-  void check(const Tensor& x) const {
-    if (x.dim() == 0 || x.size(0) != rows->batch)
+  // The rows of the call in progress that use the delta; nullptr when none do (or a plain forward).
+  const Rows* rows() const {
+    const Rows* r = ForwardContext::current().find<Rows>(entry);
+    return r && !r->index.empty() && inner->enabled ? r : nullptr;
+  }
+  static void check(const Tensor& x, const Rows& rows) {
+    if (x.dim() == 0 || x.size(0) != rows.batch)
       throw ShapeError("mixed batch: a linear layer saw " + shape_str(x.shape()) + " for a batch of " +
-                       std::to_string(rows->batch) + " (the batch axis must come first)");
+                       std::to_string(rows.batch) + " (the batch axis must come first)");
   }
   Tensor pre(nn::Linear& layer, const Tensor& x) override {
-    if (!inner->enabled || rows->index.empty()) return x;
-    check(x);
-    if (rows->all()) return inner->pre(layer, x);
-    return scatter(x, inner->pre(layer, gather(x, *rows)), *rows);
+    const Rows* r = rows();
+    if (!r) return x;
+    check(x, *r);
+    if (r->all()) return inner->pre(layer, x);
+    return scatter(x, inner->pre(layer, gather(x, *r)), *r);
   }
   Tensor post(nn::Linear& layer, const Tensor& x, const Tensor& y) override {
-    if (!inner->enabled || rows->index.empty()) return y;
-    check(y);
-    if (rows->all()) return inner->post(layer, x, y);
-    return scatter(y, inner->post(layer, gather(x, *rows), gather(y, *rows)), *rows);
+    const Rows* r = rows();
+    if (!r) return y;
+    check(y, *r);
+    if (r->all()) return inner->post(layer, x, y);
+    return scatter(y, inner->post(layer, gather(x, *r), gather(y, *r)), *r);
   }
 };
 
@@ -86,7 +94,6 @@ struct RowHook : nn::LinearHook {
 struct MixedBatch::Entry {
   std::string name;
   std::unique_ptr<delta::Delta> delta;
-  std::shared_ptr<Rows> rows = std::make_shared<Rows>();
   std::vector<std::pair<nn::Linear*, std::shared_ptr<RowHook>>> hooks;
 };
 
@@ -143,7 +150,7 @@ void MixedBatch::adopt(const std::string& name, const std::function<std::unique_
     auto wrapped = std::make_shared<RowHook>();
     wrapped->owner = hook->owner;
     wrapped->inner = hook;
-    wrapped->rows = entry->rows;
+    wrapped->entry = entry.get();
     delta::swap_hook(layer->hooks, hook, std::static_pointer_cast<nn::LinearHook>(wrapped));
     entry->hooks.emplace_back(layer, wrapped);
   }
@@ -212,10 +219,8 @@ ModelOutput MixedBatch::forward(const ModelInput& input, const std::vector<std::
   if (int64_t(example_deltas.size()) != batch)
     throw ConfigError("mixed batch: " + std::to_string(example_deltas.size()) + " delta names for a batch of " +
                       std::to_string(batch) + " examples");
-  for (auto& e : entries_) {
-    e->rows->index.clear();
-    e->rows->batch = batch;
-  }
+  std::map<const Entry*, Rows> rows;
+  for (auto& e : entries_) rows[e.get()].batch = batch;
   for (int64_t b = 0; b < batch; ++b) {
     const std::string& n = example_deltas[size_t(b)];
     if (n.empty()) continue;
@@ -223,15 +228,20 @@ ModelOutput MixedBatch::forward(const ModelInput& input, const std::vector<std::
     if (it == entries_.end())
       throw ConfigError("mixed batch: example " + std::to_string(b) + " names the delta '" + n +
                         "', which is not loaded (have: " + nlohmann::json(names()).dump() + ")");
-    (*it)->rows->index.push_back(b);
+    rows[it->get()].index.push_back(b);
   }
-  struct Idle {  // whatever happens, the deltas are idle again afterwards
-    std::vector<std::unique_ptr<Entry>>& entries;
+  ForwardContext own;  // a call without a context of its own: dropout (training only) seeded by default
+  ModelInput call = input;
+  if (!call.context) call.context = &own;
+  struct Idle {  // whatever happens, the context names no rows afterwards: the deltas are idle again
+    ForwardContext& context;
+    const std::map<const Entry*, Rows>& rows;
     ~Idle() {
-      for (auto& e : entries) e->rows->index.clear();
+      for (auto& [entry, _] : rows) context.erase(entry);
     }
-  } idle{entries_};
-  return model_.forward(input);
+  } idle{*call.context, rows};
+  for (auto& [entry, r] : rows) call.context->slot<Rows>(entry) = r;
+  return model_.forward(call);
 }
 
 }  // namespace deltatune::serve

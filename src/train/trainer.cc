@@ -245,7 +245,7 @@ TrainResult Trainer::train(const data::EncodedDataset& train_set, const data::En
   while (step < total && !stop_early && !stop_requested) {
     const std::vector<std::vector<size_t>> order = batcher.epoch_order(epoch);
     for (; update_in_epoch < updates_per_epoch && step < total;) {
-      model.dropout_rng.seed(step_seed(o.seed, step));
+      ForwardContext update_call(step_seed(o.seed, step));  // the update's dropout, reproducible
       const size_t first = size_t(update_in_epoch * o.grad_accum);
       const size_t last = std::min(order.size(), first + size_t(o.grad_accum));
       const float scale = 1.0f / float(last - first);
@@ -254,7 +254,9 @@ TrainResult Trainer::train(const data::EncodedDataset& train_set, const data::En
       for (size_t b = first; b < last; ++b) {
         data::Batch batch = batcher.make_batch(order[b]);
         if (masking) data::apply_mlm_masking(batch, *masking, step_seed(o.seed, step) + b);
-        Tensor loss = training_loss(model, model.forward(model_input(model, batch)).logits, batch);
+        ModelInput input = model_input(model, batch);
+        input.context = &update_call;
+        Tensor loss = training_loss(model, model.forward(input).logits, batch);
         for (delta::Delta* d : target_.deltas)  // e.g. diff pruning's sparsity penalty
           if (Tensor penalty = d->regularizer(); penalty.defined()) loss = ops::add(loss, penalty);
         const double value = loss.item();

@@ -78,7 +78,6 @@ void load_target(const TrainRequest& r, TrainRun& run) {
   load.seed = seed;
   load.verbose = false;  // the new classification head is expected, not a problem to report
   run.model = load_pretrained(r.model_dir, load);
-  run.model->dropout_rng.seed(seed);
   const MethodPreset::Trains trains = method_preset(r.method).trains;
   if (trains == MethodPreset::Trains::Full) {
     run.target = train::TrainTarget::full(*run.model);
