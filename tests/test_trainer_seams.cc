@@ -62,6 +62,7 @@ struct LoraRun {
     lora->seed = seed;
     lora->attach(*model);
     target = train::TrainTarget::with_deltas(*model, {lora.get()}, "lora");
+    target.freeze();  // parameters() lists what trains once frozen, as the trainer does
   }
   Weights weights() const {
     Weights w;
