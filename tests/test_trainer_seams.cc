@@ -8,8 +8,6 @@
 #include <fstream>
 #include <map>
 
-#include "small_task.h"
-#include "temp_dir.h"
 #include "deltatune/autograd.h"
 #include "deltatune/data.h"
 #include "deltatune/delta.h"
@@ -17,6 +15,8 @@
 #include "deltatune/threads.h"
 #include "deltatune/tokenizer.h"
 #include "deltatune/trainer.h"
+#include "small_task.h"
+#include "temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace deltatune;
@@ -333,7 +333,8 @@ TEST_F(TrainerSeams, InMemoryRunWritesNothingAndRestoresTheBestLikeAFolderRun) {
   train::TrainOptions with_folder = rigged_options(folder_run, folder_steps);
   with_folder.run_dir = temp_dir("folder");
   const train::TrainResult expected = folder_run.train(with_folder);
-  ASSERT_LT(expected.best_step, expected.steps) << "the blown-up head should make an earlier evaluation the best";
+  ASSERT_LT(expected.best_step, expected.steps)
+      << "the blown-up head should make an earlier evaluation the best";
 
   LoraRun memory_run(17);
   std::map<int64_t, Weights> memory_steps;

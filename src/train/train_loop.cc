@@ -83,8 +83,9 @@ bool TrainLoop::check_inputs(const TransformerModel& model, const train::TrainOp
   const bool mlm = model.head == HeadKind::MaskedLM;
   const bool lm = model.head == HeadKind::CausalLM || mlm;
   if (!lm && model.head != HeadKind::SequenceClassification)
-    throw ConfigError("the trainer fine-tunes sequence classifiers, causal LMs and masked LMs; the model has a " +
-                      std::string(head_name(model.head)) + " head");
+    throw ConfigError(
+        "the trainer fine-tunes sequence classifiers, causal LMs and masked LMs; the model has a " +
+        std::string(head_name(model.head)) + " head");
   if (mlm && !o.mlm) throw ConfigError("training a masked LM needs masking settings (TrainOptions::mlm)");
   // A classifier may be judged by its dev loss too; a language model has no classes to count.
   if (lm ? o.metric != "loss" && o.metric != "perplexity" : o.metric == "perplexity")
@@ -118,8 +119,8 @@ TrainLoop::TrainLoop(const train::TrainTarget& target, const train::TrainOptions
                0),
       updates_per_epoch_(updates_per_epoch(batcher_, options.grad_accum)),
       total_(options.max_steps > 0 ? options.max_steps : options.epochs * updates_per_epoch_),
-      schedule_(LrSchedule::from_name(options.schedule, int64_t(std::ceil(options.warmup_ratio * double(total_))),
-                                      total_)) {
+      schedule_(LrSchedule::from_name(options.schedule,
+                                      int64_t(std::ceil(options.warmup_ratio * double(total_))), total_)) {
   if (!o_.in_memory) {
     fs::create_directories(o_.run_dir);
     checkpoint_dir_ = o_.run_dir / "checkpoint";
@@ -229,7 +230,8 @@ TrainLoop::Accumulated TrainLoop::forward_backward(const EpochOrder& order) {
   for (size_t b = first; b < last; ++b) {
     data::Batch batch = batcher_.make_batch(order[b]);
     if (masking_) data::apply_mlm_masking(batch, *masking_, step_seed(o_.seed, s_.step) + b);
-    Tensor loss = train::training_loss(model_, model_.forward(train::model_input(model_, batch)).logits, batch);
+    Tensor loss =
+        train::training_loss(model_, model_.forward(train::model_input(model_, batch)).logits, batch);
     for (delta::Delta* d : target_.deltas)  // e.g. diff pruning's sparsity penalty
       if (Tensor penalty = d->regularizer(); penalty.defined()) loss = ops::add(loss, penalty);
     const double value = loss.item();
@@ -258,7 +260,8 @@ double TrainLoop::epoch_position() const {
 
 void TrainLoop::report_update(const Accumulated& batches, const Stepped& stepped) {
   tokens_seen_ += batches.tokens;
-  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_started_).count();
+  const double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - loop_started_).count();
   const train::UpdateEvent e{.step = s_.step,
                              .epoch = epoch_position(),
                              .loss = batches.loss,
@@ -277,7 +280,8 @@ void TrainLoop::report_update(const Accumulated& batches, const Stepped& stepped
 }
 
 bool TrainLoop::maybe_evaluate(bool epoch_end) {
-  const bool due = dev_ && ((o_.eval_every > 0 && s_.step % o_.eval_every == 0) || epoch_end || s_.step == total_);
+  const bool due =
+      dev_ && ((o_.eval_every > 0 && s_.step % o_.eval_every == 0) || epoch_end || s_.step == total_);
   if (!due) return false;
   model_.set_training(false);
   evaluate_dev();
@@ -357,12 +361,12 @@ void TrainLoop::diverged(const std::string& what, double value) {
   events_->on_diverged(s_.step + 1, what);
   char lr[32];
   std::snprintf(lr, sizeof lr, "%g", o_.lr);
-  const std::string where =
-      o_.in_memory ? "the run was in memory, without checkpoints"
-      : s_.last_checkpoint >= 0
-          ? "the last good checkpoint (step " + std::to_string(s_.last_checkpoint) + ") is kept in " +
-                checkpoint_dir_.string() + "; --resume continues from it"
-          : "no checkpoint had been written yet";
+  const std::string where = o_.in_memory ? "the run was in memory, without checkpoints"
+                            : s_.last_checkpoint >= 0
+                                ? "the last good checkpoint (step " + std::to_string(s_.last_checkpoint) +
+                                      ") is kept in " + checkpoint_dir_.string() +
+                                      "; --resume continues from it"
+                                : "no checkpoint had been written yet";
   throw train::TrainingDiverged("training stopped at step " + std::to_string(s_.step + 1) + ": the " + what +
                                 " is " + shown + " (try a lower --lr than " + lr +
                                 " or a smaller --max-grad-norm); " + where);
@@ -373,8 +377,8 @@ train::TrainResult TrainLoop::finish() {
   result_.best_step = s_.best_step;
   result_.best_dev = s_.best_dev;
   result_.last_dev = s_.last_dev;
-  result_.stop_reason = s_.stop_requested ? "stopped"
-                        : s_.stop_early   ? "early_stopping"
+  result_.stop_reason = s_.stop_requested  ? "stopped"
+                        : s_.stop_early    ? "early_stopping"
                         : o_.max_steps > 0 ? "max_steps"
                                            : "completed";
   // End with the weights that scored best on dev (what the test set and the saved delta get).
