@@ -1,8 +1,8 @@
 #pragma once
 // Fine-tuning a sequence classifier (or a causal LM on plain texts): only the delta (and the task
-// head) train, with AdamW, a
-// learning-rate schedule, gradient clipping and accumulation, periodic evaluation on a dev set,
-// early stopping, the best weights kept, and checkpoints that resume bit for bit.
+// head) train, with AdamW or SGD, a learning-rate schedule, gradient clipping and accumulation,
+// periodic evaluation on a dev set, early stopping, the best weights kept, and checkpoints that
+// resume bit for bit.
 //
 //   train::TrainTarget target = train::TrainTarget::with_deltas(*model, {lora.get()}, "lora");
 //   train::Trainer trainer(target, options);           // options.run_dir receives logs and checkpoints
@@ -12,6 +12,11 @@
 // Reproducibility: data order depends only on (seed, epoch) and the model's dropout generator is
 // reseeded from (seed, step) before every update, so a run is a function of its seed and a resumed
 // run replays exactly the updates an uninterrupted one makes.
+//
+// Seams for runs that are not the command line's: `after_backward` sees the accumulated gradients
+// before clipping and the step (a data-parallel run averages them across processes there), `events`
+// receives progress instead of stderr (deltatune/train_events.h), and `in_memory` runs without a
+// run folder (the best weights kept in memory, nothing written).
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -28,6 +33,7 @@
 #include "deltatune/model.h"
 #include "deltatune/optim.h"
 #include "deltatune/tokenizer.h"
+#include "deltatune/train_events.h"
 
 namespace deltatune::train {
 
@@ -70,6 +76,13 @@ struct TrainOptions {
   int64_t batch_size = 16;
   int64_t eval_batch_size = 64;
   int64_t grad_accum = 1;  // batches per optimizer update
+  // The optimizer: "adamw" (torch.optim.AdamW) or "sgd" (torch.optim.SGD); its own settings below.
+  // Checkpoints record it, and resuming with another one is an error.
+  std::string optimizer = "adamw";
+  double adam_beta1 = 0.9, adam_beta2 = 0.999, adam_epsilon = 1e-8;  // torch's defaults
+  bool amsgrad = false;
+  double momentum = 0, dampening = 0;  // sgd
+  bool nesterov = false;               // sgd, with momentum > 0 and dampening 0
   bool bucket_by_length = false;
   uint64_t seed = 42;
 
@@ -83,11 +96,21 @@ struct TrainOptions {
   // Masked-LM models: how batches are corrupted (required for them; the positions depend on the step).
   std::optional<data::MlmMasking> mlm;
 
-  std::filesystem::path run_dir;  // log.jsonl, checkpoint/, best/ (required)
+  std::filesystem::path run_dir;  // log.jsonl, checkpoint/, best/ (required unless in_memory)
   bool resume = false;            // continue from run_dir/checkpoint
+  // No run folder (run_dir must be empty): no log, no checkpoints, the best dev weights kept in
+  // memory (restore_best works as with a folder); resume is an error, and a stop leaves nothing.
+  bool in_memory = false;
 
-  bool progress = true;   // progress on stderr
+  // Where progress goes. Null: the stderr progress bar when `progress` (stderr_progress), warnings
+  // only otherwise. A sink given here receives every event and nothing is printed.
+  std::shared_ptr<TrainEvents> events;
+  bool progress = true;   // progress on stderr (when `events` is null)
   int64_t log_every = 0;  // non-TTY progress lines every N updates; 0: about 20 lines per run
+  // Called once per update with the trainable parameters after their gradients are accumulated,
+  // before clipping and the optimizer step (a parameter that got no gradient has none). Gradients
+  // may be changed in place: a data-parallel run averages them across processes here.
+  std::function<void(const NamedParams& params)> after_backward;
   // Called after every update (and after that update's checkpoint, if one is due) with the step
   // count; returning false stops training, leaving a checkpoint of this step (an interrupt). Changes it
   // makes to the weights are not in that checkpoint. Tests use it to interrupt and to inject faults.

@@ -62,15 +62,18 @@ bool checkpoint_exists(const fs::path& dir) {
   return fs::is_regular_file(dir / "state.json");
 }
 
-nlohmann::json load_checkpoint(const fs::path& dir, const NamedParams& params, Optimizer& optimizer) {
+nlohmann::json read_checkpoint_state(const fs::path& dir) {
   recover_folder(dir);
   const fs::path state_file = dir / "state.json";
-  nlohmann::json state;
   try {
-    state = nlohmann::json::parse(read_file(state_file));
+    return nlohmann::json::parse(read_file(state_file));
   } catch (const nlohmann::json::parse_error& e) {
     throw IoError(state_file.string() + ": not valid JSON (" + std::string(e.what()) + ")");
   }
+}
+
+nlohmann::json load_checkpoint(const fs::path& dir, const NamedParams& params, Optimizer& optimizer) {
+  nlohmann::json state = read_checkpoint_state(dir);
   load_named_tensors(dir / "params.safetensors", params);
   try {
     optimizer.load_state_tensors(read_safetensors(dir / "optimizer.safetensors").tensors);

@@ -15,6 +15,8 @@ namespace deltatune::train_detail {
 void save_checkpoint(const std::filesystem::path& dir, const NamedParams& params, const Optimizer& optimizer,
                      const nlohmann::json& state);
 bool checkpoint_exists(const std::filesystem::path& dir);
+// state.json alone: what the trainer checks (e.g. the optimizer) before loading any tensor.
+nlohmann::json read_checkpoint_state(const std::filesystem::path& dir);
 // Loads tensors into `params` (same names and shapes, or an IoError naming the difference) and the
 // optimizer's state; returns state.json.
 nlohmann::json load_checkpoint(const std::filesystem::path& dir, const NamedParams& params,

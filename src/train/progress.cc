@@ -2,10 +2,13 @@
 
 #include <unistd.h>
 
+#include <cmath>
 #include <fstream>
+#include <optional>
 #include <vector>
 
 #include "deltatune/error.h"
+#include "deltatune/train_events.h"
 #include "train/files.h"
 
 namespace fs = std::filesystem;
@@ -65,37 +68,30 @@ ProgressBar::ProgressBar(int64_t total_steps, int64_t first_step, bool enabled, 
       start_(std::chrono::steady_clock::now()),
       last_draw_(start_) {}
 
-double ProgressBar::tokens_per_second() const {
-  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  return elapsed > 0 ? double(tokens_) / elapsed : 0.0;
-}
-
-std::string ProgressBar::status(int64_t step, double epoch, double loss, double lr) const {
+std::string ProgressBar::status(int64_t step, double epoch, double loss, double lr, double tokens_per_s) const {
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const int64_t done = step - first_step_;
   const double eta = done > 0 ? elapsed / double(done) * double(total_ - step) : -1;
   char buf[256];
   std::snprintf(buf, sizeof buf, "step %lld/%lld  epoch %.2f  loss %.4f  lr %.2e  %.0f tok/s  ETA %s",
-                (long long)step, (long long)total_, epoch, loss, lr, tokens_per_second(),
+                (long long)step, (long long)total_, epoch, loss, lr, tokens_per_s,
                 format_duration(eta).c_str());
   return buf;
 }
 
-void ProgressBar::update(int64_t step, double epoch, double loss, double lr, int64_t tokens) {
-  tokens_ += tokens;
-  last_step_ = step;
+void ProgressBar::update(int64_t step, double epoch, double loss, double lr, double tokens_per_s) {
   if (!enabled_) return;
   const auto now = std::chrono::steady_clock::now();
   if (tty_) {
     // Redrawing every update of a fast run would spend more time on the terminal than on training.
     if (step != total_ && now - last_draw_ < std::chrono::milliseconds(100)) return;
-    const std::string line = status(step, epoch, loss, lr);
+    const std::string line = status(step, epoch, loss, lr, tokens_per_s);
     std::fprintf(stderr, "\r%s\033[K", line.c_str());
     std::fflush(stderr);
     drawn_ = true;
     last_draw_ = now;
   } else if (step % every_ == 0 || step == total_) {
-    std::fprintf(stderr, "%s\n", status(step, epoch, loss, lr).c_str());
+    std::fprintf(stderr, "%s\n", status(step, epoch, loss, lr, tokens_per_s).c_str());
   }
 }
 
@@ -119,4 +115,63 @@ void ProgressBar::finish() {
   drawn_ = false;
 }
 
+namespace {
+
+double number_or_nan(const nlohmann::json& j, const char* key) {
+  return j.contains(key) && j[key].is_number() ? j[key].get<double>() : std::nan("");
+}
+
+// The command line's view of a run: the progress bar and a line per evaluation.
+class StderrProgress final : public train::TrainEvents {
+ public:
+  StderrProgress(bool bar, int64_t log_every) : enabled_(bar), log_every_(log_every) {}
+
+  void on_start(const train::StartEvent& e) override {
+    bar_.emplace(e.total_steps, e.first_step, enabled_, log_every_);
+  }
+  void on_update(const train::UpdateEvent& e) override {
+    if (bar_) bar_->update(e.step, e.epoch, e.loss, e.lr, e.tokens_per_s);
+  }
+  void on_eval(const train::EvalEvent& e) override {
+    if (!bar_) return;
+    const nlohmann::json& m = e.metrics;
+    const char* mark = e.is_best ? "  (best)" : e.early_stopping ? "  (early stopping)" : "";
+    char line[256];
+    if (m.contains("perplexity"))  // a language model
+      std::snprintf(line, sizeof line, "dev @ step %lld: loss %.4f  perplexity %.3f%s", (long long)e.step,
+                    number_or_nan(m, "loss"), number_or_nan(m, "perplexity"), mark);
+    else
+      std::snprintf(line, sizeof line, "dev @ step %lld: loss %.4f  accuracy %.4f  macro_f1 %.4f%s",
+                    (long long)e.step, number_or_nan(m, "loss"), number_or_nan(m, "accuracy"),
+                    number_or_nan(m, "macro_f1"), mark);
+    bar_->message(line);
+  }
+  // Warnings reach the user even with the bar off (--quiet), above the status line when one is drawn.
+  void on_warning(const std::string& text) override {
+    if (bar_ && enabled_) return bar_->message(text);
+    std::fprintf(stderr, "%s\n", text.c_str());
+  }
+  void on_diverged(int64_t, const std::string&) override {
+    if (bar_) bar_->finish();
+  }
+  void on_end(const train::TrainResult&) override {
+    if (bar_) bar_->finish();
+  }
+
+ private:
+  bool enabled_;
+  int64_t log_every_;
+  std::optional<ProgressBar> bar_;
+};
+
+}  // namespace
+
 }  // namespace deltatune::train_detail
+
+namespace deltatune::train {
+
+std::shared_ptr<TrainEvents> stderr_progress(bool bar, int64_t log_every) {
+  return std::make_shared<train_detail::StderrProgress>(bar, log_every);
+}
+
+}  // namespace deltatune::train

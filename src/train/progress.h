@@ -1,6 +1,7 @@
 #pragma once
-// Training progress for people (a status line on stderr) and for programs (RUN_DIR/log.jsonl, one
-// JSON object per line: every training update and every evaluation).
+// Training progress for people (a status line on stderr: ProgressBar, driven by the default event
+// sink train::stderr_progress) and for programs (RUN_DIR/log.jsonl, one JSON object per line: every
+// training update and every evaluation).
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -29,22 +30,19 @@ class RunLog {
 class ProgressBar {
  public:
   ProgressBar(int64_t total_steps, int64_t first_step, bool enabled, int64_t every);
-  void update(int64_t step, double epoch, double loss, double lr, int64_t tokens);
+  void update(int64_t step, double epoch, double loss, double lr, double tokens_per_s);
   // A line that stays (evaluation results), printed above the status line.
   void message(const std::string& line);
   void finish();
-  double tokens_per_second() const;
 
  private:
   void clear();
-  std::string status(int64_t step, double epoch, double loss, double lr) const;
+  std::string status(int64_t step, double epoch, double loss, double lr, double tokens_per_s) const;
 
   int64_t total_, first_step_, every_;
   bool enabled_, tty_;
   bool drawn_ = false;
-  int64_t tokens_ = 0;
   std::chrono::steady_clock::time_point start_, last_draw_;
-  int64_t last_step_ = 0;
 };
 
 std::string format_duration(double seconds);  // "1:02:03", "4:05"
