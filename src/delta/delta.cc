@@ -79,11 +79,14 @@ namespace {
 // The methods whose deltas say they can be merged (asked of each as `train` would make it).
 std::string mergeable_methods() {
   std::vector<std::string> names;
-  for (const auto& m : delta_methods()) try {
+  for (const auto& m : delta_methods()) {
+    try {
       if (m.make(m.train_config.is_null() ? nlohmann::json{{"method", m.name}} : m.train_config)->can_merge())
         names.push_back(m.name);
-    } catch (const Error&) {  // a method that needs more config (a combination's members) is not one
+    } catch (const Error&) {
+      // a method that needs more config (a combination's members) is not one
     }
+  }
   return comma_list(names);
 }
 }  // namespace
@@ -94,7 +97,7 @@ void Delta::merge_into(TransformerModel&) {
 }
 
 void Delta::unmerge_from(TransformerModel&) {
-  throw ConfigError("unmerge: the " + method() + " delta cannot be merged into the weights, nor taken out of them");
+  throw ConfigError("unmerge: the " + method() + " delta cannot be merged into the weights, so there is nothing to take out");
 }
 
 nlohmann::json Delta::peft_config(TransformerModel&) {
