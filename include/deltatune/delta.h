@@ -65,6 +65,27 @@ class Delta {
   // Paths of modules this delta attached to (for inspect's tree).
   virtual std::vector<std::string> attached_modules() const = 0;
 
+  // What the method knows of itself, asked of an attached delta. The defaults say "cannot".
+  // Merging (deltatune/merge.h): whether the delta folds into the base weights; merge_into folds it in
+  // and detaches it, unmerge_from takes it out again. Both throw a ConfigError saying why they cannot.
+  virtual bool can_merge() const { return false; }
+  virtual void merge_into(TransformerModel& model);
+  virtual void unmerge_from(TransformerModel& model);
+  // PEFT's adapter format (deltatune/delta_io.h): the adapter_config.json fields (ConfigError when
+  // PEFT has no such method: its registration has no peft_type), and the key a parameter of ours has
+  // in adapter_model.safetensors ("base_model.model." + name unless the method says otherwise).
+  virtual nlohmann::json peft_config(TransformerModel& model);
+  virtual std::string peft_tensor_name(const std::string& name) const;
+  // Whether it acts through linear-layer hooks alone and so can share a mixed batch with other deltas
+  // (deltatune/mixed_batch.h): no attention, embedding or model-tensor changes.
+  virtual bool supports_mixed_batch() const { return false; }
+  // Where it attaches among the members of a combination (1: the model's own tensors, 2: the input
+  // embeddings, 3: attention keys/values, 4: added to W x, 5: scaling a layer's output, 6: wrapping
+  // a layer's output, 7: anything else); see combination.cc.
+  virtual int attach_stage() const { return 7; }
+  // The peak learning rate `train` uses for it: its registration's (deltatune/delta_method.h).
+  virtual double default_learning_rate() const;
+
   std::string name = "default";
   uint64_t seed = 0;
 };

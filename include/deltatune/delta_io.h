@@ -44,7 +44,8 @@ std::vector<std::string> trained_model_parameters(const SavedDelta& saved, Trans
 // Our format. `head` holds model parameters to save alongside (e.g. a classification head).
 void save_delta(const std::filesystem::path& dir, Delta& delta, TransformerModel& model,
                 const std::map<std::string, Tensor>& head = {});
-// PEFT's format (LoRA, IA3, prefix and prompt tuning).
+// PEFT's format, for methods PEFT has (LoRA, IA3, prefix and prompt tuning: Delta::peft_config; the
+// rest are refused with a ConfigError naming what PEFT supports).
 void save_peft(const std::filesystem::path& dir, Delta& delta, TransformerModel& model,
                const std::map<std::string, Tensor>& head = {});
 // A short, stable fingerprint of the base weights (hash of names, shapes and sampled values).

@@ -13,7 +13,8 @@ namespace deltatune::delta {
 // embedding table adds s (B A)^T to it; biases a LoRA trained (bias "all"/"lora_only") replace the
 // model's; IA3 multiplies the weight's rows (and the bias) or, on feed-forward layers, its columns by
 // its vector. The delta's hooks are then detached. Throws ConfigError for methods that cannot be
-// merged (UniPELT's gated LoRA, adapters, prefixes, ...), saying why.
+// merged (UniPELT's gated LoRA, adapters, prefixes, ...), saying why. Each method knows its own rule:
+// these call Delta::merge_into / unmerge_from (Delta::can_merge says which can).
 void merge_into(TransformerModel& model, Delta& delta);
 // The inverse of merge_into for LoRA (W -= scaling * B A) and IA3 (divides by the vector): restores the
 // base within float rounding. DoRA and LoRA with trained biases cannot be undone (reload the base).

@@ -8,8 +8,9 @@
 //   options.lr = m.lr;
 //
 // The names: `full` (every weight), `head` and `none` (the classification head alone), every delta
-// method of make_delta under its own name (its config's defaults, except that `lora` carries alpha 16,
-// the setting the README's demo was measured with), and named presets of a method config (`houlsby`,
+// method of make_delta under its own name (its registration's train_config and default learning rate,
+// deltatune/delta_method.h: its config's defaults, except that `lora` carries alpha 16, the setting
+// the README's demo was measured with), and named presets of a method config (`houlsby`,
 // `pfeiffer`, `unipelt-ap`, `unipelt-apl`). A delta config file ({"method": "lora", ...}) is not a
 // preset: its missing fields take the method's own defaults (PEFT's where PEFT has the method).
 #include <nlohmann/json.hpp>

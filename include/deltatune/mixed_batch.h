@@ -7,7 +7,8 @@
 // Deltas that act through linear-layer hooks can share a batch: LoRA (and DoRA), IA3, adapters,
 // Compacter, the low-rank adapter, and combinations of those. Prefix and prompt tuning change the
 // sequence every example attends over, and BitFit-like deltas edit the base's own tensors, so they are
-// refused with a ConfigError saying so. Deltas that carry a task head must all carry the same one.
+// refused with a ConfigError saying so; so is a delta whose method says it cannot
+// (Delta::supports_mixed_batch). Deltas that carry a task head must all carry the same one.
 #include <filesystem>
 #include <functional>
 #include <map>

@@ -22,6 +22,7 @@
 #include "delta/methods.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
+#include "deltatune/delta_method.h"
 #include "deltatune/error.h"
 
 namespace deltatune::delta {
@@ -234,6 +235,11 @@ class Adapter : public Delta {
 
   std::vector<std::string> attached_modules() const override { return paths_; }
 
+  // What an adapter knows of itself: its nonlinearity rules out merging, and PEFT has no adapters;
+  // it acts through linear-layer hooks alone, so it shares mixed batches, wrapping a layer's output last.
+  bool supports_mixed_batch() const override { return true; }
+  int attach_stage() const override { return 6; }
+
  private:
   void install(nn::Linear* layer, std::shared_ptr<nn::LinearHook> hook) {
     hooks_.install(layer, std::move(hook), name, enabled_);
@@ -266,6 +272,25 @@ std::unique_ptr<Delta> make_compacter_pp(const nlohmann::json& config) {
 }
 std::unique_ptr<Delta> make_lowrank_adapter(const nlohmann::json& config) {
   return std::make_unique<Adapter>(config, "lowrank_adapter");
+}
+
+DeltaMethod adapter_method() {
+  return {.name = "adapter",
+          .make = make_adapter,
+          .description = "Houlsby adapter (after attention and feed-forward), reduction factor 16"};
+}
+DeltaMethod compacter_method() {
+  return {.name = "compacter",
+          .make = make_compacter,
+          .description = "Compacter: PHM adapter, Houlsby placement, reduction factor 32"};
+}
+DeltaMethod compacter_pp_method() {
+  return {.name = "compacter++",
+          .make = make_compacter_pp,
+          .description = "Compacter++: PHM adapter after the feed-forward, reduction factor 32"};
+}
+DeltaMethod lowrank_adapter_method() {
+  return {.name = "lowrank_adapter", .make = make_lowrank_adapter, .description = "low-rank (rank 1) adapter"};
 }
 
 }  // namespace deltatune::delta

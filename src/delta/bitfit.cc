@@ -11,6 +11,7 @@
 #include "delta/methods.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
+#include "deltatune/delta_method.h"
 #include "deltatune/error.h"
 
 namespace deltatune::delta {
@@ -56,6 +57,10 @@ class SpecDelta : public Delta {
     model_ = &model;
     install(enabled_);
   }
+
+  // These train the model's own tensors: they come first in a combination, and there is nothing to
+  // merge or to confine to some rows of a mixed batch. PEFT has no such method.
+  int attach_stage() const override { return 1; }
 
   void detach() override {
     if (!model_) return;
@@ -238,6 +243,12 @@ std::unique_ptr<Delta> make_ln_tuning(const nlohmann::json& config) {
 }
 std::unique_ptr<Delta> make_last_layers(const nlohmann::json& config) {
   return std::make_unique<LastLayers>(config);
+}
+
+DeltaMethod bitfit_method() { return {.name = "bitfit", .make = make_bitfit, .description = "BitFit: biases only"}; }
+DeltaMethod ln_tuning_method() { return {.name = "ln", .make = make_ln_tuning, .description = "LayerNorm tuning"}; }
+DeltaMethod last_layers_method() {
+  return {.name = "last-layers", .make = make_last_layers, .description = "the last block's weights"};
 }
 
 }  // namespace deltatune::delta

@@ -1,8 +1,9 @@
 // A union of deltas trained, saved and loaded as one: {"method": "combination", "deltas": [{...},
 // {...}]} (make_delta also takes a bare JSON list of configs as the same thing).
 //
-// Order. The members attach in a fixed order by method, whatever the order of the list, so a
-// combination means the same thing however it is written (members of one kind keep the listed order):
+// Order. The members attach in a fixed order by stage (each method's Delta::attach_stage), whatever
+// the order of the list, so a combination means the same thing however it is written (members of one
+// stage keep the listed order):
 //   1. bitfit, ln, last-layers   the model's own tensors (the base every other delta sees)
 //   2. prompt                    the input embeddings
 //   3. prefix                    attention keys and values
@@ -19,21 +20,12 @@
 
 #include "delta/composite.h"
 #include "delta/methods.h"
+#include "deltatune/delta_method.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
 
 namespace deltatune::delta {
 namespace {
-
-int order_of(const std::string& method) {
-  static const std::vector<std::pair<std::string, int>> ranks{
-      {"bitfit", 1}, {"ln", 1},      {"last-layers", 1},     {"prompt", 2},          {"prefix", 3},
-      {"lora", 4},   {"diff_pruning", 4}, {"mask", 4}, {"ia3", 5},     {"adapter", 6},         {"compacter", 6},       {"compacter++", 6},
-      {"lowrank_adapter", 6}};
-  for (auto& [m, r] : ranks)
-    if (m == method) return r;
-  return 7;
-}
 
 class Combination : public Delta, public CompositeDelta {
  public:
@@ -47,7 +39,7 @@ class Combination : public Delta, public CompositeDelta {
         throw ConfigError("combination: deltas[" + std::to_string(i) + "] must be a delta config with a \"method\"");
       try {
         auto d = make_delta(list[i]);
-        const int rank = order_of(d->method());
+        const int rank = d->attach_stage();
         made.emplace_back(rank, std::move(d));
       } catch (const ConfigError& e) {
         throw ConfigError("combination: deltas[" + std::to_string(i) + "]: " + e.what());
@@ -141,6 +133,11 @@ class Combination : public Delta, public CompositeDelta {
   nlohmann::json config() const override { return describe(false); }
   nlohmann::json saved_config() const override { return describe(true); }
 
+  // A combination shares a mixed batch when every member does; it is neither merged nor PEFT's.
+  bool supports_mixed_batch() const override {
+    return std::all_of(members_.begin(), members_.end(), [](auto& d) { return d->supports_mixed_batch(); });
+  }
+
   std::vector<std::string> attached_modules() const override {
     std::vector<std::string> out;
     for (auto& d : members_)
@@ -175,6 +172,12 @@ class Combination : public Delta, public CompositeDelta {
 
 std::unique_ptr<Delta> make_combination(const nlohmann::json& config) {
   return std::make_unique<Combination>(config);
+}
+
+DeltaMethod combination_method() {
+  return {.name = "combination",
+          .make = make_combination,
+          .description = "several deltas trained together (give them in a delta config file)"};
 }
 
 }  // namespace deltatune::delta

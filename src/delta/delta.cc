@@ -1,28 +1,18 @@
-// The delta interface's shared parts: the method registry, parameter loading and freezing.
+// The delta interface's shared parts: making a delta by name (the registry of delta_method.h), what
+// a method without a given ability answers, parameter loading and freezing.
 #include <algorithm>
 #include <set>
 
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
+#include "deltatune/delta_method.h"
 #include "deltatune/error.h"
 #include "deltatune/method_presets.h"
 #include "delta/methods.h"
+#include "delta/peft_config.h"
 
 namespace deltatune::delta {
 namespace {
-using Factory = std::unique_ptr<Delta> (*)(const nlohmann::json&);
-const std::vector<std::pair<std::string, Factory>>& factories() {
-  static const std::vector<std::pair<std::string, Factory>> list{
-      {"lora", make_lora},     {"ia3", make_ia3},         {"prefix", make_prefix},
-      {"prompt", make_prompt}, {"adapter", make_adapter}, {"bitfit", make_bitfit},
-      {"ln", make_ln_tuning},  {"last-layers", make_last_layers},
-      {"compacter", make_compacter}, {"compacter++", make_compacter_pp}, {"lowrank_adapter", make_lowrank_adapter},
-      {"diff_pruning", make_diff_pruning}, {"mask", make_mask},
-      {"unipelt", make_unipelt}, {"combination", make_combination},
-  };
-  return list;
-}
-
 std::string comma_list(const std::vector<std::string>& names) {
   std::string out;
   for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
@@ -64,7 +54,7 @@ void check_number_fields(const std::string& method, const nlohmann::json& c) {
 const std::vector<std::string>& supported_methods() {
   static const std::vector<std::string> names = [] {
     std::vector<std::string> out;
-    for (auto& [n, _] : factories()) out.push_back(n);
+    for (const auto& m : delta_methods()) out.push_back(m.name);
     return out;
   }();
   return names;
@@ -75,16 +65,51 @@ std::unique_ptr<Delta> make_delta(const nlohmann::json& config) {
   if (!config.is_object() || !config.contains("method") || !config["method"].is_string())
     throw ConfigError("a delta config needs a \"method\" (one of: " + comma_list(supported_methods()) + ")");
   const std::string method = config["method"].get<std::string>();
-  for (auto& [name, factory] : factories())
-    if (name == method) {
-      check_number_fields(method, config);
-      try {
-        return factory(config);
-      } catch (const nlohmann::json::exception& e) {  // a field of an unexpected type
-        throw ConfigError(method + " config " + config.dump() + ": " + e.what());
-      }
+  const DeltaMethod* known = find_delta_method(method);
+  if (!known) throw ConfigError(not_a_delta_method(method));
+  check_number_fields(method, config);
+  try {
+    return known->make(config);
+  } catch (const nlohmann::json::exception& e) {  // a field of an unexpected type
+    throw ConfigError(method + " config " + config.dump() + ": " + e.what());
+  }
+}
+
+namespace {
+// The methods whose deltas say they can be merged (asked of each as `train` would make it).
+std::string mergeable_methods() {
+  std::vector<std::string> names;
+  for (const auto& m : delta_methods()) {
+    try {
+      if (m.make(m.train_config.is_null() ? nlohmann::json{{"method", m.name}} : m.train_config)->can_merge())
+        names.push_back(m.name);
+    } catch (const Error&) {
+      // a method that needs more config (a combination's members) is not one
     }
-  throw ConfigError(not_a_delta_method(method));
+  }
+  return comma_list(names);
+}
+}  // namespace
+
+void Delta::merge_into(TransformerModel&) {
+  throw ConfigError("merge: the " + method() + " delta cannot be merged into the weights (supported: " +
+                    mergeable_methods() + "); use the delta as it is (deltatune eval/predict --delta)");
+}
+
+void Delta::unmerge_from(TransformerModel&) {
+  throw ConfigError("unmerge: the " + method() + " delta cannot be merged into the weights, so there is nothing to take out");
+}
+
+nlohmann::json Delta::peft_config(TransformerModel&) {
+  throw ConfigError("the " + method() + " delta has no PEFT equivalent (save it in deltatune's format; PEFT supports " +
+                    supported_peft_types() + ")");
+}
+
+std::string Delta::peft_tensor_name(const std::string& name) const { return peft_model_key(name); }
+
+double Delta::default_learning_rate() const {
+  const DeltaMethod* known = find_delta_method(method());
+  return known ? known->default_lr : kDeltaLearningRate;
 }
 
 std::vector<std::string> Delta::saved_names() {

@@ -301,18 +301,9 @@ void save_peft(const fs::path& dir, Delta& delta, TransformerModel& model, const
   c["modules_to_save"] = modules.empty() ? nlohmann::json() : nlohmann::json(std::vector<std::string>(modules.begin(), modules.end()));
   fs::create_directories(dir);
   std::map<std::string, Tensor> tensors;
-  // PEFT wraps each layer LoRA adapts, so a trained bias of one (bias "all" or "lora_only") is
-  // <module>.base_layer.bias in its files; read back by peft_key_to_ours.
-  std::set<std::string> adapted;
-  if (delta.method() == "lora")
-    for (const auto& p : delta.attached_modules()) adapted.insert(p);
-  for (auto& [n, t] : delta.saved_parameters()) {
-    std::string key = n;
-    const auto module = strip_suffix(key, ".bias");
-    if (module && adapted.count(*module)) key = *module + ".base_layer.bias";
-    tensors[peft_file_key(key)] = t.detach();
-  }
-  for (auto& [n, t] : head) tensors[kPeftPrefix + n] = t.detach();
+  // Each method names its tensors in PEFT's file (LoRA's trained biases, prompt learning's one tensor).
+  for (auto& [n, t] : delta.saved_parameters()) tensors[delta.peft_tensor_name(n)] = t.detach();
+  for (auto& [n, t] : head) tensors[peft_model_key(n)] = t.detach();
   write_safetensors(dir / "adapter_model.safetensors", tensors, {{"format", "pt"}});
   write_json_atomic(dir / "adapter_config.json", c);
 }

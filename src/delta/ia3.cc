@@ -7,8 +7,10 @@
 #include <set>
 
 #include "delta/methods.h"
+#include "delta/peft_config.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
+#include "deltatune/delta_method.h"
 #include "deltatune/error.h"
 
 namespace deltatune::delta {
@@ -129,7 +131,20 @@ class Ia3 : public Delta {
 
   std::vector<std::string> attached_modules() const override { return paths_; }
 
+  // What IA3 knows of itself; defined below the class.
+  bool can_merge() const override { return true; }
+  void merge_into(TransformerModel& model) override {
+    fold(model, false);
+    detach();
+  }
+  void unmerge_from(TransformerModel& model) override { fold(model, true); }
+  nlohmann::json peft_config(TransformerModel& model) override;
+  bool supports_mixed_batch() const override { return true; }
+  int attach_stage() const override { return 5; }
+
  private:
+  void fold(TransformerModel& model, bool undo);
+
   nlohmann::json config_;
   TargetSpec spec_;
   nlohmann::json feedforward_;
@@ -139,8 +154,110 @@ class Ia3 : public Delta {
   std::vector<std::pair<std::string, std::shared_ptr<Ia3Hook>>> hooks_;
   std::vector<nn::Linear*> layers_;
 };
+
+// Whether an IA3 vector of this shape scales the layer's inputs ([1, in], feed-forward layers) rather
+// than its outputs ([out, 1]); the shapes say it unless both are [1, 1].
+bool scales_inputs(const Shape& vector_shape, const nn::Linear& layer) {
+  return vector_shape == Shape{1, layer.in_features} && vector_shape != Shape{layer.out_features, 1};
+}
+
+// Merging multiplies the weight's rows (and the bias) or, on feed-forward layers, its columns by the
+// vector; unmerging divides (PEFT adds 1e-8 to the divisor).
+void Ia3::fold(TransformerModel& model, bool undo) {
+  NoGradGuard no_grad;
+  for (auto& [name, l] : parameters()) {
+    const std::string path = name.substr(0, name.size() - std::string(".ia3_l").size());
+    auto* layer = dynamic_cast<nn::Linear*>(model.find_module(path));
+    if (!layer) throw ConfigError("merge: '" + path + "' is not a linear layer of this model");
+    const bool feedforward = scales_inputs(l.shape(), *layer);
+    std::vector<float> v = l.to_floats();
+    if (undo)
+      for (auto& x : v) x = 1.0f / (x + 1e-8f);
+    Tensor w = layer->weight_out_in().float32().contiguous().clone();  // [out, in]
+    float* d = w.f32();
+    const int64_t out = layer->out_features, in = layer->in_features;
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t i = 0; i < in; ++i) d[o * in + i] *= feedforward ? v[size_t(i)] : v[size_t(o)];
+    Tensor stored = layer->fan_in_fan_out ? w.t().contiguous() : w;
+    layer->weight() = stored.to(layer->weight().dtype()).contiguous().detach();
+    if (!feedforward && layer->bias().defined()) {
+      Tensor b = layer->bias().float32().contiguous().clone();
+      for (int64_t o = 0; o < out; ++o) b.f32()[o] *= v[size_t(o)];
+      layer->bias() = b.to(layer->bias().dtype()).contiguous().detach();
+    }
+  }
+}
+
+// --- PEFT's IA3 ---
+
+nlohmann::json ia3_from_peft(const nlohmann::json& p, const std::string& source) {
+  warn_unknown_peft_keys(p, {"feedforward_modules", "init_ia3_weights"}, source);
+  nlohmann::json c{{"method", "ia3"}};
+  c["targets"] = p.value("target_modules", nlohmann::json());
+  if (c["targets"].is_null()) throw ConfigError(source + ": target_modules is null (PEFT's per-model defaults are not supported; name the modules)");
+  c["feedforward"] = p.value("feedforward_modules", nlohmann::json());
+  if (c["feedforward"].is_null()) c["feedforward"] = nlohmann::json::array();
+  c["exclude"] = p.value("exclude_modules", nlohmann::json());
+  c["layers"] = p.value("layers_to_transform", nlohmann::json());
+  c["init_ones"] = p.value("init_ia3_weights", true);
+  return c;
+}
+
+nlohmann::json Ia3::peft_config(TransformerModel& model) {
+  // Feed-forward modules carry an input scaling [1, in], the others an output scaling [out, 1].
+  std::map<std::string, Shape> shapes;
+  for (auto& [n, t] : saved_parameters()) shapes[n.substr(0, n.rfind('.'))] = t.shape();
+  std::vector<std::string> feedforward, plain;
+  bool fan_in_fan_out = false;
+  for (const auto& path : paths_) {
+    auto* layer = static_cast<nn::Linear*>(model.find_module(path));
+    fan_in_fan_out = fan_in_fan_out || layer->fan_in_fan_out;
+    if (scales_inputs(shapes[path], *layer))
+      feedforward.push_back(path);
+    else plain.push_back(path);
+  }
+  // PEFT requires feedforward_modules to be a subset of target_modules (IA3Config.__post_init__), so
+  // a feed-forward module's one entry serves in both lists: it must select no unattached module (by
+  // dotted suffix, as target_modules match) and, as PEFT tests feed-forward names with a plain
+  // endswith, end no attached module that is not feed-forward.
+  // IA3Config has no layers_to_transform: modules of unselected layers must not match either.
+  const std::vector<std::string> unattached = unattached_linears(model, paths_, {});
+  std::set<std::string> target_entries, feedforward_entries;
+  for (const auto& path : plain)
+    target_entries.insert(
+        shortest_suffix(path, [&](const std::string& s) { return !selects_any(unattached, s, false); }));
+  for (const auto& path : feedforward) {
+    const std::string entry = shortest_suffix(path, [&](const std::string& s) {
+      return !selects_any(unattached, s, false) && !selects_any(plain, s, true);
+    });
+    target_entries.insert(entry);
+    feedforward_entries.insert(entry);
+  }
+  nlohmann::json p;
+  p["peft_type"] = "IA3";
+  p["target_modules"] = std::vector<std::string>(target_entries.begin(), target_entries.end());
+  p["feedforward_modules"] = std::vector<std::string>(feedforward_entries.begin(), feedforward_entries.end());
+  p["exclude_modules"] = nullptr;
+  p["fan_in_fan_out"] = fan_in_fan_out;
+  p["init_ia3_weights"] = saved_config().value("init_ones", true);
+  p["inference_mode"] = true;
+  // PEFT's IA3Config has no layers_to_transform: a layer selection is already in target_modules
+  // (the entries above select none of the unselected layers' modules).
+  p["revision"] = nullptr;
+  p["auto_mapping"] = nullptr;
+  p["peft_version"] = kPeftVersion;
+  return p;
+}
 }  // namespace
 
 std::unique_ptr<Delta> make_ia3(const nlohmann::json& config) { return std::make_unique<Ia3>(config); }
+
+DeltaMethod ia3_method() {
+  return {.name = "ia3",
+          .make = make_ia3,
+          .description = "IA3: learned scales of keys, values and the feed-forward",
+          .peft_type = "IA3",
+          .from_peft = ia3_from_peft};
+}
 
 }  // namespace deltatune::delta

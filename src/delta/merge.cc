@@ -1,118 +1,18 @@
 #include "deltatune/merge.h"
 
-#include <cmath>
-
 #include <map>
 
-#include "delta/methods.h"
-#include "delta/module_names.h"
 #include "deltatune/atomic_file.h"
-#include "deltatune/autograd.h"
 #include "deltatune/error.h"
-#include "deltatune/lora_arithmetic.h"
 #include "deltatune/safetensors.h"
 
 namespace deltatune::delta {
 namespace fs = std::filesystem;
-namespace {
 
-// IA3: a vector scales a layer's output rows (and its bias) or, on feed-forward layers, its input
-// columns; merging multiplies the weight by it and unmerging divides (PEFT adds 1e-8 to the divisor).
-void apply_ia3(TransformerModel& model, Delta& delta, float sign) {
-  for (auto& [name, l] : delta.parameters()) {
-    const std::string path = name.substr(0, name.size() - std::string(".ia3_l").size());
-    auto* layer = dynamic_cast<nn::Linear*>(model.find_module(path));
-    if (!layer) throw ConfigError("merge: '" + path + "' is not a linear layer of this model");
-    const bool feedforward = ia3_scales_inputs(l.shape(), *layer);
-    std::vector<float> v = l.to_floats();
-    if (sign < 0)
-      for (auto& x : v) x = 1.0f / (x + 1e-8f);
-    Tensor w = layer->weight_out_in().float32().contiguous().clone();  // [out, in]
-    float* d = w.f32();
-    const int64_t out = layer->out_features, in = layer->in_features;
-    for (int64_t o = 0; o < out; ++o)
-      for (int64_t i = 0; i < in; ++i) d[o * in + i] *= feedforward ? v[size_t(i)] : v[size_t(o)];
-    Tensor stored = layer->fan_in_fan_out ? w.t().contiguous() : w;
-    layer->weight() = stored.to(layer->weight().dtype()).contiguous().detach();
-    if (!feedforward && layer->bias().defined()) {
-      Tensor b = layer->bias().float32().contiguous().clone();
-      for (int64_t o = 0; o < out; ++o) b.f32()[o] *= v[size_t(o)];
-      layer->bias() = b.to(layer->bias().dtype()).contiguous().detach();
-    }
-  }
-}
+// Each method knows whether and how it folds into the weights (Delta::merge_into, lora.cc, ia3.cc).
+void merge_into(TransformerModel& model, Delta& delta) { delta.merge_into(model); }
 
-// LoRA on an embedding table: E += s (B A)^T, as PEFT's Embedding.get_delta_weight.
-void apply_lora_embedding(TransformerModel& model, const std::string& path, const Tensor& A, const Tensor& B,
-                          double scaling, float sign) {
-  auto* emb = dynamic_cast<nn::Embedding*>(model.find_module(path));
-  if (!emb) throw ConfigError("merge: '" + path + "' is not an embedding table of this model");
-  // A tied LM head reads the same table: folding the delta in would change the head too, which the
-  // attached delta never does (it only changes the lookup).
-  if (model.config.tie_word_embeddings && (model.head == HeadKind::CausalLM || model.head == HeadKind::MaskedLM) &&
-      emb->weight().same(model.input_embeddings()))
-    throw ConfigError("merge: '" + path + "' is tied to the LM head (tie_word_embeddings), so folding a LoRA into it "
-                      "would change the head as well; use the delta as it is, or load the model without the LM head");
-  Tensor delta_e = ops::mul_scalar(ops::matmul(B, A).t().contiguous(), float(scaling) * sign);  // [vocab, dim]
-  Tensor merged = ops::add(emb->weight().float32(), delta_e);
-  emb->weight() = merged.to(emb->weight().dtype()).contiguous().detach();
-}
-
-void apply(TransformerModel& model, Delta& delta, float sign) {
-  if (delta.method() == "unipelt")
-    throw ConfigError("merge: UniPELT's LoRA is scaled by a gate computed from each input, so it cannot be "
-                      "folded into fixed weights; use the delta as it is (deltatune eval/predict --delta)");
-  NoGradGuard no_grad;
-  if (delta.method() == "ia3") return apply_ia3(model, delta, sign);
-  if (delta.method() != "lora")
-    throw ConfigError("merge: the " + delta.method() + " delta cannot be merged into the weights (supported: lora, dora, ia3)");
-  const nlohmann::json c = delta.config();
-  if (sign < 0 && c.value("bias", std::string("none")) != "none")
-    throw ConfigError("unmerge: a LoRA that trained biases replaced them; reload the base instead");
-  for (auto& [path, f] : lora_embedding_factors(delta)) apply_lora_embedding(model, path, f.A, f.B, f.scaling, sign);
-  for (auto& [path, f] : lora_factors(delta)) {
-    auto* layer = dynamic_cast<nn::Linear*>(model.find_module(path));
-    if (!layer) throw ConfigError("merge: '" + path + "' is not a linear layer of this model");
-    Tensor w = layer->weight_out_in().float32().contiguous();     // [out, in]
-    Tensor delta_w = ops::mul_scalar(ops::matmul(f.B, f.A), float(f.scaling));
-    Tensor merged;
-    if (f.magnitude.defined()) {
-      if (sign < 0) throw ConfigError("unmerge: DoRA merges cannot be undone exactly; reload the base instead");
-      Tensor combined = ops::add(w, delta_w);
-      Tensor norm = ops::sqrt(ops::sum(ops::square(combined), {1}, true));
-      merged = ops::mul(ops::div(f.magnitude.reshape({-1, 1}), norm), combined);
-    } else {
-      merged = sign > 0 ? ops::add(w, delta_w) : ops::sub(w, delta_w);
-    }
-    Tensor stored = layer->fan_in_fan_out ? merged.t().contiguous() : merged;
-    layer->weight() = stored.to(layer->weight().dtype()).contiguous().detach();
-  }
-}
-
-// LoRA's trained biases (bias "all" / "lora_only") replace the model's while attached and named as the
-// model's own (<module>.bias): they are copied in once the delta is detached.
-std::map<std::string, Tensor> trained_biases(Delta& delta) {
-  std::map<std::string, Tensor> out;
-  if (delta.method() != "lora" || delta.config().value("bias", std::string("none")) == "none") return out;
-  for (auto& [name, t] : delta.parameters())
-    if (strip_suffix(name, ".bias")) out[name] = t.clone();
-  return out;
-}
-}  // namespace
-
-void merge_into(TransformerModel& model, Delta& delta) {
-  std::map<std::string, Tensor> biases = trained_biases(delta);
-  apply(model, delta, 1.0f);
-  delta.detach();
-  NoGradGuard no_grad;
-  for (auto& [name, b] : biases) {
-    Tensor* target = model.find_parameter(name);
-    if (!target) throw ConfigError("merge: the model has no parameter '" + name + "' for the trained bias");
-    *target = b.to(target->dtype()).contiguous().detach();
-  }
-}
-
-void unmerge_from(TransformerModel& model, Delta& delta) { apply(model, delta, -1.0f); }
+void unmerge_from(TransformerModel& model, Delta& delta) { delta.unmerge_from(model); }
 
 std::string architecture_name(const std::string& model_type, HeadKind head) {
   static const std::map<std::string, std::string> prefixes = {{"bert", "Bert"},       {"roberta", "Roberta"},

@@ -1,5 +1,7 @@
 #pragma once
-// The delta methods' factories: one file per method, listed here and in make_delta (delta.cc).
+// What the delta methods' files share: hook bookkeeping, and the factories one method builds another
+// with (UniPELT's parts, LoRA's trained biases). make_delta finds methods by their registrations
+// (deltatune/delta_method.h, src/delta/method_registry.cc).
 #include <algorithm>
 #include <memory>
 #include <string>
@@ -15,12 +17,6 @@ namespace deltatune::delta {
 template <class HookList, class Hook>
 void remove_hook(HookList& hooks, const Hook& hook) {
   hooks.erase(std::remove(hooks.begin(), hooks.end(), hook), hooks.end());
-}
-
-// Whether an IA3 vector of this shape scales the layer's inputs ([1, in], feed-forward layers) rather
-// than its outputs ([out, 1]); the shapes say it unless both are [1, 1].
-inline bool ia3_scales_inputs(const Shape& vector_shape, const nn::Linear& layer) {
-  return vector_shape == Shape{1, layer.in_features} && vector_shape != Shape{layer.out_features, 1};
 }
 
 // The hooks a delta put on linear layers: installed with its name and on/off state, switched

@@ -13,8 +13,10 @@
 #include <cmath>
 
 #include "delta/methods.h"
+#include "delta/peft_config.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
+#include "deltatune/delta_method.h"
 #include "deltatune/error.h"
 
 namespace deltatune::delta {
@@ -184,6 +186,13 @@ class Prefix : public Delta {
     return out;
   }
 
+  // What prefix tuning knows of itself: it extends every example's keys and values, so it neither
+  // merges into weights nor shares a mixed batch; PEFT has it as PREFIX_TUNING.
+  nlohmann::json peft_config(TransformerModel& model) override;
+  // Prompt learning's one tensor sits at the top level of PEFT's file, outside the model.
+  std::string peft_tensor_name(const std::string& name) const override { return name; }
+  int attach_stage() const override { return 3; }
+
  private:
   nlohmann::json config_;
   int64_t tokens_ = 10, encoder_hidden_ = 0;
@@ -193,8 +202,41 @@ class Prefix : public Delta {
   std::shared_ptr<PrefixHook> hook_;
   TransformerModel* model_ = nullptr;
 };
+
+nlohmann::json Prefix::peft_config(TransformerModel& model) {
+  const nlohmann::json c = saved_config();
+  const ModelConfig& mc = model.config;
+  // PEFT sizes the prefix by key/value heads (grouped-query attention).
+  nlohmann::json p = prompt_learning_to_peft(c, mc.num_kv_heads * mc.head_dim, mc.num_kv_heads, mc.num_layers);
+  p["peft_type"] = "PREFIX_TUNING";
+  p["encoder_hidden_size"] = c.value("encoder_hidden_size", mc.num_kv_heads * mc.head_dim);
+  p["prefix_projection"] = false;  // saved collapsed
+  p["init_weights"] = nullptr;
+  return p;
+}
+
+nlohmann::json prefix_from_peft(const nlohmann::json& p, const std::string& source) {
+  nlohmann::json c = prompt_learning_from_peft(
+      p, {"encoder_hidden_size", "prefix_projection", "init_weights"}, source, "prefix");
+  // A saved prefix is the plain matrix even when it was trained through the projection (PEFT saves
+  // the projection's output, and loads it without the MLP).
+  c["projection"] = false;
+  copy_if_int(p, "encoder_hidden_size", c, "encoder_hidden_size");
+  copy_if_int(p, "num_layers", c, "num_layers");
+  copy_if_int(p, "token_dim", c, "token_dim");
+  copy_if_int(p, "num_attention_heads", c, "num_attention_heads");
+  return c;
+}
 }  // namespace
 
 std::unique_ptr<Delta> make_prefix(const nlohmann::json& config) { return std::make_unique<Prefix>(config); }
+
+DeltaMethod prefix_method() {
+  return {.name = "prefix",
+          .make = make_prefix,
+          .description = "prefix tuning, 10 virtual tokens",
+          .peft_type = "PREFIX_TUNING",
+          .from_peft = prefix_from_peft};
+}
 
 }  // namespace deltatune::delta

@@ -7,8 +7,10 @@
 #include <algorithm>
 
 #include "delta/methods.h"
+#include "delta/peft_config.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
+#include "deltatune/delta_method.h"
 #include "deltatune/error.h"
 #include "deltatune/tokenizer.h"
 
@@ -142,6 +144,13 @@ class Prompt : public Delta {
     return model_->roles().at("embed");
   }
 
+  // What prompt tuning knows of itself: it lengthens every example's input, so it neither merges
+  // into weights nor shares a mixed batch; PEFT has it as PROMPT_TUNING.
+  nlohmann::json peft_config(TransformerModel& model) override;
+  // Prompt learning's one tensor sits at the top level of PEFT's file, outside the model.
+  std::string peft_tensor_name(const std::string& name) const override { return name; }
+  int attach_stage() const override { return 2; }
+
  private:
   nlohmann::json config_;
   int64_t tokens_ = 8;
@@ -152,8 +161,40 @@ class Prompt : public Delta {
   std::shared_ptr<PromptHook> hook_;
   TransformerModel* model_ = nullptr;
 };
+
+nlohmann::json Prompt::peft_config(TransformerModel& model) {
+  const nlohmann::json c = config();
+  const ModelConfig& mc = model.config;
+  nlohmann::json p = prompt_learning_to_peft(c, mc.hidden_size, mc.num_heads, mc.num_layers);
+  p["peft_type"] = "PROMPT_TUNING";
+  const std::string init = c.value("init", std::string("random"));
+  const bool text = init == "text" && c.contains("init_text") && c["init_text"].is_string();
+  p["prompt_tuning_init"] = text ? "TEXT" : init == "vocab" ? "SAMPLE_VOCAB" : "RANDOM";
+  p["prompt_tuning_init_text"] = text ? c["init_text"] : nlohmann::json();
+  p["tokenizer_name_or_path"] = text && c.contains("tokenizer") ? c["tokenizer"] : nlohmann::json();
+  p["tokenizer_kwargs"] = nullptr;
+  return p;
+}
+
+nlohmann::json prompt_from_peft(const nlohmann::json& p, const std::string& source) {
+  nlohmann::json c = prompt_learning_from_peft(
+      p, {"prompt_tuning_init", "prompt_tuning_init_text", "tokenizer_name_or_path", "tokenizer_kwargs"},
+      source, "prompt");
+  copy_if_int(p, "token_dim", c, "token_dim");
+  // The saved values replace the initialisation: loading needs no tokenizer.
+  c["init"] = "random";
+  return c;
+}
 }  // namespace
 
 std::unique_ptr<Delta> make_prompt(const nlohmann::json& config) { return std::make_unique<Prompt>(config); }
+
+DeltaMethod prompt_method() {
+  return {.name = "prompt",
+          .make = make_prompt,
+          .description = "prompt tuning, 8 virtual tokens",
+          .peft_type = "PROMPT_TUNING",
+          .from_peft = prompt_from_peft};
+}
 
 }  // namespace deltatune::delta

@@ -24,6 +24,7 @@
 #include "delta/methods.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
+#include "deltatune/delta_method.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
 
@@ -75,6 +76,11 @@ class WeightDifference : public Delta {
     hooks_.remove_all();
     model_ = nullptr;
   }
+
+  // A weight difference acts through linear-layer hooks, added to W x: it shares mixed batches. (It is
+  // not merged: the trained difference is kept apart from the base. PEFT has no such method.)
+  bool supports_mixed_batch() const override { return true; }
+  int attach_stage() const override { return 4; }
 
   void set_enabled(bool on) override {
     enabled_ = on;
@@ -361,5 +367,14 @@ class LearnedMask : public WeightDifference {
 
 std::unique_ptr<Delta> make_diff_pruning(const nlohmann::json& config) { return std::make_unique<DiffPruning>(config); }
 std::unique_ptr<Delta> make_mask(const nlohmann::json& config) { return std::make_unique<LearnedMask>(config); }
+
+DeltaMethod diff_pruning_method() {
+  return {.name = "diff_pruning",
+          .make = make_diff_pruning,
+          .description = "diff pruning: L0-gated weight differences, 99% sparse"};
+}
+DeltaMethod mask_method() {
+  return {.name = "mask", .make = make_mask, .description = "learned binary masks of the weights"};
+}
 
 }  // namespace deltatune::delta

@@ -29,6 +29,7 @@
 
 #include "delta/composite.h"
 #include "delta/methods.h"
+#include "deltatune/delta_method.h"
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/gates.h"
@@ -180,6 +181,13 @@ class UniPelt : public Delta, public CompositeDelta {
   }
 
   std::string method() const override { return "unipelt"; }
+
+  // Its LoRA is scaled by a gate computed from each input, and the gates read the input embeddings:
+  // it cannot be folded into fixed weights nor share a mixed batch. PEFT has no UniPELT.
+  void merge_into(TransformerModel&) override {
+    throw ConfigError("merge: UniPELT's LoRA is scaled by a gate computed from each input, so it cannot be "
+                      "folded into fixed weights; use the delta as it is (deltatune eval/predict --delta)");
+  }
 
   std::vector<Delta*> members() override {
     std::vector<Delta*> out;
@@ -377,6 +385,10 @@ std::string fixed(double v, int digits = 3) {
 }  // namespace
 
 std::unique_ptr<Delta> make_unipelt(const nlohmann::json& config) { return std::make_unique<UniPelt>(config); }
+
+DeltaMethod unipelt_method() {
+  return {.name = "unipelt", .make = make_unipelt, .description = "UniPELT (APL): gated adapter + prefix + LoRA"};
+}
 
 bool has_gates(Delta& d) {
   std::vector<UniPelt*> u;

@@ -142,6 +142,7 @@ void MixedBatch::adopt(const std::string& name, const std::function<std::unique_
     if (!only_head) why = "it changes the base model's own tensors (e.g. " + *changed.begin() + ")";
   }
   if (why.empty() && added.linear.empty()) why = "it installs no linear-layer hook";
+  if (why.empty() && !entry->delta->supports_mixed_batch()) why = "its method does not support mixed batches";
   if (!why.empty()) {
     entry->delta->detach();
     throw ConfigError("mixed batch: the " + entry->delta->method() + " delta '" + name + "' cannot share a batch: " + why);
