@@ -3,6 +3,7 @@
 
 #include "deltatune/cuda.h"
 #include "deltatune/error.h"
+#include "deltatune/tensor.h"
 
 using namespace deltatune;
 
@@ -33,4 +34,24 @@ TEST(Cuda, ReportsAbsenceClearly) {
   if (cuda::available()) GTEST_SKIP() << "a GPU is present";
   EXPECT_TRUE(cuda::device_name().empty());
   if (!cuda::compiled()) EXPECT_THROW(cuda::vector_add({1}, {2}), Error);
+}
+
+TEST(Cuda, StorageAllocatesOnTheGpu) {
+  if (!cuda::available()) GTEST_SKIP() << (cuda::compiled() ? "no GPU present" : "built without CUDA");
+  auto storage = Storage::allocate(1 << 20, Device::CUDA);
+  EXPECT_NE(storage->data, nullptr);
+  EXPECT_EQ(storage->device, Device::CUDA);
+  EXPECT_EQ(storage->bytes, size_t(1) << 20);
+  Tensor t = Tensor::from_storage(storage, DType::F32, {512, 512});
+  EXPECT_EQ(t.device(), Device::CUDA);
+}
+
+TEST(Cuda, StorageWithoutAGpuIsAClearError) {
+  if (cuda::available()) GTEST_SKIP() << "a GPU is present";
+  try {
+    Storage::allocate(64, Device::CUDA);
+    FAIL() << "a CUDA allocation without a GPU did not throw";
+  } catch (const DeviceError& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA"), std::string::npos) << e.what();
+  }
 }

@@ -1,8 +1,10 @@
 #pragma once
 // The ops. Each computes in float32 on the CPU (half-precision inputs are converted on entry) and is
 // recorded for backward when an input requires grad. Shape or dtype mismatches throw ShapeError /
-// DtypeError naming the op and the shapes. Every op here is in the gradient check
-// (tests/test_gradcheck.cc): adding an op means adding it there.
+// DtypeError naming the op and the shapes. Kernels run on the tensors' device (deltatune/backend.h);
+// tensors on different devices throw DeviceError. Every op here is in the gradient check
+// (tests/test_gradcheck.cc) and the backend-consistency test (tests/test_backend_ops.cc): adding an
+// op means adding it to both.
 #include <vector>
 
 #include "deltatune/random.h"
@@ -101,5 +103,25 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
 // weight [V, H] (an LM head), chunked over rows. The gradients are computed during the forward.
 Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor& targets,
                             int64_t ignore_index = -100);
+
+// --- optimizer updates: in place, not recorded (float32 contiguous tensors of one shape) ---
+// torch.optim.AdamW's single-tensor step, operation by operation, with its scalars already rounded
+// to float32 as torch's kernels receive them (deltatune/optim.h computes them).
+struct AdamWStep {
+  float decay, beta1, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size;
+};
+// max_exp_avg_sq: undefined unless AMSGrad.
+void adamw_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, Tensor& max_exp_avg_sq,
+                   const AdamWStep& step);
+// torch.optim.SGD's step; momentum_buffer undefined without momentum (first: it starts as the
+// decayed gradient).
+struct SgdStep {
+  float weight_decay, neg_lr, momentum, keep;  // keep = 1 - dampening
+  bool decay, nesterov, first;
+};
+void sgd_update_(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, const SgdStep& step);
+// For gradient clipping: the sum of squares in double, and t *= s in place.
+double sum_of_squares(const Tensor& t);
+void scale_(Tensor& t, float s);
 
 }  // namespace deltatune::ops

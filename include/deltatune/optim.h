@@ -90,7 +90,7 @@ class Optimizer {
 
   // Updates `param` (contiguous float32) from `grad` (contiguous float32, same numel); state.step
   // already counts this update. Buffers are created here on first use.
-  virtual void update(Tensor& param, const float* grad, ParamState& state, const Group& group) = 0;
+  virtual void update(Tensor& param, const Tensor& grad, ParamState& state, const Group& group) = 0;
   // The buffer kinds a parameter with state has (the checkpoint's "<kind>." prefixes).
   virtual std::vector<std::string> state_kinds() const = 0;
 
@@ -117,7 +117,7 @@ class SGD final : public Optimizer {
   SGD(std::vector<ParamGroup> groups, const SGDOptions& options);
 
  private:
-  void update(Tensor& param, const float* grad, ParamState& state, const Group& group) override;
+  void update(Tensor& param, const Tensor& grad, ParamState& state, const Group& group) override;
   std::vector<std::string> state_kinds() const override;
   SGDOptions options_;
 };
@@ -139,7 +139,7 @@ class AdamW final : public Optimizer {
   AdamW(std::vector<ParamGroup> groups, const AdamWOptions& options);
 
  private:
-  void update(Tensor& param, const float* grad, ParamState& state, const Group& group) override;
+  void update(Tensor& param, const Tensor& grad, ParamState& state, const Group& group) override;
   std::vector<std::string> state_kinds() const override;
   AdamWOptions options_;
 };

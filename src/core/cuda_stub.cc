@@ -7,6 +7,10 @@ namespace deltatune::cuda {
 bool compiled() { return false; }
 bool available() { return false; }
 std::string device_name() { return ""; }
+void* allocate(size_t) {
+  throw DeviceError("CUDA storage: deltatune was built without CUDA (configure with -DDELTATUNE_CUDA=ON)");
+}
+void deallocate(void*) {}
 std::vector<float> vector_add(const std::vector<float>&, const std::vector<float>&) {
   throw Error("deltatune was built without CUDA (configure with -DDELTATUNE_CUDA=ON)");
 }

@@ -8,8 +8,10 @@
 
 #include "core/strided.h"
 #include "deltatune/autograd.h"
+#include "deltatune/cuda.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
+#include "ops/backend.h"
 
 namespace deltatune {
 
@@ -63,10 +65,21 @@ std::shared_ptr<Storage> map_fresh(size_t bytes) {
   storage->owner = std::shared_ptr<void>(p, [bytes](void* q) { munmap(q, bytes); });
   return storage;
 }
+
+// GPU memory: cudaMalloc behind the same interface (deltatune/cuda.h; a clear error without CUDA).
+std::shared_ptr<Storage> allocate_cuda(size_t bytes) {
+  auto storage = std::make_shared<Storage>();
+  void* p = cuda::allocate(bytes);
+  storage->data = p;
+  storage->bytes = bytes;
+  storage->device = Device::CUDA;
+  storage->owner = std::shared_ptr<void>(p, [](void* q) { cuda::deallocate(q); });
+  return storage;
+}
 }  // namespace
 
 std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
-  if (device != Device::CPU) throw Error("Storage::allocate: only CPU storage is allocated here");
+  if (device == Device::CUDA) return allocate_cuda(bytes);
   if (bytes >= kMappedBytes) return map_fresh(bytes);
   auto storage = std::make_shared<Storage>();
   size_t rounded = (bytes + 63) / 64 * 64;
@@ -102,8 +115,7 @@ Tensor Tensor::zeros(const Shape& shape, DType dtype) {
 
 Tensor Tensor::full(const Shape& shape, float value) {
   Tensor t = empty(shape);
-  float* p = t.f32();
-  for (int64_t i = 0, n = t.numel(); i < n; ++i) p[i] = value;
+  t.fill_(value);
   return t;
 }
 
@@ -199,64 +211,19 @@ std::vector<int64_t> Tensor::to_ints() const {
   return out;
 }
 
+namespace {
+ops::StridedView view_of(const Tensor& t) {
+  return {t.storage()->data, t.dtype(), t.offset(), t.shape(), t.strides()};
+}
+}  // namespace
+
 void Tensor::copy_(const Tensor& src) {
   if (src.shape() != shape())
     throw ShapeError("copy_: source " + src.describe() + " does not match destination " + describe());
-  const void* sbase = src.storage()->data;
-  void* dbase = storage()->data;
-  const DType st = src.dtype(), dt = dtype();
-  const int64_t soff = src.offset(), doff = offset();
-  if (st == dt && is_contiguous() && src.is_contiguous()) {
-    const size_t esize = dtype_size(dt);
-    if (numel())
-      std::memmove(static_cast<char*>(dbase) + doff * esize, static_cast<const char*>(sbase) + soff * esize,
-                   size_t(numel()) * esize);
-    return;
-  }
-  // float32 into a contiguous destination from any strided source (transposes, permuted heads):
-  // row by row over the last dim, without the generic per-element dtype dispatch below.
-  if (st == DType::F32 && dt == DType::F32 && is_contiguous() && dim() >= 1 && numel() > 0 &&
-      src.storage() != storage()) {  // (a source sharing the storage may overlap: the gather below copes)
-    const int64_t last = size(-1), last_stride = src.strides().back(), rows = numel() / last, rank = dim();
-    const float* sp = src.f32();
-    float* dp = f32();
-    const Shape& sh = shape();
-    const Shape& ss = src.strides();
-#pragma omp parallel for if (numel() > 65536)
-    for (int64_t r = 0; r < rows; ++r) {
-      int64_t rest = r, off = 0;
-      for (int64_t d = rank - 2; d >= 0; --d) {
-        off += (rest % sh[size_t(d)]) * ss[size_t(d)];
-        rest /= sh[size_t(d)];
-      }
-      const float* from = sp + off;
-      float* to = dp + r * last;
-      if (last_stride == 1) std::memcpy(to, from, size_t(last) * sizeof(float));
-      else
-        for (int64_t c = 0; c < last; ++c) to[c] = from[c * last_stride];
-    }
-    return;
-  }
-  // Gather source values row-major, then scatter into the destination's layout.
-  if (st == DType::I64 && dt == DType::I64) {
-    std::vector<int64_t> v = src.to_ints();
-    detail::for_each_offset(shape(), strides(), [&](int64_t i, int64_t o) {
-      static_cast<int64_t*>(dbase)[doff + o] = v[size_t(i)];
-    });
-    return;
-  }
-  std::vector<float> v = src.to_floats();
-  detail::for_each_offset(shape(), strides(), [&](int64_t i, int64_t o) {
-    detail::store_from_float(dbase, dt, doff + o, v[size_t(i)]);
-  });
+  ops::backend_for("copy_", {this, &src}).copy(view_of(*this), view_of(src));
 }
 
-void Tensor::fill_(float value) {
-  void* base = storage()->data;
-  const DType t = dtype();
-  const int64_t off = offset();
-  detail::for_each_offset(shape(), strides(), [&](int64_t, int64_t o) { detail::store_from_float(base, t, off + o, value); });
-}
+void Tensor::fill_(float value) { ops::backend_for("fill_", {this}).fill(view_of(*this), value); }
 
 Tensor Tensor::contiguous() const { return is_contiguous() ? *this : ops::contiguous(*this); }
 Tensor Tensor::clone() const { return ops::contiguous(*this); }

@@ -12,6 +12,7 @@
 #include "deltatune/delta.h"
 #include "deltatune/delta_method.h"
 #include "deltatune/error.h"
+#include "deltatune/ops.h"
 
 namespace deltatune::delta {
 namespace {
@@ -170,21 +171,15 @@ void Ia3::fold(TransformerModel& model, bool undo) {
     auto* layer = dynamic_cast<nn::Linear*>(model.find_module(path));
     if (!layer) throw ConfigError("merge: '" + path + "' is not a linear layer of this model");
     const bool feedforward = scales_inputs(l.shape(), *layer);
-    std::vector<float> v = l.to_floats();
-    if (undo)
-      for (auto& x : v) x = 1.0f / (x + 1e-8f);
-    Tensor w = layer->weight_out_in().float32().contiguous().clone();  // [out, in]
-    float* d = w.f32();
+    Tensor v = l.detach().float32().reshape({-1});
+    if (undo) v = ops::div(Tensor::scalar(1.0f), ops::add_scalar(v, 1e-8f));
     const int64_t out = layer->out_features, in = layer->in_features;
-    for (int64_t o = 0; o < out; ++o)
-      for (int64_t i = 0; i < in; ++i) d[o * in + i] *= feedforward ? v[size_t(i)] : v[size_t(o)];
+    // [out, in] scaled by columns (a feed-forward IA3 scales the inputs) or by rows.
+    Tensor w = ops::mul(layer->weight_out_in().float32(), feedforward ? v.reshape({1, in}) : v.reshape({out, 1}));
     Tensor stored = layer->fan_in_fan_out ? w.t().contiguous() : w;
     layer->weight() = stored.to(layer->weight().dtype()).contiguous().detach();
-    if (!feedforward && layer->bias().defined()) {
-      Tensor b = layer->bias().float32().contiguous().clone();
-      for (int64_t o = 0; o < out; ++o) b.f32()[o] *= v[size_t(o)];
-      layer->bias() = b.to(layer->bias().dtype()).contiguous().detach();
-    }
+    if (!feedforward && layer->bias().defined())
+      layer->bias() = ops::mul(layer->bias().float32(), v).to(layer->bias().dtype()).contiguous().detach();
   }
 }
 

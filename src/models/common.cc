@@ -1,7 +1,6 @@
 #include "models/common.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
@@ -44,28 +43,11 @@ Tensor last_token(const Tensor& hidden, const Tensor& mask) {
 }
 
 namespace {
-// Writes src [B, H, T, D] into buf [B, H, capacity, D] at positions [at, at + T). Each (batch, head)
-// row block of the buffer is contiguous, so float32 goes row by row with memcpy.
+// Writes src [B, H, T, D] into buf [B, H, capacity, D] at positions [at, at + T): a strided copy
+// (float32 goes row by row with memcpy on the backend).
 void write_positions(Tensor& buf, const Tensor& src, int64_t at) {
-  const int64_t batch = src.size(0), heads = src.size(1), length = src.size(2), dim = src.size(3);
-  if (src.dtype() != DType::F32 || buf.dtype() != DType::F32) {
-    Tensor target = buf.slice(2, at, at + length);
-    target.copy_(src);
-    return;
-  }
-  const Shape& ss = src.strides();
-  const Shape& bs = buf.strides();
-  const float* sp = src.f32();
-  float* bp = buf.f32();
-  for (int64_t b = 0; b < batch; ++b)
-    for (int64_t h = 0; h < heads; ++h)
-      for (int64_t t = 0; t < length; ++t) {
-        const float* from = sp + b * ss[0] + h * ss[1] + t * ss[2];
-        float* to = bp + b * bs[0] + h * bs[1] + (at + t) * bs[2];
-        if (ss[3] == 1) std::memcpy(to, from, size_t(dim) * sizeof(float));
-        else
-          for (int64_t d = 0; d < dim; ++d) to[d] = from[d * ss[3]];
-      }
+  Tensor target = buf.slice(2, at, at + src.size(2));
+  target.copy_(src);
 }
 
 // A buffer shaped like `like` with room for `capacity` positions, holding the first `keep` of `old`.

@@ -1,10 +1,10 @@
 // concat and split. concat copies whole contiguous blocks; split returns views (ops::slice).
-#include <cstring>
 #include <string>
 
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
+#include "ops/backend.h"
 
 namespace deltatune::ops {
 
@@ -34,6 +34,7 @@ Tensor concat(const std::vector<Tensor>& tensors, int64_t dim) {
   // Tensors of one dtype keep it (ids, half-precision caches); mixed inputs meet in float32.
   const DType out_dtype = same_dtype ? first.dtype() : DType::F32;
   const size_t esize = dtype_size(out_dtype);
+  const Backend& be = backend_for("concat", tensors);
   Tensor out = Tensor::empty(out_shape, out_dtype);
 
   int64_t outer = 1, inner = 1;
@@ -49,12 +50,9 @@ Tensor concat(const std::vector<Tensor>& tensors, int64_t dim) {
       sizes.push_back(n);
       if (n == 0 || outer == 0 || inner == 0) continue;
       Tensor src = t.to(out_dtype).contiguous();
-      const char* s = static_cast<const char*>(src.storage()->data) + src.offset() * int64_t(esize);
-      char* o = static_cast<char*>(out.storage()->data) + at * inner * int64_t(esize);
-      const size_t block = size_t(n * inner) * esize;
-#pragma omp parallel for if (outer * n * inner > (1 << 16))
-      for (int64_t r = 0; r < outer; ++r)
-        std::memcpy(o + r * out_row * int64_t(esize), s + r * n * inner * int64_t(esize), block);
+      const char* from = static_cast<const char*>(src.storage()->data) + src.offset() * int64_t(esize);
+      char* to = static_cast<char*>(out.storage()->data) + at * inner * int64_t(esize);
+      be.copy_blocks(to, out_row * int64_t(esize), from, n * inner * int64_t(esize), outer, n * inner * int64_t(esize));
       at += n;
     }
   }

@@ -1,14 +1,12 @@
 // embedding (a row gather; backward scatter-adds into the rows used) and dropout (a seeded mask kept
 // for backward as one byte per element).
-#include <algorithm>
-#include <cstring>
 #include <memory>
 #include <string>
 
-#include "core/strided.h"
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
+#include "ops/backend.h"
 #include "ops/f32_contiguous.h"
 
 namespace deltatune::ops {
@@ -31,43 +29,19 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
   Shape out_shape = ids.shape();
   out_shape.push_back(d);
   Tensor out = Tensor::empty(out_shape);
-  float* op = out.f32();
-  const int64_t n = int64_t(idx.size());
-  // Gather straight from the weight's own storage and dtype: a half-precision vocabulary table is
-  // never converted as a whole.
-  const void* base = weight.storage()->data;
-  const int64_t off = weight.offset(), s0 = weight.strides()[0], s1 = weight.strides()[1];
-  const DType wt = weight.dtype();
-#pragma omp parallel for if (n * d > 16384)
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t row = off + idx[size_t(i)] * s0;
-    float* dst = op + i * d;
-    if (wt == DType::F32 && s1 == 1) {
-      std::memcpy(dst, static_cast<const float*>(base) + row, size_t(d) * 4);
-    } else {
-      for (int64_t j = 0; j < d; ++j) dst[j] = detail::load_as_float(base, wt, row + j * s1);
-    }
-  }
+  const Backend& be = backend_for("embedding", {&weight, &ids});
+  if (!idx.empty() && d)
+    be.embedding({weight.storage()->data, weight.dtype(), weight.offset(), weight.strides()[0], weight.strides()[1],
+                  idx.data(), int64_t(idx.size()), d, out.f32()});
   auto saved = std::make_shared<std::vector<int64_t>>(std::move(idx));
   return record("embedding", out, {weight, ids},
                 [saved, vocab, d](const Tensor& g, const std::vector<bool>& needs) -> std::vector<Tensor> {
                   if (!needs[0]) return {Tensor(), Tensor()};
                   Tensor gc = f32_contiguous(g);
                   Tensor gw = Tensor::zeros({vocab, d});
-                  const float* gp = gc.f32();
-                  float* wp = gw.f32();
-                  const int64_t n = int64_t(saved->size());
-                  // Rows repeat, so threads split the columns instead of the tokens.
-                  const int64_t chunk = 64, chunks = (d + chunk - 1) / chunk;
-#pragma omp parallel for if (n * d > 65536)
-                  for (int64_t c = 0; c < chunks; ++c) {
-                    const int64_t j0 = c * chunk, j1 = std::min(d, j0 + chunk);
-                    for (int64_t i = 0; i < n; ++i) {
-                      float* dst = wp + (*saved)[size_t(i)] * d;
-                      const float* src = gp + i * d;
-                      for (int64_t j = j0; j < j1; ++j) dst[j] += src[j];
-                    }
-                  }
+                  if (!saved->empty() && d)
+                    backend_for("embedding", {&gc}).embedding_backward(saved->data(), int64_t(saved->size()), d,
+                                                                       gc.f32(), gw.f32());
                   return {gw, Tensor()};
                 });
 }
@@ -83,19 +57,12 @@ Tensor dropout(const Tensor& a, float p, bool training, Generator& gen) {
   auto keep = std::make_shared<std::vector<uint8_t>>(size_t(n));
   for (int64_t i = 0; i < n; ++i) (*keep)[size_t(i)] = gen.uniform() >= p ? 1 : 0;
   Tensor out = Tensor::empty(a.shape());
-  const float* xp = x.f32();
-  float* op = out.f32();
-#pragma omp parallel for if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) op[i] = (*keep)[size_t(i)] ? xp[i] * scale : 0.0f;
+  backend_for("dropout", {&a}).masked_scale(x.f32(), keep->data(), scale, out.f32(), n);
   return record("dropout", out, {a},
                 [keep, scale](const Tensor& g, const std::vector<bool>&) -> std::vector<Tensor> {
                   Tensor gc = f32_contiguous(g);
                   Tensor gx = Tensor::empty(gc.shape());
-                  const float* gp = gc.f32();
-                  float* xp = gx.f32();
-                  const int64_t n = gc.numel();
-#pragma omp parallel for if (n > 65536)
-                  for (int64_t i = 0; i < n; ++i) xp[i] = (*keep)[size_t(i)] ? gp[i] * scale : 0.0f;
+                  backend_for("dropout", {&gc}).masked_scale(gc.f32(), keep->data(), scale, gx.f32(), gc.numel());
                   return {gx};
                 });
 }

@@ -1,7 +1,5 @@
 // cross_entropy over the last dim. The tape keeps the logits (no copy when already float32 and
 // contiguous) and one logsumexp per row; backward recomputes softmax from them.
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -11,8 +9,8 @@
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
+#include "ops/backend.h"
 #include "ops/bf16_products.h"
-#include "ops/cpu/gemm_bf16.h"
 #include "ops/f32_contiguous.h"
 
 namespace deltatune::ops {
@@ -53,22 +51,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
       counted_targets("cross_entropy", tgt, c, ignore_index,
                       "C = " + std::to_string(c) + " classes (logits " + shape_str(logits.shape()) + ")");
   Tensor x = f32_contiguous(logits).detach();
-  const float* xp = x.f32();
   auto lse = std::make_shared<std::vector<float>>(size_t(n));
-  double total = 0;
-#pragma omp parallel for reduction(+ : total) if (n * c > 16384)
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t t = tgt[size_t(i)];
-    if (t == ignore_index) continue;
-    const float* row = xp + i * c;
-    float mx = -std::numeric_limits<float>::infinity();
-    for (int64_t j = 0; j < c; ++j) mx = std::max(mx, row[j]);
-    double s = 0;
-    for (int64_t j = 0; j < c; ++j) s += std::exp(double(row[j]) - mx);
-    const double l = double(mx) + std::log(s);
-    (*lse)[size_t(i)] = float(l);
-    total += l - row[t];
-  }
+  const double total =
+      backend_for("cross_entropy", {&logits, &targets}).cross_entropy({x.f32(), tgt.data(), n, c, ignore_index}, lse->data());
   Tensor out = Tensor::scalar(counted ? float(total / double(counted)) : 0.0f);
   auto saved_targets = std::make_shared<std::vector<int64_t>>(std::move(tgt));
   return record("cross_entropy", out, {logits, targets},
@@ -78,18 +63,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
                   Tensor gx = Tensor::zeros(x.shape());
                   if (!counted) return {gx, Tensor()};
                   const float scale = g.item() / float(counted);
-                  const float* xp = x.f32();
-                  float* gp = gx.f32();
-#pragma omp parallel for if (n * c > 16384)
-                  for (int64_t i = 0; i < n; ++i) {
-                    const int64_t t = (*saved_targets)[size_t(i)];
-                    if (t == ignore_index) continue;
-                    const float* row = xp + i * c;
-                    float* grow = gp + i * c;
-                    const float l = (*lse)[size_t(i)];
-                    for (int64_t j = 0; j < c; ++j) grow[j] = std::exp(row[j] - l) * scale;
-                    grow[t] -= scale;
-                  }
+                  backend_for("cross_entropy", {&x}).cross_entropy_backward(
+                      {x.f32(), saved_targets->data(), n, c, ignore_index}, lse->data(), scale, gx.f32());
                   return {gx, Tensor()};
                 });
 }
@@ -119,6 +94,7 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor&
   const int64_t counted =
       counted_targets("linear_cross_entropy", tgt, v, ignore_index, std::to_string(v) + " classes");
   const Tensor xc = f32_contiguous(x).detach();
+  const Backend& be = backend_for("linear_cross_entropy", {&x, &weight, &targets});
   const bool want_gx = grad_enabled() && x.requires_grad();
   const bool want_gw = grad_enabled() && weight.requires_grad();
   // Bf16 precision on a frozen head: the BF16 kernel reads it (rounded once if stored in float32).
@@ -136,45 +112,21 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor&
   for (int64_t r0 = 0; r0 < n && v > 0; r0 += chunk) {
     const int64_t rows = std::min(chunk, n - r0);
     float* lg = logits.data();
+    const float* xr = xc.f32() + r0 * h;
     if (bf16_kernel)  // B[k, n] = W[n, k]
-      kernels::gemm_f32_bf16(rows, v, h, xc.f32() + r0 * h, h, wc.data<uint16_t>(), wc.strides()[1], wc.strides()[0],
-                             lg, v, false);
+      be.gemm_bf16({rows, v, h, xr, h, wc.data<uint16_t>(), wc.strides()[1], wc.strides()[0], lg, v, false});
     else if (h > 0)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(v), int(h), 1.0f, xc.f32() + r0 * h,
-                  int(h), wc.f32(), int(h), 0.0f, lg, int(v));
+      be.gemm({rows, v, h, xr, false, h, wc.f32(), true, h, 1.0f, 0.0f, lg, v});
     else
       std::fill(lg, lg + rows * v, 0.0f);
-    double chunk_total = 0;
-#pragma omp parallel for reduction(+ : chunk_total) if (rows * v > 16384)
-    for (int64_t r = 0; r < rows; ++r) {
-      const int64_t t = tgt[size_t(r0 + r)];
-      float* row = lg + r * v;
-      if (t == ignore_index) {
-        if (want_gx || want_gw) std::fill(row, row + v, 0.0f);
-        continue;
-      }
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < v; ++j) mx = std::max(mx, row[j]);
-      double s = 0;
-      for (int64_t j = 0; j < v; ++j) s += std::exp(double(row[j]) - mx);
-      const double l = double(mx) + std::log(s);
-      chunk_total += l - row[t];
-      if (want_gx || want_gw) {  // d(mean loss)/d(logits) = (softmax - onehot) / counted
-        const float lf = float(l);
-        for (int64_t j = 0; j < v; ++j) row[j] = std::exp(row[j] - lf) * inv_count;
-        row[t] -= inv_count;
-      }
-    }
-    total += chunk_total;
+    total += be.cross_entropy_rows({lg, tgt.data() + r0, rows, v, ignore_index}, lg, want_gx || want_gw, inv_count);
     if (want_gx && bf16_kernel)  // gx[rows, H] = G[rows, V] @ W[V, H]
-      kernels::gemm_f32_bf16(rows, h, v, lg, v, wc.data<uint16_t>(), wc.strides()[0], wc.strides()[1],
-                             gx.f32() + r0 * h, h, false);
+      be.gemm_bf16({rows, h, v, lg, v, wc.data<uint16_t>(), wc.strides()[0], wc.strides()[1], gx.f32() + r0 * h, h,
+                    false});
     else if (want_gx && h > 0)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(h), int(v), 1.0f, lg, int(v), wc.f32(),
-                  int(h), 0.0f, gx.f32() + r0 * h, int(h));
+      be.gemm({rows, h, v, lg, false, v, wc.f32(), false, h, 1.0f, 0.0f, gx.f32() + r0 * h, h});
     if (want_gw && h > 0)  // gW[V, H] += G^T[V, rows] @ x[rows, H]
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(v), int(h), int(rows), 1.0f, lg, int(v),
-                  xc.f32() + r0 * h, int(h), 1.0f, gw.f32(), int(h));
+      be.gemm({v, h, rows, lg, true, v, xr, false, h, 1.0f, 1.0f, gw.f32(), h});
   }
   Tensor out = Tensor::scalar(counted ? float(total / double(counted)) : 0.0f);
   if (!want_gx && !want_gw) return out;

@@ -1,9 +1,10 @@
-// Matrix products through OpenBLAS. A 2-D operand whose rows or columns are contiguous is passed to
-// sgemm as is (transposed when column-major), so x @ W.t() and GPT-2's [in, out] weights cost no copy.
-#include <cblas.h>
-
+// Matrix products: shapes, batching and backward here, the GEMMs behind the backend (OpenBLAS on the
+// CPU). A 2-D operand whose rows or columns are contiguous is passed to the GEMM as is (transposed
+// when column-major), so x @ W.t() and GPT-2's [in, out] weights cost no copy.
+#include <algorithm>
 #include <atomic>
 
+#include "ops/backend.h"
 #include "ops/bf16_products.h"
 #include "ops/cpu/gemm_bf16.h"
 #include "deltatune/autograd.h"
@@ -15,18 +16,18 @@ namespace {
 
 struct MatrixView {
   const float* data;
-  CBLAS_TRANSPOSE trans;
+  bool trans;
   int64_t ld;
 };
 
 // How sgemm can read a 2-D float32 matrix with shape [rows, cols] at `data` and the given strides.
 bool as_blas(const float* data, int64_t rows, int64_t cols, int64_t s0, int64_t s1, MatrixView& view) {
   if (s1 == 1 && (s0 >= cols || rows == 1)) {
-    view = {data, CblasNoTrans, std::max<int64_t>(s0, std::max<int64_t>(cols, 1))};
+    view = {data, false, std::max<int64_t>(s0, std::max<int64_t>(cols, 1))};
     return true;
   }
   if (s0 == 1 && (s1 >= rows || cols == 1)) {
-    view = {data, CblasTrans, std::max<int64_t>(s1, std::max<int64_t>(rows, 1))};
+    view = {data, true, std::max<int64_t>(s1, std::max<int64_t>(rows, 1))};
     return true;
   }
   return false;
@@ -42,9 +43,9 @@ Tensor blas_ready(const Tensor& t) {
 }
 
 // C[m, n] = op(A) op(B) (+ beta * C), all row-major.
-void gemm(int64_t m, int64_t n, int64_t k, const MatrixView& a, const MatrixView& b, float beta, float* c, int64_t ldc) {
-  cblas_sgemm(CblasRowMajor, a.trans, b.trans, int(m), int(n), int(k), 1.0f, a.data, int(a.ld), b.data, int(b.ld),
-              beta, c, int(ldc));
+void gemm(const Backend& be, int64_t m, int64_t n, int64_t k, const MatrixView& a, const MatrixView& b, float beta,
+          float* c, int64_t ldc) {
+  be.gemm({m, n, k, a.data, a.trans, a.ld, b.data, b.trans, b.ld, 1.0f, beta, c, ldc});
 }
 
 MatrixView view_of(const Tensor& t, int64_t extra_offset = 0) {
@@ -62,6 +63,7 @@ Tensor matmul_forward(const Tensor& a_in, const Tensor& b_in) {
   if (b_in.size(-2) != k)
     throw ShapeError("matmul: shapes " + shape_str(a_in.shape()) + " and " + shape_str(b_in.shape()) +
                      " do not match (" + std::to_string(k) + " vs " + std::to_string(b_in.size(-2)) + ")");
+  const Backend& be = backend_for("matmul", {&a_in, &b_in});
   Tensor a = blas_ready(a_in), b = blas_ready(b_in);
   // Broadcast batch dims.
   Shape batch_a(a.shape().begin(), a.shape().end() - 2), batch_b(b.shape().begin(), b.shape().end() - 2);
@@ -83,8 +85,8 @@ Tensor matmul_forward(const Tensor& a_in, const Tensor& b_in) {
   // One GEMM when b is a plain matrix and a's batch and rows are contiguous: [batch*m, k] @ [k, n].
   if (b.dim() == 2 && a.is_contiguous()) {
     const int64_t rows = a.numel() / std::max<int64_t>(k, 1);
-    MatrixView va{a.f32(), CblasNoTrans, std::max<int64_t>(k, 1)};
-    if (rows && n) gemm(rows, n, k, va, view_of(b), 0.0f, out.f32(), n);
+    MatrixView va{a.f32(), false, std::max<int64_t>(k, 1)};
+    if (rows && n) gemm(be, rows, n, k, va, view_of(b), 0.0f, out.f32(), n);
     return out;
   }
   const int64_t count = shape_numel(batch);
@@ -100,7 +102,7 @@ Tensor matmul_forward(const Tensor& a_in, const Tensor& b_in) {
     return off;
   };
   for (int64_t i = 0; i < count; ++i) {
-    if (m && n) gemm(m, n, k, view_of(a, batch_offset(a, batch_a, i)), view_of(b, batch_offset(b, batch_b, i)), 0.0f,
+    if (m && n) gemm(be, m, n, k, view_of(a, batch_offset(a, batch_a, i)), view_of(b, batch_offset(b, batch_b, i)), 0.0f,
                      out.f32() + i * m * n, n);
   }
   return out;
@@ -151,6 +153,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const int64_t in = weight.size(1), outf = weight.size(0);
   if (bias.defined() && (bias.dim() != 1 || bias.size(0) != outf))
     throw ShapeError("linear: bias " + shape_str(bias.shape()) + " does not match weight " + shape_str(weight.shape()));
+  const Backend& be = backend_for("linear", {&x, &weight, &bias});
   Tensor xc = x.float32().contiguous();
   // Bf16 precision (see ops.h) runs on the AVX-512 BF16 kernel, a float32 weight rounded once here
   // (and kept for the input's gradient); else float32, a bfloat16 weight widened.
@@ -162,22 +165,19 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   Tensor out = in == 0 ? Tensor::zeros(out_shape) : Tensor::empty(out_shape);  // k == 0: no GEMM runs
   float* o = out.f32();
   float beta = 0.0f;
-  if (bias.defined()) {  // pre-fill with the bias and let sgemm add the product (beta = 1)
+  if (bias.defined()) {  // pre-fill with the bias and let the GEMM add the product (beta = 1)
     const Tensor b = bias.float32().contiguous();
-    const float* pb = b.f32();
-#pragma omp parallel for if (rows * outf > 32768)
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = 0; c < outf; ++c) o[r * outf + c] = pb[c];
+    if (rows && outf) be.fill_rows(b.f32(), o, rows, outf);
     beta = 1.0f;
   }
   // out[rows, out] = x[rows, in] @ W^T: W is [out, in], so its transpose flips the view.
   if (bf16_kernel) {  // B[k, n] = W[n, k]
-    kernels::gemm_f32_bf16(rows, outf, in, xc.f32(), in, w.data<uint16_t>(), w.strides()[1], w.strides()[0], o, outf,
-                           beta != 0.0f);
+    be.gemm_bf16({rows, outf, in, xc.f32(), in, w.data<uint16_t>(), w.strides()[1], w.strides()[0], o, outf,
+                  beta != 0.0f});
   } else if (rows && outf) {
     MatrixView wv = view_of(w);
-    MatrixView wt{wv.data, wv.trans == CblasNoTrans ? CblasTrans : CblasNoTrans, wv.ld};
-    gemm(rows, outf, in, MatrixView{xc.f32(), CblasNoTrans, std::max<int64_t>(in, 1)}, wt, beta, o, outf);
+    MatrixView wt{wv.data, !wv.trans, wv.ld};
+    gemm(be, rows, outf, in, MatrixView{xc.f32(), false, std::max<int64_t>(in, 1)}, wt, beta, o, outf);
   }
 
   // The tape keeps x only when the weight learns, and W only when x needs a gradient: a frozen
@@ -189,20 +189,21 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   const Shape x_shape = x.shape();
   return record("linear", out, {x, weight, bias}, [xd, wd, x_shape, in, outf, rows, bf16_kernel](const Tensor& g_in, const std::vector<bool>& needs) {
     Tensor g = g_in.contiguous();
+    const Backend& be = backend_for("linear", {&g});
     Tensor gx, gw, gb;
-    MatrixView gv{g.f32(), CblasNoTrans, std::max<int64_t>(outf, 1)};
+    MatrixView gv{g.f32(), false, std::max<int64_t>(outf, 1)};
     if (needs[0]) {  // gx[rows, in] = g[rows, out] @ W[out, in]
       gx = Tensor::empty(x_shape);
       if (bf16_kernel)  // B[k, n] = W[k, n]
-        kernels::gemm_f32_bf16(rows, in, outf, g.f32(), outf, wd.data<uint16_t>(), wd.strides()[0], wd.strides()[1],
-                               gx.f32(), in, false);
+        be.gemm_bf16({rows, in, outf, g.f32(), outf, wd.data<uint16_t>(), wd.strides()[0], wd.strides()[1], gx.f32(),
+                      in, false});
       else if (rows && in)
-        gemm(rows, in, outf, gv, view_of(wd), 0.0f, gx.f32(), in);
+        gemm(be, rows, in, outf, gv, view_of(wd), 0.0f, gx.f32(), in);
     }
     if (needs[1]) {  // gW[out, in] = g^T[out, rows] @ x[rows, in]
       Tensor gwc = Tensor::empty({outf, in});
-      MatrixView gt{g.f32(), CblasTrans, std::max<int64_t>(outf, 1)};
-      if (outf && in) gemm(outf, in, rows, gt, MatrixView{xd.f32(), CblasNoTrans, std::max<int64_t>(in, 1)}, 0.0f, gwc.f32(), in);
+      MatrixView gt{g.f32(), true, std::max<int64_t>(outf, 1)};
+      if (outf && in) gemm(be, outf, in, rows, gt, MatrixView{xd.f32(), false, std::max<int64_t>(in, 1)}, 0.0f, gwc.f32(), in);
       gw = gwc;
     }
     if (needs[2]) gb = sum(reshape(g, {rows, outf}), {0});

@@ -1,40 +1,19 @@
-// Sums and means over dims. Accumulates in double so long reductions stay exact to float32.
+// Sums and means over dims (the kernels sum in double, so long reductions stay exact to float32).
 #include <algorithm>
 
-#include "core/strided.h"
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
+#include "ops/backend.h"
+#include "ops/f32_contiguous.h"
 
 namespace deltatune::ops {
 namespace {
 Tensor sum_forward(const Tensor& a, const std::vector<bool>& reduce, const Shape& keep_shape) {
-  const Tensor x = a.float32().contiguous();
-  const Shape& shape = x.shape();
-  const int64_t rank = x.dim();
+  const Backend& be = backend_for("sum", {&a});
+  const Tensor x = f32_contiguous(a);
   Tensor out = Tensor::empty(keep_shape);
-  float* o = out.f32();
-  const float* p = x.f32();
-  // Fast path: reducing only the last dim.
-  bool last_only = rank > 0 && reduce[size_t(rank - 1)];
-  for (int64_t d = 0; d + 1 < rank; ++d) last_only = last_only && !reduce[size_t(d)];
-  if (last_only) {
-    const int64_t cols = shape[size_t(rank - 1)], rows = out.numel();
-#pragma omp parallel for if (rows * cols > 32768)
-    for (int64_t r = 0; r < rows; ++r) {
-      double s = 0;
-      for (int64_t c = 0; c < cols; ++c) s += p[r * cols + c];
-      o[r] = float(s);
-    }
-    return out;
-  }
-  // General: accumulate each input element into its output slot (stride 0 along reduced dims).
-  Shape out_strides = contiguous_strides(keep_shape);
-  for (int64_t d = 0; d < rank; ++d)
-    if (reduce[size_t(d)]) out_strides[size_t(d)] = 0;
-  std::vector<double> acc(size_t(out.numel()), 0.0);
-  detail::for_each_offset(shape, out_strides, [&](int64_t i, int64_t off) { acc[size_t(off)] += p[i]; });
-  for (size_t i = 0; i < acc.size(); ++i) o[i] = float(acc[i]);
+  if (out.numel()) be.sum(x.f32(), x.shape(), reduce, out.f32());
   return out;
 }
 }  // namespace

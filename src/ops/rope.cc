@@ -9,6 +9,7 @@
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
+#include "ops/backend.h"
 #include "ops/f32_contiguous.h"
 
 namespace deltatune::ops {
@@ -19,28 +20,6 @@ struct RopeTable {
   int64_t t = 0, half = 0;
   std::vector<float> cos, sin;  // [batches, t, half]
 };
-
-// x viewed as [b0, m, t, d]; the table row for (b, t) is table[(batches == 1 ? 0 : b), t].
-// inverse applies the rotation by -angle (the backward).
-void rotate(const float* x, float* out, const RopeTable& tab, int64_t b0, int64_t m, bool inverse) {
-  const int64_t t = tab.t, h = tab.half, d = 2 * h;
-  const int64_t lines = b0 * m * t;
-  const float sign = inverse ? -1.0f : 1.0f;
-#pragma omp parallel for if (lines * d > 16384)
-  for (int64_t line = 0; line < lines; ++line) {
-    const int64_t ti = line % t, b = line / (m * t);
-    const int64_t row = ((tab.batches == 1 ? 0 : b) * t + ti) * h;
-    const float* c = tab.cos.data() + row;
-    const float* s = tab.sin.data() + row;
-    const float* xr = x + line * d;
-    float* yr = out + line * d;
-    for (int64_t i = 0; i < h; ++i) {
-      const float x1 = xr[i], x2 = xr[i + h], si = sign * s[i];
-      yr[i] = x1 * c[i] - x2 * si;
-      yr[i + h] = x2 * c[i] + x1 * si;
-    }
-  }
-}
 
 }  // namespace
 
@@ -82,13 +61,17 @@ Tensor rope(const Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
   const int64_t m = (t > 0 && d > 0 && b0 > 0) ? x.numel() / (b0 * t * d) : 0;
   Tensor xc = f32_contiguous(x);
   Tensor out = Tensor::empty(x.shape());
-  if (out.numel()) rotate(xc.f32(), out.f32(), *tab, b0, m, false);
+  if (out.numel())
+    backend_for("rope", {&x, &positions, &inv_freq})
+        .rope({xc.f32(), out.f32(), tab->cos.data(), tab->sin.data(), tab->batches, b0, m, t, h, false});
   return record("rope", out, {x, positions, inv_freq},
                 [tab, b0, m](const Tensor& g, const std::vector<bool>& needs) -> std::vector<Tensor> {
                   if (!needs[0]) return {Tensor(), Tensor(), Tensor()};
                   Tensor gc = f32_contiguous(g);
                   Tensor gx = Tensor::empty(gc.shape());
-                  if (gx.numel()) rotate(gc.f32(), gx.f32(), *tab, b0, m, true);
+                  if (gx.numel())
+                    backend_for("rope", {&gc}).rope({gc.f32(), gx.f32(), tab->cos.data(), tab->sin.data(),
+                                                     tab->batches, b0, m, tab->t, tab->half, true});
                   return {gx, Tensor(), Tensor()};
                 });
 }

@@ -6,13 +6,11 @@
 
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
+#include "deltatune/ops.h"
 #include "deltatune/optim.h"
 
 namespace deltatune {
 namespace {
-
-// Elementwise loops go parallel only where the threads pay for themselves (as ops/elementwise.cc).
-constexpr int64_t kParallelMin = 32768;
 
 std::string number(double v) {
   std::ostringstream out;
@@ -22,13 +20,6 @@ std::string number(double v) {
 
 void require(bool ok, const char* optimizer, const std::string& what) {
   if (!ok) throw ConfigError(std::string(optimizer) + ": " + what);
-}
-
-// torch.maximum propagates NaN from either side; std::max would drop it from one.
-inline float nan_max(float a, float b) {
-  if (std::isnan(a)) return a;
-  if (std::isnan(b)) return b;
-  return a > b ? a : b;
 }
 
 int64_t scalar_int(const std::string& key, const Tensor& t) {
@@ -86,7 +77,7 @@ void Optimizer::step() {
       ParamState& state = state_[pname];
       ++state.step;
       Tensor p = param;
-      update(p, g.f32(), state, group);
+      update(p, g, state, group);
     }
   }
   ++step_count_;
@@ -212,34 +203,17 @@ std::vector<std::string> SGD::state_kinds() const {
   return {"momentum"};
 }
 
-void SGD::update(Tensor& param, const float* grad, ParamState& state, const Group& group) {
-  const int64_t n = param.numel();
-  float* w = param.f32();
-  const bool decay = group.weight_decay != 0;
-  const float weight_decay = float(group.weight_decay);
-  const float neg_lr = float(-group.lr);
-  if (options_.momentum == 0) {
-#pragma omp parallel for if (n > kParallelMin)
-    for (int64_t i = 0; i < n; ++i) {
-      const float d = decay ? std::fma(w[i], weight_decay, grad[i]) : grad[i];
-      w[i] = std::fma(d, neg_lr, w[i]);
-    }
-    return;
+void SGD::update(Tensor& param, const Tensor& grad, ParamState& state, const Group& group) {
+  ops::SgdStep k{float(group.weight_decay), float(-group.lr), float(options_.momentum),
+                 float(1.0 - options_.dampening), group.weight_decay != 0, options_.nesterov, false};
+  Tensor buffer;
+  if (options_.momentum != 0) {
+    auto found = state.buffers.find("momentum");
+    k.first = found == state.buffers.end();
+    if (k.first) found = state.buffers.emplace("momentum", Tensor::empty(param.shape())).first;
+    buffer = found->second;
   }
-  const float momentum = float(options_.momentum);
-  const float keep = float(1.0 - options_.dampening);
-  const bool nesterov = options_.nesterov;
-  auto buffer = state.buffers.find("momentum");
-  const bool first = buffer == state.buffers.end();
-  if (first) buffer = state.buffers.emplace("momentum", Tensor::empty(param.shape())).first;
-  float* buf = buffer->second.f32();
-#pragma omp parallel for if (n > kParallelMin)
-  for (int64_t i = 0; i < n; ++i) {
-    float d = decay ? std::fma(w[i], weight_decay, grad[i]) : grad[i];
-    buf[i] = first ? d : std::fma(d, keep, buf[i] * momentum);
-    d = nesterov ? std::fma(buf[i], momentum, d) : buf[i];
-    w[i] = std::fma(d, neg_lr, w[i]);
-  }
+  ops::sgd_update_(param, grad, buffer, k);
 }
 
 // --- AdamW ----------------------------------------------------------------------------------
@@ -267,54 +241,26 @@ std::vector<std::string> AdamW::state_kinds() const {
   return {"exp_avg", "exp_avg_sq"};
 }
 
-namespace {
-struct AdamWStep {
-  float decay, beta1, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size;
-};
-
-// torch's AdamW update, element by element, over [i0, i1). Cloned for AVX-512 and AVX2 + FMA so the
-// fused multiply-adds are instructions rather than libm calls and the loop vectorises; every clone
-// computes the same IEEE operations in the same order, so the results are the same bits.
-[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]] void adamw_elements(
-    int64_t i0, int64_t i1, float* __restrict w, const float* __restrict grad, float* __restrict m,
-    float* __restrict v, float* __restrict v_max, const AdamWStep& k) {
-  for (int64_t i = i0; i < i1; ++i) {
-    w[i] = w[i] * k.decay;
-    m[i] = std::fma(grad[i], k.one_minus_beta1, m[i] * k.beta1);
-    v[i] = std::fma(k.one_minus_beta2 * grad[i], grad[i], v[i] * k.beta2);
-    float second = v[i];
-    if (v_max) second = v_max[i] = nan_max(v_max[i], v[i]);
-    const float denom = std::sqrt(second) / k.bias_correction2_sqrt + k.eps;
-    w[i] = w[i] + (k.neg_step_size * m[i]) / denom;
-  }
-}
-}  // namespace
-
-void AdamW::update(Tensor& param, const float* grad, ParamState& state, const Group& group) {
+void AdamW::update(Tensor& param, const Tensor& grad, ParamState& state, const Group& group) {
   const AdamWOptions& o = options_;
   for (const std::string& kind : state_kinds())
     if (!state.buffers.count(kind)) state.buffers.emplace(kind, Tensor::zeros(param.shape()));
-  float* w = param.f32();
-  float* m = state.buffers.at("exp_avg").f32();
-  float* v = state.buffers.at("exp_avg_sq").f32();
-  float* v_max = o.amsgrad ? state.buffers.at("max_exp_avg_sq").f32() : nullptr;
+  Tensor& m = state.buffers.at("exp_avg");
+  Tensor& v = state.buffers.at("exp_avg_sq");
+  Tensor v_max = o.amsgrad ? state.buffers.at("max_exp_avg_sq") : Tensor();
 
   const double step = double(state.step);
   const double bias_correction1 = 1.0 - std::pow(o.beta1, step);
   const double bias_correction2 = 1.0 - std::pow(o.beta2, step);
-  const float decay = float(1.0 - group.lr * group.weight_decay);
-  const float beta1 = float(o.beta1), one_minus_beta1 = float(1.0 - o.beta1);
-  const float beta2 = float(o.beta2), one_minus_beta2 = float(1.0 - o.beta2);
-  const float bias_correction2_sqrt = float(std::sqrt(bias_correction2));
-  const float eps = float(o.eps);
-  const float neg_step_size = float(-(group.lr / bias_correction1));
-
-  const int64_t n = param.numel();
-  const AdamWStep k{decay, beta1, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size};
-  const int64_t chunk = 1 << 14;
-#pragma omp parallel for if (n > kParallelMin)
-  for (int64_t c = 0; c < (n + chunk - 1) / chunk; ++c)
-    adamw_elements(c * chunk, std::min(n, (c + 1) * chunk), w, grad, m, v, v_max, k);
+  const ops::AdamWStep k{float(1.0 - group.lr * group.weight_decay),
+                         float(o.beta1),
+                         float(1.0 - o.beta1),
+                         float(o.beta2),
+                         float(1.0 - o.beta2),
+                         float(std::sqrt(bias_correction2)),
+                         float(o.eps),
+                         float(-(group.lr / bias_correction1))};
+  ops::adamw_update_(param, grad, m, v, v_max, k);
 }
 
 // --- gradient clipping ----------------------------------------------------------------------
@@ -330,11 +276,7 @@ float clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   // double here, so the total agrees with torch's to float rounding.
   double total_sq = 0;
   for (const Tensor& grad : grads) {
-    const Tensor g = grad.float32().contiguous();
-    const float* p = g.f32();
-    double sum = 0;
-    for (int64_t i = 0, n = g.numel(); i < n; ++i) sum += double(p[i]) * double(p[i]);
-    const double norm = double(float(std::sqrt(sum)));
+    const double norm = double(float(std::sqrt(ops::sum_of_squares(grad))));
     total_sq += norm * norm;
   }
   const float total = float(std::sqrt(total_sq));
@@ -345,19 +287,7 @@ float clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   if (coef > 1.0f) coef = 1.0f;
   if (coef == 1.0f) return total;  // multiplying by 1 would change nothing
 
-  for (Tensor& grad : grads) {
-    if (grad.dtype() == DType::F32 && grad.is_contiguous()) {
-      float* p = grad.f32();
-      const int64_t n = grad.numel();
-#pragma omp parallel for if (n > kParallelMin)
-      for (int64_t i = 0; i < n; ++i) p[i] *= coef;
-    } else {
-      Tensor scaled = grad.float32().contiguous().clone();
-      float* p = scaled.f32();
-      for (int64_t i = 0, n = scaled.numel(); i < n; ++i) p[i] *= coef;
-      grad.copy_(scaled);
-    }
-  }
+  for (Tensor& grad : grads) ops::scale_(grad, coef);
   return total;
 }
 

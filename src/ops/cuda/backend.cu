@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "deltatune/cuda.h"
+#include "deltatune/error.h"
 
 namespace deltatune::cuda {
 namespace {
@@ -42,6 +43,19 @@ std::string device_name() {
   cudaDeviceProp prop{};
   check(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
   return prop.name;
+}
+
+void* allocate(size_t bytes) {
+  void* ptr = nullptr;
+  const cudaError_t status = cudaMalloc(&ptr, bytes ? bytes : 1);
+  if (status != cudaSuccess)
+    throw DeviceError("CUDA storage: cudaMalloc of " + std::to_string(bytes) + " bytes failed: " +
+                      cudaGetErrorString(status));
+  return ptr;
+}
+
+void deallocate(void* ptr) {
+  if (ptr) cudaFree(ptr);
 }
 
 std::vector<float> vector_add(const std::vector<float>& a, const std::vector<float>& b) {
