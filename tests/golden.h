@@ -1,10 +1,9 @@
 #pragma once
 // Access to the Hugging Face reference outputs copied from ../shared/golden into tests/data/golden.
-#include <nlohmann/json.hpp>
-
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "deltatune/model.h"

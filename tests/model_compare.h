@@ -17,7 +17,8 @@ struct Comparison {
 };
 
 // logits [B, T, V] (or [B, C]); compares only where the golden mask marks real tokens.
-inline Comparison compare(const deltatune::ModelOutput& out, const deltatune::TensorFile& expected, bool classification = false) {
+inline Comparison compare(const deltatune::ModelOutput& out, const deltatune::TensorFile& expected,
+                          bool classification = false) {
   using deltatune::Tensor;
   Comparison c;
   const Tensor& head = expected.tensors.at("logits_head");
@@ -27,7 +28,8 @@ inline Comparison compare(const deltatune::ModelOutput& out, const deltatune::Te
   if (classification) {
     EXPECT_EQ(head.shape(), logits.shape());
     c.positions = int64_t(want.size());
-    for (size_t i = 0; i < want.size(); ++i) c.max_logits = std::max(c.max_logits, std::fabs(want[i] - got[i]));
+    for (size_t i = 0; i < want.size(); ++i)
+      c.max_logits = std::max(c.max_logits, std::fabs(want[i] - got[i]));
     return c;
   }
   const int64_t B = logits.size(0), T = logits.size(1), V = logits.size(2), Hn = head.size(2);
@@ -55,7 +57,8 @@ inline Comparison compare(const deltatune::ModelOutput& out, const deltatune::Te
       c.max_lse = std::max(c.max_lse, float(std::fabs(m + std::log(s) - lse[size_t(b * T + t)])));
       if (float(best) != am[size_t(b * T + t)]) ++c.argmax_mismatch;
       for (int64_t h = 0; h < H; ++h)
-        c.max_hidden = std::max(c.max_hidden, std::fabs(our_hidden[size_t((b * T + t) * H + h)] - hid[size_t((b * T + t) * H + h)]));
+        c.max_hidden = std::max(c.max_hidden, std::fabs(our_hidden[size_t((b * T + t) * H + h)] -
+                                                        hid[size_t((b * T + t) * H + h)]));
     }
   return c;
 }

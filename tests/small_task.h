@@ -17,8 +17,8 @@ inline void copy_sentiment_lines(const std::string& split, size_t n, const std::
 }
 
 // A task folder in `dir` with `train`, `dev` and `test` examples (a split of 0 is left out).
-inline std::filesystem::path write_sentiment_subset(const std::filesystem::path& dir, size_t train, size_t dev,
-                                                    size_t test) {
+inline std::filesystem::path write_sentiment_subset(const std::filesystem::path& dir, size_t train,
+                                                    size_t dev, size_t test) {
   std::filesystem::create_directories(dir);
   for (auto [split, n] : {std::pair{"train", train}, {"dev", dev}, {"test", test}})
     if (n > 0) copy_sentiment_lines(split, n, dir / (std::string(split) + ".jsonl"));

@@ -119,19 +119,31 @@ void add_layout_cases(std::vector<Case>& cs) {
   add({"contiguous_large_strided", {{64, 1200}}, [](const Inputs& x) {  // the threaded row copy
          return O::contiguous(O::slice(x[0], 1, 0, 1200, 2).t());
        }});
-  add({"cast_bf16_roundtrip", {{4, 6}}, [](const Inputs& x) { return O::cast(O::cast(x[0], DType::BF16), DType::F32); }});
-  add({"cast_f16_strided", {{4, 6}}, [](const Inputs& x) { return O::cast(O::cast(x[0].t(), DType::F16), DType::F32); }});
+  add({"cast_bf16_roundtrip", {{4, 6}}, [](const Inputs& x) {
+         return O::cast(O::cast(x[0], DType::BF16), DType::F32);
+       }});
+  add({"cast_f16_strided", {{4, 6}}, [](const Inputs& x) {
+         return O::cast(O::cast(x[0].t(), DType::F16), DType::F32);
+       }});
   add({"cast_int_ids", {}, [](const Inputs&) {
          return O::cast(O::cast(ids({3, -2, 7, 0, 5, 1}, {2, 3}).t(), DType::I32), DType::F32);
        }});
   add({"reshape_noncontiguous", {{3, 4}}, [](const Inputs& x) { return O::reshape(x[0].t(), {2, -1}); }});
   add({"transpose", {{2, 3, 4}}, [](const Inputs& x) { return O::contiguous(O::transpose(x[0], 0, 2)); }});
   add({"permute", {{2, 3, 4}}, [](const Inputs& x) { return O::contiguous(O::permute(x[0], {1, 2, 0})); }});
-  add({"slice_step", {{5, 6}}, [](const Inputs& x) { return O::mul_scalar(O::slice(x[0], 1, 1, 6, 2), 2.0f); }});
+  add({"slice_step", {{5, 6}}, [](const Inputs& x) {
+         return O::mul_scalar(O::slice(x[0], 1, 1, 6, 2), 2.0f);
+       }});
   add({"expand", {{3, 1}}, [](const Inputs& x) { return O::contiguous(O::expand(x[0], {2, 3, 4})); }});
-  add({"concat", {{2, 3}, {2, 5}, {2, 1}}, [](const Inputs& x) { return O::concat({x[0], x[1].slice(1, 0, 5), x[2]}, 1); }});
-  add({"concat_large_rows", {{300, 128}, {300, 64}}, [](const Inputs& x) { return O::concat({x[0], x[1]}, 1); }});
-  add({"split", {{4, 6}}, [](const Inputs& x) { return joined(O::split(O::mul_scalar(x[0], 1.5f), {1, 3, 2}, 1)); }});
+  add({"concat", {{2, 3}, {2, 5}, {2, 1}}, [](const Inputs& x) {
+         return O::concat({x[0], x[1].slice(1, 0, 5), x[2]}, 1);
+       }});
+  add({"concat_large_rows", {{300, 128}, {300, 64}}, [](const Inputs& x) {
+         return O::concat({x[0], x[1]}, 1);
+       }});
+  add({"split", {{4, 6}}, [](const Inputs& x) {
+         return joined(O::split(O::mul_scalar(x[0], 1.5f), {1, 3, 2}, 1));
+       }});
 }
 
 void add_elementwise_cases(std::vector<Case>& cs) {
@@ -142,8 +154,12 @@ void add_elementwise_cases(std::vector<Case>& cs) {
   add({"add_broadcast_both", {{3, 1}, {1, 4}}, [](const Inputs& x) { return O::add(x[0], x[1]); }});
   add({"sub_transposed", {{4, 3}, {3, 4}}, [](const Inputs& x) { return O::sub(x[0].t(), x[1]); }});
   add({"mul_broadcast", {{2, 3, 4}, {4}}, [](const Inputs& x) { return O::mul(x[0], x[1]); }});
-  add({"mul_noncontiguous", {{4, 3}, {3, 8}}, [](const Inputs& x) { return O::mul(x[0].t(), O::slice(x[1], 1, 0, 8, 2)); }});
-  add({"mul_bf16_operand", {{3, 4}, {4}}, [](const Inputs& x) { return O::mul(x[0], O::cast(x[1], DType::BF16)); }});
+  add({"mul_noncontiguous", {{4, 3}, {3, 8}}, [](const Inputs& x) {
+         return O::mul(x[0].t(), O::slice(x[1], 1, 0, 8, 2));
+       }});
+  add({"mul_bf16_operand", {{3, 4}, {4}}, [](const Inputs& x) {
+         return O::mul(x[0], O::cast(x[1], DType::BF16));
+       }});
   add({"div_broadcast", {{2, 3}, {3}}, [](const Inputs& x) { return O::div(x[0], x[1]); }, Init::Positive});
   add({"add_scalar", {{2, 3}}, [](const Inputs& x) { return O::add_scalar(x[0], 0.7f); }});
   add({"mul_scalar", {{2, 3}}, [](const Inputs& x) { return O::mul_scalar(x[0].t(), -1.3f); }});
@@ -183,46 +199,68 @@ void add_reduction_and_norm_cases(std::vector<Case>& cs) {
   add({"softmax", {{3, 5}}, [](const Inputs& x) { return O::softmax(x[0]); }});
   add({"softmax_middle_dim_large", {{8, 64, 40}}, [](const Inputs& x) { return O::softmax(x[0], 1); }});
   add({"log_softmax", {{3, 5}}, [](const Inputs& x) { return O::log_softmax(x[0].t(), 0); }});
-  add({"layer_norm", {{4, 6}, {6}, {6}}, [](const Inputs& x) { return O::layer_norm(x[0], x[1], x[2], 1e-5f); }});
+  add({"layer_norm", {{4, 6}, {6}, {6}}, [](const Inputs& x) {
+         return O::layer_norm(x[0], x[1], x[2], 1e-5f);
+       }});
   add({"layer_norm_large_no_affine", {{400, 48}}, [](const Inputs& x) {
          return O::layer_norm(x[0], Tensor(), Tensor(), 1e-5f);
        }});
   add({"layer_norm_large", {{400, 48}, {48}, {48}}, [](const Inputs& x) {
          return O::layer_norm(x[0], x[1], x[2], 1e-5f);
        }});
-  add({"rms_norm", {{2, 3, 6}, {6}}, [](const Inputs& x) { return O::rms_norm(x[0].transpose(0, 1), x[1], 1e-6f); }});
+  add({"rms_norm", {{2, 3, 6}, {6}}, [](const Inputs& x) {
+         return O::rms_norm(x[0].transpose(0, 1), x[1], 1e-6f);
+       }});
   add({"rms_norm_large", {{400, 48}, {48}}, [](const Inputs& x) { return O::rms_norm(x[0], x[1], 1e-6f); }});
 }
 
 void add_product_cases(std::vector<Case>& cs) {
   auto add = [&](Case c) { cs.push_back(std::move(c)); };
   add({"matmul", {{3, 4}, {4, 5}}, [](const Inputs& x) { return O::matmul(x[0], x[1]); }});
-  add({"matmul_batched_broadcast", {{2, 1, 3, 4}, {3, 4, 5}}, [](const Inputs& x) { return O::matmul(x[0], x[1]); }});
-  add({"matmul_transposed_operands", {{4, 3}, {5, 4}}, [](const Inputs& x) { return O::matmul(x[0].t(), x[1].t()); }});
-  add({"matmul_batch_times_matrix", {{2, 3, 4}, {4, 5}}, [](const Inputs& x) { return O::matmul(x[0], x[1]); }});
+  add({"matmul_batched_broadcast", {{2, 1, 3, 4}, {3, 4, 5}}, [](const Inputs& x) {
+         return O::matmul(x[0], x[1]);
+       }});
+  add({"matmul_transposed_operands", {{4, 3}, {5, 4}}, [](const Inputs& x) {
+         return O::matmul(x[0].t(), x[1].t());
+       }});
+  add({"matmul_batch_times_matrix", {{2, 3, 4}, {4, 5}}, [](const Inputs& x) {
+         return O::matmul(x[0], x[1]);
+       }});
   add({"matmul_bf16_weight", {{3, 4}, {4, 5}}, [](const Inputs& x) {
          return O::matmul(x[0], O::cast(x[1], DType::BF16));
        }});
   add({"linear", {{2, 3, 4}, {5, 4}, {5}}, [](const Inputs& x) { return O::linear(x[0], x[1], x[2]); }});
-  add({"linear_no_bias_transposed_weight", {{3, 4}, {4, 5}}, [](const Inputs& x) { return O::linear(x[0], x[1].t()); }});
+  add({"linear_no_bias_transposed_weight", {{3, 4}, {4, 5}}, [](const Inputs& x) {
+         return O::linear(x[0], x[1].t());
+       }});
   add({"linear_bf16_stored_weight", {{3, 4}, {5, 4}}, [](const Inputs& x) {
          return O::linear(x[0], O::cast(x[1], DType::BF16));
        }});
   // The AVX-512 BF16 kernel (where the CPU has it) against the reference's rounded products.
-  add({"linear_bf16_precision", {{6, 80}, {96, 80}, {96}}, [](const Inputs& x) {
+  add({"linear_bf16_precision",
+       {{6, 80}, {96, 80}, {96}},
+       [](const Inputs& x) {
          return at_precision(O::MatmulPrecision::Bf16, [&] { return O::linear(x[0], x[1], x[2]); });
        },
-       Init::Normal, 1e-4f, 1e-3f});
-  add({"linear_bf16_precision_frozen_bf16_weight", {{6, 80}, {96, 80}}, [](const Inputs& x) {
+       Init::Normal,
+       1e-4f,
+       1e-3f});
+  add({"linear_bf16_precision_frozen_bf16_weight",
+       {{6, 80}, {96, 80}},
+       [](const Inputs& x) {
          Tensor w = O::cast(x[1], DType::BF16).detach();
          return at_precision(O::MatmulPrecision::Bf16, [&] { return O::linear(x[0], w); });
        },
-       Init::Normal, 1e-4f, 1e-3f});
+       Init::Normal,
+       1e-4f,
+       1e-3f});
 }
 
 void add_model_op_cases(std::vector<Case>& cs) {
   auto add = [&](Case c) { cs.push_back(std::move(c)); };
-  add({"embedding", {{7, 4}}, [](const Inputs& x) { return O::embedding(x[0], ids({1, 3, 1, 6, 0, 3}, {2, 3})); }});
+  add({"embedding", {{7, 4}}, [](const Inputs& x) {
+         return O::embedding(x[0], ids({1, 3, 1, 6, 0, 3}, {2, 3}));
+       }});
   add({"embedding_bf16_strided", {{4, 7}}, [](const Inputs& x) {
          return O::embedding(O::cast(x[0], DType::BF16).t(), Tensor::from_ints({2, 2, 5}, {3}, DType::I32));
        }});
@@ -239,21 +277,28 @@ void add_model_op_cases(std::vector<Case>& cs) {
          Tensor mask = Tensor::from_floats({1, 1, 0, 1, 1, 0, 0, 0, 1, 0}, {2, 5});
          return O::scaled_dot_product_attention(x[0], x[1], x[2], mask, true, 0.4f);
        }});
-  add({"scaled_dot_product_attention_causal_t_gt_s", {{1, 1, 4, 4}, {1, 1, 2, 4}, {1, 1, 2, 4}}, [](const Inputs& x) {
-         return O::scaled_dot_product_attention(x[0], x[1], x[2], Tensor(), true);
-       }});
-  add({"scaled_dot_product_attention_large_strided", {{1, 300, 2, 8}, {1, 300, 2, 8}, {1, 300, 2, 8}},
+  add({"scaled_dot_product_attention_causal_t_gt_s",
+       {{1, 1, 4, 4}, {1, 1, 2, 4}, {1, 1, 2, 4}},
+       [](const Inputs& x) { return O::scaled_dot_product_attention(x[0], x[1], x[2], Tensor(), true); }});
+  add({"scaled_dot_product_attention_large_strided",
+       {{1, 300, 2, 8}, {1, 300, 2, 8}, {1, 300, 2, 8}},
        [](const Inputs& x) {  // [B, T, H, D] views, more rows than one block, the threaded path
-         return O::scaled_dot_product_attention(x[0].transpose(1, 2), x[1].transpose(1, 2), x[2].transpose(1, 2),
-                                                Tensor(), true);
+         return O::scaled_dot_product_attention(x[0].transpose(1, 2), x[1].transpose(1, 2),
+                                                x[2].transpose(1, 2), Tensor(), true);
        },
-       Init::Normal, 1e-5f, 1e-3f});
-  add({"rope", {{2, 2, 3, 8}}, [](const Inputs& x) { return O::rope(x[0], ids({0, 1, 2}, {3}), O::rope_inv_freq(8, 10000.0f)); }});
+       Init::Normal,
+       1e-5f,
+       1e-3f});
+  add({"rope", {{2, 2, 3, 8}}, [](const Inputs& x) {
+         return O::rope(x[0], ids({0, 1, 2}, {3}), O::rope_inv_freq(8, 10000.0f));
+       }});
   add({"rope_batch_positions_strided", {{2, 3, 2, 4}}, [](const Inputs& x) {
          return O::rope(x[0].transpose(1, 2), ids({5, 6, 7, 0, 1, 2}, {2, 3}), O::rope_inv_freq(4, 100.0f));
        }});
   add({"rope_inv_freq", {}, [](const Inputs&) { return O::rope_inv_freq(16, 500000.0f); }});
-  add({"cross_entropy", {{5, 4}}, [](const Inputs& x) { return O::cross_entropy(x[0], ids({3, -100, 0, 1, 2}, {5})); }});
+  add({"cross_entropy", {{5, 4}}, [](const Inputs& x) {
+         return O::cross_entropy(x[0], ids({3, -100, 0, 1, 2}, {5}));
+       }});
   add({"cross_entropy_large", {{64, 700}}, [](const Inputs& x) {
          std::vector<int64_t> t(64);
          for (size_t i = 0; i < t.size(); ++i) t[i] = i % 9 == 0 ? -100 : int64_t((i * 37) % 700);
@@ -262,12 +307,17 @@ void add_model_op_cases(std::vector<Case>& cs) {
   add({"linear_cross_entropy", {{5, 3}, {7, 3}}, [](const Inputs& x) {
          return O::linear_cross_entropy(x[0], x[1], ids({6, -100, 0, 3, 2}, {5}));
        }});
-  add({"linear_cross_entropy_frozen_bf16_head", {{9, 80}, {70, 80}}, [](const Inputs& x) {
+  add({"linear_cross_entropy_frozen_bf16_head",
+       {{9, 80}, {70, 80}},
+       [](const Inputs& x) {
          Tensor w = O::cast(x[1], DType::BF16).detach();
-         return at_precision(O::MatmulPrecision::Bf16,
-                             [&] { return O::linear_cross_entropy(x[0], w, ids({6, -100, 0, 3, 2, 69, 1, 1, 8}, {9})); });
+         return at_precision(O::MatmulPrecision::Bf16, [&] {
+           return O::linear_cross_entropy(x[0], w, ids({6, -100, 0, 3, 2, 69, 1, 1, 8}, {9}));
+         });
        },
-       Init::Normal, 1e-4f, 1e-3f});
+       Init::Normal,
+       1e-4f,
+       1e-3f});
 }
 
 void add_optimizer_cases(std::vector<Case>& cs) {
@@ -299,7 +349,9 @@ void add_optimizer_cases(std::vector<Case>& cs) {
          O::sgd_update_(p, g, buf, {0.0f, -0.1f, 0.9f, 1.0f, false, true, false});
          return joined({p, buf});
        }});
-  add({"sum_of_squares", {{300, 120}}, [](const Inputs& x) { return Tensor::scalar(float(O::sum_of_squares(x[0].t()))); }});
+  add({"sum_of_squares", {{300, 120}}, [](const Inputs& x) {
+         return Tensor::scalar(float(O::sum_of_squares(x[0].t())));
+       }});
   add({"scale_", {{4, 6}}, [](const Inputs& x) {
          Tensor a = x[0].detach().clone(), b = x[0].detach().clone().t();
          O::scale_(a, 0.25f);
@@ -346,7 +398,8 @@ TEST(BackendOpsCoverage, EveryOpInOpsHeaderHasACase) {
   for (const Case& c : all_cases()) names.insert(c.name);
   const std::regex decl(R"((?:^|\n)(?:Tensor|std::vector<Tensor>|double)\s+(\w+)\(|(?:^|\n)void\s+(\w+_)\()");
   int found = 0;
-  for (auto it = std::sregex_iterator(header.begin(), header.end(), decl); it != std::sregex_iterator(); ++it) {
+  for (auto it = std::sregex_iterator(header.begin(), header.end(), decl); it != std::sregex_iterator();
+       ++it) {
     const std::string op = (*it)[1].matched ? (*it)[1].str() : (*it)[2].str();
     ++found;
     bool covered = false;

@@ -20,7 +20,8 @@ struct StepCount {
 StepCount lora_step(const std::string& model_name, int64_t layer) {
   auto model = golden::load_model(model_name);
   model->set_training(true);
-  auto d = delta::make_delta({{"method", "lora"}, {"r", 4}, {"targets", {"attn.q", "attn.v"}}, {"layers", {layer}}});
+  auto d = delta::make_delta(
+      {{"method", "lora"}, {"r", 4}, {"targets", {"attn.q", "attn.v"}}, {"layers", {layer}}});
   d->attach(*model);
   delta::freeze_for_delta(*model, {d.get()}, {});
   ModelInput in;
@@ -61,6 +62,7 @@ TEST_P(BackwardScope, OnlyTheDeltasLayersAndAboveAreRecorded) {
 INSTANTIATE_TEST_SUITE_P(Minis, BackwardScope, ::testing::Values("bert-mini", "gpt2-mini", "llama-mini"),
                          [](const auto& info) {
                            std::string n = info.param;
-                           for (auto& ch : n) if (ch == '-') ch = '_';
+                           for (auto& ch : n)
+                             if (ch == '-') ch = '_';
                            return n;
                          });

@@ -79,7 +79,8 @@ double worst_diff(const Tensor& a, const Tensor& b) {
   const std::vector<float> x = a.to_floats(), y = b.to_floats();
   EXPECT_EQ(x.size(), y.size());
   double worst = 0;
-  for (size_t i = 0; i < std::min(x.size(), y.size()); ++i) worst = std::max(worst, double(std::fabs(x[i] - y[i])));
+  for (size_t i = 0; i < std::min(x.size(), y.size()); ++i)
+    worst = std::max(worst, double(std::fabs(x[i] - y[i])));
   return worst;
 }
 
@@ -89,13 +90,16 @@ double worst_diff(const Tensor& a, const Tensor& b) {
 void check_linear(bool fan_in_fan_out, bool learning) {
   Generator gen(3);
   const int64_t batch = 3, seq = 37, in = 96, out = 130;
-  Tensor x = Tensor::from_floats(randoms(size_t(batch * seq * in), gen), {batch, seq, in}).set_requires_grad();
+  Tensor x =
+      Tensor::from_floats(randoms(size_t(batch * seq * in), gen), {batch, seq, in}).set_requires_grad();
   Tensor bias = Tensor::from_floats(randoms(size_t(out), gen), {out});
   // The stored weight ([out, in], or GPT-2's [in, out] read through a transposed view).
   Tensor stored = fan_in_fan_out ? Tensor::from_floats(randoms(size_t(in * out), gen), {in, out})
                                  : Tensor::from_floats(randoms(size_t(in * out), gen), {out, in});
-  if (learning) stored.set_requires_grad();
-  else stored = stored.to(DType::BF16);
+  if (learning)
+    stored.set_requires_grad();
+  else
+    stored = stored.to(DType::BF16);
   Tensor r = Tensor::from_floats(randoms(size_t(batch * seq * out), gen), {batch, seq, out});
 
   ops::set_matmul_precision(ops::MatmulPrecision::Bf16);
@@ -103,7 +107,8 @@ void check_linear(bool fan_in_fan_out, bool learning) {
   ASSERT_EQ(y.dtype(), DType::F32);
   ops::sum_all(ops::mul(y, r)).backward();
   ops::set_matmul_precision(ops::MatmulPrecision::Exact);  // the references below in float32
-  EXPECT_EQ(stored.dtype(), learning ? DType::F32 : DType::BF16);  // a learning weight is rounded per call only
+  EXPECT_EQ(stored.dtype(),
+            learning ? DType::F32 : DType::BF16);  // a learning weight is rounded per call only
 
   const bool kernel = ops::bf16_linear_available();
   auto path = [&](const Tensor& t) {
@@ -114,10 +119,11 @@ void check_linear(bool fan_in_fan_out, bool learning) {
   };
   NoGradGuard no_grad;
   const Tensor w = path((fan_in_fan_out ? stored.t() : stored).contiguous());  // [out, in]
-  EXPECT_LT(worst_diff(y, ops::linear(path(x), w, bias)), 1e-4);  // values ~ N(0, 96): summation order only
+  EXPECT_LT(worst_diff(y, ops::linear(path(x), w, bias)), 1e-4);   // values ~ N(0, 96): summation order only
   EXPECT_LT(worst_diff(x.grad(), ops::matmul(path(r), w)), 1e-4);  // dL/dx = r W
   if (learning) {  // dL/dW = r^T x in float32, from the unrounded x
-    const Tensor gw = ops::matmul(ops::reshape(r, {-1, out}).t(), ops::reshape(x.detach(), {-1, in}));  // [out, in]
+    const Tensor gw =
+        ops::matmul(ops::reshape(r, {-1, out}).t(), ops::reshape(x.detach(), {-1, in}));  // [out, in]
     EXPECT_LT(worst_diff(stored.grad(), fan_in_fan_out ? gw.t().contiguous() : gw), 1e-4);
   }
 }
@@ -169,7 +175,8 @@ TEST(Bf16Linear, LoraOnABfloat16BaseMatchesTheFloat32ModelAndTrains) {
     return load_pretrained(golden::model_dir("bert-mini"), options);
   };
   auto model = classifier(), reference = classifier();
-  auto lora = delta::make_delta({{"method", "lora"}, {"r", 8}, {"alpha", 16}, {"targets", {"attn.q", "attn.v"}}});
+  auto lora =
+      delta::make_delta({{"method", "lora"}, {"r", 8}, {"alpha", 16}, {"targets", {"attn.q", "attn.v"}}});
   lora->attach(*model);
   delta::freeze_for_delta(*model, {lora.get()}, {"classifier.weight", "classifier.bias"});  // the head learns
   int64_t matrices = 0;  // linear layers and embedding tables; the classifier learns

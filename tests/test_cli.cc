@@ -7,9 +7,9 @@
 #include <regex>
 
 #include "cli_run.h"
-#include "temp_dir.h"
 #include "golden.h"
 #include "model_compare.h"
+#include "temp_dir.h"
 
 namespace fs = std::filesystem;
 using cli_test::quote;
@@ -67,8 +67,8 @@ TEST(Cli, ForwardMatchesGolden) {
       mrows.push_back(std::vector<int64_t>(mask.begin() + b * T, mask.begin() + (b + 1) * T));
     }
     std::ofstream(dir / "in.json") << nlohmann::json{{"input_ids", rows}, {"attention_mask", mrows}}.dump();
-    auto r = run("forward --model " + model(name) + " --input " + quote((dir / "in.json").string()) + " --output " +
-                 quote((dir / "out.safetensors").string()));
+    auto r = run("forward --model " + model(name) + " --input " + quote((dir / "in.json").string()) +
+                 " --output " + quote((dir / "out.safetensors").string()));
     ASSERT_EQ(r.code, 0) << r.output;
     auto out = deltatune::read_safetensors(dir / "out.safetensors");
     deltatune::ModelOutput mo;
@@ -83,14 +83,20 @@ TEST(Cli, ForwardMatchesGolden) {
 }
 
 TEST(Cli, GenerateContinuesAPrompt) {
-  auto greedy = run("generate --model " + model("gpt2-mini") + " --prompt 'Call me Ishmael.' --max-new-tokens 8");
+  auto greedy =
+      run("generate --model " + model("gpt2-mini") + " --prompt 'Call me Ishmael.' --max-new-tokens 8");
   ASSERT_EQ(greedy.code, 0) << greedy.output;
   EXPECT_EQ(greedy.output.rfind("Call me Ishmael.", 0), 0u) << greedy.output;
   EXPECT_GT(greedy.output.size(), std::string("Call me Ishmael.\n").size());
-  auto again = run("generate --model " + model("gpt2-mini") + " --prompt 'Call me Ishmael.' --max-new-tokens 8");
+  auto again =
+      run("generate --model " + model("gpt2-mini") + " --prompt 'Call me Ishmael.' --max-new-tokens 8");
   EXPECT_EQ(without_speed(greedy.output), without_speed(again.output));  // greedy is deterministic
-  auto a = run("generate --model " + model("llama-mini") + " --prompt 'The sea' --sample --temperature 0.8 --top-k 40 --top-p 0.9 --seed 3 --max-new-tokens 10");
-  auto b = run("generate --model " + model("llama-mini") + " --prompt 'The sea' --sample --temperature 0.8 --top-k 40 --top-p 0.9 --seed 3 --max-new-tokens 10");
+  auto a = run(
+      "generate --model " + model("llama-mini") +
+      " --prompt 'The sea' --sample --temperature 0.8 --top-k 40 --top-p 0.9 --seed 3 --max-new-tokens 10");
+  auto b = run(
+      "generate --model " + model("llama-mini") +
+      " --prompt 'The sea' --sample --temperature 0.8 --top-k 40 --top-p 0.9 --seed 3 --max-new-tokens 10");
   ASSERT_EQ(a.code, 0) << a.output;
   EXPECT_EQ(without_speed(a.output), without_speed(b.output));  // the same seed samples the same text
 }
@@ -126,7 +132,8 @@ TEST(Cli, CorruptInputsGiveOneLineAndExitCode2) {
   {
     std::ifstream src(golden::model_dir("gpt2-mini") / "model.safetensors", std::ios::binary);
     std::string bytes((std::istreambuf_iterator<char>(src)), {});
-    std::ofstream(dir / "truncated" / "model.safetensors", std::ios::binary) << bytes.substr(0, bytes.size() / 2);
+    std::ofstream(dir / "truncated" / "model.safetensors", std::ios::binary)
+        << bytes.substr(0, bytes.size() / 2);
   }
   auto r = run("inspect " + quote((dir / "truncated").string()));
   EXPECT_EQ(r.code, 2) << r.output;
@@ -134,7 +141,8 @@ TEST(Cli, CorruptInputsGiveOneLineAndExitCode2) {
   EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
   // A config without hidden_size.
   fs::create_directories(dir / "nohidden");
-  std::ofstream(dir / "nohidden" / "config.json") << R"({"model_type": "bert", "num_hidden_layers": 2, "vocab_size": 100})";
+  std::ofstream(dir / "nohidden" / "config.json")
+      << R"({"model_type": "bert", "num_hidden_layers": 2, "vocab_size": 100})";
   r = run("inspect " + quote((dir / "nohidden").string()));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("hidden_size"), std::string::npos) << r.output;
@@ -145,8 +153,8 @@ TEST(Cli, CorruptInputsGiveOneLineAndExitCode2) {
   EXPECT_NE(r.output.find("empty"), std::string::npos) << r.output;
   // Bad forward input.
   std::ofstream(dir / "bad.json") << R"({"input_ids": [[1, 2], [3]]})";
-  r = run("forward --model " + model("gpt2-mini") + " --input " + quote((dir / "bad.json").string()) + " --output " +
-          quote((dir / "o.safetensors").string()));
+  r = run("forward --model " + model("gpt2-mini") + " --input " + quote((dir / "bad.json").string()) +
+          " --output " + quote((dir / "o.safetensors").string()));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("row 1"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(dir / "o.safetensors"));
@@ -154,17 +162,20 @@ TEST(Cli, CorruptInputsGiveOneLineAndExitCode2) {
 
 TEST(Cli, InspectMarksADeltaAndCountsTrainable) {
   fs::path dir = temp_dir("inspect_delta");
-  std::ofstream(dir / "lora.json") << R"({"method": "lora", "r": 4, "targets": ["attn.q", "attn.v"], "layers": [2, 3]})";
+  std::ofstream(dir / "lora.json")
+      << R"({"method": "lora", "r": 4, "targets": ["attn.q", "attn.v"], "layers": [2, 3]})";
   auto r = run("inspect " + model("bert-mini") + " --delta " + quote((dir / "lora.json").string()));
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("0-1 ×2"), std::string::npos) << r.output;  // layers without the delta fold
-  EXPECT_NE(r.output.find("query (Linear) weight:[256, 256] bias:[256]  65.8K  [lora]"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("query (Linear) weight:[256, 256] bias:[256]  65.8K  [lora]"), std::string::npos)
+      << r.output;
   // 2 layers x 2 modules x (4x256 + 256x4) = 8192 trainable parameters.
   EXPECT_NE(r.output.find("trainable 8,192 of 5,470,976"), std::string::npos) << r.output;
   auto golden_dir = quote((golden::dir() / "adapters/llama-lora-qv").string());
   auto peft = run("inspect " + model("llama-mini") + " --delta " + golden_dir);
   ASSERT_EQ(peft.code, 0) << peft.output;
-  EXPECT_NE(peft.output.find("q_proj (Linear) weight:[256, 256]  65.5K  [lora]"), std::string::npos) << peft.output;
+  EXPECT_NE(peft.output.find("q_proj (Linear) weight:[256, 256]  65.5K  [lora]"), std::string::npos)
+      << peft.output;
   std::ofstream(dir / "bad.json") << R"({"method": "lora", "targets": ["nonexistent"]})";
   auto bad = run("inspect " + model("bert-mini") + " --delta " + quote((dir / "bad.json").string()));
   EXPECT_EQ(bad.code, 2) << bad.output;
@@ -185,7 +196,8 @@ std::string last_spin_count(const std::string& output) {
 TEST(Cli, IdleThreadsSleepUnlessTheUserChoseAWaitPolicy) {
   // Busy-waiting OpenMP threads take the cores other work needs: by itself the program must run with
   // the passive policy (no spinning), whatever starts it.
-  auto chosen_by_us = run_with_env("env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT OMP_DISPLAY_ENV=VERBOSE", "--version");
+  auto chosen_by_us =
+      run_with_env("env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT OMP_DISPLAY_ENV=VERBOSE", "--version");
   ASSERT_EQ(chosen_by_us.code, 0) << chosen_by_us.output;
   EXPECT_EQ(last_spin_count(chosen_by_us.output), "0") << chosen_by_us.output;
   EXPECT_NE(chosen_by_us.output.find("deltatune"), std::string::npos);

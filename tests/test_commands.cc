@@ -1,7 +1,6 @@
 // The commands as a new user meets them (issue 12): generation's text and limits, forward on texts,
 // tokenize's batch file, inspect's flag, one spelling of output and thread flags, the README's commands.
 #include <gtest/gtest.h>
-
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -73,8 +72,8 @@ std::vector<int64_t> concat(std::vector<int64_t> a, const std::vector<int64_t>& 
 }
 
 // The greedy continuation `generate` prints for `prompt`, computed with the library as the command does.
-std::vector<int64_t> greedy_ids(const std::string& name, const std::vector<int64_t>& prompt, int64_t new_tokens,
-                                const Tokenizer& tokenizer) {
+std::vector<int64_t> greedy_ids(const std::string& name, const std::vector<int64_t>& prompt,
+                                int64_t new_tokens, const Tokenizer& tokenizer) {
   deltatune::LoadOptions options;
   options.verbose = false;
   options.head = deltatune::HeadKind::CausalLM;
@@ -105,14 +104,17 @@ TEST(CommandsDecode, ContinuationInContextIsTheGoldenTextAfterThePrompt) {
     int checked = 0, alone_differs = 0;
     for (const json& entry : all[name]) {
       const std::vector<int64_t> ids = entry["ids"].get<std::vector<int64_t>>();
-      const std::string text = name == "bert-mini" ? ascii_lower(entry["text"]) : entry["text"].get<std::string>();
+      const std::string text =
+          name == "bert-mini" ? ascii_lower(entry["text"]) : entry["text"].get<std::string>();
       if (ids.size() < 3 || tokenizer->decode(ids) != text) continue;  // texts the decoder does not restore
       for (size_t k = 1; k < ids.size(); ++k) {
-        const std::vector<int64_t> prompt(ids.begin(), ids.begin() + long(k)), rest(ids.begin() + long(k), ids.end());
+        const std::vector<int64_t> prompt(ids.begin(), ids.begin() + long(k)),
+            rest(ids.begin() + long(k), ids.end());
         const std::string head = tokenizer->decode(prompt);
         if (text.compare(0, head.size(), head) != 0) continue;  // a cleanup rule spans the seam
         const std::string expected = text.substr(head.size());
-        EXPECT_EQ(tokenizer->decode_continuation(prompt, rest), expected) << name << " split at " << k << ": " << text;
+        EXPECT_EQ(tokenizer->decode_continuation(prompt, rest), expected)
+            << name << " split at " << k << ": " << text;
         alone_differs += tokenizer->decode(rest) != expected;
         ++checked;
       }
@@ -133,7 +135,8 @@ TEST(CommandsGenerate, LlamaContinuationKeepsTheSpaceBeforeTheFirstNewWord) {
   const std::string whole = tokenizer->decode(concat(prompt, produced));
   ASSERT_EQ(whole.rfind(prompt_text, 0), 0u) << whole;
   ASSERT_NE(prompt_text + tokenizer->decode(produced), whole) << "this prompt does not show the lost space";
-  const SplitResult r = run_split("generate --model " + model("llama-mini") + " --prompt 'I am' --max-new-tokens 6", dir);
+  const SplitResult r =
+      run_split("generate --model " + model("llama-mini") + " --prompt 'I am' --max-new-tokens 6", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out, whole + "\n");
 }
@@ -162,12 +165,13 @@ TEST(CommandsGenerate, Gpt2StopsAtItsContextLimit) {
   const int64_t prompt_tokens = int64_t(tokenizer->encode(long_prompt).size());
   ASSERT_LT(prompt_tokens, limit - 8);
   ASSERT_GT(prompt_tokens, limit - 100);
-  const SplitResult r = run_split("generate --model " + model("gpt2-mini") + " --prompt " + quote(long_prompt) +
-                                      " --max-new-tokens 200",
-                                  dir);
+  const SplitResult r = run_split(
+      "generate --model " + model("gpt2-mini") + " --prompt " + quote(long_prompt) + " --max-new-tokens 200",
+      dir);
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out.rfind(long_prompt, 0), 0u);
-  EXPECT_NE(r.err.find("context limit (" + std::to_string(limit) + " positions)"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("context limit (" + std::to_string(limit) + " positions)"), std::string::npos)
+      << r.err;
   const std::regex count("generated ([0-9]+) tokens? in");
   std::smatch m;
   ASSERT_TRUE(std::regex_search(r.err, m, count)) << r.err;
@@ -175,7 +179,8 @@ TEST(CommandsGenerate, Gpt2StopsAtItsContextLimit) {
   // A prompt with no room left: one clear line, exit 2.
   std::string too_long;
   for (int i = 0; i < 140; ++i) too_long += "the whale and the sea ";
-  const SplitResult refused = run_split("generate --model " + model("gpt2-mini") + " --prompt " + quote(too_long), dir);
+  const SplitResult refused =
+      run_split("generate --model " + model("gpt2-mini") + " --prompt " + quote(too_long), dir);
   EXPECT_EQ(refused.code, 2) << refused.err;
   EXPECT_NE(refused.err.find("positions"), std::string::npos) << refused.err;
   EXPECT_EQ(std::count(refused.err.begin(), refused.err.end(), '\n'), 1) << refused.err;
@@ -185,11 +190,12 @@ TEST(CommandsGenerate, Gpt2StopsAtItsContextLimit) {
 
 TEST(CommandsGenerate, PrintsTokensPerSecondOnStderr) {
   const fs::path dir = temp_dir("speed");
-  const SplitResult r =
-      run_split("generate --model " + model("gpt2-mini") + " --prompt 'Call me Ishmael.' --max-new-tokens 5", dir);
+  const SplitResult r = run_split(
+      "generate --model " + model("gpt2-mini") + " --prompt 'Call me Ishmael.' --max-new-tokens 5", dir);
   ASSERT_EQ(r.code, 0) << r.err;
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(r.err, m, std::regex("generated ([0-9]+) tokens? in [0-9.]+ s \\(([0-9.]+) tokens/s")))
+  ASSERT_TRUE(std::regex_search(r.err, m,
+                                std::regex("generated ([0-9]+) tokens? in [0-9.]+ s \\(([0-9.]+) tokens/s")))
       << r.err;
   EXPECT_GE(std::stoi(m[1]), 1);
   EXPECT_LE(std::stoi(m[1]), 5);
@@ -207,7 +213,8 @@ TEST(CommandsForward, TakesTextsAndTokenizeWritesItsInput) {
     const json a = all[name][0], b = all[name][1];
     const std::string text_a = a["text"], text_b = b["text"];
     const std::string texts = " --text " + quote(text_a) + " --text " + quote(text_b);
-    auto tok = run("tokenize --model " + model(name) + texts + " --output " + quote((dir / "ids.json").string()));
+    auto tok =
+        run("tokenize --model " + model(name) + texts + " --output " + quote((dir / "ids.json").string()));
     ASSERT_EQ(tok.code, 0) << tok.output;
     const json ids = json::parse(read_text(dir / "ids.json"));
     ASSERT_EQ(ids["input_ids"].size(), 2u);
@@ -218,7 +225,8 @@ TEST(CommandsForward, TakesTextsAndTokenizeWritesItsInput) {
       for (size_t i = 0; i < width; ++i) {
         const bool real = i < expected.size();
         EXPECT_EQ(ids["attention_mask"][row][i].get<int64_t>(), real ? 1 : 0) << name << " row " << row;
-        if (real) EXPECT_EQ(ids["input_ids"][row][i], expected[i]) << name << " row " << row << " position " << i;
+        if (real)
+          EXPECT_EQ(ids["input_ids"][row][i], expected[i]) << name << " row " << row << " position " << i;
       }
     }
     {
@@ -228,23 +236,28 @@ TEST(CommandsForward, TakesTextsAndTokenizeWritesItsInput) {
     auto from_ids = run("forward --model " + model(name) + " --input " + quote((dir / "ids.json").string()) +
                         " --output " + quote((dir / "ids.safetensors").string()));
     ASSERT_EQ(from_ids.code, 0) << from_ids.output;
-    auto from_text = run("forward --model " + model(name) + texts + " --output " + quote((dir / "text.safetensors").string()));
+    auto from_text = run("forward --model " + model(name) + texts + " --output " +
+                         quote((dir / "text.safetensors").string()));
     ASSERT_EQ(from_text.code, 0) << from_text.output;
-    auto from_jsonl = run("forward --model " + model(name) + " --input " + quote((dir / "texts.jsonl").string()) +
-                          " --output " + quote((dir / "jsonl.safetensors").string()));
+    auto from_jsonl =
+        run("forward --model " + model(name) + " --input " + quote((dir / "texts.jsonl").string()) +
+            " --output " + quote((dir / "jsonl.safetensors").string()));
     ASSERT_EQ(from_jsonl.code, 0) << from_jsonl.output;
     const auto reference = deltatune::read_safetensors(dir / "ids.safetensors");
     for (const char* file : {"text.safetensors", "jsonl.safetensors"}) {
       const auto other = deltatune::read_safetensors(dir / file);
       for (const char* tensor : {"logits", "last_hidden_state"}) {
-        EXPECT_EQ(other.tensors.at(tensor).shape(), reference.tensors.at(tensor).shape()) << name << " " << file;
-        EXPECT_EQ(other.tensors.at(tensor).to_floats(), reference.tensors.at(tensor).to_floats()) << name << " " << file;
+        EXPECT_EQ(other.tensors.at(tensor).shape(), reference.tensors.at(tensor).shape())
+            << name << " " << file;
+        EXPECT_EQ(other.tensors.at(tensor).to_floats(), reference.tensors.at(tensor).to_floats())
+            << name << " " << file;
       }
     }
   }
   // Neither ids nor texts, or ids and texts at once: one clear line, exit 2.
   const fs::path dir = temp_dir("forward_bad");
-  auto none = run("forward --model " + model("gpt2-mini") + " --output " + quote((dir / "o.safetensors").string()));
+  auto none =
+      run("forward --model " + model("gpt2-mini") + " --output " + quote((dir / "o.safetensors").string()));
   EXPECT_EQ(none.code, 2) << none.output;
   std::ofstream(dir / "ids.json") << R"({"input_ids": [[1, 2]]})";
   auto both = run("forward --model " + model("gpt2-mini") + " --input " + quote((dir / "ids.json").string()) +
@@ -300,7 +313,8 @@ TEST(CommandsInspect, ModelFlagWorksAsThePositional) {
 // --- 6. --out / --output and --threads everywhere -----------------------------------------------------
 
 TEST(CommandsOptions, OutAndOutputAreBothAccepted) {
-  for (const char* command : {"train", "eval", "predict", "forward", "tokenize", "gates", "merge", "combine", "sweep"}) {
+  for (const char* command :
+       {"train", "eval", "predict", "forward", "tokenize", "gates", "merge", "combine", "sweep"}) {
     auto help = run(std::string(command) + " --help");
     ASSERT_EQ(help.code, 0) << command;
     EXPECT_TRUE(names_flag(help.output, "--out")) << command << help.output;
@@ -308,11 +322,13 @@ TEST(CommandsOptions, OutAndOutputAreBothAccepted) {
   }
   // The other spelling at work: a file named with --out, a folder with --output.
   const fs::path dir = temp_dir("aliases");
-  auto forward = run("forward --model " + model("gpt2-mini") + " --text hello --out " + quote((dir / "o.safetensors").string()));
+  auto forward = run("forward --model " + model("gpt2-mini") + " --text hello --out " +
+                     quote((dir / "o.safetensors").string()));
   ASSERT_EQ(forward.code, 0) << forward.output;
   EXPECT_TRUE(fs::exists(dir / "o.safetensors"));
   auto merge = run("merge --model " + model("llama-mini") + " --delta " +
-                   quote((golden::dir() / "adapters/llama-lora-qv").string()) + " --output " + quote((dir / "merged").string()));
+                   quote((golden::dir() / "adapters/llama-lora-qv").string()) + " --output " +
+                   quote((dir / "merged").string()));
   ASSERT_EQ(merge.code, 0) << merge.output;
   EXPECT_TRUE(fs::exists(dir / "merged" / "config.json"));
 }

@@ -53,7 +53,8 @@ ModelInput random_input(const TransformerModel& model, Generator& gen) {
   return in;
 }
 
-std::vector<Call> random_calls(const TransformerModel& model, const std::vector<std::string>& delta_names = {}) {
+std::vector<Call> random_calls(const TransformerModel& model,
+                               const std::vector<std::string>& delta_names = {}) {
   Generator gen(2024);
   std::vector<Call> calls;
   for (int i = 0; i < kCalls; ++i) {
@@ -77,8 +78,8 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
 
 // Runs every call alone, in order, then all of them spread over kThreads threads started together,
 // and expects the same bits from each. Returns the results.
-std::vector<std::vector<float>> expect_concurrent_equals_alone(const std::vector<Call>& calls,
-                                                               const std::function<Tensor(const Call&)>& run) {
+std::vector<std::vector<float>> expect_concurrent_equals_alone(
+    const std::vector<Call>& calls, const std::function<Tensor(const Call&)>& run) {
   std::vector<std::vector<float>> alone;
   for (const Call& c : calls) alone.push_back(run(c).to_floats());
 
@@ -104,7 +105,8 @@ std::vector<std::vector<float>> expect_concurrent_equals_alone(const std::vector
       }
   int differing = 0;
   for (size_t i = 0; i < calls.size(); ++i) differing += !same_bits(alone[i], together[i]);
-  EXPECT_EQ(differing, 0) << "of " << calls.size() << " calls, run concurrently, differ from the same call alone";
+  EXPECT_EQ(differing, 0) << "of " << calls.size()
+                          << " calls, run concurrently, differ from the same call alone";
   return alone;
 }
 
@@ -114,7 +116,8 @@ void randomise(delta::Delta& d, uint64_t seed) {
   NoGradGuard no_grad;
   Generator gen(seed);
   std::map<std::string, Tensor> values;
-  for (auto& [n, t] : d.parameters()) values[n] = ops::add(t, Tensor::randn(t.shape(), gen, 0.05f)).contiguous();
+  for (auto& [n, t] : d.parameters())
+    values[n] = ops::add(t, Tensor::randn(t.shape(), gen, 0.05f)).contiguous();
   d.load_parameters(values);
 }
 
@@ -137,7 +140,8 @@ class ConcurrentCalls : public ::testing::Test {
 TEST_F(ConcurrentCalls, TrainingDropoutDrawsFromEachCallsOwnGenerator) {
   auto model = golden::load_model("bert-mini");
   model->config.hidden_dropout = 0.1;
-  auto lora = delta::make_delta({{"method", "lora"}, {"r", 4}, {"dropout", 0.2}, {"targets", {"attn.q", "attn.v"}}});
+  auto lora =
+      delta::make_delta({{"method", "lora"}, {"r", 4}, {"dropout", 0.2}, {"targets", {"attn.q", "attn.v"}}});
   lora->attach(*model);
   randomise(*lora, 1);
   auto adapter = delta::make_delta({{"method", "adapter"}, {"variant", "parallel"}, {"dropout", 0.2}});
@@ -180,12 +184,15 @@ TEST_F(ConcurrentCalls, MixedBatchRowsBelongToTheCall) {
   NoGradGuard no_grad;
   ModelInput first = calls[2].input;
   const std::vector<float> plain = model->forward(first).logits.to_floats();
-  EXPECT_TRUE(same_bits(plain, mixed.forward(first, std::vector<std::string>(size_t(first.input_ids.size(0)), "")).logits.to_floats()));
+  EXPECT_TRUE(
+      same_bits(plain, mixed.forward(first, std::vector<std::string>(size_t(first.input_ids.size(0)), ""))
+                           .logits.to_floats()));
 }
 
 TEST_F(ConcurrentCalls, UnipeltWithKvCacheKeepsPerCallState) {
   auto model = golden::load_model("llama-mini");
-  auto d = delta::make_delta({{"method", "unipelt"}, {"variant", "APL"}, {"lora", {{"dropout", 0.1}}}, {"seed", 3}});
+  auto d = delta::make_delta(
+      {{"method", "unipelt"}, {"variant", "APL"}, {"lora", {{"dropout", 0.1}}}, {"seed", 3}});
   d->attach(*model);
   randomise(*d, 4);
   model->set_training(true);

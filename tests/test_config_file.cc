@@ -53,8 +53,8 @@ TEST(ConfigFile, TrainReadsYamlLikeFlags) {
                                   << "data: " << (assets / "tasks" / "sentiment").string() << "\n"
                                   << "method: lora\nmax_steps: 2\nlr: 1e-3\nbatch-size: 4\nmax-length: 32\n"
                                   << "quiet: true\nno-test-before: true\nthreads: 2\n";
-  auto r = cli_test::run("train --config " + cli_test::quote((dir / "run.yaml").string()) + " --lr 2e-3 --out " +
-                         cli_test::quote((dir / "run").string()));
+  auto r = cli_test::run("train --config " + cli_test::quote((dir / "run.yaml").string()) +
+                         " --lr 2e-3 --out " + cli_test::quote((dir / "run").string()));
   ASSERT_EQ(r.code, 0) << r.output;
   std::ifstream in(dir / "run" / "train_config.json");
   const auto c = nlohmann::json::parse(in);

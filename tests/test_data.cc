@@ -6,10 +6,10 @@
 #include <fstream>
 #include <set>
 
-#include "temp_dir.h"
 #include "deltatune/data.h"
 #include "deltatune/error.h"
 #include "deltatune/tokenizer.h"
+#include "temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace deltatune;

@@ -1,13 +1,12 @@
 // PEFT adapters from tests/data/golden reproduce transformers+PEFT's logits through our deltas.
 #include <gtest/gtest.h>
-
-#include "deltatune/autograd.h"
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <fstream>
 
+#include "deltatune/autograd.h"
 #include "deltatune/delta_io.h"
 #include "deltatune/safetensors.h"
 #include "model_compare.h"
@@ -55,11 +54,12 @@ TEST_P(GoldenAdapter, MatchesPeft) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Lora, GoldenAdapter,
-                         ::testing::Values("gpt2-lora-cattn", "gpt2-lora-all", "llama-lora-qv", "llama-lora-all",
-                                           "llama-dora", "bert-lora-qv"),
+                         ::testing::Values("gpt2-lora-cattn", "gpt2-lora-all", "llama-lora-qv",
+                                           "llama-lora-all", "llama-dora", "bert-lora-qv"),
                          [](const auto& info) {
                            std::string n = info.param;
-                           for (auto& ch : n) if (ch == '-') ch = '_';
+                           for (auto& ch : n)
+                             if (ch == '-') ch = '_';
                            return n;
                          });
 
@@ -67,7 +67,8 @@ INSTANTIATE_TEST_SUITE_P(Methods, GoldenAdapter,
                          ::testing::Values("llama-ia3", "gpt2-prefix", "gpt2-prompt", "llama-prefix"),
                          [](const auto& info) {
                            std::string n = info.param;
-                           for (auto& ch : n) if (ch == '-') ch = '_';
+                           for (auto& ch : n)
+                             if (ch == '-') ch = '_';
                            return n;
                          });
 
@@ -81,7 +82,8 @@ TEST_P(GoldenAdapterResave, SameKeysShapesAndConfigFields) {
   nlohmann::json c = golden::find_case(name);
   const auto dir = golden::dir() / c["adapter"].get<std::string>();
   auto [model, saved] = load_golden_adapter(c);
-  const auto out = std::filesystem::temp_directory_path() / ("deltatune_resave_" + name + "_" + std::to_string(::getpid()));
+  const auto out = std::filesystem::temp_directory_path() /
+                   ("deltatune_resave_" + name + "_" + std::to_string(::getpid()));
   std::filesystem::remove_all(out);
   delta::save_peft(out, *saved.delta, *model, saved.head);
 
@@ -102,13 +104,30 @@ TEST_P(GoldenAdapterResave, SameKeysShapesAndConfigFields) {
     std::ifstream in(p);
     return nlohmann::json::parse(in);
   };
-  const nlohmann::json want = read_json(dir / "adapter_config.json"), got = read_json(out / "adapter_config.json");
+  const nlohmann::json want = read_json(dir / "adapter_config.json"),
+                       got = read_json(out / "adapter_config.json");
   for (auto& [key, value] : got.items())
     EXPECT_TRUE(want.contains(key)) << name << ": PEFT's config has no field '" << key << "'";
-  for (const char* key : {"peft_type", "task_type", "r", "lora_alpha", "use_rslora", "use_dora", "fan_in_fan_out",
-                          "bias", "rank_pattern", "alpha_pattern", "layers_to_transform", "modules_to_save",
-                          "feedforward_modules", "num_virtual_tokens", "token_dim", "num_layers",
-                          "num_attention_heads", "num_transformer_submodules", "encoder_hidden_size", "prefix_projection"}) {
+  for (const char* key : {"peft_type",
+                          "task_type",
+                          "r",
+                          "lora_alpha",
+                          "use_rslora",
+                          "use_dora",
+                          "fan_in_fan_out",
+                          "bias",
+                          "rank_pattern",
+                          "alpha_pattern",
+                          "layers_to_transform",
+                          "modules_to_save",
+                          "feedforward_modules",
+                          "num_virtual_tokens",
+                          "token_dim",
+                          "num_layers",
+                          "num_attention_heads",
+                          "num_transformer_submodules",
+                          "encoder_hidden_size",
+                          "prefix_projection"}) {
     if (!want.contains(key) || want[key].is_null()) continue;
     ASSERT_TRUE(got.contains(key)) << name << ": missing " << key;
     nlohmann::json a = got[key], b = want[key];
@@ -123,16 +142,18 @@ TEST_P(GoldenAdapterResave, SameKeysShapesAndConfigFields) {
     return t;
   };
   if (want.contains("target_modules") && !want["target_modules"].is_null())
-    EXPECT_EQ(targets(got.value("target_modules", nlohmann::json())), targets(want["target_modules"])) << name;
+    EXPECT_EQ(targets(got.value("target_modules", nlohmann::json())), targets(want["target_modules"]))
+        << name;
   std::filesystem::remove_all(out);
 }
 
 INSTANTIATE_TEST_SUITE_P(All, GoldenAdapterResave,
-                         ::testing::Values("gpt2-lora-cattn", "gpt2-lora-all", "llama-lora-qv", "llama-lora-all",
-                                           "llama-dora", "bert-lora-qv", "bert-cls-lora", "llama-ia3", "gpt2-prefix",
-                                           "gpt2-prompt", "llama-prefix"),
+                         ::testing::Values("gpt2-lora-cattn", "gpt2-lora-all", "llama-lora-qv",
+                                           "llama-lora-all", "llama-dora", "bert-lora-qv", "bert-cls-lora",
+                                           "llama-ia3", "gpt2-prefix", "gpt2-prompt", "llama-prefix"),
                          [](const auto& info) {
                            std::string n = info.param;
-                           for (auto& ch : n) if (ch == '-') ch = '_';
+                           for (auto& ch : n)
+                             if (ch == '-') ch = '_';
                            return n;
                          });

@@ -104,14 +104,17 @@ std::vector<float> logits_with_saved_weights(const fs::path& model_dir, const fs
 double max_abs_difference(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
   double worst = 0;
-  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) worst = std::max(worst, double(std::fabs(a[i] - b[i])));
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
+    worst = std::max(worst, double(std::fabs(a[i] - b[i])));
   return worst;
 }
 
-void expect_forward_uses_saved_weights(const fs::path& model_dir, const fs::path& delta_dir, const fs::path& scratch) {
+void expect_forward_uses_saved_weights(const fs::path& model_dir, const fs::path& delta_dir,
+                                       const fs::path& scratch) {
   const fs::path out = scratch / "forward.safetensors";
-  auto f = cli_test::run("forward --model " + quote(model_dir.string()) + " --delta " + quote(delta_dir.string()) +
-                         " --input " + quote(ids_file(scratch).string()) + " --output " + quote(out.string()));
+  auto f =
+      cli_test::run("forward --model " + quote(model_dir.string()) + " --delta " + quote(delta_dir.string()) +
+                    " --input " + quote(ids_file(scratch).string()) + " --output " + quote(out.string()));
   ASSERT_EQ(f.code, 0) << f.output;
   const std::vector<float> got = read_safetensors(out).tensors.at("logits").to_floats();
   EXPECT_LT(max_abs_difference(got, logits_with_saved_weights(model_dir, delta_dir)), 1e-5);
@@ -141,8 +144,9 @@ TEST(DeltaLoading, FullAndHeadClassifierRunsLoadInEveryCommand) {
     EXPECT_NEAR(read_json(run / "eval.json")["loss"].get<double>(),
                 read_json(run / "summary.json")["test"]["loss"].get<double>(), 1e-6);
 
-    auto c = cli_test::run("combine --model " + quote(kBert.string()) + " --delta " + quote(delta_dir.string()) +
-                           " --out " + quote((run.parent_path() / "combined").string()));
+    auto c =
+        cli_test::run("combine --model " + quote(kBert.string()) + " --delta " + quote(delta_dir.string()) +
+                      " --out " + quote((run.parent_path() / "combined").string()));
     EXPECT_EQ(c.code, 2) << c.output;
     EXPECT_NE(c.output.find("is a '" + method + "' run"), std::string::npos) << c.output;
     EXPECT_FALSE(fs::exists(run.parent_path() / "combined"));
@@ -150,8 +154,8 @@ TEST(DeltaLoading, FullAndHeadClassifierRunsLoadInEveryCommand) {
     // merge loads it (the checkpoint writer is merge's own): a full run's weights are what it writes
     // (in float32 here, so exactly; by default merge keeps the base's float16).
     const fs::path merged = run.parent_path() / "merged";
-    auto m = cli_test::run("merge --model " + quote(kBert.string()) + " --delta " + quote(delta_dir.string()) +
-                           " --dtype float32 --out " + quote(merged.string()));
+    auto m = cli_test::run("merge --model " + quote(kBert.string()) + " --delta " +
+                           quote(delta_dir.string()) + " --dtype float32 --out " + quote(merged.string()));
     ASSERT_EQ(m.code, 0) << m.output;
     if (method != "full") continue;
     auto base = golden::load_model("bert-mini");
@@ -175,20 +179,21 @@ TEST(DeltaLoading, FullAndHeadClassifierRunsLoadInEveryCommand) {
 // A full causal-LM run: generate and forward take RUN/delta; generate continues as predict does
 // (predict loads through the trainer's path).
 TEST(DeltaLoading, FullCausalLmRunGeneratesAndRunsForward) {
-  const fs::path run = train_run("lm_full", "--model " + quote(kGpt2.string()) + " --data " +
-                                                quote(texts_file().string()) + " --task causal-lm --method full --lr 1e-3");
+  const fs::path run =
+      train_run("lm_full", "--model " + quote(kGpt2.string()) + " --data " + quote(texts_file().string()) +
+                               " --task causal-lm --method full --lr 1e-3");
   const fs::path delta_dir = run / "delta";
   ASSERT_EQ(read_json(delta_dir / "delta_config.json")["delta"]["method"], "full");
   expect_forward_uses_saved_weights(kGpt2, delta_dir, run);
 
   const std::string prompt = "The whale";
-  auto g = cli_test::run("generate --model " + quote(kGpt2.string()) + " --delta " + quote(delta_dir.string()) +
-                         " --prompt " + quote(prompt) + " --max-new-tokens 6");
+  auto g = cli_test::run("generate --model " + quote(kGpt2.string()) + " --delta " +
+                         quote(delta_dir.string()) + " --prompt " + quote(prompt) + " --max-new-tokens 6");
   ASSERT_EQ(g.code, 0) << g.output;
   std::ofstream(run / "prompts.jsonl") << nlohmann::json{{"text", prompt}}.dump() << "\n";
-  auto p = cli_test::run("predict --model " + quote(kGpt2.string()) + " --delta " + quote(delta_dir.string()) +
-                         " --input " + quote((run / "prompts.jsonl").string()) + " --max-new-tokens 6 --output " +
-                         quote((run / "predicted.jsonl").string()));
+  auto p = cli_test::run("predict --model " + quote(kGpt2.string()) + " --delta " +
+                         quote(delta_dir.string()) + " --input " + quote((run / "prompts.jsonl").string()) +
+                         " --max-new-tokens 6 --output " + quote((run / "predicted.jsonl").string()));
   ASSERT_EQ(p.code, 0) << p.output;
   const std::string generated = read_json(run / "predicted.jsonl")["generated"];
   ASSERT_FALSE(generated.empty());
@@ -207,9 +212,9 @@ TEST(DeltaLoading, PeftAdapterTaskTypeDecidesEvalAndPredict) {
     EXPECT_EQ(delta::peek_delta(adapter).head, HeadKind::CausalLM);
 
     const fs::path scratch = temp_dir(std::string("peft_") + name);
-    auto e = cli_test::run("eval --model " + quote(model_dir.string()) + " --delta " + quote(adapter.string()) +
-                           " --data " + quote(texts_file().string()) + " --threads 2 --output " +
-                           quote((scratch / "eval.json").string()));
+    auto e = cli_test::run("eval --model " + quote(model_dir.string()) + " --delta " +
+                           quote(adapter.string()) + " --data " + quote(texts_file().string()) +
+                           " --threads 2 --output " + quote((scratch / "eval.json").string()));
     ASSERT_EQ(e.code, 0) << e.output;
     const nlohmann::json metrics = read_json(scratch / "eval.json");
     EXPECT_FALSE(metrics.contains("accuracy")) << e.output;
@@ -225,19 +230,20 @@ TEST(DeltaLoading, PeftAdapterTaskTypeDecidesEvalAndPredict) {
     const nlohmann::json want = train::evaluate(*model, data::encode_for_lm(examples, *tokenizer, 128), 64);
     EXPECT_NEAR(metrics["loss"].get<double>(), want["loss"].get<double>(), 1e-6);
 
-    auto p = cli_test::run("predict --model " + quote(model_dir.string()) + " --delta " + quote(adapter.string()) +
-                           " --input " + quote(texts_file().string()) + " --max-new-tokens 2 --output " +
-                           quote((scratch / "predicted.jsonl").string()));
+    auto p = cli_test::run("predict --model " + quote(model_dir.string()) + " --delta " +
+                           quote(adapter.string()) + " --input " + quote(texts_file().string()) +
+                           " --max-new-tokens 2 --output " + quote((scratch / "predicted.jsonl").string()));
     ASSERT_EQ(p.code, 0) << p.output;
     std::ifstream lines(scratch / "predicted.jsonl");
     int n = 0;
-    for (std::string line; std::getline(lines, line); ++n) EXPECT_TRUE(nlohmann::json::parse(line).contains("generated"));
+    for (std::string line; std::getline(lines, line); ++n)
+      EXPECT_TRUE(nlohmann::json::parse(line).contains("generated"));
     EXPECT_EQ(n, 4);
   }
   const fs::path classifier = golden::dir() / "adapters" / "bert-cls-lora";
   EXPECT_EQ(delta::peek_delta(classifier).head, HeadKind::SequenceClassification);
-  auto p = cli_test::run("predict --model " + quote(kBert.string()) + " --delta " + quote(classifier.string()) +
-                         " --input " + quote(texts_file().string()));
+  auto p = cli_test::run("predict --model " + quote(kBert.string()) + " --delta " +
+                         quote(classifier.string()) + " --input " + quote(texts_file().string()));
   EXPECT_EQ(p.code, 2) << p.output;
   EXPECT_NE(p.output.find("labels.json"), std::string::npos) << p.output;
 }
@@ -247,14 +253,14 @@ TEST(DeltaLoading, PeftAdapterTaskTypeDecidesEvalAndPredict) {
 TEST(DeltaLoading, CombineCarriesLabelsAndRefusesDisagreeingOnes) {
   const fs::path a = train_classifier("comb_a", "lora"), b = train_classifier("comb_b", "lora", "--lr 5e-3");
   const fs::path out = a.parent_path() / "combined";
-  auto c = cli_test::run("combine --model " + quote(kBert.string()) + " --delta " + quote((a / "delta").string()) +
-                         " --delta " + quote((b / "delta").string()) + " --type linear --weights 0.5,0.5 --out " +
-                         quote(out.string()));
+  auto c = cli_test::run("combine --model " + quote(kBert.string()) + " --delta " +
+                         quote((a / "delta").string()) + " --delta " + quote((b / "delta").string()) +
+                         " --type linear --weights 0.5,0.5 --out " + quote(out.string()));
   ASSERT_EQ(c.code, 0) << c.output;
   ASSERT_TRUE(fs::exists(out / "labels.json"));
   EXPECT_EQ(read_json(out / "labels.json"), read_json(a / "labels.json"));
-  auto e = cli_test::run("eval --model " + quote(kBert.string()) + " --delta " + quote(out.string()) + " --data " +
-                         quote(small_task().string()) + " --threads 2 --output " +
+  auto e = cli_test::run("eval --model " + quote(kBert.string()) + " --delta " + quote(out.string()) +
+                         " --data " + quote(small_task().string()) + " --threads 2 --output " +
                          quote((a.parent_path() / "eval.json").string()));
   ASSERT_EQ(e.code, 0) << e.output;
   EXPECT_TRUE(read_json(a.parent_path() / "eval.json").contains("accuracy")) << e.output;
@@ -266,8 +272,9 @@ TEST(DeltaLoading, CombineCarriesLabelsAndRefusesDisagreeingOnes) {
   std::reverse(labels["labels"].begin(), labels["labels"].end());
   std::ofstream(swapped / "labels.json") << labels.dump();
   const fs::path refused = a.parent_path() / "refused";
-  auto r = cli_test::run("combine --model " + quote(kBert.string()) + " --delta " + quote((a / "delta").string()) +
-                         " --delta " + quote(swapped.string()) + " --type linear --out " + quote(refused.string()));
+  auto r = cli_test::run("combine --model " + quote(kBert.string()) + " --delta " +
+                         quote((a / "delta").string()) + " --delta " + quote(swapped.string()) +
+                         " --type linear --out " + quote(refused.string()));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("label maps disagree"), std::string::npos) << r.output;
   EXPECT_FALSE(fs::exists(refused));
@@ -350,9 +357,9 @@ TEST(DeltaLoading, EvalBf16ReproducesTheRunsTestMetrics) {
     const fs::path run = train_classifier("bf16_" + method, method, "--bf16");
     const nlohmann::json test = read_json(run / "summary.json")["test"];
     const fs::path out = run.parent_path() / "eval.json";
-    auto e = cli_test::run("eval --model " + quote(kBert.string()) + " --delta " + quote((run / "delta").string()) +
-                           " --data " + quote(small_task().string()) + " --split test --threads 2 --bf16 --output " +
-                           quote(out.string()));
+    auto e = cli_test::run("eval --model " + quote(kBert.string()) + " --delta " +
+                           quote((run / "delta").string()) + " --data " + quote(small_task().string()) +
+                           " --split test --threads 2 --bf16 --output " + quote(out.string()));
     ASSERT_EQ(e.code, 0) << e.output;
     const nlohmann::json got = read_json(out);
     EXPECT_NEAR(got["loss"].get<double>(), test["loss"].get<double>(), 1e-6);

@@ -8,7 +8,6 @@
 
 #include "delta/adapter_projection.h"
 #include "delta/peft_config.h"
-#include "temp_dir.h"
 #include "deltatune/autograd.h"
 #include "deltatune/data.h"
 #include "deltatune/delta.h"
@@ -21,6 +20,7 @@
 #include "deltatune/tokenizer.h"
 #include "deltatune/trainer.h"
 #include "golden.h"
+#include "temp_dir.h"
 
 using namespace deltatune;
 namespace fs = std::filesystem;
@@ -123,8 +123,8 @@ void run_case(const Case& c) {
     NoGradGuard no_grad;
     losses.push_back(loss_of(*model, batch).item());
   }
-  std::printf("[ losses   ] %s %s: %.4f -> %.4f\n", c.model.c_str(), c.config["method"].get<std::string>().c_str(),
-              losses.front(), losses.back());
+  std::printf("[ losses   ] %s %s: %.4f -> %.4f\n", c.model.c_str(),
+              c.config["method"].get<std::string>().c_str(), losses.front(), losses.back());
   EXPECT_LT(losses.back(), losses.front() - 0.05f)
       << "the loss did not fall: " << nlohmann::json(losses).dump();
   const Tensor trained = logits_of(*model, batch);
@@ -278,18 +278,24 @@ TEST(DeltaMethods, CompacterBert) { run_case({"bert-mini", {{"method", "compacte
 TEST(DeltaMethods, CompacterPlusPlusLlama) {
   run_case({"llama-mini", {{"method", "compacter++"}, {"phm_dim", 8}, {"rank", 2}}, true, false});
 }
-TEST(DeltaMethods, LowRankAdapterBert) { run_case({"bert-mini", {{"method", "lowrank_adapter"}}, true, false}); }
+TEST(DeltaMethods, LowRankAdapterBert) {
+  run_case({"bert-mini", {{"method", "lowrank_adapter"}}, true, false});
+}
 TEST(DeltaMethods, LowRankAdapterGpt2) {
   run_case({"gpt2-mini", {{"method", "lowrank_adapter"}, {"rank", 2}, {"bottleneck", 16}}, true, false});
 }
 TEST(DeltaMethods, DiffPruningBert) {
-  run_case({"bert-mini", {{"method", "diff_pruning"}, {"target_sparsity", 0.5}, {"targets", {"attn.q", "attn.v"}}},
-            true, false});
+  run_case({"bert-mini",
+            {{"method", "diff_pruning"}, {"target_sparsity", 0.5}, {"targets", {"attn.q", "attn.v"}}},
+            true,
+            false});
 }
 TEST(DeltaMethods, DiffPruningGpt2) {
   run_case({"gpt2-mini", {{"method", "diff_pruning"}, {"target_sparsity", 0.9}}, true, false});
 }
-TEST(DeltaMethods, MaskBert) { run_case({"bert-mini", {{"method", "mask"}, {"targets", {"ffn.up"}}}, true, false}); }
+TEST(DeltaMethods, MaskBert) {
+  run_case({"bert-mini", {{"method", "mask"}, {"targets", {"ffn.up"}}}, true, false});
+}
 TEST(DeltaMethods, MaskLlama) { run_case({"llama-mini", {{"method", "mask"}}, true, false}); }
 TEST(DeltaMethods, AdapterParallelBert) {
   run_case({"bert-mini", {{"method", "adapter"}, {"variant", "parallel"}, {"bottleneck", 8}}, true, false});
@@ -400,7 +406,8 @@ TEST(DeltaMethods, PhmProjectionIsASumOfKroneckerProducts) {
   const Tensor W = proj.materialise().contiguous();
   ASSERT_EQ(W.shape(), (Shape{out, in}));
   const int64_t p = out / n, q = in / n, r = 2;
-  const auto a = proj.rule.to_floats(), l = proj.left.to_floats(), rr = proj.right.to_floats(), w = W.to_floats();
+  const auto a = proj.rule.to_floats(), l = proj.left.to_floats(), rr = proj.right.to_floats(),
+             w = W.to_floats();
   float worst = 0;
   for (int64_t ai = 0; ai < n; ++ai)
     for (int64_t i = 0; i < p; ++i)
@@ -409,7 +416,8 @@ TEST(DeltaMethods, PhmProjectionIsASumOfKroneckerProducts) {
           double expected = 0;
           for (int64_t k = 0; k < n; ++k) {
             double bij = 0;
-            for (int64_t t = 0; t < r; ++t) bij += double(l[size_t((k * p + i) * r + t)]) * rr[size_t((k * r + t) * q + j)];
+            for (int64_t t = 0; t < r; ++t)
+              bij += double(l[size_t((k * p + i) * r + t)]) * rr[size_t((k * r + t) * q + j)];
             expected += double(a[size_t((k * n + ai) * n + bi)]) * bij;
           }
           worst = std::max(worst, float(std::fabs(expected - w[size_t((ai * p + i) * in + bi * q + j)])));
@@ -442,7 +450,9 @@ TEST(DeltaMethods, CompacterSharesRulesAndIsSmall) {
   EXPECT_EQ(cfg["projection"], "phm");
   EXPECT_EQ(cfg["phm_dim"], 4);
   EXPECT_EQ(cfg["variant"], "houlsby");
-  EXPECT_THROW(delta::make_delta({{"method", "compacter"}, {"phm_dim", 3}})->attach(*golden::load_model("bert-mini")), ConfigError);
+  EXPECT_THROW(
+      delta::make_delta({{"method", "compacter"}, {"phm_dim", 3}})->attach(*golden::load_model("bert-mini")),
+      ConfigError);
   EXPECT_THROW(delta::make_delta({{"method", "adapter"}, {"projection", "fancy"}}), ConfigError);
 }
 
@@ -451,7 +461,8 @@ TEST(DeltaMethods, CompacterSharesRulesAndIsSmall) {
 TEST(DeltaMethods, DiffPruningGatesPenaltyAndSparseSave) {
   auto model = golden::load_model("bert-mini");
   const Batch batch = make_batch(*model);
-  auto d = delta::make_delta({{"method", "diff_pruning"}, {"target_sparsity", 0.95}, {"targets", {"attn.q"}}});
+  auto d =
+      delta::make_delta({{"method", "diff_pruning"}, {"target_sparsity", 0.95}, {"targets", {"attn.q"}}});
   d->attach(*model);
   delta::freeze_for_delta(*model, {d.get()}, {});
   EXPECT_FALSE(d->regularizer().defined());  // evaluation: no penalty
@@ -482,7 +493,8 @@ TEST(DeltaMethods, DiffPruningGatesPenaltyAndSparseSave) {
   const auto file = read_safetensors(dir / "delta.safetensors");
   int64_t saved = 0;
   for (auto& [n, t] : file.tensors) {
-    EXPECT_TRUE(n.find(".diff.indices") != std::string::npos || n.find(".diff.values") != std::string::npos) << n;
+    EXPECT_TRUE(n.find(".diff.indices") != std::string::npos || n.find(".diff.values") != std::string::npos)
+        << n;
     if (n.find(".diff.values") != std::string::npos) {
       EXPECT_LE(t.numel(), int64_t(std::ceil(0.05 * 256 * 256)));
       for (float v : t.to_floats()) EXPECT_NE(v, 0.0f);
@@ -511,7 +523,8 @@ TEST(DeltaMethods, TrainerAddsDiffPruningPenalty) {
     load.head = HeadKind::CausalLM;
     load.verbose = false;
     auto model = load_pretrained(golden::model_dir("gpt2-mini"), load);
-    auto d = delta::make_delta({{"method", "diff_pruning"}, {"targets", {"attn.q"}}, {"l0_weight", l0_weight}});
+    auto d =
+        delta::make_delta({{"method", "diff_pruning"}, {"targets", {"attn.q"}}, {"l0_weight", l0_weight}});
     d->attach(*model);
     train::TrainOptions o;
     o.max_steps = 1;
@@ -558,14 +571,16 @@ TEST(DeltaMethods, MaskEqualsZeroedWeightsAndSavesPrunedPositions) {
   std::vector<float> values = w->to_floats();
   for (int64_t p : pruned) values[size_t(p)] = 0.0f;
   *w = Tensor::from_floats(values, w->shape());
-  EXPECT_LT(max_diff(logits_of(*zeroed, batch), masked), 1e-4f);  // two float paths (masked product vs zeroed weights), as the golden tolerance
+  EXPECT_LT(max_diff(logits_of(*zeroed, batch), masked),
+            1e-4f);  // two float paths (masked product vs zeroed weights), as the golden tolerance
   EXPECT_THROW(delta::make_delta({{"method", "mask"}, {"init_score", 0.001}}), ConfigError);
 }
 
 // LoRA on embeddings: PEFT's shapes, key names and config; the bias options' parameters and errors.
 TEST(DeltaMethods, LoraEmbeddingAndBiasFollowPeft) {
   auto model = golden::load_model("bert-mini");
-  auto d = delta::make_delta({{"method", "lora"}, {"r", 4}, {"targets", {"word_embeddings", "query"}}, {"bias", "lora_only"}});
+  auto d = delta::make_delta(
+      {{"method", "lora"}, {"r", 4}, {"targets", {"word_embeddings", "query"}}, {"bias", "lora_only"}});
   d->attach(*model);
   std::map<std::string, Shape> shapes;
   for (auto& [n, t] : d->parameters()) shapes[n] = t.shape();
@@ -582,7 +597,8 @@ TEST(DeltaMethods, LoraEmbeddingAndBiasFollowPeft) {
   delta::save_peft(dir, *d, *model);
   const auto file = read_safetensors(dir / "adapter_model.safetensors");
   EXPECT_EQ(file.tensors.count("base_model.model.bert.embeddings.word_embeddings.lora_embedding_A"), 1u);
-  EXPECT_EQ(file.tensors.count("base_model.model.bert.encoder.layer.1.attention.self.query.base_layer.bias"), 1u);
+  EXPECT_EQ(file.tensors.count("base_model.model.bert.encoder.layer.1.attention.self.query.base_layer.bias"),
+            1u);
   // PEFT's own files hold an adapted layer's bias as <module>.base_layer.bias.
   EXPECT_EQ(delta::peft_key_to_ours("bert.encoder.layer.1.attention.self.query.base_layer.bias"),
             "bert.encoder.layer.1.attention.self.query.bias");
@@ -599,8 +615,9 @@ TEST(DeltaMethods, LoraEmbeddingAndBiasFollowPeft) {
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("bias"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(delta::make_delta({{"method", "lora"}, {"dora", true}, {"targets", {"embed"}}})->attach(*llama),
-               ConfigError);
+  EXPECT_THROW(
+      delta::make_delta({{"method", "lora"}, {"dora", true}, {"targets", {"embed"}}})->attach(*llama),
+      ConfigError);
 }
 
 TEST(DeltaMethods, UnknownMethodListsSupported) {

@@ -25,7 +25,9 @@ std::vector<float> last_row(const Tensor& logits, int64_t batch_index) {
   return logits.select(0, batch_index).select(0, t - 1).contiguous().to_floats();
 }
 
-int64_t argmax(const std::vector<float>& v) { return int64_t(std::max_element(v.begin(), v.end()) - v.begin()); }
+int64_t argmax(const std::vector<float>& v) {
+  return int64_t(std::max_element(v.begin(), v.end()) - v.begin());
+}
 
 float max_diff(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
@@ -70,7 +72,8 @@ void expect_cache_matches_full_forward(TransformerModel& model, const std::strin
 }  // namespace
 
 TEST(KvCache, CachedStepsGiveTheIdsAndLogitsOfFullForwards) {
-  for (const char* name : {"gpt2-mini", "llama-mini"}) expect_cache_matches_full_forward(*golden::load_model(name), name);
+  for (const char* name : {"gpt2-mini", "llama-mini"})
+    expect_cache_matches_full_forward(*golden::load_model(name), name);
 }
 
 TEST(KvCache, CachedStepsMatchFullForwardsWithPrefixAndPromptDeltas) {

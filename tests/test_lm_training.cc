@@ -103,7 +103,8 @@ TEST(LmTraining, MaskedLmLossFallsWithLora) {
   load.head = HeadKind::MaskedLM;
   load.verbose = false;
   auto model = load_pretrained(kBert, load);
-  auto lora = delta::make_delta({{"method", "lora"}, {"r", 8}, {"alpha", 16}, {"targets", {"attn.q", "attn.v"}}});
+  auto lora =
+      delta::make_delta({{"method", "lora"}, {"r", 8}, {"alpha", 16}, {"targets", {"attn.q", "attn.v"}}});
   lora->attach(*model);
   auto tok = Tokenizer::load(kBert);
   const data::EncodedDataset set = data::encode(sentiment_texts(64), *tok, 48);
@@ -161,13 +162,16 @@ TEST(LmTraining, CausalLmLearnsAnswersAndPredictContinuesTexts) {
     for (const auto& e : prompt_answers(40))
       train << nlohmann::json{{"text", e.text}, {"text_pair", *e.text_pair}}.dump() << "\n";
     std::ofstream in(dir / "in.jsonl");
-    in << R"({"text": "Review 7: I hated it. Sentiment:"})" << "\n"
-       << R"({"text": "Review 12: I loved it. Sentiment:"})" << "\n";
+    in << R"({"text": "Review 7: I hated it. Sentiment:"})"
+       << "\n"
+       << R"({"text": "Review 12: I loved it. Sentiment:"})"
+       << "\n";
   }
   const std::string run = cli_test::quote((dir / "run").string());
-  auto r = cli_test::run("train --model " + cli_test::quote(kGpt2.string()) + " --data " +
-                         cli_test::quote((dir / "train.jsonl").string()) +
-                         " --task causal-lm --method lora --epochs 5 --lr 5e-3 --quiet --threads 2 --out " + run);
+  auto r =
+      cli_test::run("train --model " + cli_test::quote(kGpt2.string()) + " --data " +
+                    cli_test::quote((dir / "train.jsonl").string()) +
+                    " --task causal-lm --method lora --epochs 5 --lr 5e-3 --quiet --threads 2 --out " + run);
   ASSERT_EQ(r.code, 0) << r.output;
   std::ifstream log(dir / "run" / "log.jsonl");
   std::vector<double> losses;
@@ -184,7 +188,8 @@ TEST(LmTraining, CausalLmLearnsAnswersAndPredictContinuesTexts) {
   ASSERT_EQ(p.code, 0) << p.output;
   std::istringstream lines(p.output);
   std::vector<std::string> generated;
-  for (std::string line; std::getline(lines, line);) generated.push_back(nlohmann::json::parse(line)["generated"]);
+  for (std::string line; std::getline(lines, line);)
+    generated.push_back(nlohmann::json::parse(line)["generated"]);
   ASSERT_EQ(generated.size(), 2u) << p.output;
   EXPECT_NE(generated[0].find("negative"), std::string::npos) << generated[0];
   EXPECT_NE(generated[1].find("positive"), std::string::npos) << generated[1];

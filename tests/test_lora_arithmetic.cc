@@ -72,7 +72,8 @@ TEST(LoraArithmetic, CatIsTheExactWeightedSumOfTheWeightChanges) {
   EXPECT_EQ(f.A.shape(), (Shape{7, 12}));
   EXPECT_EQ(f.B.shape(), (Shape{10, 7}));
   // ΔW = Σ w_i s_i B_i A_i, and the result has scaling 1 (alpha = r).
-  auto want = weighted_sum({product(a.modules["layer.q"]), product(b.modules["layer.q"])}, {0.7 * 2.0, -1.3 * 0.5});
+  auto want =
+      weighted_sum({product(a.modules["layer.q"]), product(b.modules["layer.q"])}, {0.7 * 2.0, -1.3 * 0.5});
   EXPECT_LT(max_diff(product(f), want), 1e-5);
   EXPECT_EQ(c.config["alpha"].get<double>(), 7.0);
 }
@@ -85,8 +86,10 @@ TEST(LoraArithmetic, LinearWeighsEachFactorByTheRootAndPutsTheSignOnA) {
   const auto& f = c.modules.at("layer.q");
   // PEFT: A = Σ sign(w s) sqrt|w s| A_i, B = Σ sqrt|w s| B_i (cross terms B_i A_j remain).
   const double ra = std::sqrt(0.5 * 2.0), rb = std::sqrt(2.0 * 1.0);
-  auto wantA = weighted_sum({a.modules["layer.q"].A.to_floats(), b.modules["layer.q"].A.to_floats()}, {ra, -rb});
-  auto wantB = weighted_sum({a.modules["layer.q"].B.to_floats(), b.modules["layer.q"].B.to_floats()}, {ra, rb});
+  auto wantA =
+      weighted_sum({a.modules["layer.q"].A.to_floats(), b.modules["layer.q"].A.to_floats()}, {ra, -rb});
+  auto wantB =
+      weighted_sum({a.modules["layer.q"].B.to_floats(), b.modules["layer.q"].B.to_floats()}, {ra, rb});
   EXPECT_LT(max_diff(f.A.to_floats(), wantA), 1e-6);
   EXPECT_LT(max_diff(f.B.to_floats(), wantB), 1e-6);
   // One adapter alone: linear reproduces its weight change exactly.
@@ -102,7 +105,8 @@ TEST(LoraArithmetic, SvdApproximatesTheWeightedSumWithScalingCountedTwiceAsPeftD
   o.svd_rank = 5;  // rank(ΔW) <= 3 + 2: exact
   auto c = delta::combine_loras({a, b}, {1.0, 3.0}, o);
   // PEFT: ΔW = Σ (w_i s_i) get_delta_weight_i, and get_delta_weight already holds s_i.
-  auto want = weighted_sum({product(a.modules["layer.q"]), product(b.modules["layer.q"])}, {1.0 * 4.0, 3.0 * 0.25});
+  auto want =
+      weighted_sum({product(a.modules["layer.q"]), product(b.modules["layer.q"])}, {1.0 * 4.0, 3.0 * 0.25});
   EXPECT_LT(max_diff(product(c.modules.at("layer.q")), want), 1e-4);
   EXPECT_EQ(c.r, 5);
   // Default rank: the largest input rank (3), so the result is the best rank-3 approximation.
@@ -138,7 +142,8 @@ TEST(LoraArithmetic, TruncatedSvdRecoversAKnownSpectrum) {
     std::vector<float> M(size_t(m * n), 0.0f);
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j)
-        for (int k = 0; k < 3; ++k) M[size_t(i * n + j)] += float(U[k][size_t(i)] * sigma[size_t(k)] * V[k][size_t(j)]);
+        for (int k = 0; k < 3; ++k)
+          M[size_t(i * n + j)] += float(U[k][size_t(i)] * sigma[size_t(k)] * V[k][size_t(j)]);
     auto [us, vt] = delta::truncated_svd(Tensor::from_floats(M, {m, n}), 2);
     ASSERT_EQ(us.shape(), (Shape{m, 2}));
     ASSERT_EQ(vt.shape(), (Shape{2, n}));
@@ -187,7 +192,8 @@ TEST(LoraArithmetic, TruncatedSvdReconstructsALargeLowRankMatrix) {
     const std::vector<float> u = us.to_floats();
     std::vector<double> sigma(size_t(rank), 0.0);
     for (int64_t i = 0; i < m; ++i)
-      for (int64_t r = 0; r < rank; ++r) sigma[size_t(r)] += double(u[size_t(i * rank + r)]) * u[size_t(i * rank + r)];
+      for (int64_t r = 0; r < rank; ++r)
+        sigma[size_t(r)] += double(u[size_t(i * rank + r)]) * u[size_t(i * rank + r)];
     for (auto& s2 : sigma) s2 = std::sqrt(s2);
     for (int64_t r = 1; r < rank; ++r) EXPECT_GE(sigma[size_t(r - 1)], sigma[size_t(r)]);
 
@@ -199,7 +205,8 @@ TEST(LoraArithmetic, TruncatedSvdReconstructsALargeLowRankMatrix) {
     for (int64_t r = 0; r < k; ++r) kept2 += sigma[size_t(r)] * sigma[size_t(r)];
     EXPECT_NEAR(err2 / energy, (energy - kept2) / energy, 1e-4) << m << "x" << n;
     EXPECT_GT(err2 / energy, 1e-2);  // the dropped components are not negligible
-  }  set_num_threads(threads_before);
+  }
+  set_num_threads(threads_before);
 }
 
 TEST(LoraArithmetic, MagnitudePruneKeepsTheLargestFractionAsPeft) {
@@ -236,12 +243,13 @@ TEST(LoraArithmetic, DarePrunesAtRandomReproduciblyAtTheDensity) {
   Tensor c = delta::random_prune_tensor(t, 0.3, false, 43);
   EXPECT_EQ(a.to_floats(), b.to_floats());
   EXPECT_NE(a.to_floats(), c.to_floats());
-  std::vector<float> v = a.to_floats(), orig = t.to_floats(), r = delta::random_prune_tensor(t, 0.3, true, 42).to_floats();
+  std::vector<float> v = a.to_floats(), orig = t.to_floats(),
+                     r = delta::random_prune_tensor(t, 0.3, true, 42).to_floats();
   int64_t kept = 0;
   for (size_t i = 0; i < v.size(); ++i)
     if (v[i] != 0) {
       ++kept;
-      EXPECT_EQ(v[i], orig[i]);                        // PEFT keeps values as they are
+      EXPECT_EQ(v[i], orig[i]);                                            // PEFT keeps values as they are
       EXPECT_NEAR(r[i], orig[i] / 0.3, 1e-5 + 1e-6 * std::fabs(orig[i]));  // --dare-rescale divides
     }
   EXPECT_NEAR(double(kept) / 10000.0, 0.3, 0.03);
@@ -275,8 +283,8 @@ TEST_P(CombineCommand, ReproducesPeftOutputs) {
   const fs::path adapter = golden::dir() / "adapters/llama-lora-qv";
   fs::path out = test_support::temp_dir("combine");
   fs::remove_all(out);
-  std::string cmd = "combine --model " + cli_test::quote(golden::model_dir("llama-mini").string()) + " --out " +
-                    cli_test::quote(out.string()) + " " + args;
+  std::string cmd = "combine --model " + cli_test::quote(golden::model_dir("llama-mini").string()) +
+                    " --out " + cli_test::quote(out.string()) + " " + args;
   for (std::string::size_type p; (p = cmd.find("ADAPTER")) != std::string::npos;)
     cmd.replace(p, 7, cli_test::quote(adapter.string()));
   auto r = cli_test::run(cmd);
@@ -302,9 +310,10 @@ INSTANTIATE_TEST_SUITE_P(Types, CombineCommand,
 TEST(CombineCommandErrors, RefusesNonLoraDeltasAndMismatchedWeights) {
   fs::path out = test_support::temp_dir("combine_bad");
   fs::remove_all(out);
-  const std::string base = "combine --model " + cli_test::quote(golden::model_dir("llama-mini").string()) + " --out " +
-                           cli_test::quote(out.string());
-  auto ia3 = cli_test::run(base + " --delta " + cli_test::quote((golden::dir() / "adapters/llama-ia3").string()));
+  const std::string base = "combine --model " + cli_test::quote(golden::model_dir("llama-mini").string()) +
+                           " --out " + cli_test::quote(out.string());
+  auto ia3 =
+      cli_test::run(base + " --delta " + cli_test::quote((golden::dir() / "adapters/llama-ia3").string()));
   EXPECT_EQ(ia3.code, 2);
   EXPECT_NE(ia3.output.find("LoRA"), std::string::npos) << ia3.output;
   const std::string qv = cli_test::quote((golden::dir() / "adapters/llama-lora-qv").string());
@@ -318,10 +327,12 @@ TEST(CombineCommandCat, TwoAdaptersEqualBothAttachedAtOnce) {
   // cat of two different adapters (weights 1, 1) computes what the two attached together compute.
   fs::path out = test_support::temp_dir("combine_two");
   fs::remove_all(out);
-  const fs::path qv = golden::dir() / "adapters/llama-lora-qv", all = golden::dir() / "adapters/llama-lora-all";
-  auto r = cli_test::run("combine --model " + cli_test::quote(golden::model_dir("llama-mini").string()) + " --delta " +
-                         cli_test::quote(qv.string()) + " --delta " + cli_test::quote(all.string()) +
-                         " --type cat --out " + cli_test::quote(out.string()));
+  const fs::path qv = golden::dir() / "adapters/llama-lora-qv",
+                 all = golden::dir() / "adapters/llama-lora-all";
+  auto r =
+      cli_test::run("combine --model " + cli_test::quote(golden::model_dir("llama-mini").string()) +
+                    " --delta " + cli_test::quote(qv.string()) + " --delta " + cli_test::quote(all.string()) +
+                    " --type cat --out " + cli_test::quote(out.string()));
   ASSERT_EQ(r.code, 0) << r.output;
   auto expected = golden::outputs("llama-lora-qv");
   ModelInput input = golden::input_of(expected);
@@ -335,7 +346,8 @@ TEST(CombineCommandCat, TwoAdaptersEqualBothAttachedAtOnce) {
   std::vector<float> got = combined->forward(input).logits.contiguous().to_floats();
   EXPECT_LT(max_diff(got, want), 1e-4);
   auto plain = golden::load_model("llama-mini");
-  EXPECT_GT(max_diff(plain->forward(input).logits.contiguous().to_floats(), want), 1e-3);  // the deltas matter
+  EXPECT_GT(max_diff(plain->forward(input).logits.contiguous().to_floats(), want),
+            1e-3);  // the deltas matter
   fs::remove_all(out);
 }
 
@@ -344,7 +356,8 @@ TEST(CombineCommandCat, TwoAdaptersEqualBothAttachedAtOnce) {
 // give the delta's own outputs; the result keeps the embedding's parameter names.
 TEST(LoraArithmetic, EmbeddingTablesCombineLikeLinearLayers) {
   auto model = golden::load_model("llama-mini");
-  auto lora = delta::make_delta({{"method", "lora"}, {"r", 4}, {"alpha", 8}, {"targets", {"attn.q", "embed"}}});
+  auto lora =
+      delta::make_delta({{"method", "lora"}, {"r", 4}, {"alpha", 8}, {"targets", {"attn.q", "embed"}}});
   lora->attach(*model);
   Generator gen(9);
   for (auto& [name, t] : lora->parameters()) t.copy_(Tensor::randn(t.shape(), gen, 0.05f));  // A = 0 at init

@@ -2,13 +2,13 @@
 #include <gtest/gtest.h>
 
 #include "cli_run.h"
-#include "temp_dir.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta_io.h"
 #include "deltatune/error.h"
-#include "deltatune/ops.h"
 #include "deltatune/merge.h"
+#include "deltatune/ops.h"
 #include "model_compare.h"
+#include "temp_dir.h"
 
 using namespace deltatune;
 namespace fs = std::filesystem;
@@ -36,10 +36,12 @@ TEST_P(GoldenMerged, MergeCommandWritesACheckpointMatchingPeft) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Lora, GoldenMerged,
-                         ::testing::Values("gpt2-lora-cattn", "gpt2-lora-all", "llama-lora-qv", "llama-lora-all", "bert-lora-qv"),
+                         ::testing::Values("gpt2-lora-cattn", "gpt2-lora-all", "llama-lora-qv",
+                                           "llama-lora-all", "bert-lora-qv"),
                          [](const auto& info) {
                            std::string n = info.param;
-                           for (auto& ch : n) if (ch == '-') ch = '_';
+                           for (auto& ch : n)
+                             if (ch == '-') ch = '_';
                            return n;
                          });
 
@@ -65,7 +67,9 @@ namespace {
 void randomise(delta::Delta& d, uint64_t seed) {
   Generator gen(seed);
   std::map<std::string, Tensor> values;
-  for (auto& [name, t] : d.parameters()) values[name] = ops::add_scalar(Tensor::randn(t.shape(), gen, 0.2f), name.find("ia3_l") != std::string::npos ? 1.0f : 0.0f);
+  for (auto& [name, t] : d.parameters())
+    values[name] = ops::add_scalar(Tensor::randn(t.shape(), gen, 0.2f),
+                                   name.find("ia3_l") != std::string::npos ? 1.0f : 0.0f);
   d.load_parameters(values);
 }
 
@@ -111,11 +115,16 @@ TEST_P(MergeEquivalence, MergedEqualsAttached) {
 
 INSTANTIATE_TEST_SUITE_P(
     Methods, MergeEquivalence,
-    ::testing::Values(std::make_pair("bert-mini", R"({"method": "ia3"})"),
-                      std::make_pair("gpt2-mini", R"({"method": "ia3", "targets": ["c_attn", "mlp.c_proj"], "feedforward": ["mlp.c_proj"]})"),
-                      std::make_pair("bert-mini", R"({"method": "lora", "r": 4, "targets": ["attn.q", "attn.v"], "bias": "all"})"),
-                      std::make_pair("gpt2-mini", R"({"method": "lora", "r": 4, "targets": ["c_attn"], "bias": "lora_only"})"),
-                      std::make_pair("llama-mini", R"({"method": "lora", "r": 4, "targets": ["embed", "attn.v"]})")));
+    ::testing::Values(
+        std::make_pair("bert-mini", R"({"method": "ia3"})"),
+        std::make_pair(
+            "gpt2-mini",
+            R"({"method": "ia3", "targets": ["c_attn", "mlp.c_proj"], "feedforward": ["mlp.c_proj"]})"),
+        std::make_pair("bert-mini",
+                       R"({"method": "lora", "r": 4, "targets": ["attn.q", "attn.v"], "bias": "all"})"),
+        std::make_pair("gpt2-mini",
+                       R"({"method": "lora", "r": 4, "targets": ["c_attn"], "bias": "lora_only"})"),
+        std::make_pair("llama-mini", R"({"method": "lora", "r": 4, "targets": ["embed", "attn.v"]})")));
 
 TEST(Merge, GoldenIa3MergedReproducesPeft) {
   // PEFT's IA3 adapter folded into llama-mini's weights computes PEFT's outputs with the adapter.

@@ -62,7 +62,8 @@ class RowScale : public delta::Delta {
   }
   std::vector<std::pair<std::string, Tensor>> parameters() override {
     std::vector<std::pair<std::string, Tensor>> out;
-    for (size_t i = 0; i < hooks_.size(); ++i) out.emplace_back(paths_[i] + ".row_scale", hooks_[i].second->scale);
+    for (size_t i = 0; i < hooks_.size(); ++i)
+      out.emplace_back(paths_[i] + ".row_scale", hooks_[i].second->scale);
     return out;
   }
   json config() const override {
@@ -75,7 +76,8 @@ class RowScale : public delta::Delta {
 
   // What the method knows of itself.
   json peft_config(TransformerModel&) override {
-    return {{"peft_type", "TOY_ROW_SCALE"}, {"target_modules", spec_.names_json()}, {"shareable", shareable_}};
+    return {
+        {"peft_type", "TOY_ROW_SCALE"}, {"target_modules", spec_.names_json()}, {"shareable", shareable_}};
   }
   bool supports_mixed_batch() const override { return shareable_; }
   int attach_stage() const override { return 5; }
@@ -93,11 +95,12 @@ json from_peft(const json& p, const std::string&) {
 }
 
 const delta::MethodRegistration registration({.name = "toy_row_scale",
-                                               .make = [](const json& c) { return std::make_unique<RowScale>(c); },
-                                               .description = "a learned scale of each output row",
-                                               .peft_type = "TOY_ROW_SCALE",
-                                               .from_peft = from_peft,
-                                               .default_lr = 3e-3});
+                                              .make =
+                                                  [](const json& c) { return std::make_unique<RowScale>(c); },
+                                              .description = "a learned scale of each output row",
+                                              .peft_type = "TOY_ROW_SCALE",
+                                              .from_peft = from_peft,
+                                              .default_lr = 3e-3});
 
 }  // namespace toy
 
@@ -132,7 +135,8 @@ float max_diff(const Tensor& a, const Tensor& b) {
 // and IA3 for `combination`, whose preset lists no members).
 json config_of(const delta::DeltaMethod& m) {
   if (m.name == "combination")
-    return {{"method", "combination"}, {"deltas", json::array({json{{"method", "lora"}}, json{{"method", "ia3"}}})}};
+    return {{"method", "combination"},
+            {"deltas", json::array({json{{"method", "lora"}}, json{{"method", "ia3"}}})}};
   return m.train_config.is_null() ? json{{"method", m.name}} : m.train_config;
 }
 
@@ -185,7 +189,8 @@ void check_method(const delta::DeltaMethod& m) {
   auto d = moved_delta(*model, config);
   const Tensor with_delta = logits(*model, input);
   // (Prompt tuning lengthens the output by its virtual tokens.)
-  if (with_delta.shape() == base.shape()) EXPECT_GT(max_diff(with_delta, base), 1e-5f) << "the moved delta changes nothing";
+  if (with_delta.shape() == base.shape())
+    EXPECT_GT(max_diff(with_delta, base), 1e-5f) << "the moved delta changes nothing";
   EXPECT_EQ(d->method(), m.name);
   EXPECT_GE(d->attach_stage(), 1);
   EXPECT_LE(d->attach_stage(), 7);
@@ -262,8 +267,11 @@ TEST(MethodKnowledge, TheRegistryAgreesWithMakeDeltaAndTheMethodTable) {
   // Registering a name twice is refused.
   const auto none = [](const json&) -> std::unique_ptr<delta::Delta> { return nullptr; };
   EXPECT_THROW(delta::register_method({.name = "lora", .make = none}), Error);
-  EXPECT_THROW(delta::register_method({.name = "lora2", .make = none, .description = "a second LORA",
-                                       .peft_type = "LORA", .from_peft = toy::from_peft}),
+  EXPECT_THROW(delta::register_method({.name = "lora2",
+                                       .make = none,
+                                       .description = "a second LORA",
+                                       .peft_type = "LORA",
+                                       .from_peft = toy::from_peft}),
                Error);
 }
 
@@ -281,8 +289,10 @@ TEST(MethodKnowledge, ATestFilesOwnMethodIsMadeByNameSavedAndLoaded) {
   for (const bool peft : {false, true}) {
     SCOPED_TRACE(peft ? "PEFT's format" : "our format");
     const fs::path dir = test_support::temp_dir(std::string("knowledge_toy_") + (peft ? "peft" : "ours"));
-    if (peft) delta::save_peft(dir, *d, *model);
-    else delta::save_delta(dir, *d, *model);
+    if (peft)
+      delta::save_peft(dir, *d, *model);
+    else
+      delta::save_delta(dir, *d, *model);
     auto fresh = golden::load_model("bert-mini");
     delta::SavedDelta saved = delta::load_delta(dir, *fresh);
     ASSERT_TRUE(saved.delta);

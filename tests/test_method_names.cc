@@ -49,7 +49,9 @@ cli_test::Result train_one_step(const fs::path& task, const fs::path& out, const
                        " --max-steps 1 --batch-size 4 --max-length 16 --quiet " + flags);
 }
 
-json trained_delta_config(const fs::path& run) { return read_json(run / "delta" / "delta_config.json")["delta"]; }
+json trained_delta_config(const fs::path& run) {
+  return read_json(run / "delta" / "delta_config.json")["delta"];
+}
 
 train::SweepOptions tiny_sweep(const fs::path& out, std::vector<std::string> methods) {
   train::SweepOptions o;
@@ -97,12 +99,14 @@ TEST(MethodNames, TheTableHasEveryDeltaMethodFullHeadNoneAndTheSweepPresets) {
   EXPECT_EQ(method_preset("full").trains, MethodPreset::Trains::Full);
   EXPECT_EQ(method_preset("head").trains, MethodPreset::Trains::Head);
   EXPECT_EQ(method_preset("none").trains, MethodPreset::Trains::Head);
-  for (const char* name : {"full", "head", "none"}) EXPECT_TRUE(method_preset(name).delta_config.is_null()) << name;
+  for (const char* name : {"full", "head", "none"})
+    EXPECT_TRUE(method_preset(name).delta_config.is_null()) << name;
   EXPECT_EQ(method_preset("houlsby").delta_config["variant"], "houlsby");
   EXPECT_EQ(method_preset("pfeiffer").delta_config["variant"], "pfeiffer");
   EXPECT_EQ(method_preset("unipelt-ap").delta_config["variant"], "AP");
   EXPECT_EQ(method_preset("unipelt-apl").delta_config["variant"], "APL");
-  for (const auto& name : train::default_sweep_methods()) EXPECT_NE(find_method_preset(name), nullptr) << name;
+  for (const auto& name : train::default_sweep_methods())
+    EXPECT_NE(find_method_preset(name), nullptr) << name;
   std::set<std::string> seen;
   for (const auto& m : method_presets()) {
     EXPECT_TRUE(seen.insert(m.name).second) << "twice: " << m.name;
@@ -159,10 +163,12 @@ TEST(MethodNames, TrainAndSweepGiveANameTheSameLearningRateAndConfig) {
     const fs::path run = dir / ("train_" + cell.method);
     auto r = train_one_step(task, run, "--method " + cell.method);
     ASSERT_EQ(r.code, 0) << r.output;
-    EXPECT_EQ(read_json(run / "train_config.json")["lr"].get<double>(), swept["lr"].get<double>()) << cell.method;
+    EXPECT_EQ(read_json(run / "train_config.json")["lr"].get<double>(), swept["lr"].get<double>())
+        << cell.method;
     if (cell.method == "lora") {
       const json trained = trained_delta_config(run);
-      for (const char* key : {"r", "alpha", "targets"}) EXPECT_EQ(trained[key], swept["delta_config"][key]) << key;
+      for (const char* key : {"r", "alpha", "targets"})
+        EXPECT_EQ(trained[key], swept["delta_config"][key]) << key;
     }
   }
   fs::remove_all(dir);
@@ -193,15 +199,16 @@ TEST(MethodNames, LoraAlphaMeansOneThingInTheFlagTheTableAndADeltaConfig) {
   EXPECT_EQ(alpha_of("flag_over_file", "--lora-alpha 32", R"({"method": "lora", "alpha": 4})"), 32.0);
   // A preset's name in a file: its config under the file's fields.
   std::ofstream(dir / "houlsby.json") << R"({"method": "houlsby", "reduction_factor": 8})";
-  auto houlsby = train_one_step(task, dir / "houlsby", "--delta-config " + cli_test::quote((dir / "houlsby.json").string()));
+  auto houlsby = train_one_step(task, dir / "houlsby",
+                                "--delta-config " + cli_test::quote((dir / "houlsby.json").string()));
   ASSERT_EQ(houlsby.code, 0) << houlsby.output;
   EXPECT_EQ(trained_delta_config(dir / "houlsby")["variant"], "houlsby");
   EXPECT_EQ(trained_delta_config(dir / "houlsby")["reduction_factor"], 8);
   // A run repeated from its train_config.json trains the same alpha.
   for (const char* run : {"file_without_alpha", "flag_over_file"}) {
     const fs::path again = dir / (std::string(run) + "_again");
-    auto r = cli_test::run("train --config " + cli_test::quote((dir / run / "train_config.json").string()) + " --out " +
-                           cli_test::quote(again.string()) + " --quiet");
+    auto r = cli_test::run("train --config " + cli_test::quote((dir / run / "train_config.json").string()) +
+                           " --out " + cli_test::quote(again.string()) + " --quiet");
     ASSERT_EQ(r.code, 0) << r.output;
     EXPECT_EQ(trained_delta_config(again)["alpha"], trained_delta_config(dir / run)["alpha"]) << run;
   }
@@ -215,7 +222,8 @@ TEST(MethodNames, AnUnknownNameListsEveryAcceptedNameBeforeAnyWork) {
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("unknown method 'adapterfusion'"), std::string::npos) << r.output;
   const std::set<std::string> listed = words(r.output);
-  for (const auto& m : method_presets()) EXPECT_TRUE(listed.count(m.name)) << m.name << " missing: " << r.output;
+  for (const auto& m : method_presets())
+    EXPECT_TRUE(listed.count(m.name)) << m.name << " missing: " << r.output;
   for (const char* name : {"full", "head", "none", "houlsby", "pfeiffer", "unipelt-apl"})
     EXPECT_TRUE(listed.count(name)) << name;
 
@@ -225,7 +233,8 @@ TEST(MethodNames, AnUnknownNameListsEveryAcceptedNameBeforeAnyWork) {
                          cli_test::quote(test_support::temp_dir("names_sweep_unknown").string()));
   EXPECT_EQ(s.code, 2) << s.output;
   const std::set<std::string> sweep_listed = words(s.output);
-  for (const auto& m : method_presets()) EXPECT_TRUE(sweep_listed.count(m.name)) << m.name << ": " << s.output;
+  for (const auto& m : method_presets())
+    EXPECT_TRUE(sweep_listed.count(m.name)) << m.name << ": " << s.output;
 
   // A delta config: the delta methods, and the names train and sweep take besides.
   try {
@@ -277,7 +286,8 @@ TEST(Build, SweepCompilesWithoutWarnings) {
   ASSERT_NE(o, std::string::npos) << command;
   const size_t end = command.find(' ', o + 4);
   const fs::path object = test_support::temp_dir("names_sweep_object") / "sweep.o";
-  command = command.substr(0, o) + " -o " + cli_test::quote(object.string()) + command.substr(end) + " -Werror 2>&1";
+  command = command.substr(0, o) + " -o " + cli_test::quote(object.string()) + command.substr(end) +
+            " -Werror 2>&1";
   FILE* pipe = popen(command.c_str(), "r");
   ASSERT_NE(pipe, nullptr);
   std::string output;

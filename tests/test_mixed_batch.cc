@@ -6,10 +6,10 @@
 #include <filesystem>
 #include <fstream>
 
+#include "cli_run.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
 #include "deltatune/delta_io.h"
-#include "cli_run.h"
 #include "deltatune/error.h"
 #include "deltatune/gates.h"
 #include "deltatune/mixed_batch.h"
@@ -115,7 +115,8 @@ void check_mixed(const std::string& model_name, const std::vector<std::pair<std:
     const Tensor alone = alone_model->forward(row(input, int64_t(b))).logits.contiguous();
     const Tensor got = out.slice(0, int64_t(b), int64_t(b) + 1).contiguous();
     EXPECT_LT(max_diff(got, alone), 1e-4f);
-    if (!rows[b].empty()) EXPECT_GT(max_diff(got, base.slice(0, int64_t(b), int64_t(b) + 1).contiguous()), 1e-3f);
+    if (!rows[b].empty())
+      EXPECT_GT(max_diff(got, base.slice(0, int64_t(b), int64_t(b) + 1).contiguous()), 1e-3f);
   }
   // Between batches the deltas are idle: the plain forward is the base.
   NoGradGuard no_grad;
@@ -147,7 +148,8 @@ TEST(MixedBatch, Gpt2AndCombination) {
 }
 
 TEST(MixedBatch, DiffPruningAndLora) {
-  check_mixed("bert-mini", {{"dp", {{"method", "diff_pruning"}, {"targets", {"attn.o", "ffn.down"}}}}, {"lora", kLoraA}},
+  check_mixed("bert-mini",
+              {{"dp", {{"method", "diff_pruning"}, {"targets", {"attn.o", "ffn.down"}}}}, {"lora", kLoraA}},
               {"dp", "", "lora", "dp"});
 }
 
@@ -182,7 +184,9 @@ TEST(MixedBatch, SavedDeltas) {
     auto alone = golden::load_model("bert-mini");
     auto saved = delta::load_delta(dir, *alone);
     NoGradGuard no_grad;
-    EXPECT_LT(max_diff(out.slice(0, r, r + 1).contiguous(), alone->forward(row(input, r)).logits.contiguous()), 1e-4f);
+    EXPECT_LT(
+        max_diff(out.slice(0, r, r + 1).contiguous(), alone->forward(row(input, r)).logits.contiguous()),
+        1e-4f);
   }
   fs::remove_all(dir_a);
   fs::remove_all(dir_b);
@@ -209,10 +213,11 @@ TEST(MixedBatch, Refusals) {
       }
     }
     EXPECT_THROW(mixed.add("a", delta::make_delta(kIa3)), ConfigError);  // the name is taken
-    EXPECT_THROW(mixed.forward(input, {"a"}), ConfigError);               // one name per row
+    EXPECT_THROW(mixed.forward(input, {"a"}), ConfigError);              // one name per row
     EXPECT_THROW(mixed.forward(input, {"a", "nope"}), ConfigError);
     NoGradGuard no_grad;
-    EXPECT_LT(max_diff(model->forward(input).logits.contiguous(), base), 1e-4f) << "a refused delta left hooks";
+    EXPECT_LT(max_diff(model->forward(input).logits.contiguous(), base), 1e-4f)
+        << "a refused delta left hooks";
   }
   // Gone with the batch: the base again.
   NoGradGuard no_grad;
@@ -230,7 +235,8 @@ TEST(MixedBatch, ForwardCommand) {
   delta::save_delta(dir / "b", *b, *scratch);
   b->detach();
   const ModelInput input = make_input(*scratch, 3);
-  json in = {{"input_ids", json::array()}, {"attention_mask", json::array()}, {"deltas", {"b", nullptr, "a"}}};
+  json in = {
+      {"input_ids", json::array()}, {"attention_mask", json::array()}, {"deltas", {"b", nullptr, "a"}}};
   for (int64_t r = 0; r < 3; ++r) {
     in["input_ids"].push_back(row(input, r).input_ids.to_ints());
     std::vector<int64_t> m;
@@ -238,11 +244,11 @@ TEST(MixedBatch, ForwardCommand) {
     in["attention_mask"].push_back(m);
   }
   std::ofstream(dir / "in.json") << in.dump();
-  const std::string common = "forward --model " + cli_test::quote(golden::model_dir("bert-mini").string()) + " --input " +
-                             cli_test::quote((dir / "in.json").string());
+  const std::string common = "forward --model " + cli_test::quote(golden::model_dir("bert-mini").string()) +
+                             " --input " + cli_test::quote((dir / "in.json").string());
   auto r = cli_test::run(common + " --output " + cli_test::quote((dir / "out.safetensors").string()) +
-                         " --mixed-delta a=" + cli_test::quote((dir / "a").string()) + " --mixed-delta b=" +
-                         cli_test::quote((dir / "b").string()));
+                         " --mixed-delta a=" + cli_test::quote((dir / "a").string()) +
+                         " --mixed-delta b=" + cli_test::quote((dir / "b").string()));
   ASSERT_EQ(r.code, 0) << r.output;
   const Tensor logits = read_safetensors(dir / "out.safetensors").tensors.at("logits");
   for (auto [rw, name] : {std::pair{0, "b"}, std::pair{1, ""}, std::pair{2, "a"}}) {
@@ -250,22 +256,24 @@ TEST(MixedBatch, ForwardCommand) {
     std::optional<delta::SavedDelta> saved;
     if (std::string(name) != "") saved = delta::load_delta(dir / name, *alone);
     NoGradGuard no_grad;
-    EXPECT_LT(max_diff(logits.slice(0, rw, rw + 1).contiguous(), alone->forward(row(input, rw)).logits.contiguous()), 1e-4f)
+    EXPECT_LT(max_diff(logits.slice(0, rw, rw + 1).contiguous(),
+                       alone->forward(row(input, rw)).logits.contiguous()),
+              1e-4f)
         << "row " << rw;
   }
   // Errors: an unknown name, a missing list, both flags, a bad spec.
   in["deltas"] = {"b", "c", nullptr};
   std::ofstream(dir / "bad.json") << in.dump();
-  r = cli_test::run("forward --model " + cli_test::quote(golden::model_dir("bert-mini").string()) + " --input " +
-                    cli_test::quote((dir / "bad.json").string()) + " --output /dev/null --mixed-delta b=" +
-                    cli_test::quote((dir / "b").string()));
+  r = cli_test::run("forward --model " + cli_test::quote(golden::model_dir("bert-mini").string()) +
+                    " --input " + cli_test::quote((dir / "bad.json").string()) +
+                    " --output /dev/null --mixed-delta b=" + cli_test::quote((dir / "b").string()));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("'c'"), std::string::npos) << r.output;
   in.erase("deltas");
   std::ofstream(dir / "nolist.json") << in.dump();
-  r = cli_test::run("forward --model " + cli_test::quote(golden::model_dir("bert-mini").string()) + " --input " +
-                    cli_test::quote((dir / "nolist.json").string()) + " --output /dev/null --mixed-delta b=" +
-                    cli_test::quote((dir / "b").string()));
+  r = cli_test::run("forward --model " + cli_test::quote(golden::model_dir("bert-mini").string()) +
+                    " --input " + cli_test::quote((dir / "nolist.json").string()) +
+                    " --output /dev/null --mixed-delta b=" + cli_test::quote((dir / "b").string()));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("'deltas'"), std::string::npos) << r.output;
   r = cli_test::run(common + " --output /dev/null --mixed-delta nodir");
@@ -283,12 +291,15 @@ TEST(Gates, Command) {
   delta::save_delta(dir / "delta", *d, *model);
   {
     std::ofstream data(dir / "data.jsonl");
-    data << R"({"text": "a fine film", "label": "pos"})" << "\n"
-         << R"({"text": "dull and long, a very slow story", "label": "neg"})" << "\n"
-         << R"({"text": "great"})" << "\n";
+    data << R"({"text": "a fine film", "label": "pos"})"
+         << "\n"
+         << R"({"text": "dull and long, a very slow story", "label": "neg"})"
+         << "\n"
+         << R"({"text": "great"})"
+         << "\n";
   }
-  auto r = cli_test::run("gates --model " + cli_test::quote(golden::model_dir("bert-mini").string()) + " --delta " +
-                         cli_test::quote((dir / "delta").string()) + " --data " +
+  auto r = cli_test::run("gates --model " + cli_test::quote(golden::model_dir("bert-mini").string()) +
+                         " --delta " + cli_test::quote((dir / "delta").string()) + " --data " +
                          cli_test::quote((dir / "data.jsonl").string()) + " --batch-size 2 --dump-gates " +
                          cli_test::quote((dir / "gates.json").string()));
   ASSERT_EQ(r.code, 0) << r.output;
@@ -304,8 +315,9 @@ TEST(Gates, Command) {
   auto fresh = golden::load_model("bert-mini");
   lora->attach(*fresh);
   delta::save_delta(dir / "lora", *lora, *fresh);
-  r = cli_test::run("gates --model " + cli_test::quote(golden::model_dir("bert-mini").string()) + " --delta " +
-                    cli_test::quote((dir / "lora").string()) + " --data " + cli_test::quote((dir / "data.jsonl").string()));
+  r = cli_test::run("gates --model " + cli_test::quote(golden::model_dir("bert-mini").string()) +
+                    " --delta " + cli_test::quote((dir / "lora").string()) + " --data " +
+                    cli_test::quote((dir / "data.jsonl").string()));
   EXPECT_EQ(r.code, 2) << r.output;
   EXPECT_NE(r.output.find("no gates"), std::string::npos) << r.output;
   fs::remove_all(dir);

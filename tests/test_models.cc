@@ -30,7 +30,8 @@ TEST_P(GoldenBase, MatchesTransformers) {
 INSTANTIATE_TEST_SUITE_P(MiniModels, GoldenBase, ::testing::Values("gpt2-mini", "bert-mini", "llama-mini"),
                          [](const auto& info) {
                            std::string n = info.param;
-                           for (auto& ch : n) if (ch == '-') ch = '_';
+                           for (auto& ch : n)
+                             if (ch == '-') ch = '_';
                            return n;
                          });
 
@@ -64,7 +65,7 @@ TEST(Models, ClassificationHeadIsInitialisedAndReported) {
   LoadReport report;
   auto model = load_pretrained(golden::model_dir("bert-mini"), options, &report);
   EXPECT_EQ(report.initialized.size(), 4u);  // pooler dense weight/bias, classifier weight/bias
-  EXPECT_FALSE(report.unexpected.empty());    // the MLM head is unused
+  EXPECT_FALSE(report.unexpected.empty());   // the MLM head is unused
   ModelInput in;
   in.input_ids = Tensor::from_ints({2, 141, 3}, {1, 3});
   NoGradGuard no_grad;
@@ -125,7 +126,8 @@ TEST(Models, MissingWeightsAreAnError) {
     load_pretrained(dir, options);
     FAIL() << "expected an error";
   } catch (const IoError& e) {
-    EXPECT_NE(std::string(e.what()).find("transformer.h.1.attn.c_attn.weight"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("transformer.h.1.attn.c_attn.weight"), std::string::npos)
+        << e.what();
   }
   std::filesystem::remove_all(dir);
 }

@@ -146,7 +146,9 @@ TEST(Elementwise, VectorisedActivationsMatchTheExactFormulas) {
   std::vector<Case> cases = {
       {"gelu", [](const Tensor& t) { return O::gelu(t); },
        [](double v) { return v * 0.5 * (1 + std::erf(v / std::sqrt(2.0))); },
-       [](double v) { return 0.5 * (1 + std::erf(v / std::sqrt(2.0))) + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI); }},
+       [](double v) {
+         return 0.5 * (1 + std::erf(v / std::sqrt(2.0))) + v * std::exp(-0.5 * v * v) / std::sqrt(2 * M_PI);
+       }},
       {"gelu_tanh", [](const Tensor& t) { return O::gelu(t, O::GeluKind::Tanh); },
        [=](double v) { return 0.5 * v * (1 + std::tanh(tanh_arg(v))); },
        [=](double v) {

@@ -114,12 +114,13 @@ TEST(Sweep, RunsATinyGridWritesTablesAndResumes) {
 TEST(Sweep, CommandListsMethodsAndRefusesAMissingModel) {
   auto list = cli_test::run("sweep --list-methods");
   EXPECT_EQ(list.code, 0) << list.output;
-  for (const char* m : {"full", "bitfit", "houlsby", "pfeiffer", "prefix", "prompt", "lora", "ia3", "unipelt-ap",
-                        "unipelt-apl"})
+  for (const char* m : {"full", "bitfit", "houlsby", "pfeiffer", "prefix", "prompt", "lora", "ia3",
+                        "unipelt-ap", "unipelt-apl"})
     EXPECT_NE(list.output.find(m), std::string::npos) << m;
-  auto bad = cli_test::run("sweep --model /nonexistent/model --tasks " +
-                           cli_test::quote((fs::path(DELTATUNE_ASSETS) / "tasks/sentiment").string()) +
-                           " --methods lora --out " + cli_test::quote(test_support::temp_dir("sweep_bad").string()));
+  auto bad =
+      cli_test::run("sweep --model /nonexistent/model --tasks " +
+                    cli_test::quote((fs::path(DELTATUNE_ASSETS) / "tasks/sentiment").string()) +
+                    " --methods lora --out " + cli_test::quote(test_support::temp_dir("sweep_bad").string()));
   EXPECT_NE(bad.code, 0);
   EXPECT_EQ(bad.output.find("Segmentation"), std::string::npos);
 }

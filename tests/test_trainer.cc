@@ -7,16 +7,15 @@
 #include <filesystem>
 #include <fstream>
 
-
 #include "cli_run.h"
-#include "small_task.h"
-#include "temp_dir.h"
 #include "deltatune/data.h"
 #include "deltatune/delta.h"
 #include "deltatune/safetensors.h"
 #include "deltatune/threads.h"
 #include "deltatune/tokenizer.h"
 #include "deltatune/trainer.h"
+#include "small_task.h"
+#include "temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace deltatune;
@@ -341,7 +340,8 @@ TEST(TrainCli, Bf16MixedPrecisionTrainsAFloat32Delta) {
                          " --batch-size 8 --max-length 32 --seed 7 --max-steps 4 --threads 2 --bf16");
   ASSERT_EQ(r.code, 0) << r.output;
   const bool kernel = ops::bf16_linear_available();
-  EXPECT_NE(r.output.find(kernel ? "bf16: products in bfloat16" : "no AVX-512 BF16"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(kernel ? "bf16: products in bfloat16" : "no AVX-512 BF16"), std::string::npos)
+      << r.output;
   std::ifstream config_in(run_dir / "train_config.json");
   EXPECT_EQ(nlohmann::json::parse(config_in)["bf16"], true);
   auto saved = read_safetensors(run_dir / "delta" / "delta.safetensors");
@@ -349,13 +349,15 @@ TEST(TrainCli, Bf16MixedPrecisionTrainsAFloat32Delta) {
   for (auto& [name, t] : saved.tensors) EXPECT_EQ(t.dtype(), DType::F32) << name;
   // eval and predict take --bf16 too, on the float32 checkpoint and delta.
   const std::string expect = kernel ? "bf16: products in bfloat16" : "no AVX-512 BF16";
-  auto e = cli_test::run("eval --model " + model + " --delta " + cli_test::quote((run_dir / "delta").string()) +
-                         " --data " + task + " --split test --threads 2 --bf16");
+  auto e =
+      cli_test::run("eval --model " + model + " --delta " + cli_test::quote((run_dir / "delta").string()) +
+                    " --data " + task + " --split test --threads 2 --bf16");
   EXPECT_EQ(e.code, 0) << e.output;
   EXPECT_NE(e.output.find(expect), std::string::npos) << e.output;
   EXPECT_NE(e.output.find("macro avg"), std::string::npos) << e.output;
-  auto p = cli_test::run("predict --model " + model + " --delta " + cli_test::quote((run_dir / "delta").string()) +
-                         " --input " + cli_test::quote((small_task() / "dev.jsonl").string()) + " --bf16");
+  auto p =
+      cli_test::run("predict --model " + model + " --delta " + cli_test::quote((run_dir / "delta").string()) +
+                    " --input " + cli_test::quote((small_task() / "dev.jsonl").string()) + " --bf16");
   EXPECT_EQ(p.code, 0) << p.output;
   EXPECT_NE(p.output.find("\"probabilities\""), std::string::npos) << p.output;
 }

@@ -11,13 +11,13 @@
 #include <set>
 
 #include "cli_run.h"
-#include "temp_dir.h"
 #include "deltatune/data.h"
 #include "deltatune/delta.h"
 #include "deltatune/random.h"
 #include "deltatune/threads.h"
 #include "deltatune/tokenizer.h"
 #include "deltatune/trainer.h"
+#include "temp_dir.h"
 
 namespace fs = std::filesystem;
 using namespace deltatune;
@@ -52,8 +52,8 @@ const RiggedData& rigged_data() {
 }
 
 struct MethodCase {
-  std::string name;        // the test's name
-  nlohmann::json config;   // a delta config, or null for "full" / "head"
+  std::string name;       // the test's name
+  nlohmann::json config;  // a delta config, or null for "full" / "head"
   double lr = 1e-2;
 };
 void PrintTo(const MethodCase& c, std::ostream* os) { *os << c.name; }
@@ -73,7 +73,8 @@ std::vector<MethodCase> method_cases() {
       {"compacter", {{"method", "compacter"}}},
       {"compacter_pp", {{"method", "compacter++"}, {"rank", 2}}},
       {"lowrank_adapter", {{"method", "lowrank_adapter"}}},
-      {"diff_pruning", {{"method", "diff_pruning"}, {"target_sparsity", 0.5}, {"targets", {"attn.q", "attn.v"}}}},
+      {"diff_pruning",
+       {{"method", "diff_pruning"}, {"target_sparsity", 0.5}, {"targets", {"attn.q", "attn.v"}}}},
       {"mask", {{"method", "mask"}, {"targets", {"ffn.up"}}}},
       {"unipelt", {{"method", "unipelt"}, {"variant", "APL"}}, 1e-3},
       {"combination",
@@ -105,7 +106,8 @@ class BestWeights : public ::testing::TestWithParam<MethodCase> {
 
 TEST(BestWeightsCases, CoverEveryMethod) {
   std::set<std::string> covered;
-  for (const auto& c : method_cases()) covered.insert(c.config.is_null() ? c.name : c.config["method"].get<std::string>());
+  for (const auto& c : method_cases())
+    covered.insert(c.config.is_null() ? c.name : c.config["method"].get<std::string>());
   for (const auto& m : delta::supported_methods()) EXPECT_TRUE(covered.count(m)) << m << " has no case";
   EXPECT_TRUE(covered.count("full") && covered.count("head"));
 }
@@ -192,14 +194,15 @@ fs::path train_prompt(const std::string& model, const std::string& task, const s
   const fs::path model_dir = kAssets / "models" / model;
   auto r = cli_test::run("train --model " + q(model_dir) + " --data " + q(dir) + " --task " + task +
                          " --method prompt --max-steps 4 --batch-size 8 --max-length 32 --lr 3e-2 --quiet "
-                         "--threads 2 --out " + q(run) + " " + extra);
+                         "--threads 2 --out " +
+                         q(run) + " " + extra);
   EXPECT_EQ(r.code, 0) << r.output;
   const nlohmann::json summary = read_json(run / "summary.json");
   EXPECT_EQ(summary["steps"], 4);
   const double test_loss = summary["test"]["loss"].get<double>();
   EXPECT_TRUE(std::isfinite(test_loss)) << summary.dump();
-  auto e = cli_test::run("eval --model " + q(model_dir) + " --delta " + q(run / "delta") + " --data " + q(dir) +
-                         " --threads 2 --output " + q(dir / "eval.json"));
+  auto e = cli_test::run("eval --model " + q(model_dir) + " --delta " + q(run / "delta") + " --data " +
+                         q(dir) + " --threads 2 --output " + q(dir / "eval.json"));
   EXPECT_EQ(e.code, 0) << e.output;
   if (e.code == 0) EXPECT_NEAR(read_json(dir / "eval.json")["loss"].get<double>(), test_loss, 1e-5);
   return run;
@@ -208,9 +211,13 @@ fs::path train_prompt(const std::string& model, const std::string& task, const s
 // predict and generate run the trained prompt.
 void check_generation(const std::string& model, const fs::path& run) {
   const fs::path model_dir = kAssets / "models" / model, input = run.parent_path() / "in.jsonl";
-  std::ofstream(input) << R"({"text": "The food was"})" << "\n" << R"({"text": "I did not like"})" << "\n";
+  std::ofstream(input) << R"({"text": "The food was"})"
+                       << "\n"
+                       << R"({"text": "I did not like"})"
+                       << "\n";
   auto p = cli_test::run("predict --model " + q(model_dir) + " --delta " + q(run / "delta") + " --input " +
-                         q(input) + " --max-new-tokens 3 --threads 2 --output " + q(run.parent_path() / "out.jsonl"));
+                         q(input) + " --max-new-tokens 3 --threads 2 --output " +
+                         q(run.parent_path() / "out.jsonl"));
   ASSERT_EQ(p.code, 0) << p.output;
   std::ifstream out(run.parent_path() / "out.jsonl");
   int lines = 0;
@@ -306,11 +313,12 @@ fs::path long_text_task(const std::string& name, bool labelled) {
 
 int64_t model_positions(const std::string& model) {
   const nlohmann::json c = read_json(kAssets / "models" / model / "config.json");
-  return c.contains("n_positions") ? c["n_positions"].get<int64_t>() : c["max_position_embeddings"].get<int64_t>();
+  return c.contains("n_positions") ? c["n_positions"].get<int64_t>()
+                                   : c["max_position_embeddings"].get<int64_t>();
 }
 
 struct LengthRun {
-  fs::path dir;     // the task folder; its run is dir/run
+  fs::path dir;           // the task folder; its run is dir/run
   int64_t recorded = -1;  // train_config.json's max-length
 };
 
@@ -330,14 +338,16 @@ LengthRun train_with_length(const std::string& model, const std::string& args, i
     auto e = cli_test::run("eval --model " + q(model_dir) + " --delta " + q(run / "delta") + " --data " +
                            q(out.dir) + flag + " --threads 2 --output " + q(out.dir / "eval.json"));
     EXPECT_EQ(e.code, 0) << flag << "\n" << e.output;
-    if (e.code == 0) EXPECT_NEAR(read_json(out.dir / "eval.json")["loss"].get<double>(), test_loss, 1e-5) << flag;
+    if (e.code == 0)
+      EXPECT_NEAR(read_json(out.dir / "eval.json")["loss"].get<double>(), test_loss, 1e-5) << flag;
   }
   out.recorded = read_json(run / "train_config.json")["max-length"].get<int64_t>();
   return out;
 }
 
 int64_t virtual_tokens(const LengthRun& run) {
-  return read_json(run.dir / "run" / "delta" / "delta_config.json")["delta"]["num_virtual_tokens"].get<int64_t>();
+  return read_json(run.dir / "run" / "delta" / "delta_config.json")["delta"]["num_virtual_tokens"]
+      .get<int64_t>();
 }
 
 }  // namespace

@@ -7,8 +7,6 @@
 #include <cmath>
 #include <cstdio>
 
-#include <cmath>
-
 #include "deltatune/data.h"
 #include "deltatune/delta_io.h"
 #include "deltatune/safetensors.h"
@@ -78,7 +76,8 @@ struct AdapterDistance {
   size_t over_1e4 = 0, total = 0;
 };
 
-AdapterDistance distance(delta::Delta& trained, const nlohmann::json& spec, const std::string& reference_dir) {
+AdapterDistance distance(delta::Delta& trained, const nlohmann::json& spec,
+                         const std::string& reference_dir) {
   LoadOptions load;
   load.head = HeadKind::CausalLM;
   load.verbose = false;
@@ -125,9 +124,12 @@ TEST(TrainingGolden, EveryStepLossAndTheFinalAdapterMatchPeft) {
   EXPECT_LT(d.worst, 1e-2);
   EXPECT_LT(double(d.over_1e4), 0.005 * double(d.total)) << d.over_1e4 << " of " << d.total << " entries";
   double loss_worst = 0;
-  for (size_t i = 0; i < expected.size(); ++i) loss_worst = std::max(loss_worst, std::fabs(run.result.losses[i] - expected[i]));
-  std::printf("golden trajectory: worst loss diff %.2e, step-1 %.2e; adapter worst %.2e, %zu of %zu entries over 1e-4\n",
-              loss_worst, std::fabs(run.result.losses[0] - expected[0]), d.worst, d.over_1e4, d.total);
+  for (size_t i = 0; i < expected.size(); ++i)
+    loss_worst = std::max(loss_worst, std::fabs(run.result.losses[i] - expected[i]));
+  std::printf(
+      "golden trajectory: worst loss diff %.2e, step-1 %.2e; adapter worst %.2e, %zu of %zu entries over "
+      "1e-4\n",
+      loss_worst, std::fabs(run.result.losses[0] - expected[0]), d.worst, d.over_1e4, d.total);
 }
 
 // The comparison can fail: one step short of the trajectory leaves the adapter visibly apart.

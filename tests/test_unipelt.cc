@@ -95,7 +95,8 @@ void wake(delta::Delta& d) {
   d.load_parameters(values);
 }
 
-std::vector<float> train(TransformerModel& model, delta::Delta& d, const Batch& batch, double lr, int steps = 8) {
+std::vector<float> train(TransformerModel& model, delta::Delta& d, const Batch& batch, double lr,
+                         int steps = 8) {
   delta::freeze_for_delta(model, {&d}, {});
   AdamW opt(delta::trainable_parameters(model, {&d}), {.lr = lr, .weight_decay = 0.0});
   std::vector<float> losses;
@@ -133,9 +134,9 @@ TEST(UniPelt, ConfigAndParameters) {
       EXPECT_EQ(t.size(0), model->config.hidden_size / 16);
     }
   }
-  EXPECT_EQ(lora_a, 2 * layers);        // query and value
-  EXPECT_EQ(adapter_down, layers);      // pfeiffer: after the feed-forward only
-  EXPECT_EQ(prefix, 5);                 // the MLP reparameterisation
+  EXPECT_EQ(lora_a, 2 * layers);    // query and value
+  EXPECT_EQ(adapter_down, layers);  // pfeiffer: after the feed-forward only
+  EXPECT_EQ(prefix, 5);             // the MLP reparameterisation
   EXPECT_EQ(gates, 2 * layers + layers + layers);
   const json c = d->config();
   EXPECT_EQ(c["variant"], "APL");
@@ -321,9 +322,12 @@ TEST(Combination, OrderTrainRoundTrip) {
   d->attach(*model);
   std::set<std::string> kinds;
   for (auto& [n, _] : d->parameters()) {
-    if (n.find("adapter.") != std::string::npos) kinds.insert("adapter");
-    else if (n.find("prompt") != std::string::npos || n.find("embedding") != std::string::npos) kinds.insert("prompt");
-    else if (ends_with(n, ".bias")) kinds.insert("bitfit");
+    if (n.find("adapter.") != std::string::npos)
+      kinds.insert("adapter");
+    else if (n.find("prompt") != std::string::npos || n.find("embedding") != std::string::npos)
+      kinds.insert("prompt");
+    else if (ends_with(n, ".bias"))
+      kinds.insert("bitfit");
   }
   EXPECT_EQ(kinds.size(), 3u);
   auto losses = train(*model, *d, batch, 1e-2);
@@ -358,7 +362,8 @@ TEST(Combination, ListFormAndSameLayerOrder) {
   EXPECT_LT(losses.back(), losses.front() - 0.05f) << json(losses).dump();
   // With UniPELT as a member too.
   auto model2 = golden::load_model("bert-mini");
-  auto d2 = delta::make_delta({{"method", "combination"}, {"deltas", {unipelt("AP"), {{"method", "bitfit"}}}}});
+  auto d2 =
+      delta::make_delta({{"method", "combination"}, {"deltas", {unipelt("AP"), {{"method", "bitfit"}}}}});
   d2->attach(*model2);
   EXPECT_TRUE(delta::has_gates(*d2));
 }
@@ -374,18 +379,21 @@ TEST(Combination, Errors) {
   }
   // Two members training the same tensors.
   auto model = golden::load_model("bert-mini");
-  auto d = delta::make_delta({{"method", "combination"}, {"deltas", {{{"method", "bitfit"}}, {{"method", "ln"}}}}});
+  auto d = delta::make_delta(
+      {{"method", "combination"}, {"deltas", {{{"method", "bitfit"}}, {{"method", "ln"}}}}});
   EXPECT_THROW(d->attach(*model), ConfigError);
   const Batch batch = make_batch(*model);
   auto fresh = golden::load_model("bert-mini");
-  EXPECT_LT(max_diff(logits_of(*model, batch.input), logits_of(*fresh, batch.input)), 1e-6f) << "a failed attach left hooks";
+  EXPECT_LT(max_diff(logits_of(*model, batch.input), logits_of(*fresh, batch.input)), 1e-6f)
+      << "a failed attach left hooks";
 }
 
 // A member that saves a sparse form (diff pruning) and adds a penalty: the combination forwards both.
 TEST(Combination, SparseMemberRoundTrip) {
   auto model = golden::load_model("bert-mini");
   const Batch batch = make_batch(*model);
-  auto d = delta::make_delta(json::array({{{"method", "diff_pruning"}, {"targets", {"attn.o"}}}, {{"method", "lora"}, {"r", 2}}}));
+  auto d = delta::make_delta(
+      json::array({{{"method", "diff_pruning"}, {"targets", {"attn.o"}}}, {{"method", "lora"}, {"r", 2}}}));
   d->attach(*model);
   model->set_training(true);  // the L0 penalty counts while training
   EXPECT_TRUE(d->regularizer().defined());
@@ -416,7 +424,8 @@ TEST(Combination, EqualsMembersAttachedInOrder) {
   // Random values everywhere (LoRA's B and the adapters' up-projections start at zero).
   Generator gen(11);
   std::map<std::string, Tensor> values;
-  for (auto& [n, t] : combo->parameters()) values[n] = ops::add(t, Tensor::randn(t.shape(), gen, 0.05f)).detach();
+  for (auto& [n, t] : combo->parameters())
+    values[n] = ops::add(t, Tensor::randn(t.shape(), gen, 0.05f)).detach();
   combo->load_parameters(values);
   const Tensor combined = logits_of(*model, batch.input);
 
@@ -435,5 +444,6 @@ TEST(Combination, EqualsMembersAttachedInOrder) {
   EXPECT_LT(max_diff(logits_of(*separate, batch.input), combined), 1e-5f);
   // And the members matter: the base differs.
   const Tensor base = logits_of(*golden::load_model("bert-mini"), batch.input);
-  EXPECT_GT(max_diff(base, combined.slice(1, 2, combined.size(1)).contiguous()), 1e-3f);  // past the 2 prompt positions
+  EXPECT_GT(max_diff(base, combined.slice(1, 2, combined.size(1)).contiguous()),
+            1e-3f);  // past the 2 prompt positions
 }

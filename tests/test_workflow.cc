@@ -61,8 +61,8 @@ TEST(Workflow, TrainsLoraIntoARunFolderThatLoadsBackThroughTheOneLoader) {
   EXPECT_EQ(summary["labels"], nlohmann::json(run.labels.names()));
   EXPECT_DOUBLE_EQ(summary["config"]["lr"].get<double>(), method_preset("lora").lr);
   EXPECT_EQ(summary["config"]["max-length"], 32);
-  for (const char* file : {"delta/delta_config.json", "peft/adapter_config.json", "labels.json", "train_config.json",
-                           "log.jsonl", "plot.svg"})
+  for (const char* file : {"delta/delta_config.json", "peft/adapter_config.json", "labels.json",
+                           "train_config.json", "log.jsonl", "plot.svg"})
     EXPECT_TRUE(fs::exists(dir / "run" / file)) << file;
   ASSERT_EQ(notes.size(), 2u);  // the data line and the training line, for a front end to print
   EXPECT_EQ(notes[0].rfind("data: 32 train, 16 dev, 16 test examples; 2 labels", 0), 0u) << notes[0];
@@ -145,10 +145,9 @@ TEST(Workflow, TrainAndSweepTakeEachMethodsDefaultLearningRateFromTheMethodTable
   const fs::path task = test_support::write_sentiment_subset(dir / "task", 8, 0, 0);
   for (const std::string method : {"lora", "full", "head"}) {
     const fs::path run_dir = dir / method;
-    const cli_test::Result r =
-        cli_test::run("train --model " + kModel.string() + " --data " + task.string() + " --method " + method +
-                      " --max-steps 1 --batch-size 8 --max-length 16 --quiet --no-test-before --out " +
-                      run_dir.string());
+    const cli_test::Result r = cli_test::run(
+        "train --model " + kModel.string() + " --data " + task.string() + " --method " + method +
+        " --max-steps 1 --batch-size 8 --max-length 16 --quiet --no-test-before --out " + run_dir.string());
     ASSERT_EQ(r.code, 0) << r.output;
     train::SweepRun cell;
     cell.method = method;

@@ -13,17 +13,17 @@
 #include <chrono>
 #include <cstdio>
 #include <map>
-#include <set>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "command.h"
-#include "model_loading.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
 #include "deltatune/loading.h"
 #include "deltatune/model.h"
 #include "deltatune/optim.h"
 #include "deltatune/threads.h"
+#include "model_loading.h"
 
 extern "C" char* openblas_get_corename(void);
 
@@ -53,20 +53,39 @@ const std::map<std::string, BenchShape>& shapes() {
 json hf_config(const BenchShape& s) {
   const std::string arch = s.arch;
   if (arch == "bert")
-    return {{"model_type", "bert"}, {"architectures", {"BertForSequenceClassification"}},
-            {"vocab_size", s.vocab}, {"hidden_size", s.hidden}, {"num_hidden_layers", s.layers},
-            {"num_attention_heads", s.heads}, {"intermediate_size", s.ffn}, {"max_position_embeddings", s.max_pos},
-            {"hidden_act", "gelu"}, {"type_vocab_size", 1}, {"layer_norm_eps", 1e-5}, {"num_labels", 2},
-            {"hidden_dropout_prob", 0.0}, {"attention_probs_dropout_prob", 0.0}};
+    return {{"model_type", "bert"},          {"architectures", {"BertForSequenceClassification"}},
+            {"vocab_size", s.vocab},         {"hidden_size", s.hidden},
+            {"num_hidden_layers", s.layers}, {"num_attention_heads", s.heads},
+            {"intermediate_size", s.ffn},    {"max_position_embeddings", s.max_pos},
+            {"hidden_act", "gelu"},          {"type_vocab_size", 1},
+            {"layer_norm_eps", 1e-5},        {"num_labels", 2},
+            {"hidden_dropout_prob", 0.0},    {"attention_probs_dropout_prob", 0.0}};
   if (arch == "gpt2")
-    return {{"model_type", "gpt2"}, {"architectures", {"GPT2LMHeadModel"}}, {"vocab_size", s.vocab},
-            {"n_embd", s.hidden}, {"n_layer", s.layers}, {"n_head", s.heads}, {"n_inner", s.ffn},
-            {"n_positions", s.max_pos}, {"activation_function", "gelu_new"}, {"resid_pdrop", 0.0},
-            {"embd_pdrop", 0.0}, {"attn_pdrop", 0.0}, {"layer_norm_epsilon", 1e-5}};
-  return {{"model_type", "llama"}, {"architectures", {"LlamaForCausalLM"}}, {"vocab_size", s.vocab},
-          {"hidden_size", s.hidden}, {"num_hidden_layers", s.layers}, {"num_attention_heads", s.heads},
-          {"num_key_value_heads", s.kv_heads}, {"intermediate_size", s.ffn}, {"max_position_embeddings", s.max_pos},
-          {"hidden_act", "silu"}, {"rms_norm_eps", 1e-5}, {"tie_word_embeddings", false}};
+    return {{"model_type", "gpt2"},
+            {"architectures", {"GPT2LMHeadModel"}},
+            {"vocab_size", s.vocab},
+            {"n_embd", s.hidden},
+            {"n_layer", s.layers},
+            {"n_head", s.heads},
+            {"n_inner", s.ffn},
+            {"n_positions", s.max_pos},
+            {"activation_function", "gelu_new"},
+            {"resid_pdrop", 0.0},
+            {"embd_pdrop", 0.0},
+            {"attn_pdrop", 0.0},
+            {"layer_norm_epsilon", 1e-5}};
+  return {{"model_type", "llama"},
+          {"architectures", {"LlamaForCausalLM"}},
+          {"vocab_size", s.vocab},
+          {"hidden_size", s.hidden},
+          {"num_hidden_layers", s.layers},
+          {"num_attention_heads", s.heads},
+          {"num_key_value_heads", s.kv_heads},
+          {"intermediate_size", s.ffn},
+          {"max_position_embeddings", s.max_pos},
+          {"hidden_act", "silu"},
+          {"rms_norm_eps", 1e-5},
+          {"tie_word_embeddings", false}};
 }
 
 double peak_rss_mib() {
@@ -149,7 +168,8 @@ void run(const Options& o) {
   const Tensor label_tensor = Tensor::from_ints(labels, {o.batch});
   std::vector<int64_t> next(size_t(o.batch * (o.seq - 1)));
   for (int64_t b = 0; b < o.batch; ++b)
-    for (int64_t t = 0; t + 1 < o.seq; ++t) next[size_t(b * (o.seq - 1) + t)] = ids[size_t(b * o.seq + t + 1)];
+    for (int64_t t = 0; t + 1 < o.seq; ++t)
+      next[size_t(b * (o.seq - 1) + t)] = ids[size_t(b * o.seq + t + 1)];
   const Tensor next_tokens = Tensor::from_ints(next, {o.batch * (o.seq - 1)});
 
   // The causal LM's head and loss run fused and chunked (ops::linear_cross_entropy): the same value
@@ -164,8 +184,8 @@ void run(const Options& o) {
     ModelOutput out = model->forward(input);
     if (is_bert) return ops::cross_entropy(out.logits, label_tensor);
     const Tensor& hidden = out.last_hidden_state;
-    return ops::linear_cross_entropy(ops::reshape(hidden.slice(1, 0, o.seq - 1), {-1, hidden.size(-1)}), head_weight,
-                                     next_tokens);
+    return ops::linear_cross_entropy(ops::reshape(hidden.slice(1, 0, o.seq - 1), {-1, hidden.size(-1)}),
+                                     head_weight, next_tokens);
   };
 
   std::vector<double> times;
@@ -214,7 +234,8 @@ void setup(CLI::App& app) {
   app.add_flag("--bf16", o->bf16,
                "Products in bfloat16 on the AVX-512 BF16 kernel, frozen weights stored in bfloat16 (as train "
                "--bf16; float32 on CPUs without it)");
-  app.add_flag("--lora-all", o->lora_all, "LoRA on every linear layer of the blocks (default: query and value)");
+  app.add_flag("--lora-all", o->lora_all,
+               "LoRA on every linear layer of the blocks (default: query and value)");
   app.add_option("--batch", o->batch, "Batch size");
   app.add_option("--seq", o->seq, "Sequence length");
   deltatune::cli::add_threads_option(app, &o->threads, "CPU threads (default: 2, as the PyTorch peer's)");
@@ -223,5 +244,6 @@ void setup(CLI::App& app) {
   app.callback([o] { run(*o); });
 }
 
-deltatune::cli::Register reg("bench", "Time a training step on a model shape (the PyTorch peer's benchmark)", setup);
+deltatune::cli::Register reg("bench", "Time a training step on a model shape (the PyTorch peer's benchmark)",
+                             setup);
 }  // namespace

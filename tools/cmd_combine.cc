@@ -76,11 +76,13 @@ void run(const Options& o) {
   std::vector<double> weights = o.weights;
   if (weights.empty()) weights.assign(o.deltas.size(), 1.0);  // PEFT needs weights; 1 each is the plain sum
   if (weights.size() != o.deltas.size())
-    throw ExitError{"combine: " + std::to_string(o.deltas.size()) + " deltas but " + std::to_string(weights.size()) +
+    throw ExitError{"combine: " + std::to_string(o.deltas.size()) + " deltas but " +
+                    std::to_string(weights.size()) +
                     " weights (--weights takes one per --delta, in the same order)"};
   deltatune::cli::check_writable_folder(o.out, "--out");
   if (deltatune::cli::holds_files(o.out) && !o.overwrite)
-    throw ExitError{"combine: '" + o.out + "' exists and is not empty (pass --overwrite to replace its delta files)"};
+    throw ExitError{"combine: '" + o.out +
+                    "' exists and is not empty (pass --overwrite to replace its delta files)"};
 
   check_sources_are_deltas(o.deltas);
   const std::optional<deltatune::data::LabelMap> labels = source_labels(o.deltas);
@@ -104,14 +106,16 @@ void run(const Options& o) {
     for (auto& [name, t] : saved.head) {
       auto it = head.find(name);
       if (it != head.end() && !same_values(it->second, t))
-        std::fprintf(stderr, "deltatune: warning: %s has its own %s; the combination keeps the first delta's\n",
+        std::fprintf(stderr,
+                     "deltatune: warning: %s has its own %s; the combination keeps the first delta's\n",
                      o.deltas[i].c_str(), name.c_str());
     }
   }
   for (auto& [name, t] : head) params[name]->copy_(t);  // a later load replaced the head weights
   for (size_t i = 0; i < loras.size(); ++i)
     if (loras[i].config.value("bias", std::string("none")) != "none")
-      std::fprintf(stderr, "deltatune: warning: %s trained biases (bias = %s); LoRA arithmetic combines the "
+      std::fprintf(stderr,
+                   "deltatune: warning: %s trained biases (bias = %s); LoRA arithmetic combines the "
                    "A and B factors only, as PEFT does, so those biases are not in the combination\n",
                    o.deltas[i].c_str(), loras[i].config.value("bias", std::string()).c_str());
 
@@ -142,19 +146,26 @@ void run(const Options& o) {
 void setup(CLI::App& app) {
   auto o = std::make_shared<Options>();
   app.add_option("--model", o->model_dir, "The base model folder the deltas were trained on")->required();
-  app.add_option("--delta", o->deltas, "A LoRA delta folder (ours or PEFT's); repeat, in the order of --weights")
+  app.add_option("--delta", o->deltas,
+                 "A LoRA delta folder (ours or PEFT's); repeat, in the order of --weights")
       ->required();
-  app.add_option("--weights", o->weights, "One weight per delta, comma-separated (default: 1 each)")->delimiter(',');
-  app.add_option("--type", o->type,
-                 "How to combine, PEFT's combination_type: svd, linear, cat, ties, ties_svd, dare_linear, dare_ties, "
-                 "dare_linear_svd, dare_ties_svd, magnitude_prune, magnitude_prune_svd")
+  app.add_option("--weights", o->weights, "One weight per delta, comma-separated (default: 1 each)")
+      ->delimiter(',');
+  app.add_option(
+         "--type", o->type,
+         "How to combine, PEFT's combination_type: svd, linear, cat, ties, ties_svd, dare_linear, dare_ties, "
+         "dare_linear_svd, dare_ties_svd, magnitude_prune, magnitude_prune_svd")
       ->capture_default_str();
-  app.add_option("--svd-rank", o->svd_rank, "svd types: the rank of the result (default: the largest input rank)");
-  app.add_option("--svd-clamp", o->svd_clamp, "svd types: clamp the factors to this quantile of their values (0-1)");
+  app.add_option("--svd-rank", o->svd_rank,
+                 "svd types: the rank of the result (default: the largest input rank)");
+  app.add_option("--svd-clamp", o->svd_clamp,
+                 "svd types: clamp the factors to this quantile of their values (0-1)");
   app.add_option("--density", o->density, "ties, dare and magnitude_prune types: the fraction of values kept")
       ->capture_default_str();
-  app.add_option("--majority-sign", o->majority_sign, "ties types: total or frequency")->capture_default_str();
-  app.add_option("--seed", o->seed, "dare types: the seed of the random pruning masks")->capture_default_str();
+  app.add_option("--majority-sign", o->majority_sign, "ties types: total or frequency")
+      ->capture_default_str();
+  app.add_option("--seed", o->seed, "dare types: the seed of the random pruning masks")
+      ->capture_default_str();
   app.add_flag("--dare-rescale", o->dare_rescale,
                "dare types: divide kept values by the density (the DARE paper; PEFT does not)");
   app.add_option("--format", o->format, "Write our format (deltatune) or PEFT's adapter format (peft)")
@@ -164,9 +175,11 @@ void setup(CLI::App& app) {
   deltatune::cli::add_threads_option(app);
   app.add_flag("--overwrite", o->overwrite, "Replace the delta files in a non-empty --out");
   app.footer(
-      "The result is a normal LoRA delta (alpha = r), as PEFT's add_weighted_adapter makes it. linear and the "
+      "The result is a normal LoRA delta (alpha = r), as PEFT's add_weighted_adapter makes it. linear and "
+      "the "
       "ties/dare/magnitude types need equal ranks; cat adds the ranks and is exact (its weight change is the "
-      "weighted sum); svd types approximate the weighted sum of the weight changes at --svd-rank. The sources' "
+      "weighted sum); svd types approximate the weighted sum of the weight changes at --svd-rank. The "
+      "sources' "
       "labels.json (beside a delta or in its run folder) is copied with it; their label maps must agree.");
   app.callback([o] {
     try {
@@ -176,6 +189,7 @@ void setup(CLI::App& app) {
     }
   });
 }
-deltatune::cli::Register reg("combine", "Combine LoRA deltas into one (PEFT's add_weighted_adapter: svd, cat, ties, dare, ...)",
-                             setup);
+deltatune::cli::Register reg(
+    "combine", "Combine LoRA deltas into one (PEFT's add_weighted_adapter: svd, cat, ties, dare, ...)",
+    setup);
 }  // namespace

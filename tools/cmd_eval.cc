@@ -53,7 +53,8 @@ void run(const Args& a) {
   const workflow::Evaluation e = workflow::evaluate_run(r);
   std::printf("%s\n", e.metrics.dump(2).c_str());
   if (!e.per_class.empty())
-    std::fprintf(stderr, "\n%s", metrics::format_report(e.per_class, e.metrics["accuracy"].get<double>()).c_str());
+    std::fprintf(stderr, "\n%s",
+                 metrics::format_report(e.per_class, e.metrics["accuracy"].get<double>()).c_str());
   if (!a.output.empty()) write_file_atomic(a.output, e.metrics.dump(2) + "\n");
 }
 

@@ -1,8 +1,8 @@
 // deltatune forward --model DIR [--delta DIR] --input FILE.json --output FILE.safetensors
 // FILE.json: {"input_ids": [[...], ...], "attention_mask": [[...], ...]} (mask optional), as
-// `deltatune tokenize --output FILE.json` writes it (any name but .jsonl/.csv/.tsv is read so). Or texts, tokenized with the model's tokenizer and
-// padded into one batch: --text STR (repeatable) and/or --input FILE.jsonl|.csv|.tsv ("text", optional
-// "text_pair"). Writes float32 `logits` and `last_hidden_state`.
+// `deltatune tokenize --output FILE.json` writes it (any name but .jsonl/.csv/.tsv is read so). Or texts,
+// tokenized with the model's tokenizer and padded into one batch: --text STR (repeatable) and/or --input
+// FILE.jsonl|.csv|.tsv ("text", optional "text_pair"). Writes float32 `logits` and `last_hidden_state`.
 // --mixed-delta NAME=DIR (repeated) instead of --delta: each row uses the delta its "deltas" entry in
 // FILE.json names (null: the base), all in one pass (see include/deltatune/mixed_batch.h).
 #include <filesystem>
@@ -22,7 +22,8 @@ using deltatune::Tensor;
 using deltatune::cli::ExitError;
 
 Tensor matrix(const nlohmann::json& rows, const std::string& what, const std::string& file) {
-  if (!rows.is_array() || rows.empty()) throw ExitError{file + ": '" + what + "' must be a non-empty list of lists"};
+  if (!rows.is_array() || rows.empty())
+    throw ExitError{file + ": '" + what + "' must be a non-empty list of lists"};
   const size_t length = rows[0].is_array() ? rows[0].size() : 0;
   std::vector<int64_t> values;
   for (size_t b = 0; b < rows.size(); ++b) {
@@ -30,7 +31,8 @@ Tensor matrix(const nlohmann::json& rows, const std::string& what, const std::st
       throw ExitError{file + ": '" + what + "' row " + std::to_string(b) + " must be a list of " +
                       std::to_string(length) + " integers (pad rows to one length)"};
     for (const auto& v : rows[b]) {
-      if (!v.is_number_integer()) throw ExitError{file + ": '" + what + "' row " + std::to_string(b) + " holds a non-integer"};
+      if (!v.is_number_integer())
+        throw ExitError{file + ": '" + what + "' row " + std::to_string(b) + " holds a non-integer"};
       values.push_back(v.get<int64_t>());
     }
   }
@@ -81,10 +83,10 @@ deltatune::ModelInput encode_texts(const std::string& model_dir, const std::stri
   if (!seconds.empty() && seconds.size() != firsts.size())
     throw ExitError{"give every text a text_pair or none (one batch is all single texts or all pairs)"};
   const auto tokenizer = deltatune::Tokenizer::load(model_dir);
-  const deltatune::BatchEncoding batch = tokenizer->encode_batch(firsts, seconds.empty() ? nullptr : &seconds, 0, true);
+  const deltatune::BatchEncoding batch =
+      tokenizer->encode_batch(firsts, seconds.empty() ? nullptr : &seconds, 0, true);
   for (size_t row = 0; row < batch.input_ids.size(); ++row)
-    if (batch.input_ids[row].empty())
-      throw ExitError{examples[row].origin + ": the text gives no tokens"};
+    if (batch.input_ids[row].empty()) throw ExitError{examples[row].origin + ": the text gives no tokens"};
   deltatune::ModelInput mi;
   mi.input_ids = rows_tensor(batch.input_ids);
   mi.attention_mask = rows_tensor(batch.attention_mask);
@@ -96,26 +98,33 @@ void setup(CLI::App& app) {
   auto model_dir = std::make_shared<std::string>(), delta = std::make_shared<std::string>();
   auto input = std::make_shared<std::string>(), output = std::make_shared<std::string>();
   auto head = std::make_shared<std::string>();
-  auto mixed = std::make_shared<std::vector<std::string>>(), texts = std::make_shared<std::vector<std::string>>();
+  auto mixed = std::make_shared<std::vector<std::string>>(),
+       texts = std::make_shared<std::vector<std::string>>();
   app.add_option("--model", *model_dir, "Hugging Face model folder")->required();
   app.add_option("--delta", *delta, "A delta folder (ours or PEFT's adapter format) to apply");
-  app.add_option("--input", *input,
-                 "FILE.json of ids {\"input_ids\": [[...]], \"attention_mask\": [[...]]} (`tokenize --output`), "
-                 "or texts: FILE.jsonl/.csv/.tsv with \"text\" (optional \"text_pair\")");
+  app.add_option(
+      "--input", *input,
+      "FILE.json of ids {\"input_ids\": [[...]], \"attention_mask\": [[...]]} (`tokenize --output`), "
+      "or texts: FILE.jsonl/.csv/.tsv with \"text\" (optional \"text_pair\")");
   app.add_option("--text", *texts, "A text to run (repeatable; tokenized with the model's tokenizer)");
-  app.add_option("--output,--out", *output, "safetensors file to write (logits, last_hidden_state; float32)")->required();
+  app.add_option("--output,--out", *output, "safetensors file to write (logits, last_hidden_state; float32)")
+      ->required();
   app.add_option("--head", *head, "Task head (default: from the config or the delta)");
-  app.add_option("--mixed-delta", *mixed,
-                 "NAME=DIR, repeatable: deltas for a mixed batch; FILE.json's \"deltas\" names each row's (null: base)");
+  app.add_option(
+      "--mixed-delta", *mixed,
+      "NAME=DIR, repeatable: deltas for a mixed batch; FILE.json's \"deltas\" names each row's (null: base)");
   deltatune::cli::add_threads_option(app);
   app.callback([=] {
     if (input->empty() && texts->empty()) throw ExitError{"forward: give --input FILE or --text STR"};
     const std::string extension = std::filesystem::path(*input).extension().string();
-    const bool ids_file = !input->empty() && extension != ".jsonl" && extension != ".csv" && extension != ".tsv";
+    const bool ids_file =
+        !input->empty() && extension != ".jsonl" && extension != ".csv" && extension != ".tsv";
     if (ids_file && !texts->empty())
-      throw ExitError{"forward: --text goes with a file of texts (.jsonl/.csv/.tsv), not with ids in " + *input};
+      throw ExitError{"forward: --text goes with a file of texts (.jsonl/.csv/.tsv), not with ids in " +
+                      *input};
     if (!mixed->empty() && !ids_file)
-      throw ExitError{"--mixed-delta takes each row's delta from the \"deltas\" of an ids file (--input FILE.json)"};
+      throw ExitError{
+          "--mixed-delta takes each row's delta from the \"deltas\" of an ids file (--input FILE.json)"};
     if (!mixed->empty() && !delta->empty()) throw ExitError{"use --delta or --mixed-delta, not both"};
     deltatune::ModelInput mi;
     nlohmann::json j;
@@ -125,20 +134,25 @@ void setup(CLI::App& app) {
       mi = encode_texts(*model_dir, *input, *texts);
     deltatune::ModelOutput out;
     if (!mixed->empty()) {
-      out = deltatune::cli::mixed_forward(*model_dir, *head, *mixed, j.value("deltas", nlohmann::json()), mi, *input);
+      out = deltatune::cli::mixed_forward(*model_dir, *head, *mixed, j.value("deltas", nlohmann::json()), mi,
+                                          *input);
     } else {
-    auto loaded = deltatune::cli::load_model(*model_dir, *head, *delta);
-    const int64_t vocab = loaded.model->config.vocab_size;
-    for (int64_t id : mi.input_ids.to_ints())
-      if (id < 0 || id >= vocab)
-        throw ExitError{(ids_file ? *input : std::string("the tokenizer")) + ": token id " + std::to_string(id) + " is outside the vocabulary (size " + std::to_string(vocab) + ")"};
-    deltatune::NoGradGuard no_grad;
-    out = loaded.model->forward(mi);
+      auto loaded = deltatune::cli::load_model(*model_dir, *head, *delta);
+      const int64_t vocab = loaded.model->config.vocab_size;
+      for (int64_t id : mi.input_ids.to_ints())
+        if (id < 0 || id >= vocab)
+          throw ExitError{(ids_file ? *input : std::string("the tokenizer")) + ": token id " +
+                          std::to_string(id) + " is outside the vocabulary (size " + std::to_string(vocab) +
+                          ")"};
+      deltatune::NoGradGuard no_grad;
+      out = loaded.model->forward(mi);
     }
     std::map<std::string, Tensor> tensors{{"last_hidden_state", out.last_hidden_state.contiguous()}};
     if (out.logits.defined()) tensors["logits"] = out.logits.contiguous();
     deltatune::write_safetensors(*output, tensors);
   });
 }
-deltatune::cli::Register reg("forward", "Run a forward pass on token ids or texts and write logits and hidden states", setup);
+deltatune::cli::Register reg("forward",
+                             "Run a forward pass on token ids or texts and write logits and hidden states",
+                             setup);
 }  // namespace

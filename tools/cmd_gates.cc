@@ -30,7 +30,8 @@ struct Args {
   int threads = 0;
 };
 
-std::string setting(const std::string& flag, const nlohmann::json& run, const char* key, const char* fallback) {
+std::string setting(const std::string& flag, const nlohmann::json& run, const char* key,
+                    const char* fallback) {
   if (!flag.empty()) return flag;
   if (run.is_object() && run.contains(key) && run[key].is_string()) return run[key].get<std::string>();
   return fallback;
@@ -65,7 +66,8 @@ void run(const Args& a) {
   const data::Fields fields{setting(a.text_field, run_config, "text-field", "text"),
                             setting(a.pair_field, run_config, "pair-field", "text_pair"), "label"};
   int64_t max_length = a.max_length;
-  if (max_length <= 0) max_length = run_config.is_object() ? run_config.value("max-length", int64_t(128)) : 128;
+  if (max_length <= 0)
+    max_length = run_config.is_object() ? run_config.value("max-length", int64_t(128)) : 128;
   std::vector<data::Example> examples = data::read_examples(file, fields, /*labels_optional=*/true);
   if (a.limit > 0 && int64_t(examples.size()) > a.limit) examples.resize(size_t(a.limit));
   if (examples.empty()) throw ExitError{file.string() + ": no examples"};
@@ -76,15 +78,17 @@ void run(const Args& a) {
   data::Batcher batcher(dataset, {.batch_size = a.batch_size}, data::padding_id(*tokenizer));
   {
     NoGradGuard no_grad;
-    for (auto& indices : batcher.epoch_order(0)) model->forward(train::model_input(*model, batcher.make_batch(indices)));
+    for (auto& indices : batcher.epoch_order(0))
+      model->forward(train::model_input(*model, batcher.make_batch(indices)));
   }
   std::vector<delta::GateMean> gates;
   for (auto* d : gated) {
     delta::record_gates(*d, false);
     for (auto& g : delta::gate_means(*d)) gates.push_back(g);
   }
-  std::printf("UniPELT gates of %s on %s (%zu examples; mean over each example's tokens, then over examples)\n",
-              a.delta.c_str(), file.string().c_str(), examples.size());
+  std::printf(
+      "UniPELT gates of %s on %s (%zu examples; mean over each example's tokens, then over examples)\n",
+      a.delta.c_str(), file.string().c_str(), examples.size());
   std::printf("%s", delta::gates_table(gates).c_str());
   if (!a.output.empty()) {
     nlohmann::json out = delta::gates_json(gates);
@@ -98,18 +102,24 @@ void run(const Args& a) {
 void setup(CLI::App& app) {
   auto a = std::make_shared<Args>();
   app.add_option("--model", a->model, "Hugging Face model folder")->required();
-  app.add_option("--delta", a->delta, "A UniPELT delta folder (RUN_DIR/delta), or a combination holding one")->required();
+  app.add_option("--delta", a->delta, "A UniPELT delta folder (RUN_DIR/delta), or a combination holding one")
+      ->required();
   app.add_option("--data", a->data, "A data file (.jsonl, .csv, .tsv) or a task folder")->required();
   app.add_option("--split", a->split, "Split of a task folder: train, dev or test")->capture_default_str();
   app.add_option("--dump-gates,--output,--out", a->output, "Write the gate means as JSON to this file");
-  app.add_option("--batch-size", a->batch_size, "Examples per batch")->capture_default_str()->check(CLI::Range(1, 65536));
+  app.add_option("--batch-size", a->batch_size, "Examples per batch")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65536));
   app.add_option("--max-length", a->max_length, "Tokens per example (default: the run's, else 128)")
       ->check(CLI::Range(2, 1 << 20));
   app.add_option("--limit", a->limit, "Use only the first N examples")->check(CLI::Range(1, 1 << 30));
   cli::add_threads_option(app, &a->threads);
   app.add_option("--text-field", a->text_field, "Field holding the text (default: the run's, else text)");
-  app.add_option("--pair-field", a->pair_field, "Field holding the second text (default: the run's, else text_pair)");
+  app.add_option("--pair-field", a->pair_field,
+                 "Field holding the second text (default: the run's, else text_pair)");
   app.callback([a] { run(*a); });
 }
-deltatune::cli::Register reg("gates", "Read out a UniPELT delta's gates per layer and submodule over a dataset", setup);
+deltatune::cli::Register reg("gates",
+                             "Read out a UniPELT delta's gates per layer and submodule over a dataset",
+                             setup);
 }  // namespace

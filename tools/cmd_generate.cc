@@ -26,10 +26,13 @@ void setup(CLI::App& app) {
   auto prompt = std::make_shared<std::string>();
   auto o = std::make_shared<deltatune::GenerationOptions>();
   auto greedy = std::make_shared<bool>(false);
-  app.add_option("--model", *model_dir, "Hugging Face model folder (a decoder: GPT-2, Llama, ...)")->required();
+  app.add_option("--model", *model_dir, "Hugging Face model folder (a decoder: GPT-2, Llama, ...)")
+      ->required();
   app.add_option("--delta", *delta, "A delta folder to apply");
   app.add_option("--prompt", *prompt, "The text to continue")->required();
-  app.add_option("--max-new-tokens", o->max_new_tokens, "Tokens to generate at most")->default_val(32)->check(CLI::Range(1, 100000));
+  app.add_option("--max-new-tokens", o->max_new_tokens, "Tokens to generate at most")
+      ->default_val(32)
+      ->check(CLI::Range(1, 100000));
   app.add_flag("--sample", o->sample, "Sample instead of greedy decoding");
   app.add_flag("--greedy", *greedy, "Greedy decoding (the default)");
   app.add_option("--temperature", o->temperature, "Sampling temperature")
@@ -58,10 +61,11 @@ void setup(CLI::App& app) {
     std::printf("%s", prompt->c_str());
     std::fflush(stdout);
     const auto start = std::chrono::steady_clock::now();
-    const deltatune::Generation result = deltatune::generate_with_stop(*loaded.model, ids, options, [&](int64_t id) {
-      produced.push_back(id);
-      print_new_text(tokenizer->decode_continuation(ids, produced), shown);
-    });
+    const deltatune::Generation result =
+        deltatune::generate_with_stop(*loaded.model, ids, options, [&](int64_t id) {
+          produced.push_back(id);
+          print_new_text(tokenizer->decode_continuation(ids, produced), shown);
+        });
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     print_new_text(tokenizer->decode_continuation(ids, produced), shown, /*last=*/true);
     std::printf("\n");
@@ -70,9 +74,13 @@ void setup(CLI::App& app) {
       std::fprintf(stderr, "note: stopped at the model's context limit (%lld positions)\n",
                    static_cast<long long>(loaded.model->config.max_position_embeddings));
     const size_t n = result.ids.size();
-    std::fprintf(stderr, "generated %zu token%s in %.2f s (%.1f tokens/s; the time includes reading the %zu-token prompt)\n",
-                 n, n == 1 ? "" : "s", seconds, seconds > 0 ? double(n) / seconds : 0.0, ids.size());
+    std::fprintf(
+        stderr,
+        "generated %zu token%s in %.2f s (%.1f tokens/s; the time includes reading the %zu-token prompt)\n",
+        n, n == 1 ? "" : "s", seconds, seconds > 0 ? double(n) / seconds : 0.0, ids.size());
   });
 }
-deltatune::cli::Register reg("generate", "Continue a prompt with a decoder model (greedy or sampled, with a KV cache)", setup);
+deltatune::cli::Register reg("generate",
+                             "Continue a prompt with a decoder model (greedy or sampled, with a KV cache)",
+                             setup);
 }  // namespace

@@ -13,13 +13,16 @@ void setup(CLI::App& app) {
   auto delta_dir = std::make_shared<std::string>();
   auto head = std::make_shared<std::string>();
   // Either form names the folder (not both); the callback checks that one was given.
-  auto* positional = app.add_option("model", *model_dir, "Hugging Face model folder (config.json + safetensors)");
+  auto* positional =
+      app.add_option("model", *model_dir, "Hugging Face model folder (config.json + safetensors)");
   auto* flag = app.add_option("--model", *model_dir, "The model folder (same as the positional argument)");
   positional->excludes(flag);
   app.add_option("--delta", *delta_dir, "A delta config (JSON) or a saved delta folder to attach and mark");
-  app.add_option("--head", *head, "Task head: causal-lm, masked-lm, sequence-classification, none (default: from config)");
+  app.add_option("--head", *head,
+                 "Task head: causal-lm, masked-lm, sequence-classification, none (default: from config)");
   app.callback([=] {
-    if (model_dir->empty()) throw deltatune::cli::ExitError{"inspect: give the model folder (inspect DIR or --model DIR)"};
+    if (model_dir->empty())
+      throw deltatune::cli::ExitError{"inspect: give the model folder (inspect DIR or --model DIR)"};
     deltatune::cli::LoadedModel loaded = deltatune::cli::load_model(*model_dir, *head, *delta_dir);
     auto& model = *loaded.model;
     std::printf("%s\n", deltatune::summary(model.config).c_str());
@@ -29,5 +32,7 @@ void setup(CLI::App& app) {
     if (!delta_dir->empty()) std::printf("\n%s\n", loaded.trainable_line.c_str());
   });
 }
-deltatune::cli::Register reg("inspect", "Show a model's architecture and module tree (with a delta's modules marked)", setup);
+deltatune::cli::Register reg("inspect",
+                             "Show a model's architecture and module tree (with a delta's modules marked)",
+                             setup);
 }  // namespace

@@ -82,9 +82,11 @@ void setup(CLI::App& app) {
   app.add_option("--delta", a->delta,
                  "The delta folder (ours or PEFT's format; a full or head run's delta/ too)")
       ->required();
-  app.add_option("--out,--output", a->out, "Folder to write the merged checkpoint to (safetensors)")->required();
+  app.add_option("--out,--output", a->out, "Folder to write the merged checkpoint to (safetensors)")
+      ->required();
   cli::add_threads_option(app);
-  app.add_flag("--overwrite", a->overwrite, "Write into a non-empty --out (its checkpoint files are replaced)");
+  app.add_flag("--overwrite", a->overwrite,
+               "Write into a non-empty --out (its checkpoint files are replaced)");
   app.add_option("--dtype", a->dtype, "float32, float16 or bfloat16 (default: the base checkpoint's dtype)");
   app.callback([a] { run(*a); });
 }

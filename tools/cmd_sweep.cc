@@ -54,8 +54,7 @@ void run(const Args& a) {
   o.out_dir = a.out;
   for (const auto& t : a.tasks) o.tasks.push_back(t);
   o.methods = a.methods;
-  if (o.methods.empty())
-    o.methods = train::default_sweep_methods();
+  if (o.methods.empty()) o.methods = train::default_sweep_methods();
   o.k_shots = a.k_shots;
   o.seeds = a.seeds;
   o.epochs = a.epochs;
@@ -96,9 +95,11 @@ void run(const Args& a) {
   } catch (const ConfigError& e) {
     throw ExitError{e.what()};
   }
-  std::fprintf(stderr, "sweep: %lld runs planned; %lld ran, %lld already finished, %lld failed, %lld left to other pieces\n",
-               (long long)r.planned, (long long)r.ran, (long long)r.skipped, (long long)r.failed,
-               (long long)r.other_shards);
+  std::fprintf(
+      stderr,
+      "sweep: %lld runs planned; %lld ran, %lld already finished, %lld failed, %lld left to other pieces\n",
+      (long long)r.planned, (long long)r.ran, (long long)r.skipped, (long long)r.failed,
+      (long long)r.other_shards);
   for (const auto& f : r.failures) std::fprintf(stderr, "  failed: %s\n", f.c_str());
   std::printf("tables: %s/table.md, table.csv, plot.svg\n", a.out.c_str());
   if (r.failed > 0) throw ExitError{std::to_string(r.failed) + " runs failed", 1};
@@ -108,7 +109,8 @@ void setup(CLI::App& app) {
   auto a = std::make_shared<Args>();
   app.add_option("--model", a->model, "Hugging Face model folder (a sequence classifier is trained on it)");
   app.add_option("--tasks", a->tasks, "Task folders (train/dev/test), comma-separated")->delimiter(',');
-  app.add_option("--out,--output", a->out, "Sweep folder: one run folder per cell, and the tables (required)");
+  app.add_option("--out,--output", a->out,
+                 "Sweep folder: one run folder per cell, and the tables (required)");
   app.add_option("--methods", a->methods,
                  "Methods, comma-separated: the names train's --method takes (--list-methods); default: the "
                  "starred ones, in that order")
@@ -122,7 +124,8 @@ void setup(CLI::App& app) {
   app.add_option("--epochs", a->epochs, "Most epochs per run (early stopping usually ends runs sooner)")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
-  app.add_option("--k-epochs", a->k_epochs, "Epochs for particular K sizes, K:EPOCHS comma-separated (e.g. 100:10,1000:2)")
+  app.add_option("--k-epochs", a->k_epochs,
+                 "Epochs for particular K sizes, K:EPOCHS comma-separated (e.g. 100:10,1000:2)")
       ->delimiter(',');
   app.add_option("--patience", a->patience, "Early stopping: dev evaluations without improvement (0: off)")
       ->capture_default_str()
@@ -151,7 +154,8 @@ void setup(CLI::App& app) {
   app.add_option("--only-task", a->only_task, "Run this task's cells only (its folder name)");
   app.add_option("--shard", a->shard, "Run piece I of N (I/N, 0-based) of the grid's cells");
   cli::add_threads_option(app, &a->threads);
-  app.add_flag("--tables-only", a->tables_only, "Rebuild the tables from the finished runs in --out and print them");
+  app.add_flag("--tables-only", a->tables_only,
+               "Rebuild the tables from the finished runs in --out and print them");
   app.add_flag("--list-methods", a->list, "List the methods with their default learning rates");
   app.add_flag("--keep-weights", a->keep_weights, "Keep each run's best/ and checkpoint/ folders");
   app.add_flag("--quiet", a->quiet, "No progress lines");
@@ -162,5 +166,6 @@ void setup(CLI::App& app) {
       "weights are tested.");
   app.callback([a] { run(*a); });
 }
-deltatune::cli::Register reg("sweep", "Compare delta methods over a grid of tasks, K-shot sizes and seeds", setup);
+deltatune::cli::Register reg("sweep", "Compare delta methods over a grid of tasks, K-shot sizes and seeds",
+                             setup);
 }  // namespace

@@ -129,7 +129,8 @@ void run(const Options& options, bool has_pair) {
     return;
   }
   if (encodings.empty()) throw deltatune::cli::ExitError{options.input + ": no texts to write"};
-  deltatune::train_detail::write_file_atomic(options.output, forward_input(encodings, *tokenizer, pairs).dump() + "\n");
+  deltatune::train_detail::write_file_atomic(options.output,
+                                             forward_input(encodings, *tokenizer, pairs).dump() + "\n");
 }
 
 void setup(CLI::App& app) {

@@ -32,8 +32,8 @@ struct Args {
   int64_t epochs = 3, batch_size = 16, max_length = 128;
   double lr = 0;  // 0: the method's default
   uint64_t seed = 42;
-  int64_t lora_r = 0;      // 0: the method's (--method lora: 8)
-  double lora_alpha = 0;   // 0: the method's (--method lora: 16)
+  int64_t lora_r = 0;     // 0: the method's (--method lora: 8)
+  double lora_alpha = 0;  // 0: the method's (--method lora: 16)
   std::vector<std::string> targets;
   std::string delta_config, config;
   int64_t k_shot = 0, eval_every = 0, patience = 0, grad_accum = 1, max_steps = 0, checkpoint_every = 0;
@@ -115,7 +115,8 @@ void apply_config_file(CLI::App& app, const std::string& file) {
       throw ExitError{file + ": unknown key '" + raw_key +
                       "' (keys are the long flag names of `deltatune train`)"};
     if (opt->count() > 0) continue;
-    if (value.is_array() && value.empty()) continue;  // an empty list (train_config.json's "targets"): not given
+    if (value.is_array() && value.empty())
+      continue;  // an empty list (train_config.json's "targets"): not given
     std::vector<std::string> values;
     auto as_text = [&](const nlohmann::json& v) -> std::string {
       if (v.is_string()) return v.get<std::string>();
@@ -334,15 +335,17 @@ void setup(CLI::App& app) {
   app.add_option("--data", a->data,
                  "Task folder (train/dev/test .jsonl|.csv|.tsv) or one training file (required)");
   app.add_option("--out,--output", a->out, "Run folder to write (required)");
-  app.add_option("--method", a->method,
-                 "What trains: full (every weight), head or none (the head alone), a delta method or a named "
-                 "preset of one; the same names, configs and learning rates as sweep's (sweep --list-methods): " +
-                     method_preset_names())
+  app.add_option(
+         "--method", a->method,
+         "What trains: full (every weight), head or none (the head alone), a delta method or a named "
+         "preset of one; the same names, configs and learning rates as sweep's (sweep --list-methods): " +
+             method_preset_names())
       ->capture_default_str();
-  app.add_option("--task", a->task,
-                 "classification (labelled texts), causal-lm (next-token loss on plain texts; with a text_pair, "
-                 "the text is a prompt and only its answer, the text_pair, is learnt) or masked-lm (BERT-style: "
-                 "15% of tokens masked, predicted)")
+  app.add_option(
+         "--task", a->task,
+         "classification (labelled texts), causal-lm (next-token loss on plain texts; with a text_pair, "
+         "the text is a prompt and only its answer, the text_pair, is learnt) or masked-lm (BERT-style: "
+         "15% of tokens masked, predicted)")
       ->capture_default_str();
   app.add_option("--epochs", a->epochs, "Passes over the training set")
       ->capture_default_str()
@@ -352,7 +355,9 @@ void setup(CLI::App& app) {
   app.add_option("--batch-size", a->batch_size, "Examples per batch")
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
-  app.add_option("--max-length", a->max_length, "Tokens per example, special tokens included (at most the model's positions less a prompt's or GPT-2 prefix's virtual tokens)")
+  app.add_option("--max-length", a->max_length,
+                 "Tokens per example, special tokens included (at most the model's positions less a prompt's "
+                 "or GPT-2 prefix's virtual tokens)")
       ->capture_default_str()
       ->check(CLI::Range(2, 1 << 20));
   app.add_option("--seed", a->seed, "Seed of data order, delta and head init, dropout and few-shot sampling")

@@ -3,7 +3,6 @@
 //   static deltatune::cli::Register reg("tokenize", "Tokenize text with a model's tokenizer", setup);
 // where setup(CLI::App&) adds the options and a callback. main.cc builds the app from the registry.
 #include <CLI/CLI.hpp>
-
 #include <functional>
 #include <string>
 #include <vector>
@@ -36,8 +35,9 @@ struct ExitError {
 
 // --threads N for every command that computes: sets our kernels' and OpenBLAS's thread count as the
 // command line is parsed, before the command runs. `store` (optional) receives N too.
-inline CLI::Option* add_threads_option(CLI::App& app, int* store = nullptr,
-                                       const std::string& help = "CPU threads (default: DELTATUNE_THREADS or all cores)") {
+inline CLI::Option* add_threads_option(
+    CLI::App& app, int* store = nullptr,
+    const std::string& help = "CPU threads (default: DELTATUNE_THREADS or all cores)") {
   return app
       .add_option_function<int>(
           "--threads",

@@ -6,9 +6,9 @@
 #include <iostream>
 
 #include "command.h"
-#include "wait_policy.h"
 #include "deltatune/error.h"
 #include "deltatune/runtime.h"
+#include "wait_policy.h"
 
 namespace deltatune::cli {
 std::vector<Command>& registry() {

@@ -11,8 +11,9 @@
 
 namespace deltatune::cli {
 
-ModelOutput mixed_forward(const std::string& model_dir, const std::string& head, const std::vector<std::string>& specs,
-                          const nlohmann::json& example_deltas, const ModelInput& input, const std::string& input_file) {
+ModelOutput mixed_forward(const std::string& model_dir, const std::string& head,
+                          const std::vector<std::string>& specs, const nlohmann::json& example_deltas,
+                          const ModelInput& input, const std::string& input_file) {
   std::vector<std::pair<std::string, std::string>> named;
   for (const auto& s : specs) {
     const auto eq = s.find('=');
@@ -24,14 +25,18 @@ ModelOutput mixed_forward(const std::string& model_dir, const std::string& head,
   }
   const int64_t batch = input.input_ids.size(0);
   if (!example_deltas.is_array() || int64_t(example_deltas.size()) != batch)
-    throw ExitError{input_file + ": with --mixed-delta, 'deltas' must list one delta name (or null) per row (" +
+    throw ExitError{input_file +
+                    ": with --mixed-delta, 'deltas' must list one delta name (or null) per row (" +
                     std::to_string(batch) + " rows)"};
   std::vector<std::string> rows;
   for (size_t b = 0; b < example_deltas.size(); ++b) {
     const auto& v = example_deltas[b];
-    if (v.is_null()) rows.emplace_back();
-    else if (v.is_string()) rows.push_back(v.get<std::string>());
-    else throw ExitError{input_file + ": 'deltas' row " + std::to_string(b) + " must be a delta name or null"};
+    if (v.is_null())
+      rows.emplace_back();
+    else if (v.is_string())
+      rows.push_back(v.get<std::string>());
+    else
+      throw ExitError{input_file + ": 'deltas' row " + std::to_string(b) + " must be a delta name or null"};
   }
   if (!std::filesystem::is_directory(model_dir))
     throw ExitError{"model folder '" + model_dir + "' does not exist or is not a folder"};

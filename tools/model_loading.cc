@@ -15,7 +15,8 @@ HeadKind parse_head(const std::string& head) {
   if (head == "masked-lm") return HeadKind::MaskedLM;
   if (head == "sequence-classification" || head == "classification") return HeadKind::SequenceClassification;
   if (head == "none") return HeadKind::None;
-  throw ExitError{"unknown head '" + head + "' (supported: causal-lm, masked-lm, sequence-classification, none)"};
+  throw ExitError{"unknown head '" + head +
+                  "' (supported: causal-lm, masked-lm, sequence-classification, none)"};
 }
 
 namespace {

@@ -15,8 +15,8 @@ struct LoadedModel {
   std::unique_ptr<TransformerModel> model;
   std::vector<std::unique_ptr<delta::Delta>> deltas;  // attached to model (none for a full or head run)
   std::vector<std::string> trained_parameters;        // model tensors the saved delta trained (or replaced)
-  TreeOptions tree_options;    // delta modules to mark in a tree
-  std::string trainable_line;  // "trainable N of M (x%)" with a delta attached
+  TreeOptions tree_options;                           // delta modules to mark in a tree
+  std::string trainable_line;                         // "trainable N of M (x%)" with a delta attached
 };
 
 // head: "" (from config), causal-lm, masked-lm, sequence-classification, none.
@@ -24,7 +24,8 @@ HeadKind parse_head(const std::string& head);
 // delta: "" (none), a delta config (JSON file: a fresh delta, attached as it would train), or a folder
 // `train` (or PEFT) wrote, whatever the method, loaded by load_with_delta: a delta is attached; a full
 // or head run's weights replace the model's (no delta attached).
-LoadedModel load_model(const std::string& model_dir, const std::string& head = "", const std::string& delta = "");
+LoadedModel load_model(const std::string& model_dir, const std::string& head = "",
+                       const std::string& delta = "");
 
 // --bf16's help (the commands that run a model: train, eval, predict; deltatune::use_bf16 does it).
 inline const char* kBf16Help =

@@ -61,8 +61,9 @@ int main(int argc, char** argv) {
     dt::train::save_trained(out_dir / "delta", target);
     labels.save(out_dir / "delta" / "labels.json");
     std::printf("trained %lld steps on %zu examples (%lld of %lld parameters), loss %.4f -> %.4f; saved %s\n",
-                (long long)result.steps, train_set.size(), (long long)result.trainable, (long long)result.total,
-                result.losses.front(), result.losses.back(), (out_dir / "delta").c_str());
+                (long long)result.steps, train_set.size(), (long long)result.trainable,
+                (long long)result.total, result.losses.front(), result.losses.back(),
+                (out_dir / "delta").c_str());
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

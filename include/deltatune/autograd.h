@@ -20,7 +20,7 @@ struct Node {
   std::string name;            // the op, for error messages and debugging
   std::vector<Tensor> inputs;  // edges to where gradients flow (computed inputs without their data)
   BackwardFn backward;
-  uint64_t sequence = 0;       // creation order: the tape position
+  uint64_t sequence = 0;  // creation order: the tape position
 };
 
 bool grad_enabled();

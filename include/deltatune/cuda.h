@@ -7,8 +7,8 @@
 
 namespace deltatune::cuda {
 
-bool compiled();       // built with the CUDA backend
-bool available();      // compiled and a GPU is present
+bool compiled();            // built with the CUDA backend
+bool available();           // compiled and a GPU is present
 std::string device_name();  // "" without a GPU
 // Device memory for Storage::allocate(bytes, Device::CUDA): cudaMalloc / cudaFree. allocate throws
 // Error when there is no GPU or the memory runs out, and DeviceError in a build without CUDA.

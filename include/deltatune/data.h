@@ -118,7 +118,8 @@ EncodedDataset encode(const std::vector<Example>& examples, const Tokenizer& tok
 // For causal-LM tuning: a plain text trains on every token; an example with a text_pair is a prompt
 // (`text`) and its answer (`text_pair`, followed by EOS when the tokenizer has one), and only the
 // answer's tokens count in the loss. Truncation keeps the start.
-EncodedDataset encode_for_lm(const std::vector<Example>& examples, const Tokenizer& tokenizer, int64_t max_length);
+EncodedDataset encode_for_lm(const std::vector<Example>& examples, const Tokenizer& tokenizer,
+                             int64_t max_length);
 
 // Masked-LM corruption as transformers' DataCollatorForLanguageModeling: each real, non-special token
 // is chosen with `probability`; a chosen token becomes [MASK] 80% of the time, a random token 10%, and
@@ -133,14 +134,14 @@ struct MlmMasking {
 
 // One padded batch: rows padded on the right to the batch's longest row.
 struct Batch {
-  Tensor input_ids;             // int64 [B, T]
-  Tensor attention_mask;        // int64 [B, T]: 1 = token, 0 = padding
-  Tensor token_type_ids;        // int64 [B, T]
-  Tensor labels;                // int64 [B]; undefined when the examples are unlabelled
-  Tensor lm_targets;            // int64 [B, T]: masked-LM targets, -100 where nothing is predicted
+  Tensor input_ids;                // int64 [B, T]
+  Tensor attention_mask;           // int64 [B, T]: 1 = token, 0 = padding
+  Tensor token_type_ids;           // int64 [B, T]
+  Tensor labels;                   // int64 [B]; undefined when the examples are unlabelled
+  Tensor lm_targets;               // int64 [B, T]: masked-LM targets, -100 where nothing is predicted
   std::vector<int64_t> loss_from;  // per row: EncodedExample::loss_from
-  std::vector<size_t> indices;  // the examples' positions in the dataset
-  int64_t num_tokens = 0;       // real (unpadded) tokens
+  std::vector<size_t> indices;     // the examples' positions in the dataset
+  int64_t num_tokens = 0;          // real (unpadded) tokens
   int64_t size() const { return int64_t(indices.size()); }
 };
 

@@ -9,8 +9,8 @@
 // `layers` keeps only those block indices (PEFT's layers_to_transform).
 #include <filesystem>
 #include <memory>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,7 +22,7 @@ struct TargetSpec {
   std::vector<std::string> names;  // exact paths, dotted suffixes, or roles
   std::string regex;               // used instead of names when set (full match)
   std::vector<std::string> exclude;
-  std::vector<int64_t> layers;     // empty: every layer
+  std::vector<int64_t> layers;  // empty: every layer
   static TargetSpec from_json(const nlohmann::json& targets, const nlohmann::json& exclude = nullptr,
                               const nlohmann::json& layers = nullptr);
   nlohmann::json names_json() const;  // list or regex string, PEFT's target_modules form
@@ -30,7 +30,8 @@ struct TargetSpec {
 
 // Module paths in `model` matched by `spec` (Linear layers only when linear_only). Throws ConfigError
 // listing candidate names when nothing matches.
-std::vector<std::string> resolve_targets(TransformerModel& model, const TargetSpec& spec, bool linear_only = true);
+std::vector<std::string> resolve_targets(TransformerModel& model, const TargetSpec& spec,
+                                         bool linear_only = true);
 // PEFT's rank_pattern/alpha_pattern lookup: the value of the first key that matches `path` as a
 // dotted-suffix regex ("(.*\\.)?(KEY)$"), if any.
 std::optional<nlohmann::json> pattern_lookup(const nlohmann::json& patterns, const std::string& path);
@@ -99,6 +100,7 @@ const std::vector<std::string>& supported_methods();
 std::pair<int64_t, int64_t> freeze_for_delta(TransformerModel& model, std::vector<Delta*> deltas,
                                              const std::vector<std::string>& trainable);
 // Every trainable tensor by name: the deltas' and the model's own trainable ones.
-std::vector<std::pair<std::string, Tensor>> trainable_parameters(TransformerModel& model, std::vector<Delta*> deltas);
+std::vector<std::pair<std::string, Tensor>> trainable_parameters(TransformerModel& model,
+                                                                 std::vector<Delta*> deltas);
 
 }  // namespace deltatune::delta

@@ -3,10 +3,9 @@
 // tokens of sigmoid(Linear(h, 1))) in each layer for each submodule (adapter, prefix, lora.<module>).
 // While recording, every forward adds its examples' gate values; the means over a dataset say which
 // method the model chose for a task.
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 #include "deltatune/delta.h"
 

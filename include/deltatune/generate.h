@@ -10,10 +10,10 @@ namespace deltatune {
 
 struct GenerationOptions {
   int64_t max_new_tokens = 32;
-  bool sample = false;      // false: greedy
+  bool sample = false;  // false: greedy
   float temperature = 1.0f;
-  int64_t top_k = 0;        // 0: no limit
-  float top_p = 1.0f;       // nucleus mass kept
+  int64_t top_k = 0;   // 0: no limit
+  float top_p = 1.0f;  // nucleus mass kept
   uint64_t seed = 0;
   std::vector<int64_t> eos_ids;  // stop when one is produced (it is included in the output)
 };

@@ -36,8 +36,8 @@ struct AppliedDelta {
 
 struct LoadRequest {
   std::filesystem::path model_dir;
-  std::filesystem::path delta;      // a folder `train` (or PEFT) wrote; empty: the base alone
-  std::optional<HeadKind> head;     // unset: the delta's head, else the model config's
+  std::filesystem::path delta;   // a folder `train` (or PEFT) wrote; empty: the base alone
+  std::optional<HeadKind> head;  // unset: the delta's head, else the model config's
   // A classifier: a sequence-classification head sized by the classes, which come from labels.json
   // beside the delta (in it or its run folder), or from `labels` when there is no delta (a baseline
   // with a new, untrained head).

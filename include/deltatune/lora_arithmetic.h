@@ -50,8 +50,8 @@ std::map<std::string, LoraFactors> lora_factors(Delta& lora);
 // The same for the embedding tables it adapts (embedding = true).
 std::map<std::string, LoraFactors> lora_embedding_factors(Delta& lora);
 struct LoraWeights {
-  nlohmann::json config;                      // the delta's config (ours)
-  int64_t r = 0;                              // the config's rank
+  nlohmann::json config;                       // the delta's config (ours)
+  int64_t r = 0;                               // the config's rank
   std::map<std::string, LoraFactors> modules;  // module path -> factors
 };
 // Reads an attached LoRA delta's factors (copies), embedding tables included. Throws ConfigError for
@@ -59,18 +59,18 @@ struct LoraWeights {
 LoraWeights lora_weights(Delta& lora);
 
 struct CombineOptions {
-  std::string type = "svd";  // combination_types()
+  std::string type = "svd";         // combination_types()
   std::optional<int64_t> svd_rank;  // svd types: the target rank (default: the largest input rank)
   std::optional<double> svd_clamp;  // svd types: clamp U S and V^T to this quantile of their values
   double density = 1.0;             // pruning types: the fraction of values kept (>= 1: no pruning)
   std::string majority_sign_method = "total";  // "total" or "frequency"
-  uint64_t seed = 0;                // DARE's random masks
-  bool dare_rescale = false;        // DARE: divide kept values by density (PEFT effectively does not)
+  uint64_t seed = 0;                           // DARE's random masks
+  bool dare_rescale = false;  // DARE: divide kept values by density (PEFT effectively does not)
 };
 const std::vector<std::string>& combination_types();
 
 struct CombinedLora {
-  nlohmann::json config;                    // our LoRA config: r, alpha = r, targets (module paths)
+  nlohmann::json config;  // our LoRA config: r, alpha = r, targets (module paths)
   int64_t r = 0;
   std::map<std::string, LoraFactors> modules;
   // The parameters by PEFT's names (<path>.lora_A.weight, <path>.lora_B.weight; an embedding table's
@@ -86,8 +86,8 @@ CombinedLora combine_loras(const std::vector<LoraWeights>& loras, const std::vec
 Tensor magnitude_prune_tensor(const Tensor& t, double density);
 Tensor random_prune_tensor(const Tensor& t, double density, bool rescale, uint64_t seed);
 Tensor merge_task_tensors(const std::string& method, const std::vector<Tensor>& tensors,
-                          const std::vector<double>& weights, double density, const std::string& majority_sign_method,
-                          uint64_t seed, bool dare_rescale);
+                          const std::vector<double>& weights, double density,
+                          const std::string& majority_sign_method, uint64_t seed, bool dare_rescale);
 
 // Truncated SVD of a float matrix M [m, n] (LAPACK's sgesdd, as torch.linalg.svd): M ≈ U_k diag(S_k) V_k^T.
 // Returns {U_k S_k [m, k], V_k^T [k, n]} with singular values in decreasing order.

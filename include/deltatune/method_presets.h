@@ -21,7 +21,7 @@ namespace deltatune {
 
 struct MethodPreset {
   enum class Trains { Full, Head, Delta };
-  std::string name;             // what --method takes
+  std::string name;  // what --method takes
   Trains trains = Trains::Delta;
   nlohmann::json delta_config;  // the delta to attach (null unless trains == Delta)
   double lr = 2e-3;             // default peak learning rate

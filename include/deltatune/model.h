@@ -32,9 +32,9 @@ struct KVCache {
 };
 
 struct ModelInput {
-  Tensor input_ids;       // integer [B, T]
-  Tensor attention_mask;  // optional [B, T]: 1 = token, 0 = padding (right padding)
-  Tensor token_type_ids;  // optional, BERT-style segment ids
+  Tensor input_ids;          // integer [B, T]
+  Tensor attention_mask;     // optional [B, T]: 1 = token, 0 = padding (right padding)
+  Tensor token_type_ids;     // optional, BERT-style segment ids
   KVCache* cache = nullptr;  // decoders: extended in place when given
   // false: an LM head leaves `logits` undefined, for a caller that computes a fused, chunked loss
   // from last_hidden_state (ops::linear_cross_entropy) instead of holding [B, T, V] logits.
@@ -120,8 +120,8 @@ struct LoadOptions {
   std::optional<HeadKind> head;  // default: from config.architectures
   std::optional<int64_t> num_labels;
   bool keep_half_precision = false;  // keep float16/bfloat16 weights as stored (computed in float32)
-  uint64_t seed = 0;                  // for heads the checkpoint lacks
-  bool verbose = true;                // print transformers-style missing/unexpected key reports
+  uint64_t seed = 0;                 // for heads the checkpoint lacks
+  bool verbose = true;               // print transformers-style missing/unexpected key reports
 };
 
 struct LoadReport {
@@ -132,7 +132,8 @@ struct LoadReport {
 
 // Loads a Hugging Face checkpoint folder (config.json + safetensors). Missing task-head weights are
 // initialised with a warning; other missing weights are an error.
-std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& dir, const LoadOptions& options = {},
+std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& dir,
+                                                  const LoadOptions& options = {},
                                                   LoadReport* report = nullptr);
 HeadKind head_from_architectures(const ModelConfig& config);
 

@@ -39,7 +39,7 @@ class Module {
   std::vector<std::pair<std::string, Module*>> named_modules(const std::string& prefix = "");
   std::deque<std::pair<std::string, Tensor>>& local_parameters() { return params_; }
   std::vector<std::pair<std::string, std::shared_ptr<Module>>>& children() { return children_; }
-  Module* find_module(const std::string& path);    // nullptr if absent; "" is this module
+  Module* find_module(const std::string& path);     // nullptr if absent; "" is this module
   Tensor* find_parameter(const std::string& path);  // nullptr if absent or undefined
 
   void set_training(bool on);

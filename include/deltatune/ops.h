@@ -74,7 +74,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor
 // --- normalisation and softmax (over the last dim) ---
 Tensor softmax(const Tensor& a, int64_t dim = -1);
 Tensor log_softmax(const Tensor& a, int64_t dim = -1);
-Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, float eps);  // weight/bias optional
+Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                  float eps);                                       // weight/bias optional
 Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps);  // weight optional
 
 // --- embeddings, dropout ---
@@ -111,8 +112,8 @@ struct AdamWStep {
   float decay, beta1, one_minus_beta1, beta2, one_minus_beta2, bias_correction2_sqrt, eps, neg_step_size;
 };
 // max_exp_avg_sq: undefined unless AMSGrad.
-void adamw_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, Tensor& max_exp_avg_sq,
-                   const AdamWStep& step);
+void adamw_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                   Tensor& max_exp_avg_sq, const AdamWStep& step);
 // torch.optim.SGD's step; momentum_buffer undefined without momentum (first: it starts as the
 // decayed gradient).
 struct SgdStep {

@@ -40,22 +40,22 @@ struct SweepOptions {
   // Training settings shared by every run (the paper's batch 16 and max length 128).
   int64_t batch_size = 16;
   int64_t max_length = 128;
-  int64_t epochs = 10;       // upper bound; early stopping on the few-shot dev set ends most runs sooner
+  int64_t epochs = 10;  // upper bound; early stopping on the few-shot dev set ends most runs sooner
   std::map<int64_t, int64_t> epochs_for_k;  // K -> epochs, where a K needs another bound than `epochs`
-  int64_t patience = 3;      // evaluations without improvement (0: off)
-  int64_t eval_every = 0;    // > 0: also evaluate every N updates
-  int64_t max_steps = 0;     // > 0: cap on updates per run
-  int64_t max_dev = 1000;    // cap on the few-shot dev set (the paper: 1000)
-  int64_t max_test = 0;      // > 0: evaluate on the first N test examples only
-  double lr_scale = 1.0;     // multiplies every method's learning rate
-  std::optional<double> lr;  // overrides every method's learning rate
+  int64_t patience = 3;                     // evaluations without improvement (0: off)
+  int64_t eval_every = 0;                   // > 0: also evaluate every N updates
+  int64_t max_steps = 0;                    // > 0: cap on updates per run
+  int64_t max_dev = 1000;                   // cap on the few-shot dev set (the paper: 1000)
+  int64_t max_test = 0;                     // > 0: evaluate on the first N test examples only
+  double lr_scale = 1.0;                    // multiplies every method's learning rate
+  std::optional<double> lr;                 // overrides every method's learning rate
 
   // Which part of the grid this process runs (the tables always cover every finished run).
   std::string only_method;  // non-empty: this method only
   std::string only_task;    // non-empty: this task (folder name) only
   int64_t shard_index = 0, shard_count = 1;
 
-  bool progress = true;  // one line per run on stderr
+  bool progress = true;       // one line per run on stderr
   bool keep_weights = false;  // keep each run's best/ and checkpoint/ folders (deleted by default)
 };
 
@@ -90,7 +90,8 @@ SweepReport run_sweep(const SweepOptions& options);
 
 // Reads every OUT/**/summary.json and writes OUT/table.md, OUT/table.csv and OUT/plot.svg. Methods
 // and tasks appear in the order given (empty: as found). Returns the markdown.
-std::string write_sweep_tables(const std::filesystem::path& out_dir, const std::vector<std::string>& methods = {},
+std::string write_sweep_tables(const std::filesystem::path& out_dir,
+                               const std::vector<std::string>& methods = {},
                                const std::vector<std::string>& tasks = {});
 
 }  // namespace deltatune::train

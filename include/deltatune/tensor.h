@@ -34,7 +34,7 @@ struct TensorImpl {
   std::shared_ptr<Storage> storage;
   DType dtype = DType::F32;
   Shape shape;
-  Shape strides;  // in elements
+  Shape strides;       // in elements
   int64_t offset = 0;  // in elements
   bool requires_grad = false;
   std::shared_ptr<TensorImpl> grad;  // leaves only; created on first accumulation
@@ -77,19 +77,23 @@ class Tensor {
   std::string describe() const;  // "float32[2, 3]"
 
   // --- data access (CPU) ---
-  template <class T> T* data() { return static_cast<T*>(impl_->storage->data) + impl_->offset; }
-  template <class T> const T* data() const {
+  template <class T>
+  T* data() {
+    return static_cast<T*>(impl_->storage->data) + impl_->offset;
+  }
+  template <class T>
+  const T* data() const {
     return static_cast<const T*>(impl_->storage->data) + impl_->offset;
   }
   float* f32() { return data<float>(); }
   const float* f32() const { return data<float>(); }
-  float item() const;                         // a one-element tensor's value as float
-  std::vector<float> to_floats() const;       // any dtype, any layout, row-major
-  std::vector<int64_t> to_ints() const;       // integer or floating, row-major
+  float item() const;                    // a one-element tensor's value as float
+  std::vector<float> to_floats() const;  // any dtype, any layout, row-major
+  std::vector<int64_t> to_ints() const;  // integer or floating, row-major
 
   // --- copies and conversions (not recorded unless noted) ---
-  Tensor contiguous() const;   // recorded: self if already contiguous
-  Tensor clone() const;        // recorded: a contiguous copy
+  Tensor contiguous() const;     // recorded: self if already contiguous
+  Tensor clone() const;          // recorded: a contiguous copy
   Tensor to(DType dtype) const;  // recorded for floating targets: self if same dtype
   Tensor float32() const { return to(DType::F32); }
   void copy_(const Tensor& src);  // in place, same shape, any dtypes; not recorded
@@ -111,10 +115,10 @@ class Tensor {
   Tensor& set_requires_grad(bool on = true);
   Tensor grad() const;  // undefined until a backward reached this leaf
   void set_grad(const Tensor& g);
-  void zero_grad();     // frees the gradient buffer
+  void zero_grad();  // frees the gradient buffer
   bool is_leaf() const { return impl_->grad_fn == nullptr; }
   const std::shared_ptr<Node>& grad_fn() const { return impl_->grad_fn; }
-  void backward() const;                      // from a one-element tensor
+  void backward() const;  // from a one-element tensor
   void backward(const Tensor& grad_output) const;
   Tensor detach() const;  // shares storage, not recorded
 

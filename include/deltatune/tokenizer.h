@@ -61,7 +61,8 @@ class Tokenizer {
   // The text `continuation` adds after `prompt`, decoded in the prompt's context as transformers'
   // text-generation pipeline does (decode both, drop the decoded prompt's text). Decoded alone, a
   // SentencePiece word would lose its leading space and a WordPiece "##" piece its join.
-  std::string decode_continuation(const std::vector<int64_t>& prompt, const std::vector<int64_t>& continuation,
+  std::string decode_continuation(const std::vector<int64_t>& prompt,
+                                  const std::vector<int64_t>& continuation,
                                   bool skip_special_tokens = true) const;
 
   virtual int64_t vocab_size() const = 0;

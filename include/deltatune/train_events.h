@@ -32,20 +32,20 @@ struct StartEvent {
 };
 
 struct UpdateEvent {
-  int64_t step = 0;   // updates done, this one included
-  double epoch = 0;   // fractional: 1.5 is halfway through the second epoch
-  double loss = 0;    // this update's training loss (mean over its accumulated batches)
-  double lr = 0;      // the learning rate this update used
-  double grad_norm = 0;  // before clipping
-  int64_t tokens = 0;    // real tokens in this update's batches
+  int64_t step = 0;         // updates done, this one included
+  double epoch = 0;         // fractional: 1.5 is halfway through the second epoch
+  double loss = 0;          // this update's training loss (mean over its accumulated batches)
+  double lr = 0;            // the learning rate this update used
+  double grad_norm = 0;     // before clipping
+  int64_t tokens = 0;       // real tokens in this update's batches
   double tokens_per_s = 0;  // since this call of train started
 };
 
 struct EvalEvent {
   int64_t step = 0;
   double epoch = 0;
-  nlohmann::json metrics;      // what evaluate() returns
-  bool is_best = false;        // the best score so far: these weights are kept
+  nlohmann::json metrics;       // what evaluate() returns
+  bool is_best = false;         // the best score so far: these weights are kept
   bool early_stopping = false;  // patience ran out: training stops after this update
 };
 

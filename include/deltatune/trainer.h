@@ -21,8 +21,8 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -155,8 +155,8 @@ Predictions predict(TransformerModel& model, const data::EncodedDataset& dataset
 // {"loss", "perplexity"} over the next-token predictions of every text.
 // A masked LM: {"loss", "perplexity"} at positions chosen by `mlm` with a fixed seed (the same
 // positions at every evaluation).
-nlohmann::json evaluate(TransformerModel& model, const data::EncodedDataset& dataset,
-                        int64_t batch_size = 64, const data::MlmMasking* mlm = nullptr);
+nlohmann::json evaluate(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size = 64,
+                        const data::MlmMasking* mlm = nullptr);
 
 // Causal-LM loss: mean cross-entropy of each real token predicted from the ones before it (labels
 // shifted by one, padding ignored). logits [B, T, V], or [B, P + T, V] when a delta prepended P

@@ -10,7 +10,7 @@
 namespace deltatune {
 
 struct TreeOptions {
-  std::set<std::string> delta_modules;  // module paths to mark as deltas ("[delta: lora]" etc.)
+  std::set<std::string> delta_modules;              // module paths to mark as deltas ("[delta: lora]" etc.)
   std::map<std::string, std::string> delta_labels;  // path -> label
   bool color = false;
 };

@@ -61,9 +61,9 @@ struct TrainRequest {
   bool bf16 = false;         // use_bf16 once the model is frozen
   int threads = 0;           // > 0: set_num_threads
 
-  bool overwrite = false;    // remove an earlier run's files from the run folder first
-  bool test_before = true;   // evaluate the untrained model on a test set of at most 5000 examples
-  bool evaluate_test = true; // evaluate the trained model on the test set
+  bool overwrite = false;     // remove an earlier run's files from the run folder first
+  bool test_before = true;    // evaluate the untrained model on a test set of at most 5000 examples
+  bool evaluate_test = true;  // evaluate the trained model on the test set
   // Write delta/, peft/, train_config.json, summary.json and plot.svg (false: the Trainer's own files
   // and labels.json only; the caller keeps the trained model in memory and writes what it wants).
   bool write_run_files = true;
@@ -93,11 +93,11 @@ void check_request(const TrainRequest& request);
 
 // A finished (or stopped) run, with the trained model kept in memory.
 struct TrainRun {
-  nlohmann::json summary;         // what summary.json holds (null when training was stopped)
-  train::TrainResult result;      // the Trainer's
-  double lr = 0;                  // as resolved
-  int64_t max_length = 0;         // as resolved
-  data::LabelMap labels;          // a classifier's classes
+  nlohmann::json summary;     // what summary.json holds (null when training was stopped)
+  train::TrainResult result;  // the Trainer's
+  double lr = 0;              // as resolved
+  int64_t max_length = 0;     // as resolved
+  data::LabelMap labels;      // a classifier's classes
   data::EncodedDataset train_set, dev_set, test_set;
   std::optional<data::MlmMasking> masking;  // masked LMs
   // The trained model (the best dev weights unless options.restore_best is off). Declared in this

@@ -57,7 +57,8 @@ namespace {
 // `t` is contiguous float32 of `shape`, covers its whole storage, and nothing else refers to it.
 bool owns_dense_f32(const Tensor& t, const Shape& shape) {
   return t.uniquely_owned() && t.dtype() == DType::F32 && t.shape() == shape && t.is_contiguous() &&
-         t.offset() == 0 && t.device() == Device::CPU && t.storage()->bytes == size_t(t.numel()) * sizeof(float);
+         t.offset() == 0 && t.device() == Device::CPU &&
+         t.storage()->bytes == size_t(t.numel()) * sizeof(float);
 }
 
 // Adds g into a leaf's gradient buffer (created on first use, float32, the leaf's shape).
@@ -84,7 +85,8 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
   if (!root.requires_grad())
     throw Error("backward: the tensor does not require grad (no input of its graph requires grad)");
   if (grad_output.shape() != root.shape())
-    throw ShapeError("backward: gradient " + grad_output.describe() + " does not match output " + root.describe());
+    throw ShapeError("backward: gradient " + grad_output.describe() + " does not match output " +
+                     root.describe());
   NoGradGuard no_grad;
   if (!root.grad_fn()) {
     accumulate_leaf(root, grad_output);
@@ -106,7 +108,8 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
     }
     nodes.push_back(std::move(n));
   }
-  std::sort(nodes.begin(), nodes.end(), [](const auto& a, const auto& b) { return a->sequence > b->sequence; });
+  std::sort(nodes.begin(), nodes.end(),
+            [](const auto& a, const auto& b) { return a->sequence > b->sequence; });
 
   std::unordered_map<Node*, Tensor> pending;
   pending[root.grad_fn().get()] = grad_output;
@@ -117,7 +120,8 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
     Tensor g = std::move(it->second);
     pending.erase(it);
     std::vector<bool> needs(n->inputs.size());
-    for (size_t i = 0; i < n->inputs.size(); ++i) needs[i] = n->inputs[i].defined() && n->inputs[i].requires_grad();
+    for (size_t i = 0; i < n->inputs.size(); ++i)
+      needs[i] = n->inputs[i].defined() && n->inputs[i].requires_grad();
     std::vector<Tensor> grads = n->backward(g, needs);
     if (grads.size() != n->inputs.size())
       throw Error("backward of " + n->name + " returned " + std::to_string(grads.size()) + " gradients for " +
@@ -126,12 +130,16 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
       if (!needs[i] || !grads[i].defined()) continue;
       const Tensor& in = n->inputs[i];
       if (grads[i].shape() != in.shape())
-        throw ShapeError("backward of " + n->name + ": gradient " + grads[i].describe() + " for input " + in.describe());
+        throw ShapeError("backward of " + n->name + ": gradient " + grads[i].describe() + " for input " +
+                         in.describe());
       if (Node* next = in.grad_fn().get()) {
         auto p = pending.find(next);
-        if (p == pending.end()) pending.emplace(next, grads[i]);
-        else if (owns_dense_f32(p->second, in.shape())) ops::add_(p->second, grads[i]);  // no new buffer
-        else p->second = ops::add(p->second, grads[i]);
+        if (p == pending.end())
+          pending.emplace(next, grads[i]);
+        else if (owns_dense_f32(p->second, in.shape()))
+          ops::add_(p->second, grads[i]);  // no new buffer
+        else
+          p->second = ops::add(p->second, grads[i]);
       } else {
         accumulate_leaf(in, grads[i]);
       }

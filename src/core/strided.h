@@ -34,22 +34,37 @@ void for_each_offset(const Shape& shape, const Shape& strides, Fn&& fn) {
 
 inline float load_as_float(const void* base, DType dtype, int64_t i) {
   switch (dtype) {
-    case DType::F32: return static_cast<const float*>(base)[i];
-    case DType::F16: return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
-    case DType::BF16: return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
-    case DType::I32: return float(static_cast<const int32_t*>(base)[i]);
-    case DType::I64: return float(static_cast<const int64_t*>(base)[i]);
+    case DType::F32:
+      return static_cast<const float*>(base)[i];
+    case DType::F16:
+      return f16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::BF16:
+      return bf16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    case DType::I32:
+      return float(static_cast<const int32_t*>(base)[i]);
+    case DType::I64:
+      return float(static_cast<const int64_t*>(base)[i]);
   }
   return 0;
 }
 
 inline void store_from_float(void* base, DType dtype, int64_t i, float v) {
   switch (dtype) {
-    case DType::F32: static_cast<float*>(base)[i] = v; break;
-    case DType::F16: static_cast<uint16_t*>(base)[i] = f32_to_f16(v); break;
-    case DType::BF16: static_cast<uint16_t*>(base)[i] = f32_to_bf16(v); break;
-    case DType::I32: static_cast<int32_t*>(base)[i] = int32_t(v); break;
-    case DType::I64: static_cast<int64_t*>(base)[i] = int64_t(v); break;
+    case DType::F32:
+      static_cast<float*>(base)[i] = v;
+      break;
+    case DType::F16:
+      static_cast<uint16_t*>(base)[i] = f32_to_f16(v);
+      break;
+    case DType::BF16:
+      static_cast<uint16_t*>(base)[i] = f32_to_bf16(v);
+      break;
+    case DType::I32:
+      static_cast<int32_t*>(base)[i] = int32_t(v);
+      break;
+    case DType::I64:
+      static_cast<int64_t*>(base)[i] = int64_t(v);
+      break;
   }
 }
 

@@ -91,7 +91,8 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
   return storage;
 }
 
-Tensor Tensor::from_storage(std::shared_ptr<Storage> storage, DType dtype, const Shape& shape, int64_t offset) {
+Tensor Tensor::from_storage(std::shared_ptr<Storage> storage, DType dtype, const Shape& shape,
+                            int64_t offset) {
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = std::move(storage);
   impl->dtype = dtype;
@@ -123,7 +124,8 @@ Tensor Tensor::ones(const Shape& shape) { return full(shape, 1.0f); }
 
 Tensor Tensor::from_floats(const std::vector<float>& values, const Shape& shape) {
   if (int64_t(values.size()) != shape_numel(shape))
-    throw ShapeError("from_floats: " + std::to_string(values.size()) + " values for shape " + shape_str(shape));
+    throw ShapeError("from_floats: " + std::to_string(values.size()) + " values for shape " +
+                     shape_str(shape));
   Tensor t = empty(shape);
   if (!values.empty()) std::memcpy(t.f32(), values.data(), values.size() * 4);
   return t;
@@ -134,9 +136,12 @@ Tensor Tensor::from_ints(const std::vector<int64_t>& values, const Shape& shape,
     throw ShapeError("from_ints: " + std::to_string(values.size()) + " values for shape " + shape_str(shape));
   Tensor t = empty(shape, dtype);
   for (size_t i = 0; i < values.size(); ++i) {
-    if (dtype == DType::I64) t.data<int64_t>()[i] = values[i];
-    else if (dtype == DType::I32) t.data<int32_t>()[i] = int32_t(values[i]);
-    else detail::store_from_float(t.storage()->data, dtype, int64_t(i), float(values[i]));
+    if (dtype == DType::I64)
+      t.data<int64_t>()[i] = values[i];
+    else if (dtype == DType::I32)
+      t.data<int32_t>()[i] = int32_t(values[i]);
+    else
+      detail::store_from_float(t.storage()->data, dtype, int64_t(i), float(values[i]));
   }
   return t;
 }
@@ -179,7 +184,8 @@ std::string Tensor::describe() const {
 }
 
 float Tensor::item() const {
-  if (numel() != 1) throw ShapeError("item: tensor " + describe() + " has " + std::to_string(numel()) + " elements");
+  if (numel() != 1)
+    throw ShapeError("item: tensor " + describe() + " has " + std::to_string(numel()) + " elements");
   return detail::load_as_float(impl_->storage->data, dtype(), offset());
 }
 
@@ -204,9 +210,12 @@ std::vector<int64_t> Tensor::to_ints() const {
   const DType t = dtype();
   const int64_t off = offset();
   detail::for_each_offset(shape(), strides(), [&](int64_t i, int64_t o) {
-    if (t == DType::I64) out[size_t(i)] = static_cast<const int64_t*>(base)[off + o];
-    else if (t == DType::I32) out[size_t(i)] = static_cast<const int32_t*>(base)[off + o];
-    else out[size_t(i)] = int64_t(detail::load_as_float(base, t, off + o));
+    if (t == DType::I64)
+      out[size_t(i)] = static_cast<const int64_t*>(base)[off + o];
+    else if (t == DType::I32)
+      out[size_t(i)] = static_cast<const int32_t*>(base)[off + o];
+    else
+      out[size_t(i)] = int64_t(detail::load_as_float(base, t, off + o));
   });
   return out;
 }
@@ -267,7 +276,9 @@ Tensor& Tensor::set_requires_grad(bool on) {
 }
 
 Tensor Tensor::grad() const { return impl_->grad ? Tensor(impl_->grad) : Tensor(); }
-void Tensor::set_grad(const Tensor& g) { impl_->grad = g.defined() ? std::shared_ptr<TensorImpl>(g.impl_) : nullptr; }
+void Tensor::set_grad(const Tensor& g) {
+  impl_->grad = g.defined() ? std::shared_ptr<TensorImpl>(g.impl_) : nullptr;
+}
 void Tensor::zero_grad() { impl_->grad.reset(); }
 
 Tensor Tensor::detach() const {

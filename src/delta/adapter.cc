@@ -88,8 +88,8 @@ class Adapter : public Delta {
     const bool compacter = method == "compacter" || method == "compacter++";
     variant_ = c.value("variant", std::string(method == "compacter++" ? "pfeiffer" : "houlsby"));
     projection_name_ = c.value("projection", std::string(compacter                     ? "phm"
-                                                        : method == "lowrank_adapter" ? "lowrank"
-                                                                                      : "dense"));
+                                                         : method == "lowrank_adapter" ? "lowrank"
+                                                                                       : "dense"));
     projection_.kind = projection_kind(projection_name_);
     projection_.rank = c.value("rank", int64_t(1));
     projection_.phm_dim = c.value("phm_dim", int64_t(4));
@@ -290,7 +290,8 @@ DeltaMethod compacter_pp_method() {
           .description = "Compacter++: PHM adapter after the feed-forward, reduction factor 32"};
 }
 DeltaMethod lowrank_adapter_method() {
-  return {.name = "lowrank_adapter", .make = make_lowrank_adapter, .description = "low-rank (rank 1) adapter"};
+  return {
+      .name = "lowrank_adapter", .make = make_lowrank_adapter, .description = "low-rank (rank 1) adapter"};
 }
 
 }  // namespace deltatune::delta

@@ -20,8 +20,8 @@ Tensor make_phm_rule(int64_t n, Generator& gen) {
   return Tensor::uniform({n, n, n}, gen, -bound, bound);
 }
 
-Projection make_projection(const ProjectionShape& shape, int64_t out, int64_t in, bool zero_output, Generator& gen,
-                           const Tensor& rule) {
+Projection make_projection(const ProjectionShape& shape, int64_t out, int64_t in, bool zero_output,
+                           Generator& gen, const Tensor& rule) {
   Projection p;
   const float bound = 1.0f / std::sqrt(float(in));
   switch (shape.kind) {
@@ -40,7 +40,8 @@ Projection make_projection(const ProjectionShape& shape, int64_t out, int64_t in
       const int64_t n = shape.phm_dim, r = shape.rank;
       if (out % n != 0 || in % n != 0)
         throw ConfigError("adapter: phm_dim " + std::to_string(n) + " must divide the projection's sizes (" +
-                          std::to_string(out) + " x " + std::to_string(in) + "); choose another phm_dim or bottleneck");
+                          std::to_string(out) + " x " + std::to_string(in) +
+                          "); choose another phm_dim or bottleneck");
       const float lb = 1.0f / std::sqrt(float(r)), rb = 1.0f / std::sqrt(float(in / n));
       p.left = zero_output ? Tensor::zeros({n, out / n, r}) : Tensor::uniform({n, out / n, r}, gen, -lb, lb);
       p.right = Tensor::uniform({n, r, in / n}, gen, -rb, rb);
@@ -65,7 +66,8 @@ Tensor Projection::materialise() const {
   return ops::reshape(ops::sum(terms, {0}), {n * p, n * q});
 }
 
-void Projection::append_parameters(const std::string& prefix, std::vector<std::pair<std::string, Tensor>>& out) const {
+void Projection::append_parameters(const std::string& prefix,
+                                   std::vector<std::pair<std::string, Tensor>>& out) const {
   if (weight.defined()) out.emplace_back(prefix + ".weight", weight);
   if (left.defined()) out.emplace_back(prefix + ".weight_left", left);
   if (right.defined()) out.emplace_back(prefix + ".weight_right", right);

@@ -29,7 +29,7 @@ struct Projection {
   Tensor left, right;  // lowrank: [out, r], [r, in]; phm: [n, out/n, r], [n, r, in/n]
   Tensor rule;         // phm: [n, n, n]; possibly shared with other projections
   bool shared_rule = false;
-  Tensor bias;         // [out]
+  Tensor bias;  // [out]
 
   // The [out, in] weight (recorded, so gradients reach the factors).
   Tensor materialise() const;
@@ -40,8 +40,8 @@ struct Projection {
 // A fresh projection [out, in]: torch's Linear initialisation for dense weights and biases, scaled
 // uniform factors otherwise; `zero_output` starts it at zero (the adapter is then the identity).
 // `rule` is the shared PHM rule to use (undefined: a projection-local one is created).
-Projection make_projection(const ProjectionShape& shape, int64_t out, int64_t in, bool zero_output, Generator& gen,
-                           const Tensor& rule = Tensor());
+Projection make_projection(const ProjectionShape& shape, int64_t out, int64_t in, bool zero_output,
+                           Generator& gen, const Tensor& rule = Tensor());
 // A PHM rule tensor [n, n, n] (Glorot-uniform).
 Tensor make_phm_rule(int64_t n, Generator& gen);
 

@@ -245,8 +245,12 @@ std::unique_ptr<Delta> make_last_layers(const nlohmann::json& config) {
   return std::make_unique<LastLayers>(config);
 }
 
-DeltaMethod bitfit_method() { return {.name = "bitfit", .make = make_bitfit, .description = "BitFit: biases only"}; }
-DeltaMethod ln_tuning_method() { return {.name = "ln", .make = make_ln_tuning, .description = "LayerNorm tuning"}; }
+DeltaMethod bitfit_method() {
+  return {.name = "bitfit", .make = make_bitfit, .description = "BitFit: biases only"};
+}
+DeltaMethod ln_tuning_method() {
+  return {.name = "ln", .make = make_ln_tuning, .description = "LayerNorm tuning"};
+}
 DeltaMethod last_layers_method() {
   return {.name = "last-layers", .make = make_last_layers, .description = "the last block's weights"};
 }

@@ -36,7 +36,8 @@ class Combination : public Delta, public CompositeDelta {
     std::vector<std::pair<int, std::unique_ptr<Delta>>> made;
     for (size_t i = 0; i < list.size(); ++i) {
       if (!list[i].is_object() || !list[i].contains("method"))
-        throw ConfigError("combination: deltas[" + std::to_string(i) + "] must be a delta config with a \"method\"");
+        throw ConfigError("combination: deltas[" + std::to_string(i) +
+                          "] must be a delta config with a \"method\"");
       try {
         auto d = make_delta(list[i]);
         const int rank = d->attach_stage();
@@ -73,7 +74,8 @@ class Combination : public Delta, public CompositeDelta {
       for (auto& d : members_)
         for (auto& [n, t] : d->parameters())
           if (!names.insert(n).second || !tensors.insert(t.impl()).second)
-            throw ConfigError("combination: two members train the same tensor '" + n + "' (" + describe_members() + ")");
+            throw ConfigError("combination: two members train the same tensor '" + n + "' (" +
+                              describe_members() + ")");
     } catch (...) {
       for (size_t i = std::min(done, members_.size()); i-- > 0;) members_[i]->detach();
       throw;
@@ -121,7 +123,9 @@ class Combination : public Delta, public CompositeDelta {
       d->load_saved(part);
     }
     for (auto& [n, _] : values)
-      if (!used.count(n)) throw ConfigError("delta parameter '" + n + "' belongs to no member of this combination (" + describe_members() + ")");
+      if (!used.count(n))
+        throw ConfigError("delta parameter '" + n + "' belongs to no member of this combination (" +
+                          describe_members() + ")");
   }
   Tensor regularizer() override {
     Tensor total;

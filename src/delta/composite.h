@@ -35,7 +35,8 @@ NewHooks hooks_since(TransformerModel& model, const HookSnapshot& before);
 
 // Puts `with` where `what` is in `list` (no-op when absent).
 template <class H, class W>
-void swap_hook(std::vector<std::shared_ptr<H>>& list, const std::shared_ptr<W>& what, const std::shared_ptr<H>& with) {
+void swap_hook(std::vector<std::shared_ptr<H>>& list, const std::shared_ptr<W>& what,
+               const std::shared_ptr<H>& with) {
   for (auto& h : list)
     if (h.get() == static_cast<const void*>(what.get())) h = with;
 }

@@ -1,15 +1,16 @@
 // The delta interface's shared parts: making a delta by name (the registry of delta_method.h), what
 // a method without a given ability answers, parameter loading and freezing.
+#include "deltatune/delta.h"
+
 #include <algorithm>
 #include <set>
 
+#include "delta/methods.h"
+#include "delta/peft_config.h"
 #include "deltatune/autograd.h"
-#include "deltatune/delta.h"
 #include "deltatune/delta_method.h"
 #include "deltatune/error.h"
 #include "deltatune/method_presets.h"
-#include "delta/methods.h"
-#include "delta/peft_config.h"
 
 namespace deltatune::delta {
 namespace {
@@ -27,12 +28,14 @@ std::string not_a_delta_method(const std::string& method) {
     if (preset->delta_config.is_null())
       return "'" + method + "' is a --method of train and sweep (" + preset->description +
              "), not a delta method; a delta config takes one of: " + methods;
-    return "'" + method + "' is a method preset of train and sweep, not a delta method; as a delta config it is " +
+    return "'" + method +
+           "' is a method preset of train and sweep, not a delta method; as a delta config it is " +
            preset->delta_config.dump();
   }
   std::vector<std::string> others;  // the names train and sweep take besides the delta methods
   for (const auto& m : method_presets())
-    if (std::find(supported_methods().begin(), supported_methods().end(), m.name) == supported_methods().end())
+    if (std::find(supported_methods().begin(), supported_methods().end(), m.name) ==
+        supported_methods().end())
       others.push_back(m.name);
   return "unknown delta method '" + method + "' (delta methods: " + methods +
          "; train and sweep --method also take: " + comma_list(others) + ")";
@@ -41,10 +44,26 @@ std::string not_a_delta_method(const std::string& method) {
 // Fields that are numbers in every method's config: a wrong type names the field, instead of
 // surfacing later as a JSON library error.
 void check_number_fields(const std::string& method, const nlohmann::json& c) {
-  static const char* const numbers[] = {
-      "r", "alpha", "lora_alpha", "dropout", "lora_dropout", "rank", "phm_dim", "bottleneck", "reduction_factor",
-      "scaling", "target_sparsity", "l0_weight", "init_log_alpha", "threshold", "init_score", "num_virtual_tokens",
-      "encoder_hidden_size", "token_dim", "k", "seed"};
+  static const char* const numbers[] = {"r",
+                                        "alpha",
+                                        "lora_alpha",
+                                        "dropout",
+                                        "lora_dropout",
+                                        "rank",
+                                        "phm_dim",
+                                        "bottleneck",
+                                        "reduction_factor",
+                                        "scaling",
+                                        "target_sparsity",
+                                        "l0_weight",
+                                        "init_log_alpha",
+                                        "threshold",
+                                        "init_score",
+                                        "num_virtual_tokens",
+                                        "encoder_hidden_size",
+                                        "token_dim",
+                                        "k",
+                                        "seed"};
   for (const char* f : numbers)
     if (c.contains(f) && !c[f].is_number())
       throw ConfigError(method + ": " + f + " must be a number, got " + c[f].dump());
@@ -97,11 +116,13 @@ void Delta::merge_into(TransformerModel&) {
 }
 
 void Delta::unmerge_from(TransformerModel&) {
-  throw ConfigError("unmerge: the " + method() + " delta cannot be merged into the weights, so there is nothing to take out");
+  throw ConfigError("unmerge: the " + method() +
+                    " delta cannot be merged into the weights, so there is nothing to take out");
 }
 
 nlohmann::json Delta::peft_config(TransformerModel&) {
-  throw ConfigError("the " + method() + " delta has no PEFT equivalent (save it in deltatune's format; PEFT supports " +
+  throw ConfigError("the " + method() +
+                    " delta has no PEFT equivalent (save it in deltatune's format; PEFT supports " +
                     supported_peft_types() + ")");
 }
 
@@ -125,10 +146,11 @@ void Delta::load_parameters(const std::map<std::string, Tensor>& values) {
   NoGradGuard guard;
   for (auto& [name, value] : values) {
     auto it = by_name.find(name);
-    if (it == by_name.end()) throw ConfigError("delta parameter '" + name + "' does not exist in this " + method() + " delta");
+    if (it == by_name.end())
+      throw ConfigError("delta parameter '" + name + "' does not exist in this " + method() + " delta");
     if (it->second->shape() != value.shape())
-      throw ShapeError("delta parameter '" + name + "': saved shape " + shape_str(value.shape()) + " does not fit " +
-                       shape_str(it->second->shape()) + " in the model");
+      throw ShapeError("delta parameter '" + name + "': saved shape " + shape_str(value.shape()) +
+                       " does not fit " + shape_str(it->second->shape()) + " in the model");
     it->second->copy_(value);
   }
 }
@@ -156,7 +178,8 @@ std::pair<int64_t, int64_t> freeze_for_delta(TransformerModel& model, std::vecto
   return {n_trainable, total};
 }
 
-std::vector<std::pair<std::string, Tensor>> trainable_parameters(TransformerModel& model, std::vector<Delta*> deltas) {
+std::vector<std::pair<std::string, Tensor>> trainable_parameters(TransformerModel& model,
+                                                                 std::vector<Delta*> deltas) {
   std::vector<std::pair<std::string, Tensor>> out;
   std::set<const TensorImpl*> seen;  // specification deltas (bitfit, ln, ...) train the model's own tensors
   for (Delta* d : deltas)

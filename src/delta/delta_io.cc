@@ -1,15 +1,16 @@
 // Saving and loading deltas in our format and in PEFT's adapter format.
+#include "deltatune/delta_io.h"
+
 #include <cstdio>
 #include <fstream>
 #include <set>
 
-#include "deltatune/atomic_file.h"
-#include "deltatune/autograd.h"
-#include "deltatune/delta_io.h"
-#include "deltatune/error.h"
-#include "deltatune/safetensors.h"
 #include "delta/module_names.h"
 #include "delta/peft_config.h"
+#include "deltatune/atomic_file.h"
+#include "deltatune/autograd.h"
+#include "deltatune/error.h"
+#include "deltatune/safetensors.h"
 
 namespace deltatune::delta {
 namespace fs = std::filesystem;
@@ -93,10 +94,12 @@ void load_head(TransformerModel& model, const std::map<std::string, Tensor>& hea
   NoGradGuard guard;
   for (auto& [name, value] : head) {
     Tensor* p = model.find_parameter(name);
-    if (!p) throw ConfigError(file.string() + ": '" + name + "' is neither a delta parameter nor a model parameter");
+    if (!p)
+      throw ConfigError(file.string() + ": '" + name +
+                        "' is neither a delta parameter nor a model parameter");
     if (p->shape() != value.shape())
-      throw ShapeError(file.string() + ": '" + name + "' has shape " + shape_str(value.shape()) + " but the model's is " +
-                       shape_str(p->shape()));
+      throw ShapeError(file.string() + ": '" + name + "' has shape " + shape_str(value.shape()) +
+                       " but the model's is " + shape_str(p->shape()));
     *p = value.float32().contiguous().clone().detach();
   }
 }
@@ -110,9 +113,12 @@ std::string saved_method(const nlohmann::json& config) {
 
 std::string head_task_type(HeadKind h) {
   switch (h) {
-    case HeadKind::SequenceClassification: return "SEQ_CLS";
-    case HeadKind::CausalLM: return "CAUSAL_LM";
-    default: return "";
+    case HeadKind::SequenceClassification:
+      return "SEQ_CLS";
+    case HeadKind::CausalLM:
+      return "CAUSAL_LM";
+    default:
+      return "";
   }
 }
 }  // namespace
@@ -155,11 +161,15 @@ DeltaRequirements peek_delta(const fs::path& dir) {
     nlohmann::json c = read_json(dir / "delta_config.json");
     if (c.contains("head") && c["head"].is_string()) {
       std::string h = c["head"];
-      if (h == "sequence-classification") req.head = HeadKind::SequenceClassification;
-      else if (h == "causal-lm") req.head = HeadKind::CausalLM;
-      else if (h == "masked-lm") req.head = HeadKind::MaskedLM;
+      if (h == "sequence-classification")
+        req.head = HeadKind::SequenceClassification;
+      else if (h == "causal-lm")
+        req.head = HeadKind::CausalLM;
+      else if (h == "masked-lm")
+        req.head = HeadKind::MaskedLM;
     }
-    if (c.contains("num_labels") && c["num_labels"].is_number_integer()) req.num_labels = c["num_labels"].get<int64_t>();
+    if (c.contains("num_labels") && c["num_labels"].is_number_integer())
+      req.num_labels = c["num_labels"].get<int64_t>();
     req.method = saved_method(c);
     return req;
   }
@@ -170,7 +180,8 @@ DeltaRequirements peek_delta(const fs::path& dir) {
       // The classifier's output rows are the label count.
       auto file = read_safetensors(dir / "adapter_model.safetensors");
       for (auto& [key, t] : file.tensors)
-        if (t.dim() == 2 && (key.find("classifier") != std::string::npos || key.find("score") != std::string::npos) &&
+        if (t.dim() == 2 &&
+            (key.find("classifier") != std::string::npos || key.find("score") != std::string::npos) &&
             key.find("lora_") == std::string::npos && strip_suffix(key, ".weight") &&
             key.find("dense.weight") == std::string::npos)
           req.num_labels = t.size(0);
@@ -204,7 +215,8 @@ SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
   if (fs::exists(dir / "delta_config.json")) {
     saved.format = "deltatune";
     saved.config = read_json(dir / "delta_config.json");
-    if (!saved.config.contains("delta")) throw IoError((dir / "delta_config.json").string() + ": missing 'delta'");
+    if (!saved.config.contains("delta"))
+      throw IoError((dir / "delta_config.json").string() + ": missing 'delta'");
     check_delta_architecture(saved.config, dir, model);
     saved.method = saved_method(saved.config);
     if (saves_model_weights(saved.method)) {
@@ -219,7 +231,8 @@ SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
     saved.config = read_json(dir / "adapter_config.json");
     saved.delta = make_delta(from_peft_config(saved.config, (dir / "adapter_config.json").string()));
     tensor_file = dir / "adapter_model.safetensors";
-    if (!fs::exists(tensor_file)) throw IoError(tensor_file.string() + ": missing (PEFT adapters are read from safetensors)");
+    if (!fs::exists(tensor_file))
+      throw IoError(tensor_file.string() + ": missing (PEFT adapters are read from safetensors)");
     for (auto& [key, t] : read_safetensors(tensor_file).tensors) {
       std::string k = key.rfind(kPeftPrefix, 0) == 0 ? key.substr(std::string(kPeftPrefix).size()) : key;
       tensors[peft_key_to_ours(k)] = t;
@@ -234,7 +247,8 @@ SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
     if (!want.empty()) {
       std::string have = base_fingerprint_under(model, *saved.delta);
       if (have != want)
-        std::fprintf(stderr, "warning: %s was trained on other base weights (fingerprint %s, this model %s)\n",
+        std::fprintf(stderr,
+                     "warning: %s was trained on other base weights (fingerprint %s, this model %s)\n",
                      dir.string().c_str(), want.c_str(), have.c_str());
     }
   }
@@ -242,8 +256,10 @@ SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
   std::set<std::string> delta_names;
   for (auto& n : saved.delta->saved_names()) delta_names.insert(n);
   for (auto& [name, t] : tensors) {
-    if (delta_names.count(name)) delta_values[name] = t;
-    else saved.head[name] = t;
+    if (delta_names.count(name))
+      delta_values[name] = t;
+    else
+      saved.head[name] = t;
   }
   for (const auto& n : delta_names)
     if (!delta_values.count(n)) throw IoError(tensor_file.string() + ": missing delta tensor '" + n + "'");
@@ -265,7 +281,8 @@ std::vector<std::string> trained_model_parameters(const SavedDelta& saved, Trans
   return {names.begin(), names.end()};
 }
 
-void save_delta(const fs::path& dir, Delta& delta, TransformerModel& model, const std::map<std::string, Tensor>& head) {
+void save_delta(const fs::path& dir, Delta& delta, TransformerModel& model,
+                const std::map<std::string, Tensor>& head) {
   fs::create_directories(dir);
   std::map<std::string, Tensor> tensors;
   for (auto& [n, t] : delta.saved_parameters()) tensors[n] = t.detach();
@@ -286,7 +303,8 @@ void save_delta(const fs::path& dir, Delta& delta, TransformerModel& model, cons
   write_json_atomic(dir / "delta_config.json", c);
 }
 
-void save_peft(const fs::path& dir, Delta& delta, TransformerModel& model, const std::map<std::string, Tensor>& head) {
+void save_peft(const fs::path& dir, Delta& delta, TransformerModel& model,
+               const std::map<std::string, Tensor>& head) {
   nlohmann::json c = to_peft_config(delta, model);
   // As PEFT: the base's name_or_path (the folder it was loaded from), null when unknown; never the
   // model type, which is a real Hub id ("gpt2") that AutoPeftModel would fetch.
@@ -298,7 +316,9 @@ void save_peft(const fs::path& dir, Delta& delta, TransformerModel& model, const
   for (auto& [n, _] : head) modules.insert(n.substr(0, n.rfind('.')));
   // PEFT's sequence-classification wrapper always adds both usual head names to the config.
   if (task == "SEQ_CLS") modules.insert({"classifier", "score"});
-  c["modules_to_save"] = modules.empty() ? nlohmann::json() : nlohmann::json(std::vector<std::string>(modules.begin(), modules.end()));
+  c["modules_to_save"] = modules.empty()
+                             ? nlohmann::json()
+                             : nlohmann::json(std::vector<std::string>(modules.begin(), modules.end()));
   fs::create_directories(dir);
   std::map<std::string, Tensor> tensors;
   // Each method names its tensors in PEFT's file (LoRA's trained biases, prompt learning's one tensor).

@@ -175,7 +175,8 @@ void Ia3::fold(TransformerModel& model, bool undo) {
     if (undo) v = ops::div(Tensor::scalar(1.0f), ops::add_scalar(v, 1e-8f));
     const int64_t out = layer->out_features, in = layer->in_features;
     // [out, in] scaled by columns (a feed-forward IA3 scales the inputs) or by rows.
-    Tensor w = ops::mul(layer->weight_out_in().float32(), feedforward ? v.reshape({1, in}) : v.reshape({out, 1}));
+    Tensor w =
+        ops::mul(layer->weight_out_in().float32(), feedforward ? v.reshape({1, in}) : v.reshape({out, 1}));
     Tensor stored = layer->fan_in_fan_out ? w.t().contiguous() : w;
     layer->weight() = stored.to(layer->weight().dtype()).contiguous().detach();
     if (!feedforward && layer->bias().defined())
@@ -189,7 +190,9 @@ nlohmann::json ia3_from_peft(const nlohmann::json& p, const std::string& source)
   warn_unknown_peft_keys(p, {"feedforward_modules", "init_ia3_weights"}, source);
   nlohmann::json c{{"method", "ia3"}};
   c["targets"] = p.value("target_modules", nlohmann::json());
-  if (c["targets"].is_null()) throw ConfigError(source + ": target_modules is null (PEFT's per-model defaults are not supported; name the modules)");
+  if (c["targets"].is_null())
+    throw ConfigError(
+        source + ": target_modules is null (PEFT's per-model defaults are not supported; name the modules)");
   c["feedforward"] = p.value("feedforward_modules", nlohmann::json());
   if (c["feedforward"].is_null()) c["feedforward"] = nlohmann::json::array();
   c["exclude"] = p.value("exclude_modules", nlohmann::json());
@@ -209,7 +212,8 @@ nlohmann::json Ia3::peft_config(TransformerModel& model) {
     fan_in_fan_out = fan_in_fan_out || layer->fan_in_fan_out;
     if (scales_inputs(shapes[path], *layer))
       feedforward.push_back(path);
-    else plain.push_back(path);
+    else
+      plain.push_back(path);
   }
   // PEFT requires feedforward_modules to be a subset of target_modules (IA3Config.__post_init__), so
   // a feed-forward module's one entry serves in both lists: it must select no unattached module (by

@@ -44,7 +44,8 @@ struct LoraHook : nn::LinearHook {
     Tensor scale = ops::div(magnitude, norm);  // [out]
     Tensor base = drop ? layer.base_forward(xin) : y;
     if (layer.bias().defined()) base = ops::sub(base, layer.bias());
-    Tensor delta = ops::add(ops::mul(ops::add_scalar(scale, -1.0f), base), ops::mul(scale, ops::mul_scalar(lora, scaling)));
+    Tensor delta = ops::add(ops::mul(ops::add_scalar(scale, -1.0f), base),
+                            ops::mul(scale, ops::mul_scalar(lora, scaling)));
     return ops::add(y, delta);
   }
 };
@@ -76,7 +77,8 @@ class Lora : public Delta {
     if (bias_ != "none" && bias_ != "all" && bias_ != "lora_only")
       throw ConfigError("lora: bias '" + bias_ + "' is not one of none, all, lora_only");
     nlohmann::json targets = c.contains("targets") ? c["targets"] : nlohmann::json{"attn.q", "attn.v"};
-    spec_ = TargetSpec::from_json(targets, c.value("exclude", nlohmann::json()), c.value("layers", nlohmann::json()));
+    spec_ = TargetSpec::from_json(targets, c.value("exclude", nlohmann::json()),
+                                  c.value("layers", nlohmann::json()));
     seed = c.value("seed", uint64_t(0));
   }
 
@@ -130,7 +132,8 @@ class Lora : public Delta {
       hook->B = Tensor::zeros({out, r});
       if (dora_) {  // the magnitude starts at ||W|| per output row, so the delta starts at zero
         NoGradGuard no_grad;
-        hook->magnitude = ops::sqrt(ops::sum(ops::square(layer->weight_out_in().float32()), {1})).contiguous();
+        hook->magnitude =
+            ops::sqrt(ops::sum(ops::square(layer->weight_out_in().float32()), {1})).contiguous();
       }
       layer->hooks.push_back(hook);
       hooks_.emplace_back(path, hook);
@@ -245,11 +248,15 @@ void fold_embedding(TransformerModel& model, const std::string& path, const Lora
   if (!emb) throw ConfigError("merge: '" + path + "' is not an embedding table of this model");
   // A tied LM head reads the same table: folding the delta in would change the head too, which the
   // attached delta never does (it only changes the lookup).
-  if (model.config.tie_word_embeddings && (model.head == HeadKind::CausalLM || model.head == HeadKind::MaskedLM) &&
+  if (model.config.tie_word_embeddings &&
+      (model.head == HeadKind::CausalLM || model.head == HeadKind::MaskedLM) &&
       emb->weight().same(model.input_embeddings()))
-    throw ConfigError("merge: '" + path + "' is tied to the LM head (tie_word_embeddings), so folding a LoRA into it "
-                      "would change the head as well; use the delta as it is, or load the model without the LM head");
-  Tensor delta_e = ops::mul_scalar(ops::matmul(f.B, f.A).t().contiguous(), float(f.scaling) * sign);  // [vocab, dim]
+    throw ConfigError(
+        "merge: '" + path +
+        "' is tied to the LM head (tie_word_embeddings), so folding a LoRA into it "
+        "would change the head as well; use the delta as it is, or load the model without the LM head");
+  Tensor delta_e =
+      ops::mul_scalar(ops::matmul(f.B, f.A).t().contiguous(), float(f.scaling) * sign);  // [vocab, dim]
   Tensor merged = ops::add(emb->weight().float32(), delta_e);
   emb->weight() = merged.to(emb->weight().dtype()).contiguous().detach();
 }
@@ -300,12 +307,32 @@ void Lora::merge_into(TransformerModel& model) {
 // --- PEFT's LORA ---
 
 const std::set<std::string>& peft_lora_keys() {
-  static const std::set<std::string> keys{
-      "r", "lora_alpha", "lora_dropout", "use_rslora", "use_dora", "rank_pattern", "alpha_pattern", "bias",
-      "lora_bias", "alora_invocation_tokens", "arrow_config", "corda_config", "ensure_weight_tying", "eva_config",
-      "kasa_config", "layer_replication", "loftq_config", "lora_ga_config", "megatron_config", "megatron_core",
-      "monteclora_config", "qalora_group_size", "trainable_token_indices", "use_bdlora", "use_qalora",
-      "velora_config"};
+  static const std::set<std::string> keys{"r",
+                                          "lora_alpha",
+                                          "lora_dropout",
+                                          "use_rslora",
+                                          "use_dora",
+                                          "rank_pattern",
+                                          "alpha_pattern",
+                                          "bias",
+                                          "lora_bias",
+                                          "alora_invocation_tokens",
+                                          "arrow_config",
+                                          "corda_config",
+                                          "ensure_weight_tying",
+                                          "eva_config",
+                                          "kasa_config",
+                                          "layer_replication",
+                                          "loftq_config",
+                                          "lora_ga_config",
+                                          "megatron_config",
+                                          "megatron_core",
+                                          "monteclora_config",
+                                          "qalora_group_size",
+                                          "trainable_token_indices",
+                                          "use_bdlora",
+                                          "use_qalora",
+                                          "velora_config"};
   return keys;
 }
 
@@ -313,7 +340,8 @@ nlohmann::json lora_from_peft(const nlohmann::json& p, const std::string& source
   warn_unknown_peft_keys(p, peft_lora_keys(), source);
   const nlohmann::json bias = p.value("bias", nlohmann::json("none"));
   if (!bias.is_null() && (!bias.is_string() || (bias != "none" && bias != "all" && bias != "lora_only")))
-    throw ConfigError(source + ": LoRA bias " + bias.dump() + " is not supported (supported: none, all, lora_only)");
+    throw ConfigError(source + ": LoRA bias " + bias.dump() +
+                      " is not supported (supported: none, all, lora_only)");
   if (p.value("lora_bias", false) == true)
     throw ConfigError(source + ": lora_bias (a bias on lora_B) is not supported");
   nlohmann::json c{{"method", "lora"}};
@@ -324,7 +352,9 @@ nlohmann::json lora_from_peft(const nlohmann::json& p, const std::string& source
   c["rslora"] = p.value("use_rslora", false);
   c["dora"] = p.value("use_dora", false);
   c["targets"] = p.value("target_modules", nlohmann::json());
-  if (c["targets"].is_null()) throw ConfigError(source + ": target_modules is null (PEFT's per-model defaults are not supported; name the modules)");
+  if (c["targets"].is_null())
+    throw ConfigError(
+        source + ": target_modules is null (PEFT's per-model defaults are not supported; name the modules)");
   c["exclude"] = p.value("exclude_modules", nlohmann::json());
   c["layers"] = p.value("layers_to_transform", nlohmann::json());
   c["rank_pattern"] = p.value("rank_pattern", nlohmann::json::object());
@@ -347,7 +377,8 @@ nlohmann::json Lora::peft_config(TransformerModel& model) {
   p["init_lora_weights"] = true;
   p["inference_mode"] = true;
   p["layers_pattern"] = nullptr;
-  p["layers_to_transform"] = c.contains("layers") && !c["layers"].is_null() && !c["layers"].empty() ? c["layers"] : nlohmann::json();
+  p["layers_to_transform"] =
+      c.contains("layers") && !c["layers"].is_null() && !c["layers"].empty() ? c["layers"] : nlohmann::json();
   p["exclude_modules"] = nullptr;
   // PEFT matches a list by exact name or dotted suffix: the shortest suffixes of the modules we
   // attached to that select nothing else (GPT-2's attn.c_proj and mlp.c_proj share "c_proj").
@@ -357,7 +388,10 @@ nlohmann::json Lora::peft_config(TransformerModel& model) {
     fan_in_fan_out = fan_in_fan_out || (layer && layer->fan_in_fan_out);
   }
   const auto& t = c.value("targets", nlohmann::json());
-  p["target_modules"] = t.is_string() ? t : nlohmann::json(minimal_suffixes(paths_, unattached_linears(model, paths_, layer_list(c))));
+  p["target_modules"] =
+      t.is_string()
+          ? t
+          : nlohmann::json(minimal_suffixes(paths_, unattached_linears(model, paths_, layer_list(c))));
   p["fan_in_fan_out"] = fan_in_fan_out;
   // The list above already leaves excluded modules out; a regex keeps its exclusions.
   if (t.is_string() && !c.value("exclude", nlohmann::json()).is_null() && !c["exclude"].empty())
@@ -386,15 +420,18 @@ DeltaMethod lora_method() {
           .from_peft = lora_from_peft,
           .default_lr = kDeltaLearningRate,
           // r 8 on query and value with alpha 16 (scaling 2): the README demo's measured setting.
-          .train_config = nlohmann::json{{"method", "lora"}, {"r", 8}, {"alpha", 16}, {"targets", {"attn.q", "attn.v"}}}};
+          .train_config =
+              nlohmann::json{{"method", "lora"}, {"r", 8}, {"alpha", 16}, {"targets", {"attn.q", "attn.v"}}}};
 }
 
 LoraShape lora_shape(const nlohmann::json& c, const std::string& path) {
   LoraShape s;
   s.r = c.value("r", int64_t(8));
   double alpha = c.value("alpha", 8.0);
-  if (auto v = pattern_lookup(c.value("rank_pattern", nlohmann::json::object()), path)) s.r = v->get<int64_t>();
-  if (auto v = pattern_lookup(c.value("alpha_pattern", nlohmann::json::object()), path)) alpha = v->get<double>();
+  if (auto v = pattern_lookup(c.value("rank_pattern", nlohmann::json::object()), path))
+    s.r = v->get<int64_t>();
+  if (auto v = pattern_lookup(c.value("alpha_pattern", nlohmann::json::object()), path))
+    alpha = v->get<double>();
   s.scaling = c.value("rslora", false) ? alpha / std::sqrt(double(s.r)) : alpha / double(s.r);
   return s;
 }

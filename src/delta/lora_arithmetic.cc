@@ -6,12 +6,12 @@
 #include <numeric>
 #include <set>
 
+#include "delta/methods.h"
+#include "delta/module_names.h"
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
 #include "deltatune/random.h"
-#include "delta/methods.h"
-#include "delta/module_names.h"
 
 namespace deltatune::delta {
 namespace {
@@ -30,7 +30,9 @@ uint64_t fnv1a(const std::string& s, uint64_t h = 1469598103934665603ull) {
   return h;
 }
 
-bool is_svd_type(const std::string& t) { return t == "svd" || (t.size() > 4 && t.substr(t.size() - 4) == "_svd"); }
+bool is_svd_type(const std::string& t) {
+  return t == "svd" || (t.size() > 4 && t.substr(t.size() - 4) == "_svd");
+}
 
 // The element-wise merge a type uses ("linear" for plain task arithmetic).
 std::string merge_method(const std::string& type) {
@@ -39,22 +41,28 @@ std::string merge_method(const std::string& type) {
   return type;
 }
 
-
 }  // namespace
 
 const std::vector<std::string>& combination_types() {
-  static const std::vector<std::string> types = {"svd",         "linear",          "cat",
-                                                 "ties",        "ties_svd",        "dare_ties",
-                                                 "dare_linear", "dare_ties_svd",   "dare_linear_svd",
-                                                 "magnitude_prune", "magnitude_prune_svd"};
+  static const std::vector<std::string> types = {"svd",
+                                                 "linear",
+                                                 "cat",
+                                                 "ties",
+                                                 "ties_svd",
+                                                 "dare_ties",
+                                                 "dare_linear",
+                                                 "dare_ties_svd",
+                                                 "dare_linear_svd",
+                                                 "magnitude_prune",
+                                                 "magnitude_prune_svd"};
   return types;
 }
 
 namespace {
 // An attached LoRA's tensors grouped by module path, by their name suffixes; scaling from its config.
 std::map<std::string, LoraFactors> factors_by_suffix(Delta& lora, const std::string& a_suffix,
-                                                     const std::string& b_suffix, const std::string& magnitude_suffix,
-                                                     bool embedding) {
+                                                     const std::string& b_suffix,
+                                                     const std::string& magnitude_suffix, bool embedding) {
   const nlohmann::json config = lora.config();
   std::map<std::string, LoraFactors> out;
   for (auto& [name, t] : lora.parameters()) {
@@ -139,25 +147,28 @@ Tensor random_prune_tensor(const Tensor& t, double density, bool rescale, uint64
 }
 
 Tensor merge_task_tensors(const std::string& method, const std::vector<Tensor>& tensors,
-                          const std::vector<double>& weights, double density, const std::string& majority_sign_method,
-                          uint64_t seed, bool dare_rescale) {
+                          const std::vector<double>& weights, double density,
+                          const std::string& majority_sign_method, uint64_t seed, bool dare_rescale) {
   if (tensors.empty() || tensors.size() != weights.size()) throw Error("merge: one weight per tensor needed");
   const Shape shape = tensors[0].shape();
   for (const auto& t : tensors)
     if (t.shape() != shape) throw ConfigError("merge: the tensors to merge differ in shape");
   if (majority_sign_method != "total" && majority_sign_method != "frequency")
-    throw ConfigError("majority_sign_method must be 'total' or 'frequency', got '" + majority_sign_method + "'");
+    throw ConfigError("majority_sign_method must be 'total' or 'frequency', got '" + majority_sign_method +
+                      "'");
   const bool magnitude = method == "ties" || method == "magnitude_prune";
   const bool random = method == "dare_linear" || method == "dare_ties";
   const bool elect = method == "ties" || method == "dare_ties";
-  if (!magnitude && !random && method != "linear") throw ConfigError("merge: unknown method '" + method + "'");
+  if (!magnitude && !random && method != "linear")
+    throw ConfigError("merge: unknown method '" + method + "'");
 
   std::vector<std::vector<float>> task;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    Tensor t = magnitude ? magnitude_prune_tensor(tensors[i], density)
-               : random  ? random_prune_tensor(tensors[i], density, dare_rescale,
-                                               seed * 0x9E3779B97F4A7C15ull + uint64_t(i) * 0xBF58476D1CE4E5B9ull + 1)
-                         : tensors[i];
+    Tensor t =
+        magnitude ? magnitude_prune_tensor(tensors[i], density)
+        : random  ? random_prune_tensor(tensors[i], density, dare_rescale,
+                                        seed * 0x9E3779B97F4A7C15ull + uint64_t(i) * 0xBF58476D1CE4E5B9ull + 1)
+                  : tensors[i];
     task.push_back(values_of(t));
   }
   const size_t n = task[0].size();
@@ -195,9 +206,9 @@ Tensor merge_task_tensors(const std::string& method, const std::vector<Tensor>& 
 // A 4096 x 4096 layer's delta takes ~20 CPU seconds, where the hand-written one-sided Jacobi SVD this
 // replaces took ~30 CPU minutes (O(n^3) per sweep, single-threaded). It is also what torch.linalg.svd
 // calls on the CPU, in single precision like PEFT's float32 delta, so the combination follows PEFT.
-extern "C" void sgesdd_(const char* jobz, const int* m, const int* n, float* a, const int* lda, float* s, float* u,
-                        const int* ldu, float* vt, const int* ldvt, float* work, const int* lwork, int* iwork,
-                        int* info);
+extern "C" void sgesdd_(const char* jobz, const int* m, const int* n, float* a, const int* lda, float* s,
+                        float* u, const int* ldu, float* vt, const int* ldvt, float* work, const int* lwork,
+                        int* iwork, int* info);
 
 std::pair<Tensor, Tensor> truncated_svd(const Tensor& mat, int64_t k) {
   if (mat.dim() != 2) throw Error("truncated_svd: a matrix is needed");
@@ -206,16 +217,18 @@ std::pair<Tensor, Tensor> truncated_svd(const Tensor& mat, int64_t k) {
   if (kk > 0) {
     // Row-major M is column-major M^T = V S U^T, so LAPACK's "U" [cols, mn] holds V^T's rows (row-major)
     // and its "VT" [mn, rows] holds U's rows.
-    std::vector<float> a = values_of(mat), s(static_cast<size_t>(mn)), v(size_t(cols * mn)), u(size_t(mn * rows));
+    std::vector<float> a = values_of(mat), s(static_cast<size_t>(mn)), v(size_t(cols * mn)),
+                       u(size_t(mn * rows));
     const int m = int(cols), n = int(rows), ld_u = int(cols), ld_vt = int(mn);
     std::vector<int> iwork(size_t(8 * mn));
     int lwork = -1, info = 0;
     float query = 0;
-    sgesdd_("S", &m, &n, a.data(), &m, s.data(), v.data(), &ld_u, u.data(), &ld_vt, &query, &lwork, iwork.data(), &info);
+    sgesdd_("S", &m, &n, a.data(), &m, s.data(), v.data(), &ld_u, u.data(), &ld_vt, &query, &lwork,
+            iwork.data(), &info);
     lwork = int(query * 1.001f) + 1;  // the size comes back as a float: allow for its rounding
     std::vector<float> work(size_t(std::max(lwork, 1)));
-    sgesdd_("S", &m, &n, a.data(), &m, s.data(), v.data(), &ld_u, u.data(), &ld_vt, work.data(), &lwork, iwork.data(),
-            &info);
+    sgesdd_("S", &m, &n, a.data(), &m, s.data(), v.data(), &ld_u, u.data(), &ld_vt, work.data(), &lwork,
+            iwork.data(), &info);
     if (info != 0) throw Error("truncated_svd: LAPACK sgesdd failed (info " + std::to_string(info) + ")");
     std::copy(v.begin(), v.begin() + kk * cols, vt.begin());
     for (int64_t i = 0; i < rows; ++i)
@@ -253,15 +266,17 @@ CombinedLora combine_loras(const std::vector<LoraWeights>& loras, const std::vec
                            const CombineOptions& o) {
   const auto& types = combination_types();
   if (std::find(types.begin(), types.end(), o.type) == types.end())
-    throw ConfigError("unknown combination type '" + o.type + "' (supported: " + nlohmann::json(types).dump() + ")");
+    throw ConfigError("unknown combination type '" + o.type +
+                      "' (supported: " + nlohmann::json(types).dump() + ")");
   if (loras.empty()) throw ConfigError("combine: no LoRA deltas given");
   if (weights.size() != loras.size())
-    throw ConfigError("combine: " + std::to_string(loras.size()) + " deltas but " + std::to_string(weights.size()) +
-                      " weights");
+    throw ConfigError("combine: " + std::to_string(loras.size()) + " deltas but " +
+                      std::to_string(weights.size()) + " weights");
   if (o.density < 0 || o.density > 1) throw ConfigError("combine: density must be in [0, 1]");
   if (o.majority_sign_method != "total" && o.majority_sign_method != "frequency")
     throw ConfigError("combine: majority_sign_method must be 'total' or 'frequency'");
-  if (o.svd_clamp && (*o.svd_clamp < 0 || *o.svd_clamp > 1)) throw ConfigError("combine: svd_clamp must be in [0, 1]");
+  if (o.svd_clamp && (*o.svd_clamp < 0 || *o.svd_clamp > 1))
+    throw ConfigError("combine: svd_clamp must be in [0, 1]");
   if (o.svd_rank && *o.svd_rank < 1) throw ConfigError("combine: svd_rank must be at least 1");
 
   const std::string method = merge_method(o.type);
@@ -299,7 +314,8 @@ CombinedLora combine_loras(const std::vector<LoraWeights>& loras, const std::vec
     const int64_t in = fs[0]->A.size(1), outf = fs[0]->B.size(0);
     for (const auto* f : fs)
       if (f->A.size(1) != in || f->B.size(0) != outf || f->embedding != fs[0]->embedding)
-        throw ConfigError("combine: module " + path + " has different shapes in different deltas (another base model?)");
+        throw ConfigError("combine: module " + path +
+                          " has different shapes in different deltas (another base model?)");
     const uint64_t module_seed = fnv1a(path, o.seed * 0x9E3779B97F4A7C15ull + 0x1234567ull);
     LoraFactors res;
     res.scaling = 1.0;
@@ -313,9 +329,11 @@ CombinedLora combine_loras(const std::vector<LoraWeights>& loras, const std::vec
         const double s = w[i] * fs[i]->scaling;
         // A module may have a larger rank (rank_pattern) than its config r: fill what fits, as PEFT's
         // slice assignment would fail to; we refuse instead of cutting.
-        if (row + r > new_rank) throw ConfigError("combine: module " + path + " has more rank than the configs' r sum");
+        if (row + r > new_rank)
+          throw ConfigError("combine: module " + path + " has more rank than the configs' r sum");
         for (int64_t x = 0; x < r; ++x)
-          for (int64_t c = 0; c < in; ++c) A[size_t((row + x) * in + c)] = float(double(a[size_t(x * in + c)]) * s);
+          for (int64_t c = 0; c < in; ++c)
+            A[size_t((row + x) * in + c)] = float(double(a[size_t(x * in + c)]) * s);
         for (int64_t o2 = 0; o2 < outf; ++o2)
           for (int64_t x = 0; x < r; ++x) B[size_t(o2 * new_rank + row + x)] = b[size_t(o2 * r + x)];
         row += r;
@@ -333,11 +351,13 @@ CombinedLora combine_loras(const std::vector<LoraWeights>& loras, const std::vec
         As.push_back(fs[i]->A);
         Bs.push_back(fs[i]->B);
         if (fs[i]->A.size(0) != fs[0]->A.size(0))
-          throw ConfigError("combine: module " + path + " has different ranks in different deltas; use cat or svd");
+          throw ConfigError("combine: module " + path +
+                            " has different ranks in different deltas; use cat or svd");
       }
-      res.A = merge_task_tensors(method, As, wa, o.density, o.majority_sign_method, module_seed, o.dare_rescale);
-      res.B = merge_task_tensors(method, Bs, wb, o.density, o.majority_sign_method, module_seed ^ 0xB0B0B0B0ull,
-                                 o.dare_rescale);
+      res.A =
+          merge_task_tensors(method, As, wa, o.density, o.majority_sign_method, module_seed, o.dare_rescale);
+      res.B = merge_task_tensors(method, Bs, wb, o.density, o.majority_sign_method,
+                                 module_seed ^ 0xB0B0B0B0ull, o.dare_rescale);
     } else {
       std::vector<Tensor> deltas;
       std::vector<double> ws;
@@ -349,7 +369,8 @@ CombinedLora combine_loras(const std::vector<LoraWeights>& loras, const std::vec
           ws.push_back(w[i] * fs[i]->scaling);
         }
       }
-      Tensor dw = merge_task_tensors(method, deltas, ws, o.density, o.majority_sign_method, module_seed, o.dare_rescale);
+      Tensor dw = merge_task_tensors(method, deltas, ws, o.density, o.majority_sign_method, module_seed,
+                                     o.dare_rescale);
       auto [us, vt] = truncated_svd(dw, new_rank);
       if (o.svd_clamp) {
         std::vector<float> dist = values_of(us);
@@ -387,8 +408,11 @@ CombinedLora combine_loras(const std::vector<LoraWeights>& loras, const std::vec
   c.erase("layers");
   c.erase("exclude");
   c["targets"] = nlohmann::json(std::vector<std::string>(paths.begin(), paths.end()));
-  c["combination"] = {{"type", o.type}, {"weights", weights}, {"density", o.density},
-                      {"majority_sign_method", o.majority_sign_method}, {"seed", o.seed}};
+  c["combination"] = {{"type", o.type},
+                      {"weights", weights},
+                      {"density", o.density},
+                      {"majority_sign_method", o.majority_sign_method},
+                      {"seed", o.seed}};
   if (o.svd_clamp) c["combination"]["svd_clamp"] = *o.svd_clamp;
   out.config = c;
   return out;

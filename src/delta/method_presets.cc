@@ -37,12 +37,14 @@ std::vector<MethodPreset> build_table() {
     table.push_back(delta_preset(m.name, m.train_config.is_null() ? json{{"method", m.name}} : m.train_config,
                                  m.description));
   // Named presets: the method comparison's rows (the UniPELT paper's names).
-  table.push_back(delta_preset("houlsby", {{"method", "adapter"}, {"variant", "houlsby"}, {"reduction_factor", 16}},
+  table.push_back(delta_preset("houlsby",
+                               {{"method", "adapter"}, {"variant", "houlsby"}, {"reduction_factor", 16}},
                                "Houlsby adapter (after attention and feed-forward), reduction factor 16"));
-  table.push_back(delta_preset("pfeiffer", {{"method", "adapter"}, {"variant", "pfeiffer"}, {"reduction_factor", 16}},
+  table.push_back(delta_preset("pfeiffer",
+                               {{"method", "adapter"}, {"variant", "pfeiffer"}, {"reduction_factor", 16}},
                                "Pfeiffer adapter (after the feed-forward), reduction factor 16"));
-  table.push_back(
-      delta_preset("unipelt-ap", {{"method", "unipelt"}, {"variant", "AP"}}, "UniPELT (AP): gated adapter + prefix"));
+  table.push_back(delta_preset("unipelt-ap", {{"method", "unipelt"}, {"variant", "AP"}},
+                               "UniPELT (AP): gated adapter + prefix"));
   table.push_back(delta_preset("unipelt-apl", {{"method", "unipelt"}, {"variant", "APL"}},
                                "UniPELT (APL): gated adapter + prefix + LoRA"));
   return table;

@@ -30,7 +30,8 @@ void add(std::vector<DeltaMethod>& methods, DeltaMethod method) {
   for (const auto& m : methods) {
     if (m.name == method.name) throw Error("delta method '" + method.name + "' is registered twice");
     if (!method.peft_type.empty() && m.peft_type == method.peft_type)
-      throw Error("peft_type '" + method.peft_type + "' is registered twice (" + m.name + ", " + method.name + ")");
+      throw Error("peft_type '" + method.peft_type + "' is registered twice (" + m.name + ", " + method.name +
+                  ")");
   }
   if (!method.peft_type.empty() && !method.from_peft)
     throw Error("delta method '" + method.name + "' names a peft_type but cannot read PEFT's config");
@@ -40,10 +41,10 @@ void add(std::vector<DeltaMethod>& methods, DeltaMethod method) {
 std::vector<DeltaMethod>& registry() {
   static std::vector<DeltaMethod> methods = [] {
     std::vector<DeltaMethod> out;
-    for (auto* builtin : {lora_method, ia3_method, prefix_method, prompt_method, adapter_method, bitfit_method,
-                          ln_tuning_method, last_layers_method, compacter_method, compacter_pp_method,
-                          lowrank_adapter_method, diff_pruning_method, mask_method, unipelt_method,
-                          combination_method})
+    for (auto* builtin :
+         {lora_method, ia3_method, prefix_method, prompt_method, adapter_method, bitfit_method,
+          ln_tuning_method, last_layers_method, compacter_method, compacter_pp_method, lowrank_adapter_method,
+          diff_pruning_method, mask_method, unipelt_method, combination_method})
       add(out, builtin());
     return out;
   }();

@@ -4,10 +4,10 @@
 // (deltatune/delta_method.h, src/delta/method_registry.cc).
 #include <algorithm>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
-#include <nlohmann/json.hpp>
 
 #include "deltatune/delta.h"
 
@@ -23,7 +23,8 @@ void remove_hook(HookList& hooks, const Hook& hook) {
 // together, and all taken out again at detach.
 class LinearHooks {
  public:
-  void install(nn::Linear* layer, std::shared_ptr<nn::LinearHook> hook, const std::string& owner, bool enabled) {
+  void install(nn::Linear* layer, std::shared_ptr<nn::LinearHook> hook, const std::string& owner,
+               bool enabled) {
     hook->owner = owner;
     hook->enabled = enabled;
     layer->hooks.push_back(hook);

@@ -15,9 +15,10 @@ namespace {
 // Keys PEFT 0.21 writes for every adapter; they carry nothing we need to act on.
 const std::set<std::string>& common_keys() {
   static const std::set<std::string> keys{
-      "peft_type", "peft_version", "task_type", "base_model_name_or_path", "revision", "inference_mode",
-      "auto_mapping", "modules_to_save", "target_modules", "exclude_modules", "layers_to_transform",
-      "layers_pattern", "fan_in_fan_out", "init_lora_weights", "target_parameters"};
+      "peft_type",      "peft_version",      "task_type",           "base_model_name_or_path",
+      "revision",       "inference_mode",    "auto_mapping",        "modules_to_save",
+      "target_modules", "exclude_modules",   "layers_to_transform", "layers_pattern",
+      "fan_in_fan_out", "init_lora_weights", "target_parameters"};
   return keys;
 }
 
@@ -35,13 +36,15 @@ void check_submodules(const nlohmann::json& p, const std::string& source) {
 }
 }  // namespace
 
-void warn_unknown_peft_keys(const nlohmann::json& peft, const std::set<std::string>& known, const std::string& source) {
+void warn_unknown_peft_keys(const nlohmann::json& peft, const std::set<std::string>& known,
+                            const std::string& source) {
   std::string unknown;
   for (auto it = peft.begin(); it != peft.end(); ++it)
-    if (!known.count(it.key()) && !common_keys().count(it.key())) unknown += (unknown.empty() ? "" : ", ") + it.key();
+    if (!known.count(it.key()) && !common_keys().count(it.key()))
+      unknown += (unknown.empty() ? "" : ", ") + it.key();
   if (!unknown.empty())
-    std::fprintf(stderr, "warning: %s: ignoring adapter config keys this version does not know: %s\n", source.c_str(),
-                 unknown.c_str());
+    std::fprintf(stderr, "warning: %s: ignoring adapter config keys this version does not know: %s\n",
+                 source.c_str(), unknown.c_str());
 }
 
 bool selects_any(const std::vector<std::string>& modules, const std::string& entry, bool plain_endswith) {
@@ -108,7 +111,8 @@ nlohmann::json prompt_learning_from_peft(const nlohmann::json& p, const std::set
   return c;
 }
 
-nlohmann::json prompt_learning_to_peft(const nlohmann::json& c, int64_t token_dim, int64_t heads, int64_t layers) {
+nlohmann::json prompt_learning_to_peft(const nlohmann::json& c, int64_t token_dim, int64_t heads,
+                                       int64_t layers) {
   nlohmann::json p;
   p["num_virtual_tokens"] = c.value("num_virtual_tokens", int64_t(0));
   p["token_dim"] = token_dim;
@@ -136,7 +140,8 @@ nlohmann::json from_peft_config(const nlohmann::json& peft, const std::string& s
     throw ConfigError(source + ": missing 'peft_type' (supported: " + supported_peft_types() + ")");
   const std::string type = peft["peft_type"];
   if (const DeltaMethod* method = find_peft_method(type)) return method->from_peft(peft, source);
-  throw ConfigError(source + ": peft_type '" + type + "' is not supported (supported: " + supported_peft_types() + ")");
+  throw ConfigError(source + ": peft_type '" + type +
+                    "' is not supported (supported: " + supported_peft_types() + ")");
 }
 
 nlohmann::json to_peft_config(Delta& delta, TransformerModel& model) { return delta.peft_config(model); }

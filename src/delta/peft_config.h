@@ -31,7 +31,8 @@ std::string peft_model_key(const std::string& key);
 // The version written into adapter_config.json.
 inline constexpr const char* kPeftVersion = "0.21.0";
 // Warns on stderr about keys of `peft` that are neither PEFT's common keys nor in `known`.
-void warn_unknown_peft_keys(const nlohmann::json& peft, const std::set<std::string>& known, const std::string& source);
+void warn_unknown_peft_keys(const nlohmann::json& peft, const std::set<std::string>& known,
+                            const std::string& source);
 // Whether an entry of a PEFT module list selects any of `modules`: target_modules match by exact name
 // or dotted suffix, IA3's feedforward_modules by a plain endswith.
 bool selects_any(const std::vector<std::string>& modules, const std::string& entry, bool plain_endswith);
@@ -40,7 +41,8 @@ bool selects_any(const std::vector<std::string>& modules, const std::string& ent
 std::string shortest_suffix(const std::string& path, const std::function<bool(const std::string&)>& allowed);
 // The shortest dotted suffixes of `paths` that match none of `others` (PEFT's list matching), so a
 // PEFT config written from them selects exactly these modules.
-std::vector<std::string> minimal_suffixes(const std::vector<std::string>& paths, const std::vector<std::string>& others);
+std::vector<std::string> minimal_suffixes(const std::vector<std::string>& paths,
+                                          const std::vector<std::string>& others);
 // Linear and embedding modules a PEFT config must not select: those not attached, except ones its
 // layers_to_transform (`layers`, empty: all) already leaves out.
 std::vector<std::string> unattached_linears(TransformerModel& model, const std::vector<std::string>& paths,
@@ -52,7 +54,8 @@ std::vector<int64_t> layer_list(const nlohmann::json& config);
 nlohmann::json prompt_learning_from_peft(const nlohmann::json& peft, const std::set<std::string>& extra,
                                          const std::string& source, const char* method);
 // The fields prefix and prompt tuning's PEFT configs share.
-nlohmann::json prompt_learning_to_peft(const nlohmann::json& config, int64_t token_dim, int64_t heads, int64_t layers);
+nlohmann::json prompt_learning_to_peft(const nlohmann::json& config, int64_t token_dim, int64_t heads,
+                                       int64_t layers);
 // to[as] = from[key] when that is an integer.
 void copy_if_int(const nlohmann::json& from, const char* key, nlohmann::json& to, const char* as);
 

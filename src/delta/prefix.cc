@@ -207,7 +207,8 @@ nlohmann::json Prefix::peft_config(TransformerModel& model) {
   const nlohmann::json c = saved_config();
   const ModelConfig& mc = model.config;
   // PEFT sizes the prefix by key/value heads (grouped-query attention).
-  nlohmann::json p = prompt_learning_to_peft(c, mc.num_kv_heads * mc.head_dim, mc.num_kv_heads, mc.num_layers);
+  nlohmann::json p =
+      prompt_learning_to_peft(c, mc.num_kv_heads * mc.head_dim, mc.num_kv_heads, mc.num_layers);
   p["peft_type"] = "PREFIX_TUNING";
   p["encoder_hidden_size"] = c.value("encoder_hidden_size", mc.num_kv_heads * mc.head_dim);
   p["prefix_projection"] = false;  // saved collapsed

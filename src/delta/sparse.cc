@@ -46,10 +46,12 @@ struct DiffHook : nn::LinearHook {
 class WeightDifference : public Delta {
  public:
   WeightDifference(const nlohmann::json& c, std::string method) : config_(c), method_(std::move(method)) {
-    const nlohmann::json targets = c.contains("targets") && !c["targets"].is_null()
-                                       ? c["targets"]
-                                       : nlohmann::json{"attn.q", "attn.k", "attn.v", "attn.o", "ffn.up", "ffn.down"};
-    spec_ = TargetSpec::from_json(targets, c.value("exclude", nlohmann::json()), c.value("layers", nlohmann::json()));
+    const nlohmann::json targets =
+        c.contains("targets") && !c["targets"].is_null()
+            ? c["targets"]
+            : nlohmann::json{"attn.q", "attn.k", "attn.v", "attn.o", "ffn.up", "ffn.down"};
+    spec_ = TargetSpec::from_json(targets, c.value("exclude", nlohmann::json()),
+                                  c.value("layers", nlohmann::json()));
     seed = c.value("seed", uint64_t(0));
   }
 
@@ -104,7 +106,8 @@ class WeightDifference : public Delta {
   }
 
   // The flat positions saved under `key` for target i, checked against its weight's size.
-  std::vector<int64_t> positions(const std::map<std::string, Tensor>& values, const std::string& key, size_t i) const {
+  std::vector<int64_t> positions(const std::map<std::string, Tensor>& values, const std::string& key,
+                                 size_t i) const {
     auto it = values.find(key);
     if (it == values.end()) throw IoError("missing delta tensor '" + key + "'");
     if (it->second.dim() != 1) throw ShapeError("'" + key + "' must be a list of positions");
@@ -168,18 +171,21 @@ struct DiffState {
       const float v = std::clamp(rng.uniform(), 1e-6f, 1.0f - 1e-6f);
       u = std::log(v) - std::log(1.0f - v);
     }
-    Tensor s = ops::sigmoid(ops::mul_scalar(ops::add(log_alpha[i], Tensor::from_floats(noise, shapes[i])), 1.0f / kBeta));
+    Tensor s = ops::sigmoid(
+        ops::mul_scalar(ops::add(log_alpha[i], Tensor::from_floats(noise, shapes[i])), 1.0f / kBeta));
     return ops::mul(w[i], hard_clamp(ops::add_scalar(ops::mul_scalar(s, kZeta - kGamma), kGamma)));
   }
 };
 
 class DiffPruning : public WeightDifference {
  public:
-  explicit DiffPruning(const nlohmann::json& c) : WeightDifference(c, "diff_pruning"), st_(std::make_shared<DiffState>()) {
+  explicit DiffPruning(const nlohmann::json& c)
+      : WeightDifference(c, "diff_pruning"), st_(std::make_shared<DiffState>()) {
     st_->sparsity = c.value("target_sparsity", 0.99);
     l0_weight_ = c.value("l0_weight", 0.1);
     init_log_alpha_ = c.value("init_log_alpha", 3.0);
-    if (!(st_->sparsity >= 0 && st_->sparsity < 1)) throw ConfigError("diff_pruning: target_sparsity must be in [0, 1)");
+    if (!(st_->sparsity >= 0 && st_->sparsity < 1))
+      throw ConfigError("diff_pruning: target_sparsity must be in [0, 1)");
     if (l0_weight_ < 0) throw ConfigError("diff_pruning: l0_weight must be >= 0");
   }
 
@@ -236,8 +242,8 @@ class DiffPruning : public WeightDifference {
       const std::vector<int64_t> idx = positions(values, paths_[i] + ".diff.indices", i);
       const std::vector<float> val = values.at(paths_[i] + ".diff.values").to_floats();
       if (val.size() != idx.size())
-        throw ShapeError("'" + paths_[i] + ".diff.values' has " + std::to_string(val.size()) + " values for " +
-                         std::to_string(idx.size()) + " positions");
+        throw ShapeError("'" + paths_[i] + ".diff.values' has " + std::to_string(val.size()) +
+                         " values for " + std::to_string(idx.size()) + " positions");
       std::vector<float> dense(size_t(shapes_[i][0] * shapes_[i][1]), 0.0f);
       for (size_t j = 0; j < idx.size(); ++j) dense[size_t(idx[j])] = val[j];
       st_->w[i] = Tensor::from_floats(dense, shapes_[i]);
@@ -301,7 +307,8 @@ struct MaskState {
 
 class LearnedMask : public WeightDifference {
  public:
-  explicit LearnedMask(const nlohmann::json& c) : WeightDifference(c, "mask"), st_(std::make_shared<MaskState>()) {
+  explicit LearnedMask(const nlohmann::json& c)
+      : WeightDifference(c, "mask"), st_(std::make_shared<MaskState>()) {
     st_->threshold = c.value("threshold", 5e-3);
     init_score_ = c.value("init_score", 1e-2);
     if (init_score_ <= st_->threshold)
@@ -310,7 +317,8 @@ class LearnedMask : public WeightDifference {
 
   std::vector<std::pair<std::string, Tensor>> parameters() override {
     std::vector<std::pair<std::string, Tensor>> out;
-    for (size_t i = 0; i < st_->scores.size(); ++i) out.emplace_back(paths_[i] + ".mask.scores", st_->scores[i]);
+    for (size_t i = 0; i < st_->scores.size(); ++i)
+      out.emplace_back(paths_[i] + ".mask.scores", st_->scores[i]);
     return out;
   }
 
@@ -365,8 +373,12 @@ class LearnedMask : public WeightDifference {
 
 }  // namespace
 
-std::unique_ptr<Delta> make_diff_pruning(const nlohmann::json& config) { return std::make_unique<DiffPruning>(config); }
-std::unique_ptr<Delta> make_mask(const nlohmann::json& config) { return std::make_unique<LearnedMask>(config); }
+std::unique_ptr<Delta> make_diff_pruning(const nlohmann::json& config) {
+  return std::make_unique<DiffPruning>(config);
+}
+std::unique_ptr<Delta> make_mask(const nlohmann::json& config) {
+  return std::make_unique<LearnedMask>(config);
+}
 
 DeltaMethod diff_pruning_method() {
   return {.name = "diff_pruning",

@@ -3,9 +3,9 @@
 #include <regex>
 #include <set>
 
+#include "delta/module_names.h"
 #include "deltatune/delta.h"
 #include "deltatune/error.h"
-#include "delta/module_names.h"
 
 namespace deltatune::delta {
 namespace {
@@ -79,23 +79,28 @@ std::vector<int64_t> int_list(const nlohmann::json& j, const char* what) {
   if (j.is_number_integer()) return {j.get<int64_t>()};
   if (!j.is_array()) throw ConfigError(std::string(what) + " must be an integer or a list of integers");
   for (const auto& v : j) {
-    if (!v.is_number_integer()) throw ConfigError(std::string(what) + " must be an integer or a list of integers");
+    if (!v.is_number_integer())
+      throw ConfigError(std::string(what) + " must be an integer or a list of integers");
     out.push_back(v.get<int64_t>());
   }
   return out;
 }
 }  // namespace
 
-TargetSpec TargetSpec::from_json(const nlohmann::json& targets, const nlohmann::json& exclude, const nlohmann::json& layers) {
+TargetSpec TargetSpec::from_json(const nlohmann::json& targets, const nlohmann::json& exclude,
+                                 const nlohmann::json& layers) {
   TargetSpec spec;
-  if (targets.is_string()) spec.regex = targets.get<std::string>();
+  if (targets.is_string())
+    spec.regex = targets.get<std::string>();
   else if (targets.is_array())
     for (const auto& t : targets) {
       if (!t.is_string()) throw ConfigError("targets must be a list of module names or a regex string");
       spec.names.push_back(t.get<std::string>());
     }
-  else if (!targets.is_null()) throw ConfigError("targets must be a list of module names or a regex string");
-  if (exclude.is_string()) spec.exclude.push_back(exclude.get<std::string>());
+  else if (!targets.is_null())
+    throw ConfigError("targets must be a list of module names or a regex string");
+  if (exclude.is_string())
+    spec.exclude.push_back(exclude.get<std::string>());
   else if (exclude.is_array())
     for (const auto& t : exclude) spec.exclude.push_back(t.get<std::string>());
   spec.layers = int_list(layers, "layers");
@@ -123,13 +128,15 @@ int64_t layer_index(const TransformerModel& model, const std::string& path) {
   const std::string prefix = model.layers_path() + ".";
   if (path.rfind(prefix, 0) != 0) return -1;
   size_t end = path.find('.', prefix.size());
-  std::string digits = path.substr(prefix.size(), end == std::string::npos ? std::string::npos : end - prefix.size());
+  std::string digits =
+      path.substr(prefix.size(), end == std::string::npos ? std::string::npos : end - prefix.size());
   if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) return -1;
   return std::stoll(digits);
 }
 
 std::vector<std::string> resolve_targets(TransformerModel& model, const TargetSpec& spec, bool linear_only) {
-  if (spec.names.empty() && spec.regex.empty()) throw ConfigError("no targets given (a list of module names, roles, or a regex)");
+  if (spec.names.empty() && spec.regex.empty())
+    throw ConfigError("no targets given (a list of module names, roles, or a regex)");
   std::vector<std::string> names = expand_roles(model, spec.names);
   std::vector<std::string> excluded = expand_roles(model, spec.exclude);
   std::regex pattern;
@@ -144,7 +151,8 @@ std::vector<std::string> resolve_targets(TransformerModel& model, const TargetSp
   for (auto& [path, module] : model.named_modules()) {
     if (path.empty() || (linear_only && module->type_name() != "Linear")) continue;
     bool hit = false;
-    if (!spec.regex.empty()) hit = std::regex_match(path, pattern);
+    if (!spec.regex.empty())
+      hit = std::regex_match(path, pattern);
     else
       for (const auto& n : names) hit = hit || name_match(model, path, n);
     if (!hit) continue;

@@ -18,9 +18,10 @@
 // A prefix gate that is exactly zero (a saturated sigmoid) also masks the prefix out for that example:
 // zero keys would otherwise still take a share of the attention, and a closed gate should leave the
 // base model. (In decoders the real tokens' positions still start after the prefix, as for prefix
-// tuning alone, so there only closed adapter and LoRA gates give the base exactly.) Saved like any delta (the prefix collapsed, as prefix tuning saves it); not mergeable,
-// since the gates depend on the input. The attention mask reaches the gates through an embedding hook
-// that only looks at it; prompt tokens prepended later count as real tokens.
+// tuning alone, so there only closed adapter and LoRA gates give the base exactly.) Saved like any delta (the
+// prefix collapsed, as prefix tuning saves it); not mergeable, since the gates depend on the input. The
+// attention mask reaches the gates through an embedding hook that only looks at it; prompt tokens prepended
+// later count as real tokens.
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -29,8 +30,8 @@
 
 #include "delta/composite.h"
 #include "delta/methods.h"
-#include "deltatune/delta_method.h"
 #include "deltatune/autograd.h"
+#include "deltatune/delta_method.h"
 #include "deltatune/error.h"
 #include "deltatune/gates.h"
 
@@ -81,7 +82,8 @@ struct GateContext {
     if (recording) {
       std::lock_guard<std::mutex> lock(recording_mutex);
       Sum& sum = sums[where.module + "/" + where.submodule];
-      if (sum.examples == 0) sum.layer = where.layer, sum.submodule = where.submodule, sum.module = where.module;
+      if (sum.examples == 0)
+        sum.layer = where.layer, sum.submodule = where.submodule, sum.module = where.module;
       for (float v : g.to_floats()) sum.total += v;
       sum.examples += batch;
     }
@@ -103,7 +105,9 @@ struct GatedLinearHook : nn::LinearHook {
   GateContext::Sum where;
   bool from_output = false;  // the adapter's input is the layer's output
 
-  Tensor pre(nn::Linear& layer, const Tensor& x) override { return inner->enabled ? inner->pre(layer, x) : x; }
+  Tensor pre(nn::Linear& layer, const Tensor& x) override {
+    return inner->enabled ? inner->pre(layer, x) : x;
+  }
   Tensor post(nn::Linear& layer, const Tensor& x, const Tensor& y) override {
     if (!inner->enabled) return y;
     Tensor changed = inner->post(layer, x, y);
@@ -167,14 +171,19 @@ class UniPelt : public Delta, public CompositeDelta {
     variant_ = std::string(use_adapter_ ? "A" : "") + (use_prefix_ ? "P" : "") + (use_lora_ ? "L" : "");
     for (const char* part : {"adapter", "prefix", "lora"})
       if (c.contains(part) && !c[part].is_object())
-        throw ConfigError(std::string("unipelt: \"") + part + "\" must be an object of " + part + " settings");
+        throw ConfigError(std::string("unipelt: \"") + part + "\" must be an object of " + part +
+                          " settings");
     if (use_adapter_)
-      adapter_ = make_adapter(merged({{"variant", "pfeiffer"}, {"reduction_factor", 16}}, c.value("adapter", nlohmann::json())));
+      adapter_ = make_adapter(
+          merged({{"variant", "pfeiffer"}, {"reduction_factor", 16}}, c.value("adapter", nlohmann::json())));
     if (use_prefix_)
-      prefix_ = make_prefix(merged({{"num_virtual_tokens", 10}, {"projection", true}}, c.value("prefix", nlohmann::json())));
+      prefix_ = make_prefix(
+          merged({{"num_virtual_tokens", 10}, {"projection", true}}, c.value("prefix", nlohmann::json())));
     if (use_lora_) {
-      nlohmann::json lc = merged({{"r", 8}, {"targets", {"attn.q", "attn.v"}}}, c.value("lora", nlohmann::json()));
-      if (!lc.contains("alpha") && !lc.contains("lora_alpha")) lc["alpha"] = lc.value("r", 8);  // the gate scales it
+      nlohmann::json lc =
+          merged({{"r", 8}, {"targets", {"attn.q", "attn.v"}}}, c.value("lora", nlohmann::json()));
+      if (!lc.contains("alpha") && !lc.contains("lora_alpha"))
+        lc["alpha"] = lc.value("r", 8);  // the gate scales it
       lora_ = make_lora(lc);
     }
     seed = c.value("seed", uint64_t(0));
@@ -185,8 +194,9 @@ class UniPelt : public Delta, public CompositeDelta {
   // Its LoRA is scaled by a gate computed from each input, and the gates read the input embeddings:
   // it cannot be folded into fixed weights nor share a mixed batch. PEFT has no UniPELT.
   void merge_into(TransformerModel&) override {
-    throw ConfigError("merge: UniPELT's LoRA is scaled by a gate computed from each input, so it cannot be "
-                      "folded into fixed weights; use the delta as it is (deltatune eval/predict --delta)");
+    throw ConfigError(
+        "merge: UniPELT's LoRA is scaled by a gate computed from each input, so it cannot be "
+        "folded into fixed weights; use the delta as it is (deltatune eval/predict --delta)");
   }
 
   std::vector<Delta*> members() override {
@@ -263,7 +273,8 @@ class UniPelt : public Delta, public CompositeDelta {
     if (!ctx_) return out;
     std::lock_guard<std::mutex> lock(ctx_->recording_mutex);
     for (auto& [_, s] : ctx_->sums)
-      out.push_back({s.layer, s.submodule, s.module, s.examples ? s.total / double(s.examples) : 0.0, s.examples});
+      out.push_back(
+          {s.layer, s.submodule, s.module, s.examples ? s.total / double(s.examples) : 0.0, s.examples});
     return out;
   }
 
@@ -295,7 +306,8 @@ class UniPelt : public Delta, public CompositeDelta {
       gated->from_output = from_output;
       const std::string key = path + "." + kind + "_gate";
       gated->params = gate_params(key, from_output ? layer->out_features : layer->in_features, gen);
-      gated->where = {layer_index(model, path), kind == "lora" ? "lora." + leaf_name(path) : kind, path, 0, 0};
+      gated->where = {layer_index(model, path), kind == "lora" ? "lora." + leaf_name(path) : kind, path, 0,
+                      0};
       swap_hook(layer->hooks, hook, std::static_pointer_cast<nn::LinearHook>(gated));
       linear_.emplace_back(layer, gated);
       gate_names_.emplace_back(key, gated->params);
@@ -384,10 +396,13 @@ std::string fixed(double v, int digits = 3) {
 
 }  // namespace
 
-std::unique_ptr<Delta> make_unipelt(const nlohmann::json& config) { return std::make_unique<UniPelt>(config); }
+std::unique_ptr<Delta> make_unipelt(const nlohmann::json& config) {
+  return std::make_unique<UniPelt>(config);
+}
 
 DeltaMethod unipelt_method() {
-  return {.name = "unipelt", .make = make_unipelt, .description = "UniPELT (APL): gated adapter + prefix + LoRA"};
+  return {
+      .name = "unipelt", .make = make_unipelt, .description = "UniPELT (APL): gated adapter + prefix + LoRA"};
 }
 
 bool has_gates(Delta& d) {
@@ -451,7 +466,8 @@ nlohmann::json gates_json(const std::vector<GateMean>& gates) {
   out["examples"] = examples;
   out["gates"] = nlohmann::json::array();
   for (auto& g : gates)
-    out["gates"].push_back({{"layer", g.layer}, {"submodule", g.submodule}, {"module", g.module}, {"mean", g.mean}});
+    out["gates"].push_back(
+        {{"layer", g.layer}, {"submodule", g.submodule}, {"module", g.module}, {"mean", g.mean}});
   return out;
 }
 
@@ -459,7 +475,9 @@ std::string gates_table(const std::vector<GateMean>& gates) {
   const std::vector<std::string> cols = columns(gates);
   std::map<int64_t, std::map<std::string, double>> rows;
   for (auto& g : gates) rows[g.layer][g.submodule] = g.mean;
-  auto cell = [](const std::string& s, size_t w) { return std::string(w > s.size() ? w - s.size() : 0, ' ') + s; };
+  auto cell = [](const std::string& s, size_t w) {
+    return std::string(w > s.size() ? w - s.size() : 0, ' ') + s;
+  };
   std::vector<size_t> width;
   for (auto& c : cols) width.push_back(std::max<size_t>(c.size(), 6));
   std::string out = cell("layer", 6);

@@ -7,9 +7,9 @@
 
 namespace deltatune::models {
 namespace {
-using nn::Linear;
-using nn::LayerNorm;
 using nn::Embedding;
+using nn::LayerNorm;
+using nn::Linear;
 
 std::shared_ptr<nn::Module> container(const char* type) { return std::make_shared<nn::Module>(type); }
 }  // namespace
@@ -21,11 +21,14 @@ BertModel::BertModel(const ModelConfig& c, HeadKind head) : TransformerModel("Be
   auto base = register_module(prefix_, container(c.is_roberta ? "RobertaModel" : "BertModel"));
   auto emb = base->register_module("embeddings", container("BertEmbeddings"));
   word_ = emb->register_module("word_embeddings", std::make_shared<Embedding>(c.vocab_size, h));
-  position_ = emb->register_module("position_embeddings", std::make_shared<Embedding>(c.max_position_embeddings, h));
+  position_ =
+      emb->register_module("position_embeddings", std::make_shared<Embedding>(c.max_position_embeddings, h));
   if (c.type_vocab_size > 0)
-    token_type_ = emb->register_module("token_type_embeddings", std::make_shared<Embedding>(c.type_vocab_size, h));
+    token_type_ =
+        emb->register_module("token_type_embeddings", std::make_shared<Embedding>(c.type_vocab_size, h));
   emb_norm_ = emb->register_module("LayerNorm", std::make_shared<LayerNorm>(h, eps));
-  auto layers = base->register_module("encoder", container("BertEncoder"))->register_module("layer", container("ModuleList"));
+  auto layers = base->register_module("encoder", container("BertEncoder"))
+                    ->register_module("layer", container("ModuleList"));
   for (int64_t i = 0; i < c.num_layers; ++i) {
     auto layer = layers->register_module(std::to_string(i), container("BertLayer"));
     auto attention = layer->register_module("attention", container("BertAttention"));
@@ -52,7 +55,8 @@ BertModel::BertModel(const ModelConfig& c, HeadKind head) : TransformerModel("Be
       mlm_norm_ = lm->register_module("layer_norm", std::make_shared<LayerNorm>(h, eps));
       mlm_bias_ = &lm->register_parameter("bias", Tensor::zeros({c.vocab_size}));
     } else {
-      auto predictions = register_module("cls", container("BertOnlyMLMHead"))->register_module("predictions", container("BertLMPredictionHead"));
+      auto predictions = register_module("cls", container("BertOnlyMLMHead"))
+                             ->register_module("predictions", container("BertLMPredictionHead"));
       auto transform = predictions->register_module("transform", container("BertPredictionHeadTransform"));
       mlm_dense_ = transform->register_module("dense", std::make_shared<Linear>(h, h, true));
       mlm_norm_ = transform->register_module("LayerNorm", std::make_shared<LayerNorm>(h, eps));
@@ -64,7 +68,8 @@ BertModel::BertModel(const ModelConfig& c, HeadKind head) : TransformerModel("Be
       pooler_ = cls->register_module("dense", std::make_shared<Linear>(h, h, true));
       classifier_ = cls->register_module("out_proj", std::make_shared<Linear>(h, c.num_labels, true));
     } else {
-      pooler_ = base->register_module("pooler", container("BertPooler"))->register_module("dense", std::make_shared<Linear>(h, h, true));
+      pooler_ = base->register_module("pooler", container("BertPooler"))
+                    ->register_module("dense", std::make_shared<Linear>(h, h, true));
       classifier_ = register_module("classifier", std::make_shared<Linear>(h, c.num_labels, true));
     }
   } else if (head == HeadKind::CausalLM) {
@@ -90,11 +95,12 @@ Tensor BertModel::position_ids(const Tensor& mask, int64_t batch, int64_t length
 
 ModelOutput BertModel::run_forward(const ModelInput& in) {
   const Tensor& ids = in.input_ids;
-  if (ids.dim() != 2) throw ShapeError("BertModel: input_ids must be [batch, length], got " + shape_str(ids.shape()));
+  if (ids.dim() != 2)
+    throw ShapeError("BertModel: input_ids must be [batch, length], got " + shape_str(ids.shape()));
   const int64_t batch = ids.size(0), length = ids.size(1);
   if (length > config.max_position_embeddings - config.position_offset)
-    throw ShapeError("BertModel: sequence length " + std::to_string(length) + " exceeds max_position_embeddings " +
-                     std::to_string(config.max_position_embeddings));
+    throw ShapeError("BertModel: sequence length " + std::to_string(length) +
+                     " exceeds max_position_embeddings " + std::to_string(config.max_position_embeddings));
   Tensor mask = float_mask(in.attention_mask, batch, length);
   // Prompt tokens join before positions are added, so they take the first positions (as in PEFT).
   Tensor x = word_->forward(ids);
@@ -102,7 +108,8 @@ ModelOutput BertModel::run_forward(const ModelInput& in) {
   const int64_t total = x.size(1);
   x = ops::add(x, position_->forward(position_ids(mask, batch, total)));
   if (token_type_) {
-    Tensor types = in.token_type_ids.defined() ? in.token_type_ids : Tensor::zeros({batch, length}, DType::I64);
+    Tensor types =
+        in.token_type_ids.defined() ? in.token_type_ids : Tensor::zeros({batch, length}, DType::I64);
     if (prompt) types = ops::concat({Tensor::zeros({batch, prompt}, types.dtype()), types}, 1);
     x = ops::add(x, token_type_->forward(types));
   }
@@ -116,7 +123,8 @@ ModelOutput BertModel::run_forward(const ModelInput& in) {
     Tensor key_mask = mask;
     extend_attention(int64_t(i), x, k, v, key_mask);
     Tensor ctx = merge_heads(ops::scaled_dot_product_attention(q, k, v, key_mask, false));
-    Tensor a = ops::dropout(b.attn_out->forward(ctx), dropout_p(config.hidden_dropout), training(), dropout_rng());
+    Tensor a =
+        ops::dropout(b.attn_out->forward(ctx), dropout_p(config.hidden_dropout), training(), dropout_rng());
     x = b.attn_norm->forward(ops::add(a, x));
     Tensor f = b.down->forward(act_(b.up->forward(x)));
     f = ops::dropout(f, dropout_p(config.hidden_dropout), training(), dropout_rng());
@@ -132,7 +140,8 @@ ModelOutput BertModel::run_forward(const ModelInput& in) {
     Tensor first = x.select(1, 0);  // [CLS] / <s>
     Tensor pooled;
     if (config.is_roberta) {
-      pooled = ops::tanh(pooler_->forward(ops::dropout(first, classifier_dropout(), training(), dropout_rng())));
+      pooled =
+          ops::tanh(pooler_->forward(ops::dropout(first, classifier_dropout(), training(), dropout_rng())));
     } else {
       pooled = ops::tanh(pooler_->forward(first));
     }
@@ -146,9 +155,12 @@ float BertModel::classifier_dropout() const {
 }
 
 std::map<std::string, std::vector<std::string>> BertModel::roles() const {
-  return {{"attn.q", {"attention.self.query"}},  {"attn.k", {"attention.self.key"}},
-          {"attn.v", {"attention.self.value"}},  {"attn.o", {"attention.output.dense"}},
-          {"ffn.up", {"intermediate.dense"}},    {"ffn.down", {"output.dense"}},
+  return {{"attn.q", {"attention.self.query"}},
+          {"attn.k", {"attention.self.key"}},
+          {"attn.v", {"attention.self.value"}},
+          {"attn.o", {"attention.output.dense"}},
+          {"ffn.up", {"intermediate.dense"}},
+          {"ffn.down", {"output.dense"}},
           {"ffn.gate", {}},
           {"ln", {"attention.output.LayerNorm", "output.LayerNorm"}},
           {"embed", {prefix_ + ".embeddings.word_embeddings"}},
@@ -157,8 +169,11 @@ std::map<std::string, std::vector<std::string>> BertModel::roles() const {
 
 std::vector<std::string> BertModel::head_parameters() const {
   if (head == HeadKind::SequenceClassification) {
-    if (config.is_roberta) return {"classifier.dense.weight", "classifier.dense.bias", "classifier.out_proj.weight", "classifier.out_proj.bias"};
-    return {prefix_ + ".pooler.dense.weight", prefix_ + ".pooler.dense.bias", "classifier.weight", "classifier.bias"};
+    if (config.is_roberta)
+      return {"classifier.dense.weight", "classifier.dense.bias", "classifier.out_proj.weight",
+              "classifier.out_proj.bias"};
+    return {prefix_ + ".pooler.dense.weight", prefix_ + ".pooler.dense.bias", "classifier.weight",
+            "classifier.bias"};
   }
   return {};
 }

@@ -77,8 +77,8 @@ void use_cache(KVCache* cache, int64_t layer, Tensor& k, Tensor& v) {
   const int64_t past = cache->length, end = past + k.size(2);
   const bool fits = continues(ck, k) && continues(cv, v);
   if (past > 0 && !fits)
-    throw ShapeError("KV cache: keys " + shape_str(k.shape()) + " do not continue the " + std::to_string(past) +
-                     " cached positions of layer " + std::to_string(layer));
+    throw ShapeError("KV cache: keys " + shape_str(k.shape()) + " do not continue the " +
+                     std::to_string(past) + " cached positions of layer " + std::to_string(layer));
   if (!fits || end > ck.size(2)) {
     // Doubling keeps the copies on growth to O(1) per position over a whole generation.
     const int64_t capacity = std::max({end, cache->reserve, fits ? 2 * ck.size(2) : int64_t(0)});

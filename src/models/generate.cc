@@ -17,12 +17,14 @@ int64_t pick_token(const std::vector<float>& logits, const GenerationOptions& o,
   // prefix whose mass reaches p, always at least one token), and a draw.
   std::vector<int64_t> order(logits.size());
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return logits[size_t(a)] > logits[size_t(b)]; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int64_t a, int64_t b) { return logits[size_t(a)] > logits[size_t(b)]; });
   if (o.top_k > 0 && size_t(o.top_k) < order.size()) order.resize(size_t(o.top_k));
   std::vector<double> probs(order.size());
   const double top = logits[size_t(order[0])];
   double total = 0;
-  for (size_t i = 0; i < order.size(); ++i) total += probs[i] = std::exp((logits[size_t(order[i])] - top) / o.temperature);
+  for (size_t i = 0; i < order.size(); ++i)
+    total += probs[i] = std::exp((logits[size_t(order[i])] - top) / o.temperature);
   for (double& p : probs) p /= total;
   if (o.top_p < 1.0f) {
     double mass = 0;
@@ -64,8 +66,8 @@ int64_t cache_reserve(const TransformerModel& model, int64_t prompt, int64_t max
 }
 }  // namespace
 
-Generation generate_with_stop(TransformerModel& model, const std::vector<int64_t>& prompt, const GenerationOptions& o,
-                              const std::function<void(int64_t)>& on_token) {
+Generation generate_with_stop(TransformerModel& model, const std::vector<int64_t>& prompt,
+                              const GenerationOptions& o, const std::function<void(int64_t)>& on_token) {
   if (model.head != HeadKind::CausalLM) throw ConfigError("generate: the model needs a causal LM head");
   if (prompt.empty()) throw Error("generate: the prompt is empty (no token ids)");
   NoGradGuard no_grad;
@@ -79,7 +81,8 @@ Generation generate_with_stop(TransformerModel& model, const std::vector<int64_t
     const int64_t left = positions_left(model, cache);
     if (left >= 0 && int64_t(step.size()) >= left) {
       if (result.ids.empty())
-        throw ConfigError("generate: the prompt's " + std::to_string(prompt.size()) + " tokens leave none of the model's " +
+        throw ConfigError("generate: the prompt's " + std::to_string(prompt.size()) +
+                          " tokens leave none of the model's " +
                           std::to_string(model.config.max_position_embeddings) + " positions free");
       result.stop = StopReason::ContextLimit;
       break;
@@ -102,8 +105,8 @@ Generation generate_with_stop(TransformerModel& model, const std::vector<int64_t
   return result;
 }
 
-std::vector<int64_t> generate(TransformerModel& model, const std::vector<int64_t>& prompt, const GenerationOptions& o,
-                              const std::function<void(int64_t)>& on_token) {
+std::vector<int64_t> generate(TransformerModel& model, const std::vector<int64_t>& prompt,
+                              const GenerationOptions& o, const std::function<void(int64_t)>& on_token) {
   return generate_with_stop(model, prompt, o, on_token).ids;
 }
 

@@ -41,7 +41,8 @@ Gpt2Model::Gpt2Model(const ModelConfig& c, HeadKind head) : TransformerModel("GP
 
 ModelOutput Gpt2Model::run_forward(const ModelInput& in) {
   const Tensor& ids = in.input_ids;
-  if (ids.dim() != 2) throw ShapeError("GPT2Model: input_ids must be [batch, length], got " + shape_str(ids.shape()));
+  if (ids.dim() != 2)
+    throw ShapeError("GPT2Model: input_ids must be [batch, length], got " + shape_str(ids.shape()));
   const int64_t batch = ids.size(0), length = ids.size(1);
   Tensor mask = float_mask(in.attention_mask, batch, length);
   Tensor x = wte_->forward(ids);
@@ -73,7 +74,8 @@ ModelOutput Gpt2Model::run_forward(const ModelInput& in) {
     float scale = config.scale_attn_weights ? 1.0f / std::sqrt(float(hd)) : 1.0f;
     if (config.scale_attn_by_inverse_layer_idx) scale /= float(i + 1);
     Tensor ctx = merge_heads(ops::scaled_dot_product_attention(q, k, v, key_mask, true, scale));
-    Tensor a = ops::dropout(b.attn_proj->forward(ctx), dropout_p(config.hidden_dropout), training(), dropout_rng());
+    Tensor a =
+        ops::dropout(b.attn_proj->forward(ctx), dropout_p(config.hidden_dropout), training(), dropout_rng());
     x = ops::add(x, a);
     Tensor f = b.mlp_proj->forward(act_(b.c_fc->forward(b.ln2->forward(x))));
     x = ops::add(x, ops::dropout(f, dropout_p(config.hidden_dropout), training(), dropout_rng()));
@@ -85,15 +87,22 @@ ModelOutput Gpt2Model::run_forward(const ModelInput& in) {
   out.attention_mask = mask;
   if (head == HeadKind::CausalLM) {
     if (in.compute_logits) out.logits = ops::linear(x, wte_->weight());
-  } else if (head == HeadKind::SequenceClassification) out.logits = score_->forward(last_token(x, mask));
+  } else if (head == HeadKind::SequenceClassification)
+    out.logits = score_->forward(last_token(x, mask));
   return out;
 }
 
 std::map<std::string, std::vector<std::string>> Gpt2Model::roles() const {
   // GPT-2 fuses q, k and v into c_attn: all three roles name it.
-  return {{"attn.q", {"attn.c_attn"}}, {"attn.k", {"attn.c_attn"}}, {"attn.v", {"attn.c_attn"}},
-          {"attn.o", {"attn.c_proj"}}, {"ffn.up", {"mlp.c_fc"}},   {"ffn.down", {"mlp.c_proj"}},
-          {"ffn.gate", {}},            {"ln", {"ln_1", "ln_2"}},    {"embed", {"transformer.wte"}},
+  return {{"attn.q", {"attn.c_attn"}},
+          {"attn.k", {"attn.c_attn"}},
+          {"attn.v", {"attn.c_attn"}},
+          {"attn.o", {"attn.c_proj"}},
+          {"ffn.up", {"mlp.c_fc"}},
+          {"ffn.down", {"mlp.c_proj"}},
+          {"ffn.gate", {}},
+          {"ln", {"ln_1", "ln_2"}},
+          {"embed", {"transformer.wte"}},
           {"head", head_parameters()}};
 }
 

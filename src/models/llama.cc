@@ -19,10 +19,14 @@ LlamaModel::LlamaModel(const ModelConfig& c, HeadKind head) : TransformerModel("
     auto layer = layers->register_module(std::to_string(i), container("LlamaDecoderLayer"));
     auto attn = layer->register_module("self_attn", container("LlamaAttention"));
     Block b;
-    b.q = attn->register_module("q_proj", std::make_shared<Linear>(h, c.num_heads * hd, c.attention_qkv_bias));
-    b.k = attn->register_module("k_proj", std::make_shared<Linear>(h, c.num_kv_heads * hd, c.attention_qkv_bias));
-    b.v = attn->register_module("v_proj", std::make_shared<Linear>(h, c.num_kv_heads * hd, c.attention_qkv_bias));
-    b.o = attn->register_module("o_proj", std::make_shared<Linear>(c.num_heads * hd, h, c.attention_out_bias));
+    b.q =
+        attn->register_module("q_proj", std::make_shared<Linear>(h, c.num_heads * hd, c.attention_qkv_bias));
+    b.k = attn->register_module("k_proj",
+                                std::make_shared<Linear>(h, c.num_kv_heads * hd, c.attention_qkv_bias));
+    b.v = attn->register_module("v_proj",
+                                std::make_shared<Linear>(h, c.num_kv_heads * hd, c.attention_qkv_bias));
+    b.o =
+        attn->register_module("o_proj", std::make_shared<Linear>(c.num_heads * hd, h, c.attention_out_bias));
     auto mlp = layer->register_module("mlp", container("LlamaMLP"));
     b.gate = mlp->register_module("gate_proj", std::make_shared<Linear>(h, c.intermediate_size, c.mlp_bias));
     b.up = mlp->register_module("up_proj", std::make_shared<Linear>(h, c.intermediate_size, c.mlp_bias));
@@ -39,12 +43,14 @@ LlamaModel::LlamaModel(const ModelConfig& c, HeadKind head) : TransformerModel("
   else if (head == HeadKind::SequenceClassification)
     score_ = register_module("score", std::make_shared<Linear>(h, c.num_labels, false));
   else if (head == HeadKind::MaskedLM)
-    throw ConfigError("Llama-family models have no masked-LM head (use causal-lm or sequence-classification)");
+    throw ConfigError(
+        "Llama-family models have no masked-LM head (use causal-lm or sequence-classification)");
 }
 
 ModelOutput LlamaModel::run_forward(const ModelInput& in) {
   const Tensor& ids = in.input_ids;
-  if (ids.dim() != 2) throw ShapeError("LlamaModel: input_ids must be [batch, length], got " + shape_str(ids.shape()));
+  if (ids.dim() != 2)
+    throw ShapeError("LlamaModel: input_ids must be [batch, length], got " + shape_str(ids.shape()));
   const int64_t batch = ids.size(0), length = ids.size(1);
   Tensor mask = float_mask(in.attention_mask, batch, length);
   Tensor x = embed_->forward(ids);
@@ -78,14 +84,16 @@ ModelOutput LlamaModel::run_forward(const ModelInput& in) {
   out.attention_mask = mask;
   if (head == HeadKind::CausalLM) {
     if (in.compute_logits) out.logits = lm_head_ ? lm_head_->forward(x) : ops::linear(x, embed_->weight());
-  } else if (head == HeadKind::SequenceClassification) out.logits = score_->forward(last_token(x, mask));
+  } else if (head == HeadKind::SequenceClassification)
+    out.logits = score_->forward(last_token(x, mask));
   return out;
 }
 
 std::map<std::string, std::vector<std::string>> LlamaModel::roles() const {
-  return {{"attn.q", {"self_attn.q_proj"}}, {"attn.k", {"self_attn.k_proj"}}, {"attn.v", {"self_attn.v_proj"}},
-          {"attn.o", {"self_attn.o_proj"}}, {"ffn.up", {"mlp.up_proj"}},     {"ffn.gate", {"mlp.gate_proj"}},
-          {"ffn.down", {"mlp.down_proj"}},  {"ln", {"input_layernorm", "post_attention_layernorm"}},
+  return {{"attn.q", {"self_attn.q_proj"}},  {"attn.k", {"self_attn.k_proj"}},
+          {"attn.v", {"self_attn.v_proj"}},  {"attn.o", {"self_attn.o_proj"}},
+          {"ffn.up", {"mlp.up_proj"}},       {"ffn.gate", {"mlp.gate_proj"}},
+          {"ffn.down", {"mlp.down_proj"}},   {"ln", {"input_layernorm", "post_attention_layernorm"}},
           {"embed", {"model.embed_tokens"}}, {"head", head_parameters()}};
 }
 

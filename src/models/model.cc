@@ -6,10 +6,14 @@ namespace deltatune {
 
 const char* head_name(HeadKind h) {
   switch (h) {
-    case HeadKind::None: return "none";
-    case HeadKind::CausalLM: return "causal-lm";
-    case HeadKind::MaskedLM: return "masked-lm";
-    case HeadKind::SequenceClassification: return "sequence-classification";
+    case HeadKind::None:
+      return "none";
+    case HeadKind::CausalLM:
+      return "causal-lm";
+    case HeadKind::MaskedLM:
+      return "masked-lm";
+    case HeadKind::SequenceClassification:
+      return "sequence-classification";
   }
   return "?";
 }
@@ -27,7 +31,8 @@ ModelOutput TransformerModel::forward(const ModelInput& input) {
   return run_forward(input);
 }
 
-void TransformerModel::extend_attention(int64_t layer, const Tensor& hidden, Tensor& k, Tensor& v, Tensor& key_mask) {
+void TransformerModel::extend_attention(int64_t layer, const Tensor& hidden, Tensor& k, Tensor& v,
+                                        Tensor& key_mask) {
   for (auto& h : attention_hooks)
     if (h->enabled) h->extend(layer, hidden, k, v, key_mask);
 }

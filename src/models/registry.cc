@@ -17,8 +17,9 @@ namespace {
 // Keys that transformers ties to another parameter and skips when loading.
 bool is_tied_alias(const TransformerModel& model, const std::string& key) {
   if (!model.config.tie_word_embeddings) return false;
-  return key == "lm_head.weight" || key == "cls.predictions.decoder.weight" || key == "cls.predictions.decoder.bias" ||
-         key == "lm_head.decoder.weight" || key == "lm_head.decoder.bias";
+  return key == "lm_head.weight" || key == "cls.predictions.decoder.weight" ||
+         key == "cls.predictions.decoder.bias" || key == "lm_head.decoder.weight" ||
+         key == "lm_head.decoder.bias";
 }
 
 std::string join(const std::vector<std::string>& names) {
@@ -32,13 +33,17 @@ void init_parameters(TransformerModel& model, uint64_t seed, const std::set<std:
   NoGradGuard guard;
   for (auto& [name, t] : model.named_parameters()) {
     if (only && !only->count(name)) continue;
-    const bool is_norm = name.find("LayerNorm") != std::string::npos || name.find("layer_norm") != std::string::npos ||
+    const bool is_norm = name.find("LayerNorm") != std::string::npos ||
+                         name.find("layer_norm") != std::string::npos ||
                          name.find("ln_") != std::string::npos || name.find("norm.") != std::string::npos ||
                          name.find("layernorm") != std::string::npos;
     const bool is_bias = name.ends_with(".bias");
-    if (is_bias) t->fill_(0.0f);
-    else if (is_norm) t->fill_(1.0f);
-    else models::init_normal(*t, gen, 0.02f);
+    if (is_bias)
+      t->fill_(0.0f);
+    else if (is_norm)
+      t->fill_(1.0f);
+    else
+      models::init_normal(*t, gen, 0.02f);
   }
 }
 }  // namespace
@@ -47,7 +52,8 @@ HeadKind head_from_architectures(const ModelConfig& c) {
   for (const auto& a : c.architectures) {
     if (a.find("ForSequenceClassification") != std::string::npos) return HeadKind::SequenceClassification;
     if (a.find("ForMaskedLM") != std::string::npos) return HeadKind::MaskedLM;
-    if (a.find("ForCausalLM") != std::string::npos || a.find("LMHeadModel") != std::string::npos) return HeadKind::CausalLM;
+    if (a.find("ForCausalLM") != std::string::npos || a.find("LMHeadModel") != std::string::npos)
+      return HeadKind::CausalLM;
   }
   return c.family == ArchFamily::Bert ? HeadKind::MaskedLM : HeadKind::CausalLM;
 }
@@ -55,16 +61,22 @@ HeadKind head_from_architectures(const ModelConfig& c) {
 std::unique_ptr<TransformerModel> build_model(const ModelConfig& config, HeadKind head, uint64_t seed) {
   std::unique_ptr<TransformerModel> model;
   switch (config.family) {
-    case ArchFamily::Bert: model = std::make_unique<models::BertModel>(config, head); break;
-    case ArchFamily::Gpt2: model = std::make_unique<models::Gpt2Model>(config, head); break;
-    case ArchFamily::Llama: model = std::make_unique<models::LlamaModel>(config, head); break;
+    case ArchFamily::Bert:
+      model = std::make_unique<models::BertModel>(config, head);
+      break;
+    case ArchFamily::Gpt2:
+      model = std::make_unique<models::Gpt2Model>(config, head);
+      break;
+    case ArchFamily::Llama:
+      model = std::make_unique<models::LlamaModel>(config, head);
+      break;
   }
   init_parameters(*model, seed);
   return model;
 }
 
-std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& dir, const LoadOptions& options,
-                                                  LoadReport* report_out) {
+std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& dir,
+                                                  const LoadOptions& options, LoadReport* report_out) {
   ModelConfig config = load_model_config(dir);
   // As transformers' from_pretrained: the model's name is the folder it was read from, as given (what
   // a saved delta records as its base, PEFT's base_model_name_or_path).
@@ -76,9 +88,15 @@ std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& d
   const HeadKind head = options.head.value_or(head_from_architectures(config));
   std::unique_ptr<TransformerModel> model;
   switch (config.family) {
-    case ArchFamily::Bert: model = std::make_unique<models::BertModel>(config, head); break;
-    case ArchFamily::Gpt2: model = std::make_unique<models::Gpt2Model>(config, head); break;
-    case ArchFamily::Llama: model = std::make_unique<models::LlamaModel>(config, head); break;
+    case ArchFamily::Bert:
+      model = std::make_unique<models::BertModel>(config, head);
+      break;
+    case ArchFamily::Gpt2:
+      model = std::make_unique<models::Gpt2Model>(config, head);
+      break;
+    case ArchFamily::Llama:
+      model = std::make_unique<models::LlamaModel>(config, head);
+      break;
   }
   std::map<std::string, Tensor> tensors = load_checkpoint_tensors(dir);
   // Checkpoints of a bare base model (BertModel, GPT2Model, LlamaModel) lack the prefix.
@@ -104,8 +122,10 @@ std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& d
     if (src.shape() != param->shape())
       throw IoError((dir / "model.safetensors").string() + ": tensor '" + key + "' has shape " +
                     shape_str(src.shape()) + " but the model expects " + shape_str(param->shape()));
-    if (options.keep_half_precision) *param = src;
-    else *param = src.float32().contiguous().detach();
+    if (options.keep_half_precision)
+      *param = src;
+    else
+      *param = src.float32().contiguous().detach();
     if (param->same(src) && src.dtype() == DType::F32) *param = src.clone().detach();  // own memory, writable
   }
   for (auto& [key, _] : tensors)
@@ -127,14 +147,16 @@ std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& d
   if (!to_init.empty()) init_parameters(*model, options.seed, &to_init);
   if (options.verbose) {
     if (!report.unexpected.empty())
-      std::fprintf(stderr, "Some weights of the model checkpoint at %s were not used when initializing %s: [%s]\n",
+      std::fprintf(stderr,
+                   "Some weights of the model checkpoint at %s were not used when initializing %s: [%s]\n",
                    dir.string().c_str(), model->type_name().c_str(), join(report.unexpected).c_str());
     if (!report.initialized.empty())
-      std::fprintf(stderr,
-                   "Some weights of %s were not initialized from the model checkpoint at %s and are newly "
-                   "initialized: [%s]\nYou should probably TRAIN this model on a down-stream task to be able to use "
-                   "it for predictions and inference.\n",
-                   model->type_name().c_str(), dir.string().c_str(), join(report.initialized).c_str());
+      std::fprintf(
+          stderr,
+          "Some weights of %s were not initialized from the model checkpoint at %s and are newly "
+          "initialized: [%s]\nYou should probably TRAIN this model on a down-stream task to be able to use "
+          "it for predictions and inference.\n",
+          model->type_name().c_str(), dir.string().c_str(), join(report.initialized).c_str());
   }
   if (report_out) *report_out = report;
   return model;

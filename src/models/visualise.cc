@@ -15,8 +15,10 @@ bool is_index(const std::string& s) {
 std::string signature(nn::Module& m, const std::string& path, const TreeOptions& options) {
   std::string s = m.type_name() + "{";
   auto label = options.delta_labels.find(path);
-  if (label != options.delta_labels.end()) s += "[" + label->second + "]";
-  else if (options.delta_modules.count(path)) s += "[delta]";
+  if (label != options.delta_labels.end())
+    s += "[" + label->second + "]";
+  else if (options.delta_modules.count(path))
+    s += "[delta]";
   for (auto& [name, t] : m.local_parameters())
     if (t.defined()) s += name + shape_str(t.shape()) + ";";
   for (auto& [name, child] : m.children())
@@ -43,10 +45,14 @@ std::string with_thousands(int64_t n) {
 
 std::string human_count(int64_t n) {
   char buf[32];
-  if (n >= 1000000000) std::snprintf(buf, sizeof buf, "%.1fB", n / 1e9);
-  else if (n >= 1000000) std::snprintf(buf, sizeof buf, "%.1fM", n / 1e6);
-  else if (n >= 1000) std::snprintf(buf, sizeof buf, "%.1fK", n / 1e3);
-  else std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(n));
+  if (n >= 1000000000)
+    std::snprintf(buf, sizeof buf, "%.1fB", n / 1e9);
+  else if (n >= 1000000)
+    std::snprintf(buf, sizeof buf, "%.1fM", n / 1e6);
+  else if (n >= 1000)
+    std::snprintf(buf, sizeof buf, "%.1fK", n / 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(n));
   return buf;
 }
 
@@ -59,11 +65,14 @@ std::string trainable_summary(int64_t trainable, int64_t total) {
 std::string module_tree(nn::Module& root, const TreeOptions& options) {
   std::ostringstream out;
   std::function<void(nn::Module&, const std::string&, const std::string&, const std::string&, bool)> walk;
-  walk = [&](nn::Module& m, const std::string& label, const std::string& path, const std::string& indent, bool last) {
+  walk = [&](nn::Module& m, const std::string& label, const std::string& path, const std::string& indent,
+             bool last) {
     std::string mark;
     auto it = options.delta_labels.find(path);
-    if (it != options.delta_labels.end()) mark = "  [" + it->second + "]";
-    else if (options.delta_modules.count(path)) mark = "  [delta]";
+    if (it != options.delta_labels.end())
+      mark = "  [" + it->second + "]";
+    else if (options.delta_modules.count(path))
+      mark = "  [delta]";
     out << indent << (path.empty() ? "" : (last ? "└── " : "├── ")) << label << " (" << m.type_name() << ")"
         << param_text(m) << "  " << human_count(m.parameter_count()) << mark << "\n";
     const std::string child_indent = path.empty() ? "" : indent + (last ? "    " : "│   ");
@@ -72,7 +81,10 @@ std::string module_tree(nn::Module& root, const TreeOptions& options) {
     std::vector<std::pair<std::string, nn::Module*>> shown;
     std::vector<std::string> labels;
     for (size_t i = 0; i < kids.size();) {
-      if (!kids[i].second) { ++i; continue; }
+      if (!kids[i].second) {
+        ++i;
+        continue;
+      }
       size_t j = i + 1;
       if (is_index(kids[i].first)) {
         auto child_path = [&](size_t k) { return path.empty() ? kids[k].first : path + "." + kids[k].first; };
@@ -82,7 +94,8 @@ std::string module_tree(nn::Module& root, const TreeOptions& options) {
           ++j;
       }
       shown.emplace_back(kids[i].first, kids[i].second.get());
-      labels.push_back(j - i > 1 ? kids[i].first + "-" + kids[j - 1].first + " ×" + std::to_string(j - i) : kids[i].first);
+      labels.push_back(j - i > 1 ? kids[i].first + "-" + kids[j - 1].first + " ×" + std::to_string(j - i)
+                                 : kids[i].first);
       i = j;
     }
     for (size_t i = 0; i < shown.size(); ++i) {

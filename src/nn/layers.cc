@@ -11,7 +11,8 @@ Linear::Linear(int64_t in, int64_t out, bool bias, bool fan_in_fan_out)
       in_features(in),
       out_features(out),
       fan_in_fan_out(fan_in_fan_out),
-      weight_(register_parameter("weight", fan_in_fan_out ? Tensor::zeros({in, out}) : Tensor::zeros({out, in}))),
+      weight_(
+          register_parameter("weight", fan_in_fan_out ? Tensor::zeros({in, out}) : Tensor::zeros({out, in}))),
       bias_(register_parameter("bias", bias ? Tensor::zeros({out}) : Tensor())) {}
 
 Tensor Linear::base_forward(const Tensor& x) { return ops::linear(x, weight_out_in(), bias_); }

@@ -43,7 +43,8 @@ Module* Module::find_module(const std::string& path) {
   const size_t dot = path.find('.');
   const std::string head = path.substr(0, dot);
   for (auto& [name, child] : children_)
-    if (name == head && child) return dot == std::string::npos ? child.get() : child->find_module(path.substr(dot + 1));
+    if (name == head && child)
+      return dot == std::string::npos ? child.get() : child->find_module(path.substr(dot + 1));
   return nullptr;
 }
 

@@ -99,19 +99,21 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
     be.attention({*p, qm.m, km.m, vm.m, out.f32(), lse->data()});
   }
   Tensor qd = q.detach(), kd = k.detach(), vd = v.detach();
-  return record("scaled_dot_product_attention", out, {q, k, v, key_mask},
-                [p, mask, lse, qd, kd, vd](const Tensor& g, const std::vector<bool>& needs) -> std::vector<Tensor> {
-                  Tensor gq = needs[0] ? Tensor::zeros(qd.shape()) : Tensor();
-                  Tensor gk = needs[1] ? Tensor::zeros(kd.shape()) : Tensor();
-                  Tensor gv = needs[2] ? Tensor::zeros(vd.shape()) : Tensor();
-                  if (g.numel() == 0) return {gq, gk, gv, Tensor()};
-                  Tensor gc = f32_contiguous(g);
-                  const Heads qm = head_matrices(qd), km = head_matrices(kd), vm = head_matrices(vd);
-                  backend_for("scaled_dot_product_attention", {&gc, &qd}).attention_backward(
-                      {*p, qm.m, km.m, vm.m, gc.f32(), lse->data(), gq.defined() ? gq.f32() : nullptr,
-                       gk.defined() ? gk.f32() : nullptr, gv.defined() ? gv.f32() : nullptr});
-                  return {gq, gk, gv, Tensor()};
-                });
+  return record(
+      "scaled_dot_product_attention", out, {q, k, v, key_mask},
+      [p, mask, lse, qd, kd, vd](const Tensor& g, const std::vector<bool>& needs) -> std::vector<Tensor> {
+        Tensor gq = needs[0] ? Tensor::zeros(qd.shape()) : Tensor();
+        Tensor gk = needs[1] ? Tensor::zeros(kd.shape()) : Tensor();
+        Tensor gv = needs[2] ? Tensor::zeros(vd.shape()) : Tensor();
+        if (g.numel() == 0) return {gq, gk, gv, Tensor()};
+        Tensor gc = f32_contiguous(g);
+        const Heads qm = head_matrices(qd), km = head_matrices(kd), vm = head_matrices(vd);
+        backend_for("scaled_dot_product_attention", {&gc, &qd})
+            .attention_backward({*p, qm.m, km.m, vm.m, gc.f32(), lse->data(),
+                                 gq.defined() ? gq.f32() : nullptr, gk.defined() ? gk.f32() : nullptr,
+                                 gv.defined() ? gv.f32() : nullptr});
+        return {gq, gk, gv, Tensor()};
+      });
 }
 
 }  // namespace deltatune::ops

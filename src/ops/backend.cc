@@ -12,7 +12,8 @@ namespace {
 thread_local BackendKind t_cpu_backend = BackendKind::Cpu;
 
 const Backend& for_device(const char* op, Device device) {
-  if (device == Device::CPU) return t_cpu_backend == BackendKind::Reference ? reference_kernels() : cpu_kernels();
+  if (device == Device::CPU)
+    return t_cpu_backend == BackendKind::Reference ? reference_kernels() : cpu_kernels();
   throw DeviceError(std::string(op) + ": no " + device_name(device) + " kernels in this build yet");
 }
 
@@ -24,16 +25,21 @@ Device common_device(const char* op, Device first, const Tensor& t) {
 }
 }  // namespace
 
-int64_t AttentionProblem::key_end(int64_t t1) const { return causal ? std::clamp<int64_t>(t1 + s - t, 0, s) : s; }
+int64_t AttentionProblem::key_end(int64_t t1) const {
+  return causal ? std::clamp<int64_t>(t1 + s - t, 0, s) : s;
+}
 int64_t AttentionProblem::row_limit(int64_t ti) const {
   return causal ? std::clamp<int64_t>(ti + 1 + s - t, 0, s) : s;
 }
 
 const char* backend_name(BackendKind kind) {
   switch (kind) {
-    case BackendKind::Cpu: return "cpu";
-    case BackendKind::Reference: return "reference";
-    case BackendKind::Cuda: return "cuda";
+    case BackendKind::Cpu:
+      return "cpu";
+    case BackendKind::Reference:
+      return "reference";
+    case BackendKind::Cuda:
+      return "cuda";
   }
   return "?";
 }
@@ -51,8 +57,10 @@ const Backend& backend_for(const char* op, std::initializer_list<const Tensor*> 
   const Tensor* first = nullptr;
   for (const Tensor* t : tensors) {
     if (!t->defined()) continue;
-    if (!first) first = t;
-    else common_device(op, first->device(), *t);
+    if (!first)
+      first = t;
+    else
+      common_device(op, first->device(), *t);
   }
   return for_device(op, first ? first->device() : Device::CPU);
 }
@@ -61,8 +69,10 @@ const Backend& backend_for(const char* op, const std::vector<Tensor>& tensors) {
   const Tensor* first = nullptr;
   for (const Tensor& t : tensors) {
     if (!t.defined()) continue;
-    if (!first) first = &t;
-    else common_device(op, first->device(), t);
+    if (!first)
+      first = &t;
+    else
+      common_device(op, first->device(), t);
   }
   return for_device(op, first ? first->device() : Device::CPU);
 }

@@ -19,7 +19,20 @@ namespace deltatune::ops {
 
 enum class Binary : uint8_t { Add, Sub, Mul, Div };
 // Scalar-parameterised and plain unary maps; the activations (Silu, Gelu*) are the vectorised ones.
-enum class Unary : uint8_t { AddScalar, MulScalar, Exp, Log, Sqrt, Square, Tanh, Sigmoid, Relu, Silu, GeluErf, GeluTanh };
+enum class Unary : uint8_t {
+  AddScalar,
+  MulScalar,
+  Exp,
+  Log,
+  Sqrt,
+  Square,
+  Tanh,
+  Sigmoid,
+  Relu,
+  Silu,
+  GeluErf,
+  GeluTanh
+};
 
 // out[i] (contiguous, `shape`) = a[i] op b[i], each operand read through its own strides (0 along
 // broadcast dims).
@@ -197,7 +210,8 @@ class Backend {
   // out (shape with reduced dims 1) = sum of x (contiguous, shape) over the dims marked in reduce.
   virtual void sum(const float* x, const Shape& shape, const std::vector<bool>& reduce, float* out) const = 0;
   virtual void softmax(const float* x, float* y, const Lines& lines, bool log) const = 0;
-  virtual void softmax_backward(const float* y, const float* g, float* gx, const Lines& lines, bool log) const = 0;
+  virtual void softmax_backward(const float* y, const float* g, float* gx, const Lines& lines,
+                                bool log) const = 0;
   virtual void layer_norm(const NormArgs& args) const = 0;
   virtual void layer_norm_backward(const NormBackwardArgs& args) const = 0;
   virtual void rms_norm(const NormArgs& args) const = 0;
@@ -206,7 +220,8 @@ class Backend {
   // --- gathers, rotations, attention ---
   virtual void embedding(const EmbeddingArgs& args) const = 0;
   // gweight [V, d] (zeroed) += g [n, d] scattered to the rows ids.
-  virtual void embedding_backward(const int64_t* ids, int64_t n, int64_t d, const float* g, float* gweight) const = 0;
+  virtual void embedding_backward(const int64_t* ids, int64_t n, int64_t d, const float* g,
+                                  float* gweight) const = 0;
   virtual void rope(const RopeArgs& args) const = 0;
   virtual void attention(const AttentionArgs& args) const = 0;
   virtual void attention_backward(const AttentionBackwardArgs& args) const = 0;

@@ -52,7 +52,8 @@ Tensor concat(const std::vector<Tensor>& tensors, int64_t dim) {
       Tensor src = t.to(out_dtype).contiguous();
       const char* from = static_cast<const char*>(src.storage()->data) + src.offset() * int64_t(esize);
       char* to = static_cast<char*>(out.storage()->data) + at * inner * int64_t(esize);
-      be.copy_blocks(to, out_row * int64_t(esize), from, n * inner * int64_t(esize), outer, n * inner * int64_t(esize));
+      be.copy_blocks(to, out_row * int64_t(esize), from, n * inner * int64_t(esize), outer,
+                     n * inner * int64_t(esize));
       at += n;
     }
   }

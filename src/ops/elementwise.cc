@@ -36,8 +36,7 @@ Shape broadcast_shape(const Tensor& a, const Tensor& b, const char* op) {
 Shape broadcast_strides(const Tensor& t, const Shape& shape) {
   Shape strides(shape.size(), 0);
   const size_t lead = shape.size() - t.shape().size();
-  for (size_t i = 0; i < t.shape().size(); ++i)
-    strides[lead + i] = t.shape()[i] == 1 ? 0 : t.strides()[i];
+  for (size_t i = 0; i < t.shape().size(); ++i) strides[lead + i] = t.shape()[i] == 1 ? 0 : t.strides()[i];
   return strides;
 }
 
@@ -47,7 +46,9 @@ Tensor binary_forward(const Tensor& a_in, const Tensor& b_in, const char* op, Bi
   const Tensor a = f32(a_in), b = f32(b_in);
   Shape shape = broadcast_shape(a, b, op);
   Tensor out = Tensor::empty(shape);
-  if (out.numel()) be.binary(kind, {a.f32(), b.f32(), out.f32(), shape, broadcast_strides(a, shape), broadcast_strides(b, shape)});
+  if (out.numel())
+    be.binary(kind,
+              {a.f32(), b.f32(), out.f32(), shape, broadcast_strides(a, shape), broadcast_strides(b, shape)});
   return out;
 }
 
@@ -73,8 +74,8 @@ Tensor unary_op(const char* name, const Tensor& a, Unary kind, Saves saves) {
     const Tensor g = f32_contiguous(g_in);
     const Backend& be = backend_for(name, {&g, &xs, &ys});
     Tensor gx = Tensor::empty(g.shape());
-    be.unary_backward(kind, g.f32(), xs.defined() ? xs.f32() : nullptr, ys.defined() ? ys.f32() : nullptr, gx.f32(),
-                      g.numel());
+    be.unary_backward(kind, g.f32(), xs.defined() ? xs.f32() : nullptr, ys.defined() ? ys.f32() : nullptr,
+                      gx.f32(), g.numel());
     return std::vector<Tensor>{gx};
   });
 }
@@ -119,9 +120,8 @@ Tensor div(const Tensor& a, const Tensor& b) {
 
 Tensor add_scalar(const Tensor& a, float s) {
   Tensor out = unary_forward("add_scalar", a, Unary::AddScalar, s);
-  return record("add_scalar", out, {a}, [](const Tensor& g, const std::vector<bool>&) {
-    return std::vector<Tensor>{g};
-  });
+  return record("add_scalar", out, {a},
+                [](const Tensor& g, const std::vector<bool>&) { return std::vector<Tensor>{g}; });
 }
 
 Tensor mul_scalar(const Tensor& a, float s) {

@@ -31,8 +31,8 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
   Tensor out = Tensor::empty(out_shape);
   const Backend& be = backend_for("embedding", {&weight, &ids});
   if (!idx.empty() && d)
-    be.embedding({weight.storage()->data, weight.dtype(), weight.offset(), weight.strides()[0], weight.strides()[1],
-                  idx.data(), int64_t(idx.size()), d, out.f32()});
+    be.embedding({weight.storage()->data, weight.dtype(), weight.offset(), weight.strides()[0],
+                  weight.strides()[1], idx.data(), int64_t(idx.size()), d, out.f32()});
   auto saved = std::make_shared<std::vector<int64_t>>(std::move(idx));
   return record("embedding", out, {weight, ids},
                 [saved, vocab, d](const Tensor& g, const std::vector<bool>& needs) -> std::vector<Tensor> {
@@ -40,8 +40,8 @@ Tensor embedding(const Tensor& weight, const Tensor& ids) {
                   Tensor gc = f32_contiguous(g);
                   Tensor gw = Tensor::zeros({vocab, d});
                   if (!saved->empty() && d)
-                    backend_for("embedding", {&gc}).embedding_backward(saved->data(), int64_t(saved->size()), d,
-                                                                       gc.f32(), gw.f32());
+                    backend_for("embedding", {&gc})
+                        .embedding_backward(saved->data(), int64_t(saved->size()), d, gc.f32(), gw.f32());
                   return {gw, Tensor()};
                 });
 }
@@ -58,13 +58,13 @@ Tensor dropout(const Tensor& a, float p, bool training, Generator& gen) {
   for (int64_t i = 0; i < n; ++i) (*keep)[size_t(i)] = gen.uniform() >= p ? 1 : 0;
   Tensor out = Tensor::empty(a.shape());
   backend_for("dropout", {&a}).masked_scale(x.f32(), keep->data(), scale, out.f32(), n);
-  return record("dropout", out, {a},
-                [keep, scale](const Tensor& g, const std::vector<bool>&) -> std::vector<Tensor> {
-                  Tensor gc = f32_contiguous(g);
-                  Tensor gx = Tensor::empty(gc.shape());
-                  backend_for("dropout", {&gc}).masked_scale(gc.f32(), keep->data(), scale, gx.f32(), gc.numel());
-                  return {gx};
-                });
+  return record(
+      "dropout", out, {a}, [keep, scale](const Tensor& g, const std::vector<bool>&) -> std::vector<Tensor> {
+        Tensor gc = f32_contiguous(g);
+        Tensor gx = Tensor::empty(gc.shape());
+        backend_for("dropout", {&gc}).masked_scale(gc.f32(), keep->data(), scale, gx.f32(), gc.numel());
+        return {gx};
+      });
 }
 
 }  // namespace deltatune::ops

@@ -46,9 +46,8 @@ Shape resolve_shape(const Shape& requested, int64_t numel, const Tensor& a) {
 Tensor contiguous(const Tensor& a) {
   Tensor out = Tensor::empty(a.shape(), a.dtype());
   out.copy_(a);
-  return record("contiguous", out, {a}, [](const Tensor& g, const std::vector<bool>&) {
-    return std::vector<Tensor>{g};
-  });
+  return record("contiguous", out, {a},
+                [](const Tensor& g, const std::vector<bool>&) { return std::vector<Tensor>{g}; });
 }
 
 Tensor cast(const Tensor& a, DType dtype) {
@@ -114,12 +113,13 @@ Tensor slice(const Tensor& a, int64_t dim, int64_t start, int64_t end, int64_t s
   strides[size_t(dim)] *= step;
   Tensor out = make_view(a, shape, strides, a.offset() + start * a.strides()[size_t(dim)]);
   Shape original = a.shape();
-  return record("slice", out, {a}, [original, dim, start, end, step](const Tensor& g, const std::vector<bool>&) {
-    Tensor full = Tensor::zeros(original);
-    Tensor window = slice(full, dim, start, end, step);
-    window.copy_(g);
-    return std::vector<Tensor>{full};
-  });
+  return record("slice", out, {a},
+                [original, dim, start, end, step](const Tensor& g, const std::vector<bool>&) {
+                  Tensor full = Tensor::zeros(original);
+                  Tensor window = slice(full, dim, start, end, step);
+                  window.copy_(g);
+                  return std::vector<Tensor>{full};
+                });
 }
 
 Tensor expand(const Tensor& a, const Shape& shape) {
@@ -129,9 +129,12 @@ Tensor expand(const Tensor& a, const Shape& shape) {
   Shape strides(shape.size(), 0);
   for (size_t i = 0; i < size_t(a.dim()); ++i) {
     int64_t have = a.shape()[i], want = shape[lead + i];
-    if (have == want) strides[lead + i] = a.strides()[i];
-    else if (have == 1) strides[lead + i] = 0;
-    else throw ShapeError("expand: cannot expand " + a.describe() + " to " + shape_str(shape));
+    if (have == want)
+      strides[lead + i] = a.strides()[i];
+    else if (have == 1)
+      strides[lead + i] = 0;
+    else
+      throw ShapeError("expand: cannot expand " + a.describe() + " to " + shape_str(shape));
   }
   Tensor out = make_view(a, shape, strides, a.offset());
   Shape original = a.shape();

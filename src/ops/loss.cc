@@ -25,8 +25,8 @@ int64_t counted_targets(const char* op, const std::vector<int64_t>& targets, int
     const int64_t t = targets[i];
     if (t == ignore_index) continue;
     if (t < 0 || t >= classes)
-      throw ShapeError(std::string(op) + ": target " + std::to_string(t) + " at position " + std::to_string(i) +
-                       " is out of range for " + classes_text);
+      throw ShapeError(std::string(op) + ": target " + std::to_string(t) + " at position " +
+                       std::to_string(i) + " is out of range for " + classes_text);
     ++counted;
   }
   return counted;
@@ -52,8 +52,8 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
                       "C = " + std::to_string(c) + " classes (logits " + shape_str(logits.shape()) + ")");
   Tensor x = f32_contiguous(logits).detach();
   auto lse = std::make_shared<std::vector<float>>(size_t(n));
-  const double total =
-      backend_for("cross_entropy", {&logits, &targets}).cross_entropy({x.f32(), tgt.data(), n, c, ignore_index}, lse->data());
+  const double total = backend_for("cross_entropy", {&logits, &targets})
+                           .cross_entropy({x.f32(), tgt.data(), n, c, ignore_index}, lse->data());
   Tensor out = Tensor::scalar(counted ? float(total / double(counted)) : 0.0f);
   auto saved_targets = std::make_shared<std::vector<int64_t>>(std::move(tgt));
   return record("cross_entropy", out, {logits, targets},
@@ -63,8 +63,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
                   Tensor gx = Tensor::zeros(x.shape());
                   if (!counted) return {gx, Tensor()};
                   const float scale = g.item() / float(counted);
-                  backend_for("cross_entropy", {&x}).cross_entropy_backward(
-                      {x.f32(), saved_targets->data(), n, c, ignore_index}, lse->data(), scale, gx.f32());
+                  backend_for("cross_entropy", {&x})
+                      .cross_entropy_backward({x.f32(), saved_targets->data(), n, c, ignore_index},
+                                              lse->data(), scale, gx.f32());
                   return {gx, Tensor()};
                 });
 }
@@ -78,12 +79,13 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
 // That avoids both the [N, V] logits on the tape and recomputing the vocabulary GEMM in backward.
 namespace deltatune::ops {
 
-Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor& targets, int64_t ignore_index) {
+Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor& targets,
+                            int64_t ignore_index) {
   if (!x.defined() || !weight.defined() || !targets.defined())
     throw ShapeError("linear_cross_entropy: x, weight or targets undefined");
   if (x.dim() != 2 || weight.dim() != 2 || x.size(1) != weight.size(1))
-    throw ShapeError("linear_cross_entropy: expected x [N, H] and weight [V, H], got " + shape_str(x.shape()) +
-                     " and " + shape_str(weight.shape()));
+    throw ShapeError("linear_cross_entropy: expected x [N, H] and weight [V, H], got " +
+                     shape_str(x.shape()) + " and " + shape_str(weight.shape()));
   if (targets.dtype() != DType::I64 && targets.dtype() != DType::I32)
     throw DtypeError("linear_cross_entropy: targets must be int32 or int64, got " + targets.describe());
   if (targets.shape() != Shape{x.size(0)})
@@ -119,10 +121,11 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor&
       be.gemm({rows, v, h, xr, false, h, wc.f32(), true, h, 1.0f, 0.0f, lg, v});
     else
       std::fill(lg, lg + rows * v, 0.0f);
-    total += be.cross_entropy_rows({lg, tgt.data() + r0, rows, v, ignore_index}, lg, want_gx || want_gw, inv_count);
+    total += be.cross_entropy_rows({lg, tgt.data() + r0, rows, v, ignore_index}, lg, want_gx || want_gw,
+                                   inv_count);
     if (want_gx && bf16_kernel)  // gx[rows, H] = G[rows, V] @ W[V, H]
-      be.gemm_bf16({rows, h, v, lg, v, wc.data<uint16_t>(), wc.strides()[0], wc.strides()[1], gx.f32() + r0 * h, h,
-                    false});
+      be.gemm_bf16({rows, h, v, lg, v, wc.data<uint16_t>(), wc.strides()[0], wc.strides()[1],
+                    gx.f32() + r0 * h, h, false});
     else if (want_gx && h > 0)
       be.gemm({rows, h, v, lg, false, v, wc.f32(), false, h, 1.0f, 0.0f, gx.f32() + r0 * h, h});
     if (want_gw && h > 0)  // gW[V, H] += G^T[V, rows] @ x[rows, H]

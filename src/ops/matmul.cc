@@ -4,12 +4,12 @@
 #include <algorithm>
 #include <atomic>
 
-#include "ops/backend.h"
-#include "ops/bf16_products.h"
-#include "ops/cpu/gemm_bf16.h"
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
+#include "ops/backend.h"
+#include "ops/bf16_products.h"
+#include "ops/cpu/gemm_bf16.h"
 
 namespace deltatune::ops {
 namespace {
@@ -38,20 +38,23 @@ Tensor blas_ready(const Tensor& t) {
   Tensor f = t.float32();
   const int64_t r = f.dim();
   MatrixView v;
-  if (as_blas(nullptr, f.size(r - 2), f.size(r - 1), f.strides()[size_t(r - 2)], f.strides()[size_t(r - 1)], v)) return f;
+  if (as_blas(nullptr, f.size(r - 2), f.size(r - 1), f.strides()[size_t(r - 2)], f.strides()[size_t(r - 1)],
+              v))
+    return f;
   return f.contiguous();
 }
 
 // C[m, n] = op(A) op(B) (+ beta * C), all row-major.
-void gemm(const Backend& be, int64_t m, int64_t n, int64_t k, const MatrixView& a, const MatrixView& b, float beta,
-          float* c, int64_t ldc) {
+void gemm(const Backend& be, int64_t m, int64_t n, int64_t k, const MatrixView& a, const MatrixView& b,
+          float beta, float* c, int64_t ldc) {
   be.gemm({m, n, k, a.data, a.trans, a.ld, b.data, b.trans, b.ld, 1.0f, beta, c, ldc});
 }
 
 MatrixView view_of(const Tensor& t, int64_t extra_offset = 0) {
   const int64_t r = t.dim();
   MatrixView v{};
-  as_blas(t.f32() + extra_offset, t.size(r - 2), t.size(r - 1), t.strides()[size_t(r - 2)], t.strides()[size_t(r - 1)], v);
+  as_blas(t.f32() + extra_offset, t.size(r - 2), t.size(r - 1), t.strides()[size_t(r - 2)],
+          t.strides()[size_t(r - 1)], v);
   return v;
 }
 
@@ -73,8 +76,8 @@ Tensor matmul_forward(const Tensor& a_in, const Tensor& b_in) {
     int64_t da = i < rank - batch_a.size() ? 1 : batch_a[i - (rank - batch_a.size())];
     int64_t db = i < rank - batch_b.size() ? 1 : batch_b[i - (rank - batch_b.size())];
     if (da != db && da != 1 && db != 1)
-      throw ShapeError("matmul: batch dims of " + shape_str(a_in.shape()) + " and " + shape_str(b_in.shape()) +
-                       " do not broadcast");
+      throw ShapeError("matmul: batch dims of " + shape_str(a_in.shape()) + " and " +
+                       shape_str(b_in.shape()) + " do not broadcast");
     batch[i] = da == 1 ? db : da;
   }
   Shape out_shape = batch;
@@ -102,8 +105,9 @@ Tensor matmul_forward(const Tensor& a_in, const Tensor& b_in) {
     return off;
   };
   for (int64_t i = 0; i < count; ++i) {
-    if (m && n) gemm(be, m, n, k, view_of(a, batch_offset(a, batch_a, i)), view_of(b, batch_offset(b, batch_b, i)), 0.0f,
-                     out.f32() + i * m * n, n);
+    if (m && n)
+      gemm(be, m, n, k, view_of(a, batch_offset(a, batch_a, i)), view_of(b, batch_offset(b, batch_b, i)),
+           0.0f, out.f32() + i * m * n, n);
   }
   return out;
 }
@@ -136,9 +140,10 @@ void set_matmul_precision(MatmulPrecision precision) { g_precision = precision; 
 MatmulPrecision matmul_precision() { return g_precision; }
 
 bool runs_bf16_kernel(const Tensor& weight) {
-  return g_precision == MatmulPrecision::Bf16 && (weight.dtype() == DType::BF16 || weight.dtype() == DType::F32) &&
-         weight.device() == Device::CPU && weight.dim() == 2 && weight.size(0) >= kBf16MinDim &&
-         weight.size(1) >= kBf16MinDim && kernels::bf16_gemm_available();
+  return g_precision == MatmulPrecision::Bf16 &&
+         (weight.dtype() == DType::BF16 || weight.dtype() == DType::F32) && weight.device() == Device::CPU &&
+         weight.dim() == 2 && weight.size(0) >= kBf16MinDim && weight.size(1) >= kBf16MinDim &&
+         kernels::bf16_gemm_available();
 }
 
 Tensor bf16_weight(const Tensor& weight) {
@@ -148,11 +153,12 @@ Tensor bf16_weight(const Tensor& weight) {
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   if (weight.dim() != 2) throw ShapeError("linear: weight must be 2-D, got " + weight.describe());
   if (x.dim() < 1 || x.size(-1) != weight.size(1))
-    throw ShapeError("linear: input " + shape_str(x.shape()) + " does not match weight " + shape_str(weight.shape()) +
-                     " (in features " + std::to_string(weight.size(1)) + ")");
+    throw ShapeError("linear: input " + shape_str(x.shape()) + " does not match weight " +
+                     shape_str(weight.shape()) + " (in features " + std::to_string(weight.size(1)) + ")");
   const int64_t in = weight.size(1), outf = weight.size(0);
   if (bias.defined() && (bias.dim() != 1 || bias.size(0) != outf))
-    throw ShapeError("linear: bias " + shape_str(bias.shape()) + " does not match weight " + shape_str(weight.shape()));
+    throw ShapeError("linear: bias " + shape_str(bias.shape()) + " does not match weight " +
+                     shape_str(weight.shape()));
   const Backend& be = backend_for("linear", {&x, &weight, &bias});
   Tensor xc = x.float32().contiguous();
   // Bf16 precision (see ops.h) runs on the AVX-512 BF16 kernel, a float32 weight rounded once here
@@ -182,33 +188,38 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
 
   // The tape keeps x only when the weight learns, and W only when x needs a gradient: a frozen
   // layer holds no copy of its input, a layer on a frozen input no reference to its weight.
-  if (!grad_enabled() || !(x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad())))
+  if (!grad_enabled() ||
+      !(x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad())))
     return out;
   Tensor xd = weight.requires_grad() ? xc.detach() : Tensor();
   Tensor wd = x.requires_grad() ? w.detach() : Tensor();
   const Shape x_shape = x.shape();
-  return record("linear", out, {x, weight, bias}, [xd, wd, x_shape, in, outf, rows, bf16_kernel](const Tensor& g_in, const std::vector<bool>& needs) {
-    Tensor g = g_in.contiguous();
-    const Backend& be = backend_for("linear", {&g});
-    Tensor gx, gw, gb;
-    MatrixView gv{g.f32(), false, std::max<int64_t>(outf, 1)};
-    if (needs[0]) {  // gx[rows, in] = g[rows, out] @ W[out, in]
-      gx = Tensor::empty(x_shape);
-      if (bf16_kernel)  // B[k, n] = W[k, n]
-        be.gemm_bf16({rows, in, outf, g.f32(), outf, wd.data<uint16_t>(), wd.strides()[0], wd.strides()[1], gx.f32(),
-                      in, false});
-      else if (rows && in)
-        gemm(be, rows, in, outf, gv, view_of(wd), 0.0f, gx.f32(), in);
-    }
-    if (needs[1]) {  // gW[out, in] = g^T[out, rows] @ x[rows, in]
-      Tensor gwc = Tensor::empty({outf, in});
-      MatrixView gt{g.f32(), true, std::max<int64_t>(outf, 1)};
-      if (outf && in) gemm(be, outf, in, rows, gt, MatrixView{xd.f32(), false, std::max<int64_t>(in, 1)}, 0.0f, gwc.f32(), in);
-      gw = gwc;
-    }
-    if (needs[2]) gb = sum(reshape(g, {rows, outf}), {0});
-    return std::vector<Tensor>{gx, gw, gb};
-  });
+  return record(
+      "linear", out, {x, weight, bias},
+      [xd, wd, x_shape, in, outf, rows, bf16_kernel](const Tensor& g_in, const std::vector<bool>& needs) {
+        Tensor g = g_in.contiguous();
+        const Backend& be = backend_for("linear", {&g});
+        Tensor gx, gw, gb;
+        MatrixView gv{g.f32(), false, std::max<int64_t>(outf, 1)};
+        if (needs[0]) {  // gx[rows, in] = g[rows, out] @ W[out, in]
+          gx = Tensor::empty(x_shape);
+          if (bf16_kernel)  // B[k, n] = W[k, n]
+            be.gemm_bf16({rows, in, outf, g.f32(), outf, wd.data<uint16_t>(), wd.strides()[0],
+                          wd.strides()[1], gx.f32(), in, false});
+          else if (rows && in)
+            gemm(be, rows, in, outf, gv, view_of(wd), 0.0f, gx.f32(), in);
+        }
+        if (needs[1]) {  // gW[out, in] = g^T[out, rows] @ x[rows, in]
+          Tensor gwc = Tensor::empty({outf, in});
+          MatrixView gt{g.f32(), true, std::max<int64_t>(outf, 1)};
+          if (outf && in)
+            gemm(be, outf, in, rows, gt, MatrixView{xd.f32(), false, std::max<int64_t>(in, 1)}, 0.0f,
+                 gwc.f32(), in);
+          gw = gwc;
+        }
+        if (needs[2]) gb = sum(reshape(g, {rows, outf}), {0});
+        return std::vector<Tensor>{gx, gw, gb};
+      });
 }
 
 }  // namespace deltatune::ops

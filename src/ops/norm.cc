@@ -43,9 +43,10 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, flo
   auto mean = std::make_shared<std::vector<float>>(size_t(rows));
   auto rstd = std::make_shared<std::vector<float>>(size_t(rows));
   Tensor out = Tensor::empty(x.shape());
-  if (rows) backend_for("layer_norm", {&x, &weight, &bias})
-                .layer_norm({xc.f32(), w.defined() ? w.f32() : nullptr, b.defined() ? b.f32() : nullptr, out.f32(),
-                             mean->data(), rstd->data(), rows, d, eps});
+  if (rows)
+    backend_for("layer_norm", {&x, &weight, &bias})
+        .layer_norm({xc.f32(), w.defined() ? w.f32() : nullptr, b.defined() ? b.f32() : nullptr, out.f32(),
+                     mean->data(), rstd->data(), rows, d, eps});
   return record(
       "layer_norm", out, {x, weight, bias},
       [xc, w, mean, rstd, d, rows](const Tensor& g, const std::vector<bool>& needs) -> std::vector<Tensor> {
@@ -54,10 +55,11 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, flo
         Tensor gw = needs[1] ? Tensor::empty({d}) : Tensor();
         Tensor gb = needs[2] ? Tensor::empty({d}) : Tensor();
         if (rows)
-          backend_for("layer_norm", {&gc, &xc}).layer_norm_backward(
-              {xc.f32(), w.defined() ? w.f32() : nullptr, gc.f32(), mean->data(), rstd->data(),
-               gx.defined() ? gx.f32() : nullptr, gw.defined() ? gw.f32() : nullptr, gb.defined() ? gb.f32() : nullptr,
-               rows, d});
+          backend_for("layer_norm", {&gc, &xc})
+              .layer_norm_backward({xc.f32(), w.defined() ? w.f32() : nullptr, gc.f32(), mean->data(),
+                                    rstd->data(), gx.defined() ? gx.f32() : nullptr,
+                                    gw.defined() ? gw.f32() : nullptr, gb.defined() ? gb.f32() : nullptr,
+                                    rows, d});
         else {  // no rows: the weight and bias gradients are zeros
           if (gw.defined()) gw.fill_(0.0f);
           if (gb.defined()) gb.fill_(0.0f);
@@ -74,9 +76,10 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) {
   Tensor w = weight.defined() ? f32_contiguous(weight).detach() : Tensor();
   auto rstd = std::make_shared<std::vector<float>>(size_t(rows));
   Tensor out = Tensor::empty(x.shape());
-  if (rows) backend_for("rms_norm", {&x, &weight})
-                .rms_norm({xc.f32(), w.defined() ? w.f32() : nullptr, nullptr, out.f32(), nullptr, rstd->data(), rows,
-                           d, eps});
+  if (rows)
+    backend_for("rms_norm", {&x, &weight})
+        .rms_norm({xc.f32(), w.defined() ? w.f32() : nullptr, nullptr, out.f32(), nullptr, rstd->data(), rows,
+                   d, eps});
   return record(
       "rms_norm", out, {x, weight},
       [xc, w, rstd, d, rows](const Tensor& g, const std::vector<bool>& needs) -> std::vector<Tensor> {
@@ -84,9 +87,10 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) {
         Tensor gx = needs[0] ? Tensor::empty(xc.shape()) : Tensor();
         Tensor gw = needs[1] ? Tensor::empty({d}) : Tensor();
         if (rows)
-          backend_for("rms_norm", {&gc, &xc}).rms_norm_backward(
-              {xc.f32(), w.defined() ? w.f32() : nullptr, gc.f32(), nullptr, rstd->data(),
-               gx.defined() ? gx.f32() : nullptr, gw.defined() ? gw.f32() : nullptr, nullptr, rows, d});
+          backend_for("rms_norm", {&gc, &xc})
+              .rms_norm_backward({xc.f32(), w.defined() ? w.f32() : nullptr, gc.f32(), nullptr, rstd->data(),
+                                  gx.defined() ? gx.f32() : nullptr, gw.defined() ? gw.f32() : nullptr,
+                                  nullptr, rows, d});
         else if (gw.defined())
           gw.fill_(0.0f);
         return {gx, gw};

@@ -13,14 +13,14 @@ namespace {
 // A buffer the update writes or reads: float32, contiguous, the parameter's shape.
 void check_buffer(const char* op, const char* what, const Tensor& t, const Tensor& param) {
   if (t.dtype() != DType::F32 || !t.is_contiguous() || t.shape() != param.shape())
-    throw DtypeError(std::string(op) + ": " + what + " must be a contiguous float32 " + shape_str(param.shape()) +
-                     " tensor, got " + t.describe());
+    throw DtypeError(std::string(op) + ": " + what + " must be a contiguous float32 " +
+                     shape_str(param.shape()) + " tensor, got " + t.describe());
 }
 
 }  // namespace
 
-void adamw_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq, Tensor& max_exp_avg_sq,
-                   const AdamWStep& step) {
+void adamw_update_(Tensor& param, const Tensor& grad, Tensor& exp_avg, Tensor& exp_avg_sq,
+                   Tensor& max_exp_avg_sq, const AdamWStep& step) {
   const char* op = "adamw_update_";
   check_buffer(op, "param", param, param);
   check_buffer(op, "grad", grad, param);
@@ -38,8 +38,8 @@ void sgd_update_(Tensor& param, const Tensor& grad, Tensor& momentum_buffer, con
   check_buffer(op, "grad", grad, param);
   if (momentum_buffer.defined()) check_buffer(op, "momentum_buffer", momentum_buffer, param);
   const Backend& be = backend_for(op, {&param, &grad, &momentum_buffer});
-  be.sgd_update({param.f32(), grad.f32(), momentum_buffer.defined() ? momentum_buffer.f32() : nullptr, param.numel(),
-                 step});
+  be.sgd_update({param.f32(), grad.f32(), momentum_buffer.defined() ? momentum_buffer.f32() : nullptr,
+                 param.numel(), step});
 }
 
 double sum_of_squares(const Tensor& t) {

@@ -24,8 +24,10 @@ Tensor sum(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) {
   for (int64_t d : dims) reduce[size_t(wrap_dim(d, rank, "sum"))] = true;
   Shape keep_shape = a.shape(), out_shape;
   for (int64_t d = 0; d < rank; ++d) {
-    if (reduce[size_t(d)]) keep_shape[size_t(d)] = 1;
-    else out_shape.push_back(a.shape()[size_t(d)]);
+    if (reduce[size_t(d)])
+      keep_shape[size_t(d)] = 1;
+    else
+      out_shape.push_back(a.shape()[size_t(d)]);
   }
   Tensor out = sum_forward(a, reduce, keep_shape);
   if (!keepdim) out = out.detach().reshape(out_shape).detach();

@@ -70,8 +70,9 @@ Tensor rope(const Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
                   Tensor gc = f32_contiguous(g);
                   Tensor gx = Tensor::empty(gc.shape());
                   if (gx.numel())
-                    backend_for("rope", {&gc}).rope({gc.f32(), gx.f32(), tab->cos.data(), tab->sin.data(),
-                                                     tab->batches, b0, m, tab->t, tab->half, true});
+                    backend_for("rope", {&gc})
+                        .rope({gc.f32(), gx.f32(), tab->cos.data(), tab->sin.data(), tab->batches, b0, m,
+                               tab->t, tab->half, true});
                   return {gx, Tensor(), Tensor()};
                 });
 }

@@ -45,7 +45,8 @@ Tensor softmax_impl(const Tensor& a, int64_t dim, bool log) {
                 [name, y, r, log](const Tensor& g, const std::vector<bool>&) -> std::vector<Tensor> {
                   Tensor gc = f32_contiguous(g);
                   Tensor gx = Tensor::empty(y.shape());
-                  if (y.numel()) backend_for(name, {&gc, &y}).softmax_backward(y.f32(), gc.f32(), gx.f32(), r, log);
+                  if (y.numel())
+                    backend_for(name, {&gc, &y}).softmax_backward(y.f32(), gc.f32(), gx.f32(), r, log);
                   return {gx};
                 });
 }

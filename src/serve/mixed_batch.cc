@@ -115,10 +115,12 @@ std::vector<std::string> MixedBatch::names() const {
 delta::Delta& MixedBatch::get(const std::string& name) {
   for (auto& e : entries_)
     if (e->name == name) return *e->delta;
-  throw ConfigError("mixed batch: no delta named '" + name + "' (have: " + nlohmann::json(names()).dump() + ")");
+  throw ConfigError("mixed batch: no delta named '" + name + "' (have: " + nlohmann::json(names()).dump() +
+                    ")");
 }
 
-void MixedBatch::adopt(const std::string& name, const std::function<std::unique_ptr<delta::Delta>()>& attach) {
+void MixedBatch::adopt(const std::string& name,
+                       const std::function<std::unique_ptr<delta::Delta>()>& attach) {
   if (name.empty()) throw ConfigError("mixed batch: a delta needs a non-empty name (\"\" is the base)");
   for (auto& e : entries_)
     if (e->name == name) throw ConfigError("mixed batch: two deltas named '" + name + "'");
@@ -145,7 +147,8 @@ void MixedBatch::adopt(const std::string& name, const std::function<std::unique_
   if (why.empty() && !entry->delta->supports_mixed_batch()) why = "its method does not support mixed batches";
   if (!why.empty()) {
     entry->delta->detach();
-    throw ConfigError("mixed batch: the " + entry->delta->method() + " delta '" + name + "' cannot share a batch: " + why);
+    throw ConfigError("mixed batch: the " + entry->delta->method() + " delta '" + name +
+                      "' cannot share a batch: " + why);
   }
   for (auto& [layer, hook] : added.linear) {
     auto wrapped = std::make_shared<RowHook>();
@@ -197,8 +200,9 @@ void MixedBatch::add_saved(const std::string& name, const std::filesystem::path&
           if (!same) {
             saved.delta->detach();
             restore_head();
-            throw ConfigError("mixed batch: delta '" + name + "' (" + dir.string() + ") carries its own task head ('" +
-                              n + "'); deltas in one batch must share the head");
+            throw ConfigError("mixed batch: delta '" + name + "' (" + dir.string() +
+                              ") carries its own task head ('" + n +
+                              "'); deltas in one batch must share the head");
           }
         }
       }
@@ -218,8 +222,8 @@ void MixedBatch::add_saved(const std::string& name, const std::filesystem::path&
 ModelOutput MixedBatch::forward(const ModelInput& input, const std::vector<std::string>& example_deltas) {
   const int64_t batch = input.input_ids.dim() == 2 ? input.input_ids.size(0) : -1;
   if (int64_t(example_deltas.size()) != batch)
-    throw ConfigError("mixed batch: " + std::to_string(example_deltas.size()) + " delta names for a batch of " +
-                      std::to_string(batch) + " examples");
+    throw ConfigError("mixed batch: " + std::to_string(example_deltas.size()) +
+                      " delta names for a batch of " + std::to_string(batch) + " examples");
   std::map<const Entry*, Rows> rows;
   for (auto& e : entries_) rows[e.get()].batch = batch;
   for (int64_t b = 0; b < batch; ++b) {

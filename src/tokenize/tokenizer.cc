@@ -64,7 +64,8 @@ Encoding Tokenizer::encode_pair(std::string_view first, std::string_view second,
 }
 
 std::string Tokenizer::decode_continuation(const std::vector<int64_t>& prompt,
-                                           const std::vector<int64_t>& continuation, bool skip_special) const {
+                                           const std::vector<int64_t>& continuation,
+                                           bool skip_special) const {
   std::vector<int64_t> all = prompt;
   all.insert(all.end(), continuation.begin(), continuation.end());
   const std::string full = decode(all, skip_special);
@@ -73,7 +74,8 @@ std::string Tokenizer::decode_continuation(const std::vector<int64_t>& prompt,
   // prompt's end decodes (a WordPiece cleanup rule across the seam), keep everything after the common part.
   size_t common = 0;
   while (common < head.size() && common < full.size() && head[common] == full[common]) ++common;
-  while (common > 0 && common < full.size() && (static_cast<unsigned char>(full[common]) & 0xC0) == 0x80) --common;
+  while (common > 0 && common < full.size() && (static_cast<unsigned char>(full[common]) & 0xC0) == 0x80)
+    --common;
   return full.substr(common);
 }
 

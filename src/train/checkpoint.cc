@@ -37,7 +37,8 @@ void load_named_tensors(const fs::path& file, const NamedParams& params) {
   }
   for (const auto& [name, _] : saved.tensors)
     if (!expected.count(name))
-      throw IoError(file.string() + ": tensor '" + name + "' is not trained by this run (another configuration?)");
+      throw IoError(file.string() + ": tensor '" + name +
+                    "' is not trained by this run (another configuration?)");
 }
 
 const char* const kBestParams = "params.safetensors";

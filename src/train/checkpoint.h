@@ -28,6 +28,7 @@ nlohmann::json load_checkpoint(const std::filesystem::path& dir, const NamedPara
 // difference, prefix tuning its collapsed MLP), which is what inference needs, not what trains.
 void save_best(const std::filesystem::path& dir, const train::TrainTarget& target, const NamedParams& params);
 // Puts the tensors save_best wrote back into `params` (names and shapes checked).
-void restore_best(const std::filesystem::path& dir, const train::TrainTarget& target, const NamedParams& params);
+void restore_best(const std::filesystem::path& dir, const train::TrainTarget& target,
+                  const NamedParams& params);
 
 }  // namespace deltatune::train_detail

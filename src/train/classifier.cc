@@ -21,7 +21,8 @@ nlohmann::json read_train_config(const fs::path& path) {
   return nullptr;
 }
 
-Classifier load_classifier(const fs::path& model_dir, const fs::path& delta_dir, const data::LabelMap* labels) {
+Classifier load_classifier(const fs::path& model_dir, const fs::path& delta_dir,
+                           const data::LabelMap* labels) {
   LoadRequest request;
   request.model_dir = model_dir;
   request.delta = delta_dir;

@@ -32,8 +32,9 @@ int64_t effective_max_length(const TransformerModel& model, int64_t requested) {
   const std::optional<int64_t> limit = model.max_input_length();
   if (!limit || requested <= *limit) return requested;
   if (*limit < 2)
-    throw ConfigError("the deltas' virtual tokens take all but " + std::to_string(*limit) + " of the model's " +
-                      std::to_string(model.config.max_position_embeddings) + " positions");
+    throw ConfigError("the deltas' virtual tokens take all but " + std::to_string(*limit) +
+                      " of the model's " + std::to_string(model.config.max_position_embeddings) +
+                      " positions");
   const int64_t positions = model.config.max_position_embeddings - model.config.position_offset;
   std::string why = "the model's " + std::to_string(positions) + " positions";
   if (*limit < positions) why += " less " + std::to_string(positions - *limit) + " taken by virtual tokens";

@@ -9,7 +9,8 @@
 
 namespace deltatune::data {
 
-EncodedDataset encode_for_lm(const std::vector<Example>& examples, const Tokenizer& tokenizer, int64_t max_length) {
+EncodedDataset encode_for_lm(const std::vector<Example>& examples, const Tokenizer& tokenizer,
+                             int64_t max_length) {
   EncodedDataset out;
   out.examples.reserve(examples.size());
   for (const Example& x : examples) {
@@ -58,7 +59,8 @@ MlmMasking MlmMasking::for_tokenizer(const Tokenizer& tokenizer) {
 }
 
 void apply_mlm_masking(Batch& batch, const MlmMasking& masking, uint64_t seed) {
-  if (masking.mask_id < 0 || masking.vocab_size <= 0) throw ConfigError("masked LM: no mask token configured");
+  if (masking.mask_id < 0 || masking.vocab_size <= 0)
+    throw ConfigError("masked LM: no mask token configured");
   const std::set<int64_t> special(masking.special_ids.begin(), masking.special_ids.end());
   std::vector<int64_t> ids = batch.input_ids.to_ints();
   const std::vector<int64_t> mask = batch.attention_mask.to_ints();

@@ -204,8 +204,13 @@ std::vector<std::string> SGD::state_kinds() const {
 }
 
 void SGD::update(Tensor& param, const Tensor& grad, ParamState& state, const Group& group) {
-  ops::SgdStep k{float(group.weight_decay), float(-group.lr), float(options_.momentum),
-                 float(1.0 - options_.dampening), group.weight_decay != 0, options_.nesterov, false};
+  ops::SgdStep k{float(group.weight_decay),
+                 float(-group.lr),
+                 float(options_.momentum),
+                 float(1.0 - options_.dampening),
+                 group.weight_decay != 0,
+                 options_.nesterov,
+                 false};
   Tensor buffer;
   if (options_.momentum != 0) {
     auto found = state.buffers.find("momentum");

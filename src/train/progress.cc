@@ -68,7 +68,8 @@ ProgressBar::ProgressBar(int64_t total_steps, int64_t first_step, bool enabled, 
       start_(std::chrono::steady_clock::now()),
       last_draw_(start_) {}
 
-std::string ProgressBar::status(int64_t step, double epoch, double loss, double lr, double tokens_per_s) const {
+std::string ProgressBar::status(int64_t step, double epoch, double loss, double lr,
+                                double tokens_per_s) const {
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   const int64_t done = step - first_step_;
   const double eta = done > 0 ? elapsed / double(done) * double(total_ - step) : -1;

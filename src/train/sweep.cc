@@ -44,9 +44,7 @@ std::string task_name(const fs::path& dir) {
   return p.filename().string();
 }
 
-json read_json_file(const fs::path& file) {
-  return json::parse(train_detail::read_file(file));
-}
+json read_json_file(const fs::path& file) { return json::parse(train_detail::read_file(file)); }
 
 // A name of the method table whose delta config builds (a `combination` needs its deltas listed,
 // which a sweep cannot give), so a bad grid fails before its first run.
@@ -132,8 +130,8 @@ workflow::TrainRequest sweep_cell_request(const SweepOptions& o, const SweepRun&
   options.restore_best = false;
   r.max_length = o.max_length;
   r.test_before = false;
-  r.evaluate_test = false;       // the cell times its own test pass, on the best weights
-  r.write_run_files = false;     // a cell leaves labels.json, log.jsonl, best/, checkpoint/, summary.json
+  r.evaluate_test = false;    // the cell times its own test pass, on the best weights
+  r.write_run_files = false;  // a cell leaves labels.json, log.jsonl, best/, checkpoint/, summary.json
   return r;
 }
 
@@ -185,34 +183,33 @@ json run_sweep_cell(const SweepOptions& o, const SweepRun& run) {
     fs::remove_all(run.dir / "checkpoint");
     fs::remove_all(run.dir / "best");
   }
-  json summary = {
-      {"method", run.method},
-      {"task", run.task},
-      {"task_dir", run.task_dir.string()},
-      {"k", run.k},
-      {"seed", run.seed},
-      {"model", o.model_dir.string()},
-      {"delta_config", method.delta_config},
-      {"lr", trained.lr},
-      {"epochs", request.options.epochs},
-      {"patience", o.patience},
-      {"eval_every", o.eval_every},
-      {"max_steps", o.max_steps},
-      {"batch_size", o.batch_size},
-      {"max_length", o.max_length},
-      {"train_examples", trained.train_set.size()},
-      {"dev_examples", trained.dev_set.size()},
-      {"test_examples", test_set.size()},
-      {"trainable_params", result.trainable},
-      {"total_params", result.total},
-      {"steps", result.steps},
-      {"best_step", result.best_step},
-      {"stop_reason", result.stop_reason},
-      {"dev", result.best_dev},
-      {"test", test_metrics},
-      {"train_seconds", result.seconds},
-      {"infer_seconds", infer_seconds},
-      {"total_seconds", seconds_since(started)}};
+  json summary = {{"method", run.method},
+                  {"task", run.task},
+                  {"task_dir", run.task_dir.string()},
+                  {"k", run.k},
+                  {"seed", run.seed},
+                  {"model", o.model_dir.string()},
+                  {"delta_config", method.delta_config},
+                  {"lr", trained.lr},
+                  {"epochs", request.options.epochs},
+                  {"patience", o.patience},
+                  {"eval_every", o.eval_every},
+                  {"max_steps", o.max_steps},
+                  {"batch_size", o.batch_size},
+                  {"max_length", o.max_length},
+                  {"train_examples", trained.train_set.size()},
+                  {"dev_examples", trained.dev_set.size()},
+                  {"test_examples", test_set.size()},
+                  {"trainable_params", result.trainable},
+                  {"total_params", result.total},
+                  {"steps", result.steps},
+                  {"best_step", result.best_step},
+                  {"stop_reason", result.stop_reason},
+                  {"dev", result.best_dev},
+                  {"test", test_metrics},
+                  {"train_seconds", result.seconds},
+                  {"infer_seconds", infer_seconds},
+                  {"total_seconds", seconds_since(started)}};
   train_detail::write_file_atomic(run.dir / "summary.json", summary.dump(2) + "\n");
   return summary;
 }
@@ -230,7 +227,8 @@ SweepReport run_sweep(const SweepOptions& o) {
   for (size_t i = 0; i < plan.size(); ++i) {
     const SweepRun& r = plan[i];
     if (int64_t(i % size_t(o.shard_count)) != o.shard_index ||
-        (!o.only_method.empty() && r.method != o.only_method) || (!o.only_task.empty() && r.task != o.only_task)) {
+        (!o.only_method.empty() && r.method != o.only_method) ||
+        (!o.only_task.empty() && r.task != o.only_task)) {
       ++report.other_shards;
       continue;
     }
@@ -250,10 +248,11 @@ SweepReport run_sweep(const SweepOptions& o) {
       const json s = run_sweep_cell(o, r);
       ++report.ran;
       if (o.progress)
-        std::fprintf(stderr, "  test accuracy %.4f, %lld steps (%s), train %.1f s, inference %.2f s; %.0f s elapsed\n",
-                     s["test"]["accuracy"].get<double>(), (long long)s["steps"].get<int64_t>(),
-                     s["stop_reason"].get<std::string>().c_str(), s["train_seconds"].get<double>(),
-                     s["infer_seconds"].get<double>(), seconds_since(started));
+        std::fprintf(
+            stderr, "  test accuracy %.4f, %lld steps (%s), train %.1f s, inference %.2f s; %.0f s elapsed\n",
+            s["test"]["accuracy"].get<double>(), (long long)s["steps"].get<int64_t>(),
+            s["stop_reason"].get<std::string>().c_str(), s["train_seconds"].get<double>(),
+            s["infer_seconds"].get<double>(), seconds_since(started));
     } catch (const std::exception& e) {
       ++report.failed;
       report.failures.push_back(r.dir.string() + ": " + e.what());
@@ -306,7 +305,8 @@ struct Row {
   double avg = 0;                     // mean over tasks of the per-task means
   double params_pct = 0;
   double train_seconds = 0, infer_seconds = 0;  // means over runs
-  double step_seconds = 0;  // mean over runs of train_seconds / steps (early stopping ends runs at different steps)
+  double step_seconds =
+      0;  // mean over runs of train_seconds / steps (early stopping ends runs at different steps)
   size_t runs = 0;
 };
 
@@ -331,15 +331,18 @@ std::string write_sweep_tables(const fs::path& out_dir, const std::vector<std::s
   for (const auto& s : runs) {
     ks.insert(s["k"].get<int64_t>());
     const std::string m = s["method"], t = s["task"];
-    if (methods_in.empty() && std::find(methods.begin(), methods.end(), m) == methods.end()) methods.push_back(m);
+    if (methods_in.empty() && std::find(methods.begin(), methods.end(), m) == methods.end())
+      methods.push_back(m);
     if (tasks_in.empty() && std::find(tasks.begin(), tasks.end(), t) == tasks.end()) tasks.push_back(t);
   }
 
   std::string md;
   std::string csv = "k,method";
   for (const auto& t : tasks) csv += "," + t + "_mean," + t + "_std";
-  csv += ",average,trainable_params_pct,train_time_rel_full,step_time_rel_full,inference_time_rel_full,train_seconds,"
-         "inference_seconds,runs\n";
+  csv +=
+      ",average,trainable_params_pct,train_time_rel_full,step_time_rel_full,inference_time_rel_full,train_"
+      "seconds,"
+      "inference_seconds,runs\n";
   std::map<int64_t, std::vector<Row>> all_rows;
 
   for (int64_t k : ks) {
@@ -354,7 +357,8 @@ std::string write_sweep_tables(const fs::path& out_dir, const std::vector<std::s
           if (s["k"] == k && s["method"] == m && s["task"] == t) {
             acc.push_back(100.0 * s["test"]["accuracy"].get<double>());
             train_s.push_back(s["train_seconds"].get<double>());
-            step_s.push_back(s["train_seconds"].get<double>() / std::max<double>(1.0, s["steps"].get<double>()));
+            step_s.push_back(s["train_seconds"].get<double>() /
+                             std::max<double>(1.0, s["steps"].get<double>()));
             // inference per test example, so runs on differently sized test sets compare
             infer_s.push_back(s["infer_seconds"].get<double>() /
                               std::max<double>(1.0, s["test_examples"].get<double>()));
@@ -408,8 +412,10 @@ std::string write_sweep_tables(const fs::path& out_dir, const std::vector<std::s
       if (r.complete && r.avg >= best_avg) avg = "**" + avg + "**";
       const bool rel = full && full->train_seconds > 0 && full->step_seconds > 0 && full->infer_seconds > 0;
       md += " " + avg + " | " + fmt(r.params_pct >= 1 ? "%.1f%%" : "%.3f%%", r.params_pct) + " | " +
-            (rel ? fmt("%.2f×", r.train_seconds / full->train_seconds) : fmt("%.1f s", r.train_seconds)) + " | " +
-            (rel ? fmt("%.2f×", r.step_seconds / full->step_seconds) : fmt("%.3f s", r.step_seconds)) + " | " +
+            (rel ? fmt("%.2f×", r.train_seconds / full->train_seconds) : fmt("%.1f s", r.train_seconds)) +
+            " | " +
+            (rel ? fmt("%.2f×", r.step_seconds / full->step_seconds) : fmt("%.3f s", r.step_seconds)) +
+            " | " +
             (rel ? fmt("%.2f×", r.infer_seconds / full->infer_seconds)
                  : fmt("%.2f ms/ex", 1000 * r.infer_seconds)) +
             " |\n";

@@ -12,7 +12,6 @@ namespace fs = std::filesystem;
 namespace deltatune::train {
 namespace {
 
-
 std::map<std::string, Tensor> model_tensors(const TrainTarget& target) {
   std::map<std::string, Tensor> out;
   for (const auto& name : target.model_parameters) {

@@ -28,7 +28,8 @@ void validate(const TrainOptions& o) {
   require(o.optimizer == "adamw" || o.optimizer == "sgd",
           "optimizer must be adamw or sgd (got '" + o.optimizer + "')");
   if (o.in_memory) {
-    require(o.run_dir.empty(), "an in-memory run takes no run folder (run_dir is " + o.run_dir.string() + ")");
+    require(o.run_dir.empty(),
+            "an in-memory run takes no run folder (run_dir is " + o.run_dir.string() + ")");
     require(!o.resume, "an in-memory run has no checkpoint to resume from");
   } else {
     require(!o.run_dir.empty(), "the trainer needs a run folder (or in_memory = true)");

@@ -80,8 +80,9 @@ void use_bf16(TransformerModel& model, const std::vector<std::string>& trained) 
     return;
   }
   ops::set_matmul_precision(ops::MatmulPrecision::Bf16);
-  std::fprintf(stderr, "bf16: products in bfloat16, %lld frozen weight matrices stored in bfloat16\n",
-               static_cast<long long>(nn::store_frozen_weights(model, DType::BF16, {trained.begin(), trained.end()})));
+  std::fprintf(
+      stderr, "bf16: products in bfloat16, %lld frozen weight matrices stored in bfloat16\n",
+      static_cast<long long>(nn::store_frozen_weights(model, DType::BF16, {trained.begin(), trained.end()})));
 }
 
 }  // namespace deltatune

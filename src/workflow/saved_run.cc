@@ -19,7 +19,8 @@ std::string setting(const std::string& given, const json& run, const char* key, 
 }
 
 data::Fields fields_of(const RunSettings& s, const json& run) {
-  return {setting(s.text_field, run, "text-field", "text"), setting(s.pair_field, run, "pair-field", "text_pair"),
+  return {setting(s.text_field, run, "text-field", "text"),
+          setting(s.pair_field, run, "pair-field", "text_pair"),
           setting(s.label_field, run, "label-field", "label")};
 }
 
@@ -94,7 +95,8 @@ LoadedModel load_classifier_of(const EvaluateRequest& r) {
 void continue_texts(const PredictRequest& r, const std::function<void(const json&)>& emit) {
   LoadedModel m = load_lm(r.model_dir, r.delta, HeadKind::CausalLM, r.bf16);
   data::Fields fields;
-  fields.text = setting(r.settings.text_field, m.train_config, "text-field", "text");  // a PEFT adapter has no run config
+  fields.text = setting(r.settings.text_field, m.train_config, "text-field",
+                        "text");  // a PEFT adapter has no run config
   const std::vector<data::Example> examples = data::read_examples(r.input, fields, /*labels_optional=*/true);
   GenerationOptions options;
   options.max_new_tokens = r.max_new_tokens;
@@ -112,7 +114,8 @@ Evaluation evaluate_run(const EvaluateRequest& r) {
   if (const std::optional<HeadKind> head = lm_head(r.delta)) return evaluate_lm(r, *head);
   LoadedModel m = load_classifier_of(r);
   const int64_t max_length = max_length_of(r.settings, m.train_config, *m.model);
-  std::vector<data::Example> examples = data::read_examples(r.data_file, fields_of(r.settings, m.train_config));
+  std::vector<data::Example> examples =
+      data::read_examples(r.data_file, fields_of(r.settings, m.train_config));
   data::assign_labels(examples, m.labels);
   const data::EncodedDataset dataset = data::encode(examples, *m.tokenizer, max_length);
   train::Predictions p = train::predict(*m.model, dataset, r.batch_size);
@@ -145,7 +148,8 @@ void predict(const PredictRequest& r, const std::function<void(const json&)>& em
   train::Predictions p = train::predict(*m.model, dataset, r.batch_size, /*keep_probabilities=*/true);
   for (size_t i = 0; i < examples.size(); ++i) {
     json probs = json::object();
-    for (size_t k = 0; k < p.probabilities[i].size(); ++k) probs[m.labels.name(int64_t(k))] = p.probabilities[i][k];
+    for (size_t k = 0; k < p.probabilities[i].size(); ++k)
+      probs[m.labels.name(int64_t(k))] = p.probabilities[i][k];
     json line = {{"label", m.labels.name(p.predicted[i])}, {"probabilities", probs}};
     if (!gold[i].empty()) line["gold"] = gold[i];
     emit(line);

@@ -131,7 +131,8 @@ void clear_earlier_run(const TrainRequest& r) {
   const fs::path& dir = r.options.run_dir;
   bool removed = false;
   for (const char* folder : {"delta", "peft", "best", "checkpoint"})
-    for (const char* suffix : {"", ".tmp", ".old"}) removed |= fs::remove_all(dir / (folder + std::string(suffix))) > 0;
+    for (const char* suffix : {"", ".tmp", ".old"})
+      removed |= fs::remove_all(dir / (folder + std::string(suffix))) > 0;
   for (const char* file : {"labels.json", "train_config.json", "log.jsonl", "plot.svg", "summary.json"})
     removed |= fs::remove(dir / file);
   if (removed) note(r, "--overwrite: removed the earlier run's files in " + dir.string());
@@ -149,7 +150,8 @@ json test_metrics(const TrainRequest& r, TrainRun& run) {
   train::Predictions p = train::predict(*run.model, run.test_set, batch);
   json test = metrics::classification_metrics(p.predicted, p.labels);
   test["loss"] = p.loss;
-  test["per_class"] = metrics::report_json(metrics::per_class_report(p.predicted, p.labels, run.labels.names()));
+  test["per_class"] =
+      metrics::report_json(metrics::per_class_report(p.predicted, p.labels, run.labels.names()));
   return test;
 }
 
@@ -236,7 +238,8 @@ void check_request(const TrainRequest& r) {
                       (lm ? "a language model" : "a classifier") + " (known: " + joined(known_metrics) + ")");
   const std::vector<std::string>& schedules = LrSchedule::names();
   if (std::find(schedules.begin(), schedules.end(), r.options.schedule) == schedules.end())
-    throw ConfigError("--schedule '" + r.options.schedule + "' is unknown (known: " + joined(schedules) + ")");
+    throw ConfigError("--schedule '" + r.options.schedule + "' is unknown (known: " + joined(schedules) +
+                      ")");
   if (lm && method_preset(r.method).trains == MethodPreset::Trains::Head)
     throw ConfigError("--method " + r.method +
                       " trains the classification head alone; a language model has none to train");
@@ -281,12 +284,13 @@ TrainRun run_training(const TrainRequest& r) {
   options.mlm = run.masking;
   const auto [trainable, total] = run.target.freeze();
   // max_steps decides the length of a run alone: its epochs are not what runs.
-  const std::string length = options.max_steps > 0 ? plural(options.max_steps, "update") + " (--max-steps) over"
-                                                   : plural(options.epochs, "epoch") + " of";
+  const std::string length = options.max_steps > 0
+                                 ? plural(options.max_steps, "update") + " (--max-steps) over"
+                                 : plural(options.epochs, "epoch") + " of";
   char lr_text[32];
   std::snprintf(lr_text, sizeof lr_text, "%g", run.lr);
-  note(r, "training " + run.target.method + ": " + trainable_summary(trainable, total) + ", lr " + lr_text + ", " +
-              length + " " + std::to_string(run.train_set.size()) + " examples, batch " +
+  note(r, "training " + run.target.method + ": " + trainable_summary(trainable, total) + ", lr " + lr_text +
+              ", " + length + " " + std::to_string(run.train_set.size()) + " examples, batch " +
               std::to_string(options.batch_size));
   train::Trainer trainer(run.target, options);
   run.result = trainer.train(run.train_set, run.dev_set.size() > 0 ? &run.dev_set : nullptr);

@@ -55,8 +55,8 @@ constexpr float kSqrt2OverPi = 0.7978845608028654f;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] = 0.5f * x[i] * (1.0f + erf_as(x[i] * kInvSqrt2));
 }
-[[gnu::target_clones("avx512f", "avx2", "default")]] void gelu_erf_backward(const float* g, const float* x, float* out,
-                                                                            int64_t n) {
+[[gnu::target_clones("avx512f", "avx2", "default")]] void gelu_erf_backward(const float* g, const float* x,
+                                                                            float* out, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];
@@ -72,13 +72,14 @@ constexpr float kSqrt2OverPi = 0.7978845608028654f;
     y[i] = 0.5f * v * (1.0f + tanh_exp(kSqrt2OverPi * (v + 0.044715f * v * v * v)));
   }
 }
-[[gnu::target_clones("avx512f", "avx2", "default")]] void gelu_tanh_backward(const float* g, const float* x, float* out,
-                                                                             int64_t n) {
+[[gnu::target_clones("avx512f", "avx2", "default")]] void gelu_tanh_backward(const float* g, const float* x,
+                                                                             float* out, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];
     const float t = tanh_exp(kSqrt2OverPi * (v + 0.044715f * v * v * v));
-    out[i] = g[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3 * 0.044715f * v * v));
+    out[i] = g[i] *
+             (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3 * 0.044715f * v * v));
   }
 }
 
@@ -86,8 +87,8 @@ constexpr float kSqrt2OverPi = 0.7978845608028654f;
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] * sigmoid_exp(x[i]);
 }
-[[gnu::target_clones("avx512f", "avx2", "default")]] void silu_backward(const float* g, const float* x, float* out,
-                                                                        int64_t n) {
+[[gnu::target_clones("avx512f", "avx2", "default")]] void silu_backward(const float* g, const float* x,
+                                                                        float* out, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float s = sigmoid_exp(x[i]);
@@ -99,17 +100,23 @@ constexpr float kSqrt2OverPi = 0.7978845608028654f;
 
 void activation(Activation f, const float* x, float* y, int64_t n) {
   switch (f) {
-    case Activation::GeluErf: return gelu_erf(x, y, n);
-    case Activation::GeluTanh: return gelu_tanh(x, y, n);
-    case Activation::Silu: return silu(x, y, n);
+    case Activation::GeluErf:
+      return gelu_erf(x, y, n);
+    case Activation::GeluTanh:
+      return gelu_tanh(x, y, n);
+    case Activation::Silu:
+      return silu(x, y, n);
   }
 }
 
 void activation_backward(Activation f, const float* g, const float* x, float* out, int64_t n) {
   switch (f) {
-    case Activation::GeluErf: return gelu_erf_backward(g, x, out, n);
-    case Activation::GeluTanh: return gelu_tanh_backward(g, x, out, n);
-    case Activation::Silu: return silu_backward(g, x, out, n);
+    case Activation::GeluErf:
+      return gelu_erf_backward(g, x, out, n);
+    case Activation::GeluTanh:
+      return gelu_tanh_backward(g, x, out, n);
+    case Activation::Silu:
+      return silu_backward(g, x, out, n);
   }
 }
 

@@ -40,14 +40,15 @@ class BlasSingleThread {
 };
 
 // scores[tb, ns] = scale * Q[t0:t0+tb] K[0:ns]^T
-void block_scores(const AttentionProblem& p, const float* q, int64_t ldq, const float* k, int64_t ldk, int64_t t0,
-                  int64_t tb, int64_t ns, float* scores) {
+void block_scores(const AttentionProblem& p, const float* q, int64_t ldq, const float* k, int64_t ldk,
+                  int64_t t0, int64_t tb, int64_t ns, float* scores) {
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tb), int(ns), int(p.d), p.scale, q + t0 * ldq,
               int(ldq), k, int(ldk), 0.0f, scores, int(ns));
 }
 
-void forward_head(const AttentionProblem& p, int64_t bi, int64_t hi, const HeadMatrices& q, const HeadMatrices& k,
-                  const HeadMatrices& v, float* out, float* lse, std::vector<float>& scratch) {
+void forward_head(const AttentionProblem& p, int64_t bi, int64_t hi, const HeadMatrices& q,
+                  const HeadMatrices& k, const HeadMatrices& v, float* out, float* lse,
+                  std::vector<float>& scratch) {
   const int64_t kvh = hi / p.group();
   const float* qm = q.at(bi, hi);
   const float* km = k.at(bi, kvh);
@@ -97,9 +98,10 @@ void forward_head(const AttentionProblem& p, int64_t bi, int64_t hi, const HeadM
 
 // Gradients for one (batch, kv head): its group's query heads write their own dQ rows and add into
 // the shared dK, dV (so no two threads touch the same memory).
-void backward_kv_head(const AttentionProblem& p, int64_t bi, int64_t kvh, const HeadMatrices& q, const HeadMatrices& k,
-                      const HeadMatrices& v, const float* g, const float* lse, float* gq, float* gk,
-                      float* gv, std::vector<float>& probs, std::vector<float>& dprobs) {
+void backward_kv_head(const AttentionProblem& p, int64_t bi, int64_t kvh, const HeadMatrices& q,
+                      const HeadMatrices& k, const HeadMatrices& v, const float* g, const float* lse,
+                      float* gq, float* gk, float* gv, std::vector<float>& probs,
+                      std::vector<float>& dprobs) {
   const float* km = k.at(bi, kvh);
   const float* vm = v.at(bi, kvh);
   float* gkm = gk ? gk + (bi * p.hkv + kvh) * p.s * p.d : nullptr;
@@ -185,7 +187,8 @@ void CpuBackend::attention_backward(const AttentionBackwardArgs& a) const {
     std::vector<float> probs(static_cast<size_t>(scratch)), dprobs(static_cast<size_t>(scratch));
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item)
-      backward_kv_head(p, item / p.hkv, item % p.hkv, a.q, a.k, a.v, a.g, a.lse, a.gq, a.gk, a.gv, probs, dprobs);
+      backward_kv_head(p, item / p.hkv, item % p.hkv, a.q, a.k, a.v, a.g, a.lse, a.gq, a.gk, a.gv, probs,
+                       dprobs);
   }
 }
 

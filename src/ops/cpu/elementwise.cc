@@ -107,7 +107,7 @@ void parallel_chunks(int64_t n, Kernel kernel) {
 }
 
 kernels::Activation activation_of(Unary op) {
-  return op == Unary::Silu ? kernels::Activation::Silu
+  return op == Unary::Silu      ? kernels::Activation::Silu
          : op == Unary::GeluErf ? kernels::Activation::GeluErf
                                 : kernels::Activation::GeluTanh;
 }
@@ -123,44 +123,67 @@ const Backend& cpu_kernels() {
 
 void CpuBackend::binary(Binary op, const BinaryArgs& args) const {
   switch (op) {
-    case Binary::Add: return binary_loop(args, [](float x, float y) { return x + y; });
-    case Binary::Sub: return binary_loop(args, [](float x, float y) { return x - y; });
-    case Binary::Mul: return binary_loop(args, [](float x, float y) { return x * y; });
-    case Binary::Div: return binary_loop(args, [](float x, float y) { return x / y; });
+    case Binary::Add:
+      return binary_loop(args, [](float x, float y) { return x + y; });
+    case Binary::Sub:
+      return binary_loop(args, [](float x, float y) { return x - y; });
+    case Binary::Mul:
+      return binary_loop(args, [](float x, float y) { return x * y; });
+    case Binary::Div:
+      return binary_loop(args, [](float x, float y) { return x / y; });
   }
 }
 
 void CpuBackend::unary(Unary op, const float* x, float* y, int64_t n, float s) const {
   switch (op) {
-    case Unary::AddScalar: return map(x, y, n, [s](float v) { return v + s; });
-    case Unary::MulScalar: return map(x, y, n, [s](float v) { return v * s; });
-    case Unary::Exp: return map(x, y, n, [](float v) { return std::exp(v); });
-    case Unary::Log: return map(x, y, n, [](float v) { return std::log(v); });
-    case Unary::Sqrt: return map(x, y, n, [](float v) { return std::sqrt(v); });
-    case Unary::Square: return map(x, y, n, [](float v) { return v * v; });
-    case Unary::Tanh: return map(x, y, n, [](float v) { return std::tanh(v); });
-    case Unary::Sigmoid: return map(x, y, n, [](float v) { return 1.0f / (1.0f + std::exp(-v)); });
-    case Unary::Relu: return map(x, y, n, [](float v) { return v > 0 ? v : 0.0f; });
+    case Unary::AddScalar:
+      return map(x, y, n, [s](float v) { return v + s; });
+    case Unary::MulScalar:
+      return map(x, y, n, [s](float v) { return v * s; });
+    case Unary::Exp:
+      return map(x, y, n, [](float v) { return std::exp(v); });
+    case Unary::Log:
+      return map(x, y, n, [](float v) { return std::log(v); });
+    case Unary::Sqrt:
+      return map(x, y, n, [](float v) { return std::sqrt(v); });
+    case Unary::Square:
+      return map(x, y, n, [](float v) { return v * v; });
+    case Unary::Tanh:
+      return map(x, y, n, [](float v) { return std::tanh(v); });
+    case Unary::Sigmoid:
+      return map(x, y, n, [](float v) { return 1.0f / (1.0f + std::exp(-v)); });
+    case Unary::Relu:
+      return map(x, y, n, [](float v) { return v > 0 ? v : 0.0f; });
     case Unary::Silu:
     case Unary::GeluErf:
     case Unary::GeluTanh:
-      return parallel_chunks(
-          n, [&](int64_t start, int64_t len) { kernels::activation(activation_of(op), x + start, y + start, len); });
+      return parallel_chunks(n, [&](int64_t start, int64_t len) {
+        kernels::activation(activation_of(op), x + start, y + start, len);
+      });
   }
 }
 
 void CpuBackend::unary_backward(Unary op, const float* g, const float* x, const float* y, float* gx,
                                 int64_t n) const {
   switch (op) {
-    case Unary::AddScalar: return map_backward(g, x, y, gx, n, [](float, float) { return 1.0f; });
-    case Unary::MulScalar: return map_backward(g, x, y, gx, n, [](float, float) { return 1.0f; });
-    case Unary::Exp: return map_backward(g, x, y, gx, n, [](float, float out) { return out; });
-    case Unary::Log: return map_backward(g, x, y, gx, n, [](float in, float) { return 1.0f / in; });
-    case Unary::Sqrt: return map_backward(g, x, y, gx, n, [](float, float out) { return 0.5f / out; });
-    case Unary::Square: return map_backward(g, x, y, gx, n, [](float in, float) { return 2.0f * in; });
-    case Unary::Tanh: return map_backward(g, x, y, gx, n, [](float, float out) { return 1.0f - out * out; });
-    case Unary::Sigmoid: return map_backward(g, x, y, gx, n, [](float, float out) { return out * (1.0f - out); });
-    case Unary::Relu: return map_backward(g, x, y, gx, n, [](float in, float) { return in > 0 ? 1.0f : 0.0f; });
+    case Unary::AddScalar:
+      return map_backward(g, x, y, gx, n, [](float, float) { return 1.0f; });
+    case Unary::MulScalar:
+      return map_backward(g, x, y, gx, n, [](float, float) { return 1.0f; });
+    case Unary::Exp:
+      return map_backward(g, x, y, gx, n, [](float, float out) { return out; });
+    case Unary::Log:
+      return map_backward(g, x, y, gx, n, [](float in, float) { return 1.0f / in; });
+    case Unary::Sqrt:
+      return map_backward(g, x, y, gx, n, [](float, float out) { return 0.5f / out; });
+    case Unary::Square:
+      return map_backward(g, x, y, gx, n, [](float in, float) { return 2.0f * in; });
+    case Unary::Tanh:
+      return map_backward(g, x, y, gx, n, [](float, float out) { return 1.0f - out * out; });
+    case Unary::Sigmoid:
+      return map_backward(g, x, y, gx, n, [](float, float out) { return out * (1.0f - out); });
+    case Unary::Relu:
+      return map_backward(g, x, y, gx, n, [](float in, float) { return in > 0 ? 1.0f : 0.0f; });
     case Unary::Silu:
     case Unary::GeluErf:
     case Unary::GeluTanh:

@@ -23,7 +23,8 @@ void CpuBackend::embedding(const EmbeddingArgs& p) const {
   }
 }
 
-void CpuBackend::embedding_backward(const int64_t* ids, int64_t n, int64_t d, const float* gp, float* wp) const {
+void CpuBackend::embedding_backward(const int64_t* ids, int64_t n, int64_t d, const float* gp,
+                                    float* wp) const {
   // Rows repeat, so threads split the columns instead of the tokens.
   const int64_t chunk = 64, chunks = (d + chunk - 1) / chunk;
 #pragma omp parallel for if (n * d > 65536)

@@ -17,14 +17,18 @@
 namespace deltatune::ops::kernels {
 namespace {
 
-constexpr int MR = 6;               // rows of C per micro-tile
-constexpr int NR = 64;              // columns of C per micro-tile: four zmm of 16 floats
-constexpr int64_t KC_PAIRS = 128;   // pairs of k per packed block (a B strip: 128 * 64 * 4 B = 32 KiB)
-constexpr int64_t MC = 96;          // rows of A swept per B strip while it is hot
+constexpr int MR = 6;              // rows of C per micro-tile
+constexpr int NR = 64;             // columns of C per micro-tile: four zmm of 16 floats
+constexpr int64_t KC_PAIRS = 128;  // pairs of k per packed block (a B strip: 128 * 64 * 4 B = 32 KiB)
+constexpr int64_t MC = 96;         // rows of A swept per B strip while it is hot
 
 // Masks of the first n lanes (n clamped to [0, 16] or [0, 32]).
-__mmask16 lanes16(int64_t n) { return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1); }
-__mmask32 lanes32(int64_t n) { return n >= 32 ? __mmask32(~0u) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1); }
+__mmask16 lanes16(int64_t n) {
+  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
+__mmask32 lanes32(int64_t n) {
+  return n >= 32 ? __mmask32(~0u) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1);
+}
 
 // Rows [r0, r1) of A rounded to bfloat16, row stride k_even (k padded with a zero when odd).
 DT_BF16_TARGET void round_rows(const float* a, int64_t lda, int64_t k, int64_t k_even, int64_t r0, int64_t r1,
@@ -51,10 +55,12 @@ DT_BF16_TARGET void round_rows(const float* a, int64_t lda, int64_t k, int64_t k
 DT_BF16_TARGET void pack_b(const uint16_t* b, int64_t b_k, int64_t b_n, int64_t k, int64_t p0, int64_t pairs,
                            int64_t n0, int64_t cols, uint16_t* out) {
   // Interleaving indices: element 2j of the result takes row 0's column j, element 2j + 1 row 1's.
-  alignas(64) static const uint16_t lo_idx[32] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,  37, 6,  38, 7,  39,
-                                                  8,  40, 9,  41, 10, 42, 11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
-  alignas(64) static const uint16_t hi_idx[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21, 53, 22, 54, 23, 55,
-                                                  24, 56, 25, 57, 26, 58, 27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
+  alignas(64) static const uint16_t lo_idx[32] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,
+                                                  37, 6,  38, 7,  39, 8,  40, 9,  41, 10, 42,
+                                                  11, 43, 12, 44, 13, 45, 14, 46, 15, 47};
+  alignas(64) static const uint16_t hi_idx[32] = {16, 48, 17, 49, 18, 50, 19, 51, 20, 52, 21,
+                                                  53, 22, 54, 23, 55, 24, 56, 25, 57, 26, 58,
+                                                  27, 59, 28, 60, 29, 61, 30, 62, 31, 63};
   const __m512i ilo = _mm512_load_si512(lo_idx), ihi = _mm512_load_si512(hi_idx);
   for (int64_t s = 0; s < cols; s += NR) {
     const int64_t width = std::min<int64_t>(NR, cols - s);
@@ -78,8 +84,9 @@ DT_BF16_TARGET void pack_b(const uint16_t* b, int64_t b_k, int64_t b_n, int64_t 
       // Columns of B contiguous (a [n, k] weight read as its transpose): each pair (k, k + 1) of a
       // column is one 32-bit element; gather 16 columns' pair at a time.
       const uint16_t* base = b + (n0 + s) * b_n;
-      const __m512i step = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                              _mm512_set1_epi32(int(b_n * 2)));
+      const __m512i step =
+          _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                             _mm512_set1_epi32(int(b_n * 2)));
       __mmask16 mask[NR / 16];
       for (int g = 0; g < NR / 16; ++g) mask[g] = lanes16(width - 16 * g);
       // An odd k's last pair would read one element past a column: it is written below instead.
@@ -112,8 +119,8 @@ DT_BF16_TARGET void pack_b(const uint16_t* b, int64_t b_k, int64_t b_n, int64_t 
 
 // C[R rows, up to 64 columns] (+)= A-rows x packed B strip over `pairs` pairs of k.
 template <int R>
-DT_BF16_TARGET void micro_tile(int64_t pairs, const uint32_t* a, int64_t lda_pairs, const uint16_t* b, float* c,
-                               int64_t ldc, int width, bool load_c) {
+DT_BF16_TARGET void micro_tile(int64_t pairs, const uint32_t* a, int64_t lda_pairs, const uint16_t* b,
+                               float* c, int64_t ldc, int width, bool load_c) {
   __mmask16 mask[4];
   for (int j = 0; j < 4; ++j) mask[j] = lanes16(width - 16 * j);
   __m512 acc[R][4];
@@ -137,12 +144,13 @@ DT_BF16_TARGET void micro_tile(int64_t pairs, const uint32_t* a, int64_t lda_pai
 }
 
 using MicroTile = void (*)(int64_t, const uint32_t*, int64_t, const uint16_t*, float*, int64_t, int, bool);
-constexpr MicroTile kTiles[MR + 1] = {nullptr,        micro_tile<1>, micro_tile<2>, micro_tile<3>,
+constexpr MicroTile kTiles[MR + 1] = {nullptr,       micro_tile<1>, micro_tile<2>, micro_tile<3>,
                                       micro_tile<4>, micro_tile<5>, micro_tile<6>};
 
 // One thread's share: columns [n0, n1) of C over all rows.
-void columns(int64_t m, int64_t n0, int64_t n1, int64_t k, const uint16_t* a16, int64_t k_even, const uint16_t* b,
-             int64_t b_k, int64_t b_n, float* c, int64_t ldc, bool accumulate, std::vector<uint16_t>& packed) {
+void columns(int64_t m, int64_t n0, int64_t n1, int64_t k, const uint16_t* a16, int64_t k_even,
+             const uint16_t* b, int64_t b_k, int64_t b_n, float* c, int64_t ldc, bool accumulate,
+             std::vector<uint16_t>& packed) {
   const int64_t all_pairs = k_even / 2, cols = n1 - n0;
   const int64_t strips = (cols + NR - 1) / NR;
   packed.resize(size_t(strips * KC_PAIRS * NR * 2));
@@ -175,8 +183,8 @@ bool bf16_gemm_available() {
   return yes;
 }
 
-void gemm_f32_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const uint16_t* b, int64_t b_k,
-                   int64_t b_n, float* c, int64_t ldc, bool accumulate) {
+void gemm_f32_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const uint16_t* b,
+                   int64_t b_k, int64_t b_n, float* c, int64_t ldc, bool accumulate) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     if (!accumulate)

@@ -40,7 +40,8 @@ void copy_rows_f32(const StridedView& dst, const StridedView& src) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* from = sp + row_offset(r, dst.shape, src.strides);
     float* to = dp + row_offset(r, dst.shape, dst.strides);
-    if (last_stride == 1) std::memcpy(to, from, size_t(last) * sizeof(float));
+    if (last_stride == 1)
+      std::memcpy(to, from, size_t(last) * sizeof(float));
     else
       for (int64_t c = 0; c < last; ++c) to[c] = from[c * last_stride];
   }
@@ -85,12 +86,13 @@ void CpuBackend::fill(const StridedView& dst, float value) const {
     for (int64_t i = 0, n = shape_numel(dst.shape); i < n; ++i) p[i] = value;
     return;
   }
-  detail::for_each_offset(dst.shape, dst.strides,
-                          [&](int64_t, int64_t o) { detail::store_from_float(dst.base, dst.dtype, dst.offset + o, value); });
+  detail::for_each_offset(dst.shape, dst.strides, [&](int64_t, int64_t o) {
+    detail::store_from_float(dst.base, dst.dtype, dst.offset + o, value);
+  });
 }
 
-void CpuBackend::copy_blocks(char* dst, int64_t dst_stride, const char* src, int64_t src_stride, int64_t outer,
-                             int64_t block) const {
+void CpuBackend::copy_blocks(char* dst, int64_t dst_stride, const char* src, int64_t src_stride,
+                             int64_t outer, int64_t block) const {
 #pragma omp parallel for if (outer * block > (1 << 18))
   for (int64_t r = 0; r < outer; ++r) std::memcpy(dst + r * dst_stride, src + r * src_stride, size_t(block));
 }

@@ -26,7 +26,8 @@ double CpuBackend::cross_entropy(const CrossEntropyArgs& p, float* lse) const {
   return total;
 }
 
-void CpuBackend::cross_entropy_backward(const CrossEntropyArgs& p, const float* lse, float scale, float* gx) const {
+void CpuBackend::cross_entropy_backward(const CrossEntropyArgs& p, const float* lse, float scale,
+                                        float* gx) const {
   const int64_t n = p.n, c = p.c;
 #pragma omp parallel for if (n * c > 16384)
   for (int64_t i = 0; i < n; ++i) {
@@ -40,7 +41,8 @@ void CpuBackend::cross_entropy_backward(const CrossEntropyArgs& p, const float* 
   }
 }
 
-double CpuBackend::cross_entropy_rows(const CrossEntropyArgs& p, float* lg, bool gradient, float scale) const {
+double CpuBackend::cross_entropy_rows(const CrossEntropyArgs& p, float* lg, bool gradient,
+                                      float scale) const {
   const int64_t rows = p.n, v = p.c;
   double total = 0;
 #pragma omp parallel for reduction(+ : total) if (rows * v > 16384)

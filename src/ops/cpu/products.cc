@@ -7,8 +7,9 @@
 namespace deltatune::ops {
 
 void CpuBackend::gemm(const GemmArgs& p) const {
-  cblas_sgemm(CblasRowMajor, p.trans_a ? CblasTrans : CblasNoTrans, p.trans_b ? CblasTrans : CblasNoTrans, int(p.m),
-              int(p.n), int(p.k), p.alpha, p.a, int(p.lda), p.b, int(p.ldb), p.beta, p.c, int(p.ldc));
+  cblas_sgemm(CblasRowMajor, p.trans_a ? CblasTrans : CblasNoTrans, p.trans_b ? CblasTrans : CblasNoTrans,
+              int(p.m), int(p.n), int(p.k), p.alpha, p.a, int(p.lda), p.b, int(p.ldb), p.beta, p.c,
+              int(p.ldc));
 }
 
 void CpuBackend::gemm_bf16(const GemmBf16Args& p) const {

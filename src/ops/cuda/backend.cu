@@ -13,7 +13,8 @@ void check(cudaError_t status, const char* what) {
   if (status != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(status));
 }
 void check(cublasStatus_t status, const char* what) {
-  if (status != CUBLAS_STATUS_SUCCESS) throw std::runtime_error(std::string(what) + ": cuBLAS error " + std::to_string(int(status)));
+  if (status != CUBLAS_STATUS_SUCCESS)
+    throw std::runtime_error(std::string(what) + ": cuBLAS error " + std::to_string(int(status)));
 }
 
 __global__ void add_kernel(const float* a, const float* b, float* out, int n) {
@@ -49,8 +50,8 @@ void* allocate(size_t bytes) {
   void* ptr = nullptr;
   const cudaError_t status = cudaMalloc(&ptr, bytes ? bytes : 1);
   if (status != cudaSuccess)
-    throw DeviceError("CUDA storage: cudaMalloc of " + std::to_string(bytes) + " bytes failed: " +
-                      cudaGetErrorString(status));
+    throw DeviceError("CUDA storage: cudaMalloc of " + std::to_string(bytes) +
+                      " bytes failed: " + cudaGetErrorString(status));
   return ptr;
 }
 
@@ -80,7 +81,8 @@ std::vector<float> gemm(const std::vector<float>& a, const std::vector<float>& b
   check(cublasCreate(&handle), "cublasCreate");
   const float one = 1.0f, zero = 0.0f;
   // Row-major C = A B is column-major C^T = B^T A^T.
-  cublasStatus_t status = cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, m, k, &one, db.ptr, n, da.ptr, k, &zero, dc.ptr, n);
+  cublasStatus_t status =
+      cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, m, k, &one, db.ptr, n, da.ptr, k, &zero, dc.ptr, n);
   cublasDestroy(handle);
   check(status, "cublasSgemm");
   std::vector<float> out(size_t(m) * n);

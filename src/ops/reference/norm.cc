@@ -60,8 +60,12 @@ void normalise_backward(const NormBackwardArgs& p, bool rms) {
 }  // namespace
 
 void ReferenceBackend::layer_norm(const NormArgs& args) const { normalise(args, false); }
-void ReferenceBackend::layer_norm_backward(const NormBackwardArgs& args) const { normalise_backward(args, false); }
+void ReferenceBackend::layer_norm_backward(const NormBackwardArgs& args) const {
+  normalise_backward(args, false);
+}
 void ReferenceBackend::rms_norm(const NormArgs& args) const { normalise(args, true); }
-void ReferenceBackend::rms_norm_backward(const NormBackwardArgs& args) const { normalise_backward(args, true); }
+void ReferenceBackend::rms_norm_backward(const NormBackwardArgs& args) const {
+  normalise_backward(args, true);
+}
 
 }  // namespace deltatune::ops

@@ -7,7 +7,8 @@
 
 namespace deltatune::ops {
 
-void ReferenceBackend::sum(const float* x, const Shape& shape, const std::vector<bool>& reduce, float* out) const {
+void ReferenceBackend::sum(const float* x, const Shape& shape, const std::vector<bool>& reduce,
+                           float* out) const {
   const int64_t rank = int64_t(shape.size());
   Shape keep = shape;
   for (int64_t d = 0; d < rank; ++d)
@@ -40,7 +41,8 @@ void ReferenceBackend::softmax(const float* x, float* y, const Lines& r, bool lo
     }
 }
 
-void ReferenceBackend::softmax_backward(const float* y, const float* g, float* gx, const Lines& r, bool log) const {
+void ReferenceBackend::softmax_backward(const float* y, const float* g, float* gx, const Lines& r,
+                                        bool log) const {
   for (int64_t o = 0; o < r.outer; ++o)
     for (int64_t i = 0; i < r.inner; ++i) {
       auto at = [&](int64_t j) { return (o * r.n + j) * r.inner + i; };
