@@ -298,3 +298,26 @@ TEST(Build, SweepCompilesWithoutWarnings) {
   EXPECT_EQ(output, "");
   fs::remove_all(object.parent_path());
 }
+
+// `train --optimizer` reaches the trainer (its checkpoint names the optimizer that ran) and the run's
+// settings; a name the trainer does not have is a usage error before any work.
+TEST(TrainFlags, OptimizerFlagChoosesTheOptimizer) {
+  const fs::path dir = test_support::temp_dir("train_optimizer_flag");
+  const fs::path task = tiny_task(dir / "task");
+  auto r = train_one_step(task, dir / "sgd", "--method lora --optimizer sgd --momentum 0.9");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(read_json(dir / "sgd" / "checkpoint" / "state.json")["optimizer"], "sgd");
+  const json settings = read_json(dir / "sgd" / "train_config.json");
+  EXPECT_EQ(settings["optimizer"], "sgd");
+  EXPECT_DOUBLE_EQ(settings["momentum"].get<double>(), 0.9);
+
+  r = train_one_step(task, dir / "default", "--method lora");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_EQ(read_json(dir / "default" / "checkpoint" / "state.json")["optimizer"], "adamw");
+
+  r = train_one_step(task, dir / "bad", "--method lora --optimizer adam");
+  EXPECT_EQ(r.code, 2) << r.output;
+  EXPECT_NE(r.output.find("--optimizer"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(dir / "bad" / "summary.json"));
+  fs::remove_all(dir);
+}

@@ -37,8 +37,8 @@ struct Args {
   std::vector<std::string> targets;
   std::string delta_config, config;
   int64_t k_shot = 0, eval_every = 0, patience = 0, grad_accum = 1, max_steps = 0, checkpoint_every = 0;
-  double warmup_ratio = 0.06, weight_decay = 0.01, max_grad_norm = 1.0;
-  std::string schedule = "linear", metric = "accuracy";
+  double warmup_ratio = 0.06, weight_decay = 0.01, max_grad_norm = 1.0, momentum = 0;
+  std::string schedule = "linear", metric = "accuracy", optimizer = "adamw";
   int threads = 0;
   bool resume = false, overwrite = false, bucket = false, quiet = false, no_test_before = false;
   int64_t log_every = 0, eval_batch_size = 64;
@@ -160,6 +160,8 @@ nlohmann::json resolved_config(const Args& a) {
           {"grad-accum", a.grad_accum},
           {"max-grad-norm", a.max_grad_norm},
           {"schedule", a.schedule},
+          {"optimizer", a.optimizer},
+          {"momentum", a.momentum},
           {"max-steps", a.max_steps},
           {"metric", a.metric},
           {"bucket", a.bucket},
@@ -276,6 +278,8 @@ workflow::TrainRequest training_request(const Args& a) {
   o.weight_decay = a.weight_decay;
   o.warmup_ratio = a.warmup_ratio;
   o.schedule = a.schedule;
+  o.optimizer = a.optimizer;
+  o.momentum = a.momentum;
   o.max_grad_norm = a.max_grad_norm;
   o.batch_size = a.batch_size;
   o.eval_batch_size = a.eval_batch_size;
@@ -393,6 +397,13 @@ void setup(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
   app.add_option("--max-grad-norm", a->max_grad_norm, "Gradient clipping norm (0: off)")
+      ->capture_default_str()
+      ->check(cli::kNonNegative);
+  app.add_option("--optimizer", a->optimizer,
+                 "The optimizer: adamw (torch.optim.AdamW) or sgd (torch.optim.SGD)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"adamw", "sgd"}));
+  app.add_option("--momentum", a->momentum, "SGD's momentum (--optimizer sgd)")
       ->capture_default_str()
       ->check(cli::kNonNegative);
   app.add_option("--schedule", a->schedule,
