@@ -156,3 +156,30 @@ TEST(Workflow, TrainAndSweepTakeEachMethodsDefaultLearningRateFromTheMethodTable
         << method;
   }
 }
+
+// An in-memory run (a server's or a notebook's) writes nothing anywhere, and trains as a folder run
+// does: the same losses, summary and predictions.
+TEST(Workflow, InMemoryRunWritesNothingAndTrainsAsAFolderRun) {
+  const fs::path dir = test_support::temp_dir("workflow_in_memory");
+  const fs::path task = test_support::write_sentiment_subset(dir / "task", 32, 16, 16);
+  workflow::TrainRun on_disk = workflow::run_training(lora_request(task, dir / "run"));
+
+  const fs::path empty = dir / "cwd";
+  fs::create_directories(empty);
+  const fs::path before = fs::current_path();
+  fs::current_path(empty);
+  workflow::TrainRequest request = lora_request(task, "");
+  request.options.in_memory = true;
+  workflow::TrainRun in_memory = workflow::run_training(request);
+  fs::current_path(before);
+
+  EXPECT_TRUE(fs::is_empty(empty));
+  EXPECT_EQ(in_memory.result.losses, on_disk.result.losses);
+  EXPECT_EQ(in_memory.result.best_step, on_disk.result.best_step);
+  EXPECT_EQ(in_memory.summary["test"]["accuracy"], on_disk.summary["test"]["accuracy"]);
+  EXPECT_EQ(in_memory.summary["steps"], 3);
+  const train::Predictions a = train::predict(*in_memory.model, in_memory.test_set);
+  const train::Predictions b = train::predict(*on_disk.model, on_disk.test_set);
+  EXPECT_EQ(a.predicted, b.predicted);
+  fs::remove_all(dir);
+}

@@ -55,7 +55,8 @@ struct TrainRequest {
   nlohmann::json delta_config;          // the delta to train; null: the method's config in the table
   std::optional<double> lr;             // unset: the method's default learning rate
   // Every other training setting. options.lr is replaced by the resolved learning rate; options.run_dir
-  // is the run folder; options.on_step can stop training (a signal): the run then returns at once.
+  // is the run folder (options.in_memory instead: nothing is written, the summary and the trained model
+  // come back in memory); options.on_step can stop training (a signal): the run then returns at once.
   train::TrainOptions options;
   int64_t max_length = 128;  // capped to what the model's positions leave (train::effective_max_length)
   bool bf16 = false;         // use_bf16 once the model is frozen

@@ -248,7 +248,8 @@ void check_request(const TrainRequest& r) {
   if (!r.data.empty() && !fs::exists(r.data))
     throw IoError("data '" + r.data.string() +
                   "' does not exist (expected a task folder with train.jsonl, or a file)");
-  if (r.options.run_dir.empty()) throw ConfigError("a training run needs its run folder (options.run_dir)");
+  if (r.options.run_dir.empty() && !r.options.in_memory)
+    throw ConfigError("a training run needs its run folder (options.run_dir) or options.in_memory");
   if (trains_delta(r.method)) delta::make_delta(delta_config(r));  // bad settings fail before any work
 }
 
@@ -265,14 +266,18 @@ TrainRun run_training(const TrainRequest& r) {
   run.max_length = train::effective_max_length(*run.model, r.max_length);
   encode_splits(r, splits, run);
 
+  // An in-memory run (options.in_memory) writes nothing: the caller gets the summary and the model.
+  const bool on_disk = !r.options.in_memory;
   const fs::path& dir = r.options.run_dir;
-  if (r.overwrite) clear_earlier_run(r);
-  fs::create_directories(dir);
-  if (!is_lm(r)) run.labels.save(dir / "labels.json");
   json config = r.recorded_settings.is_object() ? r.recorded_settings : json::object();
   config["lr"] = run.lr;
   config["max-length"] = run.max_length;
-  if (r.write_run_files) write_file_atomic(dir / "train_config.json", config.dump(2) + "\n");
+  if (on_disk) {
+    if (r.overwrite) clear_earlier_run(r);
+    fs::create_directories(dir);
+    if (!is_lm(r)) run.labels.save(dir / "labels.json");
+    if (r.write_run_files) write_file_atomic(dir / "train_config.json", config.dump(2) + "\n");
+  }
 
   // The untrained baseline (a fresh head; LoRA starts as the identity), when the test set is small.
   json test_before = nullptr;
@@ -294,13 +299,15 @@ TrainRun run_training(const TrainRequest& r) {
               std::to_string(options.batch_size));
   train::Trainer trainer(run.target, options);
   run.result = trainer.train(run.train_set, run.dev_set.size() > 0 ? &run.dev_set : nullptr);
-  if (run.result.stop_reason == "stopped" || !r.write_run_files) return run;
+  if (run.result.stop_reason == "stopped" || (on_disk && !r.write_run_files)) return run;
 
-  const bool peft_saved = save_weights(r, run);
+  const bool peft_saved = on_disk && save_weights(r, run);
   const json test = r.evaluate_test ? test_metrics(r, run) : json();
   run.summary = summary_of(r, run, config, test_before, test, peft_saved, seconds_since(started));
-  write_file_atomic(dir / "summary.json", run.summary.dump(2) + "\n");
-  train::write_training_plot(dir, options.metric);
+  if (on_disk) {
+    write_file_atomic(dir / "summary.json", run.summary.dump(2) + "\n");
+    train::write_training_plot(dir, options.metric);
+  }
   return run;
 }
 
