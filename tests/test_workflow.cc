@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "cli_run.h"
+#include "deltatune/error.h"
 #include "deltatune/loading.h"
 #include "deltatune/method_presets.h"
 #include "deltatune/sweep.h"
@@ -181,5 +182,32 @@ TEST(Workflow, InMemoryRunWritesNothingAndTrainsAsAFolderRun) {
   const train::Predictions a = train::predict(*in_memory.model, in_memory.test_set);
   const train::Predictions b = train::predict(*on_disk.model, on_disk.test_set);
   EXPECT_EQ(a.predicted, b.predicted);
+  fs::remove_all(dir);
+}
+
+// The library keeps what the caller had, as the command does: a folder holding an earlier run is
+// refused before any work unless the request says overwrite (start over) or resume (continue).
+TEST(Workflow, RefusesAFolderHoldingAnEarlierRunUnlessTold) {
+  const fs::path dir = test_support::temp_dir("workflow_folder");
+  const fs::path task = test_support::write_sentiment_subset(dir / "task", 32, 16, 16);
+  fs::create_directories(dir / "run");
+  std::ofstream(dir / "run" / "notes.txt") << "the user's own file\n";
+  try {
+    workflow::run_training(lora_request(task, dir / "run"));
+    ADD_FAILURE() << "a non-empty run folder was accepted";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("is not empty"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir / "run" / "summary.json"));
+
+  workflow::TrainRequest resume = lora_request(task, dir / "run");
+  resume.options.resume = true;
+  EXPECT_THROW(workflow::run_training(resume), IoError);  // no checkpoint to continue from
+
+  workflow::TrainRequest overwrite = lora_request(task, dir / "run");
+  overwrite.overwrite = true;
+  workflow::run_training(overwrite);
+  EXPECT_TRUE(fs::exists(dir / "run" / "summary.json"));
+  EXPECT_TRUE(fs::exists(dir / "run" / "notes.txt"));  // only the run's own files are replaced
   fs::remove_all(dir);
 }

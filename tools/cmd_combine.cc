@@ -11,9 +11,9 @@
 #include "deltatune/delta_io.h"
 #include "deltatune/error.h"
 #include "deltatune/lora_arithmetic.h"
+#include "deltatune/run_folder.h"
 #include "deltatune/trainer.h"
 #include "model_loading.h"
-#include "out_folder.h"
 
 namespace {
 using deltatune::cli::ExitError;
@@ -79,8 +79,8 @@ void run(const Options& o) {
     throw ExitError{"combine: " + std::to_string(o.deltas.size()) + " deltas but " +
                     std::to_string(weights.size()) +
                     " weights (--weights takes one per --delta, in the same order)"};
-  deltatune::cli::check_writable_folder(o.out, "--out");
-  if (deltatune::cli::holds_files(o.out) && !o.overwrite)
+  deltatune::check_writable_folder(o.out, "--out");
+  if (deltatune::holds_files(o.out) && !o.overwrite)
     throw ExitError{"combine: '" + o.out +
                     "' exists and is not empty (pass --overwrite to replace its delta files)"};
 

@@ -10,9 +10,9 @@
 #include "deltatune/error.h"
 #include "deltatune/loading.h"
 #include "deltatune/merge.h"
+#include "deltatune/run_folder.h"
 #include "deltatune/trainer.h"
 #include "model_loading.h"
-#include "out_folder.h"
 
 namespace {
 using namespace deltatune;
@@ -67,8 +67,8 @@ void run(const Args& a) {
   delta::CheckpointOptions options;
   options.dtype = parse_dtype(a.dtype);  // checked before any work
   // Before loading anything: an --out that cannot be written, or holds files, is refused up front.
-  cli::check_writable_folder(a.out, "--out");
-  if (!a.overwrite && cli::holds_files(a.out))
+  deltatune::check_writable_folder(a.out, "--out");
+  if (!a.overwrite && deltatune::holds_files(a.out))
     throw ExitError{"--out '" + a.out + "' is not empty; pass --overwrite to replace its files"};
   auto model = merged_model(a);
   if (model->head == HeadKind::SequenceClassification) options.labels = delta_labels(a.delta);

@@ -15,11 +15,11 @@
 #include "command.h"
 #include "deltatune/config_file.h"
 #include "deltatune/method_presets.h"
+#include "deltatune/run_folder.h"
 #include "deltatune/visualise.h"
 #include "deltatune/workflow.h"
 #include "model_loading.h"
 #include "option_checks.h"
-#include "out_folder.h"
 #include "train/checkpoint.h"
 
 namespace {
@@ -247,17 +247,9 @@ void print_summary(const nlohmann::json& summary, const std::string& run_dir, bo
               summary["peft_saved"].get<bool>() ? "peft/, " : "", lm ? "" : "labels.json, ");
 }
 
-// --out, before any work: a folder that can be written and, unless --resume or --overwrite says what to
-// do with it, holds no earlier run (whose delta, log and checkpoint this run would replace).
+// --out, before any work, in the flags' words (the workflow checks again in its own).
 void check_run_folder(const Args& a) {
-  cli::check_writable_folder(a.out, "--out");
-  const fs::path checkpoint = fs::path(a.out) / "checkpoint";
-  if (a.resume && !train_detail::checkpoint_exists(checkpoint))
-    throw ExitError{"--resume: no checkpoint in '" + checkpoint.string() + "' to continue from"};
-  if (!a.resume && !a.overwrite && cli::holds_files(a.out))
-    throw ExitError{"--out '" + a.out +
-                    "' is not empty (an earlier run?): pass --resume to continue its run " +
-                    "from its checkpoint, or --overwrite to start over (its run files are removed)"};
+  deltatune::check_run_folder(a.out, a.resume, a.overwrite, {"--out", "--resume", "--overwrite"});
 }
 
 // The library's request: the flags, resolved (the method from a --delta-config file, its delta config).

@@ -7,6 +7,7 @@
 #include "deltatune/error.h"
 #include "deltatune/method_presets.h"
 #include "deltatune/optim.h"
+#include "deltatune/run_folder.h"
 #include "deltatune/threads.h"
 #include "deltatune/visualise.h"
 #include "deltatune/workflow.h"
@@ -256,6 +257,10 @@ void check_request(const TrainRequest& r) {
 TrainRun run_training(const TrainRequest& r) {
   const auto started = std::chrono::steady_clock::now();
   check_request(r);
+  // Nothing the caller had is replaced unasked: an earlier run in the folder needs overwrite or resume.
+  if (!r.options.in_memory)
+    check_run_folder(r.options.run_dir, r.options.resume, r.overwrite,
+                     {"run folder", "options.resume", "TrainRequest::overwrite"});
   if (r.threads > 0) set_num_threads(r.threads);
   TrainRun run;
   run.lr = learning_rate(r);

@@ -1,4 +1,4 @@
-#include "out_folder.h"
+#include "deltatune/run_folder.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -6,11 +6,12 @@
 #include <cerrno>
 #include <cstring>
 
-#include "command.h"
+#include "deltatune/error.h"
+#include "train/checkpoint.h"
 
 namespace fs = std::filesystem;
 
-namespace deltatune::cli {
+namespace deltatune {
 namespace {
 
 std::string quoted(const fs::path& p) { return "'" + p.string() + "'"; }
@@ -32,9 +33,9 @@ void check_writable_folder(const fs::path& dir, const std::string& flag) {
   const fs::file_status status = fs::status(dir, ec);
   if (fs::exists(status)) {
     if (!fs::is_directory(status))
-      throw ExitError{flag + " " + quoted(dir) + " is a file, not a folder; give a folder to write into"};
+      throw IoError(flag + " " + quoted(dir) + " is a file, not a folder; give a folder to write into");
     if (std::string problem = write_problem(dir); !problem.empty())
-      throw ExitError{flag + " " + quoted(dir) + ": cannot write into this folder (" + problem + ")"};
+      throw IoError(flag + " " + quoted(dir) + ": cannot write into this folder (" + problem + ")");
     return;
   }
   // The folder will be created: its nearest existing ancestor must be a folder we can write into.
@@ -44,13 +45,13 @@ void check_writable_folder(const fs::path& dir, const std::string& flag) {
     const fs::file_status s = fs::status(ancestor, ec);
     if (!fs::exists(s)) continue;
     if (!fs::is_directory(s))
-      throw ExitError{flag + " " + quoted(dir) + " cannot be created: " + quoted(ancestor) + " is a file"};
+      throw IoError(flag + " " + quoted(dir) + " cannot be created: " + quoted(ancestor) + " is a file");
     if (std::string problem = write_problem(ancestor); !problem.empty())
-      throw ExitError{flag + " " + quoted(dir) + " cannot be created: cannot write into " + quoted(ancestor) +
-                      " (" + problem + ")"};
+      throw IoError(flag + " " + quoted(dir) + " cannot be created: cannot write into " + quoted(ancestor) +
+                    " (" + problem + ")");
     return;
   }
-  throw ExitError{flag + " " + quoted(dir) + " cannot be created: none of its parent folders exists"};
+  throw IoError(flag + " " + quoted(dir) + " cannot be created: none of its parent folders exists");
 }
 
 bool holds_files(const fs::path& dir) {
@@ -58,4 +59,15 @@ bool holds_files(const fs::path& dir) {
   return fs::is_directory(dir, ec) && !fs::is_empty(dir, ec);
 }
 
-}  // namespace deltatune::cli
+void check_run_folder(const fs::path& dir, bool resume, bool overwrite, const RunFolderNames& names) {
+  check_writable_folder(dir, names.folder);
+  const fs::path checkpoint = dir / "checkpoint";
+  if (resume && !train_detail::checkpoint_exists(checkpoint))
+    throw IoError(names.resume + ": no checkpoint in '" + checkpoint.string() + "' to continue from");
+  if (!resume && !overwrite && holds_files(dir))
+    throw IoError(names.folder + " '" + dir.string() + "' is not empty (an earlier run?): pass " +
+                  names.resume + " to continue its run from its checkpoint, or " + names.overwrite +
+                  " to start over (its run files are removed)");
+}
+
+}  // namespace deltatune
