@@ -14,7 +14,13 @@ namespace fs = std::filesystem;
 namespace deltatune {
 namespace {
 
-std::string quoted(const fs::path& p) { return "'" + p.string() + "'"; }
+// Appended, not concatenated: GCC 12's -O3 warns (-Wrestrict, a false positive) on "'" + s + "'".
+std::string quoted(const fs::path& p) {
+  std::string out(1, '\'');
+  out += p.string();
+  out += '\'';
+  return out;
+}
 
 // Permission bits do not tell (root, read-only mounts, ACLs): create and remove a probe file.
 std::string write_problem(const fs::path& folder) {
