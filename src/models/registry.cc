@@ -46,6 +46,20 @@ void init_parameters(TransformerModel& model, uint64_t seed, const std::set<std:
       models::init_normal(*t, gen, 0.02f);
   }
 }
+
+// The family's model class, parameters not yet initialised or loaded.
+std::unique_ptr<TransformerModel> construct(const ModelConfig& config, HeadKind head) {
+  switch (config.family) {
+    case ArchFamily::Bert:
+      return std::make_unique<models::BertModel>(config, head);
+    case ArchFamily::Gpt2:
+      return std::make_unique<models::Gpt2Model>(config, head);
+    case ArchFamily::Llama:
+      return std::make_unique<models::LlamaModel>(config, head);
+  }
+  throw ConfigError("unknown architecture family");
+}
+
 }  // namespace
 
 HeadKind head_from_architectures(const ModelConfig& c) {
@@ -59,18 +73,7 @@ HeadKind head_from_architectures(const ModelConfig& c) {
 }
 
 std::unique_ptr<TransformerModel> build_model(const ModelConfig& config, HeadKind head, uint64_t seed) {
-  std::unique_ptr<TransformerModel> model;
-  switch (config.family) {
-    case ArchFamily::Bert:
-      model = std::make_unique<models::BertModel>(config, head);
-      break;
-    case ArchFamily::Gpt2:
-      model = std::make_unique<models::Gpt2Model>(config, head);
-      break;
-    case ArchFamily::Llama:
-      model = std::make_unique<models::LlamaModel>(config, head);
-      break;
-  }
+  std::unique_ptr<TransformerModel> model = construct(config, head);
   init_parameters(*model, seed);
   return model;
 }
@@ -86,18 +89,7 @@ std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& d
     config.num_labels = *options.num_labels;
   }
   const HeadKind head = options.head.value_or(head_from_architectures(config));
-  std::unique_ptr<TransformerModel> model;
-  switch (config.family) {
-    case ArchFamily::Bert:
-      model = std::make_unique<models::BertModel>(config, head);
-      break;
-    case ArchFamily::Gpt2:
-      model = std::make_unique<models::Gpt2Model>(config, head);
-      break;
-    case ArchFamily::Llama:
-      model = std::make_unique<models::LlamaModel>(config, head);
-      break;
-  }
+  std::unique_ptr<TransformerModel> model = construct(config, head);
   std::map<std::string, Tensor> tensors = load_checkpoint_tensors(dir);
   // Checkpoints of a bare base model (BertModel, GPT2Model, LlamaModel) lack the prefix.
   const std::string prefix = model->layers_path().substr(0, model->layers_path().find('.')) + ".";
