@@ -42,8 +42,8 @@ void setup(CLI::App& app) {
     if (*greedy) options.sample = false;
     std::printf("%s", prompt->c_str());
     std::fflush(stdout);
-    const deltatune::workflow::TextGeneration result =
-        deltatune::workflow::generate_text(*loaded.model, *tokenizer, *prompt, options, [](const std::string& piece) {
+    const deltatune::workflow::TextGeneration result = deltatune::workflow::generate_text(
+        *loaded.model, *tokenizer, *prompt, options, [](const std::string& piece) {
           std::printf("%s", piece.c_str());
           std::fflush(stdout);
         });
@@ -55,8 +55,8 @@ void setup(CLI::App& app) {
     const size_t n = result.ids.size();
     std::fprintf(
         stderr,
-        "generated %zu token%s in %.2f s (%.1f tokens/s; the time includes reading the %zu-token prompt)\n", n,
-        n == 1 ? "" : "s", result.seconds, result.seconds > 0 ? double(n) / result.seconds : 0.0,
+        "generated %zu token%s in %.2f s (%.1f tokens/s; the time includes reading the %zu-token prompt)\n",
+        n, n == 1 ? "" : "s", result.seconds, result.seconds > 0 ? double(n) / result.seconds : 0.0,
         result.prompt_ids.size());
   });
 }

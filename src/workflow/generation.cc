@@ -36,7 +36,8 @@ void add_stop_id(std::vector<int64_t>& ids, int64_t id) {
 }  // namespace
 
 TextGeneration generate_text(TransformerModel& model, const Tokenizer& tokenizer, const std::string& prompt,
-                             GenerationOptions options, const std::function<void(const std::string&)>& on_text) {
+                             GenerationOptions options,
+                             const std::function<void(const std::string&)>& on_text) {
   TextGeneration out;
   out.prompt_ids = tokenizer.encode(prompt, true).ids;
   if (out.prompt_ids.empty()) throw ConfigError("generate: the prompt gives no tokens");
@@ -57,7 +58,8 @@ TextGeneration generate_text(TransformerModel& model, const Tokenizer& tokenizer
   return out;
 }
 
-TextGeneration generate_text(const GenerateRequest& r, const std::function<void(const std::string&)>& on_text) {
+TextGeneration generate_text(const GenerateRequest& r,
+                             const std::function<void(const std::string&)>& on_text) {
   LoadRequest load;
   load.model_dir = r.model_dir;
   load.delta = r.delta;
