@@ -3,14 +3,16 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 CUDA := $(shell test -x /usr/local/cuda/bin/nvcc && echo ON || echo OFF)
+# ccache when the machine has it (a developer's rebuilds); CI machines without it build as usual.
+CCACHE := $(shell command -v ccache >/dev/null 2>&1 && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 
-.PHONY: setup configure build cli test demo bench clean
+.PHONY: setup configure build cli test demo bench clean test-sanitize test-tsan fuzz-smoke fuzz
 
 setup:
 	@scripts/setup
 
 configure: setup
-	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DDELTATUNE_CUDA=$(CUDA) $(CMAKE_FLAGS) >/dev/null
+	@cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DDELTATUNE_CUDA=$(CUDA) $(CCACHE) $(CMAKE_FLAGS) >/dev/null
 
 # Everything: the library, the command, tests and benchmarks.
 build: configure
@@ -32,5 +34,40 @@ demo: cli
 bench: build
 	@bench/run
 
+# --- robustness (docs/robustness.md) ----------------------------------------------------------
+# The tests under AddressSanitizer + UndefinedBehaviorSanitizer, LeakSanitizer included (any finding
+# fails the test). SANITIZE_TESTS: a ctest -R pattern (CI runs a subset; default: every test but the
+# installed-package test, whose outside project is not instrumented, and the format check).
+SANITIZE_TESTS ?= .
+SANITIZE_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=0 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan.supp
+test-sanitize: setup
+	@cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDELTATUNE_SANITIZE=address,undefined \
+		-DDELTATUNE_BENCH=OFF -DDELTATUNE_CUDA=OFF $(CCACHE) $(CMAKE_FLAGS) >/dev/null
+	@cmake --build build-sanitize -j $(JOBS)
+	@cd build-sanitize && $(SANITIZE_ENV) ctest --output-on-failure -j $(JOBS) -R '$(SANITIZE_TESTS)' \
+		-E '^(Package|Format)\.'
+
+# ThreadSanitizer over the multi-threaded parts: concurrent forwards on one model, the runtime's threads.
+TSAN_TESTS ?= ^(ConcurrentForward|Runtime)
+test-tsan: setup
+	@cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDELTATUNE_SANITIZE=thread \
+		-DDELTATUNE_BENCH=OFF -DDELTATUNE_CUDA=OFF $(CCACHE) $(CMAKE_FLAGS) >/dev/null
+	@cmake --build build-tsan -j $(JOBS) --target test_concurrent_forward test_runtime
+	@cd build-tsan && TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/scripts/tsan.supp" \
+		ctest --output-on-failure -j $(JOBS) -R '$(TSAN_TESTS)'
+
+# libFuzzer targets (fuzz/, clang): `fuzz-smoke` runs each a fixed number of times (CI); `fuzz` runs
+# campaigns (FUZZ_ARGS, e.g. --runs 1000000 or --seconds 600; see scripts/fuzz --help).
+FUZZ_ARGS ?=
+fuzz-build: setup
+	@cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
+		-DDELTATUNE_FUZZ=ON -DDELTATUNE_TESTS=OFF -DDELTATUNE_BENCH=OFF -DDELTATUNE_CUDA=OFF $(CCACHE) $(CMAKE_FLAGS) >/dev/null
+	@cmake --build build-fuzz -j $(JOBS)
+fuzz-smoke: fuzz-build
+	@cd build-fuzz && OMP_NUM_THREADS=1 ctest --output-on-failure -j $(JOBS) -L fuzz
+fuzz: fuzz-build
+	@scripts/fuzz $(FUZZ_ARGS)
+
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-sanitize build-tsan build-fuzz

@@ -1,0 +1,139 @@
+// Crash safety: `deltatune train` killed with SIGKILL at random moments (checkpoint and best-weight
+// writes included), then resumed, again and again: after every kill each file of the run folder is
+// whole (JSON parses, safetensors read back), and every run that reaches its end has the same delta,
+// bit for bit, as a run that was never interrupted.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "cli_run.h"
+#include "deltatune/error.h"
+#include "deltatune/safetensors.h"
+#include "small_task.h"
+#include "temp_dir.h"
+
+namespace fs = std::filesystem;
+using cli_test::quote;
+
+namespace {
+
+const fs::path kBert = fs::path(DELTATUNE_ASSETS) / "models" / "bert-mini";
+constexpr int kKills = 50;
+
+fs::path temp_dir(const std::string& name) { return test_support::temp_dir("crash_" + name); }
+
+std::string read_text(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string train_command(const fs::path& task, const fs::path& out, const std::string& extra) {
+  return std::string(DELTATUNE_BINARY) + " train --model " + quote(kBert.string()) + " --data " +
+         quote(task.string()) + " --out " + quote(out.string()) +
+         " --batch-size 8 --max-length 32 --seed 3 --threads 1 --max-steps 40 --checkpoint-every 1"
+         " --eval-every 5 --no-test-before --quiet " +
+         extra + " > " + quote((out.parent_path() / (out.filename().string() + ".log")).string()) + " 2>&1";
+}
+
+pid_t start(const std::string& command) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl("/bin/sh", "sh", "-c", ("exec " + command).c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// Waits up to `ms` for the process; kills it (SIGKILL) if it is still running. True: it was killed.
+bool kill_after(pid_t pid, int ms, int* exit_code) {
+  int status = 0;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  while (std::chrono::steady_clock::now() < until) {
+    if (::waitpid(pid, &status, WNOHANG) == pid) {
+      *exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  ::kill(pid, SIGKILL);
+  ::waitpid(pid, &status, 0);
+  return true;
+}
+
+// A temporary of an atomic write or a folder swap, which a kill may leave behind.
+bool is_temporary(const fs::path& p) {
+  const std::string s = p.string();
+  return s.find(".tmp-") != std::string::npos || s.find(".new") != std::string::npos ||
+         s.find(".old") != std::string::npos;
+}
+
+// Every file of the run folder that is not a temporary is whole.
+void expect_whole_files(const fs::path& run, int kill) {
+  if (!fs::exists(run)) return;
+  for (const auto& e : fs::recursive_directory_iterator(run)) {
+    if (!e.is_regular_file() || is_temporary(e.path())) continue;
+    const fs::path& f = e.path();
+    SCOPED_TRACE("after kill " + std::to_string(kill) + ": " + f.string());
+    if (f.extension() == ".json") {
+      EXPECT_TRUE(nlohmann::json::accept(read_text(f)));
+    } else if (f.extension() == ".safetensors") {
+      EXPECT_NO_THROW((void)deltatune::read_safetensors(f));
+    } else if (f.extension() == ".jsonl") {  // the log: complete lines, each JSON (appended, then flushed)
+      std::istringstream lines(read_text(f));
+      std::string line;
+      while (std::getline(lines, line))
+        if (!line.empty()) EXPECT_TRUE(nlohmann::json::accept(line)) << line;
+    }
+  }
+}
+
+}  // namespace
+
+TEST(CrashSafety, KilledAndResumedRunsEndWithTheUninterruptedDelta) {
+  const fs::path task = test_support::write_sentiment_subset(temp_dir("task"), 64, 16, 16);
+  const fs::path reference = temp_dir("reference") / "run";
+  const auto t0 = std::chrono::steady_clock::now();
+  ASSERT_EQ(std::system(train_command(task, reference, "").c_str()), 0)
+      << read_text(reference.parent_path() / "run.log");
+  const int run_ms = int(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count());
+  const std::string want = read_text(reference / "delta" / "delta.safetensors");
+  ASSERT_FALSE(want.empty());
+
+  std::mt19937 rng(2026);
+  std::uniform_int_distribution<int> delay(0, std::max(run_ms, 200));
+  const fs::path run = temp_dir("killed") / "run";
+  int kills = 0, finished = 0, starts = 0;
+  while (kills < kKills || finished == 0) {
+    // Resume when a checkpoint survived, else start over (a kill before the first checkpoint).
+    const bool resume = fs::exists(run / "checkpoint" / "state.json");
+    const pid_t pid = start(train_command(task, run, resume ? "--resume" : "--overwrite"));
+    ASSERT_GT(pid, 0);
+    ++starts;
+    int code = -1;
+    const bool killed = kills < kKills && kill_after(pid, delay(rng), &code);
+    if (!killed && code == -1) kill_after(pid, 600000, &code);  // no more kills: let it finish
+    if (killed) {
+      ++kills;
+      expect_whole_files(run, kills);
+      continue;
+    }
+    ASSERT_EQ(code, 0) << "start " << starts << ":\n" << read_text(run.parent_path() / "run.log");
+    EXPECT_EQ(read_text(run / "delta" / "delta.safetensors"), want) << "finished run " << finished;
+    ++finished;
+    if (kills < kKills) fs::remove_all(run);  // another run from scratch, to be killed more
+    ASSERT_LT(starts, 20 * kKills) << "runs keep finishing before the kill";
+  }
+  EXPECT_GE(kills, kKills);
+  EXPECT_GE(finished, 1);
+}
