@@ -40,6 +40,16 @@ TEST(Cli, HelpAndVersion) {
   }
 }
 
+TEST(Cli, EveryHelpListsTheExitCodes) {
+  auto help = run("--help");
+  EXPECT_NE(help.output.find("Exit codes: 0 done; 2 bad input"), std::string::npos) << help.output;
+  for (const char* cmd : {"train", "eval", "predict", "generate", "combine", "sweep", "merge", "forward"}) {
+    auto r = run(std::string(cmd) + " --help");
+    EXPECT_EQ(r.code, 0) << cmd;
+    EXPECT_NE(r.output.find("Exit codes: 0 done; 2 bad input"), std::string::npos) << cmd << "\n" << r.output;
+  }
+}
+
 TEST(Cli, InspectFoldsRepeatedLayers) {
   auto r = run("inspect " + model("bert-mini"));
   ASSERT_EQ(r.code, 0) << r.output;

@@ -27,6 +27,12 @@ struct Register {
   }
 };
 
+// What every help page ends with (a contract scripts rely on).
+inline constexpr const char* kExitCodes =
+    "Exit codes: 0 done; 2 bad input or usage (one line naming the file, key, line or option); 1 an "
+    "internal error (a bug: please report it); 130 / 143 training stopped by Ctrl-C / SIGTERM (checkpoint "
+    "kept, --resume continues).";
+
 // Errors in a command: printed as one line "deltatune: <message>" and the exit code (2 = bad input).
 struct ExitError {
   std::string message;

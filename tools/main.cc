@@ -41,12 +41,15 @@ int main(int argc, char** argv) {
   CLI::App app{"deltatune: delta tuning (parameter-efficient fine-tuning) of transformer language models"};
   app.set_version_flag("--version", std::string("deltatune ") + DELTATUNE_VERSION);
   app.require_subcommand(1);
-  app.footer("Run `deltatune COMMAND --help` for a command's options.");
+  app.footer(std::string("Run `deltatune COMMAND --help` for a command's options.\n\n") + cli::kExitCodes);
   auto& commands = cli::registry();
   std::sort(commands.begin(), commands.end(), [](auto& a, auto& b) { return a.name < b.name; });
   for (auto& command : commands) {
     CLI::App* sub = app.add_subcommand(command.name, command.description);
     command.setup(*sub);
+    // Each command's help ends with the exit codes, after any footer of its own.
+    const std::string own = sub->get_footer();
+    sub->footer(own.empty() ? std::string(cli::kExitCodes) : own + "\n\n" + cli::kExitCodes);
   }
   try {
     app.parse(argc, argv);
