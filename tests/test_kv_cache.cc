@@ -184,7 +184,8 @@ TEST(KvCache, RowCachesDecodeSequencesOfDifferentLengthsInOneBatch) {
     SCOPED_TRACE(name);
     auto model = golden::load_model(name);
     NoGradGuard no_grad;
-    const std::vector<std::vector<int64_t>> prompts{{35, 399, 501, 364}, {742}, {12, 99, 1373, 5, 77, 300, 8}};
+    const std::vector<std::vector<int64_t>> prompts{
+        {35, 399, 501, 364}, {742}, {12, 99, 1373, 5, 77, 300, 8}};
     const int64_t steps = 6;
     std::vector<KVCache> caches(prompts.size());
     std::vector<std::vector<int64_t>> produced(prompts.size());
