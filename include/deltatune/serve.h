@@ -62,6 +62,9 @@ struct EngineOptions {
   int64_t max_batch_tokens = 2048;  // per step: prompt tokens prefilled + decode rows (>= 1 sequence)
   int64_t max_queue = 256;          // sequences and encode requests waiting or running at once
   int64_t max_tokens_cap = 1024;    // the most tokens one completion may ask for
+  // Each decode step runs the rows of one delta only (rotating), as servers that cannot mix deltas in
+  // a batch do: the baseline the benchmark measures mixed batches against.
+  bool one_delta_per_step = false;
 };
 
 struct ModelInfo {

@@ -56,8 +56,18 @@ void prefill(SchedulerState& s, Sequence& q) {
   }
 }
 
+// With one_delta_per_step, the running sequences of the delta that waited longest go first and alone.
+size_t one_delta_first(std::vector<std::shared_ptr<Sequence>>& running) {
+  if (running.empty()) return 0;
+  const DeltaEntry* first = running.front()->entry.get();
+  auto end =
+      std::stable_partition(running.begin(), running.end(), [&](auto& q) { return q->entry.get() == first; });
+  return size_t(end - running.begin());
+}
+
 void decode(SchedulerState& s, StepCount& count) {
-  const size_t limit = std::min(s.running.size(), size_t(std::max<int64_t>(s.options.max_batch_tokens, 1)));
+  const size_t rows = s.options.one_delta_per_step ? one_delta_first(s.running) : s.running.size();
+  const size_t limit = std::min(rows, size_t(std::max<int64_t>(s.options.max_batch_tokens, 1)));
   std::map<ModelGroup*, std::vector<Sequence*>> by_model;
   for (size_t i = 0; i < limit; ++i) {
     Sequence& q = *s.running[i];
