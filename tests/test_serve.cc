@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <set>
 #include <sstream>
@@ -91,6 +92,28 @@ Reply send(int port, const std::string& method, const std::string& path, const s
 }
 Reply post(int port, const std::string& path, const json& body, const std::string& key = "") {
   return send(port, "POST", path, body.dump(), key);
+}
+
+// A streamed request whose events are collected in `events`; `on_first_chunk` runs (on the receiving
+// thread) when its first chunk arrives, while the request is still running.
+int stream(int port, const json& body, std::string& events, const std::function<void()>& on_first_chunk,
+           const std::string& key = "") {
+  httplib::Client client("127.0.0.1", port);
+  client.set_read_timeout(300);
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.headers = {{"Content-Type", "application/json"}};
+  if (!key.empty()) req.headers.emplace("Authorization", "Bearer " + key);
+  req.body = body.dump();
+  bool first = true;
+  req.content_receiver = [&](const char* data, size_t size, uint64_t, uint64_t) {
+    if (std::exchange(first, false)) on_first_chunk();
+    events.append(data, size);
+    return true;
+  };
+  const httplib::Result r = client.send(req);
+  return r ? r->status : 0;
 }
 
 json completion(const std::string& model, const std::string& prompt, int max_tokens, double temperature = 0) {
@@ -310,25 +333,20 @@ TEST_F(ServeGpt2, BadInputGetsItsStatusAndErrorObject) {
   // The queue holds one request: while a stream runs, the next is told to come back.
   json slow = completion("lora", "A long story begins", 64);
   slow["stream"] = true;
-  std::promise<void> first_chunk;
+  std::promise<void> first_chunk, checked;
   std::thread holder([&] {
-    httplib::Client client("127.0.0.1", port);
-    client.set_read_timeout(300);
-    httplib::Request req;
-    req.method = "POST";
-    req.path = "/v1/completions";
-    req.headers = {{"Authorization", "Bearer " + key}, {"Content-Type", "application/json"}};
-    req.body = slow.dump();
-    bool told = false;
-    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
-      if (!told) first_chunk.set_value(), told = true;
-      return true;
-    };
-    client.send(req);
-    if (!told) first_chunk.set_value();
+    std::string events;
+    stream(
+        port, slow, events,
+        [&] {
+          first_chunk.set_value();
+          checked.get_future().wait();
+        },
+        key);
   });
   ASSERT_EQ(first_chunk.get_future().wait_for(std::chrono::seconds(120)), std::future_status::ready);
   const Reply full = post(port, "/v1/completions", completion("lora", "Hi", 4), key);
+  checked.set_value();
   expect_error(full, 429, "");
   EXPECT_EQ(full.retry_after, "1");
   holder.join();
@@ -353,12 +371,13 @@ TEST_F(ServeGpt2, DeltasLoadAndUnloadWhileServing) {
   // Unloaded while its request runs: the request still gets its exact answer; new ones get 404.
   json streamed = completion("mine", prompt, 24);
   streamed["stream"] = true;
-  auto running = std::async(std::launch::async, [&] { return post(port, "/v1/completions", streamed); });
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  EXPECT_EQ(send(port, "DELETE", "/v1/deltas/mine").status, 200);
-  const Reply r = running.get();
-  ASSERT_EQ(r.status, 200) << r.text;
-  EXPECT_EQ(parse_events(r.text).text[0], want);
+  std::string events;
+  const int status = stream(port, streamed, events, [&] {  // at its first chunk
+    EXPECT_EQ(send(port, "DELETE", "/v1/deltas/mine").status, 200);
+    EXPECT_EQ(send(port, "GET", "/v1/models").body["data"].size(), 1u);  // listed no more
+  });
+  ASSERT_EQ(status, 200) << events;
+  EXPECT_EQ(parse_events(events).text[0], want);
   EXPECT_EQ(post(port, "/v1/completions", completion("mine", prompt, 4)).status, 404);
   EXPECT_EQ(send(port, "DELETE", "/v1/deltas/mine").status, 404);
   EXPECT_EQ(send(port, "DELETE", "/v1/deltas/gpt2-mini").status, 400);  // the base stays
@@ -366,6 +385,16 @@ TEST_F(ServeGpt2, DeltasLoadAndUnloadWhileServing) {
   ASSERT_EQ(post(port, "/v1/deltas", json{{"name", "again"}, {"path", (dir_ / "lora").string()}}).status,
             200);
   EXPECT_EQ(post(port, "/v1/completions", completion("again", prompt, 24)).body["choices"][0]["text"], want);
+  {  // the same LoRA in PEFT's format
+    LoadOptions options;
+    options.verbose = false;
+    auto model = load_pretrained(kGpt2, options);
+    delta::SavedDelta saved = delta::load_delta(dir_ / "lora", *model);
+    delta::save_peft(dir_ / "peft", *saved.delta, *model);
+  }
+  const Reply peft = post(port, "/v1/deltas", json{{"name", "peft"}, {"path", (dir_ / "peft").string()}});
+  ASSERT_EQ(peft.status, 200) << peft.text;
+  EXPECT_EQ(post(port, "/v1/completions", completion("peft", prompt, 24)).body["choices"][0]["text"], want);
   EXPECT_EQ(server.stop(SIGTERM), 0) << server.log();
 }
 
