@@ -51,8 +51,8 @@ void prefill(SchedulerState& s, Sequence& q) {
     const Tensor logits = g.forward(in, {q.entry->row_name}).logits;
     q.add_token(pick_token(logits_row(logits, 0, logits.size(1) - 1), q.options, q.generator));
     s.metrics.time_to_first_token(Seconds(q.first_token - q.submitted).count());
-  } catch (const std::exception& e) {
-    q.fail(e.what());
+  } catch (...) {
+    q.fail(std::current_exception());
   }
 }
 
@@ -98,8 +98,8 @@ void decode(SchedulerState& s, StepCount& count) {
       for (size_t b = 0; b < rows.size(); ++b)
         rows[b]->add_token(
             pick_token(logits_row(logits, int64_t(b), 0), rows[b]->options, rows[b]->generator));
-    } catch (const std::exception& e) {
-      for (Sequence* q : rows) q->fail(e.what());
+    } catch (...) {
+      for (Sequence* q : rows) q->fail(std::current_exception());
     }
   }
 }
@@ -222,7 +222,8 @@ void fail_remaining(SchedulerState& s) {
   for (auto& q : s.waiting) s.running.push_back(q);
   s.waiting.clear();
   for (auto& q : s.running)
-    if (!q->finished()) q->fail("the server stopped before this completion finished");
+    if (!q->finished())
+      q->fail(std::make_exception_ptr(ShuttingDown("the server stopped before this completion finished")));
   reap(s);
   for (auto& j : s.encode_waiting) {
     j->done.set_exception(std::make_exception_ptr(ShuttingDown("the server stopped")));

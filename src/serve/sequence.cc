@@ -47,7 +47,7 @@ void Sequence::finish(const std::string& reason) {
   publish(tokenizer_.decode_continuation(prompt, ids), true, reason);
 }
 
-void Sequence::fail(const std::string& error) {
+void Sequence::fail(std::exception_ptr error) {
   std::lock_guard lock(mutex_);
   finished_ = true;
   done_ = true;
@@ -86,7 +86,7 @@ bool Sequence::take(std::string& text, std::chrono::milliseconds timeout) {
 Completion Sequence::result() {
   std::unique_lock lock(mutex_);
   changed_.wait(lock, [&] { return done_; });
-  if (!error_.empty()) throw Error(error_);
+  if (error_) std::rethrow_exception(error_);
   Completion c;
   c.text = final_text_;
   c.ids = ids;

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -28,7 +29,7 @@ class Sequence : public PendingCompletion {
   // Records a produced token; true when it ends the sequence (end of sequence, stop string, length).
   bool add_token(int64_t id);
   void finish(const std::string& reason);  // "length", "cancelled"
-  void fail(const std::string& error);
+  void fail(std::exception_ptr error);     // result() throws it
   bool finished() const { return finished_; }
 
   const std::shared_ptr<DeltaEntry> entry;
@@ -61,7 +62,8 @@ class Sequence : public PendingCompletion {
   std::string final_text_;
   size_t taken_ = 0;
   bool done_ = false;
-  std::string finish_reason_, error_;
+  std::string finish_reason_;
+  std::exception_ptr error_;
 };
 
 }  // namespace deltatune::serve
