@@ -28,3 +28,9 @@ find_library(UTF8PROC_LIBRARY utf8proc REQUIRED)
 add_library(deltatune::utf8proc INTERFACE IMPORTED)
 target_include_directories(deltatune::utf8proc INTERFACE ${UTF8PROC_INCLUDE_DIR})
 target_link_libraries(deltatune::utf8proc INTERFACE ${UTF8PROC_LIBRARY})
+
+# cpp-httplib (the server, deltatune/serve_http.h): Debian's shared build, whose header must be read with
+# the flags it was built with (OpenSSL, zlib, Brotli), which its pkg-config file gives.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(CPP_HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
+find_package(Threads REQUIRED)

@@ -176,3 +176,56 @@ TEST(KvCache, ABatchThatDoesNotContinueTheCacheIsAnError) {
   wider.cache = &cache;
   EXPECT_THROW(model->forward(wider), ShapeError);
 }
+
+TEST(KvCache, RowCachesDecodeSequencesOfDifferentLengthsInOneBatch) {
+  // A server's decode step: sequences at different positions, each with its own cache, in one batch.
+  // Every row gives exactly the ids generate() gives it alone (greedy), step by step.
+  for (const char* name : {"gpt2-mini", "llama-mini"}) {
+    SCOPED_TRACE(name);
+    auto model = golden::load_model(name);
+    NoGradGuard no_grad;
+    const std::vector<std::vector<int64_t>> prompts{
+        {35, 399, 501, 364}, {742}, {12, 99, 1373, 5, 77, 300, 8}};
+    const int64_t steps = 6;
+    std::vector<KVCache> caches(prompts.size());
+    std::vector<std::vector<int64_t>> produced(prompts.size());
+    for (size_t b = 0; b < prompts.size(); ++b) {
+      ModelInput in;
+      in.input_ids = Tensor::from_ints(prompts[b], {1, int64_t(prompts[b].size())});
+      in.cache = &caches[b];
+      produced[b].push_back(argmax(last_row(model->forward(in).logits, 0)));
+    }
+    for (int64_t s = 1; s < steps; ++s) {
+      ModelInput step;
+      std::vector<int64_t> last;
+      for (size_t b = 0; b < prompts.size(); ++b) {
+        last.push_back(produced[b].back());
+        step.row_caches.push_back(&caches[b]);
+      }
+      step.input_ids = Tensor::from_ints(last, {int64_t(last.size()), 1});
+      Tensor logits = model->forward(step).logits;
+      for (size_t b = 0; b < prompts.size(); ++b) produced[b].push_back(argmax(last_row(logits, int64_t(b))));
+    }
+    GenerationOptions options;
+    options.max_new_tokens = steps;
+    for (size_t b = 0; b < prompts.size(); ++b) {
+      EXPECT_EQ(produced[b], generate(*model, prompts[b], options)) << "row " << b;
+      EXPECT_EQ(caches[b].length, int64_t(prompts[b].size()) + steps - 1);
+    }
+  }
+}
+
+TEST(KvCache, RowCachesRefuseWhatTheyCannotServe) {
+  auto model = golden::load_model("gpt2-mini");
+  NoGradGuard no_grad;
+  KVCache empty;
+  ModelInput in;
+  in.input_ids = Tensor::from_ints({35}, {1, 1});
+  in.row_caches = {&empty};
+  EXPECT_THROW(model->forward(in), ConfigError);  // no prompt in it yet
+  in.input_ids = Tensor::from_ints({35, 36}, {2, 1});
+  EXPECT_THROW(model->forward(in), ShapeError);  // one cache for two rows
+  auto bert = golden::load_model("bert-mini");
+  in.input_ids = Tensor::from_ints({35}, {1, 1});
+  EXPECT_THROW(bert->forward(in), ConfigError);
+}

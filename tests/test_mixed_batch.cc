@@ -294,3 +294,33 @@ TEST(Gates, Command) {
   EXPECT_NE(r.output.find("no gates"), std::string::npos) << r.output;
   fs::remove_all(dir);
 }
+
+TEST(MixedBatch, RemoveDetachesOneDeltaAndKeepsTheOthers) {
+  auto model = golden::load_model("gpt2-mini");
+  const ModelInput input = make_input(*model, 2);
+  auto scratch = golden::load_model("gpt2-mini");
+  auto kept = random_delta(*scratch, kLoraA, 21);
+  serve::MixedBatch mixed(*model);
+  mixed.add("gone", delta::make_delta(kIa3));
+  mixed.add("kept", delta::make_delta(kept->config()));
+  std::map<std::string, Tensor> values;
+  for (auto& [n, t] : kept->parameters()) values[n] = t;
+  mixed.get("kept").load_parameters(values);
+  EXPECT_TRUE(mixed.remove("gone"));
+  EXPECT_FALSE(mixed.remove("gone"));
+  EXPECT_EQ(mixed.names(), std::vector<std::string>{"kept"});
+  EXPECT_THROW(mixed.forward(input, {"gone", ""}), ConfigError);
+  Tensor out;
+  {
+    NoGradGuard no_grad;
+    out = mixed.forward(input, {"kept", ""}).logits.contiguous();
+  }
+  auto alone = golden::load_model("gpt2-mini");
+  auto copy = copy_into(*alone, *kept);
+  NoGradGuard no_grad;
+  EXPECT_LT(max_diff(out.slice(0, 0, 1).contiguous(), alone->forward(row(input, 0)).logits.contiguous()),
+            1e-4f);
+  auto base = golden::load_model("gpt2-mini");
+  EXPECT_LT(max_diff(out.slice(0, 1, 2).contiguous(), base->forward(row(input, 1)).logits.contiguous()),
+            1e-4f);
+}

@@ -32,6 +32,9 @@ class MixedBatch {
   void add(const std::string& name, std::unique_ptr<delta::Delta> delta);
   // Loads a saved delta folder (our format or PEFT's) under `name`, with its task head if it has one.
   void add_saved(const std::string& name, const std::filesystem::path& dir);
+  // Detaches the delta named `name` (no call may be running); the others keep serving. False when
+  // there is none. The shared task head stays on the model.
+  bool remove(const std::string& name);
   std::vector<std::string> names() const;
   delta::Delta& get(const std::string& name);
 

@@ -42,6 +42,11 @@ struct ModelInput {
   // The call's own state (dropout generator, hooks' per-call values): forward_context.h. nullptr: the
   // forward makes a fresh one.
   ForwardContext* context = nullptr;
+  // A decode batch of independent sequences (a server's running requests): row b continues the
+  // sequence whose keys and values are in row_caches[b] (a one-row cache a prompt already filled), at
+  // that sequence's own position. Each row attends over its own cache; every other product runs once
+  // for the whole batch. Decoders only; `cache` and `attention_mask` stay unset.
+  std::vector<KVCache*> row_caches;
 };
 
 struct ModelOutput {
@@ -106,6 +111,11 @@ class TransformerModel : public nn::Module {
   // Applies the enabled embedding hooks; returns the positions prepended.
   int64_t extend_embeddings(Tensor& embeddings, Tensor& mask);
   int64_t prefix_length() const;
+  // A row-cache batch (ModelInput::row_caches): the positions its rows continue at [B, T] (prefix
+  // keys counted), and row b's attention over its own cache (written in place) and prefix keys.
+  Tensor row_positions(const ModelInput& input, int64_t length) const;
+  Tensor attend_rows(const ModelInput& input, int64_t layer, const Tensor& hidden, const Tensor& q,
+                     const Tensor& k, const Tensor& v, float scale = -1.0f);
   float dropout_p(double p) const { return training() ? float(p) : 0.0f; }
 
  private:

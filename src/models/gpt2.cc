@@ -1,5 +1,6 @@
 #include "models/gpt2.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "deltatune/error.h"
@@ -47,14 +48,16 @@ ModelOutput Gpt2Model::run_forward(const ModelInput& in) {
   Tensor mask = float_mask(in.attention_mask, batch, length);
   Tensor x = wte_->forward(ids);
   // A soft prompt joins once: on a cached step it is already in the cache.
-  if (!in.cache || in.cache->length == 0) extend_embeddings(x, mask);
+  const bool per_row = !in.row_caches.empty();  // row b continues its own cached sequence
+  if (!per_row && (!in.cache || in.cache->length == 0)) extend_embeddings(x, mask);
   const int64_t total = x.size(1);
   // Positions continue after cached and prefix keys, as transformers' cache_position does.
-  const int64_t past = (in.cache ? in.cache->length : 0) + prefix_length();
+  int64_t past = (in.cache ? in.cache->length : 0) + prefix_length();
+  for (const KVCache* c : in.row_caches) past = std::max(past, c->length + prefix_length());
   if (past + total > config.max_position_embeddings)
     throw ShapeError("GPT2Model: positions up to " + std::to_string(past + total) + " exceed n_positions " +
                      std::to_string(config.max_position_embeddings));
-  x = ops::add(x, wpe_->forward(positions(past, total)));
+  x = ops::add(x, wpe_->forward(per_row ? row_positions(in, total) : positions(past, total)));
   x = ops::dropout(x, dropout_p(config.embedding_dropout), training(), dropout_rng());
   const int64_t heads = config.num_heads, hd = config.head_dim, h = config.hidden_size;
   // With a cache the mask covers the earlier positions too: callers pass the full [B, past + T] mask.
@@ -68,12 +71,17 @@ ModelOutput Gpt2Model::run_forward(const ModelInput& in) {
     Tensor q = split_heads(qkv.slice(-1, 0, h), heads, hd);
     Tensor k = split_heads(qkv.slice(-1, h, 2 * h), heads, hd);
     Tensor v = split_heads(qkv.slice(-1, 2 * h, 3 * h), heads, hd);
-    use_cache(in.cache, int64_t(i), k, v);
-    Tensor key_mask = key_mask_base;
-    extend_attention(int64_t(i), a_in, k, v, key_mask);
     float scale = config.scale_attn_weights ? 1.0f / std::sqrt(float(hd)) : 1.0f;
     if (config.scale_attn_by_inverse_layer_idx) scale /= float(i + 1);
-    Tensor ctx = merge_heads(ops::scaled_dot_product_attention(q, k, v, key_mask, true, scale));
+    Tensor ctx;
+    if (per_row) {
+      ctx = merge_heads(attend_rows(in, int64_t(i), a_in, q, k, v, scale));
+    } else {
+      use_cache(in.cache, int64_t(i), k, v);
+      Tensor key_mask = key_mask_base;
+      extend_attention(int64_t(i), a_in, k, v, key_mask);
+      ctx = merge_heads(ops::scaled_dot_product_attention(q, k, v, key_mask, true, scale));
+    }
     Tensor a =
         ops::dropout(b.attn_proj->forward(ctx), dropout_p(config.hidden_dropout), training(), dropout_rng());
     x = ops::add(x, a);
@@ -81,6 +89,7 @@ ModelOutput Gpt2Model::run_forward(const ModelInput& in) {
     x = ops::add(x, ops::dropout(f, dropout_p(config.hidden_dropout), training(), dropout_rng()));
   }
   if (in.cache) in.cache->length += total;
+  for (KVCache* c : in.row_caches) c->length += total;
   x = ln_f_->forward(x);
   ModelOutput out;
   out.last_hidden_state = x;

@@ -55,10 +55,11 @@ ModelOutput LlamaModel::run_forward(const ModelInput& in) {
   Tensor mask = float_mask(in.attention_mask, batch, length);
   Tensor x = embed_->forward(ids);
   // A soft prompt joins once: on a cached step it is already in the cache.
-  if (!in.cache || in.cache->length == 0) extend_embeddings(x, mask);
+  const bool per_row = !in.row_caches.empty();  // row b continues its own cached sequence
+  if (!per_row && (!in.cache || in.cache->length == 0)) extend_embeddings(x, mask);
   const int64_t total = x.size(1);
   const int64_t past = (in.cache ? in.cache->length : 0) + prefix_length();
-  Tensor pos = positions(past, total);
+  Tensor pos = per_row ? row_positions(in, total) : positions(past, total);
   Tensor key_mask_base = mask;
   if (in.cache && in.cache->length && mask.size(1) == total)
     key_mask_base = ops::concat({Tensor::ones({batch, in.cache->length}), mask}, 1);
@@ -69,15 +70,21 @@ ModelOutput LlamaModel::run_forward(const ModelInput& in) {
     Tensor q = ops::rope(split_heads(b.q->forward(a_in), heads, hd), pos, inv_freq_);
     Tensor k = ops::rope(split_heads(b.k->forward(a_in), kv_heads, hd), pos, inv_freq_);
     Tensor v = split_heads(b.v->forward(a_in), kv_heads, hd);
-    use_cache(in.cache, int64_t(i), k, v);
-    Tensor key_mask = key_mask_base;
-    extend_attention(int64_t(i), a_in, k, v, key_mask);
-    Tensor ctx = merge_heads(ops::scaled_dot_product_attention(q, k, v, key_mask, true));
+    Tensor ctx;
+    if (per_row) {
+      ctx = merge_heads(attend_rows(in, int64_t(i), a_in, q, k, v));
+    } else {
+      use_cache(in.cache, int64_t(i), k, v);
+      Tensor key_mask = key_mask_base;
+      extend_attention(int64_t(i), a_in, k, v, key_mask);
+      ctx = merge_heads(ops::scaled_dot_product_attention(q, k, v, key_mask, true));
+    }
     x = ops::add(x, b.o->forward(ctx));
     Tensor m_in = b.post_norm->forward(x);
     x = ops::add(x, b.down->forward(ops::mul(act_(b.gate->forward(m_in)), b.up->forward(m_in))));
   }
   if (in.cache) in.cache->length += total;
+  for (KVCache* c : in.row_caches) c->length += total;
   x = norm_->forward(x);
   ModelOutput out;
   out.last_hidden_state = x;

@@ -1,6 +1,9 @@
 #include "deltatune/model.h"
 
+#include "deltatune/error.h"
+#include "deltatune/ops.h"
 #include "deltatune/threads.h"
+#include "models/common.h"
 
 namespace deltatune {
 
@@ -18,8 +21,24 @@ const char* head_name(HeadKind h) {
   return "?";
 }
 
+namespace {
+void check_row_caches(const ModelInput& in, const ModelConfig& config) {
+  if (in.row_caches.empty()) return;
+  if (config.family == ArchFamily::Bert)
+    throw ConfigError("forward: per-row KV caches are for decoders (GPT-2, Llama), not BERT");
+  if (in.cache || in.attention_mask.defined())
+    throw ConfigError("forward: per-row KV caches go without a shared cache or an attention mask");
+  if (in.input_ids.dim() != 2 || in.input_ids.size(0) != int64_t(in.row_caches.size()))
+    throw ShapeError("forward: " + std::to_string(in.row_caches.size()) + " row caches for input_ids " +
+                     shape_str(in.input_ids.shape()));
+  for (const KVCache* c : in.row_caches)
+    if (!c || c->length == 0) throw ConfigError("forward: a row cache must hold its sequence's prompt");
+}
+}  // namespace
+
 ModelOutput TransformerModel::forward(const ModelInput& input) {
   use_num_threads_on_this_thread();
+  check_row_caches(input, config);
   if (input.context) {
     ForwardScope scope(*input.context);
     return run_forward(input);
@@ -51,6 +70,28 @@ std::optional<int64_t> TransformerModel::max_input_length() const {
     if (h->enabled) virtual_tokens += h->length();
   if (config.family == ArchFamily::Gpt2) virtual_tokens += prefix_length();
   return config.max_position_embeddings - config.position_offset - virtual_tokens;
+}
+
+Tensor TransformerModel::row_positions(const ModelInput& in, int64_t length) const {
+  const int64_t prefix = prefix_length();
+  std::vector<int64_t> p;
+  for (const KVCache* c : in.row_caches)
+    for (int64_t t = 0; t < length; ++t) p.push_back(c->length + prefix + t);
+  return Tensor::from_ints(p, {int64_t(in.row_caches.size()), length});
+}
+
+Tensor TransformerModel::attend_rows(const ModelInput& in, int64_t layer, const Tensor& hidden,
+                                     const Tensor& q, const Tensor& k, const Tensor& v, float scale) {
+  std::vector<Tensor> rows;
+  for (int64_t b = 0; b < int64_t(in.row_caches.size()); ++b) {
+    // The same steps, on the same shapes, as a one-row forward with its own cache: the same numbers.
+    Tensor kb = k.slice(0, b, b + 1), vb = v.slice(0, b, b + 1);
+    models::use_cache(in.row_caches[size_t(b)], layer, kb, vb);
+    Tensor key_mask = Tensor::ones({1, kb.size(2)});
+    extend_attention(layer, hidden.slice(0, b, b + 1), kb, vb, key_mask);
+    rows.push_back(ops::scaled_dot_product_attention(q.slice(0, b, b + 1), kb, vb, key_mask, true, scale));
+  }
+  return rows.size() == 1 ? rows[0] : ops::concat(rows, 0);
 }
 
 int64_t TransformerModel::prefix_length() const {

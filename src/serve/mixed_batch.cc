@@ -106,6 +106,15 @@ MixedBatch::~MixedBatch() {
   }
 }
 
+bool MixedBatch::remove(const std::string& name) {
+  auto it = std::find_if(entries_.begin(), entries_.end(), [&](auto& e) { return e->name == name; });
+  if (it == entries_.end()) return false;
+  for (auto& [layer, hook] : (*it)->hooks) delta::swap_hook(layer->hooks, hook, hook->inner);
+  (*it)->delta->detach();
+  entries_.erase(it);
+  return true;
+}
+
 std::vector<std::string> MixedBatch::names() const {
   std::vector<std::string> out;
   for (auto& e : entries_) out.push_back(e->name);
