@@ -236,6 +236,21 @@ void add_product_cases(std::vector<Case>& cs) {
   add({"linear_bf16_stored_weight", {{3, 4}, {5, 4}}, [](const Inputs& x) {
          return O::linear(x[0], O::cast(x[1], DType::BF16));
        }});
+  // Quantised weights (quantised from the leaf, identically on both backends): rows whose length is
+  // no multiple of a block, NF4 blocks across rows, and a weight of several dequantised tiles.
+  for (QuantFormat f : {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0}) {
+    auto quantized = [f](const Tensor& w) {
+      const Tensor c = w.detach().contiguous();
+      return std::make_shared<const QuantizedMatrix>(quantize(c.f32(), c.size(0), c.size(1), f));
+    };
+    const std::string name = std::string("quantized_linear_") + quant_format_name(f);
+    add({name, {{2, 3, 40}, {70, 40}, {70}}, [quantized](const Inputs& x) {
+           return O::quantized_linear(x[0], quantized(x[1]), x[2]);
+         }});
+    add({name + "_several_tiles", {{3, 2048}, {80, 2048}}, [quantized](const Inputs& x) {
+           return O::quantized_linear(x[0], quantized(x[1]));
+         }});
+  }
   // The AVX-512 BF16 kernel (where the CPU has it) against the reference's rounded products.
   add({"linear_bf16_precision",
        {{6, 80}, {96, 80}, {96}},

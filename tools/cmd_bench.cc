@@ -1,11 +1,12 @@
 // deltatune bench --model SHAPE --method lora|full|frozen [--lora-all] --batch B --seq T --threads N
-//                 --steps S --warmup W [--bf16]
+//                 --steps S --warmup W [--bf16] [--quantize nf4|int8|q8_0|q4_0]
 // The training step of ../shared/peers/torch_peer.py on our engine: a random-initialised model of a
 // real architecture's shape (built from a synthetic Hugging Face config, so it runs our model code),
 // LoRA r=8 alpha=16 on the attention query/value projections (every block linear with --lora-all),
 // AdamW, cross-entropy on a fixed random batch; "frozen" runs the forward and loss without recording.
 // Prints one JSON line with the peer's fields so the two can be compared side by side. --bf16 runs
-// the products in bfloat16 (as `train --bf16`); the line's "precision" says which ran.
+// the products in bfloat16 (as `train --bf16`); the line's "precision" says which ran, "quantize"
+// the frozen base's format (`train --quantize`).
 #include <malloc.h>
 #include <sys/resource.h>
 
@@ -100,6 +101,7 @@ struct Options {
   int64_t batch = 8, seq = 128, steps = 10, warmup = 3;
   int threads = 2;
   bool bf16 = false;
+  std::optional<deltatune::QuantFormat> quantize;
 };
 
 void run(const Options& o) {
@@ -149,9 +151,9 @@ void run(const Options& o) {
       }
     }
   }
-  // --bf16 as train's (use_bf16: float32 where the CPU lacks AVX-512 BF16).
-  if (o.bf16) {
-    use_bf16(*model);
+  // --quantize and --bf16 as train's (use_bf16: float32 where the CPU lacks AVX-512 BF16).
+  if (o.bf16 || o.quantize) {
+    use_precision(*model, o.bf16, o.quantize);
     malloc_trim(0);  // the float32 weights' pages go back: only what is used counts
   }
 
@@ -174,15 +176,20 @@ void run(const Options& o) {
 
   // The causal LM's head and loss run fused and chunked (ops::linear_cross_entropy): the same value
   // as cross-entropy over the [B, T-1, V] logits the peer materialises.
-  input.compute_logits = is_bert;
+  // A quantised head has no float weight to fuse: its logits are computed (and held) as the peer's.
   Tensor head_weight;
   if (!is_bert) {
     Tensor* w = model->find_parameter("lm_head.weight");
-    head_weight = w ? *w : model->input_embeddings();
+    auto* head = dynamic_cast<nn::Linear*>(model->find_module("lm_head"));
+    if (!(head && head->quantized)) head_weight = w ? *w : model->input_embeddings();
   }
+  input.compute_logits = is_bert || !head_weight.defined();
   auto loss_of = [&]() {
     ModelOutput out = model->forward(input);
     if (is_bert) return ops::cross_entropy(out.logits, label_tensor);
+    if (!head_weight.defined())
+      return ops::cross_entropy(ops::reshape(out.logits.slice(1, 0, o.seq - 1), {-1, out.logits.size(-1)}),
+                                next_tokens);
     const Tensor& hidden = out.last_hidden_state;
     return ops::linear_cross_entropy(ops::reshape(hidden.slice(1, 0, o.seq - 1), {-1, hidden.size(-1)}),
                                      head_weight, next_tokens);
@@ -219,7 +226,8 @@ void run(const Options& o) {
                {"trainable", trainable},
                {"total", total},
                {"blas_core", openblas_get_corename()},
-               {"precision", ops::matmul_precision() == ops::MatmulPrecision::Bf16 ? "bf16" : "float32"}};
+               {"precision", ops::matmul_precision() == ops::MatmulPrecision::Bf16 ? "bf16" : "float32"},
+               {"quantize", o.quantize ? quant_format_name(*o.quantize) : "none"}};
   std::printf("%s\n", line.dump().c_str());
   std::fflush(stdout);
 }
@@ -231,6 +239,7 @@ void setup(CLI::App& app) {
   app.add_option("--model", o->model, "Model shape")->check(CLI::IsMember(names));
   app.add_option("--method", o->method, "lora, full or frozen (forward only)")
       ->check(CLI::IsMember({"lora", "full", "frozen"}));
+  deltatune::cli::add_quantize_option(app, o->quantize);
   app.add_flag("--bf16", o->bf16,
                "Products in bfloat16 on the AVX-512 BF16 kernel, frozen weights stored in bfloat16 (as train "
                "--bf16; float32 on CPUs without it)");

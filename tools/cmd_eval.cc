@@ -22,6 +22,7 @@ struct Args {
   int64_t batch_size = 64, max_length = 0;
   int threads = 0;
   bool bf16 = false;
+  std::optional<QuantFormat> quantize;
   std::string text_field, pair_field, label_field;
 };
 
@@ -44,6 +45,7 @@ void run(const Args& a) {
   r.settings = {a.text_field, a.pair_field, a.label_field, a.max_length};
   r.batch_size = a.batch_size;
   r.bf16 = a.bf16;
+  r.quantize = a.quantize;
   if (a.delta.empty()) {  // the labels come from the data (a task's train split)
     std::fprintf(stderr,
                  "note: no --delta: evaluating the base model with an untrained classification head\n");
@@ -73,6 +75,7 @@ void setup(CLI::App& app) {
   app.add_option("--output,--out", a->output, "Also write the metrics JSON to this file");
   cli::add_threads_option(app, &a->threads);
   app.add_flag("--bf16", a->bf16, cli::kBf16Help);
+  cli::add_quantize_option(app, a->quantize);
   app.add_option("--text-field", a->text_field, "Field holding the text (default: the run's, else text)");
   app.add_option("--pair-field", a->pair_field,
                  "Field holding the second text (default: the run's, else text_pair)");

@@ -1,4 +1,5 @@
 // deltatune generate --model DIR [--delta DIR] --prompt STR [--max-new-tokens N] [sampling flags]
+//                    [--quantize nf4|int8|q8_0|q4_0]
 // The prompt and its continuation go to stdout; the speed (and a context-limit note) to stderr.
 #include <cstdio>
 #include <filesystem>
@@ -15,6 +16,7 @@ void setup(CLI::App& app) {
   auto prompt = std::make_shared<std::string>();
   auto o = std::make_shared<deltatune::GenerationOptions>();
   auto greedy = std::make_shared<bool>(false);
+  auto quantize = std::make_shared<std::optional<deltatune::QuantFormat>>();
   app.add_option("--model", *model_dir, "Hugging Face model folder (a decoder: GPT-2, Llama, ...)")
       ->required();
   app.add_option("--delta", *delta, "A delta folder to apply");
@@ -35,8 +37,10 @@ void setup(CLI::App& app) {
       ->check(deltatune::cli::kFraction);
   app.add_option("--seed", o->seed, "Random seed for sampling")->default_val(0);
   deltatune::cli::add_threads_option(app);
+  deltatune::cli::add_quantize_option(app, *quantize);
   app.callback([=] {
     auto loaded = deltatune::cli::load_model(*model_dir, "causal-lm", *delta);
+    deltatune::use_precision(*loaded.model, false, *quantize, loaded.trained_parameters);
     auto tokenizer = deltatune::Tokenizer::load(*model_dir);
     deltatune::GenerationOptions options = *o;
     if (*greedy) options.sample = false;

@@ -20,6 +20,7 @@ struct Args {
   int64_t batch_size = 64, max_length = 0;
   int threads = 0;
   bool bf16 = false;
+  std::optional<QuantFormat> quantize;
   std::string text_field, pair_field;
   int64_t max_new_tokens = 32;
 };
@@ -58,6 +59,7 @@ void run(const Args& a) {
   r.batch_size = a.batch_size;
   r.max_new_tokens = a.max_new_tokens;
   r.bf16 = a.bf16;
+  r.quantize = a.quantize;
   LineOutput out(a);
   workflow::predict(r, [&](const nlohmann::json& line) { out.line(line.dump()); });
   out.finish();
@@ -77,6 +79,7 @@ void setup(CLI::App& app) {
       ->check(CLI::Range(2, 1 << 20));
   cli::add_threads_option(app, &a->threads);
   app.add_flag("--bf16", a->bf16, cli::kBf16Help);
+  cli::add_quantize_option(app, a->quantize);
   app.add_option("--max-new-tokens", a->max_new_tokens, "Causal-LM deltas: tokens to generate per text")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 16));

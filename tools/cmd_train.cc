@@ -44,6 +44,7 @@ struct Args {
   int64_t log_every = 0, eval_batch_size = 64;
   std::string text_field = "text", pair_field = "text_pair", label_field = "label";
   bool bf16 = false;
+  std::optional<QuantFormat> quantize;
 };
 
 // "1e-4 full, 5e-3 head/none, 2e-3 the others": the table's default learning rates, for --lr's help.
@@ -140,37 +141,39 @@ void apply_config_file(CLI::App& app, const std::string& file) {
 // The run's settings with the flags' names: what --config reads, so a run can be repeated exactly (the
 // workflow adds the learning rate and max length it resolved).
 nlohmann::json resolved_config(const Args& a) {
-  return {{"model", a.model},
-          {"data", a.data},
-          {"out", a.out},
-          {"task", a.task},
-          {"method", a.method},
-          {"epochs", a.epochs},
-          {"batch-size", a.batch_size},
-          {"seed", a.seed},
-          {"lora-r", a.lora_r},
-          {"lora-alpha", a.lora_alpha},
-          {"targets", a.targets},
-          {"delta-config", a.delta_config},
-          {"k-shot", a.k_shot},
-          {"eval-every", a.eval_every},
-          {"patience", a.patience},
-          {"warmup-ratio", a.warmup_ratio},
-          {"weight-decay", a.weight_decay},
-          {"grad-accum", a.grad_accum},
-          {"max-grad-norm", a.max_grad_norm},
-          {"schedule", a.schedule},
-          {"optimizer", a.optimizer},
-          {"momentum", a.momentum},
-          {"max-steps", a.max_steps},
-          {"metric", a.metric},
-          {"bucket", a.bucket},
-          {"checkpoint-every", a.checkpoint_every},
-          {"eval-batch-size", a.eval_batch_size},
-          {"text-field", a.text_field},
-          {"pair-field", a.pair_field},
-          {"label-field", a.label_field},
-          {"bf16", a.bf16}};
+  nlohmann::json config = {{"model", a.model},
+                           {"data", a.data},
+                           {"out", a.out},
+                           {"task", a.task},
+                           {"method", a.method},
+                           {"epochs", a.epochs},
+                           {"batch-size", a.batch_size},
+                           {"seed", a.seed},
+                           {"lora-r", a.lora_r},
+                           {"lora-alpha", a.lora_alpha},
+                           {"targets", a.targets},
+                           {"delta-config", a.delta_config},
+                           {"k-shot", a.k_shot},
+                           {"eval-every", a.eval_every},
+                           {"patience", a.patience},
+                           {"warmup-ratio", a.warmup_ratio},
+                           {"weight-decay", a.weight_decay},
+                           {"grad-accum", a.grad_accum},
+                           {"max-grad-norm", a.max_grad_norm},
+                           {"schedule", a.schedule},
+                           {"optimizer", a.optimizer},
+                           {"momentum", a.momentum},
+                           {"max-steps", a.max_steps},
+                           {"metric", a.metric},
+                           {"bucket", a.bucket},
+                           {"checkpoint-every", a.checkpoint_every},
+                           {"eval-batch-size", a.eval_batch_size},
+                           {"text-field", a.text_field},
+                           {"pair-field", a.pair_field},
+                           {"label-field", a.label_field},
+                           {"bf16", a.bf16}};
+  if (a.quantize) config["quantize"] = quant_format_name(*a.quantize);
+  return config;
 }
 
 nlohmann::json read_delta_config_file(const Args& a) {
@@ -289,6 +292,7 @@ workflow::TrainRequest training_request(const Args& a) {
   o.on_step = [](int64_t) { return g_stop_signal.load() == 0; };
   r.max_length = a.max_length;
   r.bf16 = a.bf16;
+  r.quantize = a.quantize;
   r.threads = a.threads;
   r.overwrite = a.overwrite;
   r.test_before = !a.no_test_before;
@@ -421,6 +425,7 @@ void setup(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--label-field", a->label_field, "Field holding the label")->capture_default_str();
   app.add_flag("--bf16", a->bf16, std::string(cli::kBf16Help) + "; the delta and optimizer stay float32");
+  cli::add_quantize_option(app, a->quantize);
   app.add_flag("--resume", a->resume, "Continue from RUN_DIR/checkpoint (same flags as the interrupted run)");
   app.add_flag("--overwrite", a->overwrite,
                "Start over in a --out that holds an earlier run (its run files are removed; without --resume "

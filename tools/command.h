@@ -4,9 +4,11 @@
 // where setup(CLI::App&) adds the options and a callback. main.cc builds the app from the registry.
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "deltatune/quantize.h"
 #include "deltatune/threads.h"
 
 namespace deltatune::cli {
@@ -53,6 +55,21 @@ inline CLI::Option* add_threads_option(
           },
           help)
       ->check(CLI::Range(1, 1024));
+}
+
+// --quantize FORMAT for the commands that run a base model (train, eval, predict, generate): a
+// quantised frozen base (deltatune::use_quantized). An unknown format is a usage error at parse time.
+inline CLI::Option* add_quantize_option(CLI::App& app, std::optional<QuantFormat>& store) {
+  return app.add_option_function<std::string>(
+      "--quantize",
+      [&store](const std::string& name) {
+        store = parse_quant_format(name);
+        if (!store)
+          throw CLI::ValidationError("--quantize",
+                                     "'" + name + "' is no format (" + quant_format_choices() + ")");
+      },
+      std::string("Store the frozen base's linear weights quantised (") + quant_format_choices() +
+          "; nf4 is QLoRA's NormalFloat4): deltas, heads, norms and the optimizer stay float32");
 }
 
 }  // namespace deltatune::cli

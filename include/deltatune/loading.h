@@ -22,6 +22,7 @@
 #include "deltatune/data.h"
 #include "deltatune/delta.h"
 #include "deltatune/model.h"
+#include "deltatune/quantize.h"
 #include "deltatune/tokenizer.h"
 
 namespace deltatune {
@@ -65,5 +66,15 @@ AppliedDelta apply_saved_delta(const std::filesystem::path& delta_dir, Transform
 // stored in bfloat16 where the CPU has AVX-512 BF16 (a note on stderr says which). `trained` names the
 // model tensors that learnt (AppliedDelta::model_parameters): they keep their precision.
 void use_bf16(TransformerModel& model, const std::vector<std::string>& trained = {});
+
+// A quantised frozen base (`--quantize nf4|int8|q8_0|q4_0`, QLoRA's recipe on the CPU): every frozen
+// linear weight (an untied LM head included) stored once in `format` (deltatune/quantize.h) and
+// multiplied through ops::quantized_linear; deltas, heads, norms, embeddings and the optimizer stay
+// float32. `trained` as for use_bf16. A note on stderr says how many matrices and how many bytes.
+void use_quantized(TransformerModel& model, QuantFormat format, const std::vector<std::string>& trained = {});
+
+// The precision settings a command applies to its loaded, frozen model: quantisation first, then bf16.
+void use_precision(TransformerModel& model, bool bf16, std::optional<QuantFormat> quantize,
+                   const std::vector<std::string>& trained = {});
 
 }  // namespace deltatune

@@ -75,8 +75,13 @@ class Linear : public Module {
   Tensor base_forward(const Tensor& x);
   Tensor& weight() { return weight_; }
   Tensor& bias() { return bias_; }
-  // The weight as [out, in] (a view for fan_in_fan_out).
-  Tensor weight_out_in() const { return fan_in_fan_out ? weight_.t() : weight_; }
+  // The weight as [out, in] (a view for fan_in_fan_out; a quantised weight dequantised in full, for
+  // the few deltas that read the weight itself: DoRA's norm, diff pruning).
+  Tensor weight_out_in() const;
+
+  // Set by quantize_frozen_weights: the frozen weight [out, in] in 4 or 8 bits, multiplied through
+  // ops::quantized_linear; weight() is then undefined (its float32 memory is freed).
+  std::shared_ptr<const QuantizedMatrix> quantized;
 
   int64_t in_features, out_features;
   bool fan_in_fan_out;
@@ -95,6 +100,12 @@ class Linear : public Module {
 // (a loaded delta's head, a full run's weights: eval must compute as the training run did). Returns
 // how many weights changed.
 int64_t store_frozen_weights(Module& root, DType dtype, const std::set<std::string>& trained = {});
+
+// Quantises the frozen linear weights under `root` (those store_frozen_weights would store, an untied
+// LM head included): each Linear keeps its weight as a QuantizedMatrix (`quantized`) and frees the
+// float one. Call it after the delta is attached and the model frozen; `trained` as above. Returns
+// how many weights were quantised. Throws ConfigError for a weight with NaN or infinite values.
+int64_t quantize_frozen_weights(Module& root, QuantFormat format, const std::set<std::string>& trained = {});
 
 class Embedding;
 

@@ -5,8 +5,10 @@
 // tensors on different devices throw DeviceError. Every op here is in the gradient check
 // (tests/test_gradcheck.cc) and the backend-consistency test (tests/test_backend_ops.cc): adding an
 // op means adding it to both.
+#include <memory>
 #include <vector>
 
+#include "deltatune/quantize.h"
 #include "deltatune/random.h"
 #include "deltatune/tensor.h"
 
@@ -70,6 +72,10 @@ void set_matmul_precision(MatmulPrecision precision);
 MatmulPrecision matmul_precision();
 // x [..., in] @ weight[out, in]^T + bias[out]. bias may be undefined.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+// linear with a frozen quantised weight [out, in] (deltatune/quantize.h), dequantised tile by tile
+// inside the product; the backward gives x and bias their gradients (the weight has none).
+Tensor quantized_linear(const Tensor& x, const std::shared_ptr<const QuantizedMatrix>& weight,
+                        const Tensor& bias = Tensor());
 
 // --- normalisation and softmax (over the last dim) ---
 Tensor softmax(const Tensor& a, int64_t dim = -1);

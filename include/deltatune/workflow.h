@@ -61,7 +61,8 @@ struct TrainRequest {
   train::TrainOptions options;
   int64_t max_length = 128;  // capped to what the model's positions leave (train::effective_max_length)
   bool bf16 = false;         // use_bf16 once the model is frozen
-  int threads = 0;           // > 0: set_num_threads
+  std::optional<QuantFormat> quantize;  // use_quantized once the model is frozen (before bf16)
+  int threads = 0;                      // > 0: set_num_threads
 
   bool overwrite = false;     // remove an earlier run's files from the run folder first
   bool test_before = true;    // evaluate the untrained model on a test set of at most 5000 examples
@@ -130,6 +131,7 @@ struct EvaluateRequest {
   RunSettings settings;
   int64_t batch_size = 64;
   bool bf16 = false;
+  std::optional<QuantFormat> quantize;  // a quantised frozen base (use_quantized)
 };
 
 struct Evaluation {
@@ -149,6 +151,7 @@ struct PredictRequest {
   int64_t batch_size = 64;
   int64_t max_new_tokens = 32;  // causal-LM deltas
   bool bf16 = false;
+  std::optional<QuantFormat> quantize;  // a quantised frozen base (use_quantized)
 };
 
 // One JSON object per input example, in order, handed to `emit` as it is ready: a classifier's
@@ -179,6 +182,7 @@ struct GenerateRequest {
   std::string prompt;
   GenerationOptions options;
   bool bf16 = false;
+  std::optional<QuantFormat> quantize;  // a quantised frozen base (use_quantized)
 };
 
 // Loads the model (causal-LM head) with the delta through the one loader and generates.

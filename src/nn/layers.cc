@@ -15,7 +15,19 @@ Linear::Linear(int64_t in, int64_t out, bool bias, bool fan_in_fan_out)
           register_parameter("weight", fan_in_fan_out ? Tensor::zeros({in, out}) : Tensor::zeros({out, in}))),
       bias_(register_parameter("bias", bias ? Tensor::zeros({out}) : Tensor())) {}
 
-Tensor Linear::base_forward(const Tensor& x) { return ops::linear(x, weight_out_in(), bias_); }
+Tensor Linear::base_forward(const Tensor& x) {
+  if (quantized) return ops::quantized_linear(x, quantized, bias_);
+  return ops::linear(x, weight_out_in(), bias_);
+}
+
+Tensor Linear::weight_out_in() const {
+  if (quantized) {
+    Tensor w = Tensor::empty({quantized->rows, quantized->cols});
+    quantized->dequantize_rows(0, quantized->rows, w.f32());
+    return w;
+  }
+  return fan_in_fan_out ? weight_.t() : weight_;
+}
 
 Tensor Linear::forward(const Tensor& x) {
   Tensor in = x;
@@ -27,24 +39,51 @@ Tensor Linear::forward(const Tensor& x) {
   return y;
 }
 
-int64_t store_frozen_weights(Module& root, DType dtype, const std::set<std::string>& trained) {
-  std::map<const Storage*, int> users;  // tied weights (one storage, two parameters) are left alone
+namespace {
+
+// The frozen weights of Linear (and, when `embeddings`, Embedding) modules that nothing else shares
+// (tied weights, one storage for two parameters, are left alone) and that were not trained.
+std::vector<std::pair<Module*, Tensor*>> frozen_weights(Module& root, const std::set<std::string>& trained,
+                                                        bool embeddings) {
+  std::map<const Storage*, int> users;
   std::set<const Storage*> kept;
   for (auto& [name, t] : root.named_parameters()) {
     ++users[t->storage().get()];
     if (trained.count(name)) kept.insert(t->storage().get());
   }
-  int64_t changed = 0;
+  std::vector<std::pair<Module*, Tensor*>> found;
   for (auto& [name, m] : root.named_modules()) {
     Tensor* weight = nullptr;
     if (auto* linear = dynamic_cast<Linear*>(m)) weight = &linear->weight();
-    if (auto* embedding = dynamic_cast<Embedding*>(m)) weight = &embedding->weight();
-    if (!weight) continue;
-    Tensor& w = *weight;
-    if (!w.defined() || w.requires_grad() || w.dtype() == dtype || users[w.storage().get()] > 1 ||
-        kept.count(w.storage().get()))
+    if (auto* embedding = dynamic_cast<Embedding*>(m); embedding && embeddings) weight = &embedding->weight();
+    if (!weight || !weight->defined() || weight->requires_grad() || users[weight->storage().get()] > 1 ||
+        kept.count(weight->storage().get()))
       continue;
-    w = w.detach().to(dtype);
+    found.emplace_back(m, weight);
+  }
+  return found;
+}
+
+}  // namespace
+
+int64_t store_frozen_weights(Module& root, DType dtype, const std::set<std::string>& trained) {
+  int64_t changed = 0;
+  for (auto& [module, weight] : frozen_weights(root, trained, true)) {
+    if (weight->dtype() == dtype) continue;
+    *weight = weight->detach().to(dtype);
+    ++changed;
+  }
+  return changed;
+}
+
+int64_t quantize_frozen_weights(Module& root, QuantFormat format, const std::set<std::string>& trained) {
+  int64_t changed = 0;
+  for (auto& [module, weight] : frozen_weights(root, trained, false)) {
+    auto& linear = static_cast<Linear&>(*module);
+    const Tensor w = linear.weight_out_in().float32().contiguous();
+    linear.quantized =
+        std::make_shared<const QuantizedMatrix>(quantize(w.f32(), w.size(0), w.size(1), format));
+    linear.weight() = Tensor();
     ++changed;
   }
   return changed;

@@ -13,6 +13,7 @@
 
 #include "deltatune/backend.h"
 #include "deltatune/ops.h"
+#include "deltatune/quantize.h"
 #include "deltatune/random.h"
 #include "deltatune/tensor.h"
 
@@ -155,6 +156,18 @@ struct GemmBf16Args {
   bool accumulate;
 };
 
+// Products with a quantised weight W [n, k] (deltatune/quantize.h), dequantised a tile of rows at a
+// time (never whole): forward c[m, n] = a[m, k] W^T; transposed (the input's gradient)
+// c[m, k] = a[m, n] W. accumulate: c += the product.
+struct QuantizedGemmArgs {
+  const QuantizedMatrix* w;
+  int64_t m;
+  const float* a;
+  bool transposed;
+  float* c;
+  bool accumulate;
+};
+
 // Rows of logits [n, c] against integer targets; rows whose target is ignore_index are skipped.
 struct CrossEntropyArgs {
   const float* logits;
@@ -239,6 +252,7 @@ class Backend {
   // --- products and losses ---
   virtual void gemm(const GemmArgs& args) const = 0;
   virtual void gemm_bf16(const GemmBf16Args& args) const = 0;
+  virtual void quantized_gemm(const QuantizedGemmArgs& args) const = 0;
   // out[r, :] = row for each of rows (a bias broadcast before a GEMM adds the product).
   virtual void fill_rows(const float* row, float* out, int64_t rows, int64_t cols) const = 0;
   // Sum over counted rows of logsumexp - logit[target]; lse[i] gets each counted row's logsumexp.

@@ -66,7 +66,7 @@ TextGeneration generate_text(const GenerateRequest& r,
   load.head = HeadKind::CausalLM;
   load.tokenizer = true;
   LoadedModel m = load_with_delta(load);
-  if (r.bf16) use_bf16(*m.model, m.trained.model_parameters);
+  use_precision(*m.model, r.bf16, r.quantize, m.trained.model_parameters);
   return generate_text(*m.model, *m.tokenizer, r.prompt, r.options, on_text);
 }
 

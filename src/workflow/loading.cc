@@ -74,6 +74,26 @@ LoadedModel load_with_delta(const LoadRequest& r) {
   return loaded;
 }
 
+void use_quantized(TransformerModel& model, QuantFormat format, const std::vector<std::string>& trained) {
+  const int64_t count = nn::quantize_frozen_weights(model, format, {trained.begin(), trained.end()});
+  size_t bytes = 0;
+  int64_t weights = 0;
+  for (auto& [name, module] : model.named_modules())
+    if (auto* linear = dynamic_cast<nn::Linear*>(module); linear && linear->quantized) {
+      bytes += linear->quantized->bytes();
+      weights += linear->quantized->rows * linear->quantized->cols;
+    }
+  std::fprintf(stderr, "quantize: %lld frozen weight matrices stored in %s (%.2f MB, %.2f bits a weight)\n",
+               static_cast<long long>(count), quant_format_name(format), double(bytes) / 1e6,
+               weights ? 8.0 * double(bytes) / double(weights) : 0.0);
+}
+
+void use_precision(TransformerModel& model, bool bf16, std::optional<QuantFormat> quantize,
+                   const std::vector<std::string>& trained) {
+  if (quantize) use_quantized(model, *quantize, trained);
+  if (bf16) use_bf16(model, trained);
+}
+
 void use_bf16(TransformerModel& model, const std::vector<std::string>& trained) {
   if (!ops::bf16_linear_available()) {
     std::fprintf(stderr, "note: this CPU has no AVX-512 BF16; --bf16 is ignored (float32 products)\n");

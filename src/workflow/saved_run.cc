@@ -41,21 +41,22 @@ std::optional<HeadKind> lm_head(const fs::path& delta_dir) {
   return std::nullopt;
 }
 
-LoadedModel load_lm(const fs::path& model_dir, const fs::path& delta_dir, HeadKind head, bool bf16) {
+LoadedModel load_lm(const fs::path& model_dir, const fs::path& delta_dir, HeadKind head, bool bf16,
+                    std::optional<QuantFormat> quantize) {
   LoadRequest load;
   load.model_dir = model_dir;
   load.delta = delta_dir;
   load.head = head;
   load.tokenizer = true;
   LoadedModel m = load_with_delta(load);
-  if (bf16) use_bf16(*m.model, m.trained.model_parameters);
+  use_precision(*m.model, bf16, quantize, m.trained.model_parameters);
   return m;
 }
 
 // A language-model delta: the loss and perplexity of its next-token predictions over the texts (only
 // the answers of prompt/answer pairs), or of a masked LM at 15% masked positions (fixed seed).
 Evaluation evaluate_lm(const EvaluateRequest& r, HeadKind head) {
-  LoadedModel m = load_lm(r.model_dir, r.delta, head, r.bf16);
+  LoadedModel m = load_lm(r.model_dir, r.delta, head, r.bf16, r.quantize);
   data::Fields fields = fields_of(r.settings, m.train_config);
   fields.label = "label";
   const int64_t max_length = max_length_of(r.settings, m.train_config, *m.model);
@@ -86,13 +87,13 @@ LoadedModel load_classifier_of(const EvaluateRequest& r) {
     load.labels = &baseline;
   }
   LoadedModel m = load_with_delta(load);
-  if (r.bf16) use_bf16(*m.model, m.trained.model_parameters);
+  use_precision(*m.model, r.bf16, r.quantize, m.trained.model_parameters);
   return m;
 }
 
 // A causal LM tuned on prompts: each input's text, continued greedily up to EOS or the limit.
 void continue_texts(const PredictRequest& r, const std::function<void(const json&)>& emit) {
-  LoadedModel m = load_lm(r.model_dir, r.delta, HeadKind::CausalLM, r.bf16);
+  LoadedModel m = load_lm(r.model_dir, r.delta, HeadKind::CausalLM, r.bf16, r.quantize);
   data::Fields fields;
   fields.text = setting(r.settings.text_field, m.train_config, "text-field",
                         "text");  // a PEFT adapter has no run config
@@ -129,7 +130,8 @@ void predict(const PredictRequest& r, const std::function<void(const json&)>& em
   if (head == HeadKind::MaskedLM)
     throw ConfigError(r.delta.string() +
                       ": a masked-LM delta has no labels to predict; use `deltatune eval` for its loss");
-  LoadedModel m = load_classifier_of({r.model_dir, r.delta, r.input, {}, {}, r.batch_size, r.bf16});
+  LoadedModel m =
+      load_classifier_of({r.model_dir, r.delta, r.input, {}, {}, r.batch_size, r.bf16, r.quantize});
   const data::Fields fields = fields_of(r.settings, m.train_config);
   const int64_t max_length = max_length_of(r.settings, m.train_config, *m.model);
   std::vector<data::Example> examples = data::read_examples(r.input, fields, /*labels_optional=*/true);

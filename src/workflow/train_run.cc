@@ -267,7 +267,10 @@ TrainRun run_training(const TrainRequest& r) {
   const Splits splits = read_splits(r, run.labels);  // bad data fails before minutes of model loading
   run.tokenizer = Tokenizer::load(r.model_dir);
   load_target(r, run);
-  if (r.bf16) use_bf16(*run.model);  // once frozen: the weights that do not learn are rounded for good
+  // Once frozen: the weights that do not learn are quantised or rounded for good. What the run saves
+  // of the model (its head, the pooler with it) stays float: it is written at the end.
+  if (r.quantize) use_quantized(*run.model, *r.quantize, run.target.model_parameters);
+  if (r.bf16) use_bf16(*run.model);
   run.max_length = train::effective_max_length(*run.model, r.max_length);
   encode_splits(r, splits, run);
 

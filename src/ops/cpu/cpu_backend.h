@@ -35,6 +35,7 @@ class CpuBackend final : public Backend {
   void attention_backward(const AttentionBackwardArgs& args) const override;
   void gemm(const GemmArgs& args) const override;
   void gemm_bf16(const GemmBf16Args& args) const override;
+  void quantized_gemm(const QuantizedGemmArgs& args) const override;
   void fill_rows(const float* row, float* out, int64_t rows, int64_t cols) const override;
   double cross_entropy(const CrossEntropyArgs& args, float* lse) const override;
   void cross_entropy_backward(const CrossEntropyArgs& args, const float* lse, float scale,

@@ -1,5 +1,7 @@
 // Reference matrix products: the triple loop, sums in double. The bfloat16 product rounds A to
 // bfloat16 as the optimised kernel does, so both compute the same mathematical product.
+#include <vector>
+
 #include "ops/reference/reference_backend.h"
 
 namespace deltatune::ops {
@@ -27,6 +29,25 @@ void ReferenceBackend::gemm_bf16(const GemmBf16Args& p) const {
       float& c = p.c[i * p.ldc + j];
       c = float(s + (p.accumulate ? c : 0.0));
     }
+}
+
+// W dequantised one row at a time (the format's own definition), the sums in double.
+void ReferenceBackend::quantized_gemm(const QuantizedGemmArgs& p) const {
+  const QuantizedMatrix& w = *p.w;
+  const int64_t n = w.rows, k = w.cols, out_cols = p.transposed ? k : n;
+  std::vector<double> sums(size_t(p.m * out_cols), 0.0);
+  std::vector<float> row(static_cast<size_t>(k));
+  for (int64_t j = 0; j < n; ++j) {
+    w.dequantize_rows(j, 1, row.data());
+    for (int64_t i = 0; i < p.m; ++i)
+      for (int64_t kk = 0; kk < k; ++kk) {
+        if (p.transposed)
+          sums[size_t(i * k + kk)] += double(p.a[i * n + j]) * row[size_t(kk)];
+        else
+          sums[size_t(i * n + j)] += double(p.a[i * k + kk]) * row[size_t(kk)];
+      }
+  }
+  for (size_t i = 0; i < sums.size(); ++i) p.c[i] = float(sums[i] + (p.accumulate ? p.c[i] : 0.0));
 }
 
 void ReferenceBackend::fill_rows(const float* row, float* out, int64_t rows, int64_t cols) const {

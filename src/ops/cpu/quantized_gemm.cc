@@ -1,0 +1,67 @@
+// Products with a quantised weight: a tile of W's rows is dequantised into a small float32 buffer and
+// multiplied with OpenBLAS. A tile holds about 256 KB of float32 (it stays in cache between
+// dequantising and the product), so no weight is ever float32 whole.
+#include <cblas.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "ops/cpu/cpu_backend.h"
+
+namespace deltatune::ops {
+namespace {
+
+constexpr int64_t kTileFloats = 64 * 1024;
+
+int64_t tile_rows(int64_t cols) { return std::max<int64_t>(16, kTileFloats / std::max<int64_t>(cols, 1)); }
+
+// c[:, j0:j0+t] = a[m, k] @ W[j0:j0+t, :]^T, each tile's columns of c its own: the tiles run in
+// parallel (one fork per call; OpenBLAS runs single-threaded inside the region), each thread
+// dequantising into its own buffer.
+void forward(const QuantizedMatrix& w, const QuantizedGemmArgs& p) {
+  const int64_t n = w.rows, k = w.cols, rows = std::min(n, tile_rows(k));
+  const int64_t tiles = (n + rows - 1) / rows;
+#pragma omp parallel if (tiles > 1)
+  {
+    std::vector<float> tile(static_cast<size_t>(rows * k));
+#pragma omp for schedule(dynamic)
+    for (int64_t i = 0; i < tiles; ++i) {
+      const int64_t j0 = i * rows, t = std::min(rows, n - j0);
+      w.dequantize_rows(j0, t, tile.data());
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(p.m), int(t), int(k), 1.0f, p.a, int(k),
+                  tile.data(), int(k), p.accumulate ? 1.0f : 0.0f, p.c + j0, int(n));
+    }
+  }
+}
+
+// c[m, k] (+)= sum over tiles of a[:, j0:j0+t] @ W[j0:j0+t, :]: every tile adds into all of c, so the
+// tiles run in turn, each product on OpenBLAS's threads.
+void transposed(const QuantizedMatrix& w, const QuantizedGemmArgs& p) {
+  const int64_t n = w.rows, k = w.cols, rows = std::min(n, tile_rows(k));
+  std::vector<float> tile(static_cast<size_t>(rows * k));
+  for (int64_t j0 = 0; j0 < n; j0 += rows) {
+    const int64_t t = std::min(rows, n - j0);
+    w.dequantize_rows(j0, t, tile.data());
+    const float beta = (j0 == 0 && !p.accumulate) ? 0.0f : 1.0f;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(p.m), int(k), int(t), 1.0f, p.a + j0, int(n),
+                tile.data(), int(k), beta, p.c, int(k));
+  }
+}
+
+}  // namespace
+
+void CpuBackend::quantized_gemm(const QuantizedGemmArgs& p) const {
+  const QuantizedMatrix& w = *p.w;
+  const int64_t out_cols = p.transposed ? w.cols : w.rows;
+  if (p.m == 0 || out_cols == 0) return;
+  if (w.rows == 0 || w.cols == 0) {  // an empty inner dimension: the product is zero
+    if (!p.accumulate) std::fill(p.c, p.c + p.m * out_cols, 0.0f);
+    return;
+  }
+  if (p.transposed)
+    transposed(w, p);
+  else
+    forward(w, p);
+}
+
+}  // namespace deltatune::ops

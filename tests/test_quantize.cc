@@ -1,0 +1,212 @@
+// The quantised formats (deltatune/quantize.h) against their definitions, written out again here from
+// bitsandbytes' and ggml's sources: known bytes, random blocks, adversarial blocks (all zero, one
+// outlier, negatives only), NaN/Inf refused; and ops::quantized_linear (forward and the input's
+// gradient) against float32 linear on the dequantised weight, on both backends.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "deltatune/backend.h"
+#include "deltatune/error.h"
+#include "deltatune/ops.h"
+#include "deltatune/quantize.h"
+
+using namespace deltatune;
+namespace O = deltatune::ops;
+
+namespace {
+
+const QuantFormat kFormats[] = {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0};
+
+std::vector<float> dequantized(const QuantizedMatrix& q) {
+  std::vector<float> out(size_t(q.rows * q.cols));
+  q.dequantize_rows(0, q.rows, out.data());
+  return out;
+}
+
+std::vector<float> random_values(int64_t n, uint64_t seed, float std = 1.0f) {
+  Generator gen(seed);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = std * gen.normal();
+  return v;
+}
+
+// The nearest codebook entry to x (QLoRA's definition of NF4 rounding).
+float nearest_nf4(float x) {
+  float best = kNf4Codebook[0];
+  for (float c : kNf4Codebook)
+    if (std::fabs(x - c) < std::fabs(x - best)) best = c;
+  return best;
+}
+
+// Each format's dequantised value of w[i] in a matrix of `cols` columns, from the definitions.
+std::vector<float> expected(QuantFormat f, const std::vector<float>& w, int64_t cols) {
+  const int64_t n = int64_t(w.size());
+  std::vector<float> out(w.size());
+  auto block_of = [&](int64_t i, int64_t size, bool by_row) {  // [begin, end) of i's block
+    const int64_t base = by_row ? (i / cols) * cols : 0, rel = i - base;
+    const int64_t begin = base + rel / size * size;
+    return std::pair<int64_t, int64_t>{begin, std::min({begin + size, n, by_row ? base + cols : n})};
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    const float x = w[size_t(i)];
+    if (f == QuantFormat::NF4) {
+      auto [b, e] = block_of(i, 64, false);
+      float absmax = 0;
+      for (int64_t j = b; j < e; ++j) absmax = std::max(absmax, std::fabs(w[size_t(j)]));
+      out[size_t(i)] = absmax == 0 ? 0.0f : nearest_nf4(x * (1.0f / absmax)) * absmax;
+    } else if (f == QuantFormat::Int8) {
+      auto [b, e] = block_of(i, cols, true);
+      float absmax = 0;
+      for (int64_t j = b; j < e; ++j) absmax = std::max(absmax, std::fabs(w[size_t(j)]));
+      out[size_t(i)] = absmax == 0 ? 0.0f : std::nearbyint(x * (127.0f / absmax)) * (absmax / 127.0f);
+    } else {
+      auto [b, e] = block_of(i, 32, true);
+      float amax = 0, max = 0;
+      for (int64_t j = b; j < e; ++j)
+        if (std::fabs(w[size_t(j)]) > amax) amax = std::fabs(w[size_t(j)]), max = w[size_t(j)];
+      if (f == QuantFormat::Q8_0) {
+        const float d = amax / 127.0f;
+        out[size_t(i)] = d == 0 ? 0.0f : std::round(x * (1.0f / d)) * f16_to_f32(f32_to_f16(d));
+      } else {
+        const float d = max / -8.0f;
+        const int q = d == 0 ? 8 : std::min(15, int(x * (1.0f / d) + 8.5f));
+        out[size_t(i)] = float(q - 8) * f16_to_f32(f32_to_f16(d));
+      }
+    }
+  }
+  return out;
+}
+
+void expect_matches_definition(QuantFormat f, const std::vector<float>& w, int64_t rows, int64_t cols) {
+  const QuantizedMatrix q = quantize(w.data(), rows, cols, f);
+  const std::vector<float> got = dequantized(q), want = expected(f, w, cols);
+  for (size_t i = 0; i < w.size(); ++i)
+    ASSERT_NEAR(got[i], want[i], 1e-6f * std::fabs(want[i]))
+        << quant_format_name(f) << " element " << i << " (" << w[i] << ")";
+}
+
+}  // namespace
+
+TEST(QuantFormats, NamesRoundTripAndUnknownIsRefused) {
+  for (QuantFormat f : kFormats) EXPECT_EQ(parse_quant_format(quant_format_name(f)), f);
+  EXPECT_FALSE(parse_quant_format("q4_k").has_value());
+}
+
+// Bytes worked out by hand from bitsandbytes' dQuantizeNF4 and ggml's quantize_row_q{4,8}_0_ref.
+TEST(QuantFormats, KnownBytes) {
+  const std::vector<float> nf4_in = {1.0f, -1.0f, 0.0f, 0.5f};
+  const QuantizedMatrix nf4 = quantize(nf4_in.data(), 1, 4, QuantFormat::NF4);
+  EXPECT_EQ(nf4.data, (std::vector<uint8_t>{0xF0, 0x7C}));  // codes 15, 0, 7, 12: the first high
+  EXPECT_EQ(nf4.scales, (std::vector<float>{1.0f}));
+
+  std::vector<float> q4_in(32);
+  for (int j = 0; j < 32; ++j) q4_in[size_t(j)] = float(j - 16);
+  const QuantizedMatrix q4 = quantize(q4_in.data(), 1, 32, QuantFormat::Q4_0);
+  ASSERT_EQ(q4.data.size(), 18u);
+  EXPECT_EQ(q4.data[0] | (q4.data[1] << 8), 0x4000);  // d = -16 / -8 = 2 as float16
+  EXPECT_EQ(q4.data[2], 0x80);                        // element 0 -> 0 (low), element 16 -> 8 (high)
+  EXPECT_EQ(q4.data[17], 0xF8);                       // element 15 (-1) -> 8, element 31 -> min(15, 16)
+  EXPECT_EQ(dequantized(q4)[31], 14.0f);
+
+  std::vector<float> q8_in(32, 0.0f);
+  q8_in[0] = 127.0f;
+  q8_in[1] = -63.5f;
+  const QuantizedMatrix q8 = quantize(q8_in.data(), 1, 32, QuantFormat::Q8_0);
+  ASSERT_EQ(q8.data.size(), 34u);
+  EXPECT_EQ(q8.data[0] | (q8.data[1] << 8), 0x3C00);  // d = 1
+  EXPECT_EQ(int8_t(q8.data[2]), 127);
+  EXPECT_EQ(int8_t(q8.data[3]), -64);  // roundf: half away from zero
+}
+
+TEST(QuantFormats, RandomBlocksMatchTheDefinitions) {
+  // 7 x 100: rows no multiple of 32 (padded ggml blocks) and NF4 blocks of 64 across rows.
+  const std::vector<float> w = random_values(700, 11, 0.05f);
+  for (QuantFormat f : kFormats) expect_matches_definition(f, w, 7, 100);
+}
+
+TEST(QuantFormats, AdversarialBlocks) {
+  const std::vector<float> zeros(128, 0.0f);
+  std::vector<float> outlier = random_values(128, 3, 0.01f);
+  outlier[5] = 1000.0f;
+  std::vector<float> negatives = random_values(128, 5);
+  for (float& x : negatives) x = -std::fabs(x) - 0.01f;
+  for (QuantFormat f : kFormats) {
+    const QuantizedMatrix z = quantize(zeros.data(), 2, 64, f);
+    for (float v : dequantized(z)) EXPECT_EQ(v, 0.0f) << quant_format_name(f);
+    for (const auto* w : {&outlier, &negatives}) expect_matches_definition(f, *w, 2, 64);
+    // The value of largest magnitude comes back (to float16's precision for ggml's scales).
+    EXPECT_NEAR(dequantized(quantize(outlier.data(), 2, 64, f))[5], 1000.0f, 1.0f) << quant_format_name(f);
+    const QuantizedMatrix neg = quantize(negatives.data(), 2, 64, f);
+    const std::vector<float> back = dequantized(neg);
+    for (size_t i = 0; i < back.size(); ++i) EXPECT_LE(back[i], 0.0f) << quant_format_name(f) << " " << i;
+  }
+}
+
+TEST(QuantFormats, ErrorIsBoundedByHalfAStep) {
+  const std::vector<float> w = random_values(64 * 64, 17);
+  for (QuantFormat f : {QuantFormat::Int8, QuantFormat::Q8_0}) {
+    const std::vector<float> back = dequantized(quantize(w.data(), 64, 64, f));
+    for (size_t i = 0; i < w.size(); ++i) EXPECT_LE(std::fabs(back[i] - w[i]), 0.03f) << quant_format_name(f);
+  }
+}
+
+TEST(QuantFormats, NonFiniteWeightsAreRefused) {
+  std::vector<float> w(12, 0.5f);
+  w[6] = std::nanf("");
+  for (QuantFormat f : kFormats) {
+    try {
+      quantize(w.data(), 3, 4, f);
+      FAIL() << "a NaN was quantised";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("NaN at row 1, column 2"), std::string::npos) << e.what();
+    }
+  }
+  w[6] = -INFINITY;
+  EXPECT_THROW(quantize(w.data(), 3, 4, QuantFormat::NF4), ConfigError);
+}
+
+TEST(QuantFormats, SizesAreTheFormats) {
+  const std::vector<float> w = random_values(64 * 128, 2);
+  EXPECT_EQ(quantize(w.data(), 64, 128, QuantFormat::NF4).bytes(), 64u * 128 / 2 + 128 * 4);
+  EXPECT_EQ(quantize(w.data(), 64, 128, QuantFormat::Int8).bytes(), 64u * 128 + 64 * 4);
+  EXPECT_EQ(quantize(w.data(), 64, 128, QuantFormat::Q8_0).bytes(), 64u * 4 * 34);
+  EXPECT_EQ(quantize(w.data(), 64, 128, QuantFormat::Q4_0).bytes(), 64u * 4 * 18);
+}
+
+// Forward and input gradient equal float32 linear on the dequantised weight, on both backends,
+// with a weight of several dequantised tiles (2048 columns: 32 rows a tile).
+TEST(QuantizedLinear, MatchesFloatLinearOnTheDequantisedWeight) {
+  const int64_t out = 80, in = 2048;
+  const std::vector<float> wv = random_values(out * in, 23, 0.02f);
+  for (QuantFormat f : kFormats)
+    for (O::BackendKind kind : {O::BackendKind::Cpu, O::BackendKind::Reference}) {
+      O::ScopedBackend use(kind);
+      auto q = std::make_shared<const QuantizedMatrix>(quantize(wv.data(), out, in, f));
+      const Tensor w = Tensor::from_floats(dequantized(*q), {out, in});
+      Generator gen(5);
+      Tensor x = Tensor::randn({2, 3, in}, gen).set_requires_grad(true);
+      Tensor bias = Tensor::randn({out}, gen).set_requires_grad(true);
+      Tensor xr = x.detach().set_requires_grad(true), br = bias.detach().set_requires_grad(true);
+      const Tensor g = Tensor::randn({2, 3, out}, gen);
+      Tensor y = O::quantized_linear(x, q, bias), yr = O::linear(xr, w, br);
+      O::sum_all(O::mul(y, g)).backward();
+      O::sum_all(O::mul(yr, g)).backward();
+      const auto a = y.to_floats(), b = yr.to_floats();
+      for (size_t i = 0; i < a.size(); ++i)
+        ASSERT_NEAR(a[i], b[i], 1e-4f) << quant_format_name(f) << " y " << i;
+      const auto ga = x.grad().to_floats(), gb = xr.grad().to_floats();
+      for (size_t i = 0; i < ga.size(); ++i)
+        ASSERT_NEAR(ga[i], gb[i], 1e-4f) << quant_format_name(f) << " gx " << i;
+      const auto gba = bias.grad().to_floats(), gbb = br.grad().to_floats();
+      for (size_t i = 0; i < gba.size(); ++i) ASSERT_NEAR(gba[i], gbb[i], 1e-5f);
+    }
+}
+
+TEST(QuantizedLinear, RefusesAMismatchedInput) {
+  const std::vector<float> wv = random_values(8 * 32, 1);
+  auto q = std::make_shared<const QuantizedMatrix>(quantize(wv.data(), 8, 32, QuantFormat::Q8_0));
+  EXPECT_THROW(O::quantized_linear(Tensor::zeros({2, 31}), q), ShapeError);
+  EXPECT_THROW(O::quantized_linear(Tensor::zeros({2, 32}), q, Tensor::zeros({7})), ShapeError);
+}
