@@ -53,9 +53,20 @@ Tensor dropout(const Tensor& a, float p, bool training, Generator& gen) {
   Tensor x = f32_contiguous(a);
   const int64_t n = a.numel();
   const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-  // One draw per element in row-major order, serially: the same seed gives the same mask.
+  // One draw per element in row-major order: the same seed gives the same mask.
   auto keep = std::make_shared<std::vector<uint8_t>>(size_t(n));
-  for (int64_t i = 0; i < n; ++i) (*keep)[size_t(i)] = gen.uniform() >= p ? 1 : 0;
+  const std::vector<uint64_t>& rows = gen.row_keys();
+  if (!rows.empty() && a.dim() >= 1 && a.size(0) % int64_t(rows.size()) == 0) {
+    const uint64_t call = gen.next();  // this call's streams differ from the previous call's
+    const int64_t per_row = n / int64_t(rows.size());
+    for (size_t r = 0; r < rows.size(); ++r) {
+      Generator row(call ^ (0x9E3779B97F4A7C15ull * (rows[r] + 1)));
+      uint8_t* out = keep->data() + int64_t(r) * per_row;
+      for (int64_t i = 0; i < per_row; ++i) out[i] = row.uniform() >= p ? 1 : 0;
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) (*keep)[size_t(i)] = gen.uniform() >= p ? 1 : 0;
+  }
   Tensor out = Tensor::empty(a.shape());
   backend_for("dropout", {&a}).masked_scale(x.f32(), keep->data(), scale, out.f32(), n);
   return record(
