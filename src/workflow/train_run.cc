@@ -188,27 +188,34 @@ bool save_weights(const TrainRequest& r, const TrainRun& run) {
 json summary_of(const TrainRequest& r, const TrainRun& run, const json& config, const json& test_before,
                 const json& test, bool peft_saved, double total_seconds) {
   const train::TrainResult& result = run.result;
-  return {{"task", r.task},
-          {"method", run.target.method},
-          {"model", r.model_dir.string()},
-          {"data", r.data.string()},
-          {"trainable_params", result.trainable},
-          {"total_params", result.total},
-          {"train_seconds", result.seconds},
-          {"total_seconds", total_seconds},
-          {"steps", result.steps},
-          {"train_loss", final_train_loss(result.losses)},
-          {"stop_reason", result.stop_reason},
-          {"best_step", result.best_step},
-          {"metric", r.options.metric},
-          {"dev", result.best_dev},
-          {"dev_last", result.last_dev},
-          {"test", test},
-          {"test_before", test_before},
-          {"labels", is_lm(r) ? json() : json(run.labels.names())},
-          {"train_examples", run.train_set.size()},
-          {"peft_saved", peft_saved},
-          {"config", config}};
+  json summary = {{"task", r.task},
+                  {"method", run.target.method},
+                  {"model", r.model_dir.string()},
+                  {"data", r.data.string()},
+                  {"trainable_params", result.trainable},
+                  {"total_params", result.total},
+                  {"train_seconds", result.seconds},
+                  {"total_seconds", total_seconds},
+                  {"steps", result.steps},
+                  {"train_loss", final_train_loss(result.losses)},
+                  {"stop_reason", result.stop_reason},
+                  {"best_step", result.best_step},
+                  {"metric", r.options.metric},
+                  {"dev", result.best_dev},
+                  {"dev_last", result.last_dev},
+                  {"test", test},
+                  {"test_before", test_before},
+                  {"labels", is_lm(r) ? json() : json(run.labels.names())},
+                  {"train_examples", run.train_set.size()},
+                  {"peft_saved", peft_saved},
+                  {"config", config}};
+  const int64_t updates = int64_t(result.losses.size());
+  if (result.processes > 1 && updates > 0) {  // a data-parallel run: what it cost to keep in step
+    summary["processes"] = result.processes;
+    summary["allreduce_bytes_per_update"] = result.allreduce_bytes / updates;
+    summary["allreduce_ms_per_update"] = 1e3 * result.allreduce_seconds / double(updates);
+  }
+  return summary;
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
