@@ -9,8 +9,8 @@
 //   train::TrainResult result = trainer.train(train_set, &dev_set);
 //   train::save_trained(run_dir / "delta", target);
 //
-// Reproducibility: data order depends only on (seed, epoch) and the model's dropout generator is
-// reseeded from (seed, step) before every update, so a run is a function of its seed and a resumed
+// Reproducibility: data order depends only on (seed, epoch) and the model's dropout is drawn from
+// (seed, step, micro-batch) with one stream per example, so a run is a function of its seed and a resumed
 // run replays exactly the updates an uninterrupted one makes.
 //
 // Seams for runs that are not the command line's: `after_backward` sees the accumulated gradients
