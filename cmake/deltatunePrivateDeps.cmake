@@ -4,6 +4,9 @@
 include_guard(GLOBAL)
 find_package(OpenMP REQUIRED)
 find_package(yaml-cpp REQUIRED)  # YAML settings files (--config run.yaml)
+# Optional: data-parallel training (src/distributed), through MPI's C API (no C++ bindings).
+set(MPI_CXX_SKIP_MPICXX ON)
+find_package(MPI COMPONENTS CXX QUIET)
 
 # OpenBLAS: Debian ships one build per threading model. We use the OpenMP build so that BLAS and our
 # own kernels share one OpenMP thread pool: with the pthread build, idle OpenMP workers spin while

@@ -20,11 +20,13 @@
 #include "command.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
+#include "deltatune/distributed.h"
 #include "deltatune/loading.h"
 #include "deltatune/model.h"
 #include "deltatune/optim.h"
 #include "deltatune/threads.h"
 #include "model_loading.h"
+#include "train/replicas.h"
 
 extern "C" char* openblas_get_corename(void);
 
@@ -195,7 +197,11 @@ void run(const Options& o) {
                                      head_weight, next_tokens);
   };
 
-  std::vector<double> times;
+  // Under mpirun: every process runs the step on its own batch and the gradients are all-reduced as
+  // the trainer does (src/train/replicas.h), timed apart.
+  const std::shared_ptr<distributed::Communicator> job = distributed::world();
+  std::vector<double> times, comm_times;
+  int64_t comm_bytes = 0;
   for (int64_t step = 0; step < o.warmup + o.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
     if (o.method == "frozen") {
@@ -204,15 +210,22 @@ void run(const Options& o) {
     } else {
       Tensor loss = loss_of();
       loss.backward();
+      const train_detail::AllreduceCost cost = train_detail::allreduce_gradients(params, *job);
+      if (step >= o.warmup) comm_times.push_back(cost.seconds);
+      comm_bytes = cost.bytes;
       opt->step();
       opt->zero_grad();
     }
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (step >= o.warmup) times.push_back(dt);
   }
-  std::sort(times.begin(), times.end());
-  const size_t n = times.size();
-  const double med = n % 2 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);
+  auto median = [](std::vector<double> v) {
+    if (v.empty()) return 0.0;
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  };
+  const double med = median(times);
   auto round1 = [](double v) { return double(int64_t(v * 10.0 + 0.5)) / 10.0; };
   json line = {{"engine", "deltatune"},
                {"model", o.model},
@@ -221,13 +234,19 @@ void run(const Options& o) {
                {"seq", o.seq},
                {"threads", o.threads},
                {"step_ms", round1(med * 1e3)},
-               {"tokens_per_s", round1(double(o.batch * o.seq) / med)},
+               {"tokens_per_s", round1(double(o.batch * o.seq * job->size()) / med)},
                {"peak_rss_mib", round1(peak_rss_mib())},
                {"trainable", trainable},
                {"total", total},
                {"blas_core", openblas_get_corename()},
                {"precision", ops::matmul_precision() == ops::MatmulPrecision::Bf16 ? "bf16" : "float32"},
                {"quantize", o.quantize ? quant_format_name(*o.quantize) : "none"}};
+  if (job->size() > 1) {  // batch is per process; tokens_per_s counts every process's
+    line["processes"] = job->size();
+    line["allreduce_bytes"] = comm_bytes;
+    line["allreduce_ms"] = round1(median(comm_times) * 1e3);
+  }
+  if (job->rank() != 0) return;
   std::printf("%s\n", line.dump().c_str());
   std::fflush(stdout);
 }

@@ -88,13 +88,16 @@ void run(const Args& a) {
     o.shard_index = i;
     o.shard_count = n;
   }
-  if (a.threads > 0) set_num_threads(a.threads);
+  o.communicator = distributed::world();
+  // Each process of an MPI job trains its own cells: one thread each unless told otherwise.
+  if (a.threads > 0 || o.communicator->size() > 1) set_num_threads(a.threads > 0 ? a.threads : 1);
   train::SweepReport r;
   try {
     r = train::run_sweep(o);
   } catch (const ConfigError& e) {
     throw ExitError{e.what()};
   }
+  if (o.communicator->rank() != 0) return;  // rank 0 reports for the job
   std::fprintf(
       stderr,
       "sweep: %lld runs planned; %lld ran, %lld already finished, %lld failed, %lld left to other pieces\n",

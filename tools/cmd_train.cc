@@ -290,10 +290,12 @@ workflow::TrainRequest training_request(const Args& a) {
   o.progress = !a.quiet;
   o.log_every = a.log_every;
   o.on_step = [](int64_t) { return g_stop_signal.load() == 0; };
+  // Started by mpirun (or srun): one run over every process of the job (deltatune/distributed.h).
+  o.communicator = distributed::world();
   r.max_length = a.max_length;
   r.bf16 = a.bf16;
   r.quantize = a.quantize;
-  r.threads = a.threads;
+  r.threads = a.threads > 0 ? a.threads : distributed::default_threads();
   r.overwrite = a.overwrite;
   r.test_before = !a.no_test_before;
   r.recorded_settings = resolved_config(a);
@@ -313,7 +315,8 @@ void run(Args a, CLI::App& app) {
   workflow::check_request(request);  // every option, before any work
   if (a.resume && a.overwrite)
     throw ExitError{"--resume continues the run in --out and --overwrite starts it over: give one of them"};
-  check_run_folder(a);
+  const bool lead = request.options.communicator->rank() == 0;  // writes and prints for the job
+  if (lead) check_run_folder(a);
   workflow::TrainRun run;
   {
     StopSignals stop_signals;
@@ -326,7 +329,7 @@ void run(Args a, CLI::App& app) {
                         (fs::path(a.out) / "checkpoint").string() + " continues with --resume",
                     128 + signal};
   }
-  print_summary(run.summary, a.out, lm);
+  if (lead) print_summary(run.summary, a.out, lm);
 }
 
 void setup(CLI::App& app) {

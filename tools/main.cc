@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "command.h"
+#include "deltatune/distributed.h"
 #include "deltatune/error.h"
 #include "deltatune/runtime.h"
 #include "wait_policy.h"
@@ -22,6 +23,16 @@ std::string one_line(std::string text) {
   while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
   std::replace(text.begin(), text.end(), '\n', ' ');
   return text;
+}
+
+// A process of an MPI job that fails alone would leave the others waiting in a collective: the whole
+// job ends with it (MPI_Abort; mpirun reports which process and the code).
+int failed(const std::string& message, int code) {
+  const auto job = distributed::world();
+  const std::string who = job->size() > 1 ? "process " + std::to_string(job->rank()) + ": " : "";
+  std::fprintf(stderr, "deltatune: %s%s\n", who.c_str(), message.c_str());
+  if (job->size() > 1) job->abort(code);
+  return code;
 }
 
 // Where to read the options: the subcommand's help when one was given.
@@ -63,20 +74,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "deltatune: %s%s\n", what.c_str(), cli::help_hint(app).c_str());
     return 2;
   } catch (const cli::ExitError& e) {
-    std::fprintf(stderr, "deltatune: %s\n", e.message.c_str());
-    return e.code;
-  } catch (const IoError& e) {
-    std::fprintf(stderr, "deltatune: %s\n", e.what());
-    return 2;
-  } catch (const ConfigError& e) {
-    std::fprintf(stderr, "deltatune: %s\n", e.what());
-    return 2;
-  } catch (const Error& e) {
-    std::fprintf(stderr, "deltatune: %s\n", e.what());
-    return 2;
+    return cli::failed(e.message, e.code);
+  } catch (const Error& e) {  // IoError, ConfigError and the rest: bad input
+    return cli::failed(e.what(), 2);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "deltatune: internal error: %s\n", e.what());
-    return 1;
+    return cli::failed(std::string("internal error: ") + e.what(), 1);
   }
   return 0;
 }

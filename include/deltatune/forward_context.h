@@ -11,9 +11,10 @@
 //   in.context = &call;
 //   model.forward(in);
 //
-// A context serves one call at a time; consecutive calls may share one (the trainer uses one per
-// optimizer update, so the micro-batches of an update draw one stream). Without one, a forward makes
-// its own, seeded from the model's count of such calls.
+// A context serves one call at a time; consecutive calls may share one (the trainer makes one per
+// micro-batch, seeded from (seed, step, micro-batch), its rows keyed by the examples' indices:
+// Generator::key_rows). Without one, a forward makes its own, seeded from the model's count of such
+// calls.
 #include <any>
 #include <cstdint>
 #include <map>

@@ -2,6 +2,7 @@
 // A seeded random generator: the same seed gives the same numbers on every machine.
 #include <cstdint>
 #include <random>
+#include <vector>
 
 namespace deltatune {
 
@@ -17,7 +18,16 @@ class Generator {
   // Uniform integer in [0, n).
   uint64_t below(uint64_t n) { return engine_() % n; }
 
+  // Per-example streams (the trainer's): a draw over a tensor whose leading dimension splits into
+  // row_keys().size() equal rows (a batch's examples, [B, ...] or [B * T, ...]) gives row r a stream of
+  // its own, seeded by (one draw of this generator, row_keys()[r]). An example's dropout then depends
+  // on its key alone, not on which batch or which process carries it, nor on the batch's padded length
+  // (a row draws in row-major order, its padding last). Empty: one serial stream, as before.
+  void key_rows(std::vector<uint64_t> keys) { row_keys_ = std::move(keys); }
+  const std::vector<uint64_t>& row_keys() const { return row_keys_; }
+
  private:
+  std::vector<uint64_t> row_keys_;
   std::mt19937_64 engine_;
   bool has_spare_ = false;
   float spare_ = 0;

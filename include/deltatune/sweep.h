@@ -11,6 +11,9 @@
 // finished; a folder with a summary.json is skipped, so a sweep resumes where it stopped and can be
 // run in pieces (only some methods, or shard i of n) by several processes writing into the same OUT.
 // The tables (OUT/table.md, OUT/table.csv, OUT/plot.svg) are rebuilt from every summary.json found.
+// Over MPI (`communicator`, e.g. `mpirun -np N deltatune sweep`), the processes split this shard's
+// cells (each cell still one process); their summaries are then gathered to rank 0, which writes
+// the tables, so no shared file system is needed.
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -19,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "deltatune/distributed.h"
 #include "deltatune/workflow.h"
 
 namespace deltatune::train {
@@ -54,6 +58,9 @@ struct SweepOptions {
   std::string only_method;  // non-empty: this method only
   std::string only_task;    // non-empty: this task (folder name) only
   int64_t shard_index = 0, shard_count = 1;
+  // The processes sharing this shard (null: this one alone). Rank r of N runs the cells i of the grid
+  // with i % (shard_count x N) == shard_index + shard_count x r.
+  std::shared_ptr<distributed::Communicator> communicator;
 
   bool progress = true;       // one line per run on stderr
   bool keep_weights = false;  // keep each run's best/ and checkpoint/ folders (deleted by default)
@@ -85,7 +92,8 @@ struct SweepReport {
   int64_t ran = 0, skipped = 0, failed = 0, other_shards = 0;
   std::vector<std::string> failures;  // "run dir: message"
 };
-// Runs this process's share of the unfinished runs, then writes the tables.
+// Runs this process's share of the unfinished runs, then writes the tables. Over several processes,
+// every one returns the whole job's report.
 SweepReport run_sweep(const SweepOptions& options);
 
 // Reads every OUT/**/summary.json and writes OUT/table.md, OUT/table.csv and OUT/plot.svg. Methods

@@ -9,14 +9,25 @@
 //   train::TrainResult result = trainer.train(train_set, &dev_set);
 //   train::save_trained(run_dir / "delta", target);
 //
-// Reproducibility: data order depends only on (seed, epoch) and the model's dropout generator is
-// reseeded from (seed, step) before every update, so a run is a function of its seed and a resumed
+// Reproducibility: data order depends only on (seed, epoch) and the model's dropout is drawn from
+// (seed, step, micro-batch) with one stream per example, so a run is a function of its seed and a resumed
 // run replays exactly the updates an uninterrupted one makes.
 //
 // Seams for runs that are not the command line's: `after_backward` sees the accumulated gradients
 // before clipping and the step (a data-parallel run averages them across processes there), `events`
 // receives progress instead of stderr (deltatune/train_events.h), and `in_memory` runs without a
 // run folder (the best weights kept in memory, nothing written).
+//
+// Data parallel (`communicator`, deltatune/distributed.h): N processes train one run as PyTorch's DDP
+// does. batch_size stays per process; each update reads a global batch of N x batch_size (x
+// grad_accum), the one a single process with batch N x batch_size would read, and process r takes its
+// r-th share. Every process weights its loss by its share of the global batch's loss terms (examples,
+// or predicted tokens for a language model), the gradients of the trainable tensors are summed across
+// processes, and every process makes the same optimizer step: N processes at batch B compute what one
+// process at batch N x B does, up to float32 summation order. Dropout is drawn per example (keyed by
+// its index in the training set), so it does not depend on the split either. Rank 0 alone writes the
+// run folder and reports progress; dev evaluation is split across processes; at every checkpoint a
+// hash of the trainable weights must agree on every process.
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -28,6 +39,7 @@
 
 #include "deltatune/data.h"
 #include "deltatune/delta.h"
+#include "deltatune/distributed.h"
 #include "deltatune/error.h"
 #include "deltatune/loading.h"
 #include "deltatune/model.h"
@@ -115,6 +127,8 @@ struct TrainOptions {
   // count; returning false stops training, leaving a checkpoint of this step (an interrupt). Changes it
   // makes to the weights are not in that checkpoint. Tests use it to interrupt and to inject faults.
   std::function<bool(int64_t step)> on_step;
+  // The processes training this run together (null: this process alone). See the top of this file.
+  std::shared_ptr<distributed::Communicator> communicator;
 };
 
 struct TrainResult {
@@ -127,6 +141,14 @@ struct TrainResult {
   std::string stop_reason;  // "completed", "max_steps", "early_stopping", "stopped"
   double seconds = 0;       // wall time of this call
   int64_t trainable = 0, total = 0;
+  int processes = 1;             // the communicator's size
+  int64_t allreduce_bytes = 0;   // gradient bytes each process sent into all-reduces, this call in total
+  double allreduce_seconds = 0;  // time spent in those all-reduces
+};
+
+// Raised when the processes of a data-parallel run no longer hold the same trainable weights.
+class ReplicasDiverged : public Error {
+  using Error::Error;
 };
 
 class Trainer {
@@ -157,6 +179,13 @@ Predictions predict(TransformerModel& model, const data::EncodedDataset& dataset
 // positions at every evaluation).
 nlohmann::json evaluate(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size = 64,
                         const data::MlmMasking* mlm = nullptr);
+// The same two split across the processes of `comm`: each runs its share of the dataset and every
+// process gets the whole result (the same predictions; sums in another order). A masked LM's
+// evaluation positions then depend on the split.
+Predictions predict(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size,
+                    bool keep_probabilities, distributed::Communicator& comm);
+nlohmann::json evaluate(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size,
+                        const data::MlmMasking* mlm, distributed::Communicator& comm);
 
 // Causal-LM loss: mean cross-entropy of each real token predicted from the ones before it (labels
 // shifted by one, padding ignored). logits [B, T, V], or [B, P + T, V] when a delta prepended P
@@ -167,7 +196,9 @@ Tensor causal_lm_loss(const Tensor& logits, const data::Batch& batch, int64_t* c
 // the logits of prepended virtual tokens are left out.
 Tensor masked_lm_loss(const Tensor& logits, const data::Batch& batch, int64_t* counted = nullptr);
 // The loss a model of this head trains on: cross-entropy over classes, or the causal-LM loss.
-Tensor training_loss(const TransformerModel& model, const Tensor& logits, const data::Batch& batch);
+// `counted` receives the number of terms it averages (examples, or predictions).
+Tensor training_loss(const TransformerModel& model, const Tensor& logits, const data::Batch& batch,
+                     int64_t* counted = nullptr);
 
 // The max length a run encodes with: `requested`, capped to the model's max_input_length() (its
 // positions less those of the attached deltas' virtual tokens), with a note on stderr when capped.

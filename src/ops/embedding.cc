@@ -53,9 +53,21 @@ Tensor dropout(const Tensor& a, float p, bool training, Generator& gen) {
   Tensor x = f32_contiguous(a);
   const int64_t n = a.numel();
   const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+  // One draw per element in row-major order: the same seed gives the same mask. With row keys (the
+  // trainer's per-example streams), each example's rows draw from a stream of their own.
   auto keep = std::make_shared<std::vector<uint8_t>>(size_t(n));
   const Backend& be = backend_for("dropout", {&a});
-  be.dropout_mask(gen, p, keep->data(), n);
+  const std::vector<uint64_t>& rows = gen.row_keys();
+  if (!rows.empty() && a.dim() >= 1 && a.size(0) % int64_t(rows.size()) == 0) {
+    const uint64_t call = gen.next();  // this call's streams differ from the previous call's
+    const int64_t per_row = n / int64_t(rows.size());
+    for (size_t r = 0; r < rows.size(); ++r) {
+      Generator row(call ^ (0x9E3779B97F4A7C15ull * (rows[r] + 1)));
+      be.dropout_mask(row, p, keep->data() + int64_t(r) * per_row, per_row);
+    }
+  } else {
+    be.dropout_mask(gen, p, keep->data(), n);
+  }
   Tensor out = Tensor::empty(a.shape());
   be.masked_scale(x.f32(), keep->data(), scale, out.f32(), n);
   return record(

@@ -1,6 +1,7 @@
 // Running a classifier over a dataset: predictions, probabilities, loss and metrics.
 #include <cmath>
 #include <cstdio>
+#include <span>
 
 #include "deltatune/autograd.h"
 #include "deltatune/metrics.h"
@@ -136,6 +137,75 @@ nlohmann::json evaluate(TransformerModel& model, const data::EncodedDataset& dat
   nlohmann::json m = metrics::classification_metrics(p.predicted, p.labels);
   m["loss"] = p.loss;
   return m;
+}
+
+namespace {
+
+// The examples [begin, end) of a dataset.
+data::EncodedDataset part_of(const data::EncodedDataset& dataset, std::pair<size_t, size_t> range) {
+  data::EncodedDataset part;
+  part.examples.assign(dataset.examples.begin() + ptrdiff_t(range.first),
+                       dataset.examples.begin() + ptrdiff_t(range.second));
+  return part;
+}
+
+}  // namespace
+
+Predictions predict(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size,
+                    bool keep_probabilities, distributed::Communicator& comm) {
+  if (comm.size() == 1) return predict(model, dataset, batch_size, keep_probabilities);
+  const auto range = distributed::share(dataset.size(), comm.rank(), comm.size());
+  Predictions mine = predict(model, part_of(dataset, range), batch_size, keep_probabilities);
+  // Everyone's predictions by summing buffers that are zero outside each process's part.
+  const size_t n = dataset.size(), C = size_t(model.config.num_labels);
+  std::vector<double> ints(2 * n + 2, 0.0);
+  int64_t labelled = 0;
+  for (size_t i = range.first; i < range.second; ++i) {
+    ints[i] = double(mine.predicted[i - range.first]);
+    ints[n + i] = double(mine.labels[i - range.first]);
+    labelled += mine.labels[i - range.first] >= 0 ? 1 : 0;
+  }
+  ints[2 * n] = mine.loss * double(labelled);
+  ints[2 * n + 1] = double(labelled);
+  comm.allreduce_sum(ints);
+  Predictions out;
+  for (size_t i = 0; i < n; ++i) {
+    out.predicted.push_back(int64_t(ints[i]));
+    out.labels.push_back(int64_t(ints[n + i]));
+  }
+  out.loss = ints[2 * n + 1] > 0 ? ints[2 * n] / ints[2 * n + 1] : 0.0;
+  if (keep_probabilities) {
+    std::vector<float> probabilities(n * C, 0.0f);
+    for (size_t i = range.first; i < range.second; ++i)
+      std::copy(mine.probabilities[i - range.first].begin(), mine.probabilities[i - range.first].end(),
+                probabilities.begin() + ptrdiff_t(i * C));
+    comm.allreduce_sum(probabilities);
+    for (size_t i = 0; i < n; ++i)
+      out.probabilities.emplace_back(probabilities.begin() + ptrdiff_t(i * C),
+                                     probabilities.begin() + ptrdiff_t((i + 1) * C));
+  }
+  return out;
+}
+
+nlohmann::json evaluate(TransformerModel& model, const data::EncodedDataset& dataset, int64_t batch_size,
+                        const data::MlmMasking* mlm, distributed::Communicator& comm) {
+  if (comm.size() == 1) return evaluate(model, dataset, batch_size, mlm);
+  if (model.head == HeadKind::SequenceClassification) {
+    Predictions p = predict(model, dataset, batch_size, false, comm);
+    for (int64_t label : p.labels)
+      if (label < 0) throw ConfigError("evaluate: the dataset has unlabelled examples");
+    nlohmann::json m = metrics::classification_metrics(p.predicted, p.labels);
+    m["loss"] = p.loss;
+    return m;
+  }
+  // Language models: token-weighted loss sums.
+  const nlohmann::json mine = evaluate(
+      model, part_of(dataset, distributed::share(dataset.size(), comm.rank(), comm.size())), batch_size, mlm);
+  const double tokens = mine["tokens"].get<double>();
+  double sums[2] = {mine["loss"].get<double>() * tokens, tokens};
+  comm.allreduce_sum(sums);
+  const double mean = sums[1] > 0 ? sums[0] / sums[1] : 0.0;
+  return {{"loss", mean}, {"perplexity", std::exp(mean)}, {"tokens", int64_t(sums[1])}};
 }
 
 }  // namespace deltatune::train

@@ -63,10 +63,12 @@ Tensor masked_lm_loss(const Tensor& logits, const data::Batch& batch, int64_t* c
                             ops::reshape(batch.lm_targets, {batch.lm_targets.numel()}), -100);
 }
 
-Tensor training_loss(const TransformerModel& model, const Tensor& logits, const data::Batch& batch) {
-  if (model.head == HeadKind::CausalLM) return causal_lm_loss(logits, batch);
-  if (model.head == HeadKind::MaskedLM) return masked_lm_loss(logits, batch);
+Tensor training_loss(const TransformerModel& model, const Tensor& logits, const data::Batch& batch,
+                     int64_t* counted) {
+  if (model.head == HeadKind::CausalLM) return causal_lm_loss(logits, batch, counted);
+  if (model.head == HeadKind::MaskedLM) return masked_lm_loss(logits, batch, counted);
   if (!batch.labels.defined()) throw ConfigError("training a classifier needs labelled examples");
+  if (counted) *counted = batch.size();
   return ops::cross_entropy(logits, batch.labels);
 }
 

@@ -14,6 +14,7 @@
 #include <set>
 #include <sstream>
 
+#include "deltatune/atomic_file.h"
 #include "deltatune/data.h"
 #include "deltatune/delta.h"
 #include "deltatune/error.h"
@@ -214,11 +215,60 @@ json run_sweep_cell(const SweepOptions& o, const SweepRun& run) {
   return summary;
 }
 
+namespace {
+
+std::vector<std::string> task_names(const SweepOptions& o) {
+  std::vector<std::string> tasks;
+  for (const auto& t : o.tasks) tasks.push_back(task_name(t));
+  return tasks;
+}
+
+// Rank 0 receives every process's finished summaries (writing those its folder lacks: processes on
+// other machines) and the report is summed, so that every process returns the job's.
+void gather_to_lead(const SweepOptions& o, distributed::Communicator& comm,
+                    const std::vector<std::pair<const SweepRun*, json>>& finished, SweepReport& report) {
+  if (comm.size() == 1) return;
+  for (int root = 0; root < comm.size(); ++root) {
+    std::string payload;
+    if (comm.rank() == root) {
+      json mine = json::array();
+      for (const auto& [run, summary] : finished)
+        mine.push_back({{"dir", fs::relative(run->dir, o.out_dir).string()}, {"summary", summary}});
+      payload = json{{"runs", mine}, {"failures", report.failures}}.dump();
+    }
+    comm.broadcast(payload, root);
+    if (root == comm.rank()) continue;
+    const json theirs = json::parse(payload);
+    for (const json& f : theirs["failures"]) report.failures.push_back(f.get<std::string>());
+    if (comm.rank() != 0) continue;
+    for (const json& r : theirs["runs"]) {
+      const fs::path file = o.out_dir / r["dir"].get<std::string>() / "summary.json";
+      if (fs::exists(file)) continue;
+      fs::create_directories(file.parent_path());
+      write_file_atomic(file, r["summary"].dump(2) + "\n");
+    }
+  }
+  double counts[3] = {double(report.ran), double(report.skipped), double(report.failed)};
+  comm.allreduce_sum(counts);
+  report.ran = int64_t(counts[0]);
+  report.skipped = int64_t(counts[1]);
+  report.failed = int64_t(counts[2]);
+  report.other_shards = report.planned - report.ran - report.skipped - report.failed;
+}
+
+}  // namespace
+
 SweepReport run_sweep(const SweepOptions& o) {
   if (o.shard_count < 1 || o.shard_index < 0 || o.shard_index >= o.shard_count)
     throw ConfigError("sweep: shard must be i/n with 0 <= i < n, got " + std::to_string(o.shard_index) + "/" +
                       std::to_string(o.shard_count));
   if (!o.only_method.empty()) check_sweep_method(o.only_method);
+  const std::shared_ptr<distributed::Communicator> comm =
+      o.communicator ? o.communicator : distributed::single_process();
+  const bool lead = comm->rank() == 0;
+  // This process's piece: the shard's cells dealt out over the processes.
+  const size_t pieces = size_t(o.shard_count * comm->size());
+  const size_t piece = size_t(o.shard_index + o.shard_count * comm->rank());
   const std::vector<SweepRun> plan = sweep_plan(o);
   SweepReport report;
   report.planned = int64_t(plan.size());
@@ -226,8 +276,7 @@ SweepReport run_sweep(const SweepOptions& o) {
   std::vector<const SweepRun*> mine;
   for (size_t i = 0; i < plan.size(); ++i) {
     const SweepRun& r = plan[i];
-    if (int64_t(i % size_t(o.shard_count)) != o.shard_index ||
-        (!o.only_method.empty() && r.method != o.only_method) ||
+    if (i % pieces != piece || (!o.only_method.empty() && r.method != o.only_method) ||
         (!o.only_task.empty() && r.task != o.only_task)) {
       ++report.other_shards;
       continue;
@@ -238,34 +287,36 @@ SweepReport run_sweep(const SweepOptions& o) {
     }
     mine.push_back(&r);
   }
+  const std::string who = comm->size() > 1 ? "rank " + std::to_string(comm->rank()) + " " : "";
+  std::vector<std::pair<const SweepRun*, json>> finished;
   const auto started = std::chrono::steady_clock::now();
   for (size_t i = 0; i < mine.size(); ++i) {
     const SweepRun& r = *mine[i];
     if (o.progress)
-      std::fprintf(stderr, "[%zu/%zu] %s k=%lld seed=%llu %s ...\n", i + 1, mine.size(), r.task.c_str(),
-                   (long long)r.k, (unsigned long long)r.seed, r.method.c_str());
+      std::fprintf(stderr, "%s[%zu/%zu] %s k=%lld seed=%llu %s ...\n", who.c_str(), i + 1, mine.size(),
+                   r.task.c_str(), (long long)r.k, (unsigned long long)r.seed, r.method.c_str());
     try {
       const json s = run_sweep_cell(o, r);
       ++report.ran;
+      finished.emplace_back(&r, s);
       if (o.progress)
         std::fprintf(
-            stderr, "  test accuracy %.4f, %lld steps (%s), train %.1f s, inference %.2f s; %.0f s elapsed\n",
-            s["test"]["accuracy"].get<double>(), (long long)s["steps"].get<int64_t>(),
+            stderr,
+            "  %stest accuracy %.4f, %lld steps (%s), train %.1f s, inference %.2f s; %.0f s elapsed\n",
+            who.c_str(), s["test"]["accuracy"].get<double>(), (long long)s["steps"].get<int64_t>(),
             s["stop_reason"].get<std::string>().c_str(), s["train_seconds"].get<double>(),
             s["infer_seconds"].get<double>(), seconds_since(started));
     } catch (const std::exception& e) {
       ++report.failed;
       report.failures.push_back(r.dir.string() + ": " + e.what());
-      if (o.progress) std::fprintf(stderr, "  FAILED: %s\n", e.what());
+      if (o.progress) std::fprintf(stderr, "  %sFAILED: %s\n", who.c_str(), e.what());
     }
     // The tables grow as runs finish, so a sweep stopped half way still leaves them.
-    std::vector<std::string> tasks;
-    for (const auto& t : o.tasks) tasks.push_back(task_name(t));
-    write_sweep_tables(o.out_dir, o.methods, tasks);
+    if (lead) write_sweep_tables(o.out_dir, o.methods, task_names(o));
   }
-  std::vector<std::string> tasks;
-  for (const auto& t : o.tasks) tasks.push_back(task_name(t));
-  write_sweep_tables(o.out_dir, o.methods, tasks);
+  gather_to_lead(o, *comm, finished, report);
+  if (lead) write_sweep_tables(o.out_dir, o.methods, task_names(o));
+  comm->barrier();  // the tables exist when any process returns
   return report;
 }
 

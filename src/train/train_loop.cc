@@ -12,6 +12,7 @@
 #include "deltatune/metrics.h"
 #include "deltatune/ops.h"
 #include "train/checkpoint.h"
+#include "train/replicas.h"
 
 namespace fs = std::filesystem;
 
@@ -77,6 +78,16 @@ int64_t updates_per_epoch(const data::Batcher& batcher, int64_t grad_accum) {
   return (batcher.batches_per_epoch() + grad_accum - 1) / grad_accum;
 }
 
+std::shared_ptr<distributed::Communicator> communicator_of(const train::TrainOptions& o) {
+  return o.communicator ? o.communicator : distributed::single_process();
+}
+
+// Rank 0 reports; the other processes of a data-parallel run say nothing.
+std::shared_ptr<train::TrainEvents> events_of(const train::TrainOptions& o, bool lead) {
+  if (!lead) return std::make_shared<train::TrainEvents>();
+  return o.events ? o.events : train::stderr_progress(o.progress, o.log_every);
+}
+
 }  // namespace
 
 bool TrainLoop::check_inputs(const TransformerModel& model, const train::TrainOptions& o,
@@ -111,9 +122,13 @@ TrainLoop::TrainLoop(const train::TrainTarget& target, const train::TrainOptions
       lm_(check_inputs(model_, options, train_set)),
       dev_(dev && dev->size() > 0 ? dev : nullptr),
       masking_(model_.head == HeadKind::MaskedLM ? &*options.mlm : nullptr),
-      events_(options.events ? options.events : train::stderr_progress(options.progress, options.log_every)),
+      comm_(communicator_of(options)),
+      lead_(comm_->rank() == 0),
+      writes_(lead_ && !options.in_memory),
+      events_(events_of(options, lead_)),
+      // The global batches: each process reads its share of every one.
       batcher_(train_set,
-               {.batch_size = options.batch_size,
+               {.batch_size = options.batch_size * comm_->size(),
                 .shuffle = true,
                 .seed = options.seed,
                 .bucket_by_length = options.bucket_by_length},
@@ -123,7 +138,7 @@ TrainLoop::TrainLoop(const train::TrainTarget& target, const train::TrainOptions
       schedule_(LrSchedule::from_name(options.schedule,
                                       int64_t(std::ceil(options.warmup_ratio * double(total_))), total_)) {
   if (!o_.in_memory) {
-    fs::create_directories(o_.run_dir);
+    if (writes_) fs::create_directories(o_.run_dir);
     checkpoint_dir_ = o_.run_dir / "checkpoint";
     best_dir_ = o_.run_dir / "best";
     log_file_ = o_.run_dir / "log.jsonl";
@@ -134,6 +149,7 @@ TrainLoop::TrainLoop(const train::TrainTarget& target, const train::TrainOptions
   for (const auto& [_, t] : params_) param_tensors_.push_back(t);
   optimizer_ = make_optimizer(o_, param_groups(model_, params_, o_.weight_decay));
   result_.total_steps = total_;
+  result_.processes = comm_->size();
 }
 
 train::TrainResult TrainLoop::run() {
@@ -154,12 +170,12 @@ bool TrainLoop::should_continue() const { return s_.step < total_ && !s_.stop_ea
 void TrainLoop::start_or_resume() {
   if (o_.resume) {
     resume();
-  } else if (!o_.in_memory) {
+  } else if (writes_) {
     // A fresh run must not append to an older run's log.
     std::error_code ignored;
     fs::remove(log_file_, ignored);
   }
-  if (!o_.in_memory) log_.emplace(log_file_);
+  if (writes_) log_.emplace(log_file_);
   events_->on_start({.first_step = s_.step,
                      .total_steps = total_,
                      .trainable = result_.trainable,
@@ -179,6 +195,14 @@ void TrainLoop::resume() {
   if (saved_optimizer != o_.optimizer)
     throw ConfigError(checkpoint_dir_.string() + ": the checkpoint was trained with the " + saved_optimizer +
                       " optimizer; resuming it with " + o_.optimizer + " is not possible");
+  // Every process reads the checkpoint (the run folder is shared, as on a cluster's file system).
+  const int64_t saved_processes = saved.value("processes", int64_t(1));
+  if (saved_processes != comm_->size())
+    throw ConfigError(
+        checkpoint_dir_.string() + ": the checkpoint was trained by " + std::to_string(saved_processes) +
+        " process(es); resume it with the same number (" +
+        (saved_processes > 1 ? "mpirun -np " + std::to_string(saved_processes) : "without mpirun") +
+        "), so that every update reads the same global batch");
   const nlohmann::json s = load_checkpoint(checkpoint_dir_, params_, *optimizer_);
   if (s.value("seed", o_.seed) != o_.seed || s.value("batch_size", o_.batch_size) != o_.batch_size ||
       s.value("grad_accum", o_.grad_accum) != o_.grad_accum ||
@@ -196,11 +220,12 @@ void TrainLoop::resume() {
   s_.last_dev = s.value("last_dev", nlohmann::json());
   s_.stop_early = s.value("stopped_early", false);  // an early-stopped run has nothing left to do
   s_.last_checkpoint = s_.step;
-  RunLog::truncate_after(log_file_, s_.step);
+  if (writes_) RunLog::truncate_after(log_file_, s_.step);
 }
 
 bool TrainLoop::update(const EpochOrder& order) {
-  const Accumulated batches = forward_backward(order);
+  Accumulated batches = forward_backward(order);
+  allreduce(batches);
   if (o_.after_backward) o_.after_backward(params_);
   const Stepped stepped = clip_and_step();
   ++s_.step;
@@ -217,7 +242,8 @@ bool TrainLoop::update(const EpochOrder& order) {
   const bool saved = maybe_checkpoint(evaluated || epoch_end);
   // The callback runs after the checkpoint: what it does to the weights is not saved unless it
   // asks to stop, and a stop always leaves a checkpoint of this step.
-  s_.stop_requested = o_.on_step && !o_.on_step(s_.step);
+  // Every process stops at the same update (a signal may reach them at different ones).
+  s_.stop_requested = summed(o_.on_step && !o_.on_step(s_.step) ? 1.0 : 0.0) > 0;
   if (s_.stop_requested && !saved) save_checkpoint();
   return epoch_end;
 }
@@ -227,22 +253,62 @@ TrainLoop::Accumulated TrainLoop::forward_backward(const EpochOrder& order) {
   const size_t last = std::min(order.size(), first + size_t(o_.grad_accum));
   const float scale = 1.0f / float(last - first);
   Accumulated out;
-  ForwardContext update_call(step_seed(o_.seed, s_.step));  // the update's dropout, reproducible
   for (size_t b = first; b < last; ++b) {
-    data::Batch batch = batcher_.make_batch(order[b]);
-    if (masking_) data::apply_mlm_masking(batch, *masking_, step_seed(o_.seed, s_.step) + b);
-    ModelInput input = train::model_input(model_, batch);
-    input.context = &update_call;
-    Tensor loss = train::training_loss(model_, model_.forward(input).logits, batch);
-    for (delta::Delta* d : target_.deltas)  // e.g. diff pruning's sparsity penalty
-      if (Tensor penalty = d->regularizer(); penalty.defined()) loss = ops::add(loss, penalty);
-    const double value = loss.item();
-    if (!std::isfinite(value)) diverged("loss", value);
-    ops::mul_scalar(loss, scale).backward();
-    out.loss += value * scale;
-    out.tokens += batch.num_tokens;
+    const std::vector<size_t> mine = my_share(order[b]);
+    // The micro-batch's dropout: per example, from (seed, step, micro-batch) and the example's index,
+    // so that neither a resume nor the split across processes changes a mask.
+    ForwardContext call(step_seed(o_.seed, s_.step) + (b - first));
+    call.dropout_rng.key_rows(std::vector<uint64_t>(mine.begin(), mine.end()));
+    Tensor loss;
+    int64_t terms = 0;
+    double value = 0;
+    data::Batch batch;
+    if (!mine.empty()) {
+      batch = batcher_.make_batch(mine);
+      if (masking_)
+        data::apply_mlm_masking(batch, *masking_,
+                                step_seed(o_.seed, s_.step) + b + (size_t(comm_->rank()) << 32));
+      ModelInput input = train::model_input(model_, batch);
+      input.context = &call;
+      loss = train::training_loss(model_, model_.forward(input).logits, batch, &terms);
+      for (delta::Delta* d : target_.deltas)  // e.g. diff pruning's sparsity penalty
+        if (Tensor penalty = d->regularizer(); penalty.defined()) loss = ops::add(loss, penalty);
+      value = loss.item();
+      if (!std::isfinite(value)) diverged("loss", value);
+    }
+    // This process's share of the global micro-batch's loss terms (1 alone): the processes' weighted
+    // losses add up to the loss one process would compute over the whole micro-batch.
+    const double all_terms = summed(double(terms));
+    const float share = comm_->size() == 1 ? 1.0f : all_terms > 0 ? float(double(terms) / all_terms) : 0.0f;
+    if (loss.defined()) {
+      ops::mul_scalar(loss, scale * share).backward();
+      out.loss += value * scale * share;
+      out.tokens += batch.num_tokens;
+    }
   }
   return out;
+}
+
+std::vector<size_t> TrainLoop::my_share(const std::vector<size_t>& global_batch) const {
+  const auto [begin, end] = distributed::share(global_batch.size(), comm_->rank(), comm_->size());
+  return {global_batch.begin() + ptrdiff_t(begin), global_batch.begin() + ptrdiff_t(end)};
+}
+
+double TrainLoop::summed(double value) {
+  if (comm_->size() == 1) return value;
+  comm_->allreduce_sum(std::span<double>(&value, 1));
+  return value;
+}
+
+void TrainLoop::allreduce(Accumulated& batches) {
+  if (comm_->size() == 1) return;
+  const AllreduceCost cost = allreduce_gradients(params_, *comm_);
+  result_.allreduce_bytes += cost.bytes;
+  result_.allreduce_seconds += cost.seconds;
+  double totals[2] = {batches.loss, double(batches.tokens)};
+  comm_->allreduce_sum(totals);
+  batches.loss = totals[0];
+  batches.tokens = int64_t(totals[1]);
 }
 
 TrainLoop::Stepped TrainLoop::clip_and_step() {
@@ -292,7 +358,7 @@ bool TrainLoop::maybe_evaluate(bool epoch_end) {
 }
 
 void TrainLoop::evaluate_dev() {
-  nlohmann::json m = train::evaluate(model_, *dev_, o_.eval_batch_size, masking_);
+  nlohmann::json m = train::evaluate(model_, *dev_, o_.eval_batch_size, masking_, *comm_);
   const double score = json_number(m, o_.metric.c_str());
   const bool is_best = improved(score, s_.best_score, o_.metric);
   nlohmann::json entry = {{"type", "eval"}, {"split", "dev"}, {"step", s_.step}, {"epoch", epoch_position()}};
@@ -317,7 +383,7 @@ void TrainLoop::evaluate_dev() {
 }
 
 void TrainLoop::keep_best() {
-  if (!o_.in_memory) return save_best(best_dir_, target_, params_);
+  if (writes_) return save_best(best_dir_, target_, params_);
   NoGradGuard guard;
   best_in_memory_.clear();
   for (const auto& [name, t] : params_) best_in_memory_.emplace_back(name, t.detach().clone());
@@ -332,7 +398,8 @@ bool TrainLoop::maybe_checkpoint(bool forced) {
 
 void TrainLoop::save_checkpoint() {
   if (o_.in_memory) return;  // nothing to resume from: an in-memory run ends with its process
-  train_detail::save_checkpoint(checkpoint_dir_, params_, *optimizer_, state_json());
+  check_replicas_agree(params_, *comm_, s_.step);
+  if (writes_) train_detail::save_checkpoint(checkpoint_dir_, params_, *optimizer_, state_json());
   s_.last_checkpoint = s_.step;
   events_->on_checkpoint({.step = s_.step, .dir = checkpoint_dir_});
 }
@@ -350,6 +417,7 @@ nlohmann::json TrainLoop::state_json() const {
       {"stopped_early", s_.stop_early},
       {"seed", o_.seed},
       {"batch_size", o_.batch_size},
+      {"processes", int64_t(comm_->size())},
       {"grad_accum", o_.grad_accum},
       {"total_steps", total_},
       {"train_size", int64_t(train_set_.size())},
@@ -385,7 +453,7 @@ train::TrainResult TrainLoop::finish() {
                                            : "completed";
   // End with the weights that scored best on dev (what the test set and the saved delta get).
   const bool restore = o_.restore_best && !s_.stop_requested && s_.best_step >= 0 && s_.best_step != s_.step;
-  if (restore && o_.in_memory) {
+  if (restore && !writes_) {
     NoGradGuard guard;
     for (size_t i = 0; i < params_.size(); ++i) {
       Tensor param = params_[i].second;

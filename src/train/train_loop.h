@@ -3,8 +3,11 @@
 // and its moving position (RunState, all of it checkpointed), with one member function per phase of
 // an update:
 //
-//   run():  start_or_resume ─▶ per update: forward_backward ─▶ after_backward hook ─▶ clip_and_step
-//           ─▶ report_update ─▶ maybe_evaluate ─▶ maybe_checkpoint ─▶ on_step ─▶ ... ─▶ finish
+//   run():  start_or_resume ─▶ per update: forward_backward ─▶ (all-reduce) ─▶ after_backward hook
+//           ─▶ clip_and_step ─▶ report_update ─▶ maybe_evaluate ─▶ maybe_checkpoint ─▶ on_step ─▶ ...
+//           ─▶ finish
+// Data parallel (options.communicator of size N): the batcher makes global batches of N x batch_size,
+// this process takes its share of each, and only rank 0 (`lead_`) writes files or reports.
 #include <chrono>
 #include <limits>
 #include <memory>
@@ -12,6 +15,7 @@
 #include <vector>
 
 #include "deltatune/data.h"
+#include "deltatune/distributed.h"
 #include "deltatune/optim.h"
 #include "deltatune/trainer.h"
 #include "train/progress.h"
@@ -54,6 +58,11 @@ class TrainLoop {
   // One update over the epoch's order; true at the epoch's end (the next update needs a new order).
   bool update(const EpochOrder& order);
   Accumulated forward_backward(const EpochOrder& order);
+  // The global batch's part this process reads (its dataset indices; possibly none).
+  std::vector<size_t> my_share(const std::vector<size_t>& global_batch) const;
+  // Sums across processes (identity alone).
+  double summed(double value);
+  void allreduce(Accumulated& batches);
   Stepped clip_and_step();
   void report_update(const Accumulated& batches, const Stepped& stepped);
   bool maybe_evaluate(bool epoch_end);  // true when it evaluated
@@ -76,6 +85,9 @@ class TrainLoop {
   const bool lm_;                    // a causal or masked LM (else a classifier)
   const data::EncodedDataset* dev_;  // null: no evaluation
   const data::MlmMasking* masking_;  // masked LMs only
+  const std::shared_ptr<distributed::Communicator> comm_;
+  const bool lead_;    // rank 0: writes the run folder, reports progress
+  const bool writes_;  // a run folder, and this process writes it
 
   std::shared_ptr<train::TrainEvents> events_;
   std::filesystem::path checkpoint_dir_, best_dir_, log_file_;  // empty in memory

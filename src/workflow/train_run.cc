@@ -34,8 +34,16 @@ std::string plural(int64_t n, const std::string& word) {
   return std::to_string(n) + " " + word + (n == 1 ? "" : "s");
 }
 
+distributed::Communicator& processes(const TrainRequest& r) {
+  static const std::shared_ptr<distributed::Communicator> alone = distributed::single_process();
+  return r.options.communicator ? *r.options.communicator : *alone;
+}
+
+// Rank 0 of a data-parallel run writes the run folder and speaks for every process.
+bool is_lead(const TrainRequest& r) { return processes(r).rank() == 0; }
+
 void note(const TrainRequest& r, const std::string& line) {
-  if (r.note) r.note(line);
+  if (r.note && is_lead(r)) r.note(line);
 }
 
 // The examples: read from r.data (K-shot sampled when asked), or as given; a classifier's labels assigned.
@@ -139,16 +147,16 @@ void clear_earlier_run(const TrainRequest& r) {
   if (removed) note(r, "--overwrite: removed the earlier run's files in " + dir.string());
 }
 
-json evaluate_set(TrainRun& run, const data::EncodedDataset& set, int64_t batch_size) {
-  return train::evaluate(*run.model, set, batch_size, run.masking ? &*run.masking : nullptr);
+json evaluate_set(const TrainRequest& r, TrainRun& run, const data::EncodedDataset& set, int64_t batch_size) {
+  return train::evaluate(*run.model, set, batch_size, run.masking ? &*run.masking : nullptr, processes(r));
 }
 
 // The trained model on the test set: a classifier's metrics with a per-class report, an LM's loss.
 json test_metrics(const TrainRequest& r, TrainRun& run) {
   if (run.test_set.size() == 0) return nullptr;
   const int64_t batch = r.options.eval_batch_size;
-  if (is_lm(r)) return evaluate_set(run, run.test_set, batch);
-  train::Predictions p = train::predict(*run.model, run.test_set, batch);
+  if (is_lm(r)) return evaluate_set(r, run, run.test_set, batch);
+  train::Predictions p = train::predict(*run.model, run.test_set, batch, false, processes(r));
   json test = metrics::classification_metrics(p.predicted, p.labels);
   test["loss"] = p.loss;
   test["per_class"] =
@@ -180,27 +188,34 @@ bool save_weights(const TrainRequest& r, const TrainRun& run) {
 json summary_of(const TrainRequest& r, const TrainRun& run, const json& config, const json& test_before,
                 const json& test, bool peft_saved, double total_seconds) {
   const train::TrainResult& result = run.result;
-  return {{"task", r.task},
-          {"method", run.target.method},
-          {"model", r.model_dir.string()},
-          {"data", r.data.string()},
-          {"trainable_params", result.trainable},
-          {"total_params", result.total},
-          {"train_seconds", result.seconds},
-          {"total_seconds", total_seconds},
-          {"steps", result.steps},
-          {"train_loss", final_train_loss(result.losses)},
-          {"stop_reason", result.stop_reason},
-          {"best_step", result.best_step},
-          {"metric", r.options.metric},
-          {"dev", result.best_dev},
-          {"dev_last", result.last_dev},
-          {"test", test},
-          {"test_before", test_before},
-          {"labels", is_lm(r) ? json() : json(run.labels.names())},
-          {"train_examples", run.train_set.size()},
-          {"peft_saved", peft_saved},
-          {"config", config}};
+  json summary = {{"task", r.task},
+                  {"method", run.target.method},
+                  {"model", r.model_dir.string()},
+                  {"data", r.data.string()},
+                  {"trainable_params", result.trainable},
+                  {"total_params", result.total},
+                  {"train_seconds", result.seconds},
+                  {"total_seconds", total_seconds},
+                  {"steps", result.steps},
+                  {"train_loss", final_train_loss(result.losses)},
+                  {"stop_reason", result.stop_reason},
+                  {"best_step", result.best_step},
+                  {"metric", r.options.metric},
+                  {"dev", result.best_dev},
+                  {"dev_last", result.last_dev},
+                  {"test", test},
+                  {"test_before", test_before},
+                  {"labels", is_lm(r) ? json() : json(run.labels.names())},
+                  {"train_examples", run.train_set.size()},
+                  {"peft_saved", peft_saved},
+                  {"config", config}};
+  const int64_t updates = int64_t(result.losses.size());
+  if (result.processes > 1 && updates > 0) {  // a data-parallel run: what it cost to keep in step
+    summary["processes"] = result.processes;
+    summary["allreduce_bytes_per_update"] = result.allreduce_bytes / updates;
+    summary["allreduce_ms_per_update"] = 1e3 * result.allreduce_seconds / double(updates);
+  }
+  return summary;
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -258,7 +273,8 @@ TrainRun run_training(const TrainRequest& r) {
   const auto started = std::chrono::steady_clock::now();
   check_request(r);
   // Nothing the caller had is replaced unasked: an earlier run in the folder needs overwrite or resume.
-  if (!r.options.in_memory)
+  // (Rank 0 alone looks: the others would see what it starts writing.)
+  if (!r.options.in_memory && is_lead(r))
     check_run_folder(r.options.run_dir, r.options.resume, r.overwrite,
                      {"run folder", "options.resume", "TrainRequest::overwrite"});
   if (r.threads > 0) set_num_threads(r.threads);
@@ -275,7 +291,7 @@ TrainRun run_training(const TrainRequest& r) {
   encode_splits(r, splits, run);
 
   // An in-memory run (options.in_memory) writes nothing: the caller gets the summary and the model.
-  const bool on_disk = !r.options.in_memory;
+  const bool on_disk = !r.options.in_memory && is_lead(r);
   const fs::path& dir = r.options.run_dir;
   json config = r.recorded_settings.is_object() ? r.recorded_settings : json::object();
   config["lr"] = run.lr;
@@ -290,7 +306,7 @@ TrainRun run_training(const TrainRequest& r) {
   // The untrained baseline (a fresh head; LoRA starts as the identity), when the test set is small.
   json test_before = nullptr;
   if (r.test_before && run.test_set.size() > 0 && run.test_set.size() <= 5000)
-    test_before = evaluate_set(run, run.test_set, r.options.eval_batch_size);
+    test_before = evaluate_set(r, run, run.test_set, r.options.eval_batch_size);
 
   train::TrainOptions options = r.options;
   options.lr = run.lr;
@@ -304,10 +320,13 @@ TrainRun run_training(const TrainRequest& r) {
   std::snprintf(lr_text, sizeof lr_text, "%g", run.lr);
   note(r, "training " + run.target.method + ": " + trainable_summary(trainable, total) + ", lr " + lr_text +
               ", " + length + " " + std::to_string(run.train_set.size()) + " examples, batch " +
-              std::to_string(options.batch_size));
+              std::to_string(options.batch_size) +
+              (processes(r).size() > 1 ? " per process x " + std::to_string(processes(r).size()) +
+                                             " processes (" + processes(r).name() + ")"
+                                       : ""));
   train::Trainer trainer(run.target, options);
   run.result = trainer.train(run.train_set, run.dev_set.size() > 0 ? &run.dev_set : nullptr);
-  if (run.result.stop_reason == "stopped" || (on_disk && !r.write_run_files)) return run;
+  if (run.result.stop_reason == "stopped" || (!r.options.in_memory && !r.write_run_files)) return run;
 
   const bool peft_saved = on_disk && save_weights(r, run);
   const json test = r.evaluate_test ? test_metrics(r, run) : json();
