@@ -4,7 +4,7 @@ JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 CUDA := $(shell test -x /usr/local/cuda/bin/nvcc && echo ON || echo OFF)
 
-.PHONY: setup configure build cli test demo bench clean
+.PHONY: setup configure build cli python test demo bench clean
 
 setup:
 	@scripts/setup
@@ -19,6 +19,10 @@ build: configure
 # The command alone (what the main job needs).
 cli: configure
 	@cmake --build $(BUILD) -j $(JOBS) --target deltatune_cli
+
+# The Python module in place: PYTHONPATH=$(BUILD)/python python3 -c "import deltatune" (README: Python).
+python: configure
+	@cmake --build $(BUILD) -j $(JOBS) --target deltatune_python deltatune_cli
 
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
