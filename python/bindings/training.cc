@@ -146,7 +146,8 @@ workflow::TrainRequest request_of(ModelState& s, py::object data, py::object spl
   o.in_memory = out.empty();
   o.epochs = take<int64_t>(options, "epochs", o.epochs);
   o.max_steps = take<int64_t>(options, "max_steps", o.max_steps);
-  if (options.contains("lr") && !options["lr"].is_none()) r.lr = take<double>(options, "lr", 0);
+  const double lr = take<double>(options, "lr", 0);  // 0 (None): the method's default
+  if (lr != 0) r.lr = lr;
   o.batch_size = take<int64_t>(options, "batch_size", o.batch_size);
   o.eval_batch_size = take<int64_t>(options, "eval_batch_size", o.eval_batch_size);
   o.grad_accum = take<int64_t>(options, "grad_accum", o.grad_accum);
@@ -180,7 +181,7 @@ workflow::TrainRequest request_of(ModelState& s, py::object data, py::object spl
   if (o.epochs < 1 || o.batch_size < 1 || o.grad_accum < 1 || o.max_steps < 0 || r.max_length < 2)
     throw ConfigError(
         "epochs, batch_size and grad_accum must be at least 1, max_steps >= 0, max_length >= 2");
-  if (r.lr && *r.lr <= 0) throw ConfigError("lr must be positive");
+  if (lr < 0) throw ConfigError("lr must be positive");
 
   // What trains: the attached delta (rebuilt from what it was attached with), else `method` (lora).
   const std::vector<delta::Delta*> attached = s.attached();
