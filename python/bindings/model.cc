@@ -203,6 +203,14 @@ void bind_model(py::module_& m) {
            "Writes the model (deltas merged or not: the weights as they are) as a Hugging Face checkpoint "
            "folder with the base's tokenizer files.")
       .def_property_readonly(
+          "deltas",
+          [](const State& s) {
+            py::list out;
+            for (size_t i = 0; i < s->deltas.size(); ++i) out.append(py::cast(DeltaRef{s, i, {}, {}}));
+            return out;
+          },
+          "The deltas attached (or merged), in order, as Delta handles.")
+      .def_property_readonly(
           "task", [](const ModelState& s) { return s.task; }, "classification, causal-lm, masked-lm or none.")
       .def_property_readonly(
           "path", [](const ModelState& s) { return s.model_dir.string(); }, "The model folder.")
