@@ -91,3 +91,24 @@ def test_errors_are_python_exceptions(tmp):
     with pytest.raises(FileNotFoundError):
         dt.load_delta(model, str(tmp / "missing"))
     assert issubclass(dt.TrainingDiverged, dt.Error) and issubclass(dt.ConfigError, ValueError)
+
+
+def test_the_stub_names_every_public_name():
+    import ast
+    import pathlib
+    stub = pathlib.Path(dt.__file__).with_name("__init__.pyi")
+    names = set()
+    for node in ast.parse(stub.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.AnnAssign):
+            names.add(node.target.id)
+    assert set(dt.__all__) <= names, set(dt.__all__) - names
+
+
+def test_runtime_settings():
+    dt.set_runtime(threads=1)
+    assert dt.runtime()["threads"] == 1
+    with pytest.raises(ValueError):
+        dt.set_runtime(threads=0)
+    assert "lora" in dt.method_names()
