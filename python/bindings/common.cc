@@ -37,6 +37,8 @@ std::pair<int64_t, int64_t> ModelState::freeze() {
 delta::Delta& DeltaRef::get() const {
   if (pending())
     throw ConfigError("this delta (a combination) is not attached to a model yet: dt.attach(model, delta)");
+  if (index >= owner->deltas.size())
+    throw ConfigError("this delta is no longer on its model (a later train replaced the model's deltas)");
   if (owner->merged[index]) throw ConfigError("this delta was merged into its model's weights");
   return *owner->deltas[index];
 }

@@ -39,6 +39,9 @@ struct ModelState {
   std::vector<std::string> trained_parameters;  // model tensors trained with the deltas (the head)
   data::LabelMap labels;                        // a classifier's classes (empty: "0".."n-1")
   int64_t max_length = 128;                     // what texts are cut to (a trained run's)
+  // The folder's weights plus fresh deltas only. train starts from the folder and fresh deltas, so it
+  // refuses a model that holds trained weights (a loaded, merged or trained delta) it would not keep.
+  bool pristine = true;
 
   ~ModelState() { deltas.clear(); }       // hooks go before the model they are attached to
   const Tokenizer& tokenizer();           // the model folder's, loaded on first use

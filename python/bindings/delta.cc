@@ -96,6 +96,7 @@ py::object load_delta(const State& s, const std::string& dir) {
     applied = apply_saved_delta(dir, *s->model);
   }
   for (const auto& name : applied.model_parameters) s->trained_parameters.push_back(name);
+  s->pristine = false;
   if (s->model->head == HeadKind::SequenceClassification) {
     try {
       s->labels = data::LabelMap::load(train::find_labels_file(dir));
@@ -128,6 +129,7 @@ State merge(const State& s, py::object which) {
   for (size_t i : indices) {
     delta::merge_into(*s->model, *s->deltas[i]);  // ConfigError for methods that cannot merge
     s->merged[i] = true;
+    s->pristine = false;
   }
   s->freeze();
   return s;
@@ -189,13 +191,18 @@ void bind_delta(py::module_& m) {
           "name", [](const DeltaRef& r) { return r.pending() ? std::string() : r.get().name; },
           "Its name on the model.")
       .def_property_readonly(
-          "merged", [](const DeltaRef& r) { return !r.pending() && r.owner->merged[r.index]; },
+          "merged",
+          [](const DeltaRef& r) {
+            return !r.pending() && r.index < r.owner->merged.size() && r.owner->merged[r.index];
+          },
           "Whether merge folded it into the model's weights.")
       .def(
           "set_enabled", [](const DeltaRef& r, bool on) { r.get().set_enabled(on); }, py::arg("enabled"),
           "Switches the delta off (the base model's outputs) or on again.")
       .def("__repr__", [](const DeltaRef& r) {
         if (r.pending()) return std::string("deltatune.Delta(lora, combined, not attached)");
+        if (r.index >= r.owner->deltas.size())
+          return std::string("deltatune.Delta(replaced by a later train)");
         if (r.owner->merged[r.index]) return "deltatune.Delta(" + r.owner->methods[r.index] + ", merged)";
         return "deltatune.Delta(" + r.get().method() + ", '" + r.get().name + "', " +
                std::to_string(r.get().attached_modules().size()) + " modules)";

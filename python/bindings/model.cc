@@ -72,6 +72,7 @@ State load_model(const std::string& dir, std::optional<std::string> task, std::o
       s->merged.push_back(false);
     }
     s->trained_parameters = loaded.trained.model_parameters;
+    s->pristine = false;
     read_run_settings(*s, *delta_dir);
   } else {
     LoadOptions options;

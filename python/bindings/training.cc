@@ -183,23 +183,28 @@ workflow::TrainRequest request_of(ModelState& s, py::object data, py::object spl
         "epochs, batch_size and grad_accum must be at least 1, max_steps >= 0, max_length >= 2");
   if (lr < 0) throw ConfigError("lr must be positive");
 
+  if (!s.pristine && !o.resume)
+    throw ConfigError(
+        "train starts from the model folder's weights and a fresh delta, and this model holds trained "
+        "weights (a loaded, merged or trained delta) it would not continue from: load the base again "
+        "(dt.load_model) and attach, or continue a run from its checkpoint with resume=True");
   // What trains: the attached delta (rebuilt from what it was attached with), else `method` (lora).
   const std::vector<delta::Delta*> attached = s.attached();
+  size_t index = 0;
   if (attached.size() > 1)
     throw ConfigError("train trains one delta; this model has " + std::to_string(attached.size()));
   if (!attached.empty()) {
-    size_t i = 0;
-    while (s.merged[i]) ++i;
-    if (!method.empty() && method != s.methods[i])
-      throw ConfigError("method='" + method + "' but the attached delta is " + s.methods[i]);
-    r.method = s.methods[i];
+    while (s.merged[index]) ++index;
+    if (!method.empty() && method != s.methods[index])
+      throw ConfigError("method='" + method + "' but the attached delta is " + s.methods[index]);
+    r.method = s.methods[index];
   } else {
     r.method = method.empty() ? "lora" : method;
   }
   const MethodPreset& preset = method_preset(r.method);
   if (preset.trains == MethodPreset::Trains::Delta) {
     r.delta_config =
-        workflow::delta_config_over_method(r.method, attached.empty() ? nlohmann::json() : s.sources[0]);
+        workflow::delta_config_over_method(r.method, attached.empty() ? nlohmann::json() : s.sources[index]);
     if (!r.delta_config.contains("seed"))
       r.delta_config["seed"] = o.seed;  // as the command's build_delta_config
   }
@@ -223,7 +228,7 @@ void adopt(ModelState& s, workflow::TrainRun& run, const workflow::TrainRequest&
   s.deltas.clear();
   s.merged.clear();
   const std::vector<std::string> methods{r.method};
-  const std::vector<nlohmann::json> sources{s.sources.empty() ? nlohmann::json() : s.sources[0]};
+  const std::vector<nlohmann::json> sources{r.delta_config};
   s.methods.clear();
   s.sources.clear();
   s.model = std::move(run.model);
@@ -237,6 +242,7 @@ void adopt(ModelState& s, workflow::TrainRun& run, const workflow::TrainRequest&
   s.trained_parameters = run.target.model_parameters;
   if (r.task == "classification") s.labels = run.labels;
   s.max_length = run.max_length;
+  s.pristine = false;
   s.freeze();
 }
 

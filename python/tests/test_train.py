@@ -37,6 +37,9 @@ def test_python_delta_equals_the_commands_bit_for_bit(tmp):
     # The handle attach returned now holds the trained delta: saving it gives the run's tensors.
     delta.save(str(tmp / "again"))
     same_tensors(tmp / "py" / "delta" / "delta.safetensors", tmp / "again" / "delta.safetensors")
+    # Training again would start from the folder, not from these weights: refused, saying what to do.
+    with pytest.raises(ValueError, match="resume=True"):
+        dt.train(model, SENTIMENT, max_steps=1, progress=False)
 
 
 def test_dict_config_equals_delta_config_file(tmp):
