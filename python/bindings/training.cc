@@ -122,11 +122,8 @@ std::vector<data::Example> examples_of(const py::list& rows, const std::string& 
   return out;
 }
 
-// The request `deltatune train` would make of the same settings (tools/cmd_train.cc).
-workflow::TrainRequest request_of(ModelState& s, py::object data, py::object splits, py::dict options) {
-  workflow::TrainRequest r;
-  r.model_dir = s.model_dir;
-  r.task = s.task;
+// The data: a path (checked here: FileNotFoundError), or splits of (text, text_pair, label) rows.
+void set_data(workflow::TrainRequest& r, py::object data, py::object splits) {
   if (!data.is_none()) {
     r.data = data.cast<std::string>();
     require_exists(r.data, "data");
@@ -140,6 +137,10 @@ workflow::TrainRequest request_of(ModelState& s, py::object data, py::object spl
       }
     if (r.splits.train.empty()) throw py::value_error("the training data holds no examples");
   }
+}
+
+// The options, under the command's flag names with underscores; an unknown one is a TypeError.
+void set_options(workflow::TrainRequest& r, py::dict options) {
   train::TrainOptions& o = r.options;
   const std::string out = take<std::string>(options, "out", "");
   o.run_dir = out;
@@ -174,7 +175,6 @@ workflow::TrainRequest request_of(ModelState& s, py::object data, py::object spl
   r.fields = {take<std::string>(options, "text_field", "text"),
               take<std::string>(options, "pair_field", "text_pair"),
               take<std::string>(options, "label_field", "label")};
-  const std::string method = take<std::string>(options, "method", "");
   if (!options.empty())
     throw py::type_error("train() got an unexpected option '" +
                          py::str(options.begin()->first).cast<std::string>() + "'");
@@ -182,13 +182,17 @@ workflow::TrainRequest request_of(ModelState& s, py::object data, py::object spl
     throw ConfigError(
         "epochs, batch_size and grad_accum must be at least 1, max_steps >= 0, max_length >= 2");
   if (lr < 0) throw ConfigError("lr must be positive");
+}
 
+// What trains: the attached delta (rebuilt from what it was attached with, as the command resolves
+// --method and --delta-config), else `method` (lora by default).
+void set_method(workflow::TrainRequest& r, ModelState& s, const std::string& method) {
+  const train::TrainOptions& o = r.options;
   if (!s.pristine && !o.resume)
     throw ConfigError(
         "train starts from the model folder's weights and a fresh delta, and this model holds trained "
         "weights (a loaded, merged or trained delta) it would not continue from: load the base again "
         "(dt.load_model) and attach, or continue a run from its checkpoint with resume=True");
-  // What trains: the attached delta (rebuilt from what it was attached with), else `method` (lora).
   const std::vector<delta::Delta*> attached = s.attached();
   size_t index = 0;
   if (attached.size() > 1)
@@ -208,9 +212,21 @@ workflow::TrainRequest request_of(ModelState& s, py::object data, py::object spl
     if (!r.delta_config.contains("seed"))
       r.delta_config["seed"] = o.seed;  // as the command's build_delta_config
   }
+}
+
+// The request `deltatune train` would make of the same settings (tools/cmd_train.cc).
+workflow::TrainRequest request_of(ModelState& s, py::object data, py::object splits, py::dict options) {
+  workflow::TrainRequest r;
+  r.model_dir = s.model_dir;
+  r.task = s.task;
+  set_data(r, data, splits);
+  const std::string method = take<std::string>(options, "method", "");
+  set_options(r, options);
+  set_method(r, s, method);
+  const train::TrainOptions& o = r.options;
   r.recorded_settings = {{"model", r.model_dir.string()},
                          {"data", r.data.string()},
-                         {"out", out},
+                         {"out", o.run_dir.string()},
                          {"task", r.task},
                          {"method", r.method},
                          {"epochs", o.epochs},
