@@ -8,6 +8,7 @@
 
 #include "delta/adapter_projection.h"
 #include "delta/peft_config.h"
+#include "delta_fixtures.h"
 #include "deltatune/autograd.h"
 #include "deltatune/data.h"
 #include "deltatune/delta.h"
@@ -23,61 +24,16 @@
 #include "temp_dir.h"
 
 using namespace deltatune;
+using test_support::Batch;
+using test_support::logits_of;
+using test_support::loss_of;
+using test_support::make_batch;
+using test_support::max_diff;
 namespace fs = std::filesystem;
 
 namespace {
 
 fs::path temp_dir(const std::string& name) { return test_support::temp_dir("methods_" + name); }
-
-// A tiny fixed batch: two rows of 10 ids, the second padded after 7, and fixed random targets.
-struct Batch {
-  ModelInput input;
-  Tensor targets;  // [B, T]
-};
-Batch make_batch(const TransformerModel& model) {
-  Generator gen(7);
-  const int64_t B = 2, T = 10, V = std::min<int64_t>(model.config.vocab_size, 1000);
-  std::vector<int64_t> ids, targets;
-  std::vector<float> mask;
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < T; ++t) {
-      ids.push_back(5 + int64_t(gen.below(uint64_t(V - 5))));
-      targets.push_back(5 + int64_t(gen.below(uint64_t(V - 5))));
-      mask.push_back(b == 1 && t >= 7 ? 0.0f : 1.0f);
-    }
-  Batch batch;
-  batch.input.input_ids = Tensor::from_ints(ids, {B, T});
-  batch.input.attention_mask = Tensor::from_floats(mask, {B, T});
-  batch.targets = Tensor::from_ints(targets, {B, T});
-  return batch;
-}
-
-Tensor logits_of(TransformerModel& model, const Batch& batch) {
-  NoGradGuard no_grad;
-  return model.forward(batch.input).logits.contiguous();
-}
-
-float max_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape()) return 1e30f;
-  auto x = a.to_floats(), y = b.to_floats();
-  float m = 0;
-  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::fabs(x[i] - y[i]));
-  return m;
-}
-
-// Cross-entropy of the last T positions (prompt tokens come first) against the fixed targets,
-// padding ignored.
-Tensor loss_of(TransformerModel& model, const Batch& batch) {
-  Tensor logits = model.forward(batch.input).logits;
-  const int64_t B = batch.targets.size(0), T = batch.targets.size(1), V = logits.size(-1);
-  logits = logits.slice(1, logits.size(1) - T, logits.size(1));
-  std::vector<int64_t> t = batch.targets.to_ints();
-  std::vector<float> m = batch.input.attention_mask.to_floats();
-  for (size_t i = 0; i < t.size(); ++i)
-    if (m[i] == 0) t[i] = -100;
-  return ops::cross_entropy(logits.reshape({B * T, V}), Tensor::from_ints(t, {B * T}));
-}
 
 struct Case {
   std::string model;

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <fstream>
 
+#include "delta_fixtures.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
 #include "deltatune/delta_io.h"
@@ -23,6 +24,10 @@
 
 using namespace deltatune;
 using nlohmann::json;
+using test_support::copy_into;
+using test_support::logits_of;
+using test_support::max_diff;
+using test_support::moved_delta;
 namespace fs = std::filesystem;
 
 // ---- the toy method: a learned scale of each target layer's output rows ----
@@ -117,20 +122,6 @@ ModelInput make_input(const TransformerModel& model, int64_t B = 3, int64_t T = 
   return in;
 }
 
-Tensor logits(TransformerModel& model, const ModelInput& input) {
-  NoGradGuard no_grad;
-  return model.forward(input).logits.contiguous();
-}
-
-float max_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape()) return 1e30f;
-  auto x = a.to_floats(), y = b.to_floats();
-  float m = 0;
-  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::fabs(x[i] - y[i]));
-  return m;
-}
-
 // The config each method is checked with: what `train --method NAME` attaches (a combination of LoRA
 // and IA3 for `combination`, whose preset lists no members).
 json config_of(const delta::DeltaMethod& m) {
@@ -138,30 +129,6 @@ json config_of(const delta::DeltaMethod& m) {
     return {{"method", "combination"},
             {"deltas", json::array({json{{"method", "lora"}}, json{{"method", "ia3"}}})}};
   return m.train_config.is_null() ? json{{"method", m.name}} : m.train_config;
-}
-
-// `config` attached to `model` with every tensor moved a little, so it changes the output.
-std::unique_ptr<delta::Delta> moved_delta(TransformerModel& model, const json& config) {
-  auto d = delta::make_delta(config);
-  d->attach(model);
-  Generator gen(17);
-  std::map<std::string, Tensor> values;
-  for (auto& [n, t] : d->parameters()) {
-    NoGradGuard no_grad;
-    values[n] = ops::add(t, Tensor::randn(t.shape(), gen, 0.05f)).contiguous();
-  }
-  d->load_parameters(values);
-  return d;
-}
-
-// The same delta in a fresh one attached to `model`.
-std::unique_ptr<delta::Delta> copy_into(TransformerModel& model, delta::Delta& d) {
-  auto c = delta::make_delta(d.config());
-  c->attach(model);
-  std::map<std::string, Tensor> values;
-  for (auto& [n, t] : d.parameters()) values[n] = t;
-  c->load_parameters(values);
-  return c;
 }
 
 json read_json(const fs::path& file) {
@@ -185,9 +152,9 @@ void check_method(const delta::DeltaMethod& m) {
   const json config = config_of(m);
   auto model = golden::load_model("bert-mini");
   const ModelInput input = make_input(*model);
-  const Tensor base = logits(*model, input);
-  auto d = moved_delta(*model, config);
-  const Tensor with_delta = logits(*model, input);
+  const Tensor base = logits_of(*model, input);
+  auto d = moved_delta(*model, config, 17);
+  const Tensor with_delta = logits_of(*model, input);
   // (Prompt tuning lengthens the output by its virtual tokens.)
   if (with_delta.shape() == base.shape())
     EXPECT_GT(max_diff(with_delta, base), 1e-5f) << "the moved delta changes nothing";
@@ -205,7 +172,8 @@ void check_method(const delta::DeltaMethod& m) {
     auto copy = copy_into(*fresh, *d);
     if (d->can_merge()) {
       ASSERT_NO_THROW(delta::merge_into(*fresh, *copy));
-      EXPECT_LT(max_diff(logits(*fresh, input), with_delta), 1e-4f) << "merged weights differ from the delta";
+      EXPECT_LT(max_diff(logits_of(*fresh, input), with_delta), 1e-4f)
+          << "merged weights differ from the delta";
     } else {
       EXPECT_THROW(delta::merge_into(*fresh, *copy), ConfigError);
     }
@@ -219,7 +187,7 @@ void check_method(const delta::DeltaMethod& m) {
     auto fresh = golden::load_model("bert-mini");
     delta::SavedDelta saved = delta::load_delta(dir, *fresh);
     EXPECT_EQ(saved.method, m.name);
-    EXPECT_LT(max_diff(logits(*fresh, input), with_delta), 1e-5f) << "PEFT round trip changed the delta";
+    EXPECT_LT(max_diff(logits_of(*fresh, input), with_delta), 1e-5f) << "PEFT round trip changed the delta";
   } else {
     try {
       delta::save_peft(dir, *d, *model);
@@ -242,7 +210,7 @@ void check_method(const delta::DeltaMethod& m) {
       EXPECT_NE(verdict.find("cannot share a batch"), std::string::npos) << verdict;
       EXPECT_EQ(verdict.find("does not support mixed batches"), std::string::npos) << verdict;
     }
-    EXPECT_LT(max_diff(logits(*fresh, input), base), 1e-5f) << "a mixed batch left the model changed";
+    EXPECT_LT(max_diff(logits_of(*fresh, input), base), 1e-5f) << "a mixed batch left the model changed";
   }
 }
 
@@ -281,10 +249,10 @@ TEST(MethodKnowledge, ATestFilesOwnMethodIsMadeByNameSavedAndLoaded) {
   EXPECT_EQ(method_preset("toy_row_scale").delta_config, json({{"method", "toy_row_scale"}}));
   auto model = golden::load_model("bert-mini");
   const ModelInput input = make_input(*model);
-  auto d = moved_delta(*model, {{"method", "toy_row_scale"}, {"targets", {"attn.o", "ffn.down"}}});
+  auto d = moved_delta(*model, {{"method", "toy_row_scale"}, {"targets", {"attn.o", "ffn.down"}}}, 17);
   EXPECT_EQ(d->parameters().size(), 2u * size_t(model->config.num_layers));
   EXPECT_EQ(d->default_learning_rate(), 3e-3);
-  const Tensor with_delta = logits(*model, input);
+  const Tensor with_delta = logits_of(*model, input);
 
   for (const bool peft : {false, true}) {
     SCOPED_TRACE(peft ? "PEFT's format" : "our format");
@@ -298,7 +266,7 @@ TEST(MethodKnowledge, ATestFilesOwnMethodIsMadeByNameSavedAndLoaded) {
     ASSERT_TRUE(saved.delta);
     EXPECT_EQ(saved.method, "toy_row_scale");
     EXPECT_EQ(saved.delta->attached_modules(), d->attached_modules());
-    EXPECT_LT(max_diff(logits(*fresh, input), with_delta), 1e-6f);
+    EXPECT_LT(max_diff(logits_of(*fresh, input), with_delta), 1e-6f);
     fs::remove_all(dir);
   }
 

@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "cli_run.h"
+#include "delta_fixtures.h"
 #include "deltatune/autograd.h"
 #include "deltatune/delta.h"
 #include "deltatune/delta_io.h"
@@ -19,6 +20,10 @@
 
 using namespace deltatune;
 using nlohmann::json;
+using test_support::copy_into;
+using test_support::logits_of;
+using test_support::max_diff;
+using test_support::moved_delta;
 namespace fs = std::filesystem;
 
 namespace {
@@ -47,39 +52,6 @@ ModelInput row(const ModelInput& in, int64_t b) {
   return r;
 }
 
-float max_diff(const Tensor& a, const Tensor& b) {
-  EXPECT_EQ(a.shape(), b.shape());
-  if (a.shape() != b.shape()) return 1e30f;
-  auto x = a.to_floats(), y = b.to_floats();
-  float m = 0;
-  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::fabs(x[i] - y[i]));
-  return m;
-}
-
-// A delta from `config` with every tensor randomised a little, so it changes the output.
-std::unique_ptr<delta::Delta> random_delta(TransformerModel& model, const json& config, uint64_t seed) {
-  auto d = delta::make_delta(config);
-  d->attach(model);
-  Generator gen(seed);
-  std::map<std::string, Tensor> values;
-  for (auto& [n, t] : d->parameters()) {
-    NoGradGuard no_grad;
-    values[n] = ops::add(t, Tensor::randn(t.shape(), gen, 0.05f)).contiguous();
-  }
-  d->load_parameters(values);
-  return d;
-}
-
-// The same delta's values in a fresh delta attached to `model`.
-std::unique_ptr<delta::Delta> copy_into(TransformerModel& model, delta::Delta& d) {
-  auto c = delta::make_delta(d.config());
-  c->attach(model);
-  std::map<std::string, Tensor> values;
-  for (auto& [n, t] : d.parameters()) values[n] = t;
-  c->load_parameters(values);
-  return c;
-}
-
 void check_mixed(const std::string& model_name, const std::vector<std::pair<std::string, json>>& deltas,
                  const std::vector<std::string>& rows) {
   SCOPED_TRACE(model_name);
@@ -95,7 +67,7 @@ void check_mixed(const std::string& model_name, const std::vector<std::pair<std:
   uint64_t seed = 1;
   for (auto& [name, config] : deltas) {
     auto scratch = golden::load_model(model_name);
-    made[name] = random_delta(*scratch, config, ++seed);
+    made[name] = moved_delta(*scratch, config, ++seed);
     mixed.add(name, delta::make_delta(made[name]->config()));
     std::map<std::string, Tensor> values;
     for (auto& [n, t] : made[name]->parameters()) values[n] = t;
@@ -160,11 +132,11 @@ TEST(MixedBatch, EveryRowOneDeltaAndAllBase) {
 
 TEST(MixedBatch, SavedDeltas) {
   auto scratch = golden::load_model("bert-mini");
-  auto a = random_delta(*scratch, kLoraA, 5);
+  auto a = moved_delta(*scratch, kLoraA, 5);
   fs::path dir_a = test_support::temp_dir("mixed_a");
   delta::save_delta(dir_a, *a, *scratch);
   a->detach();
-  auto b = random_delta(*scratch, kIa3, 6);
+  auto b = moved_delta(*scratch, kIa3, 6);
   fs::path dir_b = test_support::temp_dir("mixed_b");
   delta::save_peft(dir_b, *b, *scratch);
   b->detach();
@@ -228,10 +200,10 @@ TEST(MixedBatch, Refusals) {
 TEST(MixedBatch, ForwardCommand) {
   fs::path dir = test_support::temp_dir("mixed_cli");
   auto scratch = golden::load_model("bert-mini");
-  auto a = random_delta(*scratch, kLoraA, 21);
+  auto a = moved_delta(*scratch, kLoraA, 21);
   delta::save_delta(dir / "a", *a, *scratch);
   a->detach();
-  auto b = random_delta(*scratch, kAdapter, 22);
+  auto b = moved_delta(*scratch, kAdapter, 22);
   delta::save_delta(dir / "b", *b, *scratch);
   b->detach();
   const ModelInput input = make_input(*scratch, 3);

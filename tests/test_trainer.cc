@@ -31,22 +31,8 @@ fs::path small_task() {
   return dir;
 }
 
-struct Data {
-  data::LabelMap labels;
-  data::EncodedDataset train, dev;
-};
-
-const Data& task_data() {
-  static const Data d = [] {
-    data::Task task = data::load_task(small_task());
-    Data out;
-    out.labels = data::LabelMap::from_examples(task.train);
-    data::assign_labels(task.dev, out.labels);
-    auto tok = Tokenizer::load(kModel);
-    out.train = data::encode(task.train, *tok, 32);
-    out.dev = data::encode(task.dev, *tok, 32);
-    return out;
-  }();
+const test_support::EncodedTask& task_data() {
+  static const test_support::EncodedTask d = test_support::encoded_task(small_task(), kModel);
   return d;
 }
 
@@ -79,17 +65,6 @@ std::unique_ptr<TrainingRun> make_run(uint64_t seed, double lora_dropout = 0.0) 
   return run;
 }
 
-train::TrainOptions small_options(const fs::path& run_dir, uint64_t seed) {
-  train::TrainOptions o;
-  o.epochs = 2;
-  o.batch_size = 8;
-  o.lr = 3e-3;
-  o.seed = seed;
-  o.run_dir = run_dir;
-  o.progress = false;
-  return o;
-}
-
 void train_run(TrainingRun& run, const train::TrainOptions& options, bool with_dev = true) {
   train::Trainer trainer(run.target, options);
   run.result = trainer.train(task_data().train, with_dev ? &task_data().dev : nullptr);
@@ -107,7 +82,7 @@ TEST_F(TrainerTest, LossFallsAndRunFolderIsWritten) {
   fs::path dir = temp_dir("falls");
   auto run = make_run(1);
   const double before = train::evaluate(*run->model, task_data().train)["loss"];
-  train_run(*run, small_options(dir, 1));
+  train_run(*run, test_support::small_train_options(dir, 1));
   const double after = train::evaluate(*run->model, task_data().train)["loss"];
   EXPECT_LT(after, before - 0.05) << "training loss before " << before << ", after " << after;
   EXPECT_EQ(run->result.steps, 16);  // 64 examples / 8 per batch * 2 epochs
@@ -146,7 +121,7 @@ TEST_F(TrainerTest, LossFallsAndRunFolderIsWritten) {
 
 TEST_F(TrainerTest, SameSeedGivesIdenticalLosses) {
   auto a = make_run(5, 0.1), b = make_run(5, 0.1), c = make_run(6, 0.1);
-  auto options = small_options(temp_dir("seed_a"), 5);
+  auto options = test_support::small_train_options(temp_dir("seed_a"), 5);
   options.max_steps = 6;
   train_run(*a, options, false);
   options.run_dir = temp_dir("seed_b");
@@ -160,7 +135,7 @@ TEST_F(TrainerTest, SameSeedGivesIdenticalLosses) {
 }
 
 TEST_F(TrainerTest, ResumeEndsWhereAnUninterruptedRunEnds) {
-  auto options = small_options(temp_dir("resume_full"), 9);
+  auto options = test_support::small_train_options(temp_dir("resume_full"), 9);
   options.eval_every = 3;
   options.grad_accum = 2;  // positions inside an epoch must survive the restart too
   auto whole = make_run(9, 0.1);
@@ -198,7 +173,7 @@ TEST_F(TrainerTest, ResumeEndsWhereAnUninterruptedRunEnds) {
 TEST_F(TrainerTest, NanLossStopsAndKeepsTheLastGoodCheckpoint) {
   fs::path dir = temp_dir("nan");
   auto run = make_run(3);
-  auto options = small_options(dir, 3);
+  auto options = test_support::small_train_options(dir, 3);
   options.checkpoint_every = 1;
   Tensor* bias = run->model->find_parameter("classifier.bias");
   ASSERT_NE(bias, nullptr);
@@ -224,7 +199,7 @@ TEST_F(TrainerTest, NanLossStopsAndKeepsTheLastGoodCheckpoint) {
     for (float v : t.to_floats()) ASSERT_TRUE(std::isfinite(v)) << name;
   // And training continues from it.
   auto again = make_run(3);
-  auto resume = small_options(dir, 3);
+  auto resume = test_support::small_train_options(dir, 3);
   resume.resume = true;
   resume.max_steps = 5;
   train_run(*again, resume);
@@ -244,7 +219,7 @@ TEST_F(TrainerTest, CausalLmLossFallsOnPlainTexts) {
   texts.resize(32);
   data::EncodedDataset set = data::encode(texts, *Tokenizer::load(gpt2), 32);
   const double before = train::evaluate(*model, set)["loss"];
-  auto options = small_options(temp_dir("lm"), 2);
+  auto options = test_support::small_train_options(temp_dir("lm"), 2);
   options.lr = 5e-3;
   options.metric = "loss";
   train::Trainer trainer(train::TrainTarget::with_deltas(*model, {lora.get()}, "lora"), options);

@@ -27,19 +27,9 @@ const fs::path kModel = fs::path(DELTATUNE_ASSETS) / "models" / "bert-mini";
 
 fs::path temp_dir(const std::string& name) { return test_support::temp_dir("seams_" + name); }
 
-struct Data {
-  data::EncodedDataset train, dev;
-  int64_t num_labels = 0;
-};
-
-const Data& task_data() {
-  static const Data d = [] {
-    data::Task task = data::load_task(test_support::write_sentiment_subset(temp_dir("task"), 64, 32, 32));
-    const data::LabelMap labels = data::LabelMap::from_examples(task.train);
-    data::assign_labels(task.dev, labels);
-    auto tok = Tokenizer::load(kModel);
-    return Data{data::encode(task.train, *tok, 32), data::encode(task.dev, *tok, 32), int64_t(labels.size())};
-  }();
+const test_support::EncodedTask& task_data() {
+  static const test_support::EncodedTask d =
+      test_support::encoded_task(test_support::write_sentiment_subset(temp_dir("task"), 64, 32, 32), kModel);
   return d;
 }
 
@@ -54,7 +44,7 @@ struct LoraRun {
   explicit LoraRun(uint64_t seed) {
     LoadOptions load;
     load.head = HeadKind::SequenceClassification;
-    load.num_labels = task_data().num_labels;
+    load.num_labels = int64_t(task_data().labels.size());
     load.seed = seed;
     load.verbose = false;
     model = load_pretrained(kModel, load);
@@ -75,17 +65,6 @@ struct LoraRun {
   double train_loss() const { return train::evaluate(*model, task_data().train)["loss"]; }
 };
 
-train::TrainOptions small_options(const fs::path& run_dir, uint64_t seed) {
-  train::TrainOptions o;
-  o.epochs = 2;
-  o.batch_size = 8;
-  o.lr = 3e-3;
-  o.seed = seed;
-  o.run_dir = run_dir;
-  o.progress = false;
-  return o;
-}
-
 class TrainerSeams : public ::testing::Test {
  protected:
   void SetUp() override { set_num_threads(2); }
@@ -98,7 +77,7 @@ class TrainerSeams : public ::testing::Test {
 TEST_F(TrainerSeams, AfterBackwardRunsOncePerUpdateAndItsGradientsAreTheOnesApplied) {
   LoraRun run(11);
   const Weights before = run.weights();
-  auto o = small_options(temp_dir("hook"), 11);
+  auto o = test_support::small_train_options(temp_dir("hook"), 11);
   o.grad_accum = 2;  // once per update, not per batch
   o.max_steps = 3;
   o.weight_decay = 0;
@@ -133,7 +112,7 @@ TEST_F(TrainerSeams, AfterBackwardRunsOncePerUpdateAndItsGradientsAreTheOnesAppl
 TEST_F(TrainerSeams, SgdTrainsAndTheCheckpointNamesIt) {
   LoraRun run(12);
   const fs::path dir = temp_dir("sgd");
-  auto o = small_options(dir, 12);
+  auto o = test_support::small_train_options(dir, 12);
   o.optimizer = "sgd";
   o.lr = 0.05;
   o.momentum = 0.9;
@@ -154,7 +133,7 @@ TEST_F(TrainerSeams, SgdTrainsAndTheCheckpointNamesIt) {
 }
 
 TEST_F(TrainerSeams, SgdResumesBitForBitAndAnotherOptimizerCannotResumeIt) {
-  auto o = small_options(temp_dir("sgd_whole"), 13);
+  auto o = test_support::small_train_options(temp_dir("sgd_whole"), 13);
   o.optimizer = "sgd";
   o.lr = 0.05;
   o.momentum = 0.9;  // momentum buffers must survive the restart
@@ -194,7 +173,7 @@ TEST_F(TrainerSeams, SgdResumesBitForBitAndAnotherOptimizerCannotResumeIt) {
 
 TEST_F(TrainerSeams, UnknownOptimizerIsAConfigError) {
   LoraRun run(14);
-  auto o = small_options(temp_dir("bad_optimizer"), 14);
+  auto o = test_support::small_train_options(temp_dir("bad_optimizer"), 14);
   o.optimizer = "adagrad";
   EXPECT_THROW(train::Trainer(run.target, o), ConfigError);
 }
@@ -236,7 +215,7 @@ struct Recorder : train::TrainEvents {
 TEST_F(TrainerSeams, ASinkReceivesTheRunAsEventsAndNothingIsPrinted) {
   LoraRun run(15);
   const fs::path dir = temp_dir("events");
-  auto o = small_options(dir, 15);
+  auto o = test_support::small_train_options(dir, 15);
   o.eval_every = 4;
   o.progress = true;  // a sink replaces the bar: still nothing on stderr
   auto recorder = std::make_shared<Recorder>();
@@ -281,7 +260,7 @@ TEST_F(TrainerSeams, ASinkReceivesTheRunAsEventsAndNothingIsPrinted) {
 
 TEST_F(TrainerSeams, ProgressOffPrintsNothing) {
   LoraRun run(16);
-  auto o = small_options(temp_dir("quiet"), 16);
+  auto o = test_support::small_train_options(temp_dir("quiet"), 16);
   o.max_steps = 2;
   o.eval_every = 1;
   testing::internal::CaptureStderr();
@@ -310,7 +289,7 @@ void in_directory(const fs::path& dir, Body body) {
 // Evaluations every 4 updates; after update 13 the head is blown up, so the last evaluation is not
 // the best and restoring the best weights matters. Snapshots what each evaluation saw.
 train::TrainOptions rigged_options(LoraRun& run, std::map<int64_t, Weights>& at_step) {
-  train::TrainOptions o = small_options("", 17);
+  train::TrainOptions o = test_support::small_train_options("", 17);
   o.eval_every = 4;
   o.metric = "loss";
   Tensor* head = run.model->find_parameter("classifier.weight");
@@ -356,7 +335,7 @@ TEST_F(TrainerSeams, InMemoryRunWritesNothingAndRestoresTheBestLikeAFolderRun) {
 
 TEST_F(TrainerSeams, InMemoryRunsTakeNoFolderAndCannotResume) {
   LoraRun run(18);
-  train::TrainOptions o = small_options("", 18);
+  train::TrainOptions o = test_support::small_train_options("", 18);
   EXPECT_THROW(train::Trainer(run.target, o), ConfigError);  // neither a folder nor in memory
   o.in_memory = true;
   o.resume = true;

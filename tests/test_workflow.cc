@@ -211,3 +211,36 @@ TEST(Workflow, RefusesAFolderHoldingAnEarlierRunUnlessTold) {
   EXPECT_TRUE(fs::exists(dir / "run" / "notes.txt"));  // only the run's own files are replaced
   fs::remove_all(dir);
 }
+
+TEST(Workflow, GeneratesTheSameTokensAsTheModelAndStreamsTheTextInPieces) {
+  workflow::GenerateRequest r;
+  r.model_dir = fs::path(DELTATUNE_ASSETS) / "models/gpt2-mini";
+  r.prompt = "The whale";
+  r.options.max_new_tokens = 12;
+  std::string streamed;
+  int pieces = 0;
+  const workflow::TextGeneration g = workflow::generate_text(r, [&](const std::string& piece) {
+    streamed += piece;
+    ++pieces;
+  });
+  EXPECT_EQ(streamed, g.text);
+  EXPECT_GT(pieces, 0);
+  ASSERT_FALSE(g.ids.empty());
+
+  // The same continuation as the model's own generate on the same prompt and stop ids.
+  LoadRequest load;
+  load.model_dir = r.model_dir;
+  load.head = HeadKind::CausalLM;
+  load.tokenizer = true;
+  LoadedModel m = load_with_delta(load);
+  GenerationOptions options = r.options;
+  options.eos_ids = m.model->config.eos_token_ids;
+  if (m.tokenizer->eos_id() >= 0) options.eos_ids.push_back(m.tokenizer->eos_id());
+  const std::vector<int64_t> prompt = m.tokenizer->encode(r.prompt, true).ids;
+  EXPECT_EQ(g.prompt_ids, prompt);
+  EXPECT_EQ(g.ids, generate(*m.model, prompt, options));
+  EXPECT_EQ(g.text, m.tokenizer->decode_continuation(prompt, g.ids));
+
+  r.prompt = "";
+  EXPECT_THROW(workflow::generate_text(r), ConfigError);
+}

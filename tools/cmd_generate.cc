@@ -1,26 +1,15 @@
 // deltatune generate --model DIR [--delta DIR] --prompt STR [--max-new-tokens N] [sampling flags]
 // The prompt and its continuation go to stdout; the speed (and a context-limit note) to stderr.
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 
 #include "command.h"
-#include "deltatune/generate.h"
 #include "deltatune/tokenizer.h"
+#include "deltatune/workflow.h"
 #include "model_loading.h"
 #include "option_checks.h"
 
 namespace {
-// Prints what `text` (the continuation so far, decoded in the prompt's context) adds to what is already
-// shown. Until the end, a text ending in U+FFFD waits: a multi-byte character's bytes may be still to come.
-void print_new_text(const std::string& text, std::string& shown, bool last = false) {
-  if (!last && text.ends_with("\xEF\xBF\xBD")) return;
-  if (text.size() <= shown.size() || text.compare(0, shown.size(), shown) != 0) return;
-  std::printf("%s", text.substr(shown.size()).c_str());
-  std::fflush(stdout);
-  shown = text;
-}
-
 void setup(CLI::App& app) {
   auto model_dir = std::make_shared<std::string>(), delta = std::make_shared<std::string>();
   auto prompt = std::make_shared<std::string>();
@@ -49,25 +38,15 @@ void setup(CLI::App& app) {
   app.callback([=] {
     auto loaded = deltatune::cli::load_model(*model_dir, "causal-lm", *delta);
     auto tokenizer = deltatune::Tokenizer::load(*model_dir);
-    deltatune::Encoding enc = tokenizer->encode(*prompt, true);
-    std::vector<int64_t> ids = enc.ids;
-    if (ids.empty()) throw deltatune::cli::ExitError{"the prompt gives no tokens"};
     deltatune::GenerationOptions options = *o;
     if (*greedy) options.sample = false;
-    for (int64_t id : loaded.model->config.eos_token_ids) options.eos_ids.push_back(id);
-    if (tokenizer->eos_id() >= 0) options.eos_ids.push_back(tokenizer->eos_id());
-    std::vector<int64_t> produced;
-    std::string shown;
     std::printf("%s", prompt->c_str());
     std::fflush(stdout);
-    const auto start = std::chrono::steady_clock::now();
-    const deltatune::Generation result =
-        deltatune::generate_with_stop(*loaded.model, ids, options, [&](int64_t id) {
-          produced.push_back(id);
-          print_new_text(tokenizer->decode_continuation(ids, produced), shown);
+    const deltatune::workflow::TextGeneration result = deltatune::workflow::generate_text(
+        *loaded.model, *tokenizer, *prompt, options, [](const std::string& piece) {
+          std::printf("%s", piece.c_str());
+          std::fflush(stdout);
         });
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    print_new_text(tokenizer->decode_continuation(ids, produced), shown, /*last=*/true);
     std::printf("\n");
     std::fflush(stdout);
     if (result.stop == deltatune::StopReason::ContextLimit)
@@ -77,7 +56,8 @@ void setup(CLI::App& app) {
     std::fprintf(
         stderr,
         "generated %zu token%s in %.2f s (%.1f tokens/s; the time includes reading the %zu-token prompt)\n",
-        n, n == 1 ? "" : "s", seconds, seconds > 0 ? double(n) / seconds : 0.0, ids.size());
+        n, n == 1 ? "" : "s", result.seconds, result.seconds > 0 ? double(n) / result.seconds : 0.0,
+        result.prompt_ids.size());
   });
 }
 deltatune::cli::Register reg("generate",

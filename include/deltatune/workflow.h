@@ -25,6 +25,7 @@
 
 #include "deltatune/data.h"
 #include "deltatune/delta.h"
+#include "deltatune/generate.h"
 #include "deltatune/loading.h"
 #include "deltatune/metrics.h"
 #include "deltatune/model.h"
@@ -153,6 +154,36 @@ struct PredictRequest {
 // One JSON object per input example, in order, handed to `emit` as it is ready: a classifier's
 // {"label", "probabilities", "gold" (when given)}; a causal-LM delta's {"text", "generated"}.
 void predict(const PredictRequest& request, const std::function<void(const nlohmann::json&)>& emit);
+
+// --- generation ---
+
+struct TextGeneration {
+  std::vector<int64_t> prompt_ids;  // the prompt as encoded (with the tokenizer's special tokens)
+  std::vector<int64_t> ids;         // the new tokens
+  std::string text;                 // the continuation, decoded in the prompt's context
+  StopReason stop = StopReason::MaxNewTokens;
+  double seconds = 0;  // generation's wall time, the prompt's prefill included
+};
+
+// Continues `prompt` with a loaded decoder. Generation stops at the model's (config.json) and the
+// tokenizer's end-of-sequence ids besides those in options. on_text (optional) receives the new text
+// piece by piece as it becomes printable: a piece never ends inside a multi-byte character, and the
+// pieces together are `text`. An empty prompt (no tokens) is a ConfigError.
+TextGeneration generate_text(TransformerModel& model, const Tokenizer& tokenizer, const std::string& prompt,
+                             GenerationOptions options,
+                             const std::function<void(const std::string&)>& on_text = nullptr);
+
+struct GenerateRequest {
+  std::filesystem::path model_dir;
+  std::filesystem::path delta;  // a folder `train` (or PEFT) wrote; empty: the base model
+  std::string prompt;
+  GenerationOptions options;
+  bool bf16 = false;
+};
+
+// Loads the model (causal-LM head) with the delta through the one loader and generates.
+TextGeneration generate_text(const GenerateRequest& request,
+                             const std::function<void(const std::string&)>& on_text = nullptr);
 
 // predict's classifier step on examples already in memory (a Python list of texts, a request body): each
 // example's {"label", "probabilities", "gold" (when labelled)}, in order, for a loaded classifier whose

@@ -87,9 +87,9 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   p->scale = scale < 0.0f ? (p->d > 0 ? 1.0f / std::sqrt(float(p->d)) : 1.0f) : scale;
   auto mask = std::make_shared<std::vector<uint8_t>>();
   if (key_mask.defined()) {
-    std::vector<float> m = key_mask.to_floats();
-    mask->resize(m.size());
-    for (size_t i = 0; i < m.size(); ++i) (*mask)[i] = m[i] != 0.0f ? 1 : 0;
+    const Tensor m = f32_contiguous(key_mask);
+    mask->resize(size_t(m.numel()));
+    be.nonzero_mask(m.f32(), mask->data(), m.numel());
     p->mask = mask->data();
   }
   Tensor out = Tensor::empty({p->b, p->h, p->t, p->dv});

@@ -13,6 +13,7 @@
 
 #include "deltatune/backend.h"
 #include "deltatune/ops.h"
+#include "deltatune/random.h"
 #include "deltatune/tensor.h"
 
 namespace deltatune::ops {
@@ -205,6 +206,11 @@ class Backend {
                           float alpha) const = 0;
   // y[i] = keep[i] ? x[i] * scale : 0 (dropout and its backward).
   virtual void masked_scale(const float* x, const uint8_t* keep, float scale, float* y, int64_t n) const = 0;
+  // keep[i] = gen.uniform() >= p, one draw per element in order: the same seed gives the same mask on
+  // every backend (a device backend draws on the host and copies the mask over).
+  virtual void dropout_mask(Generator& gen, float p, uint8_t* keep, int64_t n) const = 0;
+  // mask[i] = x[i] != 0 (an attention key mask as bytes).
+  virtual void nonzero_mask(const float* x, uint8_t* mask, int64_t n) const = 0;
 
   // --- reductions, softmax, norms ---
   // out (shape with reduced dims 1) = sum of x (contiguous, shape) over the dims marked in reduce.
@@ -223,6 +229,10 @@ class Backend {
   virtual void embedding_backward(const int64_t* ids, int64_t n, int64_t d, const float* g,
                                   float* gweight) const = 0;
   virtual void rope(const RopeArgs& args) const = 0;
+  // cos/sin [count, half] of the angles positions[p] * inv_freq[i] (the product in float32, as
+  // transformers computes inv_freq @ positions; cos and sin in double, rounded once).
+  virtual void rope_table(const float* positions, int64_t count, const float* inv_freq, int64_t half,
+                          float* cos, float* sin) const = 0;
   virtual void attention(const AttentionArgs& args) const = 0;
   virtual void attention_backward(const AttentionBackwardArgs& args) const = 0;
 

@@ -53,11 +53,11 @@ Tensor dropout(const Tensor& a, float p, bool training, Generator& gen) {
   Tensor x = f32_contiguous(a);
   const int64_t n = a.numel();
   const float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
-  // One draw per element in row-major order, serially: the same seed gives the same mask.
   auto keep = std::make_shared<std::vector<uint8_t>>(size_t(n));
-  for (int64_t i = 0; i < n; ++i) (*keep)[size_t(i)] = gen.uniform() >= p ? 1 : 0;
+  const Backend& be = backend_for("dropout", {&a});
+  be.dropout_mask(gen, p, keep->data(), n);
   Tensor out = Tensor::empty(a.shape());
-  backend_for("dropout", {&a}).masked_scale(x.f32(), keep->data(), scale, out.f32(), n);
+  be.masked_scale(x.f32(), keep->data(), scale, out.f32(), n);
   return record(
       "dropout", out, {a}, [keep, scale](const Tensor& g, const std::vector<bool>&) -> std::vector<Tensor> {
         Tensor gc = f32_contiguous(g);

@@ -48,22 +48,16 @@ Tensor rope(const Tensor& x, const Tensor& positions, const Tensor& inv_freq) {
     throw ShapeError("rope: positions " + shape_str(positions.shape()) + " do not fit x " +
                      shape_str(x.shape()) + " (expected [T] or [B, T] with T = " + std::to_string(t) + ")");
   }
-  const std::vector<float> pos = positions.to_floats();
-  const std::vector<float> freq = inv_freq.to_floats();
-  tab->cos.resize(pos.size() * size_t(h));
-  tab->sin.resize(pos.size() * size_t(h));
-  for (size_t p = 0; p < pos.size(); ++p)
-    for (int64_t i = 0; i < h; ++i) {
-      const float angle = pos[p] * freq[size_t(i)];  // float32, like transformers' inv_freq @ positions
-      tab->cos[p * size_t(h) + size_t(i)] = float(std::cos(double(angle)));
-      tab->sin[p * size_t(h) + size_t(i)] = float(std::sin(double(angle)));
-    }
+  const Tensor pos = f32_contiguous(positions), freq = f32_contiguous(inv_freq);
+  tab->cos.resize(size_t(pos.numel() * h));
+  tab->sin.resize(size_t(pos.numel() * h));
+  const Backend& be = backend_for("rope", {&x, &positions, &inv_freq});
+  be.rope_table(pos.f32(), pos.numel(), freq.f32(), h, tab->cos.data(), tab->sin.data());
   const int64_t m = (t > 0 && d > 0 && b0 > 0) ? x.numel() / (b0 * t * d) : 0;
   Tensor xc = f32_contiguous(x);
   Tensor out = Tensor::empty(x.shape());
   if (out.numel())
-    backend_for("rope", {&x, &positions, &inv_freq})
-        .rope({xc.f32(), out.f32(), tab->cos.data(), tab->sin.data(), tab->batches, b0, m, t, h, false});
+    be.rope({xc.f32(), out.f32(), tab->cos.data(), tab->sin.data(), tab->batches, b0, m, t, h, false});
   return record("rope", out, {x, positions, inv_freq},
                 [tab, b0, m](const Tensor& g, const std::vector<bool>& needs) -> std::vector<Tensor> {
                   if (!needs[0]) return {Tensor(), Tensor(), Tensor()};

@@ -2,7 +2,6 @@
 // predicting with it, through the one loader. `deltatune eval` and `deltatune predict` run these.
 #include "deltatune/delta_io.h"
 #include "deltatune/error.h"
-#include "deltatune/generate.h"
 #include "deltatune/workflow.h"
 
 namespace deltatune::workflow {
@@ -100,12 +99,8 @@ void continue_texts(const PredictRequest& r, const std::function<void(const json
   const std::vector<data::Example> examples = data::read_examples(r.input, fields, /*labels_optional=*/true);
   GenerationOptions options;
   options.max_new_tokens = r.max_new_tokens;
-  if (m.tokenizer->eos_id() >= 0) options.eos_ids = {m.tokenizer->eos_id()};
-  for (const data::Example& ex : examples) {
-    const std::vector<int64_t> prompt = m.tokenizer->encode(ex.text, true).ids;
-    const std::vector<int64_t> ids = generate(*m.model, prompt, options);
-    emit({{"text", ex.text}, {"generated", m.tokenizer->decode_continuation(prompt, ids)}});
-  }
+  for (const data::Example& ex : examples)
+    emit({{"text", ex.text}, {"generated", generate_text(*m.model, *m.tokenizer, ex.text, options).text}});
 }
 
 }  // namespace

@@ -15,6 +15,8 @@ class CpuBackend final : public Backend {
   void accumulate(float* dst, const float* src, const Shape& shape, const Shape& src_strides,
                   float alpha) const override;
   void masked_scale(const float* x, const uint8_t* keep, float scale, float* y, int64_t n) const override;
+  void dropout_mask(Generator& gen, float p, uint8_t* keep, int64_t n) const override;
+  void nonzero_mask(const float* x, uint8_t* mask, int64_t n) const override;
   void sum(const float* x, const Shape& shape, const std::vector<bool>& reduce, float* out) const override;
   void softmax(const float* x, float* y, const Lines& lines, bool log) const override;
   void softmax_backward(const float* y, const float* g, float* gx, const Lines& lines,
@@ -27,6 +29,8 @@ class CpuBackend final : public Backend {
   void embedding_backward(const int64_t* ids, int64_t n, int64_t d, const float* g,
                           float* gweight) const override;
   void rope(const RopeArgs& args) const override;
+  void rope_table(const float* positions, int64_t count, const float* inv_freq, int64_t half, float* cos,
+                  float* sin) const override;
   void attention(const AttentionArgs& args) const override;
   void attention_backward(const AttentionBackwardArgs& args) const override;
   void gemm(const GemmArgs& args) const override;

@@ -1,5 +1,6 @@
 // The CPU embedding gather and scatter, and the rotary embedding's rotation: OpenMP over rows.
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "core/strided.h"
@@ -36,6 +37,17 @@ void CpuBackend::embedding_backward(const int64_t* ids, int64_t n, int64_t d, co
       for (int64_t j = j0; j < j1; ++j) dst[j] += src[j];
     }
   }
+}
+
+void CpuBackend::rope_table(const float* positions, int64_t count, const float* inv_freq, int64_t half,
+                            float* cos, float* sin) const {
+#pragma omp parallel for if (count * half > 16384)
+  for (int64_t p = 0; p < count; ++p)
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = positions[p] * inv_freq[i];  // float32, like transformers' inv_freq @ positions
+      cos[p * half + i] = float(std::cos(double(angle)));
+      sin[p * half + i] = float(std::sin(double(angle)));
+    }
 }
 
 void CpuBackend::rope(const RopeArgs& p) const {

@@ -135,4 +135,12 @@ void ReferenceBackend::masked_scale(const float* x, const uint8_t* keep, float s
   for (int64_t i = 0; i < n; ++i) y[i] = keep[i] ? x[i] * scale : 0.0f;
 }
 
+void ReferenceBackend::dropout_mask(Generator& gen, float p, uint8_t* keep, int64_t n) const {
+  for (int64_t i = 0; i < n; ++i) keep[i] = gen.uniform() >= p ? 1 : 0;
+}
+
+void ReferenceBackend::nonzero_mask(const float* x, uint8_t* mask, int64_t n) const {
+  for (int64_t i = 0; i < n; ++i) mask[i] = x[i] != 0.0f ? 1 : 0;
+}
+
 }  // namespace deltatune::ops

@@ -1,4 +1,6 @@
 // Reference embedding gather/scatter and rotary rotation: one element at a time.
+#include <cmath>
+
 #include "core/strided.h"
 #include "ops/reference/reference_backend.h"
 
@@ -14,6 +16,16 @@ void ReferenceBackend::embedding_backward(const int64_t* ids, int64_t n, int64_t
                                           float* gweight) const {
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < d; ++j) gweight[ids[i] * d + j] += g[i * d + j];
+}
+
+void ReferenceBackend::rope_table(const float* positions, int64_t count, const float* inv_freq, int64_t half,
+                                  float* cos, float* sin) const {
+  for (int64_t p = 0; p < count; ++p)
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = positions[p] * inv_freq[i];
+      cos[p * half + i] = float(std::cos(double(angle)));
+      sin[p * half + i] = float(std::sin(double(angle)));
+    }
 }
 
 void ReferenceBackend::rope(const RopeArgs& p) const {
