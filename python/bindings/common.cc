@@ -6,9 +6,11 @@
 namespace deltatune::python {
 namespace fs = std::filesystem;
 
-const Tokenizer& ModelState::tokenizer() {
+const Tokenizer& ModelState::tokenizer() { return *shared_tokenizer(); }
+
+std::shared_ptr<Tokenizer> ModelState::shared_tokenizer() {
   if (!tokenizer_) tokenizer_ = Tokenizer::load(model_dir);
-  return *tokenizer_;
+  return tokenizer_;
 }
 
 std::vector<delta::Delta*> ModelState::attached() {

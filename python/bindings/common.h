@@ -43,14 +43,15 @@ struct ModelState {
   // refuses a model that holds trained weights (a loaded, merged or trained delta) it would not keep.
   bool pristine = true;
 
-  ~ModelState() { deltas.clear(); }       // hooks go before the model they are attached to
-  const Tokenizer& tokenizer();           // the model folder's, loaded on first use
-  std::vector<delta::Delta*> attached();  // deltas not merged
-  data::LabelMap class_names();           // labels, or "0".."n-1" for an untrained classifier
-  std::pair<int64_t, int64_t> freeze();   // (trainable, total), PEFT's way of counting
+  ~ModelState() { deltas.clear(); }               // hooks go before the model they are attached to
+  const Tokenizer& tokenizer();                   // the model folder's, loaded on first use
+  std::shared_ptr<Tokenizer> shared_tokenizer();  // the same, for a Python handle
+  std::vector<delta::Delta*> attached();          // deltas not merged
+  data::LabelMap class_names();                   // labels, or "0".."n-1" for an untrained classifier
+  std::pair<int64_t, int64_t> freeze();           // (trainable, total), PEFT's way of counting
 
  private:
-  std::unique_ptr<Tokenizer> tokenizer_;
+  std::shared_ptr<Tokenizer> tokenizer_;
 };
 
 // Python's Delta: one delta of a model (by index), or a combination not yet attached (`pending`).

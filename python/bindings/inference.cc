@@ -1,5 +1,5 @@
 // predict and generate: a loaded (or trained) model at work on texts, the same steps as `deltatune
-// predict` (workflow::classify) and `deltatune generate` (generate_with_stop). Both release the GIL.
+// predict` (workflow::classify) and `deltatune generate` (workflow::generate_text). Both release the GIL.
 #include "common.h"
 #include "deltatune/error.h"
 #include "deltatune/generate.h"
@@ -36,33 +36,26 @@ std::vector<data::Example> examples_of(py::iterable texts) {
   return out;
 }
 
-GenerationOptions eos_options(ModelState& s, int64_t max_new_tokens) {
-  GenerationOptions options;
-  options.max_new_tokens = max_new_tokens;
-  for (int64_t id : s.model->config.eos_token_ids) options.eos_ids.push_back(id);
-  if (s.tokenizer().eos_id() >= 0) options.eos_ids.push_back(s.tokenizer().eos_id());
-  return options;
-}
-
 py::list predict(ModelState& s, py::object texts, int64_t batch_size, int64_t max_new_tokens) {
   if (py::isinstance<py::str>(texts)) texts = py::make_tuple(texts);
   std::vector<data::Example> examples = examples_of(texts);
   if (batch_size < 1) throw py::value_error("batch_size must be at least 1");
   std::vector<nlohmann::json> lines;
+  s.tokenizer();  // loaded (once) while the GIL serialises callers
   {
     py::gil_scoped_release release;
-    s.model->set_training(false);
+    if (s.model->training()) s.model->set_training(false);
     if (s.model->head == HeadKind::SequenceClassification) {
       const int64_t max_length = train::effective_max_length(*s.model, s.max_length);
       workflow::classify(*s.model, s.tokenizer(), s.class_names(), std::move(examples), max_length,
                          batch_size, [&](const nlohmann::json& line) { lines.push_back(line); });
     } else if (s.model->head == HeadKind::CausalLM) {
-      const GenerationOptions options = eos_options(s, max_new_tokens);
-      for (const data::Example& ex : examples) {
-        const std::vector<int64_t> prompt = s.tokenizer().encode(ex.text, true).ids;
-        const std::vector<int64_t> ids = generate(*s.model, prompt, options);
-        lines.push_back({{"text", ex.text}, {"generated", s.tokenizer().decode_continuation(prompt, ids)}});
-      }
+      GenerationOptions options;  // greedy, as `deltatune predict` continues texts
+      options.max_new_tokens = max_new_tokens;
+      for (const data::Example& ex : examples)
+        lines.push_back(
+            {{"text", ex.text},
+             {"generated", workflow::generate_text(*s.model, s.tokenizer(), ex.text, options).text}});
     } else {
       throw ConfigError("predict needs a classifier or a causal LM; this model's head is " +
                         std::string(head_name(s.model->head)));
@@ -83,18 +76,17 @@ std::string generate_text(ModelState& s, const std::string& prompt, int64_t max_
   if (max_new_tokens < 1) throw py::value_error("max_new_tokens must be at least 1");
   if (temperature <= 0) throw py::value_error("temperature must be positive");
   if (top_p <= 0 || top_p > 1) throw py::value_error("top_p must be in (0, 1]");
+  s.tokenizer();  // loaded (once) while the GIL serialises callers
   py::gil_scoped_release release;
-  const std::vector<int64_t> ids = s.tokenizer().encode(prompt, true).ids;
-  if (ids.empty()) throw ConfigError("the prompt gives no tokens");
-  GenerationOptions options = eos_options(s, max_new_tokens);
+  GenerationOptions options;
+  options.max_new_tokens = max_new_tokens;
   options.sample = do_sample;
   options.temperature = temperature;
   options.top_k = top_k;
   options.top_p = top_p;
   options.seed = seed;
-  s.model->set_training(false);
-  const Generation result = generate_with_stop(*s.model, ids, options);
-  const std::string continuation = s.tokenizer().decode_continuation(ids, result.ids);
+  if (s.model->training()) s.model->set_training(false);
+  const std::string continuation = workflow::generate_text(*s.model, s.tokenizer(), prompt, options).text;
   return return_full_text ? prompt + continuation : continuation;
 }
 

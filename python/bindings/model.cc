@@ -139,7 +139,7 @@ ForwardOutput forward(ModelState& s, py::object input_ids, py::object attention_
   {
     py::gil_scoped_release release;
     NoGradGuard no_grad;
-    s.model->set_training(false);
+    if (s.model->training()) s.model->set_training(false);  // forwards on several threads only read it
     out = s.model->forward(input);
   }
   ForwardOutput result;
@@ -222,8 +222,7 @@ void bind_model(py::module_& m) {
           "config", [](const ModelState& s) { return to_python(s.model->config.raw); },
           "The model's config.json, as a dict.")
       .def_property_readonly(
-          "tokenizer", [](ModelState& s) { return std::shared_ptr<Tokenizer>(Tokenizer::load(s.model_dir)); },
-          "The model folder's tokenizer.");
+          "tokenizer", [](ModelState& s) { return s.shared_tokenizer(); }, "The model folder's tokenizer.");
 
   m.def(
       "load_model", &load_model, py::arg("path"), py::arg("task") = py::none(),
