@@ -107,8 +107,12 @@ def test_the_stub_names_every_public_name():
 
 
 def test_runtime_settings():
-    dt.set_runtime(threads=1)
-    assert dt.runtime()["threads"] == 1
-    with pytest.raises(ValueError):
-        dt.set_runtime(threads=0)
+    before = dt.runtime()["threads"]
+    try:
+        dt.set_runtime(threads=1)
+        assert dt.runtime()["threads"] == 1
+        with pytest.raises(ValueError):
+            dt.set_runtime(threads=0)
+    finally:
+        dt.set_runtime(threads=before)  # the process's other tests compare with the command's threads
     assert "lora" in dt.method_names()
