@@ -6,7 +6,7 @@ CUDA := $(shell test -x /usr/local/cuda/bin/nvcc && echo ON || echo OFF)
 # ccache when the machine has it (a developer's rebuilds); CI machines without it build as usual.
 CCACHE := $(shell command -v ccache >/dev/null 2>&1 && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 
-.PHONY: setup configure build cli test demo bench clean test-sanitize test-tsan fuzz-smoke fuzz
+.PHONY: setup configure build cli python test demo bench clean test-sanitize test-tsan fuzz-build fuzz-smoke fuzz
 
 setup:
 	@scripts/setup
@@ -21,6 +21,10 @@ build: configure
 # The command alone (what the main job needs).
 cli: configure
 	@cmake --build $(BUILD) -j $(JOBS) --target deltatune_cli
+
+# The Python module in place: PYTHONPATH=$(BUILD)/python python3 -c "import deltatune" (README: Python).
+python: configure
+	@cmake --build $(BUILD) -j $(JOBS) --target deltatune_python deltatune_cli
 
 test: build
 	@cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
@@ -43,7 +47,7 @@ SANITIZE_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:detect_stack_use_aft
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan.supp
 test-sanitize: setup
 	@cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDELTATUNE_SANITIZE=address,undefined \
-		-DDELTATUNE_BENCH=OFF -DDELTATUNE_CUDA=OFF $(CCACHE) $(CMAKE_FLAGS) >/dev/null
+		-DDELTATUNE_BENCH=OFF -DDELTATUNE_PYTHON=OFF -DDELTATUNE_MPI=OFF -DDELTATUNE_CUDA=OFF $(CCACHE) $(CMAKE_FLAGS) >/dev/null
 	@cmake --build build-sanitize -j $(JOBS)
 	@cd build-sanitize && $(SANITIZE_ENV) ctest --output-on-failure -j $(JOBS) -R '$(SANITIZE_TESTS)' \
 		-E '^(Package|Format)\.'
@@ -52,7 +56,7 @@ test-sanitize: setup
 TSAN_TESTS ?= ^(ConcurrentForward|Runtime)
 test-tsan: setup
 	@cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDELTATUNE_SANITIZE=thread \
-		-DDELTATUNE_BENCH=OFF -DDELTATUNE_CUDA=OFF $(CCACHE) $(CMAKE_FLAGS) >/dev/null
+		-DDELTATUNE_BENCH=OFF -DDELTATUNE_PYTHON=OFF -DDELTATUNE_MPI=OFF -DDELTATUNE_CUDA=OFF $(CCACHE) $(CMAKE_FLAGS) >/dev/null
 	@cmake --build build-tsan -j $(JOBS) --target test_concurrent_forward test_runtime
 	@cd build-tsan && TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/scripts/tsan.supp" \
 		ctest --output-on-failure -j $(JOBS) -R '$(TSAN_TESTS)'
@@ -62,7 +66,7 @@ test-tsan: setup
 FUZZ_ARGS ?=
 fuzz-build: setup
 	@cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
-		-DDELTATUNE_FUZZ=ON -DDELTATUNE_TESTS=OFF -DDELTATUNE_BENCH=OFF -DDELTATUNE_CUDA=OFF $(CCACHE) $(CMAKE_FLAGS) >/dev/null
+		-DDELTATUNE_FUZZ=ON -DDELTATUNE_TESTS=OFF -DDELTATUNE_BENCH=OFF -DDELTATUNE_PYTHON=OFF -DDELTATUNE_MPI=OFF -DDELTATUNE_CUDA=OFF $(CCACHE) $(CMAKE_FLAGS) >/dev/null
 	@cmake --build build-fuzz -j $(JOBS)
 fuzz-smoke: fuzz-build
 	@cd build-fuzz && OMP_NUM_THREADS=1 ctest --output-on-failure -j $(JOBS) -L fuzz

@@ -189,4 +189,11 @@ struct GenerateRequest {
 TextGeneration generate_text(const GenerateRequest& request,
                              const std::function<void(const std::string&)>& on_text = nullptr);
 
+// predict's classifier step on examples already in memory (a Python list of texts, a request body): each
+// example's {"label", "probabilities", "gold" (when labelled)}, in order, for a loaded classifier whose
+// classes are `labels`. Texts are cut to max_length tokens (effective_max_length's).
+void classify(TransformerModel& model, const Tokenizer& tokenizer, const data::LabelMap& labels,
+              std::vector<data::Example> examples, int64_t max_length, int64_t batch_size,
+              const std::function<void(const nlohmann::json&)>& emit);
+
 }  // namespace deltatune::workflow

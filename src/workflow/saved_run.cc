@@ -135,19 +135,25 @@ void predict(const PredictRequest& r, const std::function<void(const json&)>& em
   const data::Fields fields = fields_of(r.settings, m.train_config);
   const int64_t max_length = max_length_of(r.settings, m.train_config, *m.model);
   std::vector<data::Example> examples = data::read_examples(r.input, fields, /*labels_optional=*/true);
+  classify(*m.model, *m.tokenizer, m.labels, std::move(examples), max_length, r.batch_size, emit);
+}
+
+void classify(TransformerModel& model, const Tokenizer& tokenizer, const data::LabelMap& labels,
+              std::vector<data::Example> examples, int64_t max_length, int64_t batch_size,
+              const std::function<void(const json&)>& emit) {
   // Gold labels are echoed, not scored: an unseen one is not an error here.
   std::vector<std::string> gold;
   for (auto& ex : examples) {
     gold.push_back(ex.label.value_or(""));
     ex.label.reset();
   }
-  const data::EncodedDataset dataset = data::encode(examples, *m.tokenizer, max_length);
-  train::Predictions p = train::predict(*m.model, dataset, r.batch_size, /*keep_probabilities=*/true);
+  const data::EncodedDataset dataset = data::encode(examples, tokenizer, max_length);
+  train::Predictions p = train::predict(model, dataset, batch_size, /*keep_probabilities=*/true);
   for (size_t i = 0; i < examples.size(); ++i) {
     json probs = json::object();
     for (size_t k = 0; k < p.probabilities[i].size(); ++k)
-      probs[m.labels.name(int64_t(k))] = p.probabilities[i][k];
-    json line = {{"label", m.labels.name(p.predicted[i])}, {"probabilities", probs}};
+      probs[labels.name(int64_t(k))] = p.probabilities[i][k];
+    json line = {{"label", labels.name(p.predicted[i])}, {"probabilities", probs}};
     if (!gold[i].empty()) line["gold"] = gold[i];
     emit(line);
   }
