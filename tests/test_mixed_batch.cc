@@ -299,7 +299,7 @@ TEST(MixedBatch, RemoveDetachesOneDeltaAndKeepsTheOthers) {
   auto model = golden::load_model("gpt2-mini");
   const ModelInput input = make_input(*model, 2);
   auto scratch = golden::load_model("gpt2-mini");
-  auto kept = random_delta(*scratch, kLoraA, 21);
+  auto kept = moved_delta(*scratch, kLoraA, 21);
   serve::MixedBatch mixed(*model);
   mixed.add("gone", delta::make_delta(kIa3));
   mixed.add("kept", delta::make_delta(kept->config()));
