@@ -119,11 +119,12 @@ void apply_config_file(CLI::App& app, const std::string& file) {
     if (value.is_array() && value.empty())
       continue;  // an empty list (train_config.json's "targets"): not given
     std::vector<std::string> values;
+    const std::string& given = raw_key;  // clang before 16 cannot capture a structured binding
     auto as_text = [&](const nlohmann::json& v) -> std::string {
       if (v.is_string()) return v.get<std::string>();
       if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
       if (v.is_number()) return v.dump();
-      throw ExitError{file + ": key '" + raw_key + "' must be a string, number, boolean or list of those"};
+      throw ExitError{file + ": key '" + given + "' must be a string, number, boolean or list of those"};
     };
     if (value.is_array())
       for (const auto& v : value) values.push_back(as_text(v));
