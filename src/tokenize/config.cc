@@ -8,18 +8,6 @@ namespace deltatune::tokenize {
 
 using nlohmann::json;
 
-json read_json_file(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw IoError(file.string() + ": cannot open file");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  try {
-    return json::parse(buffer.str());
-  } catch (const json::parse_error& e) {
-    throw IoError(file.string() + ": invalid JSON: " + e.what());
-  }
-}
-
 TokenizerConfig TokenizerConfig::read(const std::filesystem::path& dir) {
   TokenizerConfig config;
   config.file_ = dir / "tokenizer_config.json";
