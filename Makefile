@@ -6,7 +6,8 @@ CUDA := $(shell test -x /usr/local/cuda/bin/nvcc && echo ON || echo OFF)
 # ccache when the machine has it (a developer's rebuilds); CI machines without it build as usual.
 CCACHE := $(shell command -v ccache >/dev/null 2>&1 && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 
-.PHONY: setup configure build cli python test demo bench clean test-sanitize test-tsan fuzz-build fuzz-smoke fuzz
+.PHONY: setup configure build cli python test demo bench clean test-sanitize test-tsan fuzz-build fuzz-smoke fuzz \
+	test-robust
 
 setup:
 	@scripts/setup
@@ -39,17 +40,22 @@ bench: build
 	@bench/run
 
 # --- robustness (docs/robustness.md) ----------------------------------------------------------
+# The sanitized build: clang, ASan + UBSan, libFuzzer coverage (cmake/Sanitizers.cmake).
+FUZZ_CONFIGURE = cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
+	-DDELTATUNE_FUZZ=ON -DDELTATUNE_TESTS=ON -DDELTATUNE_BENCH=OFF -DDELTATUNE_PYTHON=OFF -DDELTATUNE_MPI=OFF \
+	-DDELTATUNE_CUDA=OFF $(CCACHE) $(CMAKE_FLAGS) >/dev/null
 # The tests under AddressSanitizer + UndefinedBehaviorSanitizer, LeakSanitizer included (any finding
-# fails the test). SANITIZE_TESTS: a ctest -R pattern (CI runs a subset; default: every test but the
-# installed-package test, whose outside project is not instrumented, and the format check).
+# fails the test). They build in build-fuzz, the one clang build with ASan + UBSan (and libFuzzer's
+# coverage hooks, harmless outside fuzzing) that the fuzz targets use too, so its library is built once.
+# SANITIZE_TESTS: a ctest -R pattern (default: every test but the installed-package test, whose outside
+# project is not instrumented, and the format check). MPI and the Python module are off in this build.
 SANITIZE_TESTS ?= .
 SANITIZE_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:detect_stack_use_after_return=0 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 LSAN_OPTIONS=suppressions=$(CURDIR)/scripts/lsan.supp
 test-sanitize: setup
-	@cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDELTATUNE_SANITIZE=address,undefined \
-		-DDELTATUNE_BENCH=OFF -DDELTATUNE_PYTHON=OFF -DDELTATUNE_MPI=OFF -DDELTATUNE_CUDA=OFF $(CCACHE) $(CMAKE_FLAGS) >/dev/null
-	@cmake --build build-sanitize -j $(JOBS)
-	@cd build-sanitize && $(SANITIZE_ENV) ctest --output-on-failure -j $(JOBS) -R '$(SANITIZE_TESTS)' \
+	@$(FUZZ_CONFIGURE)
+	@cmake --build build-fuzz -j $(JOBS)
+	@cd build-fuzz && $(SANITIZE_ENV) ctest --output-on-failure -j $(JOBS) -R '$(SANITIZE_TESTS)' \
 		-E '^(Package|Format)\.'
 
 # ThreadSanitizer over the multi-threaded parts: concurrent forwards on one model, the runtime's threads.
@@ -65,13 +71,24 @@ test-tsan: setup
 # campaigns (FUZZ_ARGS, e.g. --runs 1000000 or --seconds 600; see scripts/fuzz --help).
 FUZZ_ARGS ?=
 fuzz-build: setup
-	@cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_COMPILER=clang++ \
-		-DDELTATUNE_FUZZ=ON -DDELTATUNE_TESTS=OFF -DDELTATUNE_BENCH=OFF -DDELTATUNE_PYTHON=OFF -DDELTATUNE_MPI=OFF -DDELTATUNE_CUDA=OFF $(CCACHE) $(CMAKE_FLAGS) >/dev/null
-	@cmake --build build-fuzz -j $(JOBS)
+	@$(FUZZ_CONFIGURE)
+	@cmake --build build-fuzz -j $(JOBS) --target fuzzers
 fuzz-smoke: fuzz-build
 	@cd build-fuzz && OMP_NUM_THREADS=1 ctest --output-on-failure -j $(JOBS) -L fuzz
 fuzz: fuzz-build
 	@scripts/fuzz $(FUZZ_ARGS)
 
+# What CI runs of the above, bounded: one clang build with ASan + UBSan (the fuzz build) gives the fuzz
+# smoke runs, the replays of past findings, and these tests under the sanitizers: the kernels and their
+# gradients, and every reader of files from outside (the whole suite sanitized: make test-sanitize).
+ROBUST_TESTS = backend_ops gradcheck quantize safetensors hf_config data config_file tokenizer delta_loading \
+	kv_cache optimizer concurrent_forward
+test-robust: setup
+	@$(FUZZ_CONFIGURE)
+	@cmake --build build-fuzz -j $(JOBS) --target fuzzers $(addprefix test_,$(ROBUST_TESTS))
+	@cd build-fuzz && OMP_NUM_THREADS=1 ctest --output-on-failure -j $(JOBS) -L fuzz
+	@cd build-fuzz && for t in $(ROBUST_TESTS); do echo "sanitized: test_$$t"; \
+		$(SANITIZE_ENV) tests/test_$$t --gtest_brief=1 || exit 1; done
+
 clean:
-	rm -rf $(BUILD) build-sanitize build-tsan build-fuzz
+	rm -rf $(BUILD) build-tsan build-fuzz

@@ -438,7 +438,7 @@ TEST(BackendDispatch, ScopedBackendSelectsTheReferenceKernelsOnThisThreadOnly) {
     EXPECT_EQ(&O::backend_for("test", {&x}), &O::reference_kernels());
   }
   EXPECT_EQ(O::cpu_backend(), O::BackendKind::Cpu);
-  EXPECT_THROW(O::ScopedBackend(O::BackendKind::Cuda), DeviceError);
+  EXPECT_THROW(O::ScopedBackend{O::BackendKind::Cuda}, DeviceError);
 }
 
 // A tensor tagged as living on the GPU, without memory (the device check comes before any access).

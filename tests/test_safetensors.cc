@@ -265,12 +265,12 @@ TEST_F(SafetensorsTest, OrdersMixedDtypesLikeTheReference) {
   for (const auto& [key, value] : parsed.items()) order.push_back(key);
   EXPECT_EQ(order, (std::vector<std::string>{"__metadata__", "c_i64", "a_f32", "b_f32", "e_i32", "d_bf16",
                                              "a_f16"}));
-  EXPECT_EQ(parsed["c_i64"]["data_offsets"], nlohmann::json({0, 16}));
-  EXPECT_EQ(parsed["a_f32"]["data_offsets"], nlohmann::json({16, 28}));
-  EXPECT_EQ(parsed["b_f32"]["data_offsets"], nlohmann::json({28, 32}));
-  EXPECT_EQ(parsed["e_i32"]["data_offsets"], nlohmann::json({32, 36}));
-  EXPECT_EQ(parsed["d_bf16"]["data_offsets"], nlohmann::json({36, 38}));
-  EXPECT_EQ(parsed["a_f16"]["data_offsets"], nlohmann::json({38, 44}));
+  EXPECT_EQ(parsed["c_i64"]["data_offsets"], nlohmann::ordered_json({0, 16}));
+  EXPECT_EQ(parsed["a_f32"]["data_offsets"], nlohmann::ordered_json({16, 28}));
+  EXPECT_EQ(parsed["b_f32"]["data_offsets"], nlohmann::ordered_json({28, 32}));
+  EXPECT_EQ(parsed["e_i32"]["data_offsets"], nlohmann::ordered_json({32, 36}));
+  EXPECT_EQ(parsed["d_bf16"]["data_offsets"], nlohmann::ordered_json({36, 38}));
+  EXPECT_EQ(parsed["a_f16"]["data_offsets"], nlohmann::ordered_json({38, 44}));
   EXPECT_EQ(read_bytes(p).size(), 8 + header.size() + 44);
 }
 

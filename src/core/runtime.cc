@@ -12,13 +12,25 @@
 #include "deltatune/error.h"
 #include "deltatune/threads.h"
 
+// Under AddressSanitizer, ThreadSanitizer (or another allocator replacing glibc's) mallopt is not
+// glibc's and refuses every setting; the tuning only matters for glibc's own heap.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define DELTATUNE_SANITIZED_HEAP 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define DELTATUNE_SANITIZED_HEAP 1
+#endif
+#endif
+
 namespace deltatune {
 namespace {
 std::mutex g_heap_mutex;
 std::optional<HeapTuning> g_heap;  // the last tuning applied
 
 void apply_heap(const HeapTuning& heap) {
-#if defined(__GLIBC__)
+#if defined(DELTATUNE_SANITIZED_HEAP)
+  (void)heap;  // the sanitizer's allocator: nothing to tune
+#elif defined(__GLIBC__)
   if (mallopt(M_MMAP_THRESHOLD, int(heap.mmap_threshold)) != 1)
     throw ConfigError("runtime: glibc refuses an mmap threshold of " + std::to_string(heap.mmap_threshold) +
                       " bytes (at most 32 MiB)");
