@@ -37,10 +37,12 @@ std::string read_text(const fs::path& file) {
   return s.str();
 }
 
-std::string train_command(const fs::path& task, const fs::path& out, const std::string& extra) {
+std::string train_command(const fs::path& task, const fs::path& out, const std::string& extra,
+                          int steps = 40) {
   return std::string(DELTATUNE_BINARY) + " train --model " + quote(kBert.string()) + " --data " +
          quote(task.string()) + " --out " + quote(out.string()) +
-         " --batch-size 8 --max-length 32 --seed 3 --threads 1 --max-steps 40 --checkpoint-every 1"
+         " --batch-size 8 --max-length 32 --seed 3 --threads 1 --max-steps " + std::to_string(steps) +
+         " --checkpoint-every 1"
          " --eval-every 5 --no-test-before --quiet " +
          extra + " > " + quote((out.parent_path() / (out.filename().string() + ".log")).string()) + " 2>&1";
 }
@@ -136,4 +138,40 @@ TEST(CrashSafety, KilledAndResumedRunsEndWithTheUninterruptedDelta) {
   }
   EXPECT_GE(kills, kKills);
   EXPECT_GE(finished, 1);
+}
+
+// A full disk while a checkpoint is written. A file-size limit (ulimit -f) stands in for it: the
+// write fails with EFBIG where a full disk gives ENOSPC, through the same code. The run stops with a
+// one-line error (exit code 2), the previous checkpoint and the delta stay as they were, no staged
+// folder is left behind, and resuming once there is room finishes the run.
+TEST(CrashSafety, AFullDiskDuringACheckpointKeepsThePreviousCheckpointAndDelta) {
+  const fs::path task = test_support::write_sentiment_subset(temp_dir("full_task"), 64, 16, 16);
+  const fs::path run = temp_dir("full_disk") / "run";
+  ASSERT_EQ(std::system(train_command(task, run, "", 10).c_str()), 0)
+      << read_text(run.parent_path() / "run.log");
+  const std::string checkpoint_params = read_text(run / "checkpoint" / "params.safetensors");
+  const std::string checkpoint_state = read_text(run / "checkpoint" / "state.json");
+  const std::string delta = read_text(run / "delta" / "delta.safetensors");
+  ASSERT_GT(checkpoint_params.size(), 4096u);
+
+  // Room for the log's lines but not for a checkpoint's tensors (ulimit -f counts KiB).
+  const size_t limit_kib = checkpoint_params.size() / 1024 / 2;
+  const std::string limited =
+      "ulimit -f " + std::to_string(limit_kib) + " && " + train_command(task, run, "--resume", 40);
+  const int status = std::system(("sh -c " + quote(limited)).c_str());
+  ASSERT_TRUE(WIFEXITED(status)) << "killed by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 2);
+  const std::string log = read_text(run.parent_path() / "run.log");
+  EXPECT_NE(log.find("File too large"), std::string::npos) << log;
+  EXPECT_EQ(log.find("internal error"), std::string::npos) << log;
+
+  EXPECT_EQ(read_text(run / "checkpoint" / "params.safetensors"), checkpoint_params);
+  EXPECT_EQ(read_text(run / "checkpoint" / "state.json"), checkpoint_state);
+  EXPECT_EQ(read_text(run / "delta" / "delta.safetensors"), delta);
+  EXPECT_FALSE(fs::exists(run / "checkpoint.tmp"));
+  expect_whole_files(run, 0);
+
+  ASSERT_EQ(std::system(train_command(task, run, "--resume", 40).c_str()), 0)
+      << read_text(run.parent_path() / "run.log");
+  EXPECT_EQ(nlohmann::json::parse(read_text(run / "summary.json")).value("steps", 0), 40);
 }

@@ -2,6 +2,7 @@
 // exit code 2 (bad input, usage errors included) or 1 (internal failure), never a crash. --help and
 // --version print and exit 0.
 #include <algorithm>
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 
@@ -47,6 +48,9 @@ std::string help_hint(CLI::App& app) {
 int main(int argc, char** argv) {
   using namespace deltatune;
   cli::choose_openmp_wait_policy(argv);  // before anything else: it may start the program again
+  // A file-size limit (ulimit -f) would kill us mid-write with SIGXFSZ; ignored, the write fails with
+  // EFBIG instead and is reported like a full disk: a clear error, the files already there kept.
+  std::signal(SIGXFSZ, SIG_IGN);
   // Activation-sized buffers stay in the heap between training steps (deltatune/runtime.h).
   apply(RuntimeSettings{.heap = HeapTuning::for_training()});
   CLI::App app{"deltatune: delta tuning (parameter-efficient fine-tuning) of transformer language models"};

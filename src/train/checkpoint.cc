@@ -48,15 +48,11 @@ const char* const kBestParams = "params.safetensors";
 
 void save_checkpoint(const fs::path& dir, const NamedParams& params, const Optimizer& optimizer,
                      const nlohmann::json& state) {
-  fs::path staged = dir;
-  staged += ".tmp";
-  std::error_code ignored;
-  fs::remove_all(staged, ignored);
-  fs::create_directories(staged);
-  write_named_tensors(staged / "params.safetensors", params);
-  write_safetensors(staged / "optimizer.safetensors", optimizer.state_tensors());
-  write_file_atomic(staged / "state.json", state.dump(2) + "\n");
-  replace_folder(staged, dir);
+  write_folder(dir, [&](const fs::path& staged) {
+    write_named_tensors(staged / "params.safetensors", params);
+    write_safetensors(staged / "optimizer.safetensors", optimizer.state_tensors());
+    write_file_atomic(staged / "state.json", state.dump(2) + "\n");
+  });
 }
 
 bool checkpoint_exists(const fs::path& dir) {

@@ -43,4 +43,9 @@ void recover_folder(const fs::path& target) {
   }
 }
 
+fs::path folder_path(const fs::path& dir) {
+  fs::path d = dir.lexically_normal();
+  return d.has_filename() ? d : d.parent_path();
+}
+
 }  // namespace deltatune::train_detail

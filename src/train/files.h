@@ -3,6 +3,7 @@
 // and atomic folder replacement, so an interrupted run never leaves a half-written file.
 #include <filesystem>
 #include <string>
+#include <system_error>
 
 #include "deltatune/atomic_file.h"
 
@@ -17,5 +18,27 @@ using deltatune::write_file_atomic;  // the library's one atomic write, under th
 void replace_folder(const std::filesystem::path& staged, const std::filesystem::path& target);
 // If `target` is missing but "<target>.old" exists (a crash inside replace_folder), moves it back.
 void recover_folder(const std::filesystem::path& target);
+
+// "run/delta/" and "run/delta" name the same folder; the trailing slash would break sibling names.
+std::filesystem::path folder_path(const std::filesystem::path& dir);
+
+// Writes a whole folder: `write(staged)` fills "<target>.tmp", which then replaces `target`. If writing
+// fails (a full disk), the staged folder is removed and `target` stays as it was.
+template <class Write>
+void write_folder(const std::filesystem::path& target, Write write) {
+  const std::filesystem::path dir = folder_path(target);
+  std::filesystem::path staged = dir;
+  staged += ".tmp";
+  std::error_code ignored;
+  std::filesystem::remove_all(staged, ignored);
+  std::filesystem::create_directories(staged);
+  try {
+    write(staged);
+  } catch (...) {
+    std::filesystem::remove_all(staged, ignored);
+    throw;
+  }
+  replace_folder(staged, dir);
+}
 
 }  // namespace deltatune::train_detail

@@ -22,30 +22,6 @@ std::map<std::string, Tensor> model_tensors(const TrainTarget& target) {
   return out;
 }
 
-// Writes into a sibling folder first, then swaps it in: a crash never leaves a half-written delta.
-// "run/delta/" and "run/delta" name the same folder; the trailing slash would break sibling names.
-fs::path folder_path(const fs::path& dir) {
-  fs::path d = dir.lexically_normal();
-  return d.has_filename() ? d : d.parent_path();
-}
-
-template <class Write>
-void write_folder(const fs::path& target, Write write) {
-  const fs::path dir = folder_path(target);
-  fs::path staged = dir;
-  staged += ".tmp";
-  fs::remove_all(staged);
-  fs::create_directories(staged);
-  try {
-    write(staged);
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove_all(staged, ignored);
-    throw;
-  }
-  train_detail::replace_folder(staged, dir);
-}
-
 }  // namespace
 
 TrainTarget TrainTarget::with_deltas(TransformerModel& model, std::vector<delta::Delta*> deltas,
@@ -81,13 +57,13 @@ void save_trained(const fs::path& dir, const TrainTarget& target) {
   const std::map<std::string, Tensor> tensors = model_tensors(target);
   if (!target.deltas.empty()) {
     if (target.deltas.size() > 1) throw ConfigError("saving several deltas at once is not supported yet");
-    write_folder(
+    train_detail::write_folder(
         dir, [&](const fs::path& staged) { delta::save_delta(staged, *target.deltas[0], model, tensors); });
     return;
   }
   if (!delta::saves_model_weights(target.method))
     throw ConfigError("save_trained: method '" + target.method + "' has no delta attached");
-  write_folder(dir, [&](const fs::path& staged) {
+  train_detail::write_folder(dir, [&](const fs::path& staged) {
     nlohmann::json c;
     c["format"] = "deltatune";
     c["version"] = 1;
@@ -109,7 +85,7 @@ bool save_trained_peft(const fs::path& dir, const TrainTarget& target) {
   if (target.deltas.size() != 1) return false;
   const std::map<std::string, Tensor> head = model_tensors(target);
   try {
-    write_folder(dir, [&](const fs::path& staged) {
+    train_detail::write_folder(dir, [&](const fs::path& staged) {
       delta::save_peft(staged, *target.deltas[0], *target.model, head);
     });
   } catch (const ConfigError&) {
@@ -119,7 +95,7 @@ bool save_trained_peft(const fs::path& dir, const TrainTarget& target) {
 }
 
 fs::path find_labels_file(const fs::path& dir) {
-  const fs::path delta_dir = folder_path(dir);
+  const fs::path delta_dir = train_detail::folder_path(dir);
   for (const fs::path& candidate : {delta_dir / "labels.json", delta_dir.parent_path() / "labels.json"})
     if (fs::is_regular_file(candidate)) return candidate;
   throw IoError(delta_dir.string() +
