@@ -175,3 +175,39 @@ TEST(CrashSafety, AFullDiskDuringACheckpointKeepsThePreviousCheckpointAndDelta) 
       << read_text(run.parent_path() / "run.log");
   EXPECT_EQ(nlohmann::json::parse(read_text(run / "summary.json")).value("steps", 0), 40);
 }
+
+// A damaged or hand-edited checkpoint state: --resume refuses it with one line naming the key (exit
+// code 2), never an internal error from the JSON library or a loop that cannot end.
+TEST(CrashSafety, ResumeRefusesADamagedCheckpointStateNamingTheKey) {
+  const fs::path task = test_support::write_sentiment_subset(temp_dir("damaged_task"), 64, 16, 16);
+  const fs::path run = temp_dir("damaged") / "run";
+  ASSERT_EQ(std::system(train_command(task, run, "", 10).c_str()), 0)
+      << read_text(run.parent_path() / "run.log");
+  const fs::path state_file = run / "checkpoint" / "state.json";
+  const nlohmann::json state = nlohmann::json::parse(read_text(state_file));
+  auto edited = [&](const char* key, const nlohmann::json& value) {
+    nlohmann::json s = state;
+    s[key] = value;
+    return s;
+  };
+  nlohmann::json no_epoch = state;
+  no_epoch.erase("epoch");
+  const std::vector<std::pair<nlohmann::json, std::string>> cases = {
+      {nlohmann::json::array(), "expected a JSON object"},
+      {no_epoch, "missing 'epoch'"},
+      {edited("step", "ten"), "'step' must be an integer >= 0"},
+      {edited("update_in_epoch", -3), "'update_in_epoch' must be an integer >= 0"},
+      {edited("optimizer", 7), "'optimizer' must be a string"},
+      {edited("best_dev", "good"), "'best_dev' must be an object or null"},
+      {edited("stopped_early", "no"), "'stopped_early' must be true or false"},
+      {edited("update_in_epoch", 100000), "resume with the training set and batch size"},
+  };
+  for (const auto& [bad, message] : cases) {
+    std::ofstream(state_file) << bad.dump();
+    const int status = std::system(train_command(task, run, "--resume", 40).c_str());
+    const std::string log = read_text(run.parent_path() / "run.log");
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << bad.dump() << "\n" << log;
+    EXPECT_NE(log.find(message), std::string::npos) << log;
+    EXPECT_NE(log.find("state.json"), std::string::npos) << log;
+  }
+}

@@ -330,6 +330,11 @@ TEST_F(ServeGpt2, BadInputGetsItsStatusAndErrorObject) {
   expect_error(send(port, "GET", "/v1/nothing", "", key), 404, "");
   expect_error(send(port, "DELETE", "/v1/deltas/nobody", "", key), 404, "");
   expect_error(post(port, "/v1/deltas", json{{"name", "x"}, {"path", "/no/such/folder"}}, key), 400, "");
+  expect_error(post(port, "/v1/deltas", json{{"name", "x"}}, key), 400, "path");
+  expect_error(post(port, "/v1/deltas", json{{"name", "x"}, {"path", "p"}, {"force", true}}, key), 400,
+               "force");
+  expect_error(send(port, "POST", "/v1/completions", R"({"model": "lora", "max_tokens": 9e999})", key), 400,
+               "");
   // The queue holds one request: while a stream runs, the next is told to come back.
   json slow = completion("lora", "A long story begins", 64);
   slow["stream"] = true;

@@ -195,15 +195,9 @@ void HttpServer::Impl::routes() {
                 reply(res, 200, api::embeddings_body(call.model, engine.embed(call.model, call.inputs)));
               }));
   server.Post("/v1/deltas", guarded([this](auto& req, auto& res) {
-                const json body = api::parse_body(req.body);
-                for (auto& [key, _] : body.items())
-                  if (key != "name" && key != "path") throw BadRequest("unknown field '" + key + "'", key);
-                for (const char* key : {"name", "path"})
-                  if (!body.contains(key) || !body[key].is_string() || body[key].get<std::string>().empty())
-                    throw BadRequest(std::string("'") + key + "' must be a non-empty string", key);
-                const std::string name = body["name"];
-                engine.add_delta(name, body["path"].get<std::string>());
-                reply(res, 200, {{"name", name}, {"loaded", true}});
+                const api::DeltaLoadCall call = api::parse_delta_load(api::parse_body(req.body));
+                engine.add_delta(call.name, call.path);
+                reply(res, 200, {{"name", call.name}, {"loaded", true}});
               }));
   server.Delete(R"(/v1/deltas/([^/]+))", guarded([this](auto& req, auto& res) {
                   const std::string name = req.matches[1];

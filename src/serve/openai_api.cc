@@ -81,6 +81,11 @@ json parse_body(const std::string& body) {
   return j;
 }
 
+DeltaLoadCall parse_delta_load(const json& body) {
+  refuse_unknown(body, {"name", "path"});
+  return {required_string(body, "name"), required_string(body, "path")};
+}
+
 CompletionCall parse_completion(const json& body) {
   refuse_unknown(body, {"model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n",
                         "stream", "stream_options", "user", "presence_penalty", "frequency_penalty",

@@ -33,6 +33,12 @@ struct EmbeddingsCall {
 };
 EmbeddingsCall parse_embeddings(const nlohmann::json& body);
 
+// POST /v1/deltas: {"name": ..., "path": ...}, both non-empty strings.
+struct DeltaLoadCall {
+  std::string name, path;
+};
+DeltaLoadCall parse_delta_load(const nlohmann::json& body);
+
 // {"error": {"message", "type", "param", "code"}}.
 nlohmann::json error_body(const std::string& message, const std::string& type, const std::string& param = "");
 

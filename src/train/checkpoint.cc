@@ -44,6 +44,33 @@ void load_named_tensors(const fs::path& file, const NamedParams& params) {
 
 const char* const kBestParams = "params.safetensors";
 
+// state.json as the trainer wrote it: an object whose keys have the types TrainLoop::state_json gives
+// them. A damaged or hand-edited file is refused here, naming the key, so the resume's reads of it
+// cannot throw the JSON library's type errors.
+void check_state(const nlohmann::json& state, const fs::path& file) {
+  if (!state.is_object()) throw IoError(file.string() + ": expected a JSON object (a checkpoint's state)");
+  auto bad = [&](const std::string& key, const char* want) {
+    throw IoError(file.string() + ": '" + key + "' must be " + want + ", got " + state[key].dump());
+  };
+  for (const char* key : {"step", "epoch", "update_in_epoch"}) {
+    if (!state.contains(key))
+      throw IoError(file.string() + ": missing '" + key + "' (not a checkpoint's state)");
+    if (!state[key].is_number_integer() || state[key].get<int64_t>() < 0) bad(key, "an integer >= 0");
+  }
+  for (const char* key : {"bad_evals", "best_step", "seed", "batch_size", "grad_accum", "processes",
+                          "total_steps", "train_size"})
+    if (state.contains(key) && !state[key].is_number_integer()) bad(key, "an integer");
+  for (const char* key : {"optimizer", "method"})
+    if (state.contains(key) && !state[key].is_string()) bad(key, "a string");
+  for (const char* key : {"best_dev", "last_dev"})
+    if (state.contains(key) && !state[key].is_null() && !state[key].is_object())
+      bad(key, "an object or null");
+  if (state.contains("best_score") && !state["best_score"].is_null() && !state["best_score"].is_number())
+    bad("best_score", "a number or null");
+  if (state.contains("stopped_early") && !state["stopped_early"].is_boolean())
+    bad("stopped_early", "true or false");
+}
+
 }  // namespace
 
 void save_checkpoint(const fs::path& dir, const NamedParams& params, const Optimizer& optimizer,
@@ -63,7 +90,9 @@ bool checkpoint_exists(const fs::path& dir) {
 nlohmann::json read_checkpoint_state(const fs::path& dir) {
   recover_folder(dir);
   const fs::path state_file = dir / "state.json";
-  return parse_json(read_file(state_file), state_file.string());
+  nlohmann::json state = parse_json(read_file(state_file), state_file.string());
+  check_state(state, state_file);
+  return state;
 }
 
 nlohmann::json load_checkpoint(const fs::path& dir, const NamedParams& params, Optimizer& optimizer) {

@@ -210,9 +210,14 @@ void TrainLoop::resume() {
     events_->on_warning(
         "warning: resuming with a different seed, batch size, accumulation or training set than the "
         "checkpoint's");
-  s_.step = s.at("step").get<int64_t>();
+  s_.step = s.at("step").get<int64_t>();  // read_checkpoint_state checked the types
   s_.epoch = s.at("epoch").get<int64_t>();
   s_.update_in_epoch = s.at("update_in_epoch").get<int64_t>();
+  if (s_.update_in_epoch >= updates_per_epoch_)
+    throw ConfigError((checkpoint_dir_ / "state.json").string() + ": the checkpoint stopped at update " +
+                      std::to_string(s_.update_in_epoch) + " of an epoch, but this run's epochs have " +
+                      std::to_string(updates_per_epoch_) +
+                      " updates: resume with the training set and batch size of the interrupted run");
   s_.bad_evals = s.value("bad_evals", int64_t(0));
   s_.best_score = json_number(s, "best_score");
   s_.best_step = s.value("best_step", int64_t(-1));
