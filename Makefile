@@ -58,12 +58,14 @@ test-sanitize: setup
 	@cd build-fuzz && $(SANITIZE_ENV) ctest --output-on-failure -j $(JOBS) -R '$(SANITIZE_TESTS)' \
 		-E '^(Package|Format)\.'
 
-# ThreadSanitizer over the multi-threaded parts: concurrent forwards on one model, the runtime's threads.
-TSAN_TESTS ?= ^(ConcurrentForward|Runtime)
+# ThreadSanitizer over the multi-threaded parts: concurrent forwards on one model, the runtime's threads,
+# the kernels' thread pool (OpenMP) under the ops tests, and the server (its HTTP threads, scheduler and
+# engine, in the real binary driven over HTTP).
+TSAN_TESTS ?= ^(ConcurrentForward|ConcurrentCalls|Runtime|ServeGpt2|ServeBert)
 test-tsan: setup
 	@cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDELTATUNE_SANITIZE=thread \
 		-DDELTATUNE_BENCH=OFF -DDELTATUNE_PYTHON=OFF -DDELTATUNE_MPI=OFF -DDELTATUNE_CUDA=OFF $(CCACHE) $(CMAKE_FLAGS) >/dev/null
-	@cmake --build build-tsan -j $(JOBS) --target test_concurrent_forward test_runtime
+	@cmake --build build-tsan -j $(JOBS) --target deltatune_cli test_concurrent_forward test_runtime test_serve
 	@cd build-tsan && TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/scripts/tsan.supp" \
 		ctest --output-on-failure -j $(JOBS) -R '$(TSAN_TESTS)'
 

@@ -168,6 +168,11 @@ struct TextGeneration {
   double seconds = 0;  // generation's wall time, the prompt's prefill included
 };
 
+// Adds the model's (config.json) and the tokenizer's end-of-sequence ids to options.eos_ids (each once):
+// where every front end that generates (generate_text, the server's sequences) stops.
+void add_model_stop_ids(GenerationOptions& options, const TransformerModel& model,
+                        const Tokenizer& tokenizer);
+
 // Continues `prompt` with a loaded decoder. Generation stops at the model's (config.json) and the
 // tokenizer's end-of-sequence ids besides those in options. on_text (optional) receives the new text
 // piece by piece as it becomes printable: a piece never ends inside a multi-byte character, and the

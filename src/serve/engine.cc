@@ -4,6 +4,7 @@
 
 #include "deltatune/serve_metrics.h"
 #include "deltatune/trainer.h"
+#include "deltatune/workflow.h"
 #include "serve/scheduler.h"
 
 namespace deltatune::serve {
@@ -65,8 +66,7 @@ std::shared_ptr<PendingCompletion> Engine::submit(const CompletionRequest& r) {
                          std::to_string(*limit) + " positions free",
                      "prompt");
   GenerationOptions options = r.options;
-  options.eos_ids = model.config.eos_token_ids;  // as `generate` stops
-  if (s.groups.tokenizer().eos_id() >= 0) options.eos_ids.push_back(s.groups.tokenizer().eos_id());
+  workflow::add_model_stop_ids(options, model, s.groups.tokenizer());  // where `generate` stops
   auto seq = std::make_shared<Sequence>(held.release_to_scheduler(), s.groups.tokenizer(), std::move(prompt),
                                         std::move(options), r.stop);
   try {

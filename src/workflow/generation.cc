@@ -35,14 +35,19 @@ void add_stop_id(std::vector<int64_t>& ids, int64_t id) {
 
 }  // namespace
 
+void add_model_stop_ids(GenerationOptions& options, const TransformerModel& model,
+                        const Tokenizer& tokenizer) {
+  for (int64_t id : model.config.eos_token_ids) add_stop_id(options.eos_ids, id);
+  add_stop_id(options.eos_ids, tokenizer.eos_id());
+}
+
 TextGeneration generate_text(TransformerModel& model, const Tokenizer& tokenizer, const std::string& prompt,
                              GenerationOptions options,
                              const std::function<void(const std::string&)>& on_text) {
   TextGeneration out;
   out.prompt_ids = tokenizer.encode(prompt, true).ids;
   if (out.prompt_ids.empty()) throw ConfigError("generate: the prompt gives no tokens");
-  for (int64_t id : model.config.eos_token_ids) add_stop_id(options.eos_ids, id);
-  add_stop_id(options.eos_ids, tokenizer.eos_id());
+  add_model_stop_ids(options, model, tokenizer);
   TextStream stream(on_text);
   std::vector<int64_t> produced;
   const auto start = std::chrono::steady_clock::now();
