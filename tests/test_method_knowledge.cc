@@ -57,8 +57,10 @@ class RowScale : public delta::Delta {
     }
   }
   void detach() override {
-    for (auto& [layer, hook] : hooks_)
-      std::erase_if(layer->hooks, [&](const auto& h) { return h.get() == hook.get(); });
+    for (auto& entry : hooks_) {  // a plain reference: clang 14 cannot capture structured bindings
+      auto* hook = entry.second.get();
+      std::erase_if(entry.first->hooks, [hook](const auto& h) { return h.get() == hook; });
+    }
     hooks_.clear();
     paths_.clear();
   }
