@@ -23,8 +23,10 @@ import json
 import math
 import os
 import pathlib
+import random
 import shutil
 import sys
+import time
 
 # Options a search space entry sets on the training run; every other entry is a delta config field.
 TRAIN_KEYS = ("lr", "epochs", "warmup_ratio", "weight_decay", "batch_size", "max_length")
@@ -255,6 +257,21 @@ def write_plots(out, study, optuna):
     return written
 
 
+def open_study(optuna, args, storage, direction, pruner):
+    """The study, created by whichever worker comes first. Workers starting together on a fresh
+    database race to create its tables and the study; the loser's attempt fails and is retried, by
+    when the winner's are there. The sampler's seed differs per process, so workers propose apart."""
+    sampler = optuna.samplers.TPESampler(seed=args.seed + os.getpid() % 10007 if args.storage else args.seed)
+    for attempt in range(6):
+        try:
+            return optuna.create_study(study_name=args.study_name, storage=storage, load_if_exists=True,
+                                       direction=direction, sampler=sampler, pruner=pruner)
+        except Exception:  # sqlalchemy's IntegrityError / ProgrammingError from the race
+            if attempt == 5:
+                raise
+            time.sleep(0.5 + random.random())
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="deltatune tune", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -297,9 +314,7 @@ def main(argv=None):
               "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
               "none": optuna.pruners.NopPruner}[args.pruner]()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=args.study_name, storage=storage, load_if_exists=True,
-                                direction="minimize" if lower else "maximize",
-                                sampler=optuna.samplers.TPESampler(seed=args.seed), pruner=pruner)
+    study = open_study(optuna, args, storage, "minimize" if lower else "maximize", pruner)
     done = len(finished_trials(study, optuna))
     print(f"deltatune tune: study '{args.study_name}' in {storage.split('@')[-1]}: {done} of {args.trials} "
           f"trials finished", file=sys.stderr)
