@@ -122,7 +122,7 @@ class Objective:
         method, delta, train = trial_settings(trial, self.space)
         trial.set_user_attr("delta_config", delta)
         trial.set_user_attr("train_options", train)
-        scores, runs, evaluations = [], [], [0]
+        scores, tests, runs, evaluations = [], [], [], [0]
         for seed in data_seeds(self.args):
             run_dir = self.out / "trials" / f"{trial.number:04d}" / f"seed{seed}"
             if run_dir.exists():
@@ -132,9 +132,13 @@ class Objective:
             if self.args.metric not in dev:
                 raise ValueError(f"the dev metrics {sorted(dev)} have no '{self.args.metric}' (--metric)")
             scores.append(float(dev[self.args.metric]))
+            if isinstance(result.test, dict) and self.args.metric in result.test:
+                tests.append(float(result.test[self.args.metric]))
             runs.append(str(run_dir))
         trial.set_user_attr("scores", scores)
         trial.set_user_attr("runs", runs)
+        if tests:  # reported beside the dev score, never used to choose
+            trial.set_user_attr("test_scores", tests)
         mean = sum(scores) / len(scores)
         if len(scores) > 1:
             trial.set_user_attr("std", math.sqrt(sum((s - mean) ** 2 for s in scores) / (len(scores) - 1)))
@@ -165,6 +169,8 @@ class Objective:
             options["threads"] = self.args.threads
         if self.args.max_steps:
             options["max_steps"] = self.args.max_steps
+        if self.args.patience:
+            options["patience"] = self.args.patience
         return dt.train(model, self.args.data, out=str(run_dir), callbacks=[report], progress=False,
                         test_before=False, seed=seed, metric=metric, **options)
 
@@ -174,12 +180,24 @@ def finished_trials(study, optuna):
     return [t for t in study.get_trials(deepcopy=False) if t.state in done]
 
 
+def mean_std(values):
+    """"mean ± std" of a list (the std over data seeds), "" when there is nothing."""
+    if not values:
+        return ""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.4f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.4f} ± {std:.4f}"
+
+
 def leaderboard_rows(study, optuna, lower_is_better):
     rows = []
     for t in finished_trials(study, optuna):
         rows.append({
             "trial": t.number, "state": t.state.name.lower(),
             "score": t.value if t.value is not None else "", "std": t.user_attrs.get("std", ""),
+            "test": mean_std(t.user_attrs.get("test_scores")),
             "method": t.params.get("method", ""),
             "settings": json.dumps({k: v for k, v in t.params.items() if k != "method"}, sort_keys=True),
             "seconds": round(t.duration.total_seconds(), 1) if t.duration else "",
@@ -191,20 +209,20 @@ def leaderboard_rows(study, optuna, lower_is_better):
 
 
 def write_leaderboard(out, rows, metric):
-    fields = ["rank", "trial", "state", "score", "std", "method", "settings", "seconds"]
-    with open(out / "leaderboard.csv", "w", newline="") as f:
+    fields = ["rank", "trial", "state", "score", "std", "test", "method", "settings", "seconds"]
+    with open(out / "leaderboard.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for i, r in enumerate(rows, 1):
             writer.writerow({"rank": i, **r})
-    lines = [f"| rank | trial | state | dev {metric} | std | method | settings | seconds |",
-             "|---:|---:|---|---:|---:|---|---|---:|"]
+    lines = [f"| rank | trial | state | dev {metric} | std | test {metric} | method | settings | seconds |",
+             "|---:|---:|---|---:|---:|---:|---|---|---:|"]
     for i, r in enumerate(rows, 1):
         score = f"{r['score']:.4f}" if r["score"] != "" else ""
         std = f"{r['std']:.4f}" if r["std"] != "" else ""
-        lines.append(f"| {i} | {r['trial']} | {r['state']} | {score} | {std} | {r['method']} | "
+        lines.append(f"| {i} | {r['trial']} | {r['state']} | {score} | {std} | {r['test']} | {r['method']} | "
                      f"`{r['settings']}` | {r['seconds']} |")
-    (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
+    (out / "leaderboard.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def write_best(out, best, args):
@@ -220,6 +238,8 @@ def write_best(out, best, args):
         config["max-length"] = args.max_length
     if args.max_steps:
         config["max-steps"] = args.max_steps
+    if args.patience:
+        config["patience"] = args.patience
     for key, value in best.user_attrs["train_options"].items():
         config[FLAG_NAMES[key]] = value
     import yaml
@@ -293,6 +313,7 @@ def parse_args(argv):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int)
     p.add_argument("--max-steps", type=int, help="Cap every run at N updates")
+    p.add_argument("--patience", type=int, help="Early stopping after N evaluations without improvement")
     p.add_argument("--pruner", choices=["hyperband", "halving", "none"], default="hyperband")
     p.add_argument("--threads", type=int, help="CPU threads per worker")
     args = p.parse_args(argv)

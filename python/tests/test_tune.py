@@ -31,11 +31,13 @@ common:
 """
 
 
-def small_task(tmp, train=96, dev=32):
+def small_task(tmp, train=96, dev=32, test=0):
     """The first reviews of the sentiment task: a trial trains in a few seconds."""
     task = tmp / "task"
     task.mkdir()
-    for split, n in (("train", train), ("dev", dev)):
+    for split, n in (("train", train), ("dev", dev), ("test", test)):
+        if not n:
+            continue
         lines = open(os.path.join(SENTIMENT, f"{split}.jsonl")).readlines()[:n]
         (task / f"{split}.jsonl").write_text("".join(lines))
     (tmp / "space.yaml").write_text(SPACE)
@@ -96,7 +98,7 @@ def test_dev_metrics_reach_the_pruner_and_it_stops_trials(tmp):
 
 
 def test_k_shot_trials_score_the_mean_over_data_seeds(tmp):
-    task = small_task(tmp)
+    task = small_task(tmp, test=32)
     out = tmp / "run"
     tune(tmp, task, out, "--trials", 1, "--k-shot", 8, "--data-seeds", 2, "--max-steps", 2)
     study = optuna.load_study(study_name="deltatune", storage=f"sqlite:///{out / 'study.db'}")
@@ -104,6 +106,9 @@ def test_k_shot_trials_score_the_mean_over_data_seeds(tmp):
     assert len(trial.user_attrs["scores"]) == 2 and len(trial.user_attrs["runs"]) == 2
     assert trial.value == pytest.approx(sum(trial.user_attrs["scores"]) / 2)
     assert "k-shot: 8" in (out / "best_config.yaml").read_text()
+    # The test metric is shown beside the dev score (mean ± std over the seeds), never chosen on.
+    assert len(trial.user_attrs["test_scores"]) == 2
+    assert " ± " in next(csv.DictReader(open(out / "leaderboard.csv", encoding="utf-8")))["test"]
 
 
 def free_port():
