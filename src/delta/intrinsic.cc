@@ -197,7 +197,7 @@ class Intrinsic : public Delta, public CompositeDelta {
   std::vector<std::string> attached_modules() const override { return inner_->attached_modules(); }
   // z moves every inner tensor through a projection whose columns have norm ~1 spread over n numbers:
   // its step must be larger than a delta's own. Measured on bert-mini / sentiment (1000 reviews, 2
-  // epochs, LoRA r 2 inside, d 500): lr 1e-2 0.59, 3e-2 0.64, 1e-1 0.48 (the head diverges).
+  // epochs, LoRA r 2 inside, d 500): lr 1e-2 0.59, 3e-2 0.64, 1e-1 0.48 (one class predicted).
   double default_learning_rate() const override { return kIntrinsicLearningRate; }
 
  private:
