@@ -180,6 +180,10 @@ void add_elementwise_cases(std::vector<Case>& cs) {
          Generator gen(1234);
          return O::dropout(x[0], 0.3f, true, gen);
        }});
+  add({"hadamard_transform", {{3, 16}}, [](const Inputs& x) { return O::hadamard_transform(x[0]); }});
+  add({"hadamard_transform_strided_large", {{64, 5}}, [](const Inputs& x) {
+         return O::hadamard_transform(x[0].t().contiguous().reshape({5, 64}));
+       }});
   add({"add_", {{3, 4}, {4}}, [](const Inputs& x) {
          Tensor dst = x[0].detach().clone();
          O::add_(dst, x[1].detach(), 0.5f);

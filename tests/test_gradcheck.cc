@@ -265,6 +265,11 @@ std::vector<Case> all_cases() {
   add({"embedding_int32_strided", {{4, 7}}, [](const Inputs& x) {
          return O::embedding(x[0].t(), Tensor::from_ints({2, 2, 5}, {3}, DType::I32));
        }});
+  // --- structured transforms ---
+  add({"hadamard_transform", {{2, 8}}, [](const Inputs& x) { return O::hadamard_transform(x[0]); }});
+  add({"hadamard_transform_strided", {{4, 3}}, [](const Inputs& x) {
+         return O::hadamard_transform(x[0].t());
+       }});
   add({"dropout", {{4, 6}}, [](const Inputs& x) {
          Generator gen(1234);  // the same mask on every evaluation
          return O::dropout(x[0], 0.3f, true, gen);

@@ -835,3 +835,13 @@ TEST(Autograd, ShapeMismatchMessagesNameTheOpAndBothShapes) {
 }
 
 }  // namespace
+
+// The Walsh-Hadamard transform is the Sylvester matrix (rows of ±1), and applying it twice scales by n.
+TEST(StructuredTransforms, HadamardIsTheSylvesterMatrixAndItsOwnInverseUpToN) {
+  Tensor unit = Tensor::from_floats({0, 1, 0, 0}, {1, 4});
+  EXPECT_EQ(O::hadamard_transform(unit).to_floats(), (std::vector<float>{1, -1, 1, -1}));
+  Tensor x = Tensor::from_floats({1, 2, 3, 4, 5, 6, 7, 8}, {8});
+  std::vector<float> twice = O::hadamard_transform(O::hadamard_transform(x)).to_floats();
+  for (size_t i = 0; i < twice.size(); ++i) EXPECT_FLOAT_EQ(twice[i], 8.0f * float(i + 1));
+  EXPECT_THROW(O::hadamard_transform(Tensor::zeros({2, 6})), ShapeError);
+}

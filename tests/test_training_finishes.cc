@@ -77,6 +77,7 @@ std::vector<MethodCase> method_cases() {
        {{"method", "diff_pruning"}, {"target_sparsity", 0.5}, {"targets", {"attn.q", "attn.v"}}}},
       {"mask", {{"method", "mask"}, {"targets", {"ffn.up"}}}},
       {"unipelt", {{"method", "unipelt"}, {"variant", "APL"}}, 1e-3},
+      {"intrinsic", {{"method", "intrinsic"}, {"dim", 16}, {"delta", {{"method", "lora"}, {"r", 2}}}}, 1e-1},
       {"combination",
        {{"method", "combination"},
         {"deltas",

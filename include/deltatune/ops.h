@@ -90,6 +90,12 @@ Tensor embedding(const Tensor& weight, const Tensor& ids);
 // Zeroes elements with probability p and scales the rest by 1/(1-p); identity when !training or p == 0.
 Tensor dropout(const Tensor& a, float p, bool training, Generator& gen);
 
+// --- structured transforms ---
+// The unnormalised Walsh-Hadamard transform along the last dim (a power of two): y = x H, H the
+// Sylvester matrix of ±1, in O(n log n) (the Fastfood projection's fast part). H is symmetric and
+// H H = n I, so the backward is the same transform of the gradient.
+Tensor hadamard_transform(const Tensor& a);
+
 // --- attention ---
 // q [B, H, T, D], k and v [B, Hkv, S, D] with H a multiple of Hkv (grouped-query heads share k/v).
 // key_mask: optional [B, S] (1 = attend, 0 = padding). causal: query t sees keys s <= t + (S - T)

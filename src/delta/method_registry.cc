@@ -23,6 +23,7 @@ DeltaMethod diff_pruning_method();     // sparse.cc
 DeltaMethod mask_method();             // sparse.cc
 DeltaMethod unipelt_method();          // unipelt.cc
 DeltaMethod combination_method();      // combination.cc
+DeltaMethod intrinsic_method();        // intrinsic.cc
 
 namespace {
 void add(std::vector<DeltaMethod>& methods, DeltaMethod method) {
@@ -44,7 +45,7 @@ std::vector<DeltaMethod>& registry() {
     for (auto* builtin :
          {lora_method, ia3_method, prefix_method, prompt_method, adapter_method, bitfit_method,
           ln_tuning_method, last_layers_method, compacter_method, compacter_pp_method, lowrank_adapter_method,
-          diff_pruning_method, mask_method, unipelt_method, combination_method})
+          diff_pruning_method, mask_method, unipelt_method, combination_method, intrinsic_method})
       add(out, builtin());
     return out;
   }();

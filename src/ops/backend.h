@@ -248,6 +248,8 @@ class Backend {
                           float* cos, float* sin) const = 0;
   virtual void attention(const AttentionArgs& args) const = 0;
   virtual void attention_backward(const AttentionBackwardArgs& args) const = 0;
+  // x [rows, n] (n a power of two) Walsh-Hadamard-transformed in place, row by row, unnormalised.
+  virtual void hadamard(float* x, int64_t rows, int64_t n) const = 0;
 
   // --- products and losses ---
   virtual void gemm(const GemmArgs& args) const = 0;

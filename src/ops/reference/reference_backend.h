@@ -34,6 +34,7 @@ class ReferenceBackend final : public Backend {
                   float* sin) const override;
   void attention(const AttentionArgs& args) const override;
   void attention_backward(const AttentionBackwardArgs& args) const override;
+  void hadamard(float* x, int64_t rows, int64_t n) const override;
   void gemm(const GemmArgs& args) const override;
   void gemm_bf16(const GemmBf16Args& args) const override;
   void quantized_gemm(const QuantizedGemmArgs& args) const override;
