@@ -51,8 +51,8 @@ std::unique_ptr<TransformerModel> merged_model(const Args& a) {
     for (auto& d : loaded.deltas) delta::merge_into(*loaded.model, *d);
     return std::move(loaded.model);
   }
-  if (!fs::is_directory(a.model))
-    throw ExitError{"model folder '" + a.model + "' does not exist or is not a folder"};
+  if (!model_exists(a.model))
+    throw ExitError{"model folder '" + a.model + "' does not exist or is not a folder (nor a GGUF file)"};
   if (!fs::is_directory(a.delta))
     throw ExitError{"delta '" + a.delta + "' is neither a delta folder nor a config file"};
   LoadRequest request;

@@ -38,8 +38,8 @@ std::unique_ptr<delta::Delta> fresh_delta(const std::string& config_file, Transf
 }  // namespace
 
 LoadedModel load_model(const std::string& model_dir, const std::string& head, const std::string& delta) {
-  if (!fs::is_directory(model_dir))
-    throw ExitError{"model folder '" + model_dir + "' does not exist or is not a folder"};
+  if (!model_exists(model_dir))
+    throw ExitError{"model folder '" + model_dir + "' does not exist or is not a folder (nor a GGUF file)"};
   const bool delta_is_config = !delta.empty() && fs::is_regular_file(delta);
   if (!delta.empty() && !delta_is_config && !fs::is_directory(delta))
     throw ExitError{"delta '" + delta + "' is neither a delta folder nor a config file"};

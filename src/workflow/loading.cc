@@ -5,6 +5,7 @@
 
 #include "deltatune/delta_io.h"
 #include "deltatune/error.h"
+#include "deltatune/gguf.h"
 #include "deltatune/nn.h"
 #include "deltatune/ops.h"
 #include "deltatune/trainer.h"
@@ -42,9 +43,11 @@ AppliedDelta apply_saved_delta(const fs::path& delta_dir, TransformerModel& mode
   return out;
 }
 
+bool model_exists(const fs::path& model) { return fs::is_directory(model) || gguf::is_gguf_file(model); }
+
 LoadedModel load_with_delta(const LoadRequest& r) {
-  if (!fs::is_directory(r.model_dir))
-    throw IoError("model folder '" + r.model_dir.string() + "' does not exist or is not a folder");
+  if (!model_exists(r.model_dir))
+    throw IoError("model folder '" + r.model_dir.string() + "' does not exist or is not a folder (nor a GGUF file)");
   const fs::path delta_dir = folder_path(r.delta);
   LoadedModel loaded;
   LoadOptions options;
