@@ -110,6 +110,10 @@ struct File {
   double number(const std::string& key) const;
 };
 
+// A listing for people (`deltatune inspect x.gguf`): version, alignment, each metadata key with its
+// type and value (arrays by their first `max_items` elements), each tensor with type, shape and offset.
+std::string describe(const File& file, size_t max_items = 8);
+
 // Memory-maps and validates `file` (magic, version, every count, length and offset).
 File read_file(const std::filesystem::path& file);
 // Whether `path` names a GGUF file (a regular file starting with the magic).
