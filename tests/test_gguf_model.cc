@@ -5,11 +5,14 @@
 
 #include <cmath>
 #include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "deltatune/error.h"
 #include "deltatune/gguf_model.h"
 #include "deltatune/loading.h"
 #include "deltatune/nn.h"
+#include "deltatune/tokenizer.h"
 #include "golden.h"
 #include "temp_dir.h"
 
@@ -154,5 +157,40 @@ TEST(GgufModel, OtherArchitecturesAreRefusedByName) {
     FAIL() << "no error";
   } catch (const ConfigError& e) {
     EXPECT_NE(std::string(e.what()).find("supports the llama family"), std::string::npos) << e.what();
+  }
+}
+
+// The tokenizer rebuilt from tokenizer.ggml.* gives transformers' ids for every golden text (accents,
+// CJK, emoji through byte fallback, whitespace runs, special-token strings) and decodes them back.
+TEST(GgufModel, TokenizerFromMetadataGivesTransformersIds) {
+  const fs::path file = test_support::temp_dir("gguf_tok") / "mini.gguf";
+  gguf::convert_model(golden::model_dir("llama-mini"), file, gguf::GgmlType::Q4_0);
+  const auto tok = Tokenizer::load(file);
+  const auto original = Tokenizer::load(golden::model_dir("llama-mini"));
+  EXPECT_EQ(tok->kind(), "sentencepiece");
+  EXPECT_EQ(tok->vocab_size(), 8000);
+  EXPECT_EQ(tok->bos_id(), 1);
+  EXPECT_EQ(tok->eos_id(), 2);
+  EXPECT_EQ(tok->unk_id(), 0);
+  std::ifstream in(fs::path(DELTATUNE_TEST_DATA) / "golden" / "tokenizers.json");
+  const nlohmann::json cases = nlohmann::json::parse(in).at("llama-mini");
+  ASSERT_GT(cases.size(), 5u);
+  for (const auto& c : cases) {
+    const std::string text = c.at("text");
+    EXPECT_EQ(tok->encode(text).ids, c.at("ids").get<std::vector<int64_t>>()) << text;
+    EXPECT_EQ(tok->decode(tok->encode(text).ids), original->decode(original->encode(text).ids)) << text;
+  }
+}
+
+TEST(GgufModel, AFileWithoutTokenizerSaysSo) {
+  const fs::path file = test_support::temp_dir("gguf_notok") / "bare.gguf";
+  gguf::Writer w;
+  w.set("general.architecture", gguf::Value::of_string("llama"));
+  w.write(file);
+  try {
+    Tokenizer::load(file);
+    FAIL() << "no error";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("tokenizer.ggml.model is missing"), std::string::npos) << e.what();
   }
 }
