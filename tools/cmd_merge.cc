@@ -46,7 +46,7 @@ std::vector<std::string> delta_labels(const fs::path& delta) {
 
 // The base with the delta's head, the delta folded in (or a full / head run's tensors loaded).
 std::unique_ptr<TransformerModel> merged_model(const Args& a) {
-  if (fs::is_regular_file(a.delta)) {  // a delta config: merged as freshly initialised
+  if (fs::is_regular_file(a.delta)) {  // a delta config (merged as freshly initialised) or a GGUF adapter
     auto loaded = cli::load_model(a.model, "", a.delta);
     for (auto& d : loaded.deltas) delta::merge_into(*loaded.model, *d);
     return std::move(loaded.model);
