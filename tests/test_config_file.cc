@@ -46,6 +46,30 @@ TEST(ConfigFile, ErrorsNameTheFileAndLine) {
   EXPECT_THROW(read_config_file(dir / "missing.yaml"), deltatune::IoError);
 }
 
+// Found by fuzzing: YAML passes any bytes through, and JSON numbers can overflow double; both must be
+// refused as bad input, naming the file (and the line for YAML), not escape as nlohmann exceptions.
+TEST(ConfigFile, InvalidUtf8AndHugeNumbersAreRefusedNamingTheFile) {
+  const fs::path dir = test_support::temp_dir("config_fuzzed");
+  std::ofstream(dir / "latin1.yaml") << "lr: 1\nname: caf\xe9\n";
+  std::ofstream(dir / "latin1_key.yaml") << "lr: 1\n\xff: 2\n";
+  std::ofstream(dir / "huge.json") << "{\"lr\": 9e999}";
+  for (const char* name : {"latin1.yaml", "latin1_key.yaml", "huge.json"}) {
+    try {
+      read_config_file(dir / name);
+      ADD_FAILURE() << name << ": expected an error";
+    } catch (const deltatune::IoError& e) {
+      EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+    }
+  }
+  try {
+    read_config_file(dir / "latin1.yaml");
+  } catch (const deltatune::IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("latin1.yaml:2: not valid YAML: text that is not valid UTF-8"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(ConfigFile, TrainReadsYamlLikeFlags) {
   const fs::path dir = test_support::temp_dir("config_train");
   const fs::path assets(DELTATUNE_ASSETS);

@@ -105,6 +105,8 @@ TEST(Data, ErrorsNameFileAndLine) {
   expect_error("missing_label.jsonl", "{\"text\": \"a\"}\n", ":1:", "missing field 'label'");
   expect_error("malformed.jsonl", "{\"text\": \"a\", \"label\": 0}\n\n{\"text\": \"b\", \n",
                ":3:", "not valid JSON");
+  // nlohmann reports a number beyond double's range as out_of_range, not parse_error (found by fuzzing).
+  expect_error("huge_number.jsonl", "{\"text\": \"a\", \"label\": 1e400}\n", ":1:", "not valid JSON");
   expect_error("not_object.jsonl", "[1, 2]\n", ":1:", "expected a JSON object");
   expect_error("float_label.jsonl", "{\"text\": \"a\", \"label\": 0.5}\n", ":1:", "string or an integer");
   expect_error("text_type.jsonl", "{\"text\": 3, \"label\": 0}\n", ":1:", "must be a string");

@@ -15,6 +15,7 @@
 
 #include "command.h"
 #include "deltatune/error.h"
+#include "deltatune/json_file.h"
 #include "deltatune/tokenizer.h"
 #include "train/files.h"
 
@@ -67,12 +68,7 @@ std::vector<Item> read_items(const std::string& path) {
     }
     if (line.find_first_not_of(" \t") == std::string::npos) continue;
     const std::string where = path + ":" + std::to_string(number);
-    json object;
-    try {
-      object = json::parse(line);
-    } catch (const json::parse_error& e) {
-      throw IoError(where + ": invalid JSON: " + e.what());
-    }
+    const json object = deltatune::parse_json(line, where);
     if (!object.is_object() || !object.contains("text") || !object["text"].is_string()) {
       throw IoError(where + ": expected an object with a string \"text\"");
     }

@@ -10,22 +10,13 @@
 #include "deltatune/atomic_file.h"
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
+#include "deltatune/json_file.h"
 #include "deltatune/safetensors.h"
 
 namespace deltatune::delta {
 namespace fs = std::filesystem;
 namespace {
 const char* kPeftPrefix = "base_model.model.";
-
-nlohmann::json read_json(const fs::path& file) {
-  std::ifstream in(file);
-  if (!in) throw IoError(file.string() + ": cannot be read");
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const std::exception& e) {
-    throw IoError(file.string() + ": not valid JSON: " + e.what());
-  }
-}
 
 void write_json_atomic(const fs::path& file, const nlohmann::json& j) {
   write_file_atomic(file, j.dump(2) + "\n");
@@ -82,7 +73,7 @@ void check_delta_architecture(const nlohmann::json& c, const fs::path& dir, Tran
 
 void check_delta_fits(const fs::path& delta_dir, const fs::path& model_dir) {
   if (!fs::exists(delta_dir / "delta_config.json")) return;  // PEFT adapters record no model type
-  const nlohmann::json c = read_json(delta_dir / "delta_config.json");
+  const nlohmann::json c = read_json_file(delta_dir / "delta_config.json");
   const std::string error = architecture_mismatch(c, delta_dir, load_model_config(model_dir).model_type,
                                                   base_description(model_dir.string(), ""));
   if (!error.empty()) throw ConfigError(error);
@@ -158,7 +149,7 @@ static std::string base_fingerprint_under(TransformerModel& model, Delta& delta)
 DeltaRequirements peek_delta(const fs::path& dir) {
   DeltaRequirements req;
   if (fs::exists(dir / "delta_config.json")) {
-    nlohmann::json c = read_json(dir / "delta_config.json");
+    nlohmann::json c = read_json_file(dir / "delta_config.json");
     if (c.contains("head") && c["head"].is_string()) {
       std::string h = c["head"];
       if (h == "sequence-classification")
@@ -174,7 +165,7 @@ DeltaRequirements peek_delta(const fs::path& dir) {
     return req;
   }
   if (fs::exists(dir / "adapter_config.json")) {
-    nlohmann::json c = read_json(dir / "adapter_config.json");
+    nlohmann::json c = read_json_file(dir / "adapter_config.json");
     req.head = peft_task_head(c);
     if (req.head == HeadKind::SequenceClassification) {
       // The classifier's output rows are the label count.
@@ -214,7 +205,7 @@ SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
   fs::path tensor_file;
   if (fs::exists(dir / "delta_config.json")) {
     saved.format = "deltatune";
-    saved.config = read_json(dir / "delta_config.json");
+    saved.config = read_json_file(dir / "delta_config.json");
     if (!saved.config.contains("delta"))
       throw IoError((dir / "delta_config.json").string() + ": missing 'delta'");
     check_delta_architecture(saved.config, dir, model);
@@ -228,7 +219,7 @@ SavedDelta load_delta(const fs::path& dir, TransformerModel& model) {
     tensors = read_safetensors(tensor_file).tensors;
   } else if (fs::exists(dir / "adapter_config.json")) {
     saved.format = "peft";
-    saved.config = read_json(dir / "adapter_config.json");
+    saved.config = read_json_file(dir / "adapter_config.json");
     saved.delta = make_delta(from_peft_config(saved.config, (dir / "adapter_config.json").string()));
     tensor_file = dir / "adapter_model.safetensors";
     if (!fs::exists(tensor_file))

@@ -1,19 +1,34 @@
 // JSON and YAML settings files, both read into nlohmann::json (YAML through yaml-cpp).
 #include "deltatune/config_file.h"
 
+#include <utf8proc.h>
 #include <yaml-cpp/yaml.h>
 
 #include <fstream>
 #include <string>
 
 #include "deltatune/error.h"
+#include "deltatune/json_file.h"
 
 namespace deltatune {
 namespace {
 
+// yaml-cpp passes any bytes through, but a JSON string must be UTF-8 or the settings could not be
+// written back (train_config.json): refuse such text here, with its line.
+const std::string& utf8_text(const std::string& text, const YAML::Mark& mark) {
+  const auto* bytes = reinterpret_cast<const utf8proc_uint8_t*>(text.data());
+  for (utf8proc_ssize_t at = 0, n = utf8proc_ssize_t(text.size()); at < n;) {
+    utf8proc_int32_t cp;
+    const utf8proc_ssize_t used = utf8proc_iterate(bytes + at, n - at, &cp);
+    if (used <= 0) throw YAML::Exception(mark, "text that is not valid UTF-8");
+    at += used;
+  }
+  return text;
+}
+
 // A plain (unquoted) YAML scalar as the JSON value it reads as: YAML 1.2's core schema.
 nlohmann::json scalar(const YAML::Node& node) {
-  const std::string text = node.Scalar();
+  const std::string& text = utf8_text(node.Scalar(), node.Mark());
   if (node.Tag() == "!") return text;  // quoted: always a string
   if (text == "true" || text == "True" || text == "TRUE") return true;
   if (text == "false" || text == "False" || text == "FALSE") return false;
@@ -47,7 +62,8 @@ nlohmann::json to_json(const YAML::Node& node) {
     }
     case YAML::NodeType::Map: {
       nlohmann::json out = nlohmann::json::object();
-      for (const auto& kv : node) out[kv.first.as<std::string>()] = to_json(kv.second);
+      for (const auto& kv : node)
+        out[utf8_text(kv.first.as<std::string>(), kv.first.Mark())] = to_json(kv.second);
       return out;
     }
   }
@@ -67,11 +83,8 @@ nlohmann::json read_config_file(const std::filesystem::path& file) {
       throw IoError(file.string() + ":" + std::to_string(e.mark.line + 1) + ": not valid YAML: " + e.msg);
     }
   }
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const std::exception& e) {
-    throw IoError(file.string() + ": not valid JSON: " + e.what());
-  }
+  in.close();
+  return read_json_file(file);
 }
 
 }  // namespace deltatune

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "deltatune/error.h"
+#include "deltatune/json_file.h"
 
 namespace deltatune {
 
@@ -330,18 +331,6 @@ void validate(const Reader& r, const ModelConfig& c, bool explicit_head_dim) {
   check_dropout(r, "embedding dropout", c.embedding_dropout);
   check_dropout(r, "attention dropout", c.attention_dropout);
   if (c.classifier_dropout) check_dropout(r, "classifier_dropout", *c.classifier_dropout);
-}
-
-nlohmann::json read_json_file(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw IoError(file.string() + ": cannot open: " + std::strerror(errno));
-  std::ostringstream text;
-  text << in.rdbuf();
-  try {
-    return nlohmann::json::parse(text.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    throw IoError(file.string() + ": not valid JSON: " + e.what());
-  }
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include "core/strided.h"
 #include "deltatune/atomic_file.h"
 #include "deltatune/error.h"
+#include "deltatune/json_file.h"
 
 namespace deltatune {
 
@@ -223,18 +224,6 @@ Tensor make_tensor(const Entry& e, char* data_section, const std::shared_ptr<voi
   return Tensor::from_storage(std::move(storage), dtype, e.shape);
 }
 
-nlohmann::json read_json_file(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) fail(file, "cannot open: " + errno_text());
-  std::ostringstream text;
-  text << in.rdbuf();
-  try {
-    return nlohmann::json::parse(text.str());
-  } catch (const nlohmann::json::parse_error& e) {
-    fail(file, std::string("not valid JSON: ") + e.what());
-  }
-}
-
 std::map<std::string, Tensor> load_sharded(const fs::path& index_file) {
   const nlohmann::json index = read_json_file(index_file);
   if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object())
@@ -310,7 +299,7 @@ TensorFile read_safetensors(const fs::path& file) {
   nlohmann::json header;
   try {
     header = nlohmann::json::parse(base + 8, base + 8 + header_size);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a huge number
     fail(file, std::string("header is not valid JSON: ") + e.what());
   }
   if (!header.is_object()) fail(file, "header is not a JSON object");

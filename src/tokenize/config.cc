@@ -8,18 +8,6 @@ namespace deltatune::tokenize {
 
 using nlohmann::json;
 
-json read_json_file(const std::filesystem::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  if (!in) throw IoError(file.string() + ": cannot open file");
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  try {
-    return json::parse(buffer.str());
-  } catch (const json::parse_error& e) {
-    throw IoError(file.string() + ": invalid JSON: " + e.what());
-  }
-}
-
 TokenizerConfig TokenizerConfig::of(json settings, std::filesystem::path source) {
   TokenizerConfig config;
   config.json_ = std::move(settings);

@@ -10,12 +10,10 @@
 #include <vector>
 
 #include "deltatune/error.h"
+#include "deltatune/json_file.h"
 #include "tokenize/added_tokens.h"
 
 namespace deltatune::tokenize {
-
-// Parses a JSON file; IoError names the file when it cannot be read or parsed.
-nlohmann::json read_json_file(const std::filesystem::path& file);
 
 // tokenizer_config.json, or an empty object when the folder has none.
 class TokenizerConfig {

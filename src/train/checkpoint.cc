@@ -4,6 +4,7 @@
 
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
+#include "deltatune/json_file.h"
 #include "deltatune/safetensors.h"
 #include "train/files.h"
 
@@ -66,11 +67,7 @@ bool checkpoint_exists(const fs::path& dir) {
 nlohmann::json read_checkpoint_state(const fs::path& dir) {
   recover_folder(dir);
   const fs::path state_file = dir / "state.json";
-  try {
-    return nlohmann::json::parse(read_file(state_file));
-  } catch (const nlohmann::json::parse_error& e) {
-    throw IoError(state_file.string() + ": not valid JSON (" + std::string(e.what()) + ")");
-  }
+  return parse_json(read_file(state_file), state_file.string());
 }
 
 nlohmann::json load_checkpoint(const fs::path& dir, const NamedParams& params, Optimizer& optimizer) {

@@ -1,5 +1,6 @@
 // A run's settings found beside its delta, and the classifier view of the one loader (deltatune/loading.h).
 #include "deltatune/delta_io.h"
+#include "deltatune/json_file.h"
 #include "deltatune/trainer.h"
 #include "train/files.h"
 
@@ -13,8 +14,8 @@ nlohmann::json read_train_config(const fs::path& path) {
   for (const fs::path& dir : {delta_dir, delta_dir.parent_path()}) {
     if (!fs::is_regular_file(dir / "train_config.json")) continue;
     try {
-      return nlohmann::json::parse(train_detail::read_file(dir / "train_config.json"));
-    } catch (const nlohmann::json::parse_error&) {
+      return read_json_file(dir / "train_config.json");
+    } catch (const IoError&) {
       return nullptr;  // only a source of defaults: ignore a damaged one
     }
   }

@@ -4,6 +4,7 @@
 
 #include "deltatune/data.h"
 #include "deltatune/error.h"
+#include "deltatune/json_file.h"
 #include "train/delimited.h"
 #include "train/files.h"
 
@@ -49,12 +50,7 @@ std::vector<Example> read_jsonl(const fs::path& file, std::string_view text, con
       continue;
     }
     const std::string where = file.string() + ":" + std::to_string(line_no);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
-      throw IoError(where + ": not valid JSON (" + std::string(e.what()) + ")");
-    }
+    const nlohmann::json j = parse_json(line, where);
     if (!j.is_object())
       throw IoError(where + ": expected a JSON object per line, got " + std::string(j.type_name()));
     Example ex;

@@ -5,6 +5,7 @@
 
 #include "deltatune/data.h"
 #include "deltatune/error.h"
+#include "deltatune/json_file.h"
 #include "train/files.h"
 
 namespace deltatune::data {
@@ -92,14 +93,7 @@ void LabelMap::save(const std::filesystem::path& file) const {
 }
 
 LabelMap LabelMap::load(const std::filesystem::path& file) {
-  const std::string text = train_detail::read_file(file);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::parse_error& e) {
-    throw IoError(file.string() + ": not valid JSON (" + std::string(e.what()) + ")");
-  }
-  return from_json(j, file.string());
+  return from_json(parse_json(train_detail::read_file(file), file.string()), file.string());
 }
 
 void assign_labels(std::vector<Example>& examples, const LabelMap& labels) {

@@ -51,7 +51,7 @@ std::vector<nlohmann::json> read_log(const fs::path& log_file) {
     if (line.empty()) continue;
     try {
       entries.push_back(nlohmann::json::parse(line));
-    } catch (const nlohmann::json::parse_error&) {
+    } catch (const nlohmann::json::exception&) {
       // A line cut short by a crash: skip it, the rest of the log is still worth plotting.
     }
   }

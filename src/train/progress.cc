@@ -39,7 +39,7 @@ void RunLog::truncate_after(const fs::path& file, int64_t step) {
     try {
       nlohmann::json j = nlohmann::json::parse(line);
       if (j.value("step", int64_t(0)) > step) continue;
-    } catch (const nlohmann::json::parse_error&) {
+    } catch (const nlohmann::json::exception&) {
       continue;  // a line cut short by a crash
     }
     kept += line + "\n";

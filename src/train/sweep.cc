@@ -18,6 +18,7 @@
 #include "deltatune/data.h"
 #include "deltatune/delta.h"
 #include "deltatune/error.h"
+#include "deltatune/json_file.h"
 #include "deltatune/method_presets.h"
 #include "deltatune/metrics.h"
 #include "deltatune/model.h"
@@ -44,8 +45,6 @@ std::string task_name(const fs::path& dir) {
   if (p.filename().empty()) p = p.parent_path();
   return p.filename().string();
 }
-
-json read_json_file(const fs::path& file) { return json::parse(train_detail::read_file(file)); }
 
 // A name of the method table whose delta config builds (a `combination` needs its deltas listed,
 // which a sweep cannot give), so a bad grid fails before its first run.
