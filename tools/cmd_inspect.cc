@@ -28,7 +28,8 @@ void setup(CLI::App& app) {
       const deltatune::gguf::File file = deltatune::gguf::read_file(*model_dir);
       std::printf("%s", deltatune::gguf::describe(file).c_str());
       const deltatune::gguf::Value* type = file.find("general.type");
-      if (type && type->text == "adapter") return;  // a LoRA adapter, no model to show
+      // A LoRA adapter, or a file of tensors that names no architecture: no model to show.
+      if ((type && type->text == "adapter") || !file.find("general.architecture")) return;
       std::printf("\n");
     }
     deltatune::cli::LoadedModel loaded = deltatune::cli::load_model(*model_dir, *head, *delta_dir);
