@@ -4,6 +4,7 @@
 // `export` and `--delta x.gguf`.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
 
 #include "cli_run.h"
@@ -139,4 +140,45 @@ TEST(GgufLora, CommandLineExportAndReadBack) {
   auto bad = cli_test::run("export --format onnx --model " + model + " --delta x --output y.gguf");
   EXPECT_EQ(bad.code, 2);
   EXPECT_NE(bad.output.find("--format 'onnx' is not supported (gguf)"), std::string::npos) << bad.output;
+}
+
+// merge writes GGUF: PEFT's golden adapter merged into llama-mini gives PEFT's logits read back; on a
+// Q8_0 GGUF base the blocks are dequantised first, so the merged file computes what the quantised
+// base with the adapter attached does.
+TEST(GgufLora, MergedModelWrittenAsGguf) {
+  const fs::path dir = test_support::temp_dir("gguf_merge");
+  const std::string model = cli_test::quote(golden::model_dir("llama-mini").string());
+  const std::string adapter = cli_test::quote(golden_adapter("llama-lora-all").string());
+  auto merged = cli_test::run("merge --model " + model + " --delta " + adapter + " --out " +
+                              cli_test::quote((dir / "merged.gguf").string()) + " --type f32");
+  ASSERT_EQ(merged.code, 0) << merged.output;
+  LoadOptions options;
+  options.verbose = false;
+  auto from_file = load_pretrained(dir / "merged.gguf", options);
+  const TensorFile expected = golden::outputs("llama-lora-all");
+  NoGradGuard no_grad;
+  const golden::Comparison cmp = golden::compare(from_file->forward(golden::input_of(expected)), expected);
+  EXPECT_GT(cmp.positions, 0);
+  EXPECT_LT(cmp.max_logits, 1e-4);
+
+  gguf::convert_model(golden::model_dir("llama-mini"), dir / "q8.gguf", gguf::GgmlType::Q8_0);
+  auto on_q8 = cli_test::run("merge --model " + cli_test::quote((dir / "q8.gguf").string()) + " --delta " + adapter +
+                             " --format gguf --type f32 --out " + cli_test::quote((dir / "q8-merged").string()));
+  ASSERT_EQ(on_q8.code, 0) << on_q8.output;
+  LoadRequest r;
+  r.model_dir = dir / "q8.gguf";
+  r.delta = golden_adapter("llama-lora-all");
+  LoadedModel attached = load_with_delta(r);
+  auto merged_q8 = load_pretrained(dir / "q8-merged", options);
+  const std::vector<float> want = attached.model->forward(golden::input_of(expected)).logits.to_floats();
+  const std::vector<float> got = merged_q8->forward(golden::input_of(expected)).logits.to_floats();
+  ASSERT_EQ(got.size(), want.size());
+  float worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(got[i] - want[i]));
+  EXPECT_LT(worst, 1e-3f);
+
+  auto clash = cli_test::run("merge --model " + model + " --delta " + adapter + " --out " +
+                             cli_test::quote((dir / "merged.gguf").string()));
+  EXPECT_EQ(clash.code, 2);
+  EXPECT_NE(clash.output.find("exists; pass --overwrite"), std::string::npos) << clash.output;
 }

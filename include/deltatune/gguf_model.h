@@ -16,6 +16,7 @@
 
 #include "deltatune/gguf.h"
 #include "deltatune/hf_config.h"
+#include "deltatune/model.h"
 #include "deltatune/quantize.h"
 #include "deltatune/tensor.h"
 
@@ -50,5 +51,11 @@ HfWeights hf_weights(const File& file, const ModelConfig& config);
 // Q4_0; norms and biases always F32, as the converter does), the SentencePiece tokenizer as
 // tokenizer.ggml.* (llama.cpp's "llama" vocabulary). ConfigError for another architecture.
 void convert_model(const std::filesystem::path& hf_dir, const std::filesystem::path& out, GgmlType type);
+
+// The same for a model in memory (a merged one): its causal-LM weights (a quantised layer's blocks
+// written as they are when `type` is its format, else dequantised), the tokenizer of `tokenizer_source`
+// (a Hugging Face folder's tokenizer.model, or a GGUF file's tokenizer.ggml.* keys copied).
+void write_model(const TransformerModel& model, const std::filesystem::path& tokenizer_source,
+                 const std::filesystem::path& out, GgmlType type);
 
 }  // namespace deltatune::gguf
