@@ -47,7 +47,8 @@ Bytes header(uint64_t tensors, uint64_t kvs, uint32_t version = 3) {
 }
 
 // A tensor info: name, dims (innermost first), type, offset.
-Bytes& tensor_info(Bytes& b, const std::string& name, std::vector<uint64_t> dims, uint32_t type, uint64_t offset) {
+Bytes& tensor_info(Bytes& b, const std::string& name, std::vector<uint64_t> dims, uint32_t type,
+                   uint64_t offset) {
   b.str(name).u32(uint32_t(dims.size()));
   for (uint64_t d : dims) b.u64(d);
   return b.u32(type).u64(offset);
@@ -121,9 +122,10 @@ TEST(GgufFormat, WrittenFileReadsBackValueForValue) {
   EXPECT_EQ(wide.bytes, 2u * 34u);
   EXPECT_EQ(wide.offset % 32, 0u);
   const std::vector<float> values = dequantize(wide);
-  for (int i = 0; i < 64; ++i) EXPECT_NEAR(values[size_t(i)], float(i % 7) - 3.0f, 0.02f) << i;  // q8_0's step
+  for (int i = 0; i < 64; ++i)
+    EXPECT_NEAR(values[size_t(i)], float(i % 7) - 3.0f, 0.02f) << i;  // q8_0's step
   EXPECT_EQ(f.at("names").display(), "string[3] [\"a\", \"\", \"ccc\"]");
-  EXPECT_THROW(f.string("u32"), IoError);     // a uint32 is not a string
+  EXPECT_THROW(f.string("u32"), IoError);       // a uint32 is not a string
   EXPECT_THROW(f.integer("missing"), IoError);  // absent
 }
 
@@ -161,7 +163,8 @@ TEST(GgufFormat, AbsurdCountsAndLengthsAreRefusedBeforeAllocating) {
   EXPECT_NE(read_error(value.b).find("claims 18446744073709551615 bytes"), std::string::npos);
   Bytes array = header(0, 1);
   array.str("k").u32(uint32_t(ValueType::Array)).u32(uint32_t(ValueType::Uint64)).u64(uint64_t(1) << 60);
-  EXPECT_NE(read_error(array.b).find("array of 1152921504606846976 uint64 runs past the end"), std::string::npos);
+  EXPECT_NE(read_error(array.b).find("array of 1152921504606846976 uint64 runs past the end"),
+            std::string::npos);
   Bytes strings = header(0, 1);
   strings.str("k").u32(uint32_t(ValueType::Array)).u32(uint32_t(ValueType::String)).u64(uint64_t(1) << 59);
   EXPECT_NE(read_error(strings.b).find("runs past the end"), std::string::npos);
@@ -175,7 +178,12 @@ TEST(GgufFormat, MalformedMetadataIsNamed) {
   nested.str("k").u32(uint32_t(ValueType::Array)).u32(uint32_t(ValueType::Array)).u64(0);
   EXPECT_NE(read_error(nested.b).find("arrays of arrays are not supported"), std::string::npos);
   Bytes twice = header(0, 2);
-  twice.str("k").u32(uint32_t(ValueType::Uint8)).raw("\x01", 1).str("k").u32(uint32_t(ValueType::Uint8)).raw("\x01", 1);
+  twice.str("k")
+      .u32(uint32_t(ValueType::Uint8))
+      .raw("\x01", 1)
+      .str("k")
+      .u32(uint32_t(ValueType::Uint8))
+      .raw("\x01", 1);
   EXPECT_NE(read_error(twice.b).find("metadata key 'k' appears twice"), std::string::npos);
   Bytes boolean = header(0, 1);
   boolean.str("k").u32(uint32_t(ValueType::Bool)).raw("\x02", 1).pad(32);
@@ -185,7 +193,8 @@ TEST(GgufFormat, MalformedMetadataIsNamed) {
   EXPECT_NE(read_error(alignment.b).find("general.alignment 24 is not a power of two"), std::string::npos);
   Bytes alignment_type = header(0, 1);
   alignment_type.str("general.alignment").u32(uint32_t(ValueType::Uint64)).u64(32).pad(32);
-  EXPECT_NE(read_error(alignment_type.b).find("general.alignment is a uint64, expected uint32"), std::string::npos);
+  EXPECT_NE(read_error(alignment_type.b).find("general.alignment is a uint64, expected uint32"),
+            std::string::npos);
 }
 
 TEST(GgufFormat, MalformedTensorInfosAreNamed) {
@@ -199,13 +208,16 @@ TEST(GgufFormat, MalformedTensorInfosAreNamed) {
   EXPECT_NE(read_error(one_tensor({4}, 1000, 0)).find("unknown ggml type 1000"), std::string::npos);
   EXPECT_NE(read_error(one_tensor({1, 1, 1, 1, 1}, 0, 0)).find("5 dimensions (ggml allows at most 4)"),
             std::string::npos);
-  EXPECT_NE(read_error(one_tensor({1ull << 40, 1ull << 40}, 0, 0)).find("impossibly large"), std::string::npos);
-  EXPECT_NE(read_error(one_tensor({33}, uint32_t(GgmlType::Q8_0), 0)).find("not a multiple of Q8_0's block of 32"),
+  EXPECT_NE(read_error(one_tensor({1ull << 40, 1ull << 40}, 0, 0)).find("impossibly large"),
             std::string::npos);
+  EXPECT_NE(
+      read_error(one_tensor({33}, uint32_t(GgmlType::Q8_0), 0)).find("not a multiple of Q8_0's block of 32"),
+      std::string::npos);
   EXPECT_NE(read_error(one_tensor({4}, 0, 8)).find("offset 8 is not a multiple of the alignment 32"),
             std::string::npos);
-  EXPECT_NE(read_error(one_tensor({4}, 0, 1ull << 20)).find("runs past the end of the data section (64 bytes)"),
-            std::string::npos);
+  EXPECT_NE(
+      read_error(one_tensor({4}, 0, 1ull << 20)).find("runs past the end of the data section (64 bytes)"),
+      std::string::npos);
   EXPECT_NE(read_error(one_tensor({1ull << 20}, 0, 0)).find("runs past the end of the data section"),
             std::string::npos);
 
@@ -232,7 +244,8 @@ TEST(GgufFormat, UnreadableTypesAreNamedWhenDequantised) {
     dequantize(f.tensor("t"), file);
     FAIL() << "no error";
   } catch (const IoError& e) {
-    EXPECT_NE(std::string(e.what()).find("tensor 't': type Q4_1 cannot be read"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("tensor 't': type Q4_1 cannot be read"), std::string::npos)
+        << e.what();
   }
 }
 

@@ -93,7 +93,8 @@ TEST(GgufLora, WhatTheFormatCannotHoldIsRefusedByName) {
   r.model_dir = golden::model_dir("llama-mini");
   r.delta = golden_adapter("llama-ia3");
   LoadedModel ia3 = load_with_delta(r);
-  EXPECT_THROW(gguf::write_lora_adapter(*ia3.trained.deltas.front(), *ia3.model, dir / "ia3.gguf"), ConfigError);
+  EXPECT_THROW(gguf::write_lora_adapter(*ia3.trained.deltas.front(), *ia3.model, dir / "ia3.gguf"),
+               ConfigError);
 
   // An adapter for llama refused by a GPT-2 model; a model file is no adapter.
   load_and_export("llama-lora-qv", dir / "qv.gguf");
@@ -116,9 +117,10 @@ TEST(GgufLora, CommandLineExportAndReadBack) {
   const std::string model = cli_test::quote(golden::model_dir("llama-mini").string());
   std::ofstream(dir / "lm.jsonl") << "{\"text\": \"The whale swam in the deep sea.\"}\n"
                                      "{\"text\": \"A dictionary defines words.\"}\n";
-  auto train = cli_test::run("train --model " + model + " --data " + cli_test::quote((dir / "lm.jsonl").string()) +
-                             " --task causal-lm --method lora --max-steps 3 --batch-size 2 --lr 0.05 --threads 2 --out " +
-                             cli_test::quote((dir / "run").string()));
+  auto train = cli_test::run(
+      "train --model " + model + " --data " + cli_test::quote((dir / "lm.jsonl").string()) +
+      " --task causal-lm --method lora --max-steps 3 --batch-size 2 --lr 0.05 --threads 2 --out " +
+      cli_test::quote((dir / "run").string()));
   ASSERT_EQ(train.code, 0) << train.output;
   for (const char* saved : {"delta", "peft"}) {
     auto out = cli_test::run("export --format gguf --model " + model + " --delta " +
@@ -127,9 +129,11 @@ TEST(GgufLora, CommandLineExportAndReadBack) {
     ASSERT_EQ(out.code, 0) << out.output;
   }
   std::ifstream ours(dir / "delta.gguf", std::ios::binary), peft(dir / "peft.gguf", std::ios::binary);
-  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(ours), {}), std::string(std::istreambuf_iterator<char>(peft), {}));
+  EXPECT_EQ(std::string(std::istreambuf_iterator<char>(ours), {}),
+            std::string(std::istreambuf_iterator<char>(peft), {}));
 
-  const std::string generate = "generate --model " + model + " --prompt 'The whale' --max-new-tokens 8 --threads 2 --delta ";
+  const std::string generate =
+      "generate --model " + model + " --prompt 'The whale' --max-new-tokens 8 --threads 2 --delta ";
   auto from_folder = cli_test::run(generate + cli_test::quote((dir / "run" / "delta").string()));
   auto from_gguf = cli_test::run(generate + cli_test::quote((dir / "delta.gguf").string()));
   ASSERT_EQ(from_folder.code, 0) << from_folder.output;
@@ -162,8 +166,9 @@ TEST(GgufLora, MergedModelWrittenAsGguf) {
   EXPECT_LT(cmp.max_logits, 1e-4);
 
   gguf::convert_model(golden::model_dir("llama-mini"), dir / "q8.gguf", gguf::GgmlType::Q8_0);
-  auto on_q8 = cli_test::run("merge --model " + cli_test::quote((dir / "q8.gguf").string()) + " --delta " + adapter +
-                             " --format gguf --type f32 --out " + cli_test::quote((dir / "q8-merged").string()));
+  auto on_q8 =
+      cli_test::run("merge --model " + cli_test::quote((dir / "q8.gguf").string()) + " --delta " + adapter +
+                    " --format gguf --type f32 --out " + cli_test::quote((dir / "q8-merged").string()));
   ASSERT_EQ(on_q8.code, 0) << on_q8.output;
   LoadRequest r;
   r.model_dir = dir / "q8.gguf";

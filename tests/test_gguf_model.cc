@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "cli_run.h"
 #include "deltatune/error.h"
 #include "deltatune/gguf_model.h"
 #include "deltatune/loading.h"
@@ -124,7 +125,8 @@ TEST(GgufModel, QuantisedFileEqualsQuantisingTheFolder) {
     const std::vector<float> want = reference->forward(sample_input()).logits.to_floats();
     const std::vector<float> got = model->forward(sample_input()).logits.to_floats();
     ASSERT_EQ(got.size(), want.size());
-    for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], want[i]) << gguf::traits(type).name << " logit " << i;
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_EQ(got[i], want[i]) << gguf::traits(type).name << " logit " << i;
   }
 }
 
@@ -193,4 +195,31 @@ TEST(GgufModel, AFileWithoutTokenizerSaysSo) {
   } catch (const IoError& e) {
     EXPECT_NE(std::string(e.what()).find("tokenizer.ggml.model is missing"), std::string::npos) << e.what();
   }
+}
+
+// `deltatune convert` and `inspect` on the command line; usage errors are one line and exit 2.
+TEST(GgufModel, CommandLineConvertAndInspect) {
+  const fs::path dir = test_support::temp_dir("gguf_cli");
+  const std::string model = cli_test::quote(golden::model_dir("llama-mini").string());
+  const std::string out = cli_test::quote((dir / "mini.gguf").string());
+  auto convert = cli_test::run("convert --to gguf --type q4_0 --model " + model + " --output " + out);
+  ASSERT_EQ(convert.code, 0) << convert.output;
+  EXPECT_EQ(gguf::read_file(dir / "mini.gguf").tensor("blk.0.ffn_up.weight").type, gguf::GgmlType::Q4_0);
+  auto inspect = cli_test::run("inspect " + out);
+  ASSERT_EQ(inspect.code, 0) << inspect.output;
+  EXPECT_NE(inspect.output.find("general.architecture (string) = \"llama\""), std::string::npos)
+      << inspect.output;
+  EXPECT_NE(inspect.output.find("blk.3.attn_q.weight  Q4_0 [256, 256]"), std::string::npos) << inspect.output;
+  EXPECT_NE(inspect.output.find("llama: 4 layers, hidden 256"), std::string::npos) << inspect.output;
+
+  auto to = cli_test::run("convert --to onnx --model " + model + " --output " + out);
+  EXPECT_EQ(to.code, 2);
+  EXPECT_NE(to.output.find("--to 'onnx' is not supported (gguf)"), std::string::npos) << to.output;
+  auto type = cli_test::run("convert --to gguf --type q4_k --model " + model + " --output " + out);
+  EXPECT_EQ(type.code, 2);
+  EXPECT_NE(type.output.find("--type 'q4_k' is not supported"), std::string::npos) << type.output;
+  std::ofstream(dir / "junk.gguf") << "GGUF\x03";
+  auto junk = cli_test::run("inspect " + cli_test::quote((dir / "junk.gguf").string()));
+  EXPECT_EQ(junk.code, 2);
+  EXPECT_NE(junk.output.find("shorter than the 24-byte GGUF header"), std::string::npos) << junk.output;
 }

@@ -17,8 +17,8 @@ struct Args {
 
 gguf::GgmlType file_type(const std::string& name) {
   const std::optional<gguf::GgmlType> t = gguf::parse_type(name);
-  for (gguf::GgmlType ok : {gguf::GgmlType::F32, gguf::GgmlType::F16, gguf::GgmlType::BF16, gguf::GgmlType::Q8_0,
-                            gguf::GgmlType::Q4_0})
+  for (gguf::GgmlType ok : {gguf::GgmlType::F32, gguf::GgmlType::F16, gguf::GgmlType::BF16,
+                            gguf::GgmlType::Q8_0, gguf::GgmlType::Q4_0})
     if (t == ok) return ok;
   throw ExitError{"--type '" + name + "' is not supported (f32, f16, bf16, q8_0, q4_0)"};
 }
@@ -26,8 +26,10 @@ gguf::GgmlType file_type(const std::string& name) {
 void run(const Args& a) {
   if (a.to != "gguf") throw ExitError{"--to '" + a.to + "' is not supported (gguf)"};
   const gguf::GgmlType type = file_type(a.type);
-  if (!fs::is_directory(a.model)) throw ExitError{"model folder '" + a.model + "' does not exist or is not a folder"};
-  if (fs::is_directory(a.output)) throw ExitError{"--output '" + a.output + "' is a folder; name the .gguf file"};
+  if (!fs::is_directory(a.model))
+    throw ExitError{"model folder '" + a.model + "' does not exist or is not a folder"};
+  if (fs::is_directory(a.output))
+    throw ExitError{"--output '" + a.output + "' is a folder; name the .gguf file"};
   gguf::convert_model(a.model, a.output, type);
   std::printf("wrote %s (%s, %.2f MB)\n", a.output.c_str(), gguf::traits(type).name,
               double(fs::file_size(a.output)) / 1e6);

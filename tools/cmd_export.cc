@@ -20,12 +20,14 @@ struct Args {
 void run(const Args& a) {
   if (a.format != "gguf") throw ExitError{"--format '" + a.format + "' is not supported (gguf)"};
   const std::optional<gguf::GgmlType> type = gguf::parse_type(a.type);
-  if (!type || (*type != gguf::GgmlType::F32 && *type != gguf::GgmlType::F16 && *type != gguf::GgmlType::BF16))
+  if (!type ||
+      (*type != gguf::GgmlType::F32 && *type != gguf::GgmlType::F16 && *type != gguf::GgmlType::BF16))
     throw ExitError{"--type '" + a.type + "' is not supported (f32, f16, bf16)"};
   if (!model_exists(a.model))
     throw ExitError{"model folder '" + a.model + "' does not exist or is not a folder (nor a GGUF file)"};
   if (!fs::is_directory(a.delta)) throw ExitError{"delta '" + a.delta + "' is not a delta folder"};
-  if (fs::is_directory(a.output)) throw ExitError{"--output '" + a.output + "' is a folder; name the .gguf file"};
+  if (fs::is_directory(a.output))
+    throw ExitError{"--output '" + a.output + "' is a folder; name the .gguf file"};
   LoadRequest request;
   request.model_dir = a.model;
   request.delta = a.delta;
@@ -41,7 +43,8 @@ void run(const Args& a) {
 void setup(CLI::App& app) {
   auto a = std::make_shared<Args>();
   app.add_option("--format", a->format, "Format to write: gguf (llama.cpp's LoRA adapter)")->required();
-  app.add_option("--model", a->model, "The base model folder (or GGUF file) the delta was trained on")->required();
+  app.add_option("--model", a->model, "The base model folder (or GGUF file) the delta was trained on")
+      ->required();
   app.add_option("--delta", a->delta, "A saved LoRA: what train wrote, or a PEFT adapter folder")->required();
   app.add_option("--output,--out", a->output, "The .gguf file to write")->required();
   app.add_option("--type", a->type, "Type of the LoRA matrices: f32 (default), f16, bf16");

@@ -14,8 +14,8 @@ void setup(CLI::App& app) {
   auto delta_dir = std::make_shared<std::string>();
   auto head = std::make_shared<std::string>();
   // Either form names the folder (not both); the callback checks that one was given.
-  auto* positional =
-      app.add_option("model", *model_dir, "Hugging Face model folder (config.json + safetensors), or a GGUF file");
+  auto* positional = app.add_option("model", *model_dir,
+                                    "Hugging Face model folder (config.json + safetensors), or a GGUF file");
   auto* flag = app.add_option("--model", *model_dir, "The model folder (same as the positional argument)");
   positional->excludes(flag);
   app.add_option("--delta", *delta_dir, "A delta config (JSON) or a saved delta folder to attach and mark");

@@ -39,8 +39,8 @@ gguf::GgmlType gguf_type(const Args& a) {
   if (!a.dtype.empty()) throw ExitError{"--dtype is for safetensors; give a GGUF file's type with --type"};
   const std::string name = a.type.empty() ? "f16" : a.type;
   const std::optional<gguf::GgmlType> t = gguf::parse_type(name);
-  for (gguf::GgmlType ok : {gguf::GgmlType::F32, gguf::GgmlType::F16, gguf::GgmlType::BF16, gguf::GgmlType::Q8_0,
-                            gguf::GgmlType::Q4_0})
+  for (gguf::GgmlType ok : {gguf::GgmlType::F32, gguf::GgmlType::F16, gguf::GgmlType::BF16,
+                            gguf::GgmlType::Q8_0, gguf::GgmlType::Q4_0})
     if (t == ok) return ok;
   throw ExitError{"--type '" + name + "' is not supported (f32, f16, bf16, q8_0, q4_0)"};
 }

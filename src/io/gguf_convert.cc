@@ -29,7 +29,8 @@ uint32_t file_type(GgmlType type) {
     case GgmlType::BF16:
       return 32;
     default:
-      throw ConfigError(std::string("GGUF model type ") + traits(type).name + " is not supported (f32, f16, bf16, q8_0, q4_0)");
+      throw ConfigError(std::string("GGUF model type ") + traits(type).name +
+                        " is not supported (f32, f16, bf16, q8_0, q4_0)");
   }
 }
 
@@ -81,8 +82,8 @@ GgmlType tensor_type(const Shape& shape, GgmlType type) {
 }
 
 // A matrix's bytes in the file's row order (q/k permuted): rows of `row_bytes` each.
-std::vector<uint8_t> in_file_order(const ModelConfig& c, const std::string& hf_name, std::vector<uint8_t> bytes,
-                                   int64_t rows) {
+std::vector<uint8_t> in_file_order(const ModelConfig& c, const std::string& hf_name,
+                                   std::vector<uint8_t> bytes, int64_t rows) {
   const int64_t heads = permutation_heads(c, hf_name);
   if (!heads || rows == 0) return bytes;
   return permute_rows(bytes.data(), rows, bytes.size() / size_t(rows), heads, false);
@@ -98,7 +99,8 @@ ModelTensors model_tensors(const TransformerModel& model) {
   auto& m = const_cast<TransformerModel&>(model);  // named_parameters is not const; nothing changes
   ModelTensors out;
   for (auto& [name, t] : m.named_parameters())
-    if (t->defined() && !(model.config.tie_word_embeddings && name == "lm_head.weight")) out.floats.emplace_back(name, *t);
+    if (t->defined() && !(model.config.tie_word_embeddings && name == "lm_head.weight"))
+      out.floats.emplace_back(name, *t);
   for (auto& [name, module] : m.named_modules())
     if (auto* linear = dynamic_cast<nn::Linear*>(module); linear && linear->quantized)
       out.quantized[name + ".weight"] = linear->quantized.get();
@@ -107,17 +109,22 @@ ModelTensors model_tensors(const TransformerModel& model) {
 
 }  // namespace
 
-void write_model(const TransformerModel& model, const fs::path& tokenizer_source, const fs::path& out, GgmlType type) {
+void write_model(const TransformerModel& model, const fs::path& tokenizer_source, const fs::path& out,
+                 GgmlType type) {
   const ModelConfig& config = model.config;
   if (config.family != ArchFamily::Llama)
-    throw ConfigError("GGUF models are written for the llama family (llama, mistral, qwen2), not " + config.model_type);
+    throw ConfigError("GGUF models are written for the llama family (llama, mistral, qwen2), not " +
+                      config.model_type);
   if (model.head != HeadKind::CausalLM)
-    throw ConfigError(std::string("a GGUF model is a causal LM; this model has a ") + head_name(model.head) + " head");
-  if (config.rope_type != "default") throw ConfigError("rope type " + config.rope_type + " is not supported in GGUF");
+    throw ConfigError(std::string("a GGUF model is a causal LM; this model has a ") + head_name(model.head) +
+                      " head");
+  if (config.rope_type != "default")
+    throw ConfigError("rope type " + config.rope_type + " is not supported in GGUF");
   const std::string arch = config.model_type == "qwen2" ? "qwen2" : "llama";
   Writer w;
   const std::string name = fs::absolute(tokenizer_source).lexically_normal().filename().string();
-  add_hyperparameters(w, config, arch, name.ends_with(".gguf") ? name.substr(0, name.size() - 5) : name, type);
+  add_hyperparameters(w, config, arch, name.ends_with(".gguf") ? name.substr(0, name.size() - 5) : name,
+                      type);
   add_tokenizer(w, tokenizer_source, config.vocab_size);
 
   const ModelTensors tensors = model_tensors(model);
@@ -148,7 +155,8 @@ void write_model(const TransformerModel& model, const fs::path& tokenizer_source
         values = floats.at(hf).to_floats();
       bytes = encode(values.data(), rows, cols, stored);
     }
-    w.add_tensor(gg, Shape(shape.rbegin(), shape.rend()), stored, in_file_order(config, hf, std::move(bytes), rows));
+    w.add_tensor(gg, Shape(shape.rbegin(), shape.rend()), stored,
+                 in_file_order(config, hf, std::move(bytes), rows));
   }
   w.write(out);
 }
@@ -156,7 +164,8 @@ void write_model(const TransformerModel& model, const fs::path& tokenizer_source
 void convert_model(const fs::path& hf_dir, const fs::path& out, GgmlType type) {
   const ModelConfig config = load_model_config(hf_dir);
   if (config.family != ArchFamily::Llama)
-    throw ConfigError(hf_dir.string() + ": GGUF conversion supports the llama family (llama, mistral, qwen2), not " +
+    throw ConfigError(hf_dir.string() +
+                      ": GGUF conversion supports the llama family (llama, mistral, qwen2), not " +
                       config.model_type);
   file_type(type);  // an unsupported type is refused before the model loads
   LoadOptions options;

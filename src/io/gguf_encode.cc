@@ -28,9 +28,10 @@ std::vector<uint8_t> encode(const float* values, int64_t rows, int64_t cols, Ggm
     case GgmlType::Q8_0:
     case GgmlType::Q4_0: {
       if (cols % 32 != 0)
-        throw ConfigError("gguf: " + std::string(traits(type).name) + " needs rows whose length is a multiple of 32, not " +
-                          std::to_string(cols));
-      QuantizedMatrix q = quantize(values, rows, cols, type == GgmlType::Q8_0 ? QuantFormat::Q8_0 : QuantFormat::Q4_0);
+        throw ConfigError("gguf: " + std::string(traits(type).name) +
+                          " needs rows whose length is a multiple of 32, not " + std::to_string(cols));
+      QuantizedMatrix q =
+          quantize(values, rows, cols, type == GgmlType::Q8_0 ? QuantFormat::Q8_0 : QuantFormat::Q4_0);
       return std::move(q.data);
     }
     default:

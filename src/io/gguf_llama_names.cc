@@ -12,9 +12,10 @@ namespace {
 // Per-block parameter suffixes: Hugging Face's, llama.cpp's.
 const std::vector<std::pair<std::string, std::string>>& block_names() {
   static const std::vector<std::pair<std::string, std::string>> names = {
-      {"input_layernorm", "attn_norm"},      {"self_attn.q_proj", "attn_q"}, {"self_attn.k_proj", "attn_k"},
-      {"self_attn.v_proj", "attn_v"},        {"self_attn.o_proj", "attn_output"},
-      {"post_attention_layernorm", "ffn_norm"}, {"mlp.gate_proj", "ffn_gate"}, {"mlp.up_proj", "ffn_up"},
+      {"input_layernorm", "attn_norm"},    {"self_attn.q_proj", "attn_q"},
+      {"self_attn.k_proj", "attn_k"},      {"self_attn.v_proj", "attn_v"},
+      {"self_attn.o_proj", "attn_output"}, {"post_attention_layernorm", "ffn_norm"},
+      {"mlp.gate_proj", "ffn_gate"},       {"mlp.up_proj", "ffn_up"},
       {"mlp.down_proj", "ffn_down"},
   };
   return names;

@@ -17,7 +17,8 @@ namespace fs = std::filesystem;
 // The GGUF architecture a config's model is written as (convert_hf_to_gguf writes mistral as llama).
 std::string gguf_arch(const ModelConfig& c) {
   if (c.family != ArchFamily::Llama)
-    throw ConfigError("GGUF adapters are written for the llama family (llama, mistral, qwen2), not " + c.model_type);
+    throw ConfigError("GGUF adapters are written for the llama family (llama, mistral, qwen2), not " +
+                      c.model_type);
   return c.model_type == "qwen2" ? "qwen2" : "llama";
 }
 
@@ -27,7 +28,8 @@ float adapter_alpha(const nlohmann::json& c, const std::set<int64_t>& ranks) {
   const double alpha = c.value("alpha", 8.0);
   if (!c.value("rslora", false)) return float(alpha);
   if (ranks.size() != 1)
-    throw ConfigError("an rsLoRA delta with several ranks has no single GGUF adapter alpha (alpha / r per tensor)");
+    throw ConfigError(
+        "an rsLoRA delta with several ranks has no single GGUF adapter alpha (alpha / r per tensor)");
   return float(alpha * std::sqrt(double(*ranks.begin())));
 }
 
@@ -35,7 +37,8 @@ void check_writable(const nlohmann::json& c, const std::string& method) {
   if (method != "lora") throw ConfigError("a GGUF adapter holds a LoRA, not a '" + method + "' delta");
   if (c.value("dora", false)) throw ConfigError("a GGUF adapter cannot hold DoRA's magnitude vectors");
   if (c.value("bias", std::string("none")) != "none")
-    throw ConfigError("a GGUF adapter cannot hold trained biases (bias '" + c.value("bias", std::string()) + "')");
+    throw ConfigError("a GGUF adapter cannot hold trained biases (bias '" + c.value("bias", std::string()) +
+                      "')");
   if (!c.value("alpha_pattern", nlohmann::json::object()).empty())
     throw ConfigError("a GGUF adapter has one alpha; this LoRA has an alpha_pattern");
 }
@@ -59,9 +62,11 @@ void add_matrix(Writer& w, const std::string& name, const Tensor& t, GgmlType ty
 
 }  // namespace
 
-void write_lora_adapter(delta::Delta& lora, const TransformerModel& model, const fs::path& out, GgmlType type) {
+void write_lora_adapter(delta::Delta& lora, const TransformerModel& model, const fs::path& out,
+                        GgmlType type) {
   if (type != GgmlType::F32 && type != GgmlType::F16 && type != GgmlType::BF16)
-    throw ConfigError(std::string("GGUF adapter type ") + traits(type).name + " is not supported (f32, f16, bf16)");
+    throw ConfigError(std::string("GGUF adapter type ") + traits(type).name +
+                      " is not supported (f32, f16, bf16)");
   const nlohmann::json c = lora.config();
   check_writable(c, lora.method());
   const std::string arch = gguf_arch(model.config);
@@ -105,7 +110,8 @@ std::unique_ptr<delta::Delta> attach_lora_adapter(const fs::path& file, Transfor
     throw IoError(where + "not a LoRA adapter (adapter.type is not \"lora\")");
   const std::string arch = f.string("general.architecture");
   if (arch != gguf_arch(model.config))
-    throw IoError(where + "an adapter for architecture '" + arch + "', the model is " + model.config.model_type);
+    throw IoError(where + "an adapter for architecture '" + arch + "', the model is " +
+                  model.config.model_type);
   const double alpha = f.number("adapter.lora.alpha");
 
   std::map<std::string, Tensor> values;

@@ -46,7 +46,8 @@ ModelConfig model_config(const File& f) {
   c["num_hidden_layers"] = f.integer(a + ".block_count");
   c["intermediate_size"] = f.integer(a + ".feed_forward_length");
   c["num_attention_heads"] = f.integer(a + ".attention.head_count");
-  c["num_key_value_heads"] = optional_int(f, a + ".attention.head_count_kv").value_or(c["num_attention_heads"]);
+  c["num_key_value_heads"] =
+      optional_int(f, a + ".attention.head_count_kv").value_or(c["num_attention_heads"]);
   c["max_position_embeddings"] = f.integer(a + ".context_length");
   c["rms_norm_eps"] = f.number(a + ".attention.layer_norm_rms_epsilon");
   if (f.find(a + ".rope.freq_base")) c["rope_theta"] = f.number(a + ".rope.freq_base");
@@ -72,7 +73,9 @@ HfWeights hf_weights(const File& f, const ModelConfig& config) {
   HfWeights out;
   for (const TensorInfo& t : f.tensors) {
     const std::optional<std::string> name = hf_tensor_name(t.name);
-    if (!name) throw IoError(f.path.string() + ": tensor '" + t.name + "' is not part of a " + config.model_type + " model");
+    if (!name)
+      throw IoError(f.path.string() + ": tensor '" + t.name + "' is not part of a " + config.model_type +
+                    " model");
     const std::vector<int64_t> shape = t.shape();
     const int64_t rows = shape.empty() ? 1 : shape[0];
     const int64_t cols = shape.size() < 2 ? 1 : t.elements() / std::max<int64_t>(rows, 1);

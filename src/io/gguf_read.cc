@@ -105,7 +105,8 @@ std::shared_ptr<const void> map_file(const fs::path& file, uint64_t& size_out) {
 ValueType value_type(Cursor& in, const fs::path& file, const std::string& key, bool element) {
   const uint32_t id = in.read<uint32_t>("the value type of '" + key + "'");
   if (id > uint32_t(ValueType::Float64))
-    fail(file, "metadata '" + key + "': unknown value type " + std::to_string(id) + (element ? " in array" : ""));
+    fail(file,
+         "metadata '" + key + "': unknown value type " + std::to_string(id) + (element ? " in array" : ""));
   return ValueType(id);
 }
 
@@ -113,7 +114,8 @@ Value read_array(Cursor& in, const fs::path& file, const std::string& key) {
   Value v;
   v.type = ValueType::Array;
   v.element_type = value_type(in, file, key, true);
-  if (v.element_type == ValueType::Array) fail(file, "metadata '" + key + "': arrays of arrays are not supported");
+  if (v.element_type == ValueType::Array)
+    fail(file, "metadata '" + key + "': arrays of arrays are not supported");
   v.count = in.read<uint64_t>("the length of array '" + key + "'");
   // Every element takes at least its scalar size (a string its 8-byte length): bound the count first.
   const uint64_t min_element = v.element_type == ValueType::String ? 8 : value_scalar_size(v.element_type);
@@ -168,7 +170,8 @@ uint64_t alignment_of(const File& f) {
   if (v->type != ValueType::Uint32)
     fail(f.path, std::string("general.alignment is a ") + value_type_name(v->type) + ", expected uint32");
   const uint64_t a = uint64_t(v->as_int());
-  if (a == 0 || (a & (a - 1)) != 0) fail(f.path, "general.alignment " + std::to_string(a) + " is not a power of two");
+  if (a == 0 || (a & (a - 1)) != 0)
+    fail(f.path, "general.alignment " + std::to_string(a) + " is not a power of two");
   return a;
 }
 
@@ -194,9 +197,10 @@ TensorInfo read_tensor_info(Cursor& in, const File& f, uint64_t index) {
   const uint64_t row = t.dims.empty() ? 1 : uint64_t(t.dims[0]);
   if (row % traits->block_size != 0)
     fail_tensor(f.path, t.name,
-                "row length " + std::to_string(row) + " is not a multiple of " + traits->name + "'s block of " +
-                    std::to_string(traits->block_size));
-  t.bytes = elements / traits->block_size * traits->type_size;  // elements < 2^63, type_size < 2^9: no overflow
+                "row length " + std::to_string(row) + " is not a multiple of " + traits->name +
+                    "'s block of " + std::to_string(traits->block_size));
+  t.bytes =
+      elements / traits->block_size * traits->type_size;  // elements < 2^63, type_size < 2^9: no overflow
   if (t.offset % f.alignment != 0)
     fail_tensor(f.path, t.name,
                 "offset " + std::to_string(t.offset) + " is not a multiple of the alignment " +
@@ -218,8 +222,9 @@ void check_layout(const File& f, uint64_t data_size) {
   for (size_t i = 1; i < sorted.size(); ++i)
     if (sorted[i]->offset < sorted[i - 1]->offset + sorted[i - 1]->bytes)
       fail_tensor(f.path, sorted[i]->name,
-                  "data at offset " + std::to_string(sorted[i]->offset) + " overlaps tensor '" + sorted[i - 1]->name +
-                      "' [" + std::to_string(sorted[i - 1]->offset) + ", +" + std::to_string(sorted[i - 1]->bytes) + ")");
+                  "data at offset " + std::to_string(sorted[i]->offset) + " overlaps tensor '" +
+                      sorted[i - 1]->name + "' [" + std::to_string(sorted[i - 1]->offset) + ", +" +
+                      std::to_string(sorted[i - 1]->bytes) + ")");
 }
 
 }  // namespace

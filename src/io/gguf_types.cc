@@ -153,8 +153,8 @@ Value numeric_array(ValueType element, const std::vector<T>& v) {
 }  // namespace
 
 const char* value_type_name(ValueType t) {
-  static const char* names[] = {"uint8", "int8",   "uint16", "int16", "uint32", "int32",  "float32",
-                                "bool",  "string", "array",  "uint64", "int64", "float64"};
+  static const char* names[] = {"uint8", "int8",   "uint16", "int16",  "uint32", "int32",  "float32",
+                                "bool",  "string", "array",  "uint64", "int64",  "float64"};
   const auto i = uint32_t(t);
   return i < std::size(names) ? names[i] : "unknown";
 }
@@ -179,7 +179,9 @@ std::optional<GgmlType> parse_type(const std::string& name) {
   return std::nullopt;
 }
 
-bool Value::is_integer() const { return type != ValueType::Array && !is_float_type(type) && scalar_size(type); }
+bool Value::is_integer() const {
+  return type != ValueType::Array && !is_float_type(type) && scalar_size(type);
+}
 bool Value::is_number() const { return is_integer() || is_float_type(type); }
 
 int64_t Value::as_int() const {
@@ -204,13 +206,15 @@ std::vector<int64_t> Value::int_array() const {
 }
 
 std::vector<double> Value::double_array() const {
-  if (type != ValueType::Array || !scalar_size(element_type)) throw ConfigError("expected an array of numbers");
+  if (type != ValueType::Array || !scalar_size(element_type))
+    throw ConfigError("expected an array of numbers");
   std::vector<double> out(count);
   const size_t step = scalar_size(element_type);
   for (uint64_t i = 0; i < count; ++i) {
     const uint8_t* p = bytes.data() + i * step;
-    out[i] = is_float_type(element_type) || element_type == ValueType::Uint64 ? element_double(element_type, p)
-                                                                               : double(element_int(element_type, p));
+    out[i] = is_float_type(element_type) || element_type == ValueType::Uint64
+                 ? element_double(element_type, p)
+                 : double(element_int(element_type, p));
   }
   return out;
 }

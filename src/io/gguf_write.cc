@@ -53,7 +53,8 @@ void Writer::set(const std::string& key, Value value) {
   metadata_.emplace_back(key, std::move(value));
 }
 
-void Writer::add_tensor(std::string name, std::vector<int64_t> dims, GgmlType type, std::vector<uint8_t> data) {
+void Writer::add_tensor(std::string name, std::vector<int64_t> dims, GgmlType type,
+                        std::vector<uint8_t> data) {
   Pending p;
   p.info.name = std::move(name);
   p.info.dims = std::move(dims);

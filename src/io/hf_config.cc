@@ -1,5 +1,4 @@
 #include "deltatune/hf_config.h"
-#include "deltatune/gguf_model.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -9,6 +8,7 @@
 #include <sstream>
 
 #include "deltatune/error.h"
+#include "deltatune/gguf_model.h"
 #include "deltatune/json_file.h"
 
 namespace deltatune {

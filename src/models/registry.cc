@@ -50,7 +50,8 @@ void init_parameters(TransformerModel& model, uint64_t seed, const std::set<std:
 
 // A linear weight that a GGUF file holds in Q8_0 / Q4_0 stays so: the layer keeps the file's blocks
 // (as --quantize would have made them) and its float weight is freed. False when `q` is null.
-bool keep_quantized(TransformerModel& model, const std::string& param, std::shared_ptr<const QuantizedMatrix> q) {
+bool keep_quantized(TransformerModel& model, const std::string& param,
+                    std::shared_ptr<const QuantizedMatrix> q) {
   if (!q || !param.ends_with(".weight")) return false;
   const std::string module_name = param.substr(0, param.size() - std::string(".weight").size());
   for (auto& [name, module] : model.named_modules()) {
@@ -147,8 +148,8 @@ std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& d
     used.insert(key);
     const Tensor& src = it->second;
     if (src.shape() != param->shape())
-      throw IoError(tensor_file + ": tensor '" + key + "' has shape " +
-                    shape_str(src.shape()) + " but the model expects " + shape_str(param->shape()));
+      throw IoError(tensor_file + ": tensor '" + key + "' has shape " + shape_str(src.shape()) +
+                    " but the model expects " + shape_str(param->shape()));
     if (options.keep_half_precision)
       *param = src;
     else

@@ -20,7 +20,9 @@ class Proto {
     put_varint(v);
     return *this;
   }
-  Proto& int32(int field, int64_t v) { return varint(field, uint64_t(v)); }  // negatives: 10 bytes, as protobuf
+  Proto& int32(int field, int64_t v) {
+    return varint(field, uint64_t(v));
+  }  // negatives: 10 bytes, as protobuf
   Proto& fixed32(int field, float v) {
     key(field, 5);
     bytes.append(reinterpret_cast<const char*>(&v), 4);
@@ -48,7 +50,15 @@ class Proto {
 
 // sentencepiece_model.proto's field numbers.
 enum PieceField { kPiece = 1, kScore = 2, kType = 3 };
-enum TrainerField { kModelType = 3, kVocabSize = 4, kByteFallback = 35, kUnkId = 40, kBosId = 41, kEosId = 42, kPadId = 43 };
+enum TrainerField {
+  kModelType = 3,
+  kVocabSize = 4,
+  kByteFallback = 35,
+  kUnkId = 40,
+  kBosId = 41,
+  kEosId = 42,
+  kPadId = 43
+};
 enum NormalizerField { kName = 1, kAddDummyPrefix = 3, kRemoveExtraWhitespaces = 4, kEscapeWhitespaces = 5 };
 constexpr int kBpe = 2, kByteType = 6, kNormalType = 1;
 
@@ -65,7 +75,8 @@ bool flag(const gguf::File& f, const std::string& key, bool fallback) {
 
 std::unique_ptr<Tokenizer> load_gguf_tokenizer(const gguf::File& f) {
   const std::string source = f.path.string();
-  if (!f.find("tokenizer.ggml.model")) throw IoError(source + ": no tokenizer (tokenizer.ggml.model is missing)");
+  if (!f.find("tokenizer.ggml.model"))
+    throw IoError(source + ": no tokenizer (tokenizer.ggml.model is missing)");
   const std::string kind = f.string("tokenizer.ggml.model");
   if (kind != "llama")
     throw IoError(source + ": tokenizer.ggml.model '" + kind + "' is not supported (llama: SentencePiece)");
@@ -82,14 +93,17 @@ std::unique_ptr<Tokenizer> load_gguf_tokenizer(const gguf::File& f) {
     throw IoError(source + ": tokenizer.ggml.scores / token_type: " + e.what());
   }
   if (scores.size() != n || types.size() != n)
-    throw IoError(source + ": tokenizer.ggml.tokens, scores and token_type differ in length (" + std::to_string(n) +
-                  ", " + std::to_string(scores.size()) + ", " + std::to_string(types.size()) + ")");
+    throw IoError(source + ": tokenizer.ggml.tokens, scores and token_type differ in length (" +
+                  std::to_string(n) + ", " + std::to_string(scores.size()) + ", " +
+                  std::to_string(types.size()) + ")");
 
   Proto model;
   bool byte_fallback = false;
   for (size_t i = 0; i < n; ++i) {
     Proto piece;
-    piece.string(kPiece, tokens.strings[i]).fixed32(kScore, float(scores[i])).varint(kType, uint64_t(types[i]));
+    piece.string(kPiece, tokens.strings[i])
+        .fixed32(kScore, float(scores[i]))
+        .varint(kType, uint64_t(types[i]));
     model.message(1, piece);
     byte_fallback = byte_fallback || types[i] == kByteType;
   }
@@ -101,7 +115,8 @@ std::unique_ptr<Tokenizer> load_gguf_tokenizer(const gguf::File& f) {
   trainer.int32(kPadId, special_id(f, "tokenizer.ggml.padding_token_id").value_or(-1));
   model.message(2, trainer);
   Proto normalizer;
-  normalizer.string(kName, "identity").varint(kAddDummyPrefix, flag(f, "tokenizer.ggml.add_space_prefix", true));
+  normalizer.string(kName, "identity")
+      .varint(kAddDummyPrefix, flag(f, "tokenizer.ggml.add_space_prefix", true));
   normalizer.varint(kRemoveExtraWhitespaces, 0).varint(kEscapeWhitespaces, 1);
   model.message(3, normalizer);
 

@@ -25,7 +25,8 @@ int32_t token_type(const sentencepiece::SentencePieceProcessor& sp, int id) {
 void add_gguf_vocab(const std::filesystem::path& hf_dir, int64_t vocab_size, gguf::Writer& w) {
   const std::filesystem::path model = hf_dir / "tokenizer.model";
   if (!std::filesystem::exists(model))
-    throw ConfigError(hf_dir.string() + ": no tokenizer.model (GGUF conversion supports SentencePiece tokenizers)");
+    throw ConfigError(hf_dir.string() +
+                      ": no tokenizer.model (GGUF conversion supports SentencePiece tokenizers)");
   sentencepiece::SentencePieceProcessor sp;
   if (const auto status = sp.Load(model.string()); !status.ok())
     throw IoError(model.string() + ": cannot load SentencePiece model: " + status.ToString());
@@ -58,10 +59,11 @@ void add_gguf_vocab(const std::filesystem::path& hf_dir, int64_t vocab_size, ggu
     const int id = sp.PieceToId(*name);
     return id == sp.unk_id() && *name != sp.IdToPiece(id) ? -1 : id;
   };
-  const std::pair<const char*, int64_t> specials[] = {{"tokenizer.ggml.bos_token_id", id_of("bos_token", sp.bos_id())},
-                                                      {"tokenizer.ggml.eos_token_id", id_of("eos_token", sp.eos_id())},
-                                                      {"tokenizer.ggml.unknown_token_id", id_of("unk_token", sp.unk_id())},
-                                                      {"tokenizer.ggml.padding_token_id", id_of("pad_token", sp.pad_id())}};
+  const std::pair<const char*, int64_t> specials[] = {
+      {"tokenizer.ggml.bos_token_id", id_of("bos_token", sp.bos_id())},
+      {"tokenizer.ggml.eos_token_id", id_of("eos_token", sp.eos_id())},
+      {"tokenizer.ggml.unknown_token_id", id_of("unk_token", sp.unk_id())},
+      {"tokenizer.ggml.padding_token_id", id_of("pad_token", sp.pad_id())}};
   for (const auto& [key, id] : specials)
     if (id >= 0) w.set(key, gguf::Value::of_uint32(uint32_t(id)));
   w.set("tokenizer.ggml.add_bos_token", gguf::Value::of_bool(config.flag("add_bos_token").value_or(true)));

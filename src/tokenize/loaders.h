@@ -31,7 +31,7 @@ std::unique_ptr<Tokenizer> load_sentencepiece(const std::filesystem::path& model
                                               const TokenizerConfig& config);
 // A SentencePiece model given as its serialized ModelProto (built from a GGUF file's vocabulary);
 // `source` names it in errors.
-std::unique_ptr<Tokenizer> load_sentencepiece_proto(const std::string& serialized, const TokenizerConfig& config,
-                                                    const std::string& source);
+std::unique_ptr<Tokenizer> load_sentencepiece_proto(const std::string& serialized,
+                                                    const TokenizerConfig& config, const std::string& source);
 
 }  // namespace deltatune::tokenize

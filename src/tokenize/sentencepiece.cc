@@ -125,11 +125,12 @@ class SentencePieceTokenizer final : public Tokenizer {
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::filesystem::path& model_file,
                                               const TokenizerConfig& config) {
   return std::make_unique<SentencePieceTokenizer>(
-      [&](sentencepiece::SentencePieceProcessor& p) { return p.Load(model_file.string()); }, model_file.string(),
-      config);
+      [&](sentencepiece::SentencePieceProcessor& p) { return p.Load(model_file.string()); },
+      model_file.string(), config);
 }
 
-std::unique_ptr<Tokenizer> load_sentencepiece_proto(const std::string& serialized, const TokenizerConfig& config,
+std::unique_ptr<Tokenizer> load_sentencepiece_proto(const std::string& serialized,
+                                                    const TokenizerConfig& config,
                                                     const std::string& source) {
   return std::make_unique<SentencePieceTokenizer>(
       [&](sentencepiece::SentencePieceProcessor& p) { return p.LoadFromSerializedProto(serialized); }, source,

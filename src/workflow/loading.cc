@@ -54,7 +54,8 @@ bool model_exists(const fs::path& model) { return fs::is_directory(model) || ggu
 
 LoadedModel load_with_delta(const LoadRequest& r) {
   if (!model_exists(r.model_dir))
-    throw IoError("model folder '" + r.model_dir.string() + "' does not exist or is not a folder (nor a GGUF file)");
+    throw IoError("model folder '" + r.model_dir.string() +
+                  "' does not exist or is not a folder (nor a GGUF file)");
   // A GGUF adapter holds a LoRA and no head: the base loads with the request's or its own head.
   const bool gguf_adapter = !r.delta.empty() && gguf::is_gguf_adapter(r.delta);
   const fs::path delta_dir = gguf_adapter ? r.delta : folder_path(r.delta);

@@ -261,7 +261,8 @@ void check_request(const TrainRequest& r) {
     throw ConfigError("--method " + r.method +
                       " trains the classification head alone; a language model has none to train");
   if (!model_exists(r.model_dir))
-    throw IoError("model folder '" + r.model_dir.string() + "' does not exist or is not a folder (nor a GGUF file)");
+    throw IoError("model folder '" + r.model_dir.string() +
+                  "' does not exist or is not a folder (nor a GGUF file)");
   if (!r.data.empty() && !fs::exists(r.data))
     throw IoError("data '" + r.data.string() +
                   "' does not exist (expected a task folder with train.jsonl, or a file)");
