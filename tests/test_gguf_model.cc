@@ -90,12 +90,13 @@ TEST(GgufModel, ConvertedFileHasLlamaCppsNamesAndMetadata) {
   }
 }
 
-// Measured on these inputs (printed): F32 0, F16 1e-6 (llama-mini's weights are bfloat16 values),
+// Measured on these inputs (printed): F32 0, BF16 0, F16 1e-6 (llama-mini's weights are bfloat16),
 // Q8_0 0.022, Q4_0 0.31 (the embedding table in 4 bits too, as the file stores it; --quantize q4_0
 // keeps it in float32). Bounds about 1.5x that; the exact check of the quantised files is below.
 TEST(GgufModel, LogitsEqualTheHuggingFaceFolders) {
   EXPECT_LT(relative_logit_error(gguf::GgmlType::F32), 1e-6);
   EXPECT_LT(relative_logit_error(gguf::GgmlType::F16), 1e-5);
+  EXPECT_LT(relative_logit_error(gguf::GgmlType::BF16), 1e-6);  // llama-mini is bfloat16: exact
   int64_t quantized = 0;
   EXPECT_LT(relative_logit_error(gguf::GgmlType::Q8_0, &quantized), 0.035);
   EXPECT_EQ(quantized, 4 * 7 + 1);  // every block linear and the LM head kept as Q8_0 blocks
