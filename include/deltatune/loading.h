@@ -55,6 +55,10 @@ struct LoadedModel {
   nlohmann::json train_config;           // the run's train_config.json beside the delta, else null
 };
 
+// Whether `model` names something load_with_delta can load: a model folder, or a GGUF model file
+// (llama.cpp's; deltatune/gguf_model.h), which every command accepts where it takes a model folder.
+bool model_exists(const std::filesystem::path& model);
+
 // Loads model_dir with the head the delta (or the request) needs and applies the delta.
 LoadedModel load_with_delta(const LoadRequest& request);
 

@@ -107,6 +107,11 @@ int64_t store_frozen_weights(Module& root, DType dtype, const std::set<std::stri
 // how many weights were quantised. Throws ConfigError for a weight with NaN or infinite values.
 int64_t quantize_frozen_weights(Module& root, QuantFormat format, const std::set<std::string>& trained = {});
 
+// Undoes quantize_frozen_weights (or a GGUF file's quantised layers): each quantised Linear gets its
+// float32 weight back, dequantised, and drops the QuantizedMatrix. Merging a delta needs the float
+// weights. Returns how many weights changed.
+int64_t dequantize_weights(Module& root);
+
 class Embedding;
 
 // A delta's attachment to an embedding table (LoRA on embeddings): post() transforms the looked-up

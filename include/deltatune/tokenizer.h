@@ -40,6 +40,7 @@ class Tokenizer {
 
   // Loads the tokenizer of a Hugging Face checkpoint folder. Picks, in order: tokenizer.json (WordPiece or
   // BPE model), vocab.json + merges.txt, vocab.txt, tokenizer.model; tokenizer_config.json refines it.
+  // A GGUF file instead of a folder: the SentencePiece vocabulary of its tokenizer.ggml.* metadata.
   // Throws IoError when the folder has none of these or a file is malformed.
   static std::unique_ptr<Tokenizer> load(const std::filesystem::path& dir);
 

@@ -4,13 +4,17 @@
 
 #include "deltatune/atomic_file.h"
 #include "deltatune/error.h"
+#include "deltatune/nn.h"
 #include "deltatune/safetensors.h"
 
 namespace deltatune::delta {
 namespace fs = std::filesystem;
 
 // Each method knows whether and how it folds into the weights (Delta::merge_into, lora.cc, ia3.cc).
-void merge_into(TransformerModel& model, Delta& delta) { delta.merge_into(model); }
+void merge_into(TransformerModel& model, Delta& delta) {
+  nn::dequantize_weights(model);  // a quantised base (--quantize, a GGUF file) merges in float32
+  delta.merge_into(model);
+}
 
 void unmerge_from(TransformerModel& model, Delta& delta) { delta.unmerge_from(model); }
 

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "deltatune/error.h"
+#include "deltatune/gguf_model.h"
 #include "deltatune/json_file.h"
 
 namespace deltatune {
@@ -414,6 +415,7 @@ ModelConfig parse_model_config(const nlohmann::json& config, const std::string& 
 }
 
 ModelConfig load_model_config(const fs::path& dir_or_file) {
+  if (gguf::is_gguf_file(dir_or_file)) return gguf::model_config(gguf::read_file(dir_or_file));
   std::error_code ec;
   const fs::path file = fs::is_directory(dir_or_file, ec) ? dir_or_file / "config.json" : dir_or_file;
   return parse_model_config(read_json_file(file), file.string());

@@ -4,6 +4,7 @@
 
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
+#include "deltatune/gguf_model.h"
 #include "deltatune/model.h"
 #include "deltatune/safetensors.h"
 #include "models/bert.h"
@@ -47,6 +48,25 @@ void init_parameters(TransformerModel& model, uint64_t seed, const std::set<std:
   }
 }
 
+// A linear weight that a GGUF file holds in Q8_0 / Q4_0 stays so: the layer keeps the file's blocks
+// (as --quantize would have made them) and its float weight is freed. False when `q` is null.
+bool keep_quantized(TransformerModel& model, const std::string& param,
+                    std::shared_ptr<const QuantizedMatrix> q) {
+  if (!q || !param.ends_with(".weight")) return false;
+  const std::string module_name = param.substr(0, param.size() - std::string(".weight").size());
+  for (auto& [name, module] : model.named_modules()) {
+    auto* linear = dynamic_cast<nn::Linear*>(module);
+    if (name != module_name || !linear) continue;
+    if (q->rows != linear->out_features || q->cols != linear->in_features || linear->fan_in_fan_out)
+      throw IoError("tensor '" + param + "' is [" + std::to_string(q->rows) + ", " + std::to_string(q->cols) +
+                    "] but the model expects " + shape_str(linear->weight().shape()));
+    linear->quantized = std::move(q);
+    linear->weight() = Tensor();
+    return true;
+  }
+  return false;
+}
+
 // The family's model class, parameters not yet initialised or loaded.
 std::unique_ptr<TransformerModel> construct(const ModelConfig& config, HeadKind head) {
   switch (config.family) {
@@ -80,7 +100,10 @@ std::unique_ptr<TransformerModel> build_model(const ModelConfig& config, HeadKin
 
 std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& dir,
                                                   const LoadOptions& options, LoadReport* report_out) {
-  ModelConfig config = load_model_config(dir);
+  // A GGUF file (llama.cpp's) holds its config in metadata and its tensors under llama.cpp's names.
+  std::optional<gguf::File> gguf_file;
+  if (gguf::is_gguf_file(dir)) gguf_file = gguf::read_file(dir);
+  ModelConfig config = gguf_file ? gguf::model_config(*gguf_file) : load_model_config(dir);
   // As transformers' from_pretrained: the model's name is the folder it was read from, as given (what
   // a saved delta records as its base, PEFT's base_model_name_or_path).
   config.raw["_name_or_path"] = dir.string();
@@ -90,7 +113,16 @@ std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& d
   }
   const HeadKind head = options.head.value_or(head_from_architectures(config));
   std::unique_ptr<TransformerModel> model = construct(config, head);
-  std::map<std::string, Tensor> tensors = load_checkpoint_tensors(dir);
+  std::map<std::string, Tensor> tensors;
+  std::map<std::string, std::shared_ptr<const QuantizedMatrix>> quantized;  // GGUF Q8_0 / Q4_0 matrices
+  if (gguf_file) {
+    gguf::HfWeights weights = gguf::hf_weights(*gguf_file, config);
+    tensors = std::move(weights.tensors);
+    quantized = std::move(weights.quantized);
+  } else {
+    tensors = load_checkpoint_tensors(dir);
+  }
+  const std::string tensor_file = gguf_file ? dir.string() : (dir / "model.safetensors").string();
   // Checkpoints of a bare base model (BertModel, GPT2Model, LlamaModel) lack the prefix.
   const std::string prefix = model->layers_path().substr(0, model->layers_path().find('.')) + ".";
   bool has_prefix = false;
@@ -104,6 +136,10 @@ std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& d
   for (auto& [name, param] : model->named_parameters()) {
     std::string key = name;
     if (!has_prefix && name.rfind(prefix, 0) == 0) key = name.substr(prefix.size());
+    if (keep_quantized(*model, name, quantized.find(key) != quantized.end() ? quantized[key] : nullptr)) {
+      used.insert(key);
+      continue;
+    }
     auto it = tensors.find(key);
     if (it == tensors.end()) {
       report.missing.push_back(name);
@@ -112,8 +148,8 @@ std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& d
     used.insert(key);
     const Tensor& src = it->second;
     if (src.shape() != param->shape())
-      throw IoError((dir / "model.safetensors").string() + ": tensor '" + key + "' has shape " +
-                    shape_str(src.shape()) + " but the model expects " + shape_str(param->shape()));
+      throw IoError(tensor_file + ": tensor '" + key + "' has shape " + shape_str(src.shape()) +
+                    " but the model expects " + shape_str(param->shape()));
     if (options.keep_half_precision)
       *param = src;
     else
@@ -122,6 +158,8 @@ std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& d
   }
   for (auto& [key, _] : tensors)
     if (!used.count(key) && !is_tied_alias(*model, key)) report.unexpected.push_back(key);
+  for (auto& [key, _] : quantized)
+    if (!used.count(key)) report.unexpected.push_back(key);
 
   std::vector<std::string> fatal;
   for (const auto& name : report.missing) {

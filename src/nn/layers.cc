@@ -89,6 +89,18 @@ int64_t quantize_frozen_weights(Module& root, QuantFormat format, const std::set
   return changed;
 }
 
+int64_t dequantize_weights(Module& root) {
+  int64_t changed = 0;
+  for (auto& [name, module] : root.named_modules())
+    if (auto* linear = dynamic_cast<Linear*>(module); linear && linear->quantized) {
+      Tensor w = linear->weight_out_in();
+      linear->weight() = linear->fan_in_fan_out ? w.t().contiguous() : w;
+      linear->quantized.reset();
+      ++changed;
+    }
+  return changed;
+}
+
 Embedding::Embedding(int64_t num, int64_t dim)
     : Module("Embedding"), weight_(register_parameter("weight", Tensor::zeros({num, dim}))) {}
 

@@ -8,6 +8,13 @@ namespace deltatune::tokenize {
 
 using nlohmann::json;
 
+TokenizerConfig TokenizerConfig::of(json settings, std::filesystem::path source) {
+  TokenizerConfig config;
+  config.json_ = std::move(settings);
+  config.file_ = std::move(source);
+  return config;
+}
+
 TokenizerConfig TokenizerConfig::read(const std::filesystem::path& dir) {
   TokenizerConfig config;
   config.file_ = dir / "tokenizer_config.json";

@@ -20,6 +20,8 @@ class TokenizerConfig {
  public:
   TokenizerConfig() = default;
   static TokenizerConfig read(const std::filesystem::path& dir);
+  // Settings given as JSON (a GGUF file's tokenizer.ggml.* keys, read into tokenizer_config.json's).
+  static TokenizerConfig of(nlohmann::json settings, std::filesystem::path source);
 
   bool has(std::string_view key) const;
   // A special token setting ("bos_token": "<s>" or {"content": "<s>", ...}); nullopt when absent or null.

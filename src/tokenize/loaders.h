@@ -29,5 +29,9 @@ std::unique_ptr<Tokenizer> load_bpe_files(const std::filesystem::path& vocab_jso
 // A SentencePiece tokenizer.model.
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::filesystem::path& model_file,
                                               const TokenizerConfig& config);
+// A SentencePiece model given as its serialized ModelProto (built from a GGUF file's vocabulary);
+// `source` names it in errors.
+std::unique_ptr<Tokenizer> load_sentencepiece_proto(const std::string& serialized,
+                                                    const TokenizerConfig& config, const std::string& source);
 
 }  // namespace deltatune::tokenize

@@ -13,10 +13,11 @@ namespace {
 
 class SentencePieceTokenizer final : public Tokenizer {
  public:
-  SentencePieceTokenizer(const std::filesystem::path& model_file, const TokenizerConfig& config) {
-    const auto status = processor_.Load(model_file.string());
-    if (!status.ok())
-      throw IoError(model_file.string() + ": cannot load SentencePiece model: " + status.ToString());
+  // `load` fills the processor (from a file or a serialized model); `source` names it in errors.
+  template <typename Load>
+  SentencePieceTokenizer(Load load, const std::string& source, const TokenizerConfig& config) {
+    const auto status = load(processor_);
+    if (!status.ok()) throw IoError(source + ": cannot load SentencePiece model: " + status.ToString());
     pieces_ = processor_.GetPieceSize();
     // Tokens added beyond the model's pieces (e.g. a pad token) are cut out of the text whole; the
     // model's own control pieces (<s>, </s>) are not, which is what transformers does for Llama.
@@ -123,7 +124,17 @@ class SentencePieceTokenizer final : public Tokenizer {
 
 std::unique_ptr<Tokenizer> load_sentencepiece(const std::filesystem::path& model_file,
                                               const TokenizerConfig& config) {
-  return std::make_unique<SentencePieceTokenizer>(model_file, config);
+  return std::make_unique<SentencePieceTokenizer>(
+      [&](sentencepiece::SentencePieceProcessor& p) { return p.Load(model_file.string()); },
+      model_file.string(), config);
+}
+
+std::unique_ptr<Tokenizer> load_sentencepiece_proto(const std::string& serialized,
+                                                    const TokenizerConfig& config,
+                                                    const std::string& source) {
+  return std::make_unique<SentencePieceTokenizer>(
+      [&](sentencepiece::SentencePieceProcessor& p) { return p.LoadFromSerializedProto(serialized); }, source,
+      config);
 }
 
 }  // namespace deltatune::tokenize

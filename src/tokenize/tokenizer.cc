@@ -5,6 +5,7 @@
 
 #include "deltatune/error.h"
 #include "tokenize/config.h"
+#include "tokenize/gguf_vocab.h"
 #include "tokenize/loaders.h"
 
 namespace deltatune {
@@ -125,6 +126,7 @@ std::unique_ptr<Tokenizer> Tokenizer::load(const std::filesystem::path& dir) {
   using namespace tokenize;
   namespace fs = std::filesystem;
   if (!fs::exists(dir)) throw IoError(dir.string() + ": tokenizer folder does not exist");
+  if (gguf::is_gguf_file(dir)) return load_gguf_tokenizer(gguf::read_file(dir));
   if (!fs::is_directory(dir)) throw IoError(dir.string() + ": not a folder (expected a tokenizer folder)");
   const TokenizerConfig config = TokenizerConfig::read(dir);
 

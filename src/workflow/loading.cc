@@ -5,6 +5,8 @@
 
 #include "deltatune/delta_io.h"
 #include "deltatune/error.h"
+#include "deltatune/gguf.h"
+#include "deltatune/gguf_lora.h"
 #include "deltatune/nn.h"
 #include "deltatune/ops.h"
 #include "deltatune/trainer.h"
@@ -33,6 +35,12 @@ data::LabelMap classifier_labels(const fs::path& delta_dir, const delta::DeltaRe
 }  // namespace
 
 AppliedDelta apply_saved_delta(const fs::path& delta_dir, TransformerModel& model) {
+  if (gguf::is_gguf_adapter(delta_dir)) {  // llama.cpp's LoRA adapter file
+    AppliedDelta out;
+    out.method = "lora";
+    out.deltas.push_back(gguf::attach_lora_adapter(delta_dir, model));
+    return out;
+  }
   if (!fs::is_directory(delta_dir)) throw IoError(delta_dir.string() + ": delta folder does not exist");
   delta::SavedDelta saved = delta::load_delta(delta_dir, model);  // full / head runs replace model weights
   AppliedDelta out;
@@ -42,14 +50,21 @@ AppliedDelta apply_saved_delta(const fs::path& delta_dir, TransformerModel& mode
   return out;
 }
 
+bool model_exists(const fs::path& model) { return fs::is_directory(model) || gguf::is_gguf_file(model); }
+
 LoadedModel load_with_delta(const LoadRequest& r) {
-  if (!fs::is_directory(r.model_dir))
-    throw IoError("model folder '" + r.model_dir.string() + "' does not exist or is not a folder");
-  const fs::path delta_dir = folder_path(r.delta);
+  if (!model_exists(r.model_dir))
+    throw IoError("model folder '" + r.model_dir.string() +
+                  "' does not exist or is not a folder (nor a GGUF file)");
+  // A GGUF adapter holds a LoRA and no head: the base loads with the request's or its own head.
+  const bool gguf_adapter = !r.delta.empty() && gguf::is_gguf_adapter(r.delta);
+  const fs::path delta_dir = gguf_adapter ? r.delta : folder_path(r.delta);
   LoadedModel loaded;
   LoadOptions options;
   options.head = r.head;
-  if (!delta_dir.empty()) {
+  if (gguf_adapter) {
+    if (r.classifier) throw ConfigError(r.delta.string() + ": a GGUF adapter has no classification head");
+  } else if (!delta_dir.empty()) {
     if (!fs::is_directory(delta_dir)) throw IoError(delta_dir.string() + ": delta folder does not exist");
     delta::check_delta_fits(delta_dir, r.model_dir);  // before its head is asked of the model
     const delta::DeltaRequirements req = delta::peek_delta(delta_dir);

@@ -5,6 +5,7 @@
 
 #include "deltatune/atomic_file.h"
 #include "deltatune/error.h"
+#include "deltatune/loading.h"
 #include "deltatune/method_presets.h"
 #include "deltatune/optim.h"
 #include "deltatune/run_folder.h"
@@ -259,8 +260,9 @@ void check_request(const TrainRequest& r) {
   if (lm && method_preset(r.method).trains == MethodPreset::Trains::Head)
     throw ConfigError("--method " + r.method +
                       " trains the classification head alone; a language model has none to train");
-  if (!fs::is_directory(r.model_dir))
-    throw IoError("model folder '" + r.model_dir.string() + "' does not exist or is not a folder");
+  if (!model_exists(r.model_dir))
+    throw IoError("model folder '" + r.model_dir.string() +
+                  "' does not exist or is not a folder (nor a GGUF file)");
   if (!r.data.empty() && !fs::exists(r.data))
     throw IoError("data '" + r.data.string() +
                   "' does not exist (expected a task folder with train.jsonl, or a file)");
