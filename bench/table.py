@@ -1,5 +1,10 @@
 #!/usr/bin/env python3
-"""Runs ours and the peer side by side per case and prints a Markdown table (bench/run drives this)."""
+"""Runs ours and the peer side by side per case and prints a Markdown table (bench/run drives this).
+
+Like for like: ours in float32 against the peer in float32, ours --bf16 against the peer under
+--autocast-bf16 (torch.autocast on the CPU), one row per pair, each with our step's achieved GFLOP/s
+and MFU (that rate over the measured peak of our product kernel in the same precision,
+`deltatune bench --kernel-peak`)."""
 import argparse, json, os, platform, subprocess, sys
 
 QUICK = [  # (model, method, lora_all, batch, seq)
@@ -38,6 +43,31 @@ def run(cmd, env):
     return json.loads(lines[-1]) if lines else None
 
 
+# The precision pairs compared like for like: (name, our flag, the peer's flag, the column's label).
+PAIRS = {
+    "float32": ([], [], "f32 vs f32"),
+    "bf16": (["--bf16"], ["--autocast-bf16"], "bf16 vs autocast-bf16"),
+}
+
+
+def kernel_peaks(a, dtypes, env):
+    """The measured peak of our product kernel per precision (the MFU denominator)."""
+    peaks = {}
+    for dt in dtypes:
+        out = run([a.ours, "bench", "--kernel-peak", "--threads", str(a.threads)] + PAIRS[dt][0], env)
+        peaks[dt] = out
+    return peaks
+
+
+def best(runs):
+    runs = [r for r in runs if r]
+    return max(runs, key=lambda r: r["tokens_per_s"]) if runs else None
+
+
+def ratio(x, y):
+    return f"{x / y:.2f}x" if x is not None and y else "-"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ours", required=True)
@@ -53,8 +83,8 @@ def main():
                     help="alternate ours/peer this many times per case and keep each side's best run "
                          "(other load on the machine only ever slows a run down)")
     ap.add_argument("--precision", choices=["float32", "bf16", "both"], default="both",
-                    help="ours in float32 (exact, as the peer), with --bf16 (bfloat16 products on AVX-512 BF16, "
-                         "float32 where the CPU lacks it), or both side by side (default)")
+                    help="float32: ours against the peer in float32; bf16: ours --bf16 against the peer "
+                         "--autocast-bf16; both (default): each pair side by side")
     a = ap.parse_args()
     dtypes = ["float32", "bf16"] if a.precision == "both" else [a.precision]
     cases = FULL if a.full else QUICK
@@ -63,46 +93,42 @@ def main():
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; threads {a.threads}, steps {a.steps}, warmup {a.warmup}, "
           f"best of {max(1, a.repeat)}; OPENBLAS_CORETYPE={env.get('OPENBLAS_CORETYPE', '(auto)')}, "
           f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}")
+    peaks = kernel_peaks(a, dtypes, env)
+    for dt in dtypes:
+        k = peaks[dt]
+        print(f"kernel peak {dt}: " + (f"{k['peak_gflops']:.1f} GFLOP/s ({k['kernel']}, {k['m']}x{k['n']}x{k['k']})"
+                                       if k else "-"))
     print()
-    def label(dt):
-        return "ours" if len(dtypes) == 1 and dt == "float32" else f"ours {'bf16' if dt == 'bf16' else 'f32'}"
-    head = ["case", "peer tok/s"]
-    for dt in dtypes:
-        head += [f"{label(dt)} tok/s", "speed ratio"]
-    head.append("peer MiB")
-    for dt in dtypes:
-        head += [f"{label(dt)} MiB", "memory ratio"]
+    head = ["case", "precision (ours vs peer)", "ours tok/s", "peer tok/s", "speed", "ours MiB", "peer MiB",
+            "memory", "ours GFLOP/s", "MFU"]
     print("| " + " | ".join(head) + " |")
-    print("|---" + "|---:" * (len(head) - 1) + "|")
+    print("|---|---" + "|---:" * (len(head) - 2) + "|")
     for model, method, lora_all, b, t in cases:
         name = f"{model} {method}{'-all' if lora_all else ''} b{b} s{t}"
         if a.only and a.only not in name:
             continue
         args = ["--model", model, "--method", method, "--batch", str(b), "--seq", str(t), "--threads", str(a.threads),
                 "--steps", str(a.steps), "--warmup", str(a.warmup)] + (["--lora-all"] if lora_all else [])
-        ours = {dt: None for dt in dtypes}
-        peer = None
-        for _ in range(max(1, a.repeat)):
+        ours = {dt: [] for dt in dtypes}
+        peer = {dt: [] for dt in dtypes}
+        for _ in range(max(1, a.repeat)):  # alternated, same threads and environment for both sides
             for dt in dtypes:
-                o = run([a.ours, "bench"] + args + (["--bf16"] if dt == "bf16" else []), env)
-                if o and (not ours[dt] or o["tokens_per_s"] > ours[dt]["tokens_per_s"]): ours[dt] = o
-            p = run(["/usr/bin/python3", a.peer] + args, env)
-            if p and (not peer or p["tokens_per_s"] > peer["tokens_per_s"]): peer = p
-        row = [name, f"{peer['tokens_per_s']:.0f}" if peer else "-"]
+                ours[dt].append(run([a.ours, "bench"] + args + PAIRS[dt][0], env))
+                peer[dt].append(run(["/usr/bin/python3", a.peer] + args + PAIRS[dt][1], env))
         for dt in dtypes:
-            o = ours[dt]
-            row += [f"{o['tokens_per_s']:.0f}" if o else "-",
-                    f"{o['tokens_per_s'] / peer['tokens_per_s']:.2f}x" if o and peer else "-"]
-        row.append(f"{peer['peak_rss_mib']:.0f}" if peer else "-")
-        for dt in dtypes:
-            o = ours[dt]
-            row += [f"{o['peak_rss_mib']:.0f}" if o else "-",
-                    f"{o['peak_rss_mib'] / peer['peak_rss_mib']:.2f}x" if o and peer else "-"]
-        print("| " + " | ".join(row) + " |", flush=True)
-        # A bf16 run that fell back to float32 (no AVX-512 BF16 here) says so.
-        for dt in dtypes:
-            if ours[dt] and ours[dt].get("precision", dt) != dt:
-                print(f"(ours {dt}: this CPU ran it in {ours[dt]['precision']})", flush=True)
+            o, p, k = best(ours[dt]), best(peer[dt]), peaks[dt]
+            mfu = f"{100 * o['gflops'] / k['peak_gflops']:.0f}%" if o and k and k["peak_gflops"] else "-"
+            row = [name, PAIRS[dt][2],
+                   f"{o['tokens_per_s']:.0f}" if o else "-", f"{p['tokens_per_s']:.0f}" if p else "-",
+                   ratio(o and o["tokens_per_s"], p and p["tokens_per_s"]),
+                   f"{o['peak_rss_mib']:.0f}" if o else "-", f"{p['peak_rss_mib']:.0f}" if p else "-",
+                   ratio(o and o["peak_rss_mib"], p and p["peak_rss_mib"]),
+                   f"{o['gflops']:.1f}" if o else "-", mfu]
+            print("| " + " | ".join(row) + " |", flush=True)
+            # A bf16 run that fell back to float32 (no AVX-512 BF16 here) says so.
+            if o and o.get("precision", dt) != dt:
+                print(f"(ours {dt}: this CPU ran it in {o['precision']})", flush=True)
+
 
 if __name__ == "__main__":
     main()

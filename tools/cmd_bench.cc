@@ -6,7 +6,11 @@
 // AdamW, cross-entropy on a fixed random batch; "frozen" runs the forward and loss without recording.
 // Prints one JSON line with the peer's fields so the two can be compared side by side. --bf16 runs
 // the products in bfloat16 (as `train --bf16`); the line's "precision" says which ran, "quantize"
-// the frozen base's format (`train --quantize`).
+// the frozen base's format (`train --quantize`), "gflop_per_step" the step's useful work
+// (step_flops.h) and "gflops" the rate achieved on it (every process's, as tokens_per_s).
+//   deltatune bench --kernel-peak [--bf16] --threads N [--steps S --warmup W]
+// times the product kernel alone instead (kernel_peak.h) and prints its "peak_gflops": MFU is a
+// step's gflops over that.
 #include <malloc.h>
 #include <sys/resource.h>
 
@@ -24,7 +28,9 @@
 #include "deltatune/loading.h"
 #include "deltatune/model.h"
 #include "deltatune/optim.h"
+#include "deltatune/step_flops.h"
 #include "deltatune/threads.h"
+#include "kernel_peak.h"
 #include "model_loading.h"
 #include "train/replicas.h"
 
@@ -103,6 +109,7 @@ struct Options {
   int64_t batch = 8, seq = 128, steps = 10, warmup = 3;
   int threads = 2;
   bool bf16 = false;
+  bool kernel_peak = false;
   std::optional<deltatune::QuantFormat> quantize;
 };
 
@@ -121,6 +128,11 @@ void run(const Options& o) {
   const BenchShape& s = it->second;
   if (o.seq > s.max_pos) throw ExitError{"bench: --seq exceeds the shape's max positions"};
   set_num_threads(int(o.threads));
+  if (o.kernel_peak) {
+    std::printf("%s\n",
+                cli::measure_kernel_peak(o.bf16, o.threads, int(o.warmup), int(o.steps)).dump().c_str());
+    return;
+  }
 
   ModelConfig config = parse_model_config(hf_config(s), "bench:" + o.model);
   const bool is_bert = std::string(s.arch) == "bert";
@@ -226,6 +238,21 @@ void run(const Options& o) {
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
   };
   const double med = median(times);
+  // The step's useful work (step_flops.h: the products of the forward and, training, of the backward's
+  // needed gradients) and the rate achieved on it.
+  StepShape step{.kind = o.method == "frozen" ? StepKind::Forward
+                         : o.method == "full" ? StepKind::FullTraining
+                                              : StepKind::LoraTraining,
+                 .head = is_bert ? HeadKind::SequenceClassification : HeadKind::CausalLM,
+                 .batch = o.batch,
+                 .seq = o.seq,
+                 .lora_targets = {},
+                 .lora_rank = 8};
+  if (lora)
+    step.lora_targets = o.lora_all ? std::vector<std::string>{"attn.q", "attn.k",   "attn.v",  "attn.o",
+                                                              "ffn.up", "ffn.gate", "ffn.down"}
+                                   : std::vector<std::string>{"attn.q", "attn.v"};
+  const double gflop = step_flops(config, step) * 1e-9;
   auto round1 = [](double v) { return double(int64_t(v * 10.0 + 0.5)) / 10.0; };
   json line = {{"engine", "deltatune"},
                {"model", o.model},
@@ -235,6 +262,8 @@ void run(const Options& o) {
                {"threads", o.threads},
                {"step_ms", round1(med * 1e3)},
                {"tokens_per_s", round1(double(o.batch * o.seq * job->size()) / med)},
+               {"gflop_per_step", double(int64_t(gflop * 1000.0 + 0.5)) / 1000.0},
+               {"gflops", round1(gflop * double(job->size()) / med)},
                {"peak_rss_mib", round1(peak_rss_mib())},
                {"trainable", trainable},
                {"total", total},
@@ -267,6 +296,9 @@ void setup(CLI::App& app) {
   app.add_option("--batch", o->batch, "Batch size");
   app.add_option("--seq", o->seq, "Sequence length");
   deltatune::cli::add_threads_option(app, &o->threads, "CPU threads (default: 2, as the PyTorch peer's)");
+  app.add_flag("--kernel-peak", o->kernel_peak,
+               "Time the product kernel alone (float32 sgemm, or the bf16 kernel with --bf16) on a large "
+               "shape and print its peak_gflops (the MFU denominator) instead of a step");
   app.add_option("--steps", o->steps, "Timed steps (the median is reported)");
   app.add_option("--warmup", o->warmup, "Untimed steps first");
   app.callback([o] { run(*o); });
