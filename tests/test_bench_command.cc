@@ -45,6 +45,25 @@ TEST(BenchCommand, ReportsTheStepsFlopCountAndRate) {
   EXPECT_GT(line["gflops"].get<double>(), 0.0) << r.output;
 }
 
+TEST(BenchCommand, TimesAUniPeltStepWithoutClaimingItsFlops) {
+  const std::string shape = " --model bert-mini --batch 2 --seq 8 --steps 1 --warmup 0 --threads 1";
+  auto unipelt = cli_test::run("bench --method unipelt" + shape);
+  ASSERT_EQ(unipelt.code, 0) << unipelt.output;
+  auto lora = cli_test::run("bench --method lora" + shape);
+  ASSERT_EQ(lora.code, 0) << lora.output;
+  const json u = last_json_line(unipelt.output), l = last_json_line(lora.output);
+  EXPECT_EQ(u["method"], "unipelt");
+  // Adapters, prefixes (with their reparameterisation MLP), LoRA and gates train besides the classifier:
+  // more than LoRA alone, far from all.
+  EXPECT_GT(u["trainable"].get<int64_t>(), l["trainable"].get<int64_t>()) << unipelt.output;
+  EXPECT_LT(u["trainable"].get<int64_t>(), u["total"].get<int64_t>() / 4) << unipelt.output;
+  EXPECT_GT(u["step_ms"].get<double>(), 0.0);
+  EXPECT_TRUE(u["gflop_per_step"].is_null()) << unipelt.output;  // step_flops does not count its products
+  auto both = cli_test::run("bench --method unipelt --lora-all" + shape);
+  EXPECT_EQ(both.code, 2) << both.output;
+  EXPECT_NE(both.output.find("--lora-all goes with --method lora"), std::string::npos) << both.output;
+}
+
 TEST(BenchCommand, KernelPeakPrintsThePeakOfEachPrecision) {
   for (const char* precision : {"", " --bf16"}) {
     auto r = cli_test::run(std::string("bench --kernel-peak --threads 1 --steps 1 --warmup 0") + precision);

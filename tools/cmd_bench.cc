@@ -1,9 +1,10 @@
-// deltatune bench --model SHAPE --method lora|full|frozen [--lora-all] --batch B --seq T --threads N
+// deltatune bench --model SHAPE --method lora|unipelt|full|frozen [--lora-all] --batch B --seq T --threads N
 //                 --steps S --warmup W [--bf16] [--quantize nf4|int8|q8_0|q4_0]
 // The training step of ../shared/peers/torch_peer.py on our engine: a random-initialised model of a
 // real architecture's shape (built from a synthetic Hugging Face config, so it runs our model code),
-// LoRA r=8 alpha=16 on the attention query/value projections (every block linear with --lora-all),
-// AdamW, cross-entropy on a fixed random batch; "frozen" runs the forward and loss without recording.
+// LoRA r=8 alpha=16 on the attention query/value projections (every block linear with --lora-all;
+// "unipelt": adapter, prefix and LoRA, gated, with UniPELT's defaults), AdamW, cross-entropy on a fixed
+// random batch; "frozen" runs the forward and loss without recording.
 // Prints one JSON line with the peer's fields so the two can be compared side by side. --bf16 runs
 // the products in bfloat16 (as `train --bf16`); the line's "precision" says which ran, "quantize"
 // the frozen base's format (`train --quantize`), "gflop_per_step" the step's useful work
@@ -121,8 +122,9 @@ void run(const Options& o) {
     for (auto& [n, _] : shapes()) names += (names.empty() ? "" : ", ") + n;
     throw ExitError{"bench: unknown model shape '" + o.model + "' (known: " + names + ")"};
   }
-  if (o.method != "lora" && o.method != "full" && o.method != "frozen")
-    throw ExitError{"bench: --method must be lora, full or frozen, got '" + o.method + "'"};
+  if (o.method != "lora" && o.method != "unipelt" && o.method != "full" && o.method != "frozen")
+    throw ExitError{"bench: --method must be lora, unipelt, full or frozen, got '" + o.method + "'"};
+  if (o.lora_all && o.method != "lora") throw ExitError{"bench: --lora-all goes with --method lora"};
   if (o.batch < 1 || o.seq < 2 || o.steps < 1 || o.warmup < 0 || o.threads < 1)
     throw ExitError{"bench: --batch, --steps, --threads must be >= 1, --seq >= 2, --warmup >= 0"};
   const BenchShape& s = it->second;
@@ -140,19 +142,22 @@ void run(const Options& o) {
       build_model(config, is_bert ? HeadKind::SequenceClassification : HeadKind::CausalLM, 0);
   model->set_training(o.method != "frozen");
 
-  std::unique_ptr<delta::Delta> lora;
+  std::unique_ptr<delta::Delta> attached;  // LoRA or UniPELT
   NamedParams params;
   int64_t trainable = 0, total = 0;
-  if (o.method == "lora") {
+  if (o.method == "lora" || o.method == "unipelt") {
     json targets = o.lora_all ? json{"attn.q", "attn.k", "attn.v", "attn.o", "ffn.up", "ffn.gate", "ffn.down"}
                               : json{"attn.q", "attn.v"};
-    lora = delta::make_delta({{"method", "lora"}, {"r", 8}, {"alpha", 16}, {"targets", targets}});
-    lora->attach(*model);
+    // UniPELT: adapter, prefix and LoRA, each gated, with the method's own defaults (the paper's).
+    attached = delta::make_delta(o.method == "unipelt"
+                                 ? json{{"method", "unipelt"}, {"variant", "APL"}}
+                                 : json{{"method", "lora"}, {"r", 8}, {"alpha", 16}, {"targets", targets}});
+    attached->attach(*model);
     // As the peer: BERT trains its 2-way classifier besides the delta; the pooler stays frozen.
     std::vector<std::string> keep;
     if (is_bert) keep = {"classifier.weight", "classifier.bias"};
-    std::tie(trainable, total) = delta::freeze_for_delta(*model, {lora.get()}, keep);
-    params = delta::trainable_parameters(*model, {lora.get()});
+    std::tie(trainable, total) = delta::freeze_for_delta(*model, {attached.get()}, keep);
+    params = delta::trainable_parameters(*model, {attached.get()});
   } else {
     std::set<const TensorImpl*> seen;  // tied weights count once
     for (auto& [name, t] : model->named_parameters()) {
@@ -212,7 +217,7 @@ void run(const Options& o) {
   // Under mpirun: every process runs the step on its own batch and the gradients are all-reduced as
   // the trainer does (src/train/replicas.h), timed apart.
   const std::shared_ptr<distributed::Communicator> job = distributed::world();
-  std::vector<double> times, comm_times;
+  std::vector<double> times, comm_times, wait_times;
   int64_t comm_bytes = 0;
   for (int64_t step = 0; step < o.warmup + o.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -222,8 +227,16 @@ void run(const Options& o) {
     } else {
       Tensor loss = loss_of();
       loss.backward();
+      // A barrier first (bench only; the trainer has none), so the all-reduce's time is the transfer
+      // and the time one process waits for the slower one is reported apart.
+      const auto w0 = std::chrono::steady_clock::now();
+      if (job->size() > 1) job->barrier();
+      const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - w0).count();
       const train_detail::AllreduceCost cost = train_detail::allreduce_gradients(params, *job);
-      if (step >= o.warmup) comm_times.push_back(cost.seconds);
+      if (step >= o.warmup) {
+        comm_times.push_back(cost.seconds);
+        wait_times.push_back(waited);
+      }
       comm_bytes = cost.bytes;
       opt->step();
       opt->zero_grad();
@@ -248,11 +261,12 @@ void run(const Options& o) {
                  .seq = o.seq,
                  .lora_targets = {},
                  .lora_rank = 8};
-  if (lora)
+  if (o.method == "lora")
     step.lora_targets = o.lora_all ? std::vector<std::string>{"attn.q", "attn.k",   "attn.v",  "attn.o",
                                                               "ffn.up", "ffn.gate", "ffn.down"}
                                    : std::vector<std::string>{"attn.q", "attn.v"};
-  const double gflop = step_flops(config, step) * 1e-9;
+  // UniPELT's adapter, prefix and gate products are not in step_flops: no FLOP figures for it.
+  const double gflop = o.method == "unipelt" ? 0.0 : step_flops(config, step) * 1e-9;
   auto round1 = [](double v) { return double(int64_t(v * 10.0 + 0.5)) / 10.0; };
   json line = {{"engine", "deltatune"},
                {"model", o.model},
@@ -262,8 +276,8 @@ void run(const Options& o) {
                {"threads", o.threads},
                {"step_ms", round1(med * 1e3)},
                {"tokens_per_s", round1(double(o.batch * o.seq * job->size()) / med)},
-               {"gflop_per_step", double(int64_t(gflop * 1000.0 + 0.5)) / 1000.0},
-               {"gflops", round1(gflop * double(job->size()) / med)},
+               {"gflop_per_step", gflop > 0 ? json(double(int64_t(gflop * 1000.0 + 0.5)) / 1000.0) : json()},
+               {"gflops", gflop > 0 ? json(round1(gflop * double(job->size()) / med)) : json()},
                {"peak_rss_mib", round1(peak_rss_mib())},
                {"trainable", trainable},
                {"total", total},
@@ -274,6 +288,7 @@ void run(const Options& o) {
     line["processes"] = job->size();
     line["allreduce_bytes"] = comm_bytes;
     line["allreduce_ms"] = round1(median(comm_times) * 1e3);
+    line["wait_ms"] = round1(median(wait_times) * 1e3);
   }
   if (job->rank() != 0) return;
   std::printf("%s\n", line.dump().c_str());
@@ -285,8 +300,10 @@ void setup(CLI::App& app) {
   std::vector<std::string> names;
   for (auto& [n, _] : shapes()) names.push_back(n);
   app.add_option("--model", o->model, "Model shape")->check(CLI::IsMember(names));
-  app.add_option("--method", o->method, "lora, full or frozen (forward only)")
-      ->check(CLI::IsMember({"lora", "full", "frozen"}));
+  app.add_option("--method", o->method,
+                 "lora, unipelt (adapter + prefix + LoRA, gated; its default config; no FLOP figures), full "
+                 "or frozen (forward only)")
+      ->check(CLI::IsMember({"lora", "unipelt", "full", "frozen"}));
   deltatune::cli::add_quantize_option(app, o->quantize);
   app.add_flag("--bf16", o->bf16,
                "Products in bfloat16 on the AVX-512 BF16 kernel, frozen weights stored in bfloat16 (as train "

@@ -56,7 +56,6 @@ int main(int argc, char** argv) {
   CLI::App app{"deltatune: delta tuning (parameter-efficient fine-tuning) of transformer language models"};
   app.set_version_flag("--version", std::string("deltatune ") + DELTATUNE_VERSION);
   app.require_subcommand(1);
-  app.footer(std::string("Run `deltatune COMMAND --help` for a command's options.\n\n") + cli::kExitCodes);
   auto& commands = cli::registry();
   std::sort(commands.begin(), commands.end(), [](auto& a, auto& b) { return a.name < b.name; });
   for (auto& command : commands) {
@@ -66,6 +65,9 @@ int main(int argc, char** argv) {
     const std::string own = sub->get_footer();
     sub->footer(own.empty() ? std::string(cli::kExitCodes) : own + "\n\n" + cli::kExitCodes);
   }
+  // Set after the commands: CLI11 copies a parent's footer into each command it adds, which printed the
+  // exit codes twice in every command's help.
+  app.footer(std::string("Run `deltatune COMMAND --help` for a command's options.\n\n") + cli::kExitCodes);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
