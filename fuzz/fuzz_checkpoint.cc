@@ -41,10 +41,7 @@ Fixture& fixture() {
 }
 }  // namespace
 
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  fixture();
-  return 0;
-}
+FUZZ_BUILD_BEFORE_FIRST_INPUT(fixture())
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
@@ -60,7 +57,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     (void)state.at("step").get<int64_t>();  // what resume reads first, checked by the reader
     deltatune::NamedParams params = make_params();
     deltatune::AdamW optimizer(params, deltatune::AdamWOptions{});
-    (void)deltatune::train_detail::load_checkpoint(dir, params, optimizer);
+    deltatune::train_detail::load_checkpoint_weights(dir, params, optimizer);
   });
   return 0;
 }

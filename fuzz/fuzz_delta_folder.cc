@@ -37,12 +37,7 @@ Fixture& fixture() {
 }
 }  // namespace
 
-// The fixture (a model load and two saves) is built before the first input: libFuzzer would count it
-// in that input's time, and under the sanitizers it can pass the 1 s hang limit.
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  fixture();
-  return 0;
-}
+FUZZ_BUILD_BEFORE_FIRST_INPUT(fixture())
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;

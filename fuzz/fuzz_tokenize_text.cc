@@ -18,11 +18,7 @@ const std::vector<std::unique_ptr<deltatune::Tokenizer>>& tokenizers() {
 }
 }  // namespace
 
-// The three tokenizers load before the first input, outside its time (see fuzz_delta_folder.cc).
-extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  tokenizers();
-  return 0;
-}
+FUZZ_BUILD_BEFORE_FIRST_INPUT(tokenizers())
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text = fuzz::bytes_of(data, size);

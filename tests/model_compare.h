@@ -70,4 +70,16 @@ inline deltatune::ModelInput input_of(const deltatune::TensorFile& expected) {
   return in;
 }
 
+// max |got - want| / max |want|: how far a lossy model (quantised, converted) is from its reference.
+inline double relative_max_error(const deltatune::Tensor& got_tensor, const deltatune::Tensor& want_tensor) {
+  const std::vector<float> got = got_tensor.to_floats(), want = want_tensor.to_floats();
+  EXPECT_EQ(got.size(), want.size());
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
+    worst = std::max(worst, double(std::fabs(got[i] - want[i])));
+    scale = std::max(scale, double(std::fabs(want[i])));
+  }
+  return worst / scale;
+}
+
 }  // namespace golden

@@ -15,6 +15,7 @@
 #include "deltatune/nn.h"
 #include "deltatune/tokenizer.h"
 #include "golden.h"
+#include "model_compare.h"
 #include "temp_dir.h"
 
 using namespace deltatune;
@@ -41,16 +42,10 @@ double relative_logit_error(gguf::GgmlType type, int64_t* quantized_layers = nul
     for (auto& [name, module] : model->named_modules())
       if (auto* linear = dynamic_cast<nn::Linear*>(module); linear && linear->quantized) ++*quantized_layers;
   }
-  const std::vector<float> want = reference->forward(sample_input()).logits.to_floats();
-  const std::vector<float> got = model->forward(sample_input()).logits.to_floats();
-  EXPECT_EQ(got.size(), want.size());
-  double worst = 0, scale = 0;
-  for (size_t i = 0; i < got.size() && i < want.size(); ++i) {
-    worst = std::max(worst, double(std::fabs(got[i] - want[i])));
-    scale = std::max(scale, double(std::fabs(want[i])));
-  }
-  std::printf("%s: max |logit error| / max |logit| = %.3g\n", gguf::traits(type).name, worst / scale);
-  return worst / scale;
+  const double error =
+      golden::relative_max_error(model->forward(sample_input()).logits, reference->forward(sample_input()).logits);
+  std::printf("%s: max |logit error| / max |logit| = %.3g\n", gguf::traits(type).name, error);
+  return error;
 }
 
 }  // namespace

@@ -73,18 +73,17 @@ nlohmann::json to_json(const YAML::Node& node) {
 }  // namespace
 
 nlohmann::json read_config_file(const std::filesystem::path& file) {
-  std::ifstream in(file);
-  if (!in) throw IoError(file.string() + ": cannot be read");
   const std::string ext = file.extension().string();
   if (ext == ".yaml" || ext == ".yml") {
+    std::ifstream in(file);
+    if (!in) throw IoError(file.string() + ": cannot be read");
     try {
       return to_json(YAML::Load(in));
     } catch (const YAML::Exception& e) {
       throw IoError(file.string() + ":" + std::to_string(e.mark.line + 1) + ": not valid YAML: " + e.msg);
     }
   }
-  in.close();
-  return read_json_file(file);
+  return read_json_file(file);  // names a missing or unreadable file itself
 }
 
 }  // namespace deltatune

@@ -95,8 +95,8 @@ nlohmann::json read_checkpoint_state(const fs::path& dir) {
   return state;
 }
 
-nlohmann::json load_checkpoint(const fs::path& dir, const NamedParams& params, Optimizer& optimizer) {
-  nlohmann::json state = read_checkpoint_state(dir);
+void load_checkpoint_weights(const fs::path& dir, const NamedParams& params, Optimizer& optimizer) {
+  recover_folder(dir);
   load_named_tensors(dir / "params.safetensors", params);
   try {
     optimizer.load_state_tensors(read_safetensors(dir / "optimizer.safetensors").tensors);
@@ -105,7 +105,6 @@ nlohmann::json load_checkpoint(const fs::path& dir, const NamedParams& params, O
   } catch (const Error& e) {
     throw IoError((dir / "optimizer.safetensors").string() + ": " + e.what());
   }
-  return state;
 }
 
 void save_best(const fs::path& dir, const train::TrainTarget& target, const NamedParams& params) {

@@ -17,10 +17,9 @@ void save_checkpoint(const std::filesystem::path& dir, const NamedParams& params
 bool checkpoint_exists(const std::filesystem::path& dir);
 // state.json alone: what the trainer checks (e.g. the optimizer) before loading any tensor.
 nlohmann::json read_checkpoint_state(const std::filesystem::path& dir);
-// Loads tensors into `params` (same names and shapes, or an IoError naming the difference) and the
-// optimizer's state; returns state.json.
-nlohmann::json load_checkpoint(const std::filesystem::path& dir, const NamedParams& params,
-                               Optimizer& optimizer);
+// Loads the tensors into `params` (same names and shapes, or an IoError naming the difference) and the
+// optimizer's state; state.json is read_checkpoint_state's.
+void load_checkpoint_weights(const std::filesystem::path& dir, const NamedParams& params, Optimizer& optimizer);
 
 // The best dev weights, DIR = RUN/best: the delta folder save_trained writes (what sweep and users
 // load) and, for a delta, params.safetensors with its trainable tensors as they are. Restoring must

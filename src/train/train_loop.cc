@@ -203,7 +203,8 @@ void TrainLoop::resume() {
         " process(es); resume it with the same number (" +
         (saved_processes > 1 ? "mpirun -np " + std::to_string(saved_processes) : "without mpirun") +
         "), so that every update reads the same global batch");
-  const nlohmann::json s = load_checkpoint(checkpoint_dir_, params_, *optimizer_);
+  load_checkpoint_weights(checkpoint_dir_, params_, *optimizer_);
+  const nlohmann::json& s = saved;
   if (s.value("seed", o_.seed) != o_.seed || s.value("batch_size", o_.batch_size) != o_.batch_size ||
       s.value("grad_accum", o_.grad_accum) != o_.grad_accum ||
       s.value("train_size", int64_t(train_set_.size())) != int64_t(train_set_.size()))
