@@ -185,10 +185,32 @@ void disconnect_mid_stream(int port, const std::string& model) {
   close(fd);
 }
 
+// Sends a non-streaming completion, waits until the server has taken it (its queue is not empty), and
+// hangs up without reading the reply.
+void hang_up_while_waiting(int port, const json& body);
+
 double metric(const std::string& text, const std::string& line_start) {
   const size_t at = text.find("\n" + line_start + " ");
   if (at == std::string::npos) return -1;
   return std::stod(text.substr(at + line_start.size() + 2));
+}
+
+void hang_up_while_waiting(int port, const json& body) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(uint16_t(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const std::string b = body.dump();
+  const std::string req = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          "Content-Length: " + std::to_string(b.size()) + "\r\n\r\n" + b;
+  ASSERT_EQ(::send(fd, req.data(), req.size(), MSG_NOSIGNAL), ssize_t(req.size()));
+  for (int tries = 0; tries < 600; ++tries) {
+    if (metric(send(port, "GET", "/metrics").text, "deltatune_queue_depth") > 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  close(fd);
 }
 
 class ServeGpt2 : public ::testing::Test {
@@ -451,6 +473,31 @@ TEST_F(ServeGpt2, BurstOfValidInvalidAndDisconnectingClientsLeavesItUp) {
   for (auto& m : names)
     EXPECT_EQ(post(port, "/v1/completions", completion(m, "Hello there", 3)).body["choices"][0]["text"],
               alone[m]);
+  EXPECT_EQ(server.stop(SIGTERM), 0) << server.log();
+}
+
+// A client of a non-streaming completion that hangs up while it waits: its sequence is cancelled (the
+// completion could run to the 512th position otherwise), the queue empties, and the server goes on.
+TEST_F(ServeGpt2, HangingUpOnANonStreamingCompletionCancelsIt) {
+  test_support::ServeProcess server(server_args());
+  ASSERT_GT(server.port(), 0) << server.log();
+  const int port = server.port();
+  json long_one = completion("lora", "A long story begins", 1000, 1.0);
+  long_one["seed"] = 7;
+  hang_up_while_waiting(port, long_one);
+  double cancelled = -1, depth = -1;
+  for (int tries = 0; tries < 600 && (cancelled < 1 || depth != 0); ++tries) {
+    const std::string text = send(port, "GET", "/metrics").text;
+    cancelled = metric(text, "deltatune_completions_total{finish_reason=\"cancelled\"}");
+    depth = metric(text, "deltatune_queue_depth");
+    if (cancelled < 1 || depth != 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const std::string text = send(port, "GET", "/metrics").text;
+  EXPECT_EQ(cancelled, 1) << text;
+  EXPECT_EQ(depth, 0) << text;
+  EXPECT_EQ(metric(text, "deltatune_requests_total{endpoint=\"/v1/completions\",status=\"499\"}"), 1) << text;
+  EXPECT_EQ(metric(text, "deltatune_completions_total{finish_reason=\"length\"}"), -1) << text;  // none ran out
+  EXPECT_EQ(post(port, "/v1/completions", completion("lora", "Hello there", 3)).status, 200);
   EXPECT_EQ(server.stop(SIGTERM), 0) << server.log();
 }
 

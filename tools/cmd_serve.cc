@@ -49,7 +49,7 @@ void setup(CLI::App& app) {
       ->default_val(1024)
       ->check(CLI::Range(int64_t(1), int64_t(1) << 20));
   app.add_flag("--one-delta-per-step", engine_options->one_delta_per_step,
-               "Decode one delta's requests per step (the no-mixing baseline, for benchmarks)");
+               "Decode or classify one delta's requests per step (the no-mixing baseline, for benchmarks)");
   app.add_flag("--bf16", engine_options->bf16, "bfloat16 products where the CPU has AVX-512 BF16");
   deltatune::cli::add_threads_option(app);
   app.callback([=] {

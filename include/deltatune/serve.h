@@ -62,8 +62,9 @@ struct EngineOptions {
   int64_t max_batch_tokens = 2048;  // per step: prompt tokens prefilled + decode rows (>= 1 sequence)
   int64_t max_queue = 256;          // sequences and encode requests waiting or running at once
   int64_t max_tokens_cap = 1024;    // the most tokens one completion may ask for
-  // Each decode step runs the rows of one delta only (rotating), as servers that cannot mix deltas in
-  // a batch do: the baseline the benchmark measures mixed batches against.
+  // Each step decodes (and encodes, for classify and embeddings) the requests of one delta only
+  // (rotating), as servers that cannot mix deltas in a batch do: the baseline the benchmark measures
+  // mixed batches against.
   bool one_delta_per_step = false;
 };
 
@@ -96,6 +97,8 @@ class PendingCompletion {
   // Waits until there is text not yet taken or the end (at most `timeout`); appends the new text to
   // `text`. True once the completion is finished and all its text taken.
   virtual bool take(std::string& text, std::chrono::milliseconds timeout) = 0;
+  // Waits until finished, at most `timeout`; true once finished (result() then returns at once).
+  virtual bool wait(std::chrono::milliseconds timeout) = 0;
   // Blocks until finished; throws the error the sequence met, if any.
   virtual Completion result() = 0;
   // The scheduler drops the sequence at its next step and frees its cache (a client went away).

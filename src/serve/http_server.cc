@@ -7,6 +7,7 @@
 
 #include "deltatune/serve_http.h"
 #include "deltatune/serve_metrics.h"
+#include "serve/client_connection.h"
 #include "serve/openai_api.h"
 
 namespace deltatune::serve {
@@ -171,6 +172,15 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
     throw;
   }
   if (call.stream) return stream_completions(res, std::move(pending), call.request.model, call.include_usage);
+  // A client that hangs up while it waits cancels its sequences (a stream's is noticed when a write
+  // fails); its reply, never read, counts as 499 (nginx's "client closed request").
+  const ClientConnection client(req.remote_addr, req.remote_port);
+  for (auto& p : pending)
+    while (!p->wait(std::chrono::milliseconds(100)))
+      if (client.gone()) {
+        for (auto& q : pending) q->cancel();
+        return reply(res, 499, api::error_body("the client closed the connection", "client_closed"));
+      }
   std::vector<Completion> done;
   for (auto& p : pending) done.push_back(p->result());
   reply(res, 200, api::completion_body(completion_id(), call.request.model, done));

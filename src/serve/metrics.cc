@@ -51,6 +51,10 @@ void Metrics::tokens(int64_t in, int64_t out) {
   tokens_in_ += uint64_t(in);
   tokens_out_ += uint64_t(out);
 }
+void Metrics::finished(const std::string& reason) {
+  std::lock_guard lock(mutex_);
+  ++finished_[reason];
+}
 void Metrics::step(int64_t batch_rows, int64_t deltas) {
   std::lock_guard lock(mutex_);
   ++steps_;
@@ -79,6 +83,10 @@ std::string Metrics::prometheus(const std::function<int64_t()>& queue_depth) con
   for (auto& [key, n] : requests_)
     out << "deltatune_requests_total{endpoint=\"" << key.first << "\",status=\"" << key.second << "\"} " << n
         << '\n';
+  out << "# HELP deltatune_completions_total Completions ended, by finish reason (cancelled: the client went "
+         "away).\n# TYPE deltatune_completions_total counter\n";
+  for (auto& [reason, n] : finished_)
+    out << "deltatune_completions_total{finish_reason=\"" << reason << "\"} " << n << '\n';
   out << "# HELP deltatune_prompt_tokens_total Tokens read (prompts and inputs).\n"
          "# TYPE deltatune_prompt_tokens_total counter\ndeltatune_prompt_tokens_total "
       << tokens_in_ << "\n# HELP deltatune_generated_tokens_total Tokens generated.\n"

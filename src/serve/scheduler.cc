@@ -1,6 +1,8 @@
 // One scheduler step: the waiting classify/embedding requests (one padded batch per model), one decode
 // step of every running sequence (one batch per model, each row with its own delta and cache), then
-// the prefill of the newly admitted sequences; what finished is freed at once.
+// the prefill of the newly admitted sequences; what finished is freed at once. With
+// one_delta_per_step (the benchmark's no-mixing baseline) the encode batch and the decode rows hold
+// one delta's requests only.
 #include "serve/scheduler.h"
 
 #include <algorithm>
@@ -184,6 +186,7 @@ void reap(SchedulerState& s) {
     q.cache.reset();
     s.groups.release(*q.entry);
     s.metrics.tokens(int64_t(q.prompt.size()), int64_t(q.ids.size()));
+    s.metrics.finished(q.end_reason());
     const auto now = Clock::now();
     s.metrics.total_latency(Seconds(now - q.submitted).count());
     if (q.ids.size() > 1)
@@ -203,12 +206,20 @@ void take_work(SchedulerState& s, std::vector<std::shared_ptr<EncodeJob>>& encod
     budget -= tokens;
     return true;
   };
-  while (!s.encode_waiting.empty()) {
+  // With one_delta_per_step, a step encodes the requests of the delta that waited longest only; the
+  // others keep their places.
+  const DeltaEntry* only =
+      s.options.one_delta_per_step && !s.encode_waiting.empty() ? s.encode_waiting.front()->entry.get() : nullptr;
+  for (auto it = s.encode_waiting.begin(); it != s.encode_waiting.end();) {
+    if (only && (*it)->entry.get() != only) {
+      ++it;
+      continue;
+    }
     int64_t tokens = 0;
-    for (auto& ex : s.encode_waiting.front()->data.examples) tokens += int64_t(ex.ids.size());
+    for (auto& ex : (*it)->data.examples) tokens += int64_t(ex.ids.size());
     if (!fits(tokens)) break;
-    encodes.push_back(std::move(s.encode_waiting.front()));
-    s.encode_waiting.pop_front();
+    encodes.push_back(std::move(*it));
+    it = s.encode_waiting.erase(it);
   }
   while (!s.waiting.empty() && fits(int64_t(s.waiting.front()->prompt.size()))) {
     admitted.push_back(std::move(s.waiting.front()));

@@ -83,6 +83,16 @@ bool Sequence::take(std::string& text, std::chrono::milliseconds timeout) {
   return done_;  // a finished sequence's text is all released
 }
 
+bool Sequence::wait(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  return changed_.wait_for(lock, timeout, [&] { return done_; });
+}
+
+std::string Sequence::end_reason() {
+  std::lock_guard lock(mutex_);
+  return error_ ? "error" : finish_reason_;
+}
+
 Completion Sequence::result() {
   std::unique_lock lock(mutex_);
   changed_.wait(lock, [&] { return done_; });

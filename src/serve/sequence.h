@@ -44,7 +44,10 @@ class Sequence : public PendingCompletion {
 
   // --- the waiter's side (PendingCompletion)
   bool take(std::string& text, std::chrono::milliseconds timeout) override;
+  bool wait(std::chrono::milliseconds timeout) override;
   Completion result() override;
+  // How it ended, for the metrics: "stop", "length", "cancelled", or "error".
+  std::string end_reason();
   void cancel() override { cancelled = true; }
   int64_t prompt_tokens() const override { return int64_t(prompt.size()); }
 

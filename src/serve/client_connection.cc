@@ -1,0 +1,61 @@
+#include "serve/client_connection.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+
+#include <charconv>
+#include <filesystem>
+
+namespace deltatune::serve {
+namespace {
+
+// The numeric address and port of a connected socket's peer, as cpp-httplib writes remote_addr.
+bool peer_of(int fd, std::string& host, int& port) {
+  sockaddr_storage peer{};
+  socklen_t length = sizeof peer;
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &length) != 0) return false;
+  char text[INET6_ADDRSTRLEN] = {};
+  if (peer.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&peer);
+    if (!::inet_ntop(AF_INET, &a->sin_addr, text, sizeof text)) return false;
+    port = ntohs(a->sin_port);
+  } else if (peer.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&peer);
+    if (!::inet_ntop(AF_INET6, &a->sin6_addr, text, sizeof text)) return false;
+    port = ntohs(a->sin6_port);
+  } else {
+    return false;
+  }
+  host = text;
+  return true;
+}
+
+}  // namespace
+
+ClientConnection::ClientConnection(const std::string& remote_addr, int remote_port) {
+  std::error_code error;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", error)) {
+    const std::string name = entry.path().filename().string();
+    int fd = -1;
+    if (std::from_chars(name.data(), name.data() + name.size(), fd).ec != std::errc()) continue;
+    struct stat info{};
+    if (::fstat(fd, &info) != 0 || !S_ISSOCK(info.st_mode)) continue;
+    std::string host;
+    int port = -1;
+    if (peer_of(fd, host, port) && port == remote_port && host == remote_addr) {
+      fd_ = fd;
+      return;
+    }
+  }
+}
+
+bool ClientConnection::gone() const {
+  if (fd_ < 0) return false;
+  pollfd p{.fd = fd_, .events = POLLRDHUP, .revents = 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+}  // namespace deltatune::serve

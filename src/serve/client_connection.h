@@ -1,0 +1,24 @@
+#pragma once
+// Whether the client of a request is still connected, for handlers that wait without writing (a
+// non-streaming completion): a client that goes away cancels its sequences, as a stream's does when a
+// write fails. cpp-httplib 0.11 (Debian 12's) gives a handler no access to its connection (later
+// versions have Request::is_connection_closed), so the socket is found among this process's
+// descriptors by the client's address and port, which identify the connection. The handler runs on
+// the thread that owns that socket, so it stays open (and means the same connection) while it waits.
+#include <string>
+
+namespace deltatune::serve {
+
+class ClientConnection {
+ public:
+  ClientConnection(const std::string& remote_addr, int remote_port);
+  // True once the client has closed or reset the connection. Never true when the socket was not found:
+  // then a disconnect is noticed only when the reply is written, as before.
+  bool gone() const;
+  bool found() const { return fd_ >= 0; }
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace deltatune::serve
