@@ -215,14 +215,74 @@ TEST(KvCache, RowCachesDecodeSequencesOfDifferentLengthsInOneBatch) {
   }
 }
 
+TEST(KvCache, RowCachesPrefillPromptsOfDifferentLengthsInOneBatch) {
+  // A server's batched prefill: prompts right-padded to the longest, each row with its own empty cache;
+  // each cache then keeps its prompt's positions. Each row's last-position logits are those of its
+  // prompt prefilled alone, and decoding on gives what generate() gives it alone.
+  for (const char* name : {"gpt2-mini", "llama-mini"}) {
+    SCOPED_TRACE(name);
+    auto model = golden::load_model(name);
+    NoGradGuard no_grad;
+    const std::vector<std::vector<int64_t>> prompts{{35, 399, 501, 364}, {742}, {12, 99, 1373, 5, 77, 300, 8}};
+    const int64_t longest = 7, steps = 5;
+    std::vector<KVCache> caches(prompts.size());
+    ModelInput batch;
+    std::vector<int64_t> ids;
+    for (size_t b = 0; b < prompts.size(); ++b) {
+      ids.insert(ids.end(), prompts[b].begin(), prompts[b].end());
+      ids.insert(ids.end(), size_t(longest) - prompts[b].size(), 3);  // padding: any id
+      batch.row_caches.push_back(&caches[b]);
+    }
+    batch.input_ids = Tensor::from_ints(ids, {int64_t(prompts.size()), longest});
+    const Tensor logits = model->forward(batch).logits;
+    std::vector<std::vector<int64_t>> produced(prompts.size());
+    for (size_t b = 0; b < prompts.size(); ++b) {
+      const int64_t length = int64_t(prompts[b].size());
+      caches[b].length = length;
+      const std::vector<float> got = logits.select(0, int64_t(b)).select(0, length - 1).contiguous().to_floats();
+      KVCache alone_cache;
+      ModelInput alone;
+      alone.input_ids = Tensor::from_ints(prompts[b], {1, length});
+      alone.cache = &alone_cache;
+      const std::vector<float> want = last_row(model->forward(alone).logits, 0);
+      EXPECT_LT(max_diff(got, want), kTolerance) << "row " << b;
+      produced[b].push_back(argmax(got));
+    }
+    for (int64_t s = 1; s < steps; ++s) {
+      ModelInput step;
+      std::vector<int64_t> last;
+      for (size_t b = 0; b < prompts.size(); ++b) {
+        last.push_back(produced[b].back());
+        step.row_caches.push_back(&caches[b]);
+      }
+      step.input_ids = Tensor::from_ints(last, {int64_t(last.size()), 1});
+      Tensor next = model->forward(step).logits;
+      for (size_t b = 0; b < prompts.size(); ++b) produced[b].push_back(argmax(last_row(next, int64_t(b))));
+    }
+    GenerationOptions options;
+    options.max_new_tokens = steps;
+    for (size_t b = 0; b < prompts.size(); ++b)
+      EXPECT_EQ(produced[b], generate(*model, prompts[b], options)) << "row " << b;
+  }
+}
+
 TEST(KvCache, RowCachesRefuseWhatTheyCannotServe) {
   auto model = golden::load_model("gpt2-mini");
   NoGradGuard no_grad;
   KVCache empty;
   ModelInput in;
   in.input_ids = Tensor::from_ints({35}, {1, 1});
+  in.row_caches = {nullptr};
+  EXPECT_THROW(model->forward(in), ConfigError);  // no cache
+  {
+    // A soft prompt joins a sequence's first pass: a row-cache prefill cannot run it.
+    auto prompted = golden::load_model("gpt2-mini");
+    auto d = delta::make_delta({{"method", "prompt"}, {"num_virtual_tokens", 3}});
+    d->attach(*prompted);
+    in.row_caches = {&empty};
+    EXPECT_THROW(prompted->forward(in), ConfigError);
+  }
   in.row_caches = {&empty};
-  EXPECT_THROW(model->forward(in), ConfigError);  // no prompt in it yet
   in.input_ids = Tensor::from_ints({35, 36}, {2, 1});
   EXPECT_THROW(model->forward(in), ShapeError);  // one cache for two rows
   auto bert = golden::load_model("bert-mini");

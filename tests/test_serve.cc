@@ -301,6 +301,14 @@ TEST_F(ServeGpt2, MixedLoadGivesWhatGenerateGivesEachAlone) {
   ASSERT_EQ(mr.body["choices"].size(), 4u);
   EXPECT_EQ(mr.body["choices"][0]["text"], mr.body["choices"][1]["text"]);  // greedy: n copies
   EXPECT_EQ(mr.body["usage"]["completion_tokens"], 16);
+  // Its four prompts of two lengths were prefilled in one padded forward, and each still gives
+  // generate's text.
+  EXPECT_EQ(mr.body["choices"][0]["text"], generate_cli((dir_ / "lora").string(), prompts[0], 4));
+  EXPECT_EQ(mr.body["choices"][2]["text"], generate_cli((dir_ / "lora").string(), prompts[1], 4));
+  const std::string after = send(port, "GET", "/metrics").text;
+  EXPECT_LT(metric(after, "deltatune_prefill_batch_rows_bucket{le=\"1\"}"),
+            metric(after, "deltatune_prefill_batch_rows_count"))
+      << after;
   // A stop string cuts the text before it.
   const std::string full = listed.empty() ? "" : generate_cli((dir_ / "lora").string(), prompts[0], 8);
   ASSERT_GE(full.size(), 3u);

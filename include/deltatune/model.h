@@ -42,10 +42,13 @@ struct ModelInput {
   // The call's own state (dropout generator, hooks' per-call values): forward_context.h. nullptr: the
   // forward makes a fresh one.
   ForwardContext* context = nullptr;
-  // A decode batch of independent sequences (a server's running requests): row b continues the
-  // sequence whose keys and values are in row_caches[b] (a one-row cache a prompt already filled), at
-  // that sequence's own position. Each row attends over its own cache; every other product runs once
-  // for the whole batch. Decoders only; `cache` and `attention_mask` stay unset.
+  // A batch of independent sequences (a server's requests): row b continues the sequence whose keys
+  // and values are in row_caches[b], at that sequence's own position. Each row attends over its own
+  // cache; every other product runs once for the whole batch. Decoders only; `cache` and
+  // `attention_mask` stay unset. An empty cache is a prompt's prefill: prompts of different lengths go
+  // right-padded to the longest (causal attention keeps each real position from seeing the padding),
+  // and the caller then sets each cache's length to its prompt's. A soft prompt (prompt tuning) cannot
+  // join such a batch.
   std::vector<KVCache*> row_caches;
 };
 

@@ -1,6 +1,6 @@
 #pragma once
 // What a server counts, written as Prometheus text (GET /metrics): requests by endpoint and status,
-// tokens in and out, completions by finish reason (cancelled: the client went away), the queue depth, per step the batch size and how many deltas shared it, and
+// tokens in and out, prompts prefilled per forward, completions by finish reason (cancelled: the client went away), the queue depth, per step the batch size and how many deltas shared it, and
 // latency histograms (time to first token, time per output token, total). Thread-safe.
 #include <cstdint>
 #include <functional>
@@ -33,6 +33,7 @@ class Metrics {
   void tokens(int64_t in, int64_t out);
   void finished(const std::string& reason);  // a completion's finish_reason (or "error")
   void step(int64_t batch_rows, int64_t deltas);  // one scheduler step
+  void prefill(int64_t prompts);                   // prompts prefilled in one forward
   void time_to_first_token(double seconds);
   void per_output_token(double seconds);
   void total_latency(double seconds);
@@ -44,7 +45,7 @@ class Metrics {
   std::map<std::pair<std::string, int>, uint64_t> requests_;
   std::map<std::string, uint64_t> finished_;
   uint64_t tokens_in_ = 0, tokens_out_ = 0, steps_ = 0;
-  Histogram batch_rows_, deltas_per_step_, ttft_, per_token_, total_;
+  Histogram batch_rows_, deltas_per_step_, prefill_rows_, ttft_, per_token_, total_;
 };
 
 }  // namespace deltatune::serve

@@ -32,13 +32,20 @@ void check_row_caches(const ModelInput& in, const ModelConfig& config) {
     throw ShapeError("forward: " + std::to_string(in.row_caches.size()) + " row caches for input_ids " +
                      shape_str(in.input_ids.shape()));
   for (const KVCache* c : in.row_caches)
-    if (!c || c->length == 0) throw ConfigError("forward: a row cache must hold its sequence's prompt");
+    if (!c) throw ConfigError("forward: a row cache is missing");
 }
 }  // namespace
 
 ModelOutput TransformerModel::forward(const ModelInput& input) {
   use_num_threads_on_this_thread();
   check_row_caches(input, config);
+  // A soft prompt joins a sequence's first pass (later passes find it in the cache), which a row-cache
+  // prefill does not run as such.
+  const bool prefills = std::any_of(input.row_caches.begin(), input.row_caches.end(),
+                                    [](const KVCache* c) { return c->length == 0; });
+  for (auto& hook : embedding_hooks)
+    if (hook->enabled && prefills)
+      throw ConfigError("forward: a soft prompt (prompt tuning) cannot join a row-cache prefill: prefill alone");
   if (input.context) {
     ForwardScope scope(*input.context);
     return run_forward(input);

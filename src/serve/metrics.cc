@@ -38,6 +38,7 @@ std::string Histogram::prometheus(const std::string& name, const std::string& he
 Metrics::Metrics()
     : batch_rows_(kCounts),
       deltas_per_step_(kCounts),
+      prefill_rows_(kCounts),
       ttft_(kSeconds),
       per_token_(kSeconds),
       total_(kSeconds) {}
@@ -60,6 +61,10 @@ void Metrics::step(int64_t batch_rows, int64_t deltas) {
   ++steps_;
   batch_rows_.observe(double(batch_rows));
   deltas_per_step_.observe(double(deltas));
+}
+void Metrics::prefill(int64_t prompts) {
+  std::lock_guard lock(mutex_);
+  prefill_rows_.observe(double(prompts));
 }
 void Metrics::time_to_first_token(double s) {
   std::lock_guard lock(mutex_);
@@ -96,6 +101,7 @@ std::string Metrics::prometheus(const std::function<int64_t()>& queue_depth) con
       << "# TYPE deltatune_steps_total counter\ndeltatune_steps_total " << steps_ << '\n';
   out << batch_rows_.prometheus("deltatune_step_batch_rows", "Sequences decoded or prefilled per step.");
   out << deltas_per_step_.prometheus("deltatune_step_deltas", "Distinct deltas (the base counted) per step.");
+  out << prefill_rows_.prometheus("deltatune_prefill_batch_rows", "Prompts prefilled together in one forward.");
   out << ttft_.prometheus("deltatune_time_to_first_token_seconds", "Time to the first generated token.");
   out << per_token_.prometheus("deltatune_time_per_output_token_seconds",
                                "Time per generated token after the first.");

@@ -1,6 +1,7 @@
 // One scheduler step: the waiting classify/embedding requests (one padded batch per model), one decode
 // step of every running sequence (one batch per model, each row with its own delta and cache), then
-// the prefill of the newly admitted sequences; what finished is freed at once. With
+// the prefill of the newly admitted sequences (their prompts in one batch per model); what finished is
+// freed at once. With
 // one_delta_per_step (the benchmark's no-mixing baseline) the encode batch and the decode rows hold
 // one delta's requests only.
 #include "serve/scheduler.h"
@@ -40,21 +41,83 @@ bool out_of_positions(const TransformerModel& model, const KVCache& cache) {
   return model.config.max_position_embeddings - cache.length - prefix <= 1;
 }
 
-void prefill(SchedulerState& s, Sequence& q) {
-  if (q.cancelled) return q.finish("cancelled");
+std::unique_ptr<KVCache> cache_for(const Sequence& q) {
+  auto cache = std::make_unique<KVCache>();
+  cache->reserve = int64_t(q.prompt.size()) + std::min<int64_t>(q.options.max_new_tokens, 1024);
+  return cache;
+}
+
+// A prompt prefilled alone: for a model with a soft prompt (prompt tuning), which joins a sequence's
+// first pass and so cannot share a row-cache batch.
+void prefill_alone(SchedulerState& s, Sequence& q) {
   try {
-    ModelGroup& g = *q.entry->group;
     const int64_t length = int64_t(q.prompt.size());
-    q.cache = std::make_unique<KVCache>();
-    q.cache->reserve = length + std::min<int64_t>(q.options.max_new_tokens, 1024);
+    q.cache = cache_for(q);
     ModelInput in;
     in.input_ids = Tensor::from_ints(q.prompt, {1, length});
     in.cache = q.cache.get();
-    const Tensor logits = g.forward(in, {q.entry->row_name}).logits;
+    const Tensor logits = q.entry->group->forward(in, {q.entry->row_name}).logits;
+    s.metrics.prefill(1);
     q.add_token(pick_token(logits_row(logits, 0, logits.size(1) - 1), q.options, q.generator));
     s.metrics.time_to_first_token(Seconds(q.first_token - q.submitted).count());
   } catch (...) {
     q.fail(std::current_exception());
+  }
+}
+
+// The prompts of one model in one forward, whatever their deltas: right-padded to the longest, each row
+// with its own empty cache (ModelInput::row_caches), so the base's products run once for all of them.
+// Causal attention keeps every real position from seeing the padding; each cache then keeps its
+// prompt's positions only.
+void prefill_together(SchedulerState& s, ModelGroup& group, const std::vector<Sequence*>& rows) {
+  try {
+    size_t longest = 0;
+    for (Sequence* q : rows) longest = std::max(longest, q->prompt.size());
+    ModelInput in;
+    std::vector<int64_t> ids;
+    std::vector<std::string> deltas;
+    for (Sequence* q : rows) {
+      q->cache = cache_for(*q);
+      ids.insert(ids.end(), q->prompt.begin(), q->prompt.end());
+      ids.insert(ids.end(), longest - q->prompt.size(), q->prompt.back());  // padding: any valid id
+      in.row_caches.push_back(q->cache.get());
+      deltas.push_back(q->entry->row_name);
+    }
+    in.input_ids = Tensor::from_ints(ids, {int64_t(rows.size()), int64_t(longest)});
+    const Tensor logits = group.forward(in, deltas).logits;
+    s.metrics.prefill(int64_t(rows.size()));
+    for (size_t b = 0; b < rows.size(); ++b) {
+      Sequence& q = *rows[b];
+      q.cache->length = int64_t(q.prompt.size());
+      q.add_token(pick_token(logits_row(logits, int64_t(b), q.cache->length - 1), q.options, q.generator));
+      s.metrics.time_to_first_token(Seconds(q.first_token - q.submitted).count());
+    }
+  } catch (...) {
+    for (Sequence* q : rows) q->fail(std::current_exception());
+  }
+}
+
+bool has_soft_prompt(const TransformerModel& model) {
+  return std::any_of(model.embedding_hooks.begin(), model.embedding_hooks.end(),
+                     [](const auto& hook) { return hook->enabled; });
+}
+
+void prefill(SchedulerState& s, const std::vector<std::shared_ptr<Sequence>>& admitted, StepCount& count) {
+  std::map<ModelGroup*, std::vector<Sequence*>> by_model;
+  for (auto& q : admitted) {
+    if (q->cancelled) {
+      q->finish("cancelled");
+      continue;
+    }
+    by_model[q->entry->group].push_back(q.get());
+    count.add(q->entry.get());
+  }
+  for (auto& [group, rows] : by_model) {
+    if (rows.size() > 1 && !has_soft_prompt(*group->model)) {
+      prefill_together(s, *group, rows);
+    } else {
+      for (Sequence* q : rows) prefill_alone(s, *q);
+    }
   }
 }
 
@@ -308,11 +371,8 @@ void run_scheduler(SchedulerState& s) {
     StepCount count;
     encode(s, encodes, count);
     decode(s, count);
-    for (auto& q : admitted) {
-      prefill(s, *q);
-      count.add(q->entry.get());
-      s.running.push_back(q);
-    }
+    prefill(s, admitted, count);
+    s.running.insert(s.running.end(), admitted.begin(), admitted.end());
     if (count.rows > 0) s.metrics.step(count.rows, int64_t(count.deltas.size()));
     reap(s);
     s.groups.remove_retired();
