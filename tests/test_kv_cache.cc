@@ -177,6 +177,25 @@ TEST(KvCache, ABatchThatDoesNotContinueTheCacheIsAnError) {
   EXPECT_THROW(model->forward(wider), ShapeError);
 }
 
+namespace {
+// `steps` greedy decode steps of every row in one row-cache batch (a server's decode step), each row
+// continuing from its last produced id.
+void decode_rows(TransformerModel& model, std::vector<KVCache>& caches,
+                 std::vector<std::vector<int64_t>>& produced, int64_t steps) {
+  for (int64_t s = 0; s < steps; ++s) {
+    ModelInput step;
+    std::vector<int64_t> last;
+    for (size_t b = 0; b < caches.size(); ++b) {
+      last.push_back(produced[b].back());
+      step.row_caches.push_back(&caches[b]);
+    }
+    step.input_ids = Tensor::from_ints(last, {int64_t(last.size()), 1});
+    const Tensor logits = model.forward(step).logits;
+    for (size_t b = 0; b < caches.size(); ++b) produced[b].push_back(argmax(last_row(logits, int64_t(b))));
+  }
+}
+}  // namespace
+
 TEST(KvCache, RowCachesDecodeSequencesOfDifferentLengthsInOneBatch) {
   // A server's decode step: sequences at different positions, each with its own cache, in one batch.
   // Every row gives exactly the ids generate() gives it alone (greedy), step by step.
@@ -195,17 +214,7 @@ TEST(KvCache, RowCachesDecodeSequencesOfDifferentLengthsInOneBatch) {
       in.cache = &caches[b];
       produced[b].push_back(argmax(last_row(model->forward(in).logits, 0)));
     }
-    for (int64_t s = 1; s < steps; ++s) {
-      ModelInput step;
-      std::vector<int64_t> last;
-      for (size_t b = 0; b < prompts.size(); ++b) {
-        last.push_back(produced[b].back());
-        step.row_caches.push_back(&caches[b]);
-      }
-      step.input_ids = Tensor::from_ints(last, {int64_t(last.size()), 1});
-      Tensor logits = model->forward(step).logits;
-      for (size_t b = 0; b < prompts.size(); ++b) produced[b].push_back(argmax(last_row(logits, int64_t(b))));
-    }
+    decode_rows(*model, caches, produced, steps - 1);
     GenerationOptions options;
     options.max_new_tokens = steps;
     for (size_t b = 0; b < prompts.size(); ++b) {
@@ -248,17 +257,7 @@ TEST(KvCache, RowCachesPrefillPromptsOfDifferentLengthsInOneBatch) {
       EXPECT_LT(max_diff(got, want), kTolerance) << "row " << b;
       produced[b].push_back(argmax(got));
     }
-    for (int64_t s = 1; s < steps; ++s) {
-      ModelInput step;
-      std::vector<int64_t> last;
-      for (size_t b = 0; b < prompts.size(); ++b) {
-        last.push_back(produced[b].back());
-        step.row_caches.push_back(&caches[b]);
-      }
-      step.input_ids = Tensor::from_ints(last, {int64_t(last.size()), 1});
-      Tensor next = model->forward(step).logits;
-      for (size_t b = 0; b < prompts.size(); ++b) produced[b].push_back(argmax(last_row(next, int64_t(b))));
-    }
+    decode_rows(*model, caches, produced, steps - 1);
     GenerationOptions options;
     options.max_new_tokens = steps;
     for (size_t b = 0; b < prompts.size(); ++b)
