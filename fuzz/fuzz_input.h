@@ -18,10 +18,10 @@
 // A target's one-time fixture (a model, tokenizers, a saved checkpoint), built before the first input:
 // libFuzzer would otherwise count it in that input's time, and under the sanitizers it can pass the 1 s
 // hang limit. The replay driver (replay_main.cc) calls it too.
-#define FUZZ_BUILD_BEFORE_FIRST_INPUT(fixture_call)          \
-  extern "C" int LLVMFuzzerInitialize(int*, char***) {      \
-    (void)(fixture_call);                                   \
-    return 0;                                               \
+#define FUZZ_BUILD_BEFORE_FIRST_INPUT(fixture_call)    \
+  extern "C" int LLVMFuzzerInitialize(int*, char***) { \
+    (void)(fixture_call);                              \
+    return 0;                                          \
   }
 
 namespace fuzz {

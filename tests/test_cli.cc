@@ -51,7 +51,8 @@ TEST(Cli, EveryHelpListsTheExitCodesOnce) {
   const std::string codes = "Exit codes: 0 done; 2 bad input";
   auto help = run("--help");
   EXPECT_EQ(count_of(help.output, codes), 1) << help.output;
-  for (const char* cmd : {"train", "eval", "predict", "generate", "combine", "sweep", "merge", "forward", "bench"}) {
+  for (const char* cmd :
+       {"train", "eval", "predict", "generate", "combine", "sweep", "merge", "forward", "bench"}) {
     auto r = run(std::string(cmd) + " --help");
     EXPECT_EQ(r.code, 0) << cmd;
     EXPECT_EQ(count_of(r.output, codes), 1) << cmd << "\n" << r.output;

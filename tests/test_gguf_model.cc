@@ -42,8 +42,8 @@ double relative_logit_error(gguf::GgmlType type, int64_t* quantized_layers = nul
     for (auto& [name, module] : model->named_modules())
       if (auto* linear = dynamic_cast<nn::Linear*>(module); linear && linear->quantized) ++*quantized_layers;
   }
-  const double error =
-      golden::relative_max_error(model->forward(sample_input()).logits, reference->forward(sample_input()).logits);
+  const double error = golden::relative_max_error(model->forward(sample_input()).logits,
+                                                  reference->forward(sample_input()).logits);
   std::printf("%s: max |logit error| / max |logit| = %.3g\n", gguf::traits(type).name, error);
   return error;
 }

@@ -232,7 +232,8 @@ TEST(KvCache, RowCachesPrefillPromptsOfDifferentLengthsInOneBatch) {
     SCOPED_TRACE(name);
     auto model = golden::load_model(name);
     NoGradGuard no_grad;
-    const std::vector<std::vector<int64_t>> prompts{{35, 399, 501, 364}, {742}, {12, 99, 1373, 5, 77, 300, 8}};
+    const std::vector<std::vector<int64_t>> prompts{
+        {35, 399, 501, 364}, {742}, {12, 99, 1373, 5, 77, 300, 8}};
     const int64_t longest = 7, steps = 5;
     std::vector<KVCache> caches(prompts.size());
     ModelInput batch;
@@ -248,7 +249,8 @@ TEST(KvCache, RowCachesPrefillPromptsOfDifferentLengthsInOneBatch) {
     for (size_t b = 0; b < prompts.size(); ++b) {
       const int64_t length = int64_t(prompts[b].size());
       caches[b].length = length;
-      const std::vector<float> got = logits.select(0, int64_t(b)).select(0, length - 1).contiguous().to_floats();
+      const std::vector<float> got =
+          logits.select(0, int64_t(b)).select(0, length - 1).contiguous().to_floats();
       KVCache alone_cache;
       ModelInput alone;
       alone.input_ids = Tensor::from_ints(prompts[b], {1, length});

@@ -38,8 +38,8 @@ double relative_logit_error(const std::string& model_name, QuantFormat format, i
   auto reference = golden::load_model(model_name), model = golden::load_model(model_name);
   freeze(*model);
   quantised = nn::quantize_frozen_weights(*model, format);
-  const double error =
-      golden::relative_max_error(model->forward(sample_input()).logits, reference->forward(sample_input()).logits);
+  const double error = golden::relative_max_error(model->forward(sample_input()).logits,
+                                                  reference->forward(sample_input()).logits);
   return error;
 }
 

@@ -149,9 +149,9 @@ void run(const Options& o) {
     json targets = o.lora_all ? json{"attn.q", "attn.k", "attn.v", "attn.o", "ffn.up", "ffn.gate", "ffn.down"}
                               : json{"attn.q", "attn.v"};
     // UniPELT: adapter, prefix and LoRA, each gated, with the method's own defaults (the paper's).
-    attached = delta::make_delta(o.method == "unipelt"
-                                 ? json{{"method", "unipelt"}, {"variant", "APL"}}
-                                 : json{{"method", "lora"}, {"r", 8}, {"alpha", 16}, {"targets", targets}});
+    attached = delta::make_delta(
+        o.method == "unipelt" ? json{{"method", "unipelt"}, {"variant", "APL"}}
+                              : json{{"method", "lora"}, {"r", 8}, {"alpha", 16}, {"targets", targets}});
     attached->attach(*model);
     // As the peer: BERT trains its 2-way classifier besides the delta; the pooler stays frozen.
     std::vector<std::string> keep;

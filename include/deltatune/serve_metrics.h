@@ -1,7 +1,8 @@
 #pragma once
 // What a server counts, written as Prometheus text (GET /metrics): requests by endpoint and status,
-// tokens in and out, prompts prefilled per forward, completions by finish reason (cancelled: the client went away), the queue depth, per step the batch size and how many deltas shared it, and
-// latency histograms (time to first token, time per output token, total). Thread-safe.
+// tokens in and out, prompts prefilled per forward, completions by finish reason (cancelled: the client went
+// away), the queue depth, per step the batch size and how many deltas shared it, and latency histograms (time
+// to first token, time per output token, total). Thread-safe.
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -31,9 +32,9 @@ class Metrics {
   Metrics();
   void request(const std::string& endpoint, int status);
   void tokens(int64_t in, int64_t out);
-  void finished(const std::string& reason);  // a completion's finish_reason (or "error")
+  void finished(const std::string& reason);       // a completion's finish_reason (or "error")
   void step(int64_t batch_rows, int64_t deltas);  // one scheduler step
-  void prefill(int64_t prompts);                   // prompts prefilled in one forward
+  void prefill(int64_t prompts);                  // prompts prefilled in one forward
   void time_to_first_token(double seconds);
   void per_output_token(double seconds);
   void total_latency(double seconds);

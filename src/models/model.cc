@@ -45,7 +45,8 @@ ModelOutput TransformerModel::forward(const ModelInput& input) {
                                     [](const KVCache* c) { return c->length == 0; });
   for (auto& hook : embedding_hooks)
     if (hook->enabled && prefills)
-      throw ConfigError("forward: a soft prompt (prompt tuning) cannot join a row-cache prefill: prefill alone");
+      throw ConfigError(
+          "forward: a soft prompt (prompt tuning) cannot join a row-cache prefill: prefill alone");
   if (input.context) {
     ForwardScope scope(*input.context);
     return run_forward(input);

@@ -4,7 +4,6 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 
 #include <charconv>
 #include <filesystem>
@@ -41,8 +40,8 @@ ClientConnection::ClientConnection(const std::string& remote_addr, int remote_po
     const std::string name = entry.path().filename().string();
     int fd = -1;
     if (std::from_chars(name.data(), name.data() + name.size(), fd).ec != std::errc()) continue;
-    struct stat info{};
-    if (::fstat(fd, &info) != 0 || !S_ISSOCK(info.st_mode)) continue;
+    // getpeername alone (it fails on anything but a connected socket): the other descriptors belong to
+    // other connections' threads, so this looks at none of them more than needed.
     std::string host;
     int port = -1;
     if (peer_of(fd, host, port) && port == remote_port && host == remote_addr) {

@@ -1,6 +1,7 @@
 // The serving engine's front half: requests checked and queued from any thread (deltatune/serve.h).
 // The scheduler loop that runs them is src/serve/scheduler.cc.
 #include <future>
+#include <utility>
 
 #include "deltatune/serve_metrics.h"
 #include "deltatune/trainer.h"
@@ -106,6 +107,7 @@ std::vector<Classification> Engine::classify(const std::string& model,
   std::future<void> done = job->done.get_future();
   enqueue(s, [&] { s.encode_waiting.push_back(job); });
   done.get();
+  if (job->error) std::rethrow_exception(std::exchange(job->error, nullptr));
   std::vector<Classification> out;
   const data::LabelMap& labels = held.entry->labels;
   for (auto& row : job->rows) {
@@ -132,6 +134,7 @@ Embeddings Engine::embed(const std::string& model, const std::vector<std::string
   std::future<void> done = job->done.get_future();
   enqueue(s, [&] { s.encode_waiting.push_back(job); });
   done.get();
+  if (job->error) std::rethrow_exception(std::exchange(job->error, nullptr));
   Embeddings out;
   out.vectors = std::move(job->rows);
   for (auto& ex : job->data.examples) out.tokens += int64_t(ex.ids.size());

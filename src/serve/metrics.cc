@@ -101,7 +101,8 @@ std::string Metrics::prometheus(const std::function<int64_t()>& queue_depth) con
       << "# TYPE deltatune_steps_total counter\ndeltatune_steps_total " << steps_ << '\n';
   out << batch_rows_.prometheus("deltatune_step_batch_rows", "Sequences decoded or prefilled per step.");
   out << deltas_per_step_.prometheus("deltatune_step_deltas", "Distinct deltas (the base counted) per step.");
-  out << prefill_rows_.prometheus("deltatune_prefill_batch_rows", "Prompts prefilled together in one forward.");
+  out << prefill_rows_.prometheus("deltatune_prefill_batch_rows",
+                                  "Prompts prefilled together in one forward.");
   out << ttft_.prometheus("deltatune_time_to_first_token_seconds", "Time to the first generated token.");
   out << per_token_.prometheus("deltatune_time_per_output_token_seconds",
                                "Time per generated token after the first.");

@@ -225,12 +225,15 @@ void encode(SchedulerState& s, const std::vector<std::shared_ptr<EncodeJob>>& jo
     for (size_t i = 0; i < j->data.size(); ++i) count.add(j->entry.get());
   }
   for (auto& [key, batch] : by_model) {
+    std::exception_ptr error;
     try {
       encode_batch(s, *key.first, batch);
-      for (EncodeJob* j : batch) j->done.set_value();
     } catch (...) {
-      for (EncodeJob* j : batch) j->done.set_exception(std::current_exception());
+      error = std::current_exception();
     }
+    for (EncodeJob* j : batch) j->error = error;
+    error = nullptr;  // none left on this thread (EncodeJob::error)
+    for (EncodeJob* j : batch) j->done.set_value();
   }
   for (auto& j : jobs) {
     int64_t tokens = 0;
@@ -271,8 +274,9 @@ void take_work(SchedulerState& s, std::vector<std::shared_ptr<EncodeJob>>& encod
   };
   // With one_delta_per_step, a step encodes the requests of the delta that waited longest only; the
   // others keep their places.
-  const DeltaEntry* only =
-      s.options.one_delta_per_step && !s.encode_waiting.empty() ? s.encode_waiting.front()->entry.get() : nullptr;
+  const DeltaEntry* only = s.options.one_delta_per_step && !s.encode_waiting.empty()
+                               ? s.encode_waiting.front()->entry.get()
+                               : nullptr;
   for (auto it = s.encode_waiting.begin(); it != s.encode_waiting.end();) {
     if (only && (*it)->entry.get() != only) {
       ++it;
@@ -300,7 +304,8 @@ void fail_remaining(SchedulerState& s) {
       q->fail(std::make_exception_ptr(ShuttingDown("the server stopped before this completion finished")));
   reap(s);
   for (auto& j : s.encode_waiting) {
-    j->done.set_exception(std::make_exception_ptr(ShuttingDown("the server stopped")));
+    j->error = std::make_exception_ptr(ShuttingDown("the server stopped"));
+    j->done.set_value();
     --s.in_system;
   }
   s.encode_waiting.clear();
@@ -325,22 +330,26 @@ void enqueue(SchedulerState& s, const std::function<void()>& push) {
 void run_between_steps(SchedulerState& s, const std::function<void()>& task) {
   std::promise<void> done;
   std::future<void> result = done.get_future();
+  std::exception_ptr error;  // written before `done` is set, freed here (see EncodeJob::error)
   {
     std::lock_guard lock(s.mutex);
     if (!s.accepting) throw ShuttingDown("the server is shutting down");
-    s.between_steps.push_back([&task, &done](bool run) {
-      if (!run)
-        return done.set_exception(std::make_exception_ptr(ShuttingDown("the server is shutting down")));
-      try {
-        task();
-        done.set_value();
-      } catch (...) {
-        done.set_exception(std::current_exception());
+    s.between_steps.push_back([&task, &done, &error](bool run) {
+      if (!run) {
+        error = std::make_exception_ptr(ShuttingDown("the server is shutting down"));
+      } else {
+        try {
+          task();
+        } catch (...) {
+          error = std::current_exception();
+        }
       }
+      done.set_value();
     });
   }
   s.wake.notify_one();
   result.get();
+  if (error) std::rethrow_exception(error);
 }
 
 void wake(SchedulerState& s) {

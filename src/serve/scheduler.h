@@ -21,6 +21,12 @@ struct EncodeJob {
   bool embed = false;
   data::EncodedDataset data;
   std::vector<std::vector<float>> rows;  // per input: the class probabilities, or the embedding
+  // The error the batch met, written before `done` is set. The scheduler thread keeps no reference to
+  // it once `done` is set, so the waiter, the last to use it, frees it: libstdc++ counts an exception's
+  // references in code ThreadSanitizer cannot see, and a free on the scheduler thread after the
+  // waiter's use was reported as a race. (std::promise::set_exception keeps a copy on the setting
+  // thread until it returns.)
+  std::exception_ptr error;
   std::promise<void> done;
 };
 

@@ -19,7 +19,8 @@ bool checkpoint_exists(const std::filesystem::path& dir);
 nlohmann::json read_checkpoint_state(const std::filesystem::path& dir);
 // Loads the tensors into `params` (same names and shapes, or an IoError naming the difference) and the
 // optimizer's state; state.json is read_checkpoint_state's.
-void load_checkpoint_weights(const std::filesystem::path& dir, const NamedParams& params, Optimizer& optimizer);
+void load_checkpoint_weights(const std::filesystem::path& dir, const NamedParams& params,
+                             Optimizer& optimizer);
 
 // The best dev weights, DIR = RUN/best: the delta folder save_trained writes (what sweep and users
 // load) and, for a delta, params.safetensors with its trainable tensors as they are. Restoring must

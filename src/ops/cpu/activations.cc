@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "ops/cpu/target_clones.h"
+
 namespace deltatune::ops::kernels {
 namespace {
 
@@ -51,12 +53,12 @@ constexpr float kSqrt2OverPi = 0.7978845608028654f;
 
 [[gnu::always_inline]] inline float sigmoid_exp(float x) { return 1.0f / (1.0f + exp_poly(-x)); }
 
-[[gnu::target_clones("avx512f", "avx2", "default")]] void gelu_erf(const float* x, float* y, int64_t n) {
+DELTATUNE_TARGET_CLONES("avx512f", "avx2", "default") void gelu_erf(const float* x, float* y, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] = 0.5f * x[i] * (1.0f + erf_as(x[i] * kInvSqrt2));
 }
-[[gnu::target_clones("avx512f", "avx2", "default")]] void gelu_erf_backward(const float* g, const float* x,
-                                                                            float* out, int64_t n) {
+DELTATUNE_TARGET_CLONES("avx512f", "avx2", "default")
+void gelu_erf_backward(const float* g, const float* x, float* out, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];
@@ -65,15 +67,15 @@ constexpr float kSqrt2OverPi = 0.7978845608028654f;
   }
 }
 
-[[gnu::target_clones("avx512f", "avx2", "default")]] void gelu_tanh(const float* x, float* y, int64_t n) {
+DELTATUNE_TARGET_CLONES("avx512f", "avx2", "default") void gelu_tanh(const float* x, float* y, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];
     y[i] = 0.5f * v * (1.0f + tanh_exp(kSqrt2OverPi * (v + 0.044715f * v * v * v)));
   }
 }
-[[gnu::target_clones("avx512f", "avx2", "default")]] void gelu_tanh_backward(const float* g, const float* x,
-                                                                             float* out, int64_t n) {
+DELTATUNE_TARGET_CLONES("avx512f", "avx2", "default")
+void gelu_tanh_backward(const float* g, const float* x, float* out, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float v = x[i];
@@ -83,12 +85,12 @@ constexpr float kSqrt2OverPi = 0.7978845608028654f;
   }
 }
 
-[[gnu::target_clones("avx512f", "avx2", "default")]] void silu(const float* x, float* y, int64_t n) {
+DELTATUNE_TARGET_CLONES("avx512f", "avx2", "default") void silu(const float* x, float* y, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] * sigmoid_exp(x[i]);
 }
-[[gnu::target_clones("avx512f", "avx2", "default")]] void silu_backward(const float* g, const float* x,
-                                                                        float* out, int64_t n) {
+DELTATUNE_TARGET_CLONES("avx512f", "avx2", "default")
+void silu_backward(const float* g, const float* x, float* out, int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float s = sigmoid_exp(x[i]);

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "ops/cpu/cpu_backend.h"
+#include "ops/cpu/target_clones.h"
 
 namespace deltatune::ops {
 namespace {
@@ -21,9 +22,9 @@ inline float nan_max(float a, float b) {
 // torch's AdamW update, element by element, over [i0, i1). Cloned for AVX-512 and AVX2 + FMA so the
 // fused multiply-adds are instructions rather than libm calls and the loop vectorises; every clone
 // computes the same IEEE operations in the same order, so the results are the same bits.
-[[gnu::target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")]] void adamw_elements(
-    int64_t i0, int64_t i1, float* __restrict w, const float* __restrict grad, float* __restrict m,
-    float* __restrict v, float* __restrict v_max, const AdamWStep& k) {
+DELTATUNE_TARGET_CLONES("arch=x86-64-v4", "arch=x86-64-v3", "default")
+void adamw_elements(int64_t i0, int64_t i1, float* __restrict w, const float* __restrict grad,
+                    float* __restrict m, float* __restrict v, float* __restrict v_max, const AdamWStep& k) {
   for (int64_t i = i0; i < i1; ++i) {
     w[i] = w[i] * k.decay;
     m[i] = std::fma(grad[i], k.one_minus_beta1, m[i] * k.beta1);
