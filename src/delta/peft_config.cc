@@ -139,7 +139,13 @@ nlohmann::json from_peft_config(const nlohmann::json& peft, const std::string& s
   if (!peft.is_object() || !peft.contains("peft_type") || !peft["peft_type"].is_string())
     throw ConfigError(source + ": missing 'peft_type' (supported: " + supported_peft_types() + ")");
   const std::string type = peft["peft_type"];
-  if (const DeltaMethod* method = find_peft_method(type)) return method->from_peft(peft, source);
+  if (const DeltaMethod* method = find_peft_method(type)) {
+    try {
+      return method->from_peft(peft, source);
+    } catch (const nlohmann::json::exception& e) {  // a field of an unexpected type ("lora_alpha": false)
+      throw ConfigError(source + ": a " + type + " field has the wrong type (" + e.what() + ")");
+    }
+  }
   throw ConfigError(source + ": peft_type '" + type +
                     "' is not supported (supported: " + supported_peft_types() + ")");
 }
