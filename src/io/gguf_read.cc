@@ -199,8 +199,12 @@ TensorInfo read_tensor_info(Cursor& in, const File& f, uint64_t index) {
     fail_tensor(f.path, t.name,
                 "row length " + std::to_string(row) + " is not a multiple of " + traits->name +
                     "'s block of " + std::to_string(traits->block_size));
-  t.bytes =
-      elements / traits->block_size * traits->type_size;  // elements < 2^63, type_size < 2^9: no overflow
+  // Blocks times their size can pass 2^64 (2^62 float32 elements wrap to 0 bytes, which would pass the
+  // bounds check below): refused first.
+  const uint64_t blocks = elements / traits->block_size;
+  if (blocks > uint64_t(INT64_MAX) / traits->type_size)
+    fail_tensor(f.path, t.name, std::to_string(elements) + " elements make the tensor impossibly large");
+  t.bytes = blocks * traits->type_size;
   if (t.offset % f.alignment != 0)
     fail_tensor(f.path, t.name,
                 "offset " + std::to_string(t.offset) + " is not a multiple of the alignment " +
