@@ -45,8 +45,14 @@ ClientConnection::ClientConnection(const std::string& remote_addr, int remote_po
     std::string host;
     int port = -1;
     if (peer_of(fd, host, port) && port == remote_port && host == remote_addr) {
+      // Two at once: an earlier connection from the same client port (loopback reuses ports in
+      // TIME_WAIT) whose handler still holds its socket, closed by the client. Which one is this
+      // request's cannot be told apart, so none is watched rather than the wrong one.
+      if (fd_ >= 0) {
+        fd_ = -1;
+        return;
+      }
       fd_ = fd;
-      return;
     }
   }
 }

@@ -12,8 +12,9 @@ namespace deltatune::serve {
 class ClientConnection {
  public:
   ClientConnection(const std::string& remote_addr, int remote_port);
-  // True once the client has closed or reset the connection. Never true when the socket was not found:
-  // then a disconnect is noticed only when the reply is written, as before.
+  // True once the client has closed or reset the connection. Never true when the socket was not found
+  // or not told apart from another with the same client address and port: then a disconnect is
+  // noticed only when the reply is written.
   bool gone() const;
   bool found() const { return fd_ >= 0; }
 
