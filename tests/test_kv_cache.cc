@@ -178,6 +178,15 @@ TEST(KvCache, ABatchThatDoesNotContinueTheCacheIsAnError) {
 }
 
 namespace {
+// The last position's logits of `prompt` prefilled alone into `cache` (what a one-row prefill gives).
+std::vector<float> prefill_alone(TransformerModel& model, const std::vector<int64_t>& prompt,
+                                 KVCache& cache) {
+  ModelInput in;
+  in.input_ids = Tensor::from_ints(prompt, {1, int64_t(prompt.size())});
+  in.cache = &cache;
+  return last_row(model.forward(in).logits, 0);
+}
+
 // `steps` greedy decode steps of every row in one row-cache batch (a server's decode step), each row
 // continuing from its last produced id.
 void decode_rows(TransformerModel& model, std::vector<KVCache>& caches,
@@ -208,12 +217,8 @@ TEST(KvCache, RowCachesDecodeSequencesOfDifferentLengthsInOneBatch) {
     const int64_t steps = 6;
     std::vector<KVCache> caches(prompts.size());
     std::vector<std::vector<int64_t>> produced(prompts.size());
-    for (size_t b = 0; b < prompts.size(); ++b) {
-      ModelInput in;
-      in.input_ids = Tensor::from_ints(prompts[b], {1, int64_t(prompts[b].size())});
-      in.cache = &caches[b];
-      produced[b].push_back(argmax(last_row(model->forward(in).logits, 0)));
-    }
+    for (size_t b = 0; b < prompts.size(); ++b)
+      produced[b].push_back(argmax(prefill_alone(*model, prompts[b], caches[b])));
     decode_rows(*model, caches, produced, steps - 1);
     GenerationOptions options;
     options.max_new_tokens = steps;
@@ -251,11 +256,8 @@ TEST(KvCache, RowCachesPrefillPromptsOfDifferentLengthsInOneBatch) {
       caches[b].length = length;
       const std::vector<float> got =
           logits.select(0, int64_t(b)).select(0, length - 1).contiguous().to_floats();
-      KVCache alone_cache;
-      ModelInput alone;
-      alone.input_ids = Tensor::from_ints(prompts[b], {1, length});
-      alone.cache = &alone_cache;
-      const std::vector<float> want = last_row(model->forward(alone).logits, 0);
+      KVCache alone;
+      const std::vector<float> want = prefill_alone(*model, prompts[b], alone);
       EXPECT_LT(max_diff(got, want), kTolerance) << "row " << b;
       produced[b].push_back(argmax(got));
     }
