@@ -1,9 +1,8 @@
 // One scheduler step: the waiting classify/embedding requests (one padded batch per model), one decode
 // step of every running sequence (one batch per model, each row with its own delta and cache), then
 // the prefill of the newly admitted sequences (their prompts in one batch per model); what finished is
-// freed at once. With
-// one_delta_per_step (the benchmark's no-mixing baseline) the encode batch and the decode rows hold
-// one delta's requests only.
+// freed at once. With one_delta_per_step (the benchmark's no-mixing baseline) the encode batch and the
+// decode rows hold one delta's requests only.
 #include "serve/scheduler.h"
 
 #include <algorithm>
