@@ -451,21 +451,10 @@ TEST_F(ServeGpt2, BurstOfValidInvalidAndDisconnectingClientsLeavesItUp) {
   for (auto& m : names)
     alone[m] = post(port, "/v1/completions", completion(m, "Hello there", 3)).body["choices"][0]["text"];
   const long idle_kb = server.rss_kb();
-  constexpr int kRequests = 200, kClients = 24;
-  std::atomic<int> next{0}, wrong{0}, transport_retries{0};
+  constexpr int kRequests = 300, kClients = 96;  // more clients than the server has HTTP threads (32)
+  std::atomic<int> next{0}, wrong{0};
   std::mutex report_mutex;
-  std::string report;  // the completions that came back wrong
-  // A request that gets no HTTP reply at all (a connection reset) is retried once, as clients do, and
-  // counted: this session saw a few such resets per burst on a quiet machine, cause not yet found
-  // (the retry's answer must still be exact, and resets stay rare).
-  auto with_retry = [&](const std::function<Reply()>& request) {
-    Reply r = request();
-    if (r.status == 0) {
-      ++transport_retries;
-      r = request();
-    }
-    return r;
-  };
+  std::string report;  // what came back wrong, a request without any HTTP reply included (status 0)
   auto expect_status = [&](const Reply& r, int status, const std::string& what) {
     if (r.status == status) return true;
     ++wrong;
@@ -481,8 +470,7 @@ TEST_F(ServeGpt2, BurstOfValidInvalidAndDisconnectingClientsLeavesItUp) {
         switch (i % 5) {
           case 0:
           case 1: {
-            const Reply r =
-                with_retry([&] { return post(port, "/v1/completions", completion(m, "Hello there", 3)); });
+            const Reply r = post(port, "/v1/completions", completion(m, "Hello there", 3));
             if (expect_status(r, 200, m) && r.body["choices"][0]["text"] != alone[m]) {
               ++wrong;
               std::lock_guard lock(report_mutex);
@@ -491,13 +479,10 @@ TEST_F(ServeGpt2, BurstOfValidInvalidAndDisconnectingClientsLeavesItUp) {
             break;
           }
           case 2:
-            expect_status(with_retry([&] { return send(port, "POST", "/v1/completions", "{\"model\": "); }),
-                          400, "bad JSON");
+            expect_status(send(port, "POST", "/v1/completions", "{\"model\": "), 400, "bad JSON");
             break;
           case 3:
-            expect_status(
-                with_retry([&] { return post(port, "/v1/completions", completion("ghost", "Hi", 3)); }), 404,
-                "unknown model");
+            expect_status(post(port, "/v1/completions", completion("ghost", "Hi", 3)), 404, "unknown model");
             break;
           default:
             disconnect_mid_stream(port, m);
@@ -506,7 +491,6 @@ TEST_F(ServeGpt2, BurstOfValidInvalidAndDisconnectingClientsLeavesItUp) {
     });
   for (auto& t : clients) t.join();
   EXPECT_EQ(wrong.load(), 0) << report;
-  EXPECT_LE(transport_retries.load(), 16) << "of 160 requests";
   EXPECT_EQ(send(port, "GET", "/health").status, 200);
   // Cancelled streams are dropped: the queue empties (bounded wait) and memory returns near idle.
   double depth = -1;

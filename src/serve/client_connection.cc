@@ -34,17 +34,21 @@ bool peer_of(int fd, std::string& host, int& port) {
 
 }  // namespace
 
-ClientConnection::ClientConnection(const std::string& remote_addr, int remote_port) {
+void ClientConnection::find_socket() {
+  searched_ = true;
   std::error_code error;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd", error)) {
-    const std::string name = entry.path().filename().string();
+  std::filesystem::directory_iterator entries("/proc/self/fd", error), end;
+  // A descriptor list that cannot be read (or stops reading midway) means no watch, never an error:
+  // the request itself is unaffected.
+  for (; !error && entries != end; entries.increment(error)) {
+    const std::string name = entries->path().filename().string();
     int fd = -1;
     if (std::from_chars(name.data(), name.data() + name.size(), fd).ec != std::errc()) continue;
     // getpeername alone (it fails on anything but a connected socket): the other descriptors belong to
     // other connections' threads, so this looks at none of them more than needed.
     std::string host;
     int port = -1;
-    if (peer_of(fd, host, port) && port == remote_port && host == remote_addr) {
+    if (peer_of(fd, host, port) && port == remote_port_ && host == remote_addr_) {
       // Two at once: an earlier connection from the same client port (loopback reuses ports in
       // TIME_WAIT) whose handler still holds its socket, closed by the client. Which one is this
       // request's cannot be told apart, so none is watched rather than the wrong one.
@@ -55,10 +59,16 @@ ClientConnection::ClientConnection(const std::string& remote_addr, int remote_po
       fd_ = fd;
     }
   }
+  if (error) fd_ = -1;
 }
 
-bool ClientConnection::gone() const {
-  if (fd_ < 0) return false;
+bool ClientConnection::found() {
+  if (!searched_) find_socket();
+  return fd_ >= 0;
+}
+
+bool ClientConnection::gone() {
+  if (!found()) return false;
   pollfd p{.fd = fd_, .events = POLLRDHUP, .revents = 0};
   return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
 }

@@ -2,6 +2,7 @@
 // (openai_api.h), calls the engine, and writes the reply; every exception becomes an error object
 // with its status, so no request can take the server down.
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <atomic>
 
@@ -151,6 +152,7 @@ struct HttpServer::Impl {
   Engine& engine;
   HttpOptions options;
   httplib::Server server;
+  std::atomic<int> listening_socket{-1};  // the bound socket, for the backlog (see bind())
   Impl(Engine& e, HttpOptions o) : engine(e), options(std::move(o)) {}
   void routes();
   void completions(const httplib::Request& req, httplib::Response& res);
@@ -174,7 +176,7 @@ void HttpServer::Impl::completions(const httplib::Request& req, httplib::Respons
   if (call.stream) return stream_completions(res, std::move(pending), call.request.model, call.include_usage);
   // A client that hangs up while it waits cancels its sequences (a stream's is noticed when a write
   // fails); its reply, never read, counts as 499 (nginx's "client closed request").
-  const ClientConnection client(req.remote_addr, req.remote_port);
+  ClientConnection client(req.remote_addr, req.remote_port);
   for (auto& p : pending)
     while (!p->wait(std::chrono::milliseconds(100)))
       if (client.gone()) {
@@ -223,6 +225,11 @@ HttpServer::HttpServer(Engine& engine, HttpOptions options)
   i.server.new_task_queue = [threads] { return new httplib::ThreadPool(size_t(threads)); };
   i.server.set_payload_max_length(i.options.max_body_bytes);
   i.server.set_keep_alive_timeout(2);
+  i.server.set_socket_options([&i](int fd) {
+    const int on = 1;  // what httplib's default options set, which this callback replaces
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    i.listening_socket = fd;
+  });
   i.server.set_read_timeout(10);
   i.server.set_pre_routing_handler([&i](const httplib::Request& req, httplib::Response& res) {
     if (i.options.api_key.empty() || req.path == "/health")
@@ -262,6 +269,11 @@ int HttpServer::bind() {
   if (port < 0)
     throw IoError("cannot listen on " + i.options.host + ":" + std::to_string(i.options.port) +
                   " (in use, or not an address of this machine)");
+  // cpp-httplib 0.11 listens with a backlog of 5 (a compile-time constant of Debian's library). A burst
+  // of clients connecting at once overflows that queue; the kernel then drops their handshakes and
+  // each waits for a retransmission (a second or more). A second listen() on the bound socket only
+  // raises the backlog, to the system's limit (net.core.somaxconn), as uvicorn's 2048 or nginx's 511.
+  if (i.listening_socket >= 0) ::listen(i.listening_socket, SOMAXCONN);
   return port;
 }
 
