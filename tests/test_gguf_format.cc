@@ -249,6 +249,17 @@ TEST(GgufFormat, UnreadableTypesAreNamedWhenDequantised) {
   }
 }
 
+// One 256-value super-block of a K-quant type, as the reader would describe it.
+static TensorInfo one_block(const std::string& name, GgmlType type, const uint8_t* block) {
+  TensorInfo t;
+  t.name = name;
+  t.dims = {256};
+  t.type = type;
+  t.bytes = traits(type).type_size;
+  t.data = block;
+  return t;
+}
+
 // Q4_K: one super-block with chosen 6-bit scales and mins, decoded by the format's definition.
 TEST(GgufFormat, Q4KDecodesByItsDefinition) {
   uint8_t block[144] = {};
@@ -263,13 +274,7 @@ TEST(GgufFormat, Q4KDecodesByItsDefinition) {
     s[j + 8] = uint8_t((scale[j + 4] & 0xF) | ((min[j + 4] & 0xF) << 4));
   }
   for (int i = 0; i < 128; ++i) block[16 + i] = uint8_t((i * 7 + 3) & 0xFF);
-  TensorInfo t;
-  t.name = "q4k";
-  t.dims = {256};
-  t.type = GgmlType::Q4_K;
-  t.bytes = 144;
-  t.data = block;
-  const std::vector<float> y = dequantize(t);
+  const std::vector<float> y = dequantize(one_block("q4k", GgmlType::Q4_K, block));
   for (int e = 0; e < 256; ++e) {
     const int sub = e / 32, chunk = e / 64, l = e % 32;
     const uint8_t byte = block[16 + chunk * 32 + l];
@@ -296,13 +301,7 @@ TEST(GgufFormat, Q6KDecodesByItsDefinition) {
   std::memcpy(block + 192, scales, 16);
   const uint16_t d = f32_to_f16(0.125f);
   std::memcpy(block + 208, &d, 2);
-  TensorInfo t;
-  t.name = "q6k";
-  t.dims = {256};
-  t.type = GgmlType::Q6_K;
-  t.bytes = 210;
-  t.data = block;
-  const std::vector<float> y = dequantize(t);
+  const std::vector<float> y = dequantize(one_block("q6k", GgmlType::Q6_K, block));
   for (int e = 0; e < 256; ++e)
     EXPECT_FLOAT_EQ(y[size_t(e)], 0.125f * float(scales[e / 16]) * float(codes[e] - 32)) << e;
 }
