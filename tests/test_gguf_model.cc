@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <tuple>
 
 #include "cli_run.h"
 #include "deltatune/error.h"
@@ -17,6 +19,7 @@
 #include "golden.h"
 #include "model_compare.h"
 #include "temp_dir.h"
+#include "tokenize/gguf_vocab.h"
 
 using namespace deltatune;
 namespace fs = std::filesystem;
@@ -218,4 +221,264 @@ TEST(GgufModel, CommandLineConvertAndInspect) {
   auto junk = cli_test::run("inspect " + cli_test::quote((dir / "junk.gguf").string()));
   EXPECT_EQ(junk.code, 2);
   EXPECT_NE(junk.output.find("shorter than the 24-byte GGUF header"), std::string::npos) << junk.output;
+}
+
+// --- byte-level BPE tokenizers as a "gpt2" vocabulary ---------------------------------------------
+
+namespace {
+
+const char* const kLlama3Regex =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+const char* const kQwen2Regex =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+nlohmann::json read_json(const fs::path& file) {
+  std::ifstream in(file);
+  return nlohmann::json::parse(in);
+}
+
+// The golden texts of gpt2-mini and more: contractions in capitals, long numbers, whitespace runs,
+// blank lines, Cyrillic, decomposed accents, emoji, the special token's text.
+std::vector<std::string> bpe_texts() {
+  std::ifstream in(fs::path(DELTATUNE_TEST_DATA) / "golden" / "tokenizers.json");
+  std::vector<std::string> texts;
+  for (const auto& c : nlohmann::json::parse(in).at("gpt2-mini")) texts.push_back(c.at("text"));
+  for (const char* text :
+       {"I'M SURE THEY'LL SAY WE'VE DONE IT", "1234567890 and 12 or 123456", "a\n\n\nb\n \n",
+        "  \t  two\t\ttabs   then spaces    ", "Привет, мир! Как дела?", "cafe\xcc\x81 vs caf\xc3\xa9",
+        "🎉🚀 party 🇫🇷", "<|endoftext|>Hello<|endoftext|> world"})
+    texts.push_back(text);
+  return texts;
+}
+
+// `dir`'s tokenizer written as tokenizer.ggml.* metadata of `vocab_size` ids into `file`.
+gguf::File write_vocab(const fs::path& dir, int64_t vocab_size, const fs::path& file) {
+  gguf::Writer w;
+  w.set("general.architecture", gguf::Value::of_string("llama"));
+  tokenize::add_gguf_vocab(dir, vocab_size, w);
+  w.write(file);
+  return gguf::read_file(file);
+}
+
+// The tokenizer read back from `file` gives `reference`'s ids for every text, special tokens added
+// and not, and decodes them as `reference` does. Returns how many texts differ under `other`.
+int expect_same_ids(const Tokenizer& reference, const fs::path& file, const Tokenizer* other = nullptr,
+                    bool nfc = false) {
+  const auto tok = Tokenizer::load(file);
+  EXPECT_EQ(tok->kind(), "bpe");
+  EXPECT_EQ(tok->bos_id(), reference.bos_id());
+  EXPECT_EQ(tok->eos_id(), reference.eos_id());
+  EXPECT_EQ(tok->unk_id(), reference.unk_id());
+  int differ = 0;
+  for (const std::string& text : bpe_texts()) {
+    const std::vector<int64_t> ids = reference.encode(text).ids;
+    EXPECT_EQ(tok->encode(text).ids, ids) << nlohmann::json(text).dump();
+    EXPECT_EQ(tok->encode(text, false).ids, reference.encode(text, false).ids) << nlohmann::json(text).dump();
+    EXPECT_EQ(tok->decode(ids), reference.decode(ids)) << nlohmann::json(text).dump();
+    EXPECT_EQ(tok->decode(ids, false), reference.decode(ids, false)) << nlohmann::json(text).dump();
+    // (The special tokens are skipped; an NFC normaliser composes "e\u0301".)
+    if (text.find("<|endoftext|>") == std::string::npos && text.find("[CLS]") == std::string::npos &&
+        (!nfc || text.find("\xcc\x81") == std::string::npos))
+      EXPECT_EQ(tok->decode(ids), text) << nlohmann::json(text).dump();
+    if (other && other->encode(text).ids != ids) ++differ;
+  }
+  return differ;
+}
+
+// gpt2-mini's tokenizer.json with its pre-tokenizer a Split by `regex` (and `normalizer`), as Llama 3's
+// and Qwen2's tokenizer.json are written, in a new folder.
+fs::path gpt2_mini_with_split(const std::string& name, const std::string& regex,
+                              const nlohmann::json& normalizer, bool ignore_merges) {
+  const fs::path dir = test_support::temp_dir(name);
+  nlohmann::json spec = read_json(golden::model_dir("gpt2-mini") / "tokenizer.json");
+  spec["pre_tokenizer"] = {
+      {"type", "Sequence"},
+      {"pretokenizers",
+       {{{"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", "Isolated"}, {"invert", false}},
+        {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}}}};
+  spec["normalizer"] = normalizer;
+  spec["model"]["ignore_merges"] = ignore_merges;
+  std::ofstream(dir / "tokenizer.json") << spec.dump();
+  fs::copy_file(golden::model_dir("gpt2-mini") / "tokenizer_config.json", dir / "tokenizer_config.json");
+  return dir;
+}
+
+}  // namespace
+
+// gpt2-mini's tokenizer.json as llama.cpp's converter writes it (tokens padded to the model's size,
+// token types, merges, pre "gpt-2"), read back: transformers' ids for every golden text, and the ids
+// and decoding of the folder's own tokenizer for every text.
+TEST(GgufBpeVocab, Gpt2MiniRoundTripsThroughMetadata) {
+  const fs::path dir = golden::model_dir("gpt2-mini");
+  const nlohmann::json spec = read_json(dir / "tokenizer.json");
+  const int64_t n = int64_t(spec.at("model").at("vocab").size());
+  const gguf::File f = write_vocab(dir, n + 3, test_support::temp_dir("gguf_bpe") / "vocab.gguf");
+  EXPECT_EQ(f.string("tokenizer.ggml.model"), "gpt2");
+  EXPECT_EQ(f.string("tokenizer.ggml.pre"), "gpt-2");
+  const gguf::Value& tokens = f.at("tokenizer.ggml.tokens");
+  ASSERT_EQ(tokens.strings.size(), size_t(n + 3));
+  EXPECT_EQ(tokens.strings[size_t(n + 1)], "[PAD" + std::to_string(n + 1) + "]");
+  const std::vector<int64_t> types = f.at("tokenizer.ggml.token_type").int_array();
+  for (const auto& added : spec.at("added_tokens")) {  // <|endoftext|>: special, so a control token
+    const size_t id = added.at("id");
+    EXPECT_EQ(tokens.strings[id], added.at("content").get<std::string>());
+    EXPECT_EQ(types[id], added.at("special").get<bool>() ? 3 : 4);
+  }
+  EXPECT_EQ(types[size_t(n + 1)], 5);  // UNUSED
+  const nlohmann::json& merges = spec.at("model").at("merges");
+  ASSERT_EQ(f.at("tokenizer.ggml.merges").strings.size(), merges.size());
+  EXPECT_EQ(f.at("tokenizer.ggml.merges").strings[0],
+            merges[0][0].get<std::string>() + " " + merges[0][1].get<std::string>());
+  EXPECT_FALSE(f.integer("tokenizer.ggml.add_bos_token"));
+
+  const auto tok = Tokenizer::load(f.path);
+  EXPECT_EQ(tok->vocab_size(), n + 3);
+  std::ifstream in(fs::path(DELTATUNE_TEST_DATA) / "golden" / "tokenizers.json");
+  for (const auto& c : nlohmann::json::parse(in).at("gpt2-mini"))
+    EXPECT_EQ(tok->encode(c.at("text").get<std::string>()).ids, c.at("ids").get<std::vector<int64_t>>())
+        << c.at("text");
+  expect_same_ids(*Tokenizer::load(dir), f.path);
+
+  // vocab.json + merges.txt (no tokenizer.json) write the same vocabulary.
+  const fs::path files = test_support::temp_dir("gguf_bpe_files");
+  for (const char* name : {"vocab.json", "merges.txt", "tokenizer_config.json"})
+    fs::copy_file(dir / name, files / name);
+  const gguf::File g = write_vocab(files, n + 3, files / "vocab.gguf");
+  EXPECT_EQ(g.at("tokenizer.ggml.tokens").strings, tokens.strings);
+  EXPECT_EQ(g.at("tokenizer.ggml.token_type").int_array(), types);
+  EXPECT_EQ(g.at("tokenizer.ggml.merges").strings, f.at("tokenizer.ggml.merges").strings);
+  EXPECT_EQ(g.integer("tokenizer.ggml.eos_token_id"), f.integer("tokenizer.ggml.eos_token_id"));
+}
+
+// A Llama 3 split (numbers in threes, whole-vocabulary words unmerged) is written as "llama-bpe" and
+// read back with that split; Qwen2's (single digits, NFC first) as "qwen2". Each splits some texts
+// differently from GPT-2's, so the round trip shows the split was carried, not defaulted.
+TEST(GgufBpeVocab, Llama3AndQwen2SplitsRoundTrip) {
+  const auto gpt2 = Tokenizer::load(golden::model_dir("gpt2-mini"));
+  for (const auto& [name, regex, nfc, pre] : {std::tuple{"llama3", kLlama3Regex, false, "llama-bpe"},
+                                              std::tuple{"qwen2", kQwen2Regex, true, "qwen2"}}) {
+    SCOPED_TRACE(name);
+    const fs::path dir = gpt2_mini_with_split(std::string("gguf_bpe_") + name, regex,
+                                              nfc ? nlohmann::json{{"type", "NFC"}} : nlohmann::json(),
+                                              std::string(name) == "llama3");
+    const gguf::File f = write_vocab(dir, 8192, dir / "vocab.gguf");
+    EXPECT_EQ(f.string("tokenizer.ggml.pre"), pre);
+    const auto reference = Tokenizer::load(dir);
+    EXPECT_GT(expect_same_ids(*reference, f.path, gpt2.get(), nfc), 0);
+  }
+}
+
+namespace {
+
+// A gpt2 vocabulary written by hand: tokens a, b, ab, bab and `merges` (none: no merges key), split by
+// `pre`.
+gguf::Writer tiny_bpe(const std::string& pre, std::optional<std::vector<std::string>> merges) {
+  gguf::Writer w;
+  w.set("tokenizer.ggml.model", gguf::Value::of_string("gpt2"));
+  w.set("tokenizer.ggml.pre", gguf::Value::of_string(pre));
+  w.set("tokenizer.ggml.tokens", gguf::Value::of_strings({"a", "b", "ab", "bab"}));
+  w.set("tokenizer.ggml.token_type", gguf::Value::of_int32s({1, 1, 1, 1}));
+  if (merges) w.set("tokenizer.ggml.merges", gguf::Value::of_strings(*merges));
+  return w;
+}
+
+// Loading `w` written as `file` fails with an IoError naming the file and saying `what`.
+void expect_load_error(const gguf::Writer& w, const fs::path& file, const std::string& what) {
+  w.write(file);
+  try {
+    Tokenizer::load(file);
+    ADD_FAILURE() << "no error for " << file;
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find(file.string() + ": "), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+
+TEST(GgufBpeVocab, BadMetadataIsAnErrorNamingTheFile) {
+  const fs::path dir = test_support::temp_dir("gguf_bpe_bad");
+  const std::vector<std::string> merges = {"a b"};
+  tiny_bpe("gpt-2", merges).write(dir / "good.gguf");  // the same metadata, unbroken, loads
+  const auto good = Tokenizer::load(dir / "good.gguf");
+  EXPECT_EQ(good->encode("abba").ids, (std::vector<int64_t>{2, 1, 0}));  // ab, b, a
+  EXPECT_EQ(good->decode({2, 0}), "aba");
+  // "bab" is not built by the merges (b, ab); llama-bpe takes a word in the vocabulary whole, as
+  // llama.cpp does for the Llama 3 family (ignore_merges).
+  EXPECT_EQ(good->encode("bab").ids, (std::vector<int64_t>{1, 2}));
+  tiny_bpe("llama-bpe", merges).write(dir / "llama.gguf");
+  EXPECT_EQ(Tokenizer::load(dir / "llama.gguf")->encode("bab").ids, (std::vector<int64_t>{3}));
+
+  expect_load_error(tiny_bpe("starcoder-9", merges), dir / "pre.gguf",
+                    "tokenizer.ggml.pre 'starcoder-9' is not supported");
+  expect_load_error(tiny_bpe("gpt-2", std::nullopt), dir / "merges.gguf", "tokenizer.ggml.merges is missing");
+  expect_load_error(tiny_bpe("gpt-2", std::vector<std::string>{"ab"}), dir / "merge.gguf",
+                    "tokenizer.ggml.merges[0] \"ab\" is not two tokens");
+  expect_load_error(tiny_bpe("gpt-2", std::vector<std::string>{"a c"}), dir / "token.gguf",
+                    "uses a token that is not in the vocabulary");
+  gguf::Writer other = tiny_bpe("gpt-2", merges);
+  other.set("tokenizer.ggml.model", gguf::Value::of_string("rwkv"));
+  expect_load_error(other, dir / "model.gguf", "tokenizer.ggml.model 'rwkv' is not supported");
+}
+
+// The writer refuses a folder whose tokenizer a gpt2 vocabulary cannot describe, naming the folder.
+TEST(GgufBpeVocab, UnwritableTokenizersAreRefused) {
+  const fs::path dir = test_support::temp_dir("gguf_bpe_refused");
+  nlohmann::json spec = read_json(golden::model_dir("gpt2-mini") / "tokenizer.json");
+  spec["pre_tokenizer"]["add_prefix_space"] = true;
+  std::ofstream(dir / "tokenizer.json") << spec.dump();
+  gguf::Writer w;
+  try {
+    tokenize::add_gguf_vocab(dir, 8192, w);
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find(dir.string() + ": byte-level BPE tokenizer adds a prefix space"),
+              std::string::npos)
+        << e.what();
+  }
+  fs::remove(dir / "tokenizer.json");
+  EXPECT_THROW(tokenize::add_gguf_vocab(dir, 8192, w), ConfigError);
+  fs::copy_file(golden::model_dir("gpt2-mini") / "tokenizer.json", dir / "tokenizer.json");
+  try {
+    tokenize::add_gguf_vocab(dir, 8000, w);  // gpt2-mini has 8192 ids
+    ADD_FAILURE() << "no error";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("past the model's vocab_size 8000"), std::string::npos) << e.what();
+  }
+}
+
+// `deltatune convert --to gguf` of a llama-family model whose tokenizer is byte-level BPE (as Llama 3's
+// and Qwen2's are): llama-mini's weights with gpt2-mini's tokenizer cut to llama-mini's 8000 ids.
+TEST(GgufBpeVocab, CommandLineConvertWritesAGpt2Vocabulary) {
+  const fs::path dir = test_support::temp_dir("gguf_bpe_cli");
+  const fs::path llama = golden::model_dir("llama-mini"), gpt2 = golden::model_dir("gpt2-mini");
+  fs::copy_file(llama / "config.json", dir / "config.json");
+  fs::create_symlink(fs::absolute(llama / "model.safetensors"), dir / "model.safetensors");
+  const int64_t vocab_size = read_json(llama / "config.json").at("vocab_size");
+  nlohmann::json spec = read_json(gpt2 / "tokenizer.json");
+  nlohmann::json vocab = nlohmann::json::object(), merges = nlohmann::json::array();
+  for (const auto& [token, id] : spec["model"]["vocab"].items())
+    if (id.get<int64_t>() < vocab_size) vocab[token] = id;
+  for (const auto& merge : spec["model"]["merges"]) {
+    const std::string a = merge[0], b = merge[1];
+    if (vocab.contains(a) && vocab.contains(b) && vocab.contains(a + b)) merges.push_back(merge);
+  }
+  ASSERT_GT(merges.size(), 7000u);
+  spec["model"]["vocab"] = vocab;
+  spec["model"]["merges"] = merges;
+  std::ofstream(dir / "tokenizer.json") << spec.dump();
+  fs::copy_file(gpt2 / "tokenizer_config.json", dir / "tokenizer_config.json");
+
+  const std::string out = (dir / "mini.gguf").string();
+  auto convert = cli_test::run("convert --to gguf --type f16 --model " + cli_test::quote(dir.string()) +
+                               " --output " + cli_test::quote(out));
+  ASSERT_EQ(convert.code, 0) << convert.output;
+  const gguf::File f = gguf::read_file(out);
+  EXPECT_EQ(f.string("tokenizer.ggml.model"), "gpt2");
+  EXPECT_EQ(f.string("tokenizer.ggml.pre"), "gpt-2");
+  EXPECT_EQ(f.at("tokenizer.ggml.tokens").strings.size(), size_t(vocab_size));
+  expect_same_ids(*Tokenizer::load(dir), out);
+  auto inspect = cli_test::run("inspect " + cli_test::quote(out));
+  EXPECT_NE(inspect.output.find("tokenizer.ggml.model (string) = \"gpt2\""), std::string::npos)
+      << inspect.output;
 }

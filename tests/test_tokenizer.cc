@@ -15,6 +15,7 @@
 
 #include "deltatune/error.h"
 #include "deltatune/tokenizer.h"
+#include "tokenize/pretokenize.h"
 
 namespace fs = std::filesystem;
 using deltatune::Encoding;
@@ -294,6 +295,22 @@ TEST(TokenizerLoad, Llama3StyleTokenizerJson) {
   unsupported["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\w+";
   dir.write("tokenizer.json", unsupported.dump());
   EXPECT_THROW(Tokenizer::load(dir.path()), IoError);
+}
+
+// Qwen2's regex is Llama 3's with one digit a piece (\p{N} for \p{N}{1,3}); both are recognised by
+// the pattern exactly as tokenizer.json writes it.
+TEST(TokenizerSplit, Qwen2SplitsDigitsOneByOneWhereLlama3TakesThree) {
+  using deltatune::tokenize::SplitRegex;
+  const std::string qwen2 =
+      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+  ASSERT_EQ(deltatune::tokenize::find_split_regex(qwen2), SplitRegex::Qwen2);
+  EXPECT_EQ(deltatune::tokenize::split_regex_pattern(SplitRegex::Qwen2), qwen2);
+  const std::u32string text = U"ab 12345 I'LL x\n\ny";
+  EXPECT_EQ(deltatune::tokenize::split_with_regex(text, SplitRegex::Qwen2),
+            (std::vector<std::u32string>{U"ab", U" ", U"1", U"2", U"3", U"4", U"5", U" I", U"'LL", U" x",
+                                         U"\n\n", U"y"}));
+  EXPECT_EQ(deltatune::tokenize::split_with_regex(text, SplitRegex::Llama3),
+            (std::vector<std::u32string>{U"ab", U" ", U"123", U"45", U" I", U"'LL", U" x", U"\n\n", U"y"}));
 }
 
 TEST(TokenizerLoad, EmptyFolderNamesTheFolderAndTheFilesLookedFor) {

@@ -1,6 +1,6 @@
 #pragma once
 // Tokenizers that give exactly the ids Hugging Face transformers gives for the same checkpoint folder:
-// WordPiece (BERT), byte-level BPE (GPT-2, RoBERTa, Llama 3) and SentencePiece (Llama 1/2).
+// WordPiece (BERT), byte-level BPE (GPT-2, RoBERTa, Llama 3, Qwen2) and SentencePiece (Llama 1/2).
 //
 //   auto tok = deltatune::Tokenizer::load("assets/models/bert-mini");
 //   Encoding e = tok->encode("Hello world");             // [CLS] hello world [SEP]
@@ -40,7 +40,8 @@ class Tokenizer {
 
   // Loads the tokenizer of a Hugging Face checkpoint folder. Picks, in order: tokenizer.json (WordPiece or
   // BPE model), vocab.json + merges.txt, vocab.txt, tokenizer.model; tokenizer_config.json refines it.
-  // A GGUF file instead of a folder: the SentencePiece vocabulary of its tokenizer.ggml.* metadata.
+  // A GGUF file instead of a folder: the tokenizer of its tokenizer.ggml.* metadata (llama.cpp's
+  // "llama" SentencePiece vocabulary, or its "gpt2" byte-level BPE one).
   // Throws IoError when the folder has none of these or a file is malformed.
   static std::unique_ptr<Tokenizer> load(const std::filesystem::path& dir);
 

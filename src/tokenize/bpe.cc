@@ -2,6 +2,7 @@
 // merges applied lowest rank first.
 #include <array>
 #include <fstream>
+#include <functional>
 #include <queue>
 #include <unordered_map>
 
@@ -37,12 +38,6 @@ const ByteTable& byte_table() {
   return table;
 }
 
-struct PreTokenizer {
-  bool add_prefix_space = false;
-  std::optional<SplitRegex> regex = SplitRegex::Gpt2;  // nullopt: the whole text is one word
-  bool nfc = false;                                    // an NFC normaliser runs first
-};
-
 struct Merge {
   int32_t rank;
   int64_t merged;
@@ -61,7 +56,7 @@ struct BpeModel {
 
 class BpeTokenizer final : public PipelineTokenizer {
  public:
-  BpeTokenizer(Vocab vocab, AddedVocabulary added, Template post, PreTokenizer pre, BpeModel model,
+  BpeTokenizer(Vocab vocab, AddedVocabulary added, Template post, BpePreTokenizer pre, BpeModel model,
                const SpecialTokenNames& names, const TokenizerConfig& config)
       : PipelineTokenizer(std::move(vocab), std::move(added), std::move(post)),
         pre_(pre),
@@ -181,7 +176,7 @@ class BpeTokenizer final : public PipelineTokenizer {
   }
 
  private:
-  PreTokenizer pre_;
+  BpePreTokenizer pre_;
   BpeModel model_;
   int64_t unk_id_ = -1;
   std::array<int64_t, 512> char_ids_{};  // the ids of the byte-level characters (all below U+0200)
@@ -207,6 +202,37 @@ std::pair<std::string, std::string> split_merge_line(const std::string& line,
   return {line.substr(0, space), line.substr(space + 1)};
 }
 
+// tokenizer.json's model.merges: "a b" strings or ["a", "b"] pairs, in rank order.
+std::vector<std::pair<std::string, std::string>> parse_merges(const json& merges,
+                                                              const std::filesystem::path& file) {
+  if (!merges.is_array()) throw IoError(file.string() + ": model.merges is not a list");
+  std::vector<std::pair<std::string, std::string>> pairs;
+  pairs.reserve(merges.size());
+  for (const json& merge : merges) {
+    pairs.push_back(merge.is_array()
+                        ? std::pair{merge.at(0).get<std::string>(), merge.at(1).get<std::string>()}
+                        : split_merge_line(merge.get<std::string>(), file));
+  }
+  return pairs;
+}
+
+// merges.txt: one "a b" merge a line in rank order, after an optional "#version" line. `each` gets the
+// two tokens and "FILE:LINE" for its errors.
+void for_each_merge_line(
+    const std::filesystem::path& merges_txt,
+    const std::function<void(const std::string&, const std::string&, const std::string&)>& each) {
+  std::ifstream in(merges_txt, std::ios::binary);
+  if (!in) throw IoError(merges_txt.string() + ": cannot open file");
+  std::string line;
+  for (int line_number = 1; std::getline(in, line); ++line_number) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty() || line.starts_with("#version")) continue;
+    const std::string where = merges_txt.string() + ":" + std::to_string(line_number);
+    const auto [a, b] = split_merge_line(line, where);
+    each(a, b, where);
+  }
+}
+
 Vocab parse_vocab(const json& object, const std::filesystem::path& file) {
   if (!object.is_object()) throw IoError(file.string() + ": the vocabulary is not an object of token -> id");
   Vocab vocab;
@@ -214,12 +240,13 @@ Vocab parse_vocab(const json& object, const std::filesystem::path& file) {
   return vocab;
 }
 
-PreTokenizer parse_pre_tokenizer(const json& spec, const std::filesystem::path& file) {
+BpePreTokenizer parse_pre_tokenizer(const json& spec, const std::filesystem::path& file) {
   const auto unsupported = [&](const std::string& what) {
     return IoError(file.string() + ": unsupported pre_tokenizer " + what +
-                   " (supported: ByteLevel, or a Split with the GPT-2 or Llama 3 regex then ByteLevel)");
+                   " (supported: ByteLevel, or a Split with the GPT-2, Llama 3 or Qwen2 regex then "
+                   "ByteLevel)");
   };
-  PreTokenizer pre;
+  BpePreTokenizer pre;
   const std::string type = spec.is_object() ? spec.value("type", "") : "";
   if (type == "ByteLevel") {
     pre.add_prefix_space = spec.value("add_prefix_space", false);
@@ -238,6 +265,20 @@ PreTokenizer parse_pre_tokenizer(const json& spec, const std::filesystem::path& 
     throw unsupported("split \"" + pattern + "\"");
   }
   pre.add_prefix_space = steps[1].value("add_prefix_space", false);
+  return pre;
+}
+
+// tokenizer.json's "pre_tokenizer", and its "normalizer" (none, or NFC).
+BpePreTokenizer parse_pre_tokenizer_and_normalizer(const json& spec, const std::filesystem::path& file) {
+  BpePreTokenizer pre = parse_pre_tokenizer(spec.value("pre_tokenizer", json()), file);
+  const json normalizer = spec.value("normalizer", json());
+  if (!normalizer.is_null()) {
+    if (normalizer.value("type", "") != "NFC") {
+      throw IoError(file.string() + ": unsupported normalizer \"" + normalizer.value("type", "") +
+                    "\" for byte-level BPE (supported: none, NFC)");
+    }
+    pre.nfc = true;
+  }
   return pre;
 }
 
@@ -294,24 +335,10 @@ std::unique_ptr<Tokenizer> load_bpe_json(const json& spec, const TokenizerConfig
         throw IoError(file.string() + ": BPE \"" + key + "\" is not supported for byte-level BPE");
       }
     }
-    const json& merges = model_spec.at("merges");
-    if (!merges.is_array()) throw IoError(file.string() + ": model.merges is not a list");
-    for (const json& merge : merges) {
-      const auto [a, b] = merge.is_array()
-                              ? std::pair{merge.at(0).get<std::string>(), merge.at(1).get<std::string>()}
-                              : split_merge_line(merge.get<std::string>(), file);
+    for (const auto& [a, b] : parse_merges(model_spec.at("merges"), file))
       add_merge(model, vocab, a, b, file);
-    }
 
-    PreTokenizer pre = parse_pre_tokenizer(spec.value("pre_tokenizer", json()), file);
-    const json normalizer = spec.value("normalizer", json());
-    if (!normalizer.is_null()) {
-      if (normalizer.value("type", "") != "NFC") {
-        throw IoError(file.string() + ": unsupported normalizer \"" + normalizer.value("type", "") +
-                      "\" for byte-level BPE (supported: none, NFC)");
-      }
-      pre.nfc = true;
-    }
+    const BpePreTokenizer pre = parse_pre_tokenizer_and_normalizer(spec, file);
     AddedVocabulary added = parse_added_tokens(spec.value("added_tokens", json()), file);
     const SpecialTokenNames names = special_token_names(config, default_names(config, vocab));
     Template post = parse_post_processor(spec.value("post_processor", json()), file);
@@ -327,18 +354,12 @@ std::unique_ptr<Tokenizer> load_bpe_files(const std::filesystem::path& vocab_jso
   const json vocab_spec = read_json_file(vocab_json);
   Vocab vocab = with_file_context(vocab_json, [&] { return parse_vocab(vocab_spec, vocab_json); });
 
-  std::ifstream in(merges_txt, std::ios::binary);
-  if (!in) throw IoError(merges_txt.string() + ": cannot open file");
   BpeModel model;
-  std::string line;
-  for (int line_number = 1; std::getline(in, line); ++line_number) {
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty() || line.starts_with("#version")) continue;
-    const auto [a, b] = split_merge_line(line, merges_txt.string() + ":" + std::to_string(line_number));
-    add_merge(model, vocab, a, b, merges_txt.string() + ":" + std::to_string(line_number));
-  }
+  for_each_merge_line(merges_txt, [&](const std::string& a, const std::string& b, const std::string& where) {
+    add_merge(model, vocab, a, b, where);
+  });
 
-  PreTokenizer pre;
+  BpePreTokenizer pre;
   pre.add_prefix_space = config.flag("add_prefix_space").value_or(false);
   const SpecialTokenNames names = special_token_names(config, default_names(config, vocab));
   AddedVocabulary added = implied_added_tokens(config, names, vocab);
@@ -358,6 +379,40 @@ std::unique_ptr<Tokenizer> load_bpe_files(const std::filesystem::path& vocab_jso
   }
   return std::make_unique<BpeTokenizer>(std::move(vocab), std::move(added), std::move(post), pre,
                                         std::move(model), names, config);
+}
+
+std::optional<ByteLevelBpeFiles> read_byte_level_bpe(const std::filesystem::path& dir,
+                                                     const TokenizerConfig& config) {
+  ByteLevelBpeFiles parts;
+  const std::filesystem::path tokenizer_json = dir / "tokenizer.json";
+  if (std::filesystem::exists(tokenizer_json)) {
+    const json spec = read_json_file(tokenizer_json);
+    const bool byte_level = with_file_context(tokenizer_json, [&] {
+      if (!spec.is_object()) throw IoError(tokenizer_json.string() + ": expected a JSON object");
+      return spec.at("model").value("type", std::string()) == "BPE" && is_byte_level_bpe(spec);
+    });
+    if (byte_level) {
+      with_file_context(tokenizer_json, [&] {
+        const json& model_spec = spec.at("model");
+        parts.vocab = parse_vocab(model_spec.at("vocab"), tokenizer_json);
+        parts.merges = parse_merges(model_spec.at("merges"), tokenizer_json);
+        parts.added = parse_added_tokens(spec.value("added_tokens", json()), tokenizer_json);
+        parts.pre = parse_pre_tokenizer_and_normalizer(spec, tokenizer_json);
+      });
+      return parts;
+    }
+  }
+  const std::filesystem::path vocab_json = dir / "vocab.json", merges_txt = dir / "merges.txt";
+  if (!std::filesystem::exists(vocab_json) || !std::filesystem::exists(merges_txt)) return std::nullopt;
+  const json vocab_spec = read_json_file(vocab_json);
+  parts.vocab = with_file_context(vocab_json, [&] { return parse_vocab(vocab_spec, vocab_json); });
+  for_each_merge_line(merges_txt, [&](const std::string& a, const std::string& b, const std::string&) {
+    parts.merges.emplace_back(a, b);
+  });
+  parts.pre.add_prefix_space = config.flag("add_prefix_space").value_or(false);
+  parts.added = implied_added_tokens(config, special_token_names(config, default_names(config, parts.vocab)),
+                                     parts.vocab);
+  return parts;
 }
 
 }  // namespace deltatune::tokenize

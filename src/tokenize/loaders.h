@@ -3,9 +3,16 @@
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "deltatune/tokenizer.h"
+#include "tokenize/added_tokens.h"
 #include "tokenize/config.h"
+#include "tokenize/pretokenize.h"
+#include "tokenize/vocab.h"
 
 namespace deltatune::tokenize {
 
@@ -15,6 +22,25 @@ std::unique_ptr<Tokenizer> load_wordpiece_json(const nlohmann::json& spec, const
 // A BERT vocab.txt (one token per line, the line number is the id).
 std::unique_ptr<Tokenizer> load_wordpiece_vocab(const std::filesystem::path& vocab_txt,
                                                 const TokenizerConfig& config);
+
+// How byte-level BPE cuts text into words before the merges run.
+struct BpePreTokenizer {
+  bool add_prefix_space = false;
+  std::optional<SplitRegex> regex = SplitRegex::Gpt2;  // nullopt: the whole text is one word
+  bool nfc = false;                                    // an NFC normaliser runs first
+};
+
+// A byte-level BPE tokenizer as a folder's files list it (a byte-level tokenizer.json, else vocab.json +
+// merges.txt): what a GGUF "gpt2" vocabulary is written from.
+struct ByteLevelBpeFiles {
+  Vocab vocab;
+  std::vector<std::pair<std::string, std::string>> merges;  // in rank order
+  AddedVocabulary added;
+  BpePreTokenizer pre;
+};
+// nullopt when the folder has neither; IoError naming the file when one is malformed.
+std::optional<ByteLevelBpeFiles> read_byte_level_bpe(const std::filesystem::path& dir,
+                                                     const TokenizerConfig& config);
 
 // Whether a tokenizer.json BPE model is byte-level (GPT-2 family) rather than SentencePiece-style.
 bool is_byte_level_bpe(const nlohmann::json& spec);

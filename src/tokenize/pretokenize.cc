@@ -9,6 +9,8 @@ constexpr std::string_view kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 constexpr std::string_view kLlama3Pattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+constexpr std::string_view kQwen2Pattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
 // A matcher returns the end of its match starting at `i`, or 0 when it does not match there
 // (every match is non-empty, so 0 is never a real end). Alternatives are tried in the regex's order.
@@ -71,13 +73,14 @@ size_t match_gpt2(const Matcher& m, size_t i) {
   return m.whitespace(i);
 }
 
-size_t match_llama3(const Matcher& m, size_t i) {
+// Llama 3's regex, and Qwen2's: the same but for how many digits a number piece takes.
+size_t match_llama3(const Matcher& m, size_t i, size_t max_digits) {
   if (size_t end = m.contraction(i, true)) return end;
   const auto letter_prefix = [](char32_t c) { return !is_newline(c) && !is_letter(c) && !is_number(c); };
   if (size_t end = m.prefixed_run(i, letter_prefix, is_letter)) return end;
-  if (m.at(i, is_number)) {  // \p{N}{1,3}
+  if (m.at(i, is_number)) {  // \p{N}{1,max_digits}
     size_t end = i + 1;
-    while (end < i + 3 && m.at(end, is_number)) ++end;
+    while (end < i + max_digits && m.at(end, is_number)) ++end;
     return end;
   }
   if (size_t end = m.prefixed_run(i, is_space_char, is_other)) return m.run(end, is_newline);
@@ -94,14 +97,29 @@ size_t match_llama3(const Matcher& m, size_t i) {
 std::optional<SplitRegex> find_split_regex(std::string_view pattern) {
   if (pattern == kGpt2Pattern) return SplitRegex::Gpt2;
   if (pattern == kLlama3Pattern) return SplitRegex::Llama3;
+  if (pattern == kQwen2Pattern) return SplitRegex::Qwen2;
   return std::nullopt;
+}
+
+std::string_view split_regex_pattern(SplitRegex regex) {
+  switch (regex) {
+    case SplitRegex::Gpt2:
+      return kGpt2Pattern;
+    case SplitRegex::Llama3:
+      return kLlama3Pattern;
+    case SplitRegex::Qwen2:
+      return kQwen2Pattern;
+  }
+  return {};
 }
 
 std::vector<std::u32string> split_with_regex(std::u32string_view text, SplitRegex regex) {
   std::vector<std::u32string> pieces;
   const Matcher matcher(text);
   for (size_t i = 0; i < text.size();) {
-    size_t end = regex == SplitRegex::Gpt2 ? match_gpt2(matcher, i) : match_llama3(matcher, i);
+    size_t end = regex == SplitRegex::Gpt2     ? match_gpt2(matcher, i)
+                 : regex == SplitRegex::Llama3 ? match_llama3(matcher, i, 3)
+                                               : match_llama3(matcher, i, 1);
     if (end <= i) end = i + 1;  // unreachable: the last alternative matches any whitespace
     pieces.emplace_back(text.substr(i, end - i));
     i = end;
