@@ -8,6 +8,7 @@
 // a case says otherwise (float32 sums in another order, vectorised exp/erf with ~1e-7 error).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <functional>
@@ -242,12 +243,14 @@ void add_product_cases(std::vector<Case>& cs) {
        }});
   // Quantised weights (quantised from the leaf, identically on both backends): rows whose length is
   // no multiple of a block, NF4 blocks across rows, and a weight of several dequantised tiles.
-  for (QuantFormat f : {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0}) {
+  for (QuantFormat f : {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0,
+                        QuantFormat::NF4DoubleQuant}) {
     auto quantized = [f](const Tensor& w) {
       const Tensor c = w.detach().contiguous();
       return std::make_shared<const QuantizedMatrix>(quantize(c.f32(), c.size(0), c.size(1), f));
     };
-    const std::string name = std::string("quantized_linear_") + quant_format_name(f);
+    std::string name = std::string("quantized_linear_") + quant_format_name(f);
+    std::replace(name.begin(), name.end(), '-', '_');  // a test name: nf4-dq as nf4_dq
     add({name, {{2, 3, 40}, {70, 40}, {70}}, [quantized](const Inputs& x) {
            return O::quantized_linear(x[0], quantized(x[1]), x[2]);
          }});

@@ -203,7 +203,8 @@ std::vector<Case> all_cases() {
          return O::linear(x[0].t(), x[1]);
        }});
   // The weight is fixed (quantised once; it has no gradient): the input's and the bias's gradients.
-  for (QuantFormat f : {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0})
+  for (QuantFormat f : {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0,
+                        QuantFormat::NF4DoubleQuant})
     add({std::string("quantized_linear_") + quant_format_name(f), {{2, 3, 40}, {6}}, [f](const Inputs& x) {
            Generator gen(7);
            const Tensor w = Tensor::randn({6, 40}, gen);

@@ -4,6 +4,7 @@
 // gradient) against float32 linear on the dequantised weight, on both backends.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -17,7 +18,8 @@ namespace O = deltatune::ops;
 
 namespace {
 
-const QuantFormat kFormats[] = {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0};
+const QuantFormat kFormats[] = {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0,
+                                QuantFormat::NF4DoubleQuant};
 
 std::vector<float> dequantized(const QuantizedMatrix& q) {
   std::vector<float> out(size_t(q.rows * q.cols));
@@ -40,10 +42,41 @@ float nearest_nf4(float x) {
   return best;
 }
 
+// The dynamic map's entry nearest x, by a scan (ties: the first).
+float nearest_dynamic(float x) {
+  float best = kDynamicMap.front();
+  for (float c : kDynamicMap)
+    if (std::fabs(x - c) < std::fabs(x - best)) best = c;
+  return best;
+}
+
+// nf4-dq's absmax of each block of 64 (the matrix flattened), from QLoRA's double quantisation: the
+// absmaxes less their mean, in blocks of 256 scaled by their largest magnitude to the dynamic map.
+std::vector<float> double_quantised_absmax(const std::vector<float>& w) {
+  std::vector<float> absmax((w.size() + 63) / 64, 0.0f);
+  for (size_t i = 0; i < w.size(); ++i) absmax[i / 64] = std::max(absmax[i / 64], std::fabs(w[i]));
+  double sum = 0;
+  for (float a : absmax) sum += a;
+  const float offset = float(sum / double(absmax.size()));
+  std::vector<float> out(absmax.size());
+  for (size_t b = 0; b < absmax.size(); b += 256) {
+    const size_t end = std::min(absmax.size(), b + 256);
+    float amax = 0;
+    for (size_t i = b; i < end; ++i) amax = std::max(amax, std::fabs(absmax[i] - offset));
+    for (size_t i = b; i < end; ++i)
+      out[i] =
+          (amax == 0 ? nearest_dynamic(0.0f) : nearest_dynamic((absmax[i] - offset) * (1.0f / amax))) * amax +
+          offset;
+  }
+  return out;
+}
+
 // Each format's dequantised value of w[i] in a matrix of `cols` columns, from the definitions.
 std::vector<float> expected(QuantFormat f, const std::vector<float>& w, int64_t cols) {
   const int64_t n = int64_t(w.size());
   std::vector<float> out(w.size());
+  const std::vector<float> dq_absmax =
+      f == QuantFormat::NF4DoubleQuant ? double_quantised_absmax(w) : std::vector<float>{};
   auto block_of = [&](int64_t i, int64_t size, bool by_row) {  // [begin, end) of i's block
     const int64_t base = by_row ? (i / cols) * cols : 0, rel = i - base;
     const int64_t begin = base + rel / size * size;
@@ -56,6 +89,11 @@ std::vector<float> expected(QuantFormat f, const std::vector<float>& w, int64_t 
       float absmax = 0;
       for (int64_t j = b; j < e; ++j) absmax = std::max(absmax, std::fabs(w[size_t(j)]));
       out[size_t(i)] = absmax == 0 ? 0.0f : nearest_nf4(x * (1.0f / absmax)) * absmax;
+    } else if (f == QuantFormat::NF4DoubleQuant) {  // nf4's code, the block's scale double-quantised
+      auto [b, e] = block_of(i, 64, false);
+      float absmax = 0;
+      for (int64_t j = b; j < e; ++j) absmax = std::max(absmax, std::fabs(w[size_t(j)]));
+      out[size_t(i)] = absmax == 0 ? 0.0f : nearest_nf4(x * (1.0f / absmax)) * dq_absmax[size_t(i / 64)];
     } else if (f == QuantFormat::Int8) {
       auto [b, e] = block_of(i, cols, true);
       float absmax = 0;
@@ -167,12 +205,43 @@ TEST(QuantFormats, NonFiniteWeightsAreRefused) {
   EXPECT_THROW(quantize(w.data(), 3, 4, QuantFormat::NF4), ConfigError);
 }
 
+// bitsandbytes' create_dynamic_map(signed=True): 2^i means of linspace(0.1, 1, 2^i + 1) for i = 0..6,
+// each times ±10^(i - 6), then 0 and 1.
+TEST(QuantFormats, DynamicMapIsBitsandbytes) {
+  ASSERT_EQ(kDynamicMap.size(), 256u);
+  EXPECT_TRUE(std::is_sorted(kDynamicMap.begin(), kDynamicMap.end()));
+  EXPECT_EQ(kDynamicMap.back(), 1.0f);
+  EXPECT_EQ(std::count(kDynamicMap.begin(), kDynamicMap.end(), 0.0f), 1);
+  for (float v : kDynamicMap)  // symmetric but for 1
+    if (v != 1.0f) EXPECT_NE(std::find(kDynamicMap.begin(), kDynamicMap.end(), -v), kDynamicMap.end()) << v;
+  EXPECT_FLOAT_EQ(*std::upper_bound(kDynamicMap.begin(), kDynamicMap.end(), 0.0f), 0.55e-6f);  // i = 0
+  // i = 6: the 64 means of linspace(0.1, 1, 65); the largest is (0.9859375 + 1) / 2.
+  EXPECT_FLOAT_EQ(kDynamicMap.front(), -0.99296875f);
+  EXPECT_FLOAT_EQ(kDynamicMap[254], 0.99296875f);
+}
+
+TEST(QuantFormats, DoubleQuantKeepsNf4CodesAndStoresScalesIn8Bits) {
+  const std::vector<float> w = random_values(64 * 600, 23, 0.02f);  // 600 blocks: 3 nested blocks
+  const QuantizedMatrix nf4 = quantize(w.data(), 64, 600, QuantFormat::NF4);
+  const QuantizedMatrix dq = quantize(w.data(), 64, 600, QuantFormat::NF4DoubleQuant);
+  EXPECT_EQ(dq.data, nf4.data);  // the codes come from the true absmax, as bitsandbytes'
+  EXPECT_TRUE(dq.scales.empty());
+  EXPECT_EQ(dq.scale_codes.size(), 600u);
+  EXPECT_EQ(dq.scale_absmax.size(), 3u);
+  // Each scale within the dynamic map's step near it (under 1% of the block's spread about the mean).
+  for (int64_t b = 0; b < 600; ++b)
+    EXPECT_NEAR(dq.nf4_block_scale(b), nf4.scales[size_t(b)], 0.01f * dq.scale_absmax[size_t(b / 256)]) << b;
+  expect_matches_definition(QuantFormat::NF4DoubleQuant, w, 64, 600);
+}
+
 TEST(QuantFormats, SizesAreTheFormats) {
   const std::vector<float> w = random_values(64 * 128, 2);
   EXPECT_EQ(quantize(w.data(), 64, 128, QuantFormat::NF4).bytes(), 64u * 128 / 2 + 128 * 4);
   EXPECT_EQ(quantize(w.data(), 64, 128, QuantFormat::Int8).bytes(), 64u * 128 + 64 * 4);
   EXPECT_EQ(quantize(w.data(), 64, 128, QuantFormat::Q8_0).bytes(), 64u * 4 * 34);
   EXPECT_EQ(quantize(w.data(), 64, 128, QuantFormat::Q4_0).bytes(), 64u * 4 * 18);
+  // 128 blocks: a code each, one nested block's absmax, the mean.
+  EXPECT_EQ(quantize(w.data(), 64, 128, QuantFormat::NF4DoubleQuant).bytes(), 64u * 128 / 2 + 128 + 4 + 4);
 }
 
 // Forward and input gradient equal float32 linear on the dequantised weight, on both backends,

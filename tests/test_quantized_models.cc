@@ -21,7 +21,8 @@ using namespace deltatune;
 
 namespace {
 
-const QuantFormat kFormats[] = {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0};
+const QuantFormat kFormats[] = {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0,
+                                QuantFormat::NF4DoubleQuant};
 
 void freeze(TransformerModel& model) {
   for (auto& [name, t] : model.named_parameters()) t->set_requires_grad(false);
@@ -52,6 +53,7 @@ double bound(QuantFormat f) {
     case QuantFormat::Q8_0:
       return 0.03;
     case QuantFormat::NF4:
+    case QuantFormat::NF4DoubleQuant:
     case QuantFormat::Q4_0:
       return 0.3;
   }

@@ -1,5 +1,5 @@
 // deltatune bench --model SHAPE --method lora|unipelt|full|frozen [--lora-all] --batch B --seq T --threads N
-//                 --steps S --warmup W [--bf16] [--quantize nf4|int8|q8_0|q4_0]
+//                 --steps S --warmup W [--bf16] [--quantize nf4|nf4-dq|int8|q8_0|q4_0]
 // The training step of ../shared/peers/torch_peer.py on our engine: a random-initialised model of a
 // real architecture's shape (built from a synthetic Hugging Face config, so it runs our model code),
 // LoRA r=8 alpha=16 on the attention query/value projections (every block linear with --lora-all;

@@ -1,5 +1,5 @@
 // deltatune generate --model DIR [--delta DIR] --prompt STR [--max-new-tokens N] [sampling flags]
-//                    [--quantize nf4|int8|q8_0|q4_0]
+//                    [--quantize nf4|nf4-dq|int8|q8_0|q4_0]
 // The prompt and its continuation go to stdout; the speed (and a context-limit note) to stderr.
 #include <cstdio>
 #include <filesystem>

@@ -71,7 +71,7 @@ AppliedDelta apply_saved_delta(const std::filesystem::path& delta_dir, Transform
 // model tensors that learnt (AppliedDelta::model_parameters): they keep their precision.
 void use_bf16(TransformerModel& model, const std::vector<std::string>& trained = {});
 
-// A quantised frozen base (`--quantize nf4|int8|q8_0|q4_0`, QLoRA's recipe on the CPU): every frozen
+// A quantised frozen base (`--quantize nf4|nf4-dq|int8|q8_0|q4_0`, QLoRA's recipe on the CPU): every frozen
 // linear weight (an untied LM head included) stored once in `format` (deltatune/quantize.h) and
 // multiplied through ops::quantized_linear; deltas, heads, norms, embeddings and the optimizer stay
 // float32. `trained` as for use_bf16. A note on stderr says how many matrices and how many bytes.

@@ -10,6 +10,11 @@
 //   nf4   bitsandbytes' NormalFloat4 (QLoRA): the matrix flattened row-major into blocks of 64, each
 //         scaled by its absmax (float32) to [-1, 1] and rounded to the nearest of 16 normal quantiles
 //         (bitsandbytes' decision tree, ties going down); two codes a byte, the first in the high nibble.
+//   nf4-dq  nf4 with QLoRA's double quantisation (bitsandbytes' compress_statistics,
+//         transformers' bnb_4bit_use_double_quant): the same codes, and the blocks' absmaxes stored as
+//         their mean (float32) plus, per block of 256 absmaxes, an absmax (float32) and 8-bit codes of
+//         bitsandbytes' signed dynamic map (kDynamicMap), each the nearest map entry; 4.127 bits a
+//         weight instead of nf4's 4.5.
 //   int8  per-output-channel absmax (LLM.int8's vector-wise quantisation): q = round(w * 127 / absmax)
 //         (half to even, as bitsandbytes' kernel), dequantised as q * (absmax / 127).
 //   q8_0  ggml's block_q8_0: each row in blocks of 32, d = absmax / 127 as float16, q = roundf(w / d).
@@ -26,26 +31,38 @@
 
 namespace deltatune {
 
-enum class QuantFormat : uint8_t { NF4, Int8, Q8_0, Q4_0 };
+enum class QuantFormat : uint8_t { NF4, Int8, Q8_0, Q4_0, NF4DoubleQuant };
 
-const char* quant_format_name(QuantFormat f);  // "nf4", "int8", "q8_0", "q4_0"
+const char* quant_format_name(QuantFormat f);  // "nf4", "int8", "q8_0", "q4_0", "nf4-dq"
 // The format of a name, or nullopt for an unknown one.
 std::optional<QuantFormat> parse_quant_format(const std::string& name);
-const char* quant_format_choices();  // "nf4, int8, q8_0, q4_0" (for error messages)
+const char* quant_format_choices();  // "nf4, int8, q8_0, q4_0, nf4-dq" (for error messages)
 
 // bitsandbytes' NF4 codebook (code i dequantises to kNf4Codebook[i] * absmax).
 extern const float kNf4Codebook[16];
+// bitsandbytes' signed dynamic 8-bit map (create_dynamic_map: for exponents e = -6..0, 2^(e+6) means
+// of linspace(0.1, 1) times ±10^e, then 0 and 1; 256 values ascending), the code nf4-dq's scales use.
+extern const std::vector<float>& kDynamicMap;
 
 class QuantizedMatrix {
  public:
   QuantFormat format = QuantFormat::Int8;
   int64_t rows = 0, cols = 0;
   std::vector<uint8_t> data;  // the codes (q8_0 / q4_0: ggml's blocks, float16 scale first)
-  std::vector<float> scales;  // nf4: absmax per block of 64; int8: per row; q8_0 / q4_0: none
+  std::vector<float> scales;  // nf4: absmax per block of 64; int8: per row; q8_0 / q4_0 / nf4-dq: none
+  // nf4-dq's absmax per block of 64: kDynamicMap[scale_codes[b]] * scale_absmax[b / 256] + scale_offset.
+  std::vector<uint8_t> scale_codes;
+  std::vector<float> scale_absmax;
+  float scale_offset = 0;
 
   // out [count, cols] (row-major) = rows [row0, row0 + count) dequantised.
   void dequantize_rows(int64_t row0, int64_t count, float* out) const;
-  size_t bytes() const { return data.size() + scales.size() * sizeof(float); }
+  size_t bytes() const {
+    return data.size() + (scales.size() + scale_absmax.size()) * sizeof(float) + scale_codes.size() +
+           (format == QuantFormat::NF4DoubleQuant ? sizeof(float) : 0);
+  }
+  // nf4 / nf4-dq: block b's absmax (of 64 values) as stored.
+  float nf4_block_scale(int64_t b) const;
 };
 
 // Quantises a row-major float32 matrix. Throws ConfigError on NaN or infinite values.

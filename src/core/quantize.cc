@@ -30,7 +30,38 @@ const float kNf4Codebook[16] = {-1.0f,
 
 namespace {
 
+std::vector<float> dynamic_map() {
+  // create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8): torch.linspace(0.1, 1, 2^i + 1)
+  // and the means of neighbours in float32 (torch's default dtype), each scaled in double by 10^(i - 6)
+  // (Python floats), then rounded to float32 by torch.tensor.
+  std::vector<double> values;
+  for (int i = 0; i < 7; ++i) {
+    const int items = (1 << i) + 1;
+    const float step = (1.0f - 0.1f) / float(items - 1);
+    std::vector<float> boundaries(static_cast<size_t>(items));
+    for (int k = 0; k < items; ++k)  // torch's linspace kernel: the upper half counted from the end
+      boundaries[size_t(k)] = k < items / 2 ? 0.1f + step * float(k) : 1.0f - step * float(items - k - 1);
+    const double scale = std::pow(10.0, double(i - 6));
+    for (int k = 0; k + 1 < items; ++k) {
+      const float mean = (boundaries[size_t(k)] + boundaries[size_t(k + 1)]) / 2.0f;
+      values.push_back(scale * double(mean));
+      values.push_back(-scale * double(mean));
+    }
+  }
+  values.push_back(0.0);
+  values.push_back(1.0);
+  std::sort(values.begin(), values.end());
+  return std::vector<float>(values.begin(), values.end());
+}
+
+}  // namespace
+
+const std::vector<float>& kDynamicMap = *new std::vector<float>(dynamic_map());
+
+namespace {
+
 constexpr int64_t kNf4Block = 64;
+constexpr int64_t kNestedBlock = 256;  // nf4-dq: absmaxes per block of the second quantisation
 constexpr int64_t kGgmlBlock = 32;
 constexpr int64_t kQ8Bytes = 2 + 32;  // float16 d, 32 int8
 constexpr int64_t kQ4Bytes = 2 + 16;  // float16 d, 32 nibbles
@@ -72,6 +103,39 @@ void quantize_nf4(const float* w, QuantizedMatrix& q) {
     const float inverse = absmax != 0 ? 1.0f / absmax : 0.0f;
     for (int64_t i = begin; i < end; ++i)
       q.data[size_t(i / 2)] |= uint8_t(nf4_code(w[i] * inverse) << (i % 2 == 0 ? 4 : 0));
+  }
+}
+
+// The index of kDynamicMap's entry nearest x (ties to the lower one), as bitsandbytes' kernels pick.
+uint8_t dynamic_code(float x) {
+  const std::vector<float>& map = kDynamicMap;
+  const auto upper = std::lower_bound(map.begin(), map.end(), x);
+  if (upper == map.begin()) return 0;
+  if (upper == map.end()) return uint8_t(map.size() - 1);
+  const auto lower = upper - 1;
+  return uint8_t((x - *lower <= *upper - x ? lower : upper) - map.begin());
+}
+
+// bitsandbytes' quantize_4bit(compress_statistics=True) after the nf4 codes: the absmaxes less their
+// mean, blockwise-quantised in blocks of 256 with the dynamic map.
+void compress_scales(QuantizedMatrix& q) {
+  const std::vector<float> absmax = std::move(q.scales);
+  q.scales.clear();
+  const int64_t n = int64_t(absmax.size());
+  double sum = 0;
+  for (float a : absmax) sum += a;
+  q.scale_offset = n ? float(sum / double(n)) : 0.0f;
+  q.scale_codes.resize(size_t(n));
+  q.scale_absmax.resize(size_t((n + kNestedBlock - 1) / kNestedBlock));
+  for (int64_t b = 0; b < int64_t(q.scale_absmax.size()); ++b) {
+    const int64_t begin = b * kNestedBlock, end = std::min(n, begin + kNestedBlock);
+    float amax = 0;
+    for (int64_t i = begin; i < end; ++i)
+      amax = std::max(amax, std::fabs(absmax[size_t(i)] - q.scale_offset));
+    q.scale_absmax[size_t(b)] = amax;
+    const float inverse = amax != 0 ? 1.0f / amax : 0.0f;
+    for (int64_t i = begin; i < end; ++i)
+      q.scale_codes[size_t(i)] = dynamic_code((absmax[size_t(i)] - q.scale_offset) * inverse);
   }
 }
 
@@ -147,11 +211,16 @@ void dequantize_row(const QuantizedMatrix& q, int64_t r, float* out) {
   const int64_t cols = q.cols;
   switch (q.format) {
     case QuantFormat::NF4:
+    case QuantFormat::NF4DoubleQuant: {
+      int64_t block = -1;
+      float scale = 0;
       for (int64_t c = 0, i = r * cols; c < cols; ++c, ++i) {
+        if (i / kNf4Block != block) scale = q.nf4_block_scale(block = i / kNf4Block);
         const uint8_t byte = q.data[size_t(i / 2)];
-        out[c] = kNf4Codebook[i % 2 == 0 ? byte >> 4 : byte & 0x0f] * q.scales[size_t(i / kNf4Block)];
+        out[c] = kNf4Codebook[i % 2 == 0 ? byte >> 4 : byte & 0x0f] * scale;
       }
       return;
+    }
     case QuantFormat::Int8: {
       const float scale = q.scales[size_t(r)];
       const int8_t* codes = reinterpret_cast<const int8_t*>(q.data.data()) + r * cols;
@@ -189,17 +258,25 @@ const char* quant_format_name(QuantFormat f) {
       return "q8_0";
     case QuantFormat::Q4_0:
       return "q4_0";
+    case QuantFormat::NF4DoubleQuant:
+      return "nf4-dq";
   }
   return "?";
 }
 
 std::optional<QuantFormat> parse_quant_format(const std::string& name) {
-  for (QuantFormat f : {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0})
+  for (QuantFormat f : {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0,
+                        QuantFormat::NF4DoubleQuant})
     if (name == quant_format_name(f)) return f;
   return std::nullopt;
 }
 
-const char* quant_format_choices() { return "nf4, int8, q8_0, q4_0"; }
+const char* quant_format_choices() { return "nf4, int8, q8_0, q4_0, nf4-dq"; }
+
+float QuantizedMatrix::nf4_block_scale(int64_t b) const {
+  if (format == QuantFormat::NF4) return scales[size_t(b)];
+  return kDynamicMap[scale_codes[size_t(b)]] * scale_absmax[size_t(b / kNestedBlock)] + scale_offset;
+}
 
 void QuantizedMatrix::dequantize_rows(int64_t row0, int64_t count, float* out) const {
   if (row0 < 0 || count < 0 || row0 + count > rows)
@@ -218,6 +295,10 @@ QuantizedMatrix quantize(const float* w, int64_t rows, int64_t cols, QuantFormat
   switch (format) {
     case QuantFormat::NF4:
       quantize_nf4(w, q);
+      break;
+    case QuantFormat::NF4DoubleQuant:
+      quantize_nf4(w, q);
+      compress_scales(q);
       break;
     case QuantFormat::Int8:
       quantize_int8(w, q);
