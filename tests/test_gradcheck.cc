@@ -204,13 +204,16 @@ std::vector<Case> all_cases() {
        }});
   // The weight is fixed (quantised once; it has no gradient): the input's and the bias's gradients.
   for (QuantFormat f : {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0,
-                        QuantFormat::NF4DoubleQuant})
-    add({std::string("quantized_linear_") + quant_format_name(f), {{2, 3, 40}, {6}}, [f](const Inputs& x) {
+                        QuantFormat::NF4DoubleQuant}) {
+    std::string name = std::string("quantized_linear_") + quant_format_name(f);
+    std::replace(name.begin(), name.end(), '-', '_');  // a test name: nf4-dq as nf4_dq
+    add({name, {{2, 3, 40}, {6}}, [f](const Inputs& x) {
            Generator gen(7);
            const Tensor w = Tensor::randn({6, 40}, gen);
            auto q = std::make_shared<const QuantizedMatrix>(quantize(w.f32(), 6, 40, f));
            return O::quantized_linear(x[0], q, x[1]);
          }});
+  }
 
   // --- layout ---
   add({"reshape", {{2, 6}}, [](const Inputs& x) { return O::reshape(x[0], {3, -1}); }});
