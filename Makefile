@@ -83,7 +83,7 @@ fuzz: fuzz-build
 # What CI runs of the above, bounded: one clang build with ASan + UBSan (the fuzz build) gives the fuzz
 # smoke runs, the replays of past findings, and these tests under the sanitizers: the kernels and their
 # gradients, and every reader of files from outside (the whole suite sanitized: make test-sanitize).
-ROBUST_TESTS = backend_ops gradcheck quantize safetensors gguf_format hf_config data config_file tokenizer delta_loading \
+ROBUST_TESTS = backend_ops gradcheck quantize safetensors gguf_format gguf_model hf_config data config_file tokenizer delta_loading \
 	kv_cache optimizer concurrent_forward
 test-robust: setup
 	@$(FUZZ_CONFIGURE)

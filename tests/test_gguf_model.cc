@@ -242,7 +242,9 @@ nlohmann::json read_json(const fs::path& file) {
 std::vector<std::string> bpe_texts() {
   std::ifstream in(fs::path(DELTATUNE_TEST_DATA) / "golden" / "tokenizers.json");
   std::vector<std::string> texts;
-  for (const auto& c : nlohmann::json::parse(in).at("gpt2-mini")) texts.push_back(c.at("text"));
+  // Held in a variable: a range-for over a member of a temporary would read it after it is destroyed.
+  const nlohmann::json golden = nlohmann::json::parse(in);
+  for (const auto& c : golden.at("gpt2-mini")) texts.push_back(c.at("text"));
   for (const char* text :
        {"I'M SURE THEY'LL SAY WE'VE DONE IT", "1234567890 and 12 or 123456", "a\n\n\nb\n \n",
         "  \t  two\t\ttabs   then spaces    ", "Привет, мир! Как дела?", "cafe\xcc\x81 vs caf\xc3\xa9",
@@ -334,7 +336,8 @@ TEST(GgufBpeVocab, Gpt2MiniRoundTripsThroughMetadata) {
   const auto tok = Tokenizer::load(f.path);
   EXPECT_EQ(tok->vocab_size(), n + 3);
   std::ifstream in(fs::path(DELTATUNE_TEST_DATA) / "golden" / "tokenizers.json");
-  for (const auto& c : nlohmann::json::parse(in).at("gpt2-mini"))
+  const nlohmann::json golden = nlohmann::json::parse(in);  // not a temporary: the loop reads it
+  for (const auto& c : golden.at("gpt2-mini"))
     EXPECT_EQ(tok->encode(c.at("text").get<std::string>()).ids, c.at("ids").get<std::vector<int64_t>>())
         << c.at("text");
   expect_same_ids(*Tokenizer::load(dir), f.path);
