@@ -4,7 +4,9 @@
 Like for like: ours in float32 against the peer in float32, ours --bf16 against the peer under
 --autocast-bf16 (torch.autocast on the CPU), one row per pair, each with our step's achieved GFLOP/s
 and MFU (that rate over the measured peak of our product kernel in the same precision,
-`deltatune bench --kernel-peak`)."""
+`deltatune bench --kernel-peak`). --quantize adds a row per format: ours with that quantised frozen base
+against the peer in float32 (issue 19's comparison: what a QLoRA user saves against plain PyTorch), no
+MFU (the product kernel's peak is measured for float and bfloat16 only)."""
 import argparse, json, os, platform, subprocess, sys
 
 QUICK = [  # (model, method, lora_all, batch, seq)
@@ -82,19 +84,25 @@ def main():
     ap.add_argument("--repeat", type=int, default=1,
                     help="alternate ours/peer this many times per case and keep each side's best run "
                          "(other load on the machine only ever slows a run down)")
+    ap.add_argument("--quantize", default="",
+                    help="comma-separated formats (nf4,int8,...): a row each, ours --quantize FORMAT against "
+                         "the peer in float32")
     ap.add_argument("--precision", choices=["float32", "bf16", "both"], default="both",
                     help="float32: ours against the peer in float32; bf16: ours --bf16 against the peer "
                          "--autocast-bf16; both (default): each pair side by side")
     a = ap.parse_args()
     dtypes = ["float32", "bf16"] if a.precision == "both" else [a.precision]
+    for q in filter(None, a.quantize.split(",")):
+        PAIRS[q] = (["--quantize", q], [], f"{q} vs f32")
+        dtypes.append(q)
     cases = FULL if a.full else QUICK
     env = dict(os.environ)
     env.setdefault("OMP_WAIT_POLICY", "passive")
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; threads {a.threads}, steps {a.steps}, warmup {a.warmup}, "
           f"best of {max(1, a.repeat)}; OPENBLAS_CORETYPE={env.get('OPENBLAS_CORETYPE', '(auto)')}, "
           f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}")
-    peaks = kernel_peaks(a, dtypes, env)
-    for dt in dtypes:
+    peaks = kernel_peaks(a, [dt for dt in dtypes if dt in ("float32", "bf16")], env)
+    for dt in peaks:
         k = peaks[dt]
         print(f"kernel peak {dt}: " + (f"{k['peak_gflops']:.1f} GFLOP/s ({k['kernel']}, {k['m']}x{k['n']}x{k['k']})"
                                        if k else "-"))
@@ -114,9 +122,12 @@ def main():
         for _ in range(max(1, a.repeat)):  # alternated, same threads and environment for both sides
             for dt in dtypes:
                 ours[dt].append(run([a.ours, "bench"] + args + PAIRS[dt][0], env))
-                peer[dt].append(run(["/usr/bin/python3", a.peer] + args + PAIRS[dt][1], env))
+                # A quantised row's peer is the float32 run: taken once when that pair runs anyway.
+                if dt in peaks or "float32" not in dtypes:
+                    peer[dt].append(run(["/usr/bin/python3", a.peer] + args + PAIRS[dt][1], env))
         for dt in dtypes:
-            o, p, k = best(ours[dt]), best(peer[dt]), peaks[dt]
+            o, k = best(ours[dt]), peaks.get(dt)
+            p = best(peer[dt] if peer[dt] else peer["float32"])
             mfu = f"{100 * o['gflops'] / k['peak_gflops']:.0f}%" if o and k and k["peak_gflops"] else "-"
             row = [name, PAIRS[dt][2],
                    f"{o['tokens_per_s']:.0f}" if o else "-", f"{p['tokens_per_s']:.0f}" if p else "-",

@@ -23,6 +23,7 @@
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
 #include "ops/backend.h"
+#include "test_names.h"
 
 using namespace deltatune;
 namespace O = deltatune::ops;
@@ -243,14 +244,12 @@ void add_product_cases(std::vector<Case>& cs) {
        }});
   // Quantised weights (quantised from the leaf, identically on both backends): rows whose length is
   // no multiple of a block, NF4 blocks across rows, and a weight of several dequantised tiles.
-  for (QuantFormat f : {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0,
-                        QuantFormat::NF4DoubleQuant}) {
+  for (QuantFormat f : all_quant_formats()) {
     auto quantized = [f](const Tensor& w) {
       const Tensor c = w.detach().contiguous();
       return std::make_shared<const QuantizedMatrix>(quantize(c.f32(), c.size(0), c.size(1), f));
     };
-    std::string name = std::string("quantized_linear_") + quant_format_name(f);
-    std::replace(name.begin(), name.end(), '-', '_');  // a test name: nf4-dq as nf4_dq
+    const std::string name = "quantized_linear_" + test_support::identifier(quant_format_name(f));
     add({name, {{2, 3, 40}, {70, 40}, {70}}, [quantized](const Inputs& x) {
            return O::quantized_linear(x[0], quantized(x[1]), x[2]);
          }});

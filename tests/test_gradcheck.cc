@@ -22,6 +22,7 @@
 #include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
+#include "test_names.h"
 
 using namespace deltatune;
 namespace O = deltatune::ops;
@@ -203,10 +204,8 @@ std::vector<Case> all_cases() {
          return O::linear(x[0].t(), x[1]);
        }});
   // The weight is fixed (quantised once; it has no gradient): the input's and the bias's gradients.
-  for (QuantFormat f : {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0,
-                        QuantFormat::NF4DoubleQuant}) {
-    std::string name = std::string("quantized_linear_") + quant_format_name(f);
-    std::replace(name.begin(), name.end(), '-', '_');  // a test name: nf4-dq as nf4_dq
+  for (QuantFormat f : all_quant_formats()) {
+    const std::string name = "quantized_linear_" + test_support::identifier(quant_format_name(f));
     add({name, {{2, 3, 40}, {6}}, [f](const Inputs& x) {
            Generator gen(7);
            const Tensor w = Tensor::randn({6, 40}, gen);

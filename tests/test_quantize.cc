@@ -18,8 +18,7 @@ namespace O = deltatune::ops;
 
 namespace {
 
-const QuantFormat kFormats[] = {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0,
-                                QuantFormat::NF4DoubleQuant};
+const std::vector<QuantFormat>& kFormats = all_quant_formats();
 
 std::vector<float> dequantized(const QuantizedMatrix& q) {
   std::vector<float> out(size_t(q.rows * q.cols));
@@ -44,8 +43,8 @@ float nearest_nf4(float x) {
 
 // The dynamic map's entry nearest x, by a scan (ties: the first).
 float nearest_dynamic(float x) {
-  float best = kDynamicMap.front();
-  for (float c : kDynamicMap)
+  float best = dynamic_map().front();
+  for (float c : dynamic_map())
     if (std::fabs(x - c) < std::fabs(x - best)) best = c;
   return best;
 }
@@ -208,16 +207,17 @@ TEST(QuantFormats, NonFiniteWeightsAreRefused) {
 // bitsandbytes' create_dynamic_map(signed=True): 2^i means of linspace(0.1, 1, 2^i + 1) for i = 0..6,
 // each times ±10^(i - 6), then 0 and 1.
 TEST(QuantFormats, DynamicMapIsBitsandbytes) {
-  ASSERT_EQ(kDynamicMap.size(), 256u);
-  EXPECT_TRUE(std::is_sorted(kDynamicMap.begin(), kDynamicMap.end()));
-  EXPECT_EQ(kDynamicMap.back(), 1.0f);
-  EXPECT_EQ(std::count(kDynamicMap.begin(), kDynamicMap.end(), 0.0f), 1);
-  for (float v : kDynamicMap)  // symmetric but for 1
-    if (v != 1.0f) EXPECT_NE(std::find(kDynamicMap.begin(), kDynamicMap.end(), -v), kDynamicMap.end()) << v;
-  EXPECT_FLOAT_EQ(*std::upper_bound(kDynamicMap.begin(), kDynamicMap.end(), 0.0f), 0.55e-6f);  // i = 0
+  const std::vector<float>& map = dynamic_map();
+  ASSERT_EQ(map.size(), 256u);
+  EXPECT_TRUE(std::is_sorted(map.begin(), map.end()));
+  EXPECT_EQ(map.back(), 1.0f);
+  EXPECT_EQ(std::count(map.begin(), map.end(), 0.0f), 1);
+  for (float v : map)  // symmetric but for 1
+    if (v != 1.0f) EXPECT_NE(std::find(map.begin(), map.end(), -v), map.end()) << v;
+  EXPECT_FLOAT_EQ(*std::upper_bound(map.begin(), map.end(), 0.0f), 0.55e-6f);  // i = 0
   // i = 6: the 64 means of linspace(0.1, 1, 65); the largest is (0.9859375 + 1) / 2.
-  EXPECT_FLOAT_EQ(kDynamicMap.front(), -0.99296875f);
-  EXPECT_FLOAT_EQ(kDynamicMap[254], 0.99296875f);
+  EXPECT_FLOAT_EQ(map.front(), -0.99296875f);
+  EXPECT_FLOAT_EQ(map[254], 0.99296875f);
 }
 
 TEST(QuantFormats, DoubleQuantKeepsNf4CodesAndStoresScalesIn8Bits) {

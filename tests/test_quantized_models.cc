@@ -6,12 +6,15 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
+#include <memory>
 
 #include "cli_run.h"
 #include "deltatune/delta.h"
 #include "deltatune/loading.h"
 #include "deltatune/nn.h"
 #include "deltatune/optim.h"
+#include "deltatune/safetensors.h"
 #include "golden.h"
 #include "model_compare.h"
 #include "small_task.h"
@@ -21,8 +24,7 @@ using namespace deltatune;
 
 namespace {
 
-const QuantFormat kFormats[] = {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0,
-                                QuantFormat::NF4DoubleQuant};
+const std::vector<QuantFormat>& kFormats = all_quant_formats();
 
 void freeze(TransformerModel& model) {
   for (auto& [name, t] : model.named_parameters()) t->set_requires_grad(false);
@@ -60,7 +62,98 @@ double bound(QuantFormat f) {
   return 0;
 }
 
+// Every quantised layer's matrix, by module path.
+std::map<std::string, std::shared_ptr<const QuantizedMatrix>> quantized_layers(TransformerModel& model) {
+  std::map<std::string, std::shared_ptr<const QuantizedMatrix>> out;
+  for (auto& [path, m] : model.named_modules())
+    if (auto* linear = dynamic_cast<nn::Linear*>(m); linear && linear->quantized)
+      out[path] = linear->quantized;
+  return out;
+}
+
+// Both models have the same layers quantised to the same bytes, and the same logits.
+void expect_same_quantised_model(TransformerModel& a, TransformerModel& b, const std::string& what) {
+  const auto qa = quantized_layers(a), qb = quantized_layers(b);
+  ASSERT_EQ(qa.size(), qb.size()) << what;
+  EXPECT_GT(qa.size(), 0u) << what;
+  for (const auto& [path, m] : qa) {
+    ASSERT_TRUE(qb.count(path)) << what << ": " << path;
+    const QuantizedMatrix& n = *qb.at(path);
+    EXPECT_TRUE(m->rows == n.rows && m->cols == n.cols && m->data == n.data && m->scales == n.scales &&
+                m->scale_codes == n.scale_codes && m->scale_absmax == n.scale_absmax &&
+                m->scale_offset == n.scale_offset)
+        << what << ": " << path;
+  }
+  EXPECT_EQ(a.forward(sample_input()).logits.to_floats(), b.forward(sample_input()).logits.to_floats())
+      << what;
+}
+
 }  // namespace
+
+// QLoRA's memory: LoadOptions::quantize stores the body's linear weights quantised as the checkpoint
+// is read, never the float32 model in full. The same bytes as quantising the loaded model afterwards
+// (GPT-2's [in, out] Conv1D weights included); a task head is left float, for use_quantized to take
+// when it stays frozen.
+TEST(QuantizedModels, QuantisingAsTheCheckpointLoadsEqualsQuantisingAfter) {
+  for (const std::string name : {"bert-mini", "gpt2-mini", "llama-mini"})
+    for (QuantFormat f : {QuantFormat::NF4, QuantFormat::Q8_0}) {
+      const std::string what = name + " " + quant_format_name(f);
+      auto after = golden::load_model(name);
+      freeze(*after);
+      nn::quantize_frozen_weights(*after, f);
+      LoadOptions options;
+      options.verbose = false;
+      options.quantize = f;
+      auto at_load = load_pretrained(golden::model_dir(name), options);
+      for (const std::string& head : at_load->head_parameters())
+        if (Tensor* t = at_load->find_parameter(head))
+          EXPECT_EQ(t->dtype(), DType::F32) << what << ": " << head;
+      if (name == "llama-mini") {
+        // The pretrained LM head is not a task head: quantised as it loads, as use_quantized would.
+        EXPECT_EQ(at_load->find_parameter("lm_head.weight"), nullptr) << "quantised";
+        EXPECT_EQ(at_load->find_parameter("model.layers.0.self_attn.q_proj.weight"), nullptr) << "quantised";
+      }
+      freeze(*at_load);
+      nn::quantize_frozen_weights(*at_load, f);  // the frozen head
+      expect_same_quantised_model(*after, *at_load, what);
+    }
+}
+
+// bench's models: quantised one weight at a time as they are initialised, the same as quantising the
+// whole initialised model.
+TEST(QuantizedModels, BuildingQuantisedEqualsQuantisingTheBuiltModel) {
+  for (const std::string name : {"bert-mini", "llama-mini"}) {
+    const ModelConfig config = load_model_config(golden::model_dir(name));
+    const HeadKind head = head_from_architectures(config);
+    auto after = build_model(config, head, 5), as_built = build_model(config, head, 5, QuantFormat::NF4);
+    EXPECT_FALSE(quantized_layers(*as_built).empty()) << name;
+    freeze(*after);
+    freeze(*as_built);
+    nn::quantize_frozen_weights(*after, QuantFormat::NF4);
+    nn::quantize_frozen_weights(*as_built, QuantFormat::NF4);
+    expect_same_quantised_model(*after, *as_built, name);
+  }
+}
+
+// A saved tensor for a layer quantised at load (a head or layer a delta trained, PEFT's
+// modules_to_save) replaces it whole: the layer becomes float again, with the stored shape.
+TEST(QuantizedModels, AWeightQuantisedAtLoadCanBeReplacedWhole) {
+  LoadOptions options;
+  options.verbose = false;
+  options.quantize = QuantFormat::NF4;
+  auto model = load_pretrained(golden::model_dir("gpt2-mini"), options);
+  const std::string name = "transformer.h.0.attn.c_attn.weight";  // a Conv1D: stored [in, out]
+  auto* layer = dynamic_cast<nn::Linear*>(model->find_module("transformer.h.0.attn.c_attn"));
+  ASSERT_NE(layer, nullptr);
+  ASSERT_TRUE(layer->quantized);
+  Tensor* w = nn::unquantize_for_replacement(*model, name);
+  ASSERT_NE(w, nullptr);
+  EXPECT_FALSE(layer->quantized);
+  EXPECT_EQ(w->shape(), (Shape{layer->in_features, layer->out_features}));
+  EXPECT_EQ(model->find_parameter(name), w);
+  EXPECT_EQ(nn::unquantize_for_replacement(*model, name), nullptr);  // float now
+  EXPECT_EQ(nn::unquantize_for_replacement(*model, "transformer.ln_f.weight"), nullptr);
+}
 
 TEST(QuantizedModels, LlamaQuantisesEveryLinearAndTheUntiedHead) {
   auto model = golden::load_model("llama-mini");
@@ -153,6 +246,21 @@ TEST(QuantizedModels, CommandLineQuantize) {
                     " --prompt hello --max-new-tokens 4 --threads 2 --quantize q4_0");
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_NE(r.output.find("stored in q4_0"), std::string::npos) << r.output;
+  // last-layers trains the last block's weights: they stay float (the rest quantised) and are saved.
+  const std::string layers_run = (tmp / "layers").string();
+  r = cli_test::run("train --model " + model + " --data " + task.string() +
+                    " --method last-layers --epochs 1 --quiet --threads 2 --quantize nf4 --out " +
+                    layers_run);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("stored in nf4"), std::string::npos) << r.output;
+  int trained_linear_weights = 0;
+  for (const auto& [key, t] : read_safetensors(layers_run + "/delta/delta.safetensors").tensors)
+    trained_linear_weights += key.ends_with("attention.self.query.weight");
+  EXPECT_EQ(trained_linear_weights, 1) << "the last block's query weight trained and saved";
+  r = cli_test::run("eval --model " + model + " --delta " + layers_run + "/delta --data " + task.string() +
+                    " --threads 2 --quantize nf4");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_NE(r.output.find("accuracy"), std::string::npos) << r.output;
   r = cli_test::run("eval --model " + model + " --delta " + run + "/delta --data " + task.string() +
                     " --quantize q3");
   EXPECT_EQ(r.code, 2) << r.output;

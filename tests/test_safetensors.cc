@@ -5,12 +5,14 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "deltatune/error.h"
+#include "deltatune/random.h"
 #include "deltatune/safetensors.h"
 
 namespace fs = std::filesystem;
@@ -161,6 +163,42 @@ TEST_F(SafetensorsTest, WritingIntoALoadedTensorLeavesTheFileAlone) {
     EXPECT_EQ(f.tensors.at("w").to_floats(), (std::vector<float>{7, 7, 7, 7}));
   }
   EXPECT_EQ(read_bytes(p), before);
+}
+
+// The process's resident pages of mapped files (RssFile in /proc/self/status), in KiB.
+int64_t resident_file_kib() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line))
+    if (line.rfind("RssFile:", 0) == 0) return std::stoll(line.substr(8));
+  return -1;
+}
+
+// Loading a checkpoint copies (or quantises) each weight, then lets the file's pages of it go:
+// they leave the process, the values read back the same (from the file), and a tensor that is not a
+// view of a file (a converted copy, our own memory) is left alone.
+TEST_F(SafetensorsTest, ReleasedFilePagesLeaveTheProcessAndReadBackTheSame) {
+  const fs::path p = dir_ / "big.safetensors";
+  Generator gen(3);
+  const Tensor written = Tensor::randn({1024, 2048}, gen);  // 8 MiB
+  write_safetensors(p, {{"w", written}, {"d", Tensor::from_floats({1, 2, 3}, {3}).to(DType::F16)}});
+  TensorFile f = read_safetensors(p);
+  const Tensor& w = f.tensors.at("w");
+  const int64_t before = resident_file_kib();
+  ASSERT_GE(before, 0) << "no RssFile in /proc/self/status";
+  EXPECT_EQ(w.to_floats(), written.to_floats());  // touches every page
+  const int64_t touched = resident_file_kib();
+  release_file_pages(w);
+  const int64_t released = resident_file_kib();
+  std::printf("RssFile: %lld KiB before, %lld read, %lld released\n", (long long)before, (long long)touched,
+              (long long)released);
+  EXPECT_GE(touched - released, 7 * 1024);        // nearly all of its 8 MiB
+  EXPECT_EQ(w.to_floats(), written.to_floats());  // read again from the file
+
+  const Tensor own = written.clone();
+  release_file_pages(own);  // not a view of a file: untouched
+  EXPECT_EQ(own.to_floats(), written.to_floats());
+  release_file_pages(Tensor());
 }
 
 // --- writing ---

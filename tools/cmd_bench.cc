@@ -138,8 +138,11 @@ void run(const Options& o) {
 
   ModelConfig config = parse_model_config(hf_config(s), "bench:" + o.model);
   const bool is_bert = std::string(s.arch) == "bert";
-  std::unique_ptr<TransformerModel> model =
-      build_model(config, is_bert ? HeadKind::SequenceClassification : HeadKind::CausalLM, 0);
+  // --quantize: the body's weights quantised one by one as they are made (no float32 model at once),
+  // as train quantises them while the checkpoint is read; a full run trains them, so they stay float.
+  const std::optional<QuantFormat> quantize_as_built = o.method == "full" ? std::nullopt : o.quantize;
+  std::unique_ptr<TransformerModel> model = build_model(
+      config, is_bert ? HeadKind::SequenceClassification : HeadKind::CausalLM, 0, quantize_as_built);
   model->set_training(o.method != "frozen");
 
   std::unique_ptr<delta::Delta> attached;  // LoRA or UniPELT

@@ -39,7 +39,7 @@ void setup(CLI::App& app) {
   deltatune::cli::add_threads_option(app);
   deltatune::cli::add_quantize_option(app, *quantize);
   app.callback([=] {
-    auto loaded = deltatune::cli::load_model(*model_dir, "causal-lm", *delta);
+    auto loaded = deltatune::cli::load_model(*model_dir, "causal-lm", *delta, *quantize);
     deltatune::use_precision(*loaded.model, false, *quantize, loaded.trained_parameters);
     auto tokenizer = deltatune::Tokenizer::load(*model_dir);
     deltatune::GenerationOptions options = *o;

@@ -38,7 +38,8 @@ std::unique_ptr<delta::Delta> fresh_delta(const std::string& config_file, Transf
 
 }  // namespace
 
-LoadedModel load_model(const std::string& model_dir, const std::string& head, const std::string& delta) {
+LoadedModel load_model(const std::string& model_dir, const std::string& head, const std::string& delta,
+                       std::optional<QuantFormat> quantize) {
   if (!model_exists(model_dir))
     throw ExitError{"model folder '" + model_dir + "' does not exist or is not a folder (nor a GGUF file)"};
   const bool delta_is_config = !delta.empty() && fs::is_regular_file(delta) && !gguf::is_gguf_file(delta);
@@ -48,6 +49,7 @@ LoadedModel load_model(const std::string& model_dir, const std::string& head, co
   request.model_dir = model_dir;
   if (!head.empty()) request.head = parse_head(head);
   if (!delta_is_config) request.delta = delta;
+  if (!delta_is_config) request.quantize = quantize;  // a fresh delta's config may train the weights
   deltatune::LoadedModel library = load_with_delta(request);
 
   LoadedModel loaded;

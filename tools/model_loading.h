@@ -3,6 +3,7 @@
 // generate, merge, combine): argument glue over the one loader (deltatune/loading.h), plus what they
 // print (the delta's modules marked in a tree, the trainable count).
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "deltatune/delta.h"
@@ -24,8 +25,10 @@ HeadKind parse_head(const std::string& head);
 // delta: "" (none), a delta config (JSON file: a fresh delta, attached as it would train), or a folder
 // `train` (or PEFT) wrote, whatever the method, loaded by load_with_delta: a delta is attached; a full
 // or head run's weights replace the model's (no delta attached).
+// `quantize`: the base quantised as it loads (LoadRequest::quantize); the caller's use_precision then
+// quantises what is left frozen.
 LoadedModel load_model(const std::string& model_dir, const std::string& head = "",
-                       const std::string& delta = "");
+                       const std::string& delta = "", std::optional<QuantFormat> quantize = std::nullopt);
 
 // --bf16's help (the commands that run a model: train, eval, predict; deltatune::use_bf16 does it).
 inline const char* kBf16Help =

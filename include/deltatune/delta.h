@@ -86,6 +86,10 @@ class Delta {
   virtual int attach_stage() const { return 7; }
   // The peak learning rate `train` uses for it: its registration's (deltatune/delta_method.h).
   virtual double default_learning_rate() const;
+  // Whether it trains the base's own linear weights in place (last-layers). Asked before attaching:
+  // a quantised base (--quantize) stores every other linear weight quantised as it is read, but must
+  // keep these float. Composites answer for their members (trains_linear_weights below).
+  virtual bool trains_linear_weights() const { return false; }
 
   std::string name = "default";
   uint64_t seed = 0;
@@ -93,6 +97,10 @@ class Delta {
 
 // Builds a delta from our config JSON ({"method": "lora", ...}). Unknown methods list the supported.
 std::unique_ptr<Delta> make_delta(const nlohmann::json& config);
+
+// Delta::trains_linear_weights of a delta or, for a combination, UniPELT or intrinsic delta, of any
+// of its members.
+bool trains_linear_weights(Delta& delta);
 const std::vector<std::string>& supported_methods();
 
 // Freezes every model parameter except those named in `trainable` (task heads, modules_to_save) and

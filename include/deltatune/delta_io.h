@@ -30,6 +30,9 @@ struct DeltaRequirements {
   std::optional<HeadKind> head;  // ours: as saved; PEFT: from task_type (SEQ_CLS, CAUSAL_LM)
   std::optional<int64_t> num_labels;
   std::string method;  // our format's method ("lora", "full", "head", ...); empty for a PEFT adapter
+  // Whether it trained the base's linear weights (a full run, last-layers): a quantised base is then
+  // quantised after the delta is read, not as the base loads (LoadOptions::quantize).
+  bool trains_linear_weights = false;
 };
 DeltaRequirements peek_delta(const std::filesystem::path& dir);
 

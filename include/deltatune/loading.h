@@ -45,6 +45,10 @@ struct LoadRequest {
   bool classifier = false;
   const data::LabelMap* labels = nullptr;
   bool tokenizer = false;  // also load the model folder's tokenizer
+  // A quantised base: the body's linear weights stored quantised as they are read
+  // (LoadOptions::quantize), unless the delta trained them (a full run, last-layers). use_quantized
+  // (or use_precision) afterwards quantises what is left frozen (an untied LM head).
+  std::optional<QuantFormat> quantize;
 };
 
 struct LoadedModel {

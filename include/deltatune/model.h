@@ -126,15 +126,23 @@ class TransformerModel : public nn::Module {
 };
 
 // Builds a model from its config, parameters initialised as transformers does (normal(0, 0.02),
-// zero biases, unit norms), seeded.
-std::unique_ptr<TransformerModel> build_model(const ModelConfig& config, HeadKind head, uint64_t seed = 0);
+// zero biases, unit norms), seeded. With `quantize`, the body's linear weights are stored quantised
+// one by one as they are initialised (the same values as quantising afterwards, without the float32
+// model in memory at once; the head stays float).
+std::unique_ptr<TransformerModel> build_model(const ModelConfig& config, HeadKind head, uint64_t seed = 0,
+                                              std::optional<QuantFormat> quantize = std::nullopt);
 
 struct LoadOptions {
   std::optional<HeadKind> head;  // default: from config.architectures
   std::optional<int64_t> num_labels;
   bool keep_half_precision = false;  // keep float16/bfloat16 weights as stored (computed in float32)
-  uint64_t seed = 0;                 // for heads the checkpoint lacks
-  bool verbose = true;               // print transformers-style missing/unexpected key reports
+  // Store the body's linear weights quantised as each is read (nn::quantize_weight), never holding
+  // the float32 model in full: for a base whose linear weights stay frozen (QLoRA). The head, tied
+  // weights and everything that is not a linear weight load as usual (use_quantized can quantise a
+  // frozen head afterwards).
+  std::optional<QuantFormat> quantize;
+  uint64_t seed = 0;    // for heads the checkpoint lacks
+  bool verbose = true;  // print transformers-style missing/unexpected key reports
 };
 
 struct LoadReport {

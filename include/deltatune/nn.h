@@ -107,6 +107,17 @@ int64_t store_frozen_weights(Module& root, DType dtype, const std::set<std::stri
 // how many weights were quantised. Throws ConfigError for a weight with NaN or infinite values.
 int64_t quantize_frozen_weights(Module& root, QuantFormat format, const std::set<std::string>& trained = {});
 
+// One layer's part of quantize_frozen_weights: its float weight stored in `format` and freed.
+// load_pretrained calls it on each weight as it is read (LoadOptions::quantize), so that a quantised
+// base never holds its float32 weights in full.
+void quantize_weight(Linear& layer, QuantFormat format);
+
+// For a saved tensor that replaces a weight stored quantised (a trained head or layer read back over a
+// base quantised as it was loaded): the layer named by `parameter` ("path.weight") drops its
+// QuantizedMatrix and gets a float weight (zeros, to be overwritten) of the stored shape. Null when
+// `parameter` names no quantised Linear's weight.
+Tensor* unquantize_for_replacement(Module& root, const std::string& parameter);
+
 // Undoes quantize_frozen_weights (or a GGUF file's quantised layers): each quantised Linear gets its
 // float32 weight back, dequantised, and drops the QuantizedMatrix. Merging a delta needs the float
 // weights. Returns how many weights changed.

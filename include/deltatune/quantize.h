@@ -13,7 +13,7 @@
 //   nf4-dq  nf4 with QLoRA's double quantisation (bitsandbytes' compress_statistics,
 //         transformers' bnb_4bit_use_double_quant): the same codes, and the blocks' absmaxes stored as
 //         their mean (float32) plus, per block of 256 absmaxes, an absmax (float32) and 8-bit codes of
-//         bitsandbytes' signed dynamic map (kDynamicMap), each the nearest map entry; 4.127 bits a
+//         bitsandbytes' signed dynamic map (dynamic_map()), each the nearest map entry; 4.127 bits a
 //         weight instead of nf4's 4.5.
 //   int8  per-output-channel absmax (LLM.int8's vector-wise quantisation): q = round(w * 127 / absmax)
 //         (half to even, as bitsandbytes' kernel), dequantised as q * (absmax / 127).
@@ -37,12 +37,14 @@ const char* quant_format_name(QuantFormat f);  // "nf4", "int8", "q8_0", "q4_0",
 // The format of a name, or nullopt for an unknown one.
 std::optional<QuantFormat> parse_quant_format(const std::string& name);
 const char* quant_format_choices();  // "nf4, int8, q8_0, q4_0, nf4-dq" (for error messages)
+// Every format, in that order.
+const std::vector<QuantFormat>& all_quant_formats();
 
 // bitsandbytes' NF4 codebook (code i dequantises to kNf4Codebook[i] * absmax).
 extern const float kNf4Codebook[16];
 // bitsandbytes' signed dynamic 8-bit map (create_dynamic_map: for exponents e = -6..0, 2^(e+6) means
 // of linspace(0.1, 1) times ±10^e, then 0 and 1; 256 values ascending), the code nf4-dq's scales use.
-extern const std::vector<float>& kDynamicMap;
+const std::vector<float>& dynamic_map();
 
 class QuantizedMatrix {
  public:
@@ -50,7 +52,7 @@ class QuantizedMatrix {
   int64_t rows = 0, cols = 0;
   std::vector<uint8_t> data;  // the codes (q8_0 / q4_0: ggml's blocks, float16 scale first)
   std::vector<float> scales;  // nf4: absmax per block of 64; int8: per row; q8_0 / q4_0 / nf4-dq: none
-  // nf4-dq's absmax per block of 64: kDynamicMap[scale_codes[b]] * scale_absmax[b / 256] + scale_offset.
+  // nf4-dq's absmax per block of 64: dynamic_map()[scale_codes[b]] * scale_absmax[b / 256] + scale_offset.
   std::vector<uint8_t> scale_codes;
   std::vector<float> scale_absmax;
   float scale_offset = 0;

@@ -29,6 +29,12 @@ TensorFile read_safetensors(const std::filesystem::path& file);
 // index file directly.
 std::map<std::string, Tensor> load_checkpoint_tensors(const std::filesystem::path& dir_or_file);
 
+// Once a tensor read from a file has been copied or quantised elsewhere: its pages of the file mapping
+// leave the process (were it read again, they would come back from the file), so that loading a
+// checkpoint holds each weight once rather than twice. Any tensor that is not a view of a file mapping
+// (a converted copy, memory of our own) is left alone. Nothing of the tensor may have been written.
+void release_file_pages(const Tensor& t);
+
 // Writes tensors (CPU, any dtype, any layout) exactly as Hugging Face's safetensors library does:
 // data ordered by dtype (widest first) then name, header keys in that same order after "__metadata__"
 // (present when metadata is non-empty), header padded with spaces to a multiple of 8 bytes.

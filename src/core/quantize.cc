@@ -30,7 +30,7 @@ const float kNf4Codebook[16] = {-1.0f,
 
 namespace {
 
-std::vector<float> dynamic_map() {
+std::vector<float> make_dynamic_map() {
   // create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8): torch.linspace(0.1, 1, 2^i + 1)
   // and the means of neighbours in float32 (torch's default dtype), each scaled in double by 10^(i - 6)
   // (Python floats), then rounded to float32 by torch.tensor.
@@ -56,7 +56,10 @@ std::vector<float> dynamic_map() {
 
 }  // namespace
 
-const std::vector<float>& kDynamicMap = *new std::vector<float>(dynamic_map());
+const std::vector<float>& dynamic_map() {
+  static const std::vector<float> map = make_dynamic_map();
+  return map;
+}
 
 namespace {
 
@@ -106,9 +109,9 @@ void quantize_nf4(const float* w, QuantizedMatrix& q) {
   }
 }
 
-// The index of kDynamicMap's entry nearest x (ties to the lower one), as bitsandbytes' kernels pick.
+// The index of dynamic_map()'s entry nearest x (ties to the lower one), as bitsandbytes' kernels pick.
 uint8_t dynamic_code(float x) {
-  const std::vector<float>& map = kDynamicMap;
+  const std::vector<float>& map = dynamic_map();
   const auto upper = std::lower_bound(map.begin(), map.end(), x);
   if (upper == map.begin()) return 0;
   if (upper == map.end()) return uint8_t(map.size() - 1);
@@ -265,17 +268,30 @@ const char* quant_format_name(QuantFormat f) {
 }
 
 std::optional<QuantFormat> parse_quant_format(const std::string& name) {
-  for (QuantFormat f : {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0, QuantFormat::Q4_0,
-                        QuantFormat::NF4DoubleQuant})
+  for (QuantFormat f : all_quant_formats())
     if (name == quant_format_name(f)) return f;
   return std::nullopt;
 }
 
-const char* quant_format_choices() { return "nf4, int8, q8_0, q4_0, nf4-dq"; }
+const std::vector<QuantFormat>& all_quant_formats() {
+  static const std::vector<QuantFormat> formats = {QuantFormat::NF4, QuantFormat::Int8, QuantFormat::Q8_0,
+                                                   QuantFormat::Q4_0, QuantFormat::NF4DoubleQuant};
+  return formats;
+}
+
+const char* quant_format_choices() {
+  static const std::string choices = [] {
+    std::string out;
+    for (QuantFormat f : all_quant_formats())
+      out += (out.empty() ? "" : ", ") + std::string(quant_format_name(f));
+    return out;
+  }();
+  return choices.c_str();
+}
 
 float QuantizedMatrix::nf4_block_scale(int64_t b) const {
   if (format == QuantFormat::NF4) return scales[size_t(b)];
-  return kDynamicMap[scale_codes[size_t(b)]] * scale_absmax[size_t(b / kNestedBlock)] + scale_offset;
+  return dynamic_map()[scale_codes[size_t(b)]] * scale_absmax[size_t(b / kNestedBlock)] + scale_offset;
 }
 
 void QuantizedMatrix::dequantize_rows(int64_t row0, int64_t count, float* out) const {

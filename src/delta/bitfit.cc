@@ -209,6 +209,7 @@ class LastLayers : public SpecDelta {
     if (k_ < 1) throw ConfigError("last-layers: k must be at least 1, got " + std::to_string(k_));
   }
   std::string method() const override { return "last-layers"; }
+  bool trains_linear_weights() const override { return true; }
   nlohmann::json config() const override {
     nlohmann::json c = config_;
     c["method"] = "last-layers";

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <set>
 
+#include "delta/composite.h"
 #include "delta/methods.h"
 #include "delta/peft_config.h"
 #include "deltatune/autograd.h"
@@ -92,6 +93,15 @@ std::unique_ptr<Delta> make_delta(const nlohmann::json& config) {
   } catch (const nlohmann::json::exception& e) {  // a field of an unexpected type
     throw ConfigError(method + " config " + config.dump() + ": " + e.what());
   }
+}
+
+bool trains_linear_weights(Delta& delta) {
+  if (auto* composite = dynamic_cast<CompositeDelta*>(&delta)) {
+    for (Delta* member : composite->members())
+      if (trains_linear_weights(*member)) return true;
+    return false;
+  }
+  return delta.trains_linear_weights();
 }
 
 namespace {

@@ -85,6 +85,7 @@ void load_head(TransformerModel& model, const std::map<std::string, Tensor>& hea
   NoGradGuard guard;
   for (auto& [name, value] : head) {
     Tensor* p = model.find_parameter(name);
+    if (!p) p = nn::unquantize_for_replacement(model, name);  // a layer quantised at load: replaced whole
     if (!p)
       throw ConfigError(file.string() + ": '" + name +
                         "' is neither a delta parameter nor a model parameter");
@@ -162,6 +163,15 @@ DeltaRequirements peek_delta(const fs::path& dir) {
     if (c.contains("num_labels") && c["num_labels"].is_number_integer())
       req.num_labels = c["num_labels"].get<int64_t>();
     req.method = saved_method(c);
+    if (req.method == "full") {
+      req.trains_linear_weights = true;
+    } else if (!saves_model_weights(req.method)) {
+      try {
+        req.trains_linear_weights = trains_linear_weights(*make_delta(c["delta"]));
+      } catch (const Error&) {
+        req.trains_linear_weights = true;  // load_delta says what is wrong with the config
+      }
+    }
     return req;
   }
   if (fs::exists(dir / "adapter_config.json")) {

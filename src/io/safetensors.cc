@@ -84,6 +84,12 @@ struct Fd {
   }
 };
 
+// Unmaps a file mapping; its type also marks a storage as a view of one (release_file_pages).
+struct FileMapping {
+  size_t size;
+  void operator()(void* p) const { ::munmap(p, size); }
+};
+
 // The whole file mapped privately. Copy-on-write rather than read-only, because tensors are mutable
 // handles here (fill_, copy_, merging a delta in place): a write must not crash, nor reach the file.
 std::shared_ptr<void> map_file(const fs::path& file, size_t& size_out) {
@@ -98,7 +104,7 @@ std::shared_ptr<void> map_file(const fs::path& file, size_t& size_out) {
   void* addr = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, f.fd, 0);
   if (addr == MAP_FAILED) fail(file, "cannot memory-map: " + errno_text());
   size_out = size;
-  return std::shared_ptr<void>(addr, [size](void* p) { ::munmap(p, size); });
+  return std::shared_ptr<void>(addr, FileMapping{size});
 }
 
 // A non-negative integer from the header, or nullopt when the value is anything else.
@@ -344,6 +350,15 @@ std::map<std::string, Tensor> load_checkpoint_tensors(const fs::path& dir_or_fil
   if (!fs::exists(dir_or_file, ec)) fail(dir_or_file, "no such file or folder");
   if (dir_or_file.filename().string().ends_with(".index.json")) return load_sharded(dir_or_file);
   return read_safetensors(dir_or_file).tensors;
+}
+
+void release_file_pages(const Tensor& t) {
+  if (!t.defined() || !t.storage() || !std::get_deleter<FileMapping>(t.storage()->owner)) return;
+  // The whole pages inside the tensor's bytes: a page it shares with a neighbour stays.
+  const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(t.storage()->data);
+  const uintptr_t first = (begin + page - 1) / page * page, last = (begin + t.storage()->bytes) / page * page;
+  if (last > first) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
 }
 
 void write_safetensors(const fs::path& file, const std::map<std::string, Tensor>& tensors,

@@ -1,5 +1,7 @@
 // Building models from configs and loading Hugging Face checkpoints into them by name.
 #include <cstdio>
+#include <functional>
+#include <map>
 #include <set>
 
 #include "deltatune/autograd.h"
@@ -29,7 +31,9 @@ std::string join(const std::vector<std::string>& names) {
   return out;
 }
 
-void init_parameters(TransformerModel& model, uint64_t seed, const std::set<std::string>* only = nullptr) {
+// `initialised` is told each parameter's name once its values are set.
+void init_parameters(TransformerModel& model, uint64_t seed, const std::set<std::string>* only = nullptr,
+                     const std::function<void(const std::string&)>& initialised = {}) {
   Generator gen(seed);
   NoGradGuard guard;
   for (auto& [name, t] : model.named_parameters()) {
@@ -45,6 +49,39 @@ void init_parameters(TransformerModel& model, uint64_t seed, const std::set<std:
       t->fill_(1.0f);
     else
       models::init_normal(*t, gen, 0.02f);
+    if (initialised) initialised(name);
+  }
+}
+
+// The linear weights LoadOptions::quantize stores quantised, by parameter name: those of the body (not
+// the head, which trains or is replaced) that share their storage with no other parameter (a tied LM
+// head is the embedding table).
+std::map<std::string, nn::Linear*> quantizable_linears(TransformerModel& model) {
+  std::map<const Storage*, int> users;
+  for (auto& [name, t] : model.named_parameters()) ++users[t->storage().get()];
+  const std::vector<std::string> head_list = model.head_parameters();
+  const std::set<std::string> head(head_list.begin(), head_list.end());
+  std::map<std::string, nn::Linear*> out;
+  for (auto& [path, module] : model.named_modules()) {
+    auto* linear = dynamic_cast<nn::Linear*>(module);
+    const std::string name = path + ".weight";
+    if (linear && linear->weight().defined() && !head.count(name) &&
+        users[linear->weight().storage().get()] == 1)
+      out.emplace(name, linear);
+  }
+  return out;
+}
+
+// Quantises a linear weight from its source tensor (a view of the checkpoint's mapping, or a copy):
+// only a contiguous float32 copy of this one matrix exists on the way, and only when the source is not
+// float32 already or is stored [in, out].
+void quantize_from(nn::Linear& linear, const Tensor& src, QuantFormat format, const std::string& file,
+                   const std::string& key) {
+  linear.weight() = src.float32();
+  try {
+    nn::quantize_weight(linear, format);
+  } catch (const ConfigError& e) {  // NaN or infinite values
+    throw IoError(file + ": tensor '" + key + "': " + e.what());
   }
 }
 
@@ -92,9 +129,14 @@ HeadKind head_from_architectures(const ModelConfig& c) {
   return c.family == ArchFamily::Bert ? HeadKind::MaskedLM : HeadKind::CausalLM;
 }
 
-std::unique_ptr<TransformerModel> build_model(const ModelConfig& config, HeadKind head, uint64_t seed) {
+std::unique_ptr<TransformerModel> build_model(const ModelConfig& config, HeadKind head, uint64_t seed,
+                                              std::optional<QuantFormat> quantize) {
   std::unique_ptr<TransformerModel> model = construct(config, head);
-  init_parameters(*model, seed);
+  std::map<std::string, nn::Linear*> linears;
+  if (quantize) linears = quantizable_linears(*model);
+  init_parameters(*model, seed, nullptr, [&](const std::string& name) {
+    if (auto it = linears.find(name); it != linears.end()) nn::quantize_weight(*it->second, *quantize);
+  });
   return model;
 }
 
@@ -133,6 +175,8 @@ std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& d
   const std::vector<std::string> head_params = model->head_parameters();
   std::set<std::string> to_init;
   NoGradGuard guard;
+  std::map<std::string, nn::Linear*> quantizable;
+  if (options.quantize) quantizable = quantizable_linears(*model);
   for (auto& [name, param] : model->named_parameters()) {
     std::string key = name;
     if (!has_prefix && name.rfind(prefix, 0) == 0) key = name.substr(prefix.size());
@@ -150,11 +194,18 @@ std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& d
     if (src.shape() != param->shape())
       throw IoError(tensor_file + ": tensor '" + key + "' has shape " + shape_str(src.shape()) +
                     " but the model expects " + shape_str(param->shape()));
+    if (auto q = quantizable.find(name); q != quantizable.end()) {
+      quantize_from(*q->second, src, *options.quantize, tensor_file, key);
+      release_file_pages(src);
+      continue;
+    }
     if (options.keep_half_precision)
       *param = src;
     else
       *param = src.float32().contiguous().detach();
     if (param->same(src) && src.dtype() == DType::F32) *param = src.clone().detach();  // own memory, writable
+    // Copied: the checkpoint's pages of it go (held once, not twice, while the model loads).
+    if (param->storage() != src.storage()) release_file_pages(src);
   }
   for (auto& [key, _] : tensors)
     if (!used.count(key) && !is_tied_alias(*model, key)) report.unexpected.push_back(key);

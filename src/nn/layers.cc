@@ -76,17 +76,34 @@ int64_t store_frozen_weights(Module& root, DType dtype, const std::set<std::stri
   return changed;
 }
 
+void quantize_weight(Linear& linear, QuantFormat format) {
+  const Tensor w = linear.weight_out_in().float32().contiguous();
+  linear.quantized = std::make_shared<const QuantizedMatrix>(quantize(w.f32(), w.size(0), w.size(1), format));
+  linear.weight() = Tensor();
+}
+
 int64_t quantize_frozen_weights(Module& root, QuantFormat format, const std::set<std::string>& trained) {
   int64_t changed = 0;
   for (auto& [module, weight] : frozen_weights(root, trained, false)) {
-    auto& linear = static_cast<Linear&>(*module);
-    const Tensor w = linear.weight_out_in().float32().contiguous();
-    linear.quantized =
-        std::make_shared<const QuantizedMatrix>(quantize(w.f32(), w.size(0), w.size(1), format));
-    linear.weight() = Tensor();
+    quantize_weight(static_cast<Linear&>(*module), format);
     ++changed;
   }
   return changed;
+}
+
+Tensor* unquantize_for_replacement(Module& root, const std::string& parameter) {
+  const std::string suffix = ".weight";
+  if (!parameter.ends_with(suffix)) return nullptr;
+  const std::string path = parameter.substr(0, parameter.size() - suffix.size());
+  for (auto& [name, module] : root.named_modules()) {
+    auto* linear = dynamic_cast<Linear*>(module);
+    if (name != path || !linear || !linear->quantized) continue;
+    linear->quantized.reset();
+    const int64_t in = linear->in_features, out = linear->out_features;
+    linear->weight() = linear->fan_in_fan_out ? Tensor::zeros({in, out}) : Tensor::zeros({out, in});
+    return &linear->weight();
+  }
+  return nullptr;
 }
 
 int64_t dequantize_weights(Module& root) {

@@ -70,6 +70,7 @@ TextGeneration generate_text(const GenerateRequest& r,
   load.delta = r.delta;
   load.head = HeadKind::CausalLM;
   load.tokenizer = true;
+  load.quantize = r.quantize;
   LoadedModel m = load_with_delta(load);
   use_precision(*m.model, r.bf16, r.quantize, m.trained.model_parameters);
   return generate_text(*m.model, *m.tokenizer, r.prompt, r.options, on_text);

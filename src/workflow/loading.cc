@@ -62,6 +62,7 @@ LoadedModel load_with_delta(const LoadRequest& r) {
   LoadedModel loaded;
   LoadOptions options;
   options.head = r.head;
+  bool quantize_at_load = r.quantize.has_value();
   if (gguf_adapter) {
     if (r.classifier) throw ConfigError(r.delta.string() + ": a GGUF adapter has no classification head");
   } else if (!delta_dir.empty()) {
@@ -70,6 +71,7 @@ LoadedModel load_with_delta(const LoadRequest& r) {
     const delta::DeltaRequirements req = delta::peek_delta(delta_dir);
     if (!options.head) options.head = req.head;
     options.num_labels = req.num_labels;
+    if (req.trains_linear_weights) quantize_at_load = false;
     if (r.classifier) loaded.labels = classifier_labels(delta_dir, req);
     loaded.train_config = train::read_train_config(delta_dir);
     options.verbose = false;  // the delta supplies the head weights
@@ -82,6 +84,7 @@ LoadedModel load_with_delta(const LoadRequest& r) {
     options.head = HeadKind::SequenceClassification;
     options.num_labels = loaded.labels.size();
   }
+  if (quantize_at_load) options.quantize = r.quantize;
   loaded.model = load_pretrained(r.model_dir, options);
   if (r.tokenizer) loaded.tokenizer = Tokenizer::load(r.model_dir);
   if (!delta_dir.empty()) loaded.trained = apply_saved_delta(delta_dir, *loaded.model);
@@ -90,11 +93,13 @@ LoadedModel load_with_delta(const LoadRequest& r) {
 }
 
 void use_quantized(TransformerModel& model, QuantFormat format, const std::vector<std::string>& trained) {
-  const int64_t count = nn::quantize_frozen_weights(model, format, {trained.begin(), trained.end()});
+  nn::quantize_frozen_weights(model, format, {trained.begin(), trained.end()});
+  // Counted over every quantised layer: those quantised as the base loaded (LoadRequest::quantize) too.
+  int64_t count = 0, weights = 0;
   size_t bytes = 0;
-  int64_t weights = 0;
   for (auto& [name, module] : model.named_modules())
     if (auto* linear = dynamic_cast<nn::Linear*>(module); linear && linear->quantized) {
+      ++count;
       bytes += linear->quantized->bytes();
       weights += linear->quantized->rows * linear->quantized->cols;
     }

@@ -48,6 +48,7 @@ LoadedModel load_lm(const fs::path& model_dir, const fs::path& delta_dir, HeadKi
   load.delta = delta_dir;
   load.head = head;
   load.tokenizer = true;
+  load.quantize = quantize;
   LoadedModel m = load_with_delta(load);
   use_precision(*m.model, bf16, quantize, m.trained.model_parameters);
   return m;
@@ -86,6 +87,7 @@ LoadedModel load_classifier_of(const EvaluateRequest& r) {
     baseline = data::LabelMap::from_examples(examples);
     load.labels = &baseline;
   }
+  load.quantize = r.quantize;
   LoadedModel m = load_with_delta(load);
   use_precision(*m.model, r.bf16, r.quantize, m.trained.model_parameters);
   return m;

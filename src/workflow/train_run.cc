@@ -87,14 +87,18 @@ void load_target(const TrainRequest& r, TrainRun& run) {
   if (!is_lm(r)) load.num_labels = run.labels.size();
   load.seed = seed;
   load.verbose = false;  // the new classification head is expected, not a problem to report
-  run.model = load_pretrained(r.model_dir, load);
   const MethodPreset::Trains trains = method_preset(r.method).trains;
+  if (trains == MethodPreset::Trains::Delta) run.delta = delta::make_delta(delta_config(r));
+  // QLoRA: the body's linear weights are quantised as they are read, unless the run trains them.
+  if (r.quantize && trains != MethodPreset::Trains::Full &&
+      !(run.delta && delta::trains_linear_weights(*run.delta)))
+    load.quantize = r.quantize;
+  run.model = load_pretrained(r.model_dir, load);
   if (trains == MethodPreset::Trains::Full) {
     run.target = train::TrainTarget::full(*run.model);
   } else if (trains == MethodPreset::Trains::Head) {
     run.target = train::TrainTarget::head_only(*run.model);
   } else {
-    run.delta = delta::make_delta(delta_config(r));
     run.delta->seed = seed;
     run.delta->attach(*run.model);
     run.target = train::TrainTarget::with_deltas(*run.model, {run.delta.get()}, run.delta->method());
