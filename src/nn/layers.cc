@@ -1,4 +1,7 @@
+#include <sys/mman.h>
+
 #include <map>
+#include <memory>
 #include <set>
 
 #include "deltatune/error.h"
@@ -6,13 +9,32 @@
 
 namespace deltatune::nn {
 
+namespace {
+// A weight's zeros on pages the kernel maps zero-filled and untouched: they cost no memory until
+// written. Every weight is written once (initialised, or read from a checkpoint into a new tensor
+// that replaces this one, or quantised), so a model being built or loaded never holds a zeroed float32
+// copy of itself besides its real weights.
+Tensor untouched_zeros(const Shape& shape) {
+  const size_t bytes = size_t(shape_numel(shape)) * sizeof(float);
+  if (bytes < (size_t(64) << 10)) return Tensor::zeros(shape);  // small: from the heap
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw Error("out of memory mapping " + std::to_string(bytes) + " bytes");
+  auto storage = std::make_shared<Storage>();
+  storage->data = p;
+  storage->bytes = bytes;
+  storage->fresh_zeros = true;
+  storage->owner = std::shared_ptr<void>(p, [bytes](void* q) { ::munmap(q, bytes); });
+  return Tensor::from_storage(std::move(storage), DType::F32, shape);
+}
+}  // namespace
+
 Linear::Linear(int64_t in, int64_t out, bool bias, bool fan_in_fan_out)
     : Module("Linear"),
       in_features(in),
       out_features(out),
       fan_in_fan_out(fan_in_fan_out),
-      weight_(
-          register_parameter("weight", fan_in_fan_out ? Tensor::zeros({in, out}) : Tensor::zeros({out, in}))),
+      weight_(register_parameter("weight",
+                                 fan_in_fan_out ? untouched_zeros({in, out}) : untouched_zeros({out, in}))),
       bias_(register_parameter("bias", bias ? Tensor::zeros({out}) : Tensor())) {}
 
 Tensor Linear::base_forward(const Tensor& x) {
