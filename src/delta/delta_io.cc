@@ -166,10 +166,12 @@ DeltaRequirements peek_delta(const fs::path& dir) {
     if (req.method == "full") {
       req.trains_linear_weights = true;
     } else if (!saves_model_weights(req.method)) {
+      // (c may be any JSON at all: a peek never throws for a bad config, load_delta says what is wrong.)
       try {
-        req.trains_linear_weights = trains_linear_weights(*make_delta(c["delta"]));
-      } catch (const Error&) {
-        req.trains_linear_weights = true;  // load_delta says what is wrong with the config
+        req.trains_linear_weights = trains_linear_weights(
+            *make_delta(c.is_object() ? c.value("delta", nlohmann::json()) : nlohmann::json()));
+      } catch (const std::exception&) {
+        req.trains_linear_weights = true;
       }
     }
     return req;
