@@ -116,16 +116,13 @@ int64_t quantize_frozen_weights(Module& root, QuantFormat format, const std::set
 Tensor* unquantize_for_replacement(Module& root, const std::string& parameter) {
   const std::string suffix = ".weight";
   if (!parameter.ends_with(suffix)) return nullptr;
-  const std::string path = parameter.substr(0, parameter.size() - suffix.size());
-  for (auto& [name, module] : root.named_modules()) {
-    auto* linear = dynamic_cast<Linear*>(module);
-    if (name != path || !linear || !linear->quantized) continue;
-    linear->quantized.reset();
-    const int64_t in = linear->in_features, out = linear->out_features;
-    linear->weight() = linear->fan_in_fan_out ? Tensor::zeros({in, out}) : Tensor::zeros({out, in});
-    return &linear->weight();
-  }
-  return nullptr;
+  auto* linear =
+      dynamic_cast<Linear*>(root.find_module(parameter.substr(0, parameter.size() - suffix.size())));
+  if (!linear || !linear->quantized) return nullptr;
+  linear->quantized.reset();
+  const int64_t in = linear->in_features, out = linear->out_features;
+  linear->weight() = linear->fan_in_fan_out ? Tensor::zeros({in, out}) : Tensor::zeros({out, in});
+  return &linear->weight();
 }
 
 int64_t dequantize_weights(Module& root) {
