@@ -92,6 +92,11 @@ class Linear : public Module {
   Tensor& bias_;
 };
 
+// The storages that back more than one parameter under `root` (tied weights: a tied LM head is the
+// embedding table). Whatever stores a layer's weight another way (bfloat16, quantised) leaves these
+// alone, or the other user would change with it.
+std::set<const Storage*> shared_storages(Module& root);
+
 // Stores the frozen weight matrices under `root` (Linear weights and Embedding tables that do not
 // require a gradient and share their storage with no other parameter) as `dtype`. bfloat16 halves
 // their memory and runs linear layers on the AVX-512 BF16 kernel (ops::linear); embedding lookups

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <sstream>
 
+#include "core/fresh_pages.h"
 #include "core/strided.h"
 #include "deltatune/autograd.h"
 #include "deltatune/cuda.h"
@@ -54,18 +55,6 @@ namespace {
 // zeros() skips the memset, the kernel's fresh pages being zero already.
 constexpr size_t kMappedBytes = size_t(32) << 20;
 
-std::shared_ptr<Storage> map_fresh(size_t bytes) {
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) throw Error("out of memory mapping " + std::to_string(bytes) + " bytes");
-  madvise(p, bytes, MADV_HUGEPAGE);  // advice only: ignored where huge pages are off
-  auto storage = std::make_shared<Storage>();
-  storage->data = p;
-  storage->bytes = bytes;
-  storage->fresh_zeros = true;
-  storage->owner = std::shared_ptr<void>(p, [bytes](void* q) { munmap(q, bytes); });
-  return storage;
-}
-
 // GPU memory: cudaMalloc behind the same interface (deltatune/cuda.h; a clear error without CUDA).
 std::shared_ptr<Storage> allocate_cuda(size_t bytes) {
   auto storage = std::make_shared<Storage>();
@@ -78,9 +67,21 @@ std::shared_ptr<Storage> allocate_cuda(size_t bytes) {
 }
 }  // namespace
 
+std::shared_ptr<Storage> map_fresh_pages(size_t bytes) {
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw Error("out of memory mapping " + std::to_string(bytes) + " bytes");
+  madvise(p, bytes, MADV_HUGEPAGE);  // advice only: ignored where huge pages are off
+  auto storage = std::make_shared<Storage>();
+  storage->data = p;
+  storage->bytes = bytes;
+  storage->fresh_zeros = true;
+  storage->owner = std::shared_ptr<void>(p, [bytes](void* q) { munmap(q, bytes); });
+  return storage;
+}
+
 std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
   if (device == Device::CUDA) return allocate_cuda(bytes);
-  if (bytes >= kMappedBytes) return map_fresh(bytes);
+  if (bytes >= kMappedBytes) return map_fresh_pages(bytes);
   auto storage = std::make_shared<Storage>();
   size_t rounded = (bytes + 63) / 64 * 64;
   void* p = rounded ? std::aligned_alloc(64, rounded) : nullptr;

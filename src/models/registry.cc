@@ -57,8 +57,7 @@ void init_parameters(TransformerModel& model, uint64_t seed, const std::set<std:
 // the head, which trains or is replaced) that share their storage with no other parameter (a tied LM
 // head is the embedding table).
 std::map<std::string, nn::Linear*> quantizable_linears(TransformerModel& model) {
-  std::map<const Storage*, int> users;
-  for (auto& [name, t] : model.named_parameters()) ++users[t->storage().get()];
+  const std::set<const Storage*> shared = nn::shared_storages(model);
   const std::vector<std::string> head_list = model.head_parameters();
   const std::set<std::string> head(head_list.begin(), head_list.end());
   std::map<std::string, nn::Linear*> out;
@@ -66,7 +65,7 @@ std::map<std::string, nn::Linear*> quantizable_linears(TransformerModel& model) 
     auto* linear = dynamic_cast<nn::Linear*>(module);
     const std::string name = path + ".weight";
     if (linear && linear->weight().defined() && !head.count(name) &&
-        users[linear->weight().storage().get()] == 1)
+        !shared.count(linear->weight().storage().get()))
       out.emplace(name, linear);
   }
   return out;
@@ -90,18 +89,15 @@ void quantize_from(nn::Linear& linear, const Tensor& src, QuantFormat format, co
 bool keep_quantized(TransformerModel& model, const std::string& param,
                     std::shared_ptr<const QuantizedMatrix> q) {
   if (!q || !param.ends_with(".weight")) return false;
-  const std::string module_name = param.substr(0, param.size() - std::string(".weight").size());
-  for (auto& [name, module] : model.named_modules()) {
-    auto* linear = dynamic_cast<nn::Linear*>(module);
-    if (name != module_name || !linear) continue;
-    if (q->rows != linear->out_features || q->cols != linear->in_features || linear->fan_in_fan_out)
-      throw IoError("tensor '" + param + "' is [" + std::to_string(q->rows) + ", " + std::to_string(q->cols) +
-                    "] but the model expects " + shape_str(linear->weight().shape()));
-    linear->quantized = std::move(q);
-    linear->weight() = Tensor();
-    return true;
-  }
-  return false;
+  auto* linear = dynamic_cast<nn::Linear*>(
+      model.find_module(param.substr(0, param.size() - std::string(".weight").size())));
+  if (!linear) return false;
+  if (q->rows != linear->out_features || q->cols != linear->in_features || linear->fan_in_fan_out)
+    throw IoError("tensor '" + param + "' is [" + std::to_string(q->rows) + ", " + std::to_string(q->cols) +
+                  "] but the model expects " + shape_str(linear->weight().shape()));
+  linear->quantized = std::move(q);
+  linear->weight() = Tensor();
+  return true;
 }
 
 // The family's model class, parameters not yet initialised or loaded.

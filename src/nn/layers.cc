@@ -1,9 +1,8 @@
-#include <sys/mman.h>
-
 #include <map>
 #include <memory>
 #include <set>
 
+#include "core/fresh_pages.h"
 #include "deltatune/error.h"
 #include "deltatune/nn.h"
 
@@ -17,14 +16,7 @@ namespace {
 Tensor untouched_zeros(const Shape& shape) {
   const size_t bytes = size_t(shape_numel(shape)) * sizeof(float);
   if (bytes < (size_t(64) << 10)) return Tensor::zeros(shape);  // small: from the heap
-  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) throw Error("out of memory mapping " + std::to_string(bytes) + " bytes");
-  auto storage = std::make_shared<Storage>();
-  storage->data = p;
-  storage->bytes = bytes;
-  storage->fresh_zeros = true;
-  storage->owner = std::shared_ptr<void>(p, [bytes](void* q) { ::munmap(q, bytes); });
-  return Tensor::from_storage(std::move(storage), DType::F32, shape);
+  return Tensor::from_storage(map_fresh_pages(bytes), DType::F32, shape);
 }
 }  // namespace
 
@@ -61,24 +53,31 @@ Tensor Linear::forward(const Tensor& x) {
   return y;
 }
 
+std::set<const Storage*> shared_storages(Module& root) {
+  std::map<const Storage*, int> users;
+  for (auto& [name, t] : root.named_parameters()) ++users[t->storage().get()];
+  std::set<const Storage*> shared;
+  for (auto& [storage, n] : users)
+    if (n > 1) shared.insert(storage);
+  return shared;
+}
+
 namespace {
 
 // The frozen weights of Linear (and, when `embeddings`, Embedding) modules that nothing else shares
 // (tied weights, one storage for two parameters, are left alone) and that were not trained.
 std::vector<std::pair<Module*, Tensor*>> frozen_weights(Module& root, const std::set<std::string>& trained,
                                                         bool embeddings) {
-  std::map<const Storage*, int> users;
+  const std::set<const Storage*> shared = shared_storages(root);
   std::set<const Storage*> kept;
-  for (auto& [name, t] : root.named_parameters()) {
-    ++users[t->storage().get()];
+  for (auto& [name, t] : root.named_parameters())
     if (trained.count(name)) kept.insert(t->storage().get());
-  }
   std::vector<std::pair<Module*, Tensor*>> found;
   for (auto& [name, m] : root.named_modules()) {
     Tensor* weight = nullptr;
     if (auto* linear = dynamic_cast<Linear*>(m)) weight = &linear->weight();
     if (auto* embedding = dynamic_cast<Embedding*>(m); embedding && embeddings) weight = &embedding->weight();
-    if (!weight || !weight->defined() || weight->requires_grad() || users[weight->storage().get()] > 1 ||
+    if (!weight || !weight->defined() || weight->requires_grad() || shared.count(weight->storage().get()) ||
         kept.count(weight->storage().get()))
       continue;
     found.emplace_back(m, weight);
