@@ -22,4 +22,8 @@ target_compile_features(deltatune_cuda PRIVATE cuda_std_17)
 target_include_directories(deltatune_cuda PRIVATE ${PROJECT_SOURCE_DIR}/include)
 target_compile_definitions(deltatune PRIVATE DELTATUNE_HAS_CUDA=1)
 target_sources(deltatune PRIVATE $<TARGET_OBJECTS:deltatune_cuda>)
-target_link_libraries(deltatune PRIVATE CUDA::cudart CUDA::cublas)
+target_include_directories(deltatune_cuda PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+# cuBLAS is opened on first use (src/ops/cuda/cublas_library.h: loading it costs ~210 MB resident), so
+# only the runtime is linked; the toolkit's library folder is where the loader looks second.
+target_compile_definitions(deltatune_cuda PRIVATE DELTATUNE_CUDA_LIBRARY_DIR="${CUDAToolkit_LIBRARY_DIR}")
+target_link_libraries(deltatune PRIVATE CUDA::cudart ${CMAKE_DL_LIBS})

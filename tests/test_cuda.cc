@@ -1,11 +1,51 @@
 // The CUDA backend's wiring: runs on a GPU, skips cleanly without one.
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <string>
+
 #include "deltatune/cuda.h"
 #include "deltatune/error.h"
+#include "deltatune/ops.h"
 #include "deltatune/tensor.h"
+#ifdef DELTATUNE_HAS_CUDA
+#include "ops/cuda/cublas_library.h"
+#endif
 
 using namespace deltatune;
+
+namespace {
+bool cublas_mapped() {
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line))
+    if (line.find("libcublas") != std::string::npos) return true;
+  return false;
+}
+}  // namespace
+
+// First in the file: the GPU tests below open cuBLAS when a GPU is present. Loading libcublas (and
+// libcublasLt with it) costs about 210 MB resident, so only a GPU product opens it: CPU work and the
+// backend's device queries leave it unmapped.
+TEST(Cuda, CpuWorkDoesNotLoadCublas) {
+  (void)cuda::available();
+  (void)cuda::device_name();
+  Tensor a = Tensor::ones({32, 32});
+  EXPECT_FLOAT_EQ(ops::matmul(a, a).f32()[0], 32.0f);
+  EXPECT_FALSE(cublas_mapped());
+}
+
+#ifdef DELTATUNE_HAS_CUDA
+// The loader needs no GPU: it opens the library and finds the functions the backend calls.
+TEST(Cuda, CublasOpensOnFirstUse) {
+  const cuda::CublasLibrary& blas = cuda::cublas();
+  EXPECT_NE(blas.create, nullptr);
+  EXPECT_NE(blas.destroy, nullptr);
+  EXPECT_NE(blas.sgemm, nullptr);
+  EXPECT_TRUE(cublas_mapped());
+  EXPECT_EQ(&cuda::cublas(), &blas) << "opened once";
+}
+#endif
 
 TEST(Cuda, VectorAddMatchesCpu) {
   if (!cuda::available()) GTEST_SKIP() << (cuda::compiled() ? "no GPU present" : "built without CUDA");

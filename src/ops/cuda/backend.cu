@@ -4,6 +4,7 @@
 
 #include <stdexcept>
 
+#include "cublas_library.h"
 #include "deltatune/cuda.h"
 #include "deltatune/error.h"
 
@@ -77,13 +78,14 @@ std::vector<float> gemm(const std::vector<float>& a, const std::vector<float>& b
   DeviceBuffer da(a.size()), db(b.size()), dc(size_t(m) * n);
   check(cudaMemcpy(da.ptr, a.data(), a.size() * sizeof(float), cudaMemcpyHostToDevice), "copy A");
   check(cudaMemcpy(db.ptr, b.data(), b.size() * sizeof(float), cudaMemcpyHostToDevice), "copy B");
+  const CublasLibrary& blas = cublas();
   cublasHandle_t handle;
-  check(cublasCreate(&handle), "cublasCreate");
+  check(blas.create(&handle), "cublasCreate");
   const float one = 1.0f, zero = 0.0f;
   // Row-major C = A B is column-major C^T = B^T A^T.
   cublasStatus_t status =
-      cublasSgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, m, k, &one, db.ptr, n, da.ptr, k, &zero, dc.ptr, n);
-  cublasDestroy(handle);
+      blas.sgemm(handle, CUBLAS_OP_N, CUBLAS_OP_N, n, m, k, &one, db.ptr, n, da.ptr, k, &zero, dc.ptr, n);
+  blas.destroy(handle);
   check(status, "cublasSgemm");
   std::vector<float> out(size_t(m) * n);
   check(cudaMemcpy(out.data(), dc.ptr, out.size() * sizeof(float), cudaMemcpyDeviceToHost), "copy C");
