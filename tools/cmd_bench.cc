@@ -1,5 +1,6 @@
 // deltatune bench --model SHAPE --method lora|unipelt|full|frozen [--lora-all] --batch B --seq T --threads N
 //                 --steps S --warmup W [--bf16] [--quantize nf4|nf4-dq|int8|q8_0|q4_0]
+//                 [--gradient-checkpointing]
 // The training step of ../shared/peers/torch_peer.py on our engine: a random-initialised model of a
 // real architecture's shape (built from a synthetic Hugging Face config, so it runs our model code),
 // LoRA r=8 alpha=16 on the attention query/value projections (every block linear with --lora-all;
@@ -111,6 +112,7 @@ struct Options {
   int threads = 2;
   bool bf16 = false;
   bool kernel_peak = false;
+  bool gradient_checkpointing = false;
   std::optional<deltatune::QuantFormat> quantize;
 };
 
@@ -178,6 +180,7 @@ void run(const Options& o) {
     use_precision(*model, o.bf16, o.quantize);
     malloc_trim(0);  // the float32 weights' pages go back: only what is used counts
   }
+  model->gradient_checkpointing = o.gradient_checkpointing;
 
   std::unique_ptr<AdamW> opt;
   if (!params.empty()) opt = std::make_unique<AdamW>(params, AdamWOptions{.lr = 1e-4});
@@ -287,6 +290,7 @@ void run(const Options& o) {
                {"blas_core", openblas_get_corename()},
                {"precision", ops::matmul_precision() == ops::MatmulPrecision::Bf16 ? "bf16" : "float32"},
                {"quantize", o.quantize ? quant_format_name(*o.quantize) : "none"}};
+  if (o.gradient_checkpointing) line["gradient_checkpointing"] = true;
   if (job->size() > 1) {  // batch is per process; tokens_per_s counts every process's
     line["processes"] = job->size();
     line["allreduce_bytes"] = comm_bytes;
@@ -313,6 +317,9 @@ void setup(CLI::App& app) {
                "--bf16; float32 on CPUs without it)");
   app.add_flag("--lora-all", o->lora_all,
                "LoRA on every linear layer of the blocks (default: query and value)");
+  app.add_flag("--gradient-checkpointing", o->gradient_checkpointing,
+               "Recompute each block in the backward instead of keeping its activations (as train's); "
+               "the JSON line says so");
   app.add_option("--batch", o->batch, "Batch size");
   app.add_option("--seq", o->seq, "Sequence length");
   deltatune::cli::add_threads_option(app, &o->threads, "CPU threads (default: 2, as the PyTorch peer's)");

@@ -62,6 +62,7 @@ struct TrainRequest {
   int64_t max_length = 128;  // capped to what the model's positions leave (train::effective_max_length)
   bool bf16 = false;         // use_bf16 once the model is frozen
   std::optional<QuantFormat> quantize;  // use_quantized once the model is frozen (before bf16)
+  bool gradient_checkpointing = false;  // TransformerModel::gradient_checkpointing for the training
   int threads = 0;                      // > 0: set_num_threads
 
   bool overwrite = false;     // remove an earlier run's files from the run folder first

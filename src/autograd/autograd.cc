@@ -5,6 +5,7 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "deltatune/checkpoint.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
 
@@ -18,6 +19,8 @@ bool grad_enabled() { return g_grad_enabled; }
 uint64_t recorded_nodes() { return g_sequence.load(); }
 NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
 NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
+EnableGradGuard::EnableGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = true; }
+EnableGradGuard::~EnableGradGuard() { g_grad_enabled = previous_; }
 
 namespace {
 // What the tape keeps of an input: a leaf as it is (its gradient buffer lives on it), a computed
@@ -81,7 +84,10 @@ void accumulate_leaf(const Tensor& leaf, const Tensor& g) {
 }
 }  // namespace
 
-void run_backward(const Tensor& root, const Tensor& grad_output) {
+namespace {
+// run_backward's work; nodes recorded before `first_sequence` are refused (a checkpoint's replay must
+// not run, and free, the enclosing graph's nodes).
+void backward_from(const Tensor& root, const Tensor& grad_output, uint64_t first_sequence) {
   if (!root.requires_grad())
     throw Error("backward: the tensor does not require grad (no input of its graph requires grad)");
   if (grad_output.shape() != root.shape())
@@ -104,6 +110,10 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
     for (const Tensor& in : n->inputs) {
       if (!in.defined()) continue;
       const std::shared_ptr<Node>& next = in.grad_fn();
+      if (next && next->sequence < first_sequence)
+        throw Error("gradient checkpointing: a checkpointed block uses '" + next->name +
+                    "', computed before the block and needing a gradient; only the block's input may "
+                    "carry one (run without gradient checkpointing)");
       if (next && seen.insert(next.get()).second) stack.push_back(next);
     }
     nodes.push_back(std::move(n));
@@ -148,6 +158,37 @@ void run_backward(const Tensor& root, const Tensor& grad_output) {
     n->backward = nullptr;
     n->inputs.clear();
   }
+}
+
+}  // namespace
+
+void run_backward(const Tensor& root, const Tensor& grad_output) { backward_from(root, grad_output, 0); }
+
+Tensor checkpoint(const BlockFn& forward, BlockFn replay, const Tensor& x) {
+  if (!g_grad_enabled) return forward(x);
+  Tensor y;
+  {
+    NoGradGuard no_grad;
+    y = forward(x);
+  }
+  // A leaf that requires grad, so that the node is recorded even when x needs no gradient (the first
+  // block's input): the block's own parameters are not the node's inputs, the replay's backward
+  // reaches them itself.
+  static const Tensor anchor = Tensor::zeros({}).set_requires_grad(true);
+  const Tensor saved = x.detach();
+  return record("checkpoint", y, {x, anchor},
+                [replay = std::move(replay), saved](const Tensor& g, const std::vector<bool>& needs) {
+                  Tensor input = saved.detach();  // a leaf of the replay's own graph
+                  if (needs[0]) input.set_requires_grad(true);
+                  const uint64_t first = g_sequence.load();
+                  Tensor out;
+                  {
+                    EnableGradGuard grad;
+                    out = replay(input);
+                  }
+                  if (out.requires_grad()) backward_from(out, g, first);
+                  return std::vector<Tensor>{needs[0] ? input.grad() : Tensor(), Tensor()};
+                });
 }
 
 }  // namespace deltatune

@@ -116,19 +116,23 @@ ModelOutput BertModel::run_forward(const ModelInput& in) {
   x = ops::dropout(emb_norm_->forward(x), dropout_p(config.hidden_dropout), training(), dropout_rng());
   const int64_t heads = config.num_heads, hd = config.head_dim;
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    Block& b = blocks_[i];
-    Tensor q = split_heads(b.query->forward(x), heads, hd);
-    Tensor k = split_heads(b.key->forward(x), heads, hd);
-    Tensor v = split_heads(b.value->forward(x), heads, hd);
-    Tensor key_mask = mask;
-    extend_attention(int64_t(i), x, k, v, key_mask);
-    Tensor ctx = merge_heads(ops::scaled_dot_product_attention(q, k, v, key_mask, false));
-    Tensor a =
-        ops::dropout(b.attn_out->forward(ctx), dropout_p(config.hidden_dropout), training(), dropout_rng());
-    x = b.attn_norm->forward(ops::add(a, x));
-    Tensor f = b.down->forward(act_(b.up->forward(x)));
-    f = ops::dropout(f, dropout_p(config.hidden_dropout), training(), dropout_rng());
-    x = b.ffn_norm->forward(ops::add(f, x));
+    // Everything by value: a checkpointed block runs again in the backward (run_block).
+    auto block = [=, this](const Tensor& x) {
+      const Block& b = blocks_[i];
+      Tensor q = split_heads(b.query->forward(x), heads, hd);
+      Tensor k = split_heads(b.key->forward(x), heads, hd);
+      Tensor v = split_heads(b.value->forward(x), heads, hd);
+      Tensor key_mask = mask;
+      extend_attention(int64_t(i), x, k, v, key_mask);
+      Tensor ctx = merge_heads(ops::scaled_dot_product_attention(q, k, v, key_mask, false));
+      Tensor a =
+          ops::dropout(b.attn_out->forward(ctx), dropout_p(config.hidden_dropout), training(), dropout_rng());
+      Tensor h = b.attn_norm->forward(ops::add(a, x));
+      Tensor f = b.down->forward(act_(b.up->forward(h)));
+      f = ops::dropout(f, dropout_p(config.hidden_dropout), training(), dropout_rng());
+      return b.ffn_norm->forward(ops::add(f, h));
+    };
+    x = run_block(in, block, x);
   }
   ModelOutput out;
   out.last_hidden_state = x;

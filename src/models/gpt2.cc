@@ -65,28 +65,33 @@ ModelOutput Gpt2Model::run_forward(const ModelInput& in) {
   if (in.cache && in.cache->length && mask.size(1) == total)
     key_mask_base = ops::concat({Tensor::ones({batch, in.cache->length}), mask}, 1);
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    Block& b = blocks_[i];
-    Tensor a_in = b.ln1->forward(x);
-    Tensor qkv = b.c_attn->forward(a_in);
-    Tensor q = split_heads(qkv.slice(-1, 0, h), heads, hd);
-    Tensor k = split_heads(qkv.slice(-1, h, 2 * h), heads, hd);
-    Tensor v = split_heads(qkv.slice(-1, 2 * h, 3 * h), heads, hd);
-    float scale = config.scale_attn_weights ? 1.0f / std::sqrt(float(hd)) : 1.0f;
-    if (config.scale_attn_by_inverse_layer_idx) scale /= float(i + 1);
-    Tensor ctx;
-    if (per_row) {
-      ctx = merge_heads(attend_rows(in, int64_t(i), a_in, q, k, v, scale));
-    } else {
-      use_cache(in.cache, int64_t(i), k, v);
-      Tensor key_mask = key_mask_base;
-      extend_attention(int64_t(i), a_in, k, v, key_mask);
-      ctx = merge_heads(ops::scaled_dot_product_attention(q, k, v, key_mask, true, scale));
-    }
-    Tensor a =
-        ops::dropout(b.attn_proj->forward(ctx), dropout_p(config.hidden_dropout), training(), dropout_rng());
-    x = ops::add(x, a);
-    Tensor f = b.mlp_proj->forward(act_(b.c_fc->forward(b.ln2->forward(x))));
-    x = ops::add(x, ops::dropout(f, dropout_p(config.hidden_dropout), training(), dropout_rng()));
+    // Everything by value: a checkpointed block runs again in the backward (run_block). `in` is read
+    // only on the cached (inference) paths, which are never checkpointed.
+    auto block = [=, this, &in](const Tensor& x) {
+      const Block& b = blocks_[i];
+      Tensor a_in = b.ln1->forward(x);
+      Tensor qkv = b.c_attn->forward(a_in);
+      Tensor q = split_heads(qkv.slice(-1, 0, h), heads, hd);
+      Tensor k = split_heads(qkv.slice(-1, h, 2 * h), heads, hd);
+      Tensor v = split_heads(qkv.slice(-1, 2 * h, 3 * h), heads, hd);
+      float scale = config.scale_attn_weights ? 1.0f / std::sqrt(float(hd)) : 1.0f;
+      if (config.scale_attn_by_inverse_layer_idx) scale /= float(i + 1);
+      Tensor ctx;
+      if (per_row) {
+        ctx = merge_heads(attend_rows(in, int64_t(i), a_in, q, k, v, scale));
+      } else {
+        use_cache(in.cache, int64_t(i), k, v);
+        Tensor key_mask = key_mask_base;
+        extend_attention(int64_t(i), a_in, k, v, key_mask);
+        ctx = merge_heads(ops::scaled_dot_product_attention(q, k, v, key_mask, true, scale));
+      }
+      Tensor a = ops::dropout(b.attn_proj->forward(ctx), dropout_p(config.hidden_dropout), training(),
+                              dropout_rng());
+      Tensor r = ops::add(x, a);
+      Tensor f = b.mlp_proj->forward(act_(b.c_fc->forward(b.ln2->forward(r))));
+      return ops::add(r, ops::dropout(f, dropout_p(config.hidden_dropout), training(), dropout_rng()));
+    };
+    x = run_block(in, block, x);
   }
   if (in.cache) in.cache->length += total;
   for (KVCache* c : in.row_caches) c->length += total;

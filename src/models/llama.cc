@@ -65,23 +65,28 @@ ModelOutput LlamaModel::run_forward(const ModelInput& in) {
     key_mask_base = ops::concat({Tensor::ones({batch, in.cache->length}), mask}, 1);
   const int64_t heads = config.num_heads, kv_heads = config.num_kv_heads, hd = config.head_dim;
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    Block& b = blocks_[i];
-    Tensor a_in = b.input_norm->forward(x);
-    Tensor q = ops::rope(split_heads(b.q->forward(a_in), heads, hd), pos, inv_freq_);
-    Tensor k = ops::rope(split_heads(b.k->forward(a_in), kv_heads, hd), pos, inv_freq_);
-    Tensor v = split_heads(b.v->forward(a_in), kv_heads, hd);
-    Tensor ctx;
-    if (per_row) {
-      ctx = merge_heads(attend_rows(in, int64_t(i), a_in, q, k, v));
-    } else {
-      use_cache(in.cache, int64_t(i), k, v);
-      Tensor key_mask = key_mask_base;
-      extend_attention(int64_t(i), a_in, k, v, key_mask);
-      ctx = merge_heads(ops::scaled_dot_product_attention(q, k, v, key_mask, true));
-    }
-    x = ops::add(x, b.o->forward(ctx));
-    Tensor m_in = b.post_norm->forward(x);
-    x = ops::add(x, b.down->forward(ops::mul(act_(b.gate->forward(m_in)), b.up->forward(m_in))));
+    // Everything by value: a checkpointed block runs again in the backward (run_block). `in` is read
+    // only on the cached (inference) paths, which are never checkpointed.
+    auto block = [=, this, &in](const Tensor& x) {
+      const Block& b = blocks_[i];
+      Tensor a_in = b.input_norm->forward(x);
+      Tensor q = ops::rope(split_heads(b.q->forward(a_in), heads, hd), pos, inv_freq_);
+      Tensor k = ops::rope(split_heads(b.k->forward(a_in), kv_heads, hd), pos, inv_freq_);
+      Tensor v = split_heads(b.v->forward(a_in), kv_heads, hd);
+      Tensor ctx;
+      if (per_row) {
+        ctx = merge_heads(attend_rows(in, int64_t(i), a_in, q, k, v));
+      } else {
+        use_cache(in.cache, int64_t(i), k, v);
+        Tensor key_mask = key_mask_base;
+        extend_attention(int64_t(i), a_in, k, v, key_mask);
+        ctx = merge_heads(ops::scaled_dot_product_attention(q, k, v, key_mask, true));
+      }
+      Tensor h = ops::add(x, b.o->forward(ctx));
+      Tensor m_in = b.post_norm->forward(h);
+      return ops::add(h, b.down->forward(ops::mul(act_(b.gate->forward(m_in)), b.up->forward(m_in))));
+    };
+    x = run_block(in, block, x);
   }
   if (in.cache) in.cache->length += total;
   for (KVCache* c : in.row_caches) c->length += total;

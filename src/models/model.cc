@@ -1,5 +1,6 @@
 #include "deltatune/model.h"
 
+#include "deltatune/autograd.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
 #include "deltatune/threads.h"
@@ -62,6 +63,26 @@ void TransformerModel::extend_attention(int64_t layer, const Tensor& hidden, Ten
                                         Tensor& key_mask) {
   for (auto& h : attention_hooks)
     if (h->enabled) h->extend(layer, hidden, k, v, key_mask);
+}
+
+Tensor TransformerModel::run_block(const ModelInput& input, const BlockFn& block, const Tensor& x) {
+  if (!gradient_checkpointing || !training() || !grad_enabled() || input.cache || !input.row_caches.empty())
+    return block(x);
+  for (const auto& hook : attention_hooks)
+    if (hook->enabled)
+      throw ConfigError("gradient checkpointing does not support attention hooks (prefix tuning" +
+                        (hook->owner.empty() ? std::string() : ": " + hook->owner) +
+                        "): they build their keys once per call, outside the blocks");
+  // The replay runs in a copy of the call's context as the block found it: the same dropout draws and
+  // the values hooks handed each other before it (UniPELT's mask).
+  return checkpoint(
+      block,
+      [block, at_start = ForwardContext::current()](const Tensor& in) {
+        ForwardContext replayed = at_start;
+        ForwardScope scope(replayed);
+        return block(in);
+      },
+      x);
 }
 
 int64_t TransformerModel::extend_embeddings(Tensor& embeddings, Tensor& mask) {

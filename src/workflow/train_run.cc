@@ -293,6 +293,7 @@ TrainRun run_training(const TrainRequest& r) {
   // of the model (its head, the pooler with it) stays float: it is written at the end.
   if (r.quantize) use_quantized(*run.model, *r.quantize, run.target.model_parameters);
   if (r.bf16) use_bf16(*run.model);
+  run.model->gradient_checkpointing = r.gradient_checkpointing;
   run.max_length = train::effective_max_length(*run.model, r.max_length);
   encode_splits(r, splits, run);
 
