@@ -86,14 +86,15 @@ def main():
                          "(other load on the machine only ever slows a run down)")
     ap.add_argument("--quantize", default="",
                     help="comma-separated formats (nf4,int8,...): a row each, ours --quantize FORMAT against "
-                         "the peer in float32")
+                         "the peer in float32; FORMAT+ckpt (nf4+ckpt) adds --gradient-checkpointing (QLoRA's recipe)")
     ap.add_argument("--precision", choices=["float32", "bf16", "both"], default="both",
                     help="float32: ours against the peer in float32; bf16: ours --bf16 against the peer "
                          "--autocast-bf16; both (default): each pair side by side")
     a = ap.parse_args()
     dtypes = ["float32", "bf16"] if a.precision == "both" else [a.precision]
     for q in filter(None, a.quantize.split(",")):
-        PAIRS[q] = (["--quantize", q], [], f"{q} vs f32")
+        fmt, ckpt = (q[:-len("+ckpt")], True) if q.endswith("+ckpt") else (q, False)
+        PAIRS[q] = (["--quantize", fmt] + (["--gradient-checkpointing"] if ckpt else []), [], f"{q} vs f32")
         dtypes.append(q)
     cases = FULL if a.full else QUICK
     env = dict(os.environ)
@@ -137,7 +138,7 @@ def main():
                    f"{o['gflops']:.1f}" if o else "-", mfu]
             print("| " + " | ".join(row) + " |", flush=True)
             # A bf16 run that fell back to float32 (no AVX-512 BF16 here) says so.
-            if o and o.get("precision", dt) != dt:
+            if dt == "bf16" and o and o.get("precision") != "bf16":
                 print(f"(ours {dt}: this CPU ran it in {o['precision']})", flush=True)
 
 
