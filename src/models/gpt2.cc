@@ -65,8 +65,9 @@ ModelOutput Gpt2Model::run_forward(const ModelInput& in) {
   if (in.cache && in.cache->length && mask.size(1) == total)
     key_mask_base = ops::concat({Tensor::ones({batch, in.cache->length}), mask}, 1);
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    // Everything by value: a checkpointed block runs again in the backward (run_block). `in` is read
-    // only on the cached (inference) paths, which are never checkpointed.
+    // Everything by value: a checkpointed block runs again in the backward (run_block), when `in` may
+    // be gone. `in` itself is read only on the row-cache path, which is never checkpointed.
+    KVCache* const cache = in.cache;
     auto block = [=, this, &in](const Tensor& x) {
       const Block& b = blocks_[i];
       Tensor a_in = b.ln1->forward(x);
@@ -80,7 +81,7 @@ ModelOutput Gpt2Model::run_forward(const ModelInput& in) {
       if (per_row) {
         ctx = merge_heads(attend_rows(in, int64_t(i), a_in, q, k, v, scale));
       } else {
-        use_cache(in.cache, int64_t(i), k, v);
+        use_cache(cache, int64_t(i), k, v);
         Tensor key_mask = key_mask_base;
         extend_attention(int64_t(i), a_in, k, v, key_mask);
         ctx = merge_heads(ops::scaled_dot_product_attention(q, k, v, key_mask, true, scale));

@@ -65,8 +65,9 @@ ModelOutput LlamaModel::run_forward(const ModelInput& in) {
     key_mask_base = ops::concat({Tensor::ones({batch, in.cache->length}), mask}, 1);
   const int64_t heads = config.num_heads, kv_heads = config.num_kv_heads, hd = config.head_dim;
   for (size_t i = 0; i < blocks_.size(); ++i) {
-    // Everything by value: a checkpointed block runs again in the backward (run_block). `in` is read
-    // only on the cached (inference) paths, which are never checkpointed.
+    // Everything by value: a checkpointed block runs again in the backward (run_block), when `in` may
+    // be gone. `in` itself is read only on the row-cache path, which is never checkpointed.
+    KVCache* const cache = in.cache;
     auto block = [=, this, &in](const Tensor& x) {
       const Block& b = blocks_[i];
       Tensor a_in = b.input_norm->forward(x);
@@ -77,7 +78,7 @@ ModelOutput LlamaModel::run_forward(const ModelInput& in) {
       if (per_row) {
         ctx = merge_heads(attend_rows(in, int64_t(i), a_in, q, k, v));
       } else {
-        use_cache(in.cache, int64_t(i), k, v);
+        use_cache(cache, int64_t(i), k, v);
         Tensor key_mask = key_mask_base;
         extend_attention(int64_t(i), a_in, k, v, key_mask);
         ctx = merge_heads(ops::scaled_dot_product_attention(q, k, v, key_mask, true));
