@@ -6,12 +6,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <vector>
 
 #include "deltatune/backend.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
 #include "deltatune/quantize.h"
+#include "ops/cpu/dequantize.h"
 
 using namespace deltatune;
 namespace O = deltatune::ops;
@@ -179,6 +181,41 @@ TEST(QuantFormats, AdversarialBlocks) {
     const std::vector<float> back = dequantized(neg);
     for (size_t i = 0; i < back.size(); ++i) EXPECT_LE(back[i], 0.0f) << quant_format_name(f) << " " << i;
   }
+}
+
+// The products' tile decoders (AVX-512, AVX2, plain: each the CPU can run) give the definition's bits
+// for any tile: whole nf4 blocks and blocks cut by the tile (rows of 100 and 77 values start mid-block
+// and, at odd lengths, mid-byte), whole and cut ggml blocks.
+TEST(QuantFormats, TileDecodersGiveTheDefinitionsBitsOnEveryInstructionSet) {
+  int sets_run = 0;
+  for (const char* set : {"avx512", "avx2", "baseline"}) {
+    for (const auto& [rows, cols] :
+         std::vector<std::pair<int64_t, int64_t>>{{9, 100}, {7, 77}, {3, 256}, {5, 1}}) {
+      const std::vector<float> w = random_values(rows * cols, 17 + uint64_t(cols), 0.05f);
+      for (QuantFormat f : kFormats) {
+        const QuantizedMatrix q = quantize(w.data(), rows, cols, f);
+        const std::vector<float> whole = dequantized(q);
+        for (int64_t row0 = 0; row0 < rows; ++row0)
+          for (int64_t count : {int64_t(1), rows - row0}) {
+            std::vector<float> tile(size_t(count * cols), -1.0f);
+            if (!O::dequantize_tile_using(set, q, row0, count, tile.data())) continue;
+            ++sets_run;
+            for (int64_t i = 0; i < count * cols; ++i)
+              ASSERT_EQ(tile[size_t(i)], whole[size_t(row0 * cols + i)])
+                  << set << " " << quant_format_name(f) << " " << rows << "x" << cols << " rows from " << row0
+                  << ", value " << i;
+          }
+      }
+    }
+  }
+  EXPECT_GT(sets_run, 0);
+  EXPECT_TRUE(O::dequantize_tile_using("baseline",
+                                       quantize(std::vector<float>(4, 1.0f).data(), 2, 2, QuantFormat::NF4),
+                                       0, 2, std::vector<float>(4).data()));
+  EXPECT_FALSE(O::dequantize_tile_using("sse9",
+                                        quantize(std::vector<float>(4, 1.0f).data(), 2, 2, QuantFormat::NF4),
+                                        0, 2, std::vector<float>(4).data()));
+  std::printf("tile decoder on this CPU: %s\n", O::dequantize_isa());
 }
 
 TEST(QuantFormats, ErrorIsBoundedByHalfAStep) {

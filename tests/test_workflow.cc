@@ -125,6 +125,16 @@ TEST(Workflow, ChecksARequestBeforeAnyWork) {
   r = lora_request(task, dir / "run");
   r.delta_config = {{"method", "lora"}, {"r", -1}};
   EXPECT_THROW(workflow::check_request(r), ConfigError);
+  // Prefix keys are built once per call, outside the blocks: refused before the first evaluation.
+  r = lora_request(task, dir / "run");
+  r.method = "prefix";
+  r.gradient_checkpointing = true;
+  try {
+    workflow::run_training(r);
+    ADD_FAILURE() << "prefix tuning with gradient checkpointing was accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("prefix"), std::string::npos) << e.what();
+  }
   EXPECT_FALSE(fs::exists(dir / "run"));  // nothing written
 }
 

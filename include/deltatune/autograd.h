@@ -24,16 +24,23 @@ struct Node {
 };
 
 bool grad_enabled();
-// Disables recording in a scope (evaluation, optimizer steps, backward rules).
-class NoGradGuard {
+// Sets grad mode for a scope and restores the previous mode at its end (like torch.set_grad_enabled):
+// off for evaluation, optimizer steps and backward rules; on for a checkpointed block's recomputation
+// inside a backward rule.
+class GradModeGuard {
  public:
-  NoGradGuard();
-  ~NoGradGuard();
-  NoGradGuard(const NoGradGuard&) = delete;
-  NoGradGuard& operator=(const NoGradGuard&) = delete;
+  explicit GradModeGuard(bool enabled);
+  ~GradModeGuard();
+  GradModeGuard(const GradModeGuard&) = delete;
+  GradModeGuard& operator=(const GradModeGuard&) = delete;
 
  private:
   bool previous_;
+};
+// The common case, recording off (torch.no_grad).
+class NoGradGuard : public GradModeGuard {
+ public:
+  NoGradGuard() : GradModeGuard(false) {}
 };
 
 // Records `output` as produced by `name` from `inputs` if grad mode is on and any input requires grad.

@@ -12,18 +12,6 @@ namespace deltatune {
 
 using BlockFn = std::function<Tensor(const Tensor&)>;
 
-// Turns recording on in a scope (a checkpointed block's recomputation inside a backward rule).
-class EnableGradGuard {
- public:
-  EnableGradGuard();
-  ~EnableGradGuard();
-  EnableGradGuard(const EnableGradGuard&) = delete;
-  EnableGradGuard& operator=(const EnableGradGuard&) = delete;
-
- private:
-  bool previous_;
-};
-
 // `forward(x)` now, unrecorded; when the result's gradient arrives, `replay(x)` (the same computation:
 // same random draws, same state) runs recorded and is back-propagated: its parameters accumulate their
 // gradients there, and x's flows on. Without grad mode this is forward(x). The block may use only

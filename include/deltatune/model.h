@@ -109,6 +109,9 @@ class TransformerModel : public nn::Module {
   // the backward. Peak memory falls to about one block's activations for about a third more compute;
   // gradients are the same. Not with attention hooks (prefix tuning: its keys are built once per call).
   bool gradient_checkpointing = false;
+  // Throws a ConfigError naming the delta when gradient checkpointing cannot apply to the model as
+  // attached (an enabled attention hook): a run asks before its first step, not at it.
+  void check_gradient_checkpointing() const;
 
  protected:
   // The architecture's forward pass, run with the call's context current on this thread.

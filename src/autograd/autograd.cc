@@ -17,10 +17,8 @@ std::atomic<uint64_t> g_sequence{0};
 
 bool grad_enabled() { return g_grad_enabled; }
 uint64_t recorded_nodes() { return g_sequence.load(); }
-NoGradGuard::NoGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = false; }
-NoGradGuard::~NoGradGuard() { g_grad_enabled = previous_; }
-EnableGradGuard::EnableGradGuard() : previous_(g_grad_enabled) { g_grad_enabled = true; }
-EnableGradGuard::~EnableGradGuard() { g_grad_enabled = previous_; }
+GradModeGuard::GradModeGuard(bool enabled) : previous_(g_grad_enabled) { g_grad_enabled = enabled; }
+GradModeGuard::~GradModeGuard() { g_grad_enabled = previous_; }
 
 namespace {
 // What the tape keeps of an input: a leaf as it is (its gradient buffer lives on it), a computed
@@ -183,7 +181,7 @@ Tensor checkpoint(const BlockFn& forward, BlockFn replay, const Tensor& x) {
                   const uint64_t first = g_sequence.load();
                   Tensor out;
                   {
-                    EnableGradGuard grad;
+                    GradModeGuard grad(true);
                     out = replay(input);
                   }
                   if (out.requires_grad()) backward_from(out, g, first);

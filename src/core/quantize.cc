@@ -6,10 +6,13 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/quant_blocks.h"
 #include "deltatune/dtype.h"
 #include "deltatune/error.h"
 
 namespace deltatune {
+
+using namespace quant;
 
 const float kNf4Codebook[16] = {-1.0f,
                                 -0.6961928009986877f,
@@ -63,12 +66,6 @@ const std::vector<float>& dynamic_map() {
 
 namespace {
 
-constexpr int64_t kNf4Block = 64;
-constexpr int64_t kNestedBlock = 256;  // nf4-dq: absmaxes per block of the second quantisation
-constexpr int64_t kGgmlBlock = 32;
-constexpr int64_t kQ8Bytes = 2 + 32;  // float16 d, 32 int8
-constexpr int64_t kQ4Bytes = 2 + 16;  // float16 d, 32 nibbles
-
 // bitsandbytes' dQuantizeNF4 decision tree, flattened: the code is the number of these pivots
 // (midpoints between neighbouring codebook values, as its tree has them) that x exceeds.
 const float kNf4Pivots[15] = {-0.8480964004993439f,   -0.6106329262256622f,  -0.4599952697753906f,
@@ -82,8 +79,6 @@ uint8_t nf4_code(float x) {
   for (float pivot : kNf4Pivots) code += x > pivot ? 1 : 0;
   return code;
 }
-
-int64_t blocks_per_row(int64_t cols) { return (cols + kGgmlBlock - 1) / kGgmlBlock; }
 
 void check_finite(const float* w, int64_t rows, int64_t cols, QuantFormat format) {
   for (int64_t i = 0; i < rows * cols; ++i)
@@ -168,7 +163,6 @@ void store_half(uint8_t* at, uint16_t h) {
   at[0] = uint8_t(h & 0xff);
   at[1] = uint8_t(h >> 8);
 }
-float load_half(const uint8_t* at) { return f16_to_f32(uint16_t(at[0] | (at[1] << 8))); }
 
 void quantize_q8_0(const float* w, QuantizedMatrix& q) {
   const int64_t per_row = blocks_per_row(q.cols);

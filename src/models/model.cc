@@ -65,14 +65,18 @@ void TransformerModel::extend_attention(int64_t layer, const Tensor& hidden, Ten
     if (h->enabled) h->extend(layer, hidden, k, v, key_mask);
 }
 
-Tensor TransformerModel::run_block(const ModelInput& input, const BlockFn& block, const Tensor& x) {
-  if (!gradient_checkpointing || !training() || !grad_enabled() || input.cache || !input.row_caches.empty())
-    return block(x);
+void TransformerModel::check_gradient_checkpointing() const {
   for (const auto& hook : attention_hooks)
     if (hook->enabled)
       throw ConfigError("gradient checkpointing does not support attention hooks (prefix tuning" +
                         (hook->owner.empty() ? std::string() : ": " + hook->owner) +
                         "): they build their keys once per call, outside the blocks");
+}
+
+Tensor TransformerModel::run_block(const ModelInput& input, const BlockFn& block, const Tensor& x) {
+  if (!gradient_checkpointing || !training() || !grad_enabled() || input.cache || !input.row_caches.empty())
+    return block(x);
+  check_gradient_checkpointing();
   // The replay runs in a copy of the call's context as the block found it: the same dropout draws and
   // the values hooks handed each other before it (UniPELT's mask).
   return checkpoint(

@@ -294,6 +294,7 @@ TrainRun run_training(const TrainRequest& r) {
   if (r.quantize) use_quantized(*run.model, *r.quantize, run.target.model_parameters);
   if (r.bf16) use_bf16(*run.model);
   run.model->gradient_checkpointing = r.gradient_checkpointing;
+  if (r.gradient_checkpointing) run.model->check_gradient_checkpointing();  // before any evaluation
   run.max_length = train::effective_max_length(*run.model, r.max_length);
   encode_splits(r, splits, run);
 

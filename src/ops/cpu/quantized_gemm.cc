@@ -1,12 +1,13 @@
-// Products with a quantised weight: a tile of W's rows is dequantised into a small float32 buffer and
-// multiplied with OpenBLAS. A tile holds about 256 KB of float32 (it stays in cache between
-// dequantising and the product), so no weight is ever float32 whole.
+// Products with a quantised weight: a tile of W's rows is dequantised (ops/cpu/dequantize.h, vectorised
+// for the CPU) into a small float32 buffer and multiplied with OpenBLAS. A tile holds about 256 KB of
+// float32 (it stays in cache between dequantising and the product), so no weight is ever float32 whole.
 #include <cblas.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "ops/cpu/cpu_backend.h"
+#include "ops/cpu/dequantize.h"
 
 namespace deltatune::ops {
 namespace {
@@ -27,7 +28,7 @@ void forward(const QuantizedMatrix& w, const QuantizedGemmArgs& p) {
 #pragma omp for schedule(dynamic)
     for (int64_t i = 0; i < tiles; ++i) {
       const int64_t j0 = i * rows, t = std::min(rows, n - j0);
-      w.dequantize_rows(j0, t, tile.data());
+      dequantize_tile(w, j0, t, tile.data());
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(p.m), int(t), int(k), 1.0f, p.a, int(k),
                   tile.data(), int(k), p.accumulate ? 1.0f : 0.0f, p.c + j0, int(n));
     }
@@ -41,7 +42,7 @@ void transposed(const QuantizedMatrix& w, const QuantizedGemmArgs& p) {
   std::vector<float> tile(static_cast<size_t>(rows * k));
   for (int64_t j0 = 0; j0 < n; j0 += rows) {
     const int64_t t = std::min(rows, n - j0);
-    w.dequantize_rows(j0, t, tile.data());
+    dequantize_tile(w, j0, t, tile.data());
     const float beta = (j0 == 0 && !p.accumulate) ? 0.0f : 1.0f;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(p.m), int(k), int(t), 1.0f, p.a + j0, int(n),
                 tile.data(), int(k), beta, p.c, int(k));
