@@ -596,3 +596,61 @@ TEST(ServeBert, ClassifyMatchesPredictAndEmbeds) {
   EXPECT_EQ(server.stop(SIGTERM), 0) << server.log();
   fs::remove_all(dir);
 }
+
+// A quantised base (--quantize nf4, QLoRA's): completions of the base, a LoRA that shares its batch
+// and a prefix served alone, and a classifier's answers, each what `generate` / `predict` give with
+// the same --quantize; and they differ from the float base's (the flag took effect).
+TEST(ServeQuantized, AnswersAsGenerateAndPredictDoOnTheSameQuantisedBase) {
+  const fs::path dir = test_support::temp_dir("serve_quantized");
+  save_random_delta(kGpt2, {{"method", "lora"}, {"r", 4}}, 21, dir / "lora");
+  save_random_delta(kGpt2, {{"method", "prefix"}, {"num_virtual_tokens", 3}}, 22, dir / "prefix");
+  save_random_delta(kBert, {{"method", "lora"}, {"r", 4}}, 23, dir / "sentiment", {"negative", "positive"});
+  const std::string prompt = "The quick brown fox";
+  {
+    test_support::ServeProcess server({"--model", kGpt2, "--quantize", "nf4", "--delta",
+                                       "lora=" + (dir / "lora").string(), "--delta",
+                                       "prefix=" + (dir / "prefix").string(), "--threads", "1"});
+    ASSERT_GT(server.port(), 0) << server.log();
+    for (const std::string name : {"gpt2-mini", "lora", "prefix"}) {
+      const Reply r = post(server.port(), "/v1/completions", completion(name, prompt, 8));
+      ASSERT_EQ(r.status, 200) << r.text;
+      const std::string delta = name == "gpt2-mini" ? "" : (dir / name).string();
+      const std::string quantised = generate_cli(delta, prompt, 8, " --quantize nf4");
+      EXPECT_EQ(r.body["choices"][0]["text"], quantised) << name;
+      if (name == "lora") EXPECT_NE(quantised, generate_cli(delta, prompt, 8)) << "nf4 changed nothing";
+    }
+    EXPECT_EQ(server.stop(SIGTERM), 0) << server.log();
+  }
+  std::ofstream(dir / "inputs.jsonl") << json{{"text", "a wonderful film"}}.dump() << "\n"
+                                      << json{{"text", "dull and far too long"}}.dump() << "\n";
+  test_support::ServeProcess server({"--model", kBert, "--quantize", "nf4", "--delta",
+                                     "sentiment=" + (dir / "sentiment").string(), "--threads", "1"});
+  ASSERT_GT(server.port(), 0) << server.log();
+  const Reply r =
+      post(server.port(), "/v1/classify",
+           json{{"model", "sentiment"}, {"input", {"a wonderful film", "dull and far too long"}}});
+  ASSERT_EQ(r.status, 200) << r.text;
+  for (const std::string quantize : {" --quantize nf4", ""}) {
+    const cli_test::Result predicted =
+        cli_test::run("predict --threads 1 --model " + kBert + " --delta " + (dir / "sentiment").string() +
+                      " --input " + (dir / "inputs.jsonl").string() + quantize);
+    ASSERT_EQ(predicted.code, 0) << predicted.output;
+    std::istringstream out(predicted.output);
+    double largest_difference = 0;
+    size_t i = 0;
+    for (std::string line; std::getline(out, line);)
+      if (!line.empty() && line[0] == '{') {
+        const json want = json::parse(line), &got = r.body["data"][i++];
+        for (auto& [label, p] : want["probabilities"].items())
+          largest_difference = std::max(
+              largest_difference, std::fabs(got["probabilities"][label].get<double>() - p.get<double>()));
+      }
+    ASSERT_EQ(i, 2u) << predicted.output;
+    if (quantize.empty())
+      EXPECT_GT(largest_difference, 1e-4) << "the float base answers as the nf4 one";
+    else
+      EXPECT_LT(largest_difference, 1e-5);
+  }
+  EXPECT_EQ(server.stop(SIGTERM), 0) << server.log();
+  fs::remove_all(dir);
+}

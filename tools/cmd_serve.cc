@@ -1,5 +1,6 @@
 // deltatune serve --model DIR [--delta NAME=DIR ...] [--host H] [--port N] [--api-key KEY]
 //                 [--max-batch-tokens N] [--max-queue N] [--max-tokens N] [--threads N] [--bf16]
+//                 [--quantize nf4|nf4-dq|int8|q8_0|q4_0]
 // Flags -> serve::Engine + serve::HttpServer (deltatune/serve.h, serve_http.h); prints the address and
 // the models, serves until SIGINT/SIGTERM, then finishes what is in flight (10 s at most) and exits 0.
 #include <atomic>
@@ -51,6 +52,7 @@ void setup(CLI::App& app) {
   app.add_flag("--one-delta-per-step", engine_options->one_delta_per_step,
                "Decode or classify one delta's requests per step (the no-mixing baseline, for benchmarks)");
   app.add_flag("--bf16", engine_options->bf16, "bfloat16 products where the CPU has AVX-512 BF16");
+  deltatune::cli::add_quantize_option(app, engine_options->quantize);
   deltatune::cli::add_threads_option(app);
   app.callback([=] {
     std::vector<std::pair<std::string, std::string>> named;

@@ -57,7 +57,7 @@ inline CLI::Option* add_threads_option(
       ->check(CLI::Range(1, 1024));
 }
 
-// --quantize FORMAT for the commands that run a base model (train, eval, predict, generate): a
+// --quantize FORMAT for the commands that run a base model (train, eval, predict, generate, serve): a
 // quantised frozen base (deltatune::use_quantized). An unknown format is a usage error at parse time.
 inline CLI::Option* add_quantize_option(CLI::App& app, std::optional<QuantFormat>& store) {
   return app.add_option_function<std::string>(

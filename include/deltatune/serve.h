@@ -30,6 +30,7 @@
 
 #include "deltatune/error.h"
 #include "deltatune/generate.h"
+#include "deltatune/quantize.h"
 
 namespace deltatune::serve {
 
@@ -57,8 +58,11 @@ struct BadRequest : ConfigError {
 
 struct EngineOptions {
   std::filesystem::path model_dir;
-  std::string base_name;            // the model name of the base alone; default: the folder's name
-  bool bf16 = false;                // bfloat16 products (use_bf16)
+  std::string base_name;  // the model name of the base alone; default: the folder's name
+  bool bf16 = false;      // bfloat16 products (use_bf16)
+  // A quantised frozen base (use_quantized, QLoRA's base): quantised once as it is read, and shared
+  // by every model the server holds (a classifier's, a delta served alone).
+  std::optional<QuantFormat> quantize;
   int64_t max_batch_tokens = 2048;  // per step: prompt tokens prefilled + decode rows (>= 1 sequence)
   int64_t max_queue = 256;          // sequences and encode requests waiting or running at once
   int64_t max_tokens_cap = 1024;    // the most tokens one completion may ask for

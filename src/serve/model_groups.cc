@@ -4,6 +4,7 @@
 
 #include "deltatune/autograd.h"
 #include "deltatune/delta_io.h"
+#include "deltatune/nn.h"
 #include "deltatune/trainer.h"
 
 namespace deltatune::serve {
@@ -37,9 +38,10 @@ ModelGroups::ModelGroups(const EngineOptions& options) : options_(options) {
   auto base = std::make_unique<ModelGroup>();
   LoadOptions load;
   load.verbose = false;
+  load.quantize = options.quantize;
   base->model = load_pretrained(options.model_dir, load);
   base->model->set_training(false);
-  if (options.bf16) use_bf16(*base->model);
+  use_precision(*base->model, options.bf16, options.quantize);
   base->mixed = std::make_unique<MixedBatch>(*base->model);
   tokenizer_ = Tokenizer::load(options.model_dir);
   auto entry = std::make_shared<DeltaEntry>();
@@ -60,8 +62,9 @@ ModelGroup& ModelGroups::solo_group(const fs::path& dir, std::optional<HeadKind>
   request.delta = dir;
   request.head = head;
   request.classifier = classifier;
+  request.quantize = options_.quantize;
   LoadedModel loaded = load_with_delta(request);
-  if (options_.bf16) use_bf16(*loaded.model, loaded.trained.model_parameters);
+  use_precision(*loaded.model, options_.bf16, options_.quantize, loaded.trained.model_parameters);
   auto group = std::make_unique<ModelGroup>();
   group->model = std::move(loaded.model);
   group->solo = std::move(loaded.trained);
@@ -75,13 +78,23 @@ ModelGroup& ModelGroups::group_for_classifier(const std::string& name, const fs:
   LoadOptions load;
   load.head = HeadKind::SequenceClassification;
   load.num_labels = req.num_labels;
-  load.verbose = false;  // the delta brings the head's weights
+  load.verbose = false;               // the delta brings the head's weights
+  load.quantize = options_.quantize;  // never the float32 body in full, even for a moment
   group->model = load_pretrained(options_.model_dir, load);
   group->model->set_training(false);
-  // The base's tensors (bfloat16 ones too) serve this model: only its head is its own.
+  // The base's tensors (bfloat16 ones too) and quantised weights serve this model: only its head is
+  // its own.
   TransformerModel& base = *groups_.front()->model;
   for (auto& [n, t] : base.named_parameters())
-    if (Tensor* mine = group->model->find_parameter(n); mine && mine->shape() == t->shape()) *mine = *t;
+    if (Tensor* mine = group->model->find_parameter(n); mine && t->defined() && mine->shape() == t->shape())
+      *mine = *t;
+  for (auto& [path, module] : base.named_modules()) {
+    auto* from = dynamic_cast<nn::Linear*>(module);
+    auto* to = dynamic_cast<nn::Linear*>(group->model->find_module(path));
+    if (from && from->quantized && to && to->quantized && to->quantized->rows == from->quantized->rows &&
+        to->quantized->cols == from->quantized->cols)
+      to->quantized = from->quantized;
+  }
   group->mixed = std::make_unique<MixedBatch>(*group->model);
   try {
     group->mixed->add_saved(name, dir);
