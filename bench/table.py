@@ -86,15 +86,20 @@ def main():
                          "(other load on the machine only ever slows a run down)")
     ap.add_argument("--quantize", default="",
                     help="comma-separated formats (nf4,int8,...): a row each, ours --quantize FORMAT against "
-                         "the peer in float32; FORMAT+ckpt (nf4+ckpt) adds --gradient-checkpointing (QLoRA's recipe)")
+                         "the peer in float32; +ckpt (nf4+ckpt) adds --gradient-checkpointing, +bf16 (nf4+bf16+ckpt) "
+                         "--bf16: QLoRA's recipe, a 4-bit base with bfloat16 compute")
     ap.add_argument("--precision", choices=["float32", "bf16", "both"], default="both",
                     help="float32: ours against the peer in float32; bf16: ours --bf16 against the peer "
                          "--autocast-bf16; both (default): each pair side by side")
     a = ap.parse_args()
     dtypes = ["float32", "bf16"] if a.precision == "both" else [a.precision]
     for q in filter(None, a.quantize.split(",")):
-        fmt, ckpt = (q[:-len("+ckpt")], True) if q.endswith("+ckpt") else (q, False)
-        PAIRS[q] = (["--quantize", fmt] + (["--gradient-checkpointing"] if ckpt else []), [], f"{q} vs f32")
+        fmt, *extras = q.split("+")
+        unknown = [e for e in extras if e not in ("ckpt", "bf16")]
+        if unknown:
+            sys.exit(f"bench: --quantize {q}: unknown '+{unknown[0]}' (FORMAT[+bf16][+ckpt])")
+        PAIRS[q] = (["--quantize", fmt] + (["--bf16"] if "bf16" in extras else []) +
+                    (["--gradient-checkpointing"] if "ckpt" in extras else []), [], f"{q} vs f32")
         dtypes.append(q)
     cases = FULL if a.full else QUICK
     env = dict(os.environ)

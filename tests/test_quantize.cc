@@ -310,6 +310,41 @@ TEST(QuantizedLinear, MatchesFloatLinearOnTheDequantisedWeight) {
     }
 }
 
+// --bf16 with a quantised base (QLoRA's bfloat16 compute): the tiles go to the AVX-512 BF16 kernel, as
+// a float weight of that size would through ops::linear. Forward and input gradient match linear on the
+// dequantised weight at the same precision (both round the weight and the input to bfloat16, sum in
+// float32), and differ from the float32 products (the kernel really ran). 300 x 700: several tiles.
+TEST(QuantizedLinear, Bf16PrecisionRunsTheTilesOnTheBf16Kernel) {
+  if (!O::bf16_linear_available()) GTEST_SKIP() << "this CPU has no AVX-512 BF16";
+  const int64_t out = 300, in = 700;
+  const std::vector<float> wv = random_values(out * in, 29, 0.02f);
+  auto q = std::make_shared<const QuantizedMatrix>(quantize(wv.data(), out, in, QuantFormat::NF4));
+  const Tensor w = Tensor::from_floats(dequantized(*q), {out, in});
+  Generator gen(6);
+  const Tensor x0 = Tensor::randn({5, in}, gen), g = Tensor::randn({5, out}, gen);
+  auto run = [&](O::MatmulPrecision precision, bool quantised) {
+    O::set_matmul_precision(precision);
+    Tensor x = x0.detach().set_requires_grad(true);
+    Tensor y = quantised ? O::quantized_linear(x, q) : O::linear(x, w);
+    O::sum_all(O::mul(y, g)).backward();
+    O::set_matmul_precision(O::MatmulPrecision::Exact);
+    std::vector<float> all = y.to_floats(), gx = x.grad().to_floats();
+    all.insert(all.end(), gx.begin(), gx.end());
+    return all;
+  };
+  const std::vector<float> mine = run(O::MatmulPrecision::Bf16, true),
+                           linear = run(O::MatmulPrecision::Bf16, false),
+                           exact = run(O::MatmulPrecision::Exact, true);
+  float largest = 0, from_exact = 0;
+  for (size_t i = 0; i < mine.size(); ++i) {
+    largest = std::max(largest, std::fabs(exact[i]));
+    ASSERT_NEAR(mine[i], linear[i], 1e-4f * (1 + std::fabs(linear[i]))) << i;
+    from_exact = std::max(from_exact, std::fabs(mine[i] - exact[i]));
+  }
+  EXPECT_GT(from_exact, 1e-4f * largest);  // the inputs were rounded to bfloat16
+  EXPECT_LT(from_exact, 2e-2f * largest);
+}
+
 TEST(QuantizedLinear, RefusesAMismatchedInput) {
   const std::vector<float> wv = random_values(8 * 32, 1);
   auto q = std::make_shared<const QuantizedMatrix>(quantize(wv.data(), 8, 32, QuantFormat::Q8_0));

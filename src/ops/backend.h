@@ -166,6 +166,9 @@ struct QuantizedGemmArgs {
   bool transposed;
   float* c;
   bool accumulate;
+  // Tiles dequantised to bfloat16 and multiplied on the AVX-512 BF16 kernel (activations rounded as
+  // they are read, sums in float32): QLoRA's bfloat16 compute dtype, under MatmulPrecision::Bf16.
+  bool bf16 = false;
 };
 
 // Rows of logits [n, c] against integer targets; rows whose target is ignore_index are skipped.

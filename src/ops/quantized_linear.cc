@@ -29,18 +29,22 @@ Tensor quantized_linear(const Tensor& x, const std::shared_ptr<const QuantizedMa
     const Tensor b = bias.float32().contiguous();
     if (rows && outf) be.fill_rows(b.f32(), out.f32(), rows, outf);
   }
-  be.quantized_gemm({weight.get(), rows, xc.f32(), false, out.f32(), bias.defined()});
+  // --bf16 with a quantised base: QLoRA's recipe (a 4-bit base, bfloat16 compute), as ops::linear
+  // decides for a float weight of that size.
+  const bool bf16 = matmul_precision() == MatmulPrecision::Bf16 && bf16_linear_available() &&
+                    weight->rows >= kBf16MinDim && weight->cols >= kBf16MinDim;
+  be.quantized_gemm({weight.get(), rows, xc.f32(), false, out.f32(), bias.defined(), bf16});
 
   if (!grad_enabled() || !(x.requires_grad() || (bias.defined() && bias.requires_grad()))) return out;
   const Shape x_shape = x.shape();
   return record("quantized_linear", out, {x, bias},
-                [weight, x_shape, rows, outf](const Tensor& g_in, const std::vector<bool>& needs) {
+                [weight, x_shape, rows, outf, bf16](const Tensor& g_in, const std::vector<bool>& needs) {
                   Tensor g = g_in.contiguous();
                   Tensor gx, gb;
                   if (needs[0]) {  // gx[rows, in] = g[rows, out] @ W[out, in]
                     gx = Tensor::empty(x_shape);
                     backend_for("quantized_linear", {&g})
-                        .quantized_gemm({weight.get(), rows, g.f32(), true, gx.f32(), false});
+                        .quantized_gemm({weight.get(), rows, g.f32(), true, gx.f32(), false, bf16});
                   }
                   if (needs[1]) gb = sum(reshape(g, {rows, outf}), {0});
                   return std::vector<Tensor>{gx, gb};

@@ -9,8 +9,10 @@
 #include <algorithm>
 #include <vector>
 
+#include "deltatune/dtype.h"
 #include "ops/cpu/cpu_backend.h"
 #include "ops/cpu/dequantize.h"
+#include "ops/cpu/gemm_bf16.h"
 
 namespace deltatune::ops {
 namespace {
@@ -52,6 +54,24 @@ void transposed(const QuantizedMatrix& w, const QuantizedGemmArgs& p) {
   }
 }
 
+// The same two products with bfloat16 tiles on the AVX-512 BF16 kernel (args.bf16): each tile is
+// decoded, rounded to bfloat16 (what ops::linear does to a float weight at this precision), and
+// multiplied on the kernel's threads, the tiles in turn.
+void bf16_tiles(const QuantizedMatrix& w, const QuantizedGemmArgs& p) {
+  const int64_t n = w.rows, k = w.cols, rows = std::min(n, tile_rows(k));
+  std::vector<float> tile(static_cast<size_t>(rows * k));
+  std::vector<uint16_t> rounded(tile.size());
+  for (int64_t j0 = 0; j0 < n; j0 += rows) {
+    const int64_t t = std::min(rows, n - j0);
+    dequantize_tile(w, j0, t, tile.data());
+    for (int64_t i = 0; i < t * k; ++i) rounded[size_t(i)] = f32_to_bf16(tile[size_t(i)]);
+    if (!p.transposed)  // c[:, j0:j0+t] = a[m, k] @ tile^T: B[kk, nn] = tile[nn, kk]
+      kernels::gemm_f32_bf16(p.m, t, k, p.a, k, rounded.data(), 1, k, p.c + j0, n, p.accumulate);
+    else  // c[m, k] (+)= a[:, j0:j0+t] @ tile: B[kk, nn] = tile[kk, nn]
+      kernels::gemm_f32_bf16(p.m, k, t, p.a + j0, n, rounded.data(), k, 1, p.c, k, j0 > 0 || p.accumulate);
+  }
+}
+
 }  // namespace
 
 void CpuBackend::quantized_gemm(const QuantizedGemmArgs& p) const {
@@ -62,7 +82,9 @@ void CpuBackend::quantized_gemm(const QuantizedGemmArgs& p) const {
     if (!p.accumulate) std::fill(p.c, p.c + p.m * out_cols, 0.0f);
     return;
   }
-  if (p.transposed)
+  if (p.bf16 && kernels::bf16_gemm_available())
+    bf16_tiles(w, p);
+  else if (p.transposed)
     transposed(w, p);
   else
     forward(w, p);
