@@ -195,6 +195,35 @@ TEST(Workflow, InMemoryRunWritesNothingAndTrainsAsAFolderRun) {
   fs::remove_all(dir);
 }
 
+// max_dev / max_test evaluate on the first N examples only: the K-shot dev set (the next examples
+// after the K drawn) and the test set are cut, and the same run without the caps sees them whole.
+TEST(Workflow, MaxDevAndMaxTestCutTheEvaluationSets) {
+  const fs::path dir = test_support::temp_dir("workflow_max_dev");
+  const fs::path task = test_support::write_sentiment_subset(dir / "task", 48, 16, 24);
+  workflow::TrainRequest request = lora_request(task, "");
+  request.options.in_memory = true;
+  request.k_shot = 16;
+  const workflow::TrainRun whole = workflow::run_training(request);
+  EXPECT_EQ(whole.train_set.size(), 16u);
+  EXPECT_EQ(whole.dev_set.size(), 32u);  // the 48 - 16 training examples left after the draw
+  EXPECT_EQ(whole.test_set.size(), 24u);
+
+  request.max_dev = 10;
+  request.max_test = 7;
+  const workflow::TrainRun cut = workflow::run_training(request);
+  EXPECT_EQ(cut.train_set.size(), 16u);
+  ASSERT_EQ(cut.dev_set.size(), 10u);
+  ASSERT_EQ(cut.test_set.size(), 7u);
+  for (size_t i = 0; i < 10; ++i) EXPECT_EQ(cut.dev_set.examples[i].ids, whole.dev_set.examples[i].ids) << i;
+  for (size_t i = 0; i < 7; ++i) EXPECT_EQ(cut.test_set.examples[i].ids, whole.test_set.examples[i].ids) << i;
+  EXPECT_EQ(cut.summary["dev_examples"], 10);
+  EXPECT_EQ(cut.summary["test_examples"], 7);
+
+  request.max_dev = -1;
+  EXPECT_THROW(workflow::check_request(request), ConfigError);
+  fs::remove_all(dir);
+}
+
 // The library keeps what the caller had, as the command does: a folder holding an earlier run is
 // refused before any work unless the request says overwrite (start over) or resume (continue).
 TEST(Workflow, RefusesAFolderHoldingAnEarlierRunUnlessTold) {

@@ -36,7 +36,7 @@ struct Args {
   double lora_alpha = 0;  // 0: the method's (--method lora: 16)
   std::vector<std::string> targets;
   std::string delta_config, config;
-  int64_t k_shot = 0, eval_every = 0, patience = 0, grad_accum = 1, max_steps = 0, checkpoint_every = 0;
+  int64_t k_shot = 0, max_dev = 0, max_test = 0, eval_every = 0, patience = 0, grad_accum = 1, max_steps = 0, checkpoint_every = 0;
   double warmup_ratio = 0.06, weight_decay = 0.01, max_grad_norm = 1.0, momentum = 0;
   std::string schedule = "linear", metric = "accuracy", optimizer = "adamw";
   int threads = 0;
@@ -156,6 +156,8 @@ nlohmann::json resolved_config(const Args& a) {
                            {"targets", a.targets},
                            {"delta-config", a.delta_config},
                            {"k-shot", a.k_shot},
+                           {"max-dev", a.max_dev},
+                           {"max-test", a.max_test},
                            {"eval-every", a.eval_every},
                            {"patience", a.patience},
                            {"warmup-ratio", a.warmup_ratio},
@@ -265,6 +267,8 @@ workflow::TrainRequest training_request(const Args& a) {
   r.data = a.data;
   r.fields = {a.text_field, a.pair_field, a.label_field};
   r.k_shot = a.k_shot;
+  r.max_dev = a.max_dev;
+  r.max_test = a.max_test;
   r.task = a.task;
   r.method = a.method;
   const MethodPreset* preset = find_method_preset(a.method);
@@ -385,6 +389,11 @@ void setup(CLI::App& app) {
                  "JSON or YAML file of flag values (keys are the long flag names); flags given here win");
   app.add_option("--k-shot", a->k_shot,
                  "Few-shot: train on K examples sampled with the seed, dev = the next 1000")
+      ->check(cli::kNonNegative);
+  app.add_option("--max-dev", a->max_dev,
+                 "Evaluate on the first N dev examples only (after --k-shot's draw; 0: all)")
+      ->check(cli::kNonNegative);
+  app.add_option("--max-test", a->max_test, "Test on the first N test examples only (0: all)")
       ->check(cli::kNonNegative);
   app.add_option("--eval-every", a->eval_every, "Also evaluate on dev every N updates (always at epoch ends)")
       ->check(cli::kNonNegative);

@@ -48,6 +48,9 @@ struct TrainRequest {
   std::filesystem::path data;
   data::Fields fields;
   int64_t k_shot = 0;
+  // > 0: evaluate on the first N dev (after the K-shot draw) or test examples only. A K = 100 run
+  // scored on 1000 dev examples every epoch spends most of its time evaluating (sweep's --max-dev).
+  int64_t max_dev = 0, max_test = 0;
   Splits splits;
   std::optional<data::LabelMap> labels;  // a classifier's classes; unset: those of the training set
 

@@ -169,6 +169,8 @@ void set_options(workflow::TrainRequest& r, py::dict options) {
   o.log_every = take<int64_t>(options, "log_every", 0);
   r.overwrite = take<bool>(options, "overwrite", false);
   r.k_shot = take<int64_t>(options, "k_shot", 0);
+  r.max_dev = take<int64_t>(options, "max_dev", 0);
+  r.max_test = take<int64_t>(options, "max_test", 0);
   r.max_length = take<int64_t>(options, "max_length", r.max_length);
   r.threads = take<int>(options, "threads", 0);
   r.test_before = take<bool>(options, "test_before", true);
@@ -178,9 +180,11 @@ void set_options(workflow::TrainRequest& r, py::dict options) {
   if (!options.empty())
     throw py::type_error("train() got an unexpected option '" +
                          py::str(options.begin()->first).cast<std::string>() + "'");
-  if (o.epochs < 1 || o.batch_size < 1 || o.grad_accum < 1 || o.max_steps < 0 || r.max_length < 2)
+  if (o.epochs < 1 || o.batch_size < 1 || o.grad_accum < 1 || o.max_steps < 0 || r.max_length < 2 ||
+      r.max_dev < 0 || r.max_test < 0)
     throw ConfigError(
-        "epochs, batch_size and grad_accum must be at least 1, max_steps >= 0, max_length >= 2");
+        "epochs, batch_size and grad_accum must be at least 1, max_steps, max_dev and max_test >= 0, "
+        "max_length >= 2");
   if (lr < 0) throw ConfigError("lr must be positive");
 }
 

@@ -166,7 +166,7 @@ def train(model, data, *, epochs=3, lr=None, out=None, callbacks=None, progress=
 
     Options (the command's flags, with underscores): batch_size, max_length, seed, method, max_steps,
     eval_every, checkpoint_every, patience, metric, weight_decay, warmup_ratio, schedule, optimizer,
-    momentum, max_grad_norm, grad_accum, bucket, k_shot, eval_batch_size, text_field, pair_field,
+    momentum, max_grad_norm, grad_accum, bucket, k_shot, max_dev, max_test, eval_batch_size, text_field, pair_field,
     label_field, threads, test_before, overwrite, resume, log_every.
 
     The trained weights (the best on dev) replace the model's; the delta handle ``attach`` returned now

@@ -102,6 +102,25 @@ def trial_settings(trial, space):
     return method, delta, train
 
 
+def grid_space(space):
+    """The grid of `--sampler grid`: every list of the space (and the method choice) under the names
+    trial_settings suggests them by. Optuna's grid is the product of all of them, so with several methods
+    list the choices of one method at a time, or settings of another method multiply the trials."""
+    grid = {"method": sorted(space["methods"])}
+    common = space.get("common") or {}
+    for method in grid["method"]:
+        entries = dict(common)
+        entries.update(space["methods"][method] or {})
+        for key, spec in entries.items():
+            name = key if key in common else f"{method}.{key}"
+            if isinstance(spec, list):
+                grid[name] = spec
+            elif isinstance(spec, dict) and "low" in spec and "high" in spec:
+                raise SystemExit(f"deltatune tune: --sampler grid needs lists of values; '{name}' is a range "
+                                 f"(give it as a list, e.g. [{spec['low']}, {spec['high']}])")
+    return grid
+
+
 def data_seeds(args):
     """The data seeds a trial trains with: one run (the --seed) unless --k-shot asks for several."""
     if not args.data_seeds:
@@ -171,6 +190,10 @@ class Objective:
             options["max_steps"] = self.args.max_steps
         if self.args.patience:
             options["patience"] = self.args.patience
+        if self.args.max_dev:
+            options["max_dev"] = self.args.max_dev
+        if self.args.max_test:
+            options["max_test"] = self.args.max_test
         return dt.train(model, self.args.data, out=str(run_dir), callbacks=[report], progress=False,
                         test_before=False, seed=seed, metric=metric, **options)
 
@@ -240,6 +263,10 @@ def write_best(out, best, args):
         config["max-steps"] = args.max_steps
     if args.patience:
         config["patience"] = args.patience
+    if args.max_dev:
+        config["max-dev"] = args.max_dev
+    if args.max_test:
+        config["max-test"] = args.max_test
     for key, value in best.user_attrs["train_options"].items():
         config[FLAG_NAMES[key]] = value
     import yaml
@@ -277,11 +304,17 @@ def write_plots(out, study, optuna):
     return written
 
 
-def open_study(optuna, args, storage, direction, pruner):
+def open_study(optuna, args, space, storage, direction, pruner):
     """The study, created by whichever worker comes first. Workers starting together on a fresh
     database race to create its tables and the study; the loser's attempt fails and is retried, by
     when the winner's are there. The sampler's seed differs per process, so workers propose apart."""
-    sampler = optuna.samplers.TPESampler(seed=args.seed + os.getpid() % 10007 if args.storage else args.seed)
+    seed = args.seed + os.getpid() % 10007 if args.storage else args.seed
+    if args.sampler == "grid":
+        sampler = optuna.samplers.GridSampler(grid_space(space), seed=seed)
+    elif args.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed)
     for attempt in range(6):
         try:
             return optuna.create_study(study_name=args.study_name, storage=storage, load_if_exists=True,
@@ -306,7 +339,10 @@ def parse_args(argv):
     p.add_argument("--study-name", default="deltatune", help="Study name in the storage")
     p.add_argument("--task", default="classification", help="Model task (classification)")
     p.add_argument("--metric", default="accuracy", help="Dev metric to optimise (default accuracy)")
-    p.add_argument("--k-shot", type=int, help="Train on K examples per class (few-shot)")
+    p.add_argument("--k-shot", type=int, help="Few-shot: train on K examples drawn with the data seed, dev = the "
+                                              "next 1000 (the UniPELT protocol)")
+    p.add_argument("--max-dev", type=int, help="Evaluate on the first N dev examples only (0: all)")
+    p.add_argument("--max-test", type=int, help="Test on the first N test examples only (0: all)")
     p.add_argument("--data-seeds", help="Data seeds per trial: a count N (seeds 1..N) or a list 1,2,3; "
                                         "the trial's score is their mean")
     p.add_argument("--seed", type=int, default=42, help="Training seed (without --data-seeds) and sampler seed")
@@ -315,10 +351,16 @@ def parse_args(argv):
     p.add_argument("--max-steps", type=int, help="Cap every run at N updates")
     p.add_argument("--patience", type=int, help="Early stopping after N evaluations without improvement")
     p.add_argument("--pruner", choices=["hyperband", "halving", "none"], default="hyperband")
+    p.add_argument("--sampler", choices=["tpe", "grid", "random"], default="tpe",
+                   help="Optuna's sampler: TPE (default); grid tries every combination of the space's "
+                        "lists (each setting a list or fixed; the study ends when all are tried); random")
     p.add_argument("--threads", type=int, help="CPU threads per worker")
     args = p.parse_args(argv)
     if args.trials < 1:
         p.error("--trials must be at least 1")
+    for name in ("max_dev", "max_test"):
+        if (getattr(args, name) or 0) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0")
     return args
 
 
@@ -335,7 +377,7 @@ def main(argv=None):
               "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
               "none": optuna.pruners.NopPruner}[args.pruner]()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(optuna, args, storage, "minimize" if lower else "maximize", pruner)
+    study = open_study(optuna, args, space, storage, "minimize" if lower else "maximize", pruner)
     done = len(finished_trials(study, optuna))
     print(f"deltatune tune: study '{args.study_name}' in {storage.split('@')[-1]}: {done} of {args.trials} "
           f"trials finished", file=sys.stderr)

@@ -111,6 +111,27 @@ def test_k_shot_trials_score_the_mean_over_data_seeds(tmp):
     assert " ± " in next(csv.DictReader(open(out / "leaderboard.csv", encoding="utf-8")))["test"]
 
 
+def test_grid_sampler_tries_each_listed_value_once_on_capped_dev_and_test(tmp):
+    task = small_task(tmp, test=32)
+    (tmp / "grid.yaml").write_text("methods:\n  lora:\n    lr: [1.0e-3, 3.0e-3, 1.0e-2]\n    r: 4\n"
+                                   "common:\n  epochs: 1\n")
+    out = tmp / "run"
+    run_cli("tune", "--model", BERT, "--data", task, "--space", tmp / "grid.yaml", "--out", out,
+            "--max-length", 32, "--threads", 1, "--sampler", "grid", "--pruner", "none", "--trials", 10,
+            "--k-shot", 16, "--max-dev", 12, "--max-test", 9, "--max-steps", 2)
+    study = optuna.load_study(study_name="deltatune", storage=f"sqlite:///{out / 'study.db'}")
+    # The grid ends the study when every value has been tried, before --trials.
+    assert sorted(t.params["lora.lr"] for t in study.trials) == [1e-3, 3e-3, 1e-2]
+    summary = json.loads((pathlib.Path(study.trials[0].user_attrs["runs"][0]) / "summary.json").read_text())
+    assert (summary["train_examples"], summary["dev_examples"], summary["test_examples"]) == (16, 12, 9)
+    assert "max-dev: 12" in (out / "best_config.yaml").read_text()
+    # A range cannot be a grid: a clear error, not a crash.
+    done = subprocess.run([CLI, "tune", "--model", BERT, "--data", str(task), "--space", str(tmp / "space.yaml"),
+                           "--out", str(tmp / "bad"), "--trials", "1", "--sampler", "grid"],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "needs lists of values" in done.stderr and "Traceback" not in done.stderr
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -67,6 +67,8 @@ Splits read_splits(const TrainRequest& r, data::LabelMap& labels) {
     s.dev = std::move(shot.dev);
     s.dev_origin = "sampled from train";
   }
+  if (r.max_dev > 0 && int64_t(s.dev.size()) > r.max_dev) s.dev.resize(size_t(r.max_dev));
+  if (r.max_test > 0 && int64_t(s.test.size()) > r.max_test) s.test.resize(size_t(r.max_test));
   if (is_lm(r)) return s;
   labels = r.labels ? *r.labels : data::LabelMap::from_examples(s.train);
   if (labels.size() < 2)
@@ -212,6 +214,8 @@ json summary_of(const TrainRequest& r, const TrainRun& run, const json& config, 
                   {"test_before", test_before},
                   {"labels", is_lm(r) ? json() : json(run.labels.names())},
                   {"train_examples", run.train_set.size()},
+                  {"dev_examples", run.dev_set.size()},
+                  {"test_examples", run.test_set.size()},
                   {"peft_saved", peft_saved},
                   {"config", config}};
   const int64_t updates = int64_t(result.losses.size());
@@ -270,6 +274,8 @@ void check_request(const TrainRequest& r) {
   if (!r.data.empty() && !fs::exists(r.data))
     throw IoError("data '" + r.data.string() +
                   "' does not exist (expected a task folder with train.jsonl, or a file)");
+  if (r.k_shot < 0 || r.max_dev < 0 || r.max_test < 0)
+    throw ConfigError("k_shot, max_dev and max_test must be >= 0 (0: off)");
   if (r.options.run_dir.empty() && !r.options.in_memory)
     throw ConfigError("a training run needs its run folder (options.run_dir) or options.in_memory");
   if (trains_delta(r.method)) delta::make_delta(delta_config(r));  // bad settings fail before any work
