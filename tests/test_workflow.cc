@@ -224,6 +224,32 @@ TEST(Workflow, MaxDevAndMaxTestCutTheEvaluationSets) {
   fs::remove_all(dir);
 }
 
+// K = 4 examples of a 10-class task hold at most 4 classes; the dev set drawn after them holds the
+// others. The classifier has every class of the training set (as the sweep's), not only those drawn.
+TEST(Workflow, KShotRunsKeepEveryClassOfTheTask) {
+  const fs::path dir = test_support::temp_dir("workflow_k_shot_classes");
+  fs::create_directories(dir / "task");
+  {
+    std::ofstream train(dir / "task" / "train.jsonl");
+    for (int i = 0; i < 30; ++i)
+      train << nlohmann::json{{"text", "example number " + std::to_string(i)},
+                              {"label", "class" + std::to_string(i % 10)}}.dump()
+            << "\n";
+  }
+  workflow::TrainRequest request = lora_request(dir / "task", "");
+  request.options.in_memory = true;
+  request.options.max_steps = 1;
+  request.k_shot = 4;
+  const workflow::TrainRun run = workflow::run_training(request);
+  EXPECT_EQ(run.train_set.size(), 4u);
+  EXPECT_EQ(run.dev_set.size(), 26u);
+  EXPECT_EQ(run.labels.size(), 10u);
+  const train::Predictions dev = train::predict(*run.model, run.dev_set, 64, true);
+  ASSERT_FALSE(dev.probabilities.empty());
+  EXPECT_EQ(dev.probabilities[0].size(), 10u);  // the head has all ten classes
+  fs::remove_all(dir);
+}
+
 // The library keeps what the caller had, as the command does: a folder holding an earlier run is
 // refused before any work unless the request says overwrite (start over) or resume (continue).
 TEST(Workflow, RefusesAFolderHoldingAnEarlierRunUnlessTold) {

@@ -34,6 +34,9 @@ TRAIN_KEYS = ("lr", "epochs", "warmup_ratio", "weight_decay", "batch_size", "max
 FLAG_NAMES = {"lr": "lr", "epochs": "epochs", "warmup_ratio": "warmup-ratio", "weight_decay": "weight-decay",
               "batch_size": "batch-size", "max_length": "max-length"}
 LOWER_IS_BETTER = ("loss", "perplexity")
+# Methods that train the model's own weights rather than a delta (train's --method full / head): a
+# space may name them beside the delta methods, as the UniPELT tables compare with full fine-tuning.
+WHOLE_MODEL_METHODS = ("full", "head")
 
 # The default space: the methods people choose among, each with its learning rate range (log scale) and
 # its main size knob; epochs, warmup and weight decay shared. A space file has the same shape.
@@ -61,12 +64,20 @@ def read_space(path):
     {"low", "high", "log": bool, "step": n} (integers when low and high are)."""
     if not path:
         return DEFAULT_SPACE
-    text = pathlib.Path(path).read_text()
-    if str(path).endswith((".yaml", ".yml")):
-        import yaml
-        space = yaml.safe_load(text)
-    else:
-        space = json.loads(text)
+    try:
+        text = pathlib.Path(path).read_text()
+    except OSError as e:
+        raise SystemExit(f"deltatune: {path}: cannot read the search space ({e.strerror})")
+    try:
+        if str(path).endswith(".json"):
+            space = json.loads(text)
+        else:  # YAML (a JSON text is YAML too)
+            import yaml
+            space = yaml.safe_load(text)
+    except (ValueError, ImportError) as e:  # json's and yaml's parse errors are ValueErrors' kin
+        raise SystemExit(f"deltatune: {path}: not a valid search space file: {e}")
+    except Exception as e:  # yaml.YAMLError
+        raise SystemExit(f"deltatune: {path}: not valid YAML: {e}")
     if not isinstance(space, dict) or not isinstance(space.get("methods"), dict) or not space["methods"]:
         raise SystemExit(f"deltatune: {path}: a search space needs 'methods', a map of method name to its ranges")
     for method, entries in space["methods"].items():
@@ -138,6 +149,16 @@ class Objective:
         self.out = pathlib.Path(args.out)
 
     def __call__(self, trial):
+        try:
+            return self.run_trial(trial)
+        except self.dt.ConfigError as e:
+            # Settings the library refuses fail this trial (a NaN score is Optuna's failed trial) and the
+            # search goes on: one line saying why, not a traceback.
+            print(f"deltatune tune: trial {trial.number} failed: {e}", file=sys.stderr)
+            trial.set_user_attr("error", str(e))
+            return math.nan
+
+    def run_trial(self, trial):
         method, delta, train = trial_settings(trial, self.space)
         trial.set_user_attr("delta_config", delta)
         trial.set_user_attr("train_options", train)
@@ -177,8 +198,14 @@ class Objective:
                 raise optuna.TrialPruned(f"pruned at evaluation {evaluations[0]}")
 
         model = dt.load_model(self.args.model, task=self.args.task)
-        dt.attach(model, delta)
         options = dict(train)
+        if delta["method"] in WHOLE_MODEL_METHODS:
+            if len(delta) > 1:
+                raise dt.ConfigError(f"methods.{delta['method']} trains no delta: its settings can only be "
+                                     f"{', '.join(TRAIN_KEYS)}, not {sorted(set(delta) - {'method'})}")
+            options["method"] = delta["method"]
+        else:
+            dt.attach(model, delta)
         options.setdefault("batch_size", self.args.batch_size)
         if self.args.max_length:
             options.setdefault("max_length", self.args.max_length)
@@ -196,6 +223,25 @@ class Objective:
             options["max_test"] = self.args.max_test
         return dt.train(model, self.args.data, out=str(run_dir), callbacks=[report], progress=False,
                         test_before=False, seed=seed, metric=metric, **options)
+
+
+# A trial whose settings the library refuses (a ConfigError) fails and the search goes on, as the rest of
+# the space may be fine; this many failures in a row, though, mean the space itself is wrong (failed
+# trials never count towards --trials, so without a bound such a search would never end).
+MAX_FAILURES_IN_A_ROW = 5
+
+
+class StopAfterFailures:
+    def __init__(self, optuna, limit):
+        self.optuna, self.limit, self.in_a_row = optuna, limit, 0
+
+    def __call__(self, study, trial):
+        failed = trial.state == self.optuna.trial.TrialState.FAIL
+        self.in_a_row = self.in_a_row + 1 if failed else 0
+        if self.in_a_row >= self.limit:
+            print(f"deltatune tune: {self.limit} trials in a row failed (the errors above); stopping",
+                  file=sys.stderr)
+            study.stop()
 
 
 def finished_trials(study, optuna):
@@ -251,10 +297,14 @@ def write_leaderboard(out, rows, metric):
 def write_best(out, best, args):
     """best_config.yaml (flags of `deltatune train`), best_delta_config.json and best/ (the best run)."""
     delta_file = (out / "best_delta_config.json").resolve()
-    delta_file.write_text(json.dumps(best.user_attrs["delta_config"], indent=2) + "\n")
-    config = {"model": str(pathlib.Path(args.model).resolve()), "data": str(pathlib.Path(args.data).resolve()),
-              "delta-config": str(delta_file), "batch-size": args.batch_size, "metric": args.metric,
-              "seed": data_seeds(args)[0]}
+    delta = best.user_attrs["delta_config"]
+    delta_file.write_text(json.dumps(delta, indent=2) + "\n")
+    config = {"model": str(pathlib.Path(args.model).resolve()), "data": str(pathlib.Path(args.data).resolve())}
+    if delta["method"] in WHOLE_MODEL_METHODS:
+        config["method"] = delta["method"]
+    else:
+        config["delta-config"] = str(delta_file)
+    config.update({"batch-size": args.batch_size, "metric": args.metric, "seed": data_seeds(args)[0]})
     if args.k_shot:
         config["k-shot"] = args.k_shot
     if args.max_length:
@@ -383,8 +433,9 @@ def main(argv=None):
           f"trials finished", file=sys.stderr)
     if done < args.trials:
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-        study.optimize(Objective(args, space, optuna, dt), timeout=args.timeout, catch=(dt.ConfigError,),
-                       callbacks=[optuna.study.MaxTrialsCallback(args.trials, states=states)])
+        study.optimize(Objective(args, space, optuna, dt), timeout=args.timeout,
+                       callbacks=[optuna.study.MaxTrialsCallback(args.trials, states=states),
+                                  StopAfterFailures(optuna, MAX_FAILURES_IN_A_ROW)])
     rows = leaderboard_rows(study, optuna, lower)
     write_leaderboard(out, rows, args.metric)
     complete = [t for t in finished_trials(study, optuna) if t.state == optuna.trial.TrialState.COMPLETE]

@@ -132,6 +132,27 @@ def test_grid_sampler_tries_each_listed_value_once_on_capped_dev_and_test(tmp):
     assert done.returncode != 0 and "needs lists of values" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_full_fine_tuning_is_a_method_of_the_space(tmp):
+    task = small_task(tmp)
+    (tmp / "full.yaml").write_text("methods:\n  full:\n    lr: [1.0e-4]\ncommon:\n  epochs: 1\n")
+    out = tmp / "run"
+    run_cli("tune", "--model", BERT, "--data", task, "--space", tmp / "full.yaml", "--out", out, "--max-length", 32,
+            "--threads", 1, "--sampler", "grid", "--trials", 1, "--max-steps", 1)
+    run = pathlib.Path(next(csv.DictReader(open(out / "leaderboard.csv")))["trial"])
+    summary = json.loads((out / "best" / "summary.json").read_text())
+    assert summary["method"] == "full" and str(run) == "0"
+    assert "method: full" in (out / "best_config.yaml").read_text()
+    run_cli("train", "--config", out / "best_config.yaml", "--out", tmp / "again", "--quiet", "--no-test-before")
+    assert json.loads((tmp / "again" / "summary.json").read_text())["method"] == "full"
+    # Settings of a delta on a method that trains none: a clear error, not a crash.
+    (tmp / "bad.yaml").write_text("methods:\n  full:\n    lr: [1.0e-4]\n    r: 8\ncommon:\n  epochs: 1\n")
+    done = subprocess.run([CLI, "tune", "--model", BERT, "--data", str(task), "--space", str(tmp / "bad.yaml"),
+                           "--out", str(tmp / "bad"), "--trials", "1", "--max-steps", "1", "--max-length", "32"],
+                          capture_output=True, text=True)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "trains no delta" in done.stderr and "trials in a row failed" in done.stderr
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -61,6 +61,10 @@ Splits read_splits(const TrainRequest& r, data::LabelMap& labels) {
       s.train = data::read_examples(r.data, r.fields, is_lm(r));
     }
   }
+  // A K-shot draw may miss classes (K = 100 of a 45-class task) that its dev set, drawn next, holds:
+  // the classes are the whole training set's, as the sweep has them.
+  std::optional<data::LabelMap> task_labels = r.labels;
+  if (r.k_shot > 0 && !is_lm(r) && !task_labels) task_labels = data::LabelMap::from_examples(s.train);
   if (r.k_shot > 0) {
     data::FewShot shot = data::few_shot(s.train, r.k_shot, r.options.seed);
     s.train = std::move(shot.train);
@@ -70,10 +74,10 @@ Splits read_splits(const TrainRequest& r, data::LabelMap& labels) {
   if (r.max_dev > 0 && int64_t(s.dev.size()) > r.max_dev) s.dev.resize(size_t(r.max_dev));
   if (r.max_test > 0 && int64_t(s.test.size()) > r.max_test) s.test.resize(size_t(r.max_test));
   if (is_lm(r)) return s;
-  labels = r.labels ? *r.labels : data::LabelMap::from_examples(s.train);
+  labels = task_labels ? *task_labels : data::LabelMap::from_examples(s.train);
   if (labels.size() < 2)
     throw IoError(r.data.string() + ": the training set has a single label; a classifier needs two or more");
-  if (r.labels) data::assign_labels(s.train, labels);
+  if (task_labels) data::assign_labels(s.train, labels);
   data::assign_labels(s.dev, labels);
   data::assign_labels(s.test, labels);
   return s;
