@@ -1,0 +1,334 @@
+#!/usr/bin/python3
+"""The method comparison with learning rates chosen on dev (docs/method_comparison.md, issue 18's table).
+
+    /usr/bin/python3 scripts/method_table.py --model assets/models/bert-mini \
+        --tasks runs/tasks/sentiment,runs/tasks/defmatch,runs/tasks/supersense --k 100 --seeds 5 \
+        --workers 2 --out runs/honest
+
+Each cell (task, K, method) is two `deltatune tune` studies, the same budget for every method:
+  1. lr/: Optuna's grid over the method's learning rates (three, half a decade apart, around the
+     method table's default), data seed 1, Hyperband pruning on the dev accuracy after every epoch;
+  2. seeds/: the chosen rate again on data seeds 2..S (no pruning); with the chosen trial's seed 1
+     these are the cell's S runs. Only dev chooses; the test accuracy is read, never used to choose.
+Every run: K training examples drawn with the seed, dev = the next --max-dev, up to --epochs epochs
+with early stopping after --patience evaluations without improvement, the best dev weights tested.
+
+`intrinsic` tunes d = 250 coordinates of a random Fastfood subspace of IA3's scales; `intrinsic-shared`
+tunes the coordinates of a PCA subspace of the IA3 deltas trained on the *other* tasks (every IA3 run of
+the other tasks at the same K: at most runs - 1 directions, capped at 250), so its cells run after the
+IA3 cells. IA3, because its delta starts at the same point (scales of 1) whatever the seed: a PCA of
+LoRA's factors would mostly find the seeds' random initialisations of A, not what training learned. A finished cell (result.json) is skipped: rerun to resume.
+OUT/table.md, table.csv and plot.svg are rebuilt from every result.json at the end (--tables-only:
+only that).
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CLI = os.environ.get("DELTATUNE_CLI", str(ROOT / "build" / "deltatune"))
+
+# Each method's delta (the method table's settings unless given) and its learning-rate grid: three rates
+# half a decade apart around the table's default (full 1e-4, deltas 2e-3, intrinsic 3e-2), prompt
+# tuning's a step higher as its literature uses.
+DELTA_RATES = [6e-4, 2e-3, 6e-3]
+METHODS = {
+    "full": ({}, [3e-5, 1e-4, 3e-4]),
+    "bitfit": ({}, DELTA_RATES),
+    "houlsby": ({}, DELTA_RATES),
+    "pfeiffer": ({}, DELTA_RATES),
+    "prefix": ({}, DELTA_RATES),
+    "prompt": ({}, [2e-3, 6e-3, 2e-2]),
+    "lora": ({}, DELTA_RATES),
+    "ia3": ({}, DELTA_RATES),
+    "unipelt-ap": ({}, DELTA_RATES),
+    "unipelt-apl": ({}, DELTA_RATES),
+    "intrinsic": ({"dim": 250, "delta": {"fixed": {"method": "ia3"}}}, [1e-2, 3e-2, 1e-1]),
+    "intrinsic-shared": (None, [1e-2, 3e-2, 1e-1]),  # the subspace folder is filled in per task
+}
+SHARED_FROM = "ia3"  # the method whose deltas on other tasks span the shared subspace (intrinsic's inner delta)
+MAX_SHARED_DIM = 250
+
+
+def run(command, log):
+    """Runs a command, its output appended to `log`; raises with the log's tail when it fails."""
+    with open(log, "a") as out:
+        out.write("$ " + " ".join(map(str, command)) + "\n")
+        out.flush()
+        done = subprocess.run([str(c) for c in command], stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = pathlib.Path(log).read_text().splitlines()[-15:]
+        raise RuntimeError(f"{' '.join(map(str, command[:2]))} failed ({done.returncode}):\n" + "\n".join(tail))
+
+
+def load_trials(study_dir):
+    """The trials of a tune study folder, from its SQLite storage."""
+    import optuna
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name="deltatune", storage=f"sqlite:///{study_dir / 'study.db'}")
+    return study.get_trials(deepcopy=False)
+
+
+class Grid:
+    def __init__(self, args):
+        self.args = args
+        self.out = pathlib.Path(args.out)
+        self.tasks = [pathlib.Path(t) for t in args.tasks.split(",")]
+        self.ks = [int(k) for k in args.k.split(",")]
+        self.methods = args.methods.split(",")
+        self.epochs = {int(k): int(e) for k, e in (p.split(":") for p in args.k_epochs.split(","))} \
+            if args.k_epochs else {}
+        self.done = {}  # (task, k, method) -> threading.Event
+        for task in self.tasks:
+            for k in self.ks:
+                for method in self.methods:
+                    self.done[(task.name, k, method)] = threading.Event()
+
+    def cell_dir(self, task, k, method):
+        return self.out / task.name / f"k{k}" / method
+
+    def tune(self, task, k, space, study_dir, extra, log):
+        study_dir.mkdir(parents=True, exist_ok=True)
+        (study_dir / "space.json").write_text(json.dumps(space, indent=2) + "\n")
+        a = self.args
+        run([CLI, "tune", "--model", a.model, "--data", task, "--space", study_dir / "space.json",
+             "--out", study_dir, "--k-shot", k, "--max-dev", a.max_dev, "--max-test", a.max_test,
+             "--patience", a.patience, "--max-length", a.max_length, "--threads", a.threads,
+             "--sampler", "grid", *extra], log)
+
+    def space(self, task, k, method, lr):
+        settings, _ = METHODS[method]
+        if method == "intrinsic-shared":
+            settings = {"subspace": {"fixed": str(self.subspace(task, k).resolve())}}
+            name = "intrinsic"
+        else:
+            name = method
+        entry = dict(settings)
+        entry["lr"] = lr
+        return {"methods": {name: entry}, "common": {"epochs": self.epochs.get(k, self.args.epochs)}}
+
+    def subspace(self, task, k):
+        """The PCA subspace of the SHARED_FROM deltas trained on the other tasks at this K."""
+        folder = self.cell_dir(task, k, "intrinsic-shared") / "subspace"
+        if (folder / "subspace.json").exists():
+            return folder
+        deltas = []
+        for other in self.tasks:
+            if other.name == task.name:
+                continue
+            self.done[(other.name, k, SHARED_FROM)].wait()
+            trials = self.cell_dir(other, k, SHARED_FROM)
+            deltas += sorted(p for p in trials.glob("*/trials/*/seed*/delta") if (p / "delta_config.json").exists())
+        if len(deltas) < 3:
+            raise RuntimeError(f"the shared subspace for {task.name} needs {SHARED_FROM} deltas of other tasks "
+                               f"(found {len(deltas)})")
+        dim = min(MAX_SHARED_DIM, len(deltas) - 1)
+        run([CLI, "subspace", "fit", "--deltas", *deltas, "--dim", dim, "--out", folder, "--overwrite"],
+            self.cell_dir(task, k, "intrinsic-shared") / "log.txt")
+        return folder
+
+    def run_cell(self, task, k, method):
+        cell = self.cell_dir(task, k, method)
+        result_file = cell / "result.json"
+        if result_file.exists():
+            return
+        cell.mkdir(parents=True, exist_ok=True)
+        log = cell / "log.txt"
+        started = time.time()
+        _, rates = METHODS[method]
+        # 1. The learning rate: a grid on data seed 1, pruned on dev.
+        self.tune(task, k, self.space(task, k, method, rates), cell / "lr", ["--trials", len(rates),
+                  "--data-seeds", "1"], log)
+        import optuna
+        lr_trials = load_trials(cell / "lr")
+        complete = [t for t in lr_trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not complete:
+            raise RuntimeError(f"{cell}: no learning rate completed")
+        best = max(complete, key=lambda t: (t.value, -t.number))
+        lr = next(v for name, v in best.params.items() if name.endswith(".lr"))
+        # 2. The chosen rate on the other data seeds.
+        seeds = list(range(2, self.args.seeds + 1))
+        dev, test = list(best.user_attrs["scores"]), list(best.user_attrs.get("test_scores", []))
+        runs = list(best.user_attrs["runs"])
+        if seeds:
+            seed_args = ["--data-seeds", ",".join(map(str, seeds))] if len(seeds) > 1 else ["--seed", seeds[0]]
+            self.tune(task, k, self.space(task, k, method, lr), cell / "seeds",
+                      ["--trials", 1, "--pruner", "none", *seed_args], log)
+            again = [t for t in load_trials(cell / "seeds") if t.state == optuna.trial.TrialState.COMPLETE][0]
+            dev += again.user_attrs["scores"]
+            test += again.user_attrs.get("test_scores", [])
+            runs += again.user_attrs["runs"]
+        summaries = [json.loads((pathlib.Path(r) / "summary.json").read_text()) for r in runs]
+        result = {
+            "task": task.name, "k": k, "method": method, "lr": lr,
+            "lr_grid": {str(t.params.get(next(n for n in t.params if n.endswith(".lr")))):
+                        (t.value if t.state == optuna.trial.TrialState.COMPLETE else t.state.name.lower())
+                        for t in lr_trials},
+            "seeds": [1] + seeds, "dev": dev, "test": test,
+            "epochs_trained": [s["steps"] for s in summaries],
+            "trainable_params": summaries[0]["trainable_params"], "total_params": summaries[0]["total_params"],
+            "train_seconds": [s["train_seconds"] for s in summaries],
+            "cell_seconds": round(time.time() - started, 1),
+        }
+        result_file.write_text(json.dumps(result, indent=2) + "\n")
+
+    def run_all(self):
+        # IA3 first (the shared subspace needs it), the shared intrinsic cells last; the rest between.
+        order = sorted(self.done, key=lambda c: (c[2] != SHARED_FROM, c[2] == "intrinsic-shared",
+                                                 self.ks.index(c[1]), self.methods.index(c[2]), c[0]))
+        by_name = {t.name: t for t in self.tasks}
+        queue, lock, failures = list(order), threading.Lock(), []
+        total = len(queue)
+
+        def worker():
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    name, k, method = queue.pop(0)
+                    position = total - len(queue)
+                t0 = time.time()
+                try:
+                    self.run_cell(by_name[name], k, method)
+                    state = "done"
+                except Exception as e:  # one cell failing must not stop the grid; reported at the end
+                    failures.append(f"{name} K={k} {method}: {e}")
+                    state = "FAILED"
+                finally:
+                    self.done[(name, k, method)].set()
+                print(f"[{position}/{total}] {name} K={k} {method}: {state} in {time.time() - t0:.0f} s",
+                      file=sys.stderr, flush=True)
+
+        threads = [threading.Thread(target=worker) for _ in range(self.args.workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return failures
+
+
+def mean_std(values):
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def write_tables(out, methods):
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("*/k*/*/result.json"))]
+    if not results:
+        print("no finished cells yet", file=sys.stderr)
+        return
+    tasks = sorted({r["task"] for r in results})
+    ks = sorted({r["k"] for r in results})
+    cells = {(r["task"], r["k"], r["method"]): r for r in results}
+    lines, rows = [], []
+    for k in ks:
+        present = [m for m in methods if any((t, k, m) in cells for t in tasks)]
+        lines += [f"### K = {k}", "",
+                  "| method | " + " | ".join(tasks) + " | avg | learning rates | trainable |",
+                  "|---|" + "---:|" * (len(tasks) + 3)]
+        averages = {}
+        for m in present:
+            means, parts, rates = [], [], []
+            for t in tasks:
+                r = cells.get((t, k, m))
+                if not r:
+                    parts.append("")
+                    continue
+                mean, std = mean_std([100 * v for v in r["test"]])
+                means.append(mean)
+                parts.append(f"{mean:.1f} ± {std:.1f}")
+                rates.append(f"{r['lr']:g}")
+                rows.append({"k": k, "method": m, "task": t, "test_mean": round(mean, 2), "test_std": round(std, 2),
+                             "seeds": len(r["test"]), "lr": r["lr"],
+                             "dev_mean": round(100 * mean_std(r["dev"])[0], 2),
+                             "trainable_share": round(r["trainable_params"] / r["total_params"], 5),
+                             "cell_seconds": r["cell_seconds"]})
+            avg = sum(means) / len(means) if len(means) == len(tasks) else math.nan
+            averages[m] = avg
+            share = next((cells[(t, k, m)]["trainable_params"] / cells[(t, k, m)]["total_params"]
+                          for t in tasks if (t, k, m) in cells), math.nan)
+            lines.append(f"| {m} | " + " | ".join(parts) + f" | {avg:.1f} | {', '.join(rates)} | {100 * share:.2f}% |")
+        lines.append("")
+        write_plot(out, k, tasks, present, cells)
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    with open(out / "table.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print("\n".join(lines))
+
+
+def write_plot(out, k, tasks, methods, cells):
+    """plot_k{K}.svg: test accuracy per method and task, mean with the seed spread as error bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / max(1, len(tasks))
+    for i, t in enumerate(tasks):
+        means, stds = [], []
+        for m in methods:
+            r = cells.get((t, k, m))
+            mean, std = mean_std([100 * v for v in r["test"]]) if r else (math.nan, math.nan)
+            means.append(mean)
+            stds.append(std)
+        xs = [j + (i - (len(tasks) - 1) / 2) * width for j in range(len(methods))]
+        ax.bar(xs, means, width, yerr=stds, capsize=2, label=t)
+    ax.set_xticks(range(len(methods)))
+    ax.set_xticklabels(methods, rotation=30, ha="right")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"bert-mini, K = {k}: mean and std over data seeds, learning rate chosen on dev")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / f"plot_k{k}.svg")
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--model", default=str(ROOT / "assets" / "models" / "bert-mini"))
+    p.add_argument("--tasks", required=True, help="Task folders, comma-separated")
+    p.add_argument("--k", default="100", help="K-shot sizes, comma-separated")
+    p.add_argument("--methods", default=",".join(METHODS), help="Methods, comma-separated (default: all)")
+    p.add_argument("--seeds", type=int, default=5, help="Data seeds per cell (1..S)")
+    p.add_argument("--epochs", type=int, default=50, help="Most epochs per run")
+    p.add_argument("--k-epochs", help="K:EPOCHS for particular K, comma-separated (e.g. 1000:10)")
+    p.add_argument("--patience", type=int, default=10, help="Evaluations (epochs) without improvement")
+    p.add_argument("--max-dev", type=int, default=200)
+    p.add_argument("--max-test", type=int, default=1000)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--threads", type=int, default=1, help="Threads per run")
+    p.add_argument("--workers", type=int, default=1, help="Cells run side by side")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tables-only", action="store_true")
+    args = p.parse_args()
+    unknown = set(args.methods.split(",")) - set(METHODS)
+    if unknown:
+        p.error(f"unknown methods {sorted(unknown)} (known: {', '.join(METHODS)})")
+    if "intrinsic-shared" in args.methods.split(",") and SHARED_FROM not in args.methods.split(","):
+        p.error(f"intrinsic-shared needs {SHARED_FROM} in --methods (its subspace is fitted on those deltas)")
+    out = pathlib.Path(args.out)
+    failures = []
+    if not args.tables_only:
+        started = time.time()
+        failures = Grid(args).run_all()
+        print(f"grid finished in {time.time() - started:.0f} s", file=sys.stderr)
+    write_tables(out, args.methods.split(","))
+    for f in failures:
+        print("FAILED:", f, file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
