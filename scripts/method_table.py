@@ -222,7 +222,58 @@ def mean_std(values):
     return mean, std
 
 
-def write_tables(out, methods):
+def majority_share(task_dir, max_test):
+    """The share of the most frequent label among the test examples scored (the majority-class baseline)."""
+    split = task_dir / "test.jsonl"
+    if not split.exists():
+        return math.nan
+    labels = [json.loads(line)["label"] for line in split.read_text().splitlines()[:max_test or None] if line]
+    names = [str(v) for v in labels]
+    return max(names.count(v) for v in set(names)) / len(names) if names else math.nan
+
+
+def reading(k, tasks, methods, cells):
+    """The comparisons the table is for: UniPELT against the best single method, and the intrinsic
+    methods against IA3 (their inner delta), each difference beside its standard error over the seeds."""
+    def stats(m, t):
+        r = cells.get((t, k, m))
+        if not r:
+            return None
+        mean, std = mean_std([100 * v for v in r["test"]])
+        return mean, std, len(r["test"])
+
+    def diff(a, b, t):
+        sa, sb = stats(a, t), stats(b, t)
+        if not sa or not sb:
+            return ""
+        d = sa[0] - sb[0]
+        se = math.sqrt(sa[1] ** 2 / sa[2] + sb[1] ** 2 / sb[2])
+        flag = "" if abs(d) > 2 * se else " (within 2 SE)"
+        return f"{d:+.1f} ± {se:.1f}{flag}"
+
+    def avg(m):
+        values = [stats(m, t) for t in tasks]
+        return sum(v[0] for v in values) / len(values) if all(values) else math.nan
+
+    singles = [m for m in methods if not m.startswith("unipelt") and not math.isnan(avg(m))]
+    lines = []
+    if singles:
+        best = max(singles, key=avg)
+        lines.append(f"Best single method by average: **{best}** ({avg(best):.1f}). Differences in test accuracy "
+                     "points per task, ± their standard error over the seeds (SE = sqrt(s1²/n1 + s2²/n2)):")
+        lines.append("")
+        lines.append("| comparison | " + " | ".join(tasks) + " | avg |")
+        lines.append("|---|" + "---:|" * (len(tasks) + 1))
+        pairs = [(u, best) for u in ("unipelt-ap", "unipelt-apl") if u in methods]
+        pairs += [(i, "ia3") for i in ("intrinsic", "intrinsic-shared") if i in methods and "ia3" in methods]
+        for a, b in pairs:
+            lines.append(f"| {a} − {b} | " + " | ".join(diff(a, b, t) for t in tasks) +
+                         f" | {avg(a) - avg(b):+.1f} |")
+        lines.append("")
+    return lines
+
+
+def write_tables(out, methods, task_dirs=(), max_test=0):
     results = [json.loads(p.read_text()) for p in sorted(out.glob("*/k*/*/result.json"))]
     if not results:
         print("no finished cells yet", file=sys.stderr)
@@ -230,12 +281,17 @@ def write_tables(out, methods):
     tasks = sorted({r["task"] for r in results})
     ks = sorted({r["k"] for r in results})
     cells = {(r["task"], r["k"], r["method"]): r for r in results}
+    dirs = {pathlib.Path(d).name: pathlib.Path(d) for d in task_dirs}
     lines, rows = [], []
     for k in ks:
         present = [m for m in methods if any((t, k, m) in cells for t in tasks)]
         lines += [f"### K = {k}", "",
                   "| method | " + " | ".join(tasks) + " | avg | learning rates | trainable |",
                   "|---|" + "---:|" * (len(tasks) + 3)]
+        if dirs:
+            shares = [100 * majority_share(dirs[t], max_test) if t in dirs else math.nan for t in tasks]
+            lines.append("| *majority class* | " + " | ".join(f"*{v:.1f}*" for v in shares) +
+                         f" | *{sum(shares) / len(shares):.1f}* | | |")
         averages = {}
         for m in present:
             means, parts, rates = [], [], []
@@ -259,6 +315,7 @@ def write_tables(out, methods):
                           for t in tasks if (t, k, m) in cells), math.nan)
             lines.append(f"| {m} | " + " | ".join(parts) + f" | {avg:.1f} | {', '.join(rates)} | {100 * share:.2f}% |")
         lines.append("")
+        lines += reading(k, tasks, present, cells)
         write_plot(out, k, tasks, present, cells)
     (out / "table.md").write_text("\n".join(lines) + "\n")
     with open(out / "table.csv", "w", newline="") as f:
@@ -324,7 +381,7 @@ def main():
         started = time.time()
         failures = Grid(args).run_all()
         print(f"grid finished in {time.time() - started:.0f} s", file=sys.stderr)
-    write_tables(out, args.methods.split(","))
+    write_tables(out, args.methods.split(","), args.tasks.split(","), args.max_test)
     for f in failures:
         print("FAILED:", f, file=sys.stderr)
     return 1 if failures else 0

@@ -233,7 +233,8 @@ TEST(Workflow, KShotRunsKeepEveryClassOfTheTask) {
     std::ofstream train(dir / "task" / "train.jsonl");
     for (int i = 0; i < 30; ++i)
       train << nlohmann::json{{"text", "example number " + std::to_string(i)},
-                              {"label", "class" + std::to_string(i % 10)}}.dump()
+                              {"label", "class" + std::to_string(i % 10)}}
+                   .dump()
             << "\n";
   }
   workflow::TrainRequest request = lora_request(dir / "task", "");

@@ -36,7 +36,8 @@ struct Args {
   double lora_alpha = 0;  // 0: the method's (--method lora: 16)
   std::vector<std::string> targets;
   std::string delta_config, config;
-  int64_t k_shot = 0, max_dev = 0, max_test = 0, eval_every = 0, patience = 0, grad_accum = 1, max_steps = 0, checkpoint_every = 0;
+  int64_t k_shot = 0, max_dev = 0, max_test = 0, eval_every = 0, patience = 0, grad_accum = 1, max_steps = 0,
+          checkpoint_every = 0;
   double warmup_ratio = 0.06, weight_decay = 0.01, max_grad_norm = 1.0, momentum = 0;
   std::string schedule = "linear", metric = "accuracy", optimizer = "adamw";
   int threads = 0;
