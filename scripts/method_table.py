@@ -172,7 +172,7 @@ class Grid:
                         (t.value if t.state == optuna.trial.TrialState.COMPLETE else t.state.name.lower())
                         for t in lr_trials},
             "seeds": [1] + seeds, "dev": dev, "test": test,
-            "epochs_trained": [s["steps"] for s in summaries],
+            "updates": [s["steps"] for s in summaries],
             "trainable_params": summaries[0]["trainable_params"], "total_params": summaries[0]["total_params"],
             "train_seconds": [s["train_seconds"] for s in summaries],
             "cell_seconds": round(time.time() - started, 1),
@@ -286,7 +286,7 @@ def write_tables(out, methods, task_dirs=(), max_test=0):
     for k in ks:
         present = [m for m in methods if any((t, k, m) in cells for t in tasks)]
         lines += [f"### K = {k}", "",
-                  "| method | " + " | ".join(tasks) + " | avg | learning rates | trainable |",
+                  "| method | " + " | ".join(tasks) + " | avg | chosen learning rates (column order) | trainable |",
                   "|---|" + "---:|" * (len(tasks) + 3)]
         if dirs:
             shares = [100 * majority_share(dirs[t], max_test) if t in dirs else math.nan for t in tasks]
