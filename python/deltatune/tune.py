@@ -74,10 +74,8 @@ def read_space(path):
         else:  # YAML (a JSON text is YAML too)
             import yaml
             space = yaml.safe_load(text)
-    except (ValueError, ImportError) as e:  # json's and yaml's parse errors are ValueErrors' kin
+    except Exception as e:  # json's ValueError, yaml's YAMLError (not a ValueError)
         raise SystemExit(f"deltatune: {path}: not a valid search space file: {e}")
-    except Exception as e:  # yaml.YAMLError
-        raise SystemExit(f"deltatune: {path}: not valid YAML: {e}")
     if not isinstance(space, dict) or not isinstance(space.get("methods"), dict) or not space["methods"]:
         raise SystemExit(f"deltatune: {path}: a search space needs 'methods', a map of method name to its ranges")
     for method, entries in space["methods"].items():

@@ -6,6 +6,8 @@
 
 namespace deltatune::ops {
 bool runs_bf16_kernel(const Tensor& weight);
+// The same rule for a weight of this shape held otherwise (a quantised base's QuantizedMatrix).
+bool runs_bf16_kernel(int64_t rows, int64_t cols);
 // The weight as the kernel reads it: itself when stored in bfloat16, else a rounded copy.
 Tensor bf16_weight(const Tensor& weight);
 }  // namespace deltatune::ops

@@ -139,11 +139,14 @@ bool bf16_linear_available() { return kernels::bf16_gemm_available(); }
 void set_matmul_precision(MatmulPrecision precision) { g_precision = precision; }
 MatmulPrecision matmul_precision() { return g_precision; }
 
-bool runs_bf16_kernel(const Tensor& weight) {
-  return g_precision == MatmulPrecision::Bf16 &&
-         (weight.dtype() == DType::BF16 || weight.dtype() == DType::F32) && weight.device() == Device::CPU &&
-         weight.dim() == 2 && weight.size(0) >= kBf16MinDim && weight.size(1) >= kBf16MinDim &&
+bool runs_bf16_kernel(int64_t rows, int64_t cols) {
+  return g_precision == MatmulPrecision::Bf16 && rows >= kBf16MinDim && cols >= kBf16MinDim &&
          kernels::bf16_gemm_available();
+}
+
+bool runs_bf16_kernel(const Tensor& weight) {
+  return (weight.dtype() == DType::BF16 || weight.dtype() == DType::F32) && weight.device() == Device::CPU &&
+         weight.dim() == 2 && runs_bf16_kernel(weight.size(0), weight.size(1));
 }
 
 Tensor bf16_weight(const Tensor& weight) {

@@ -5,6 +5,7 @@
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
 #include "ops/backend.h"
+#include "ops/bf16_products.h"
 
 namespace deltatune::ops {
 
@@ -31,8 +32,7 @@ Tensor quantized_linear(const Tensor& x, const std::shared_ptr<const QuantizedMa
   }
   // --bf16 with a quantised base: QLoRA's recipe (a 4-bit base, bfloat16 compute), as ops::linear
   // decides for a float weight of that size.
-  const bool bf16 = matmul_precision() == MatmulPrecision::Bf16 && bf16_linear_available() &&
-                    weight->rows >= kBf16MinDim && weight->cols >= kBf16MinDim;
+  const bool bf16 = runs_bf16_kernel(weight->rows, weight->cols);
   be.quantized_gemm({weight.get(), rows, xc.f32(), false, out.f32(), bias.defined(), bf16});
 
   if (!grad_enabled() || !(x.requires_grad() || (bias.defined() && bias.requires_grad()))) return out;
