@@ -4,7 +4,9 @@
 Like for like: ours in float32 against the peer in float32, ours --bf16 against the peer under
 --autocast-bf16 (torch.autocast on the CPU), one row per pair, each with our step's achieved GFLOP/s
 and MFU (that rate over the measured peak of our product kernel in the same precision,
-`deltatune bench --kernel-peak`). --quantize adds a row per format: ours with that quantised frozen base
+`deltatune bench --kernel-peak`), the peer's MFU (the same useful work over its step time, over the
+peak of its own product kernel, bench/peer_kernel_peak.py) and the ceiling: the speed ratio ours would
+reach if our step were nothing but its products at our kernel's peak. --quantize adds a row per format: ours with that quantised frozen base
 against the peer in float32 (issue 19's comparison: what a QLoRA user saves against plain PyTorch), no
 MFU (the product kernel's peak is measured for float and bfloat16 only)."""
 import argparse, json, os, platform, subprocess, sys
@@ -53,12 +55,14 @@ PAIRS = {
 
 
 def kernel_peaks(a, dtypes, env):
-    """The measured peak of our product kernel per precision (the MFU denominator)."""
-    peaks = {}
+    """The measured peak of each side's product kernel per precision (the MFU denominators): ours
+    (`deltatune bench --kernel-peak`) and the peer's (bench/peer_kernel_peak.py), the same product."""
+    peer_peak = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_kernel_peak.py")
+    peaks, peer_peaks = {}, {}
     for dt in dtypes:
-        out = run([a.ours, "bench", "--kernel-peak", "--threads", str(a.threads)] + PAIRS[dt][0], env)
-        peaks[dt] = out
-    return peaks
+        peaks[dt] = run([a.ours, "bench", "--kernel-peak", "--threads", str(a.threads)] + PAIRS[dt][0], env)
+        peer_peaks[dt] = run(["/usr/bin/python3", peer_peak, "--threads", str(a.threads)] + PAIRS[dt][1], env)
+    return peaks, peer_peaks
 
 
 def best(runs):
@@ -107,14 +111,16 @@ def main():
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; threads {a.threads}, steps {a.steps}, warmup {a.warmup}, "
           f"best of {max(1, a.repeat)}; OPENBLAS_CORETYPE={env.get('OPENBLAS_CORETYPE', '(auto)')}, "
           f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}")
-    peaks = kernel_peaks(a, [dt for dt in dtypes if dt in ("float32", "bf16")], env)
+    peaks, peer_peaks = kernel_peaks(a, [dt for dt in dtypes if dt in ("float32", "bf16")], env)
     for dt in peaks:
-        k = peaks[dt]
-        print(f"kernel peak {dt}: " + (f"{k['peak_gflops']:.1f} GFLOP/s ({k['kernel']}, {k['m']}x{k['n']}x{k['k']})"
-                                       if k else "-"))
+        k, kp = peaks[dt], peer_peaks[dt]
+        print(f"kernel peak {dt}: ours " +
+              (f"{k['peak_gflops']:.1f} GFLOP/s ({k['kernel']}, {k['m']}x{k['n']}x{k['k']}; "
+               f"{k['instruction']} from registers alone: {k['register_peak_gflops']:.1f})" if k else "-") +
+              "; peer " + (f"{kp['peak_gflops']:.1f} GFLOP/s ({kp['kernel']})" if kp else "-"))
     print()
     head = ["case", "precision (ours vs peer)", "ours tok/s", "peer tok/s", "speed", "ours MiB", "peer MiB",
-            "memory", "ours GFLOP/s", "MFU"]
+            "memory", "ours GFLOP/s", "MFU", "peer MFU", "ceiling"]
     print("| " + " | ".join(head) + " |")
     print("|---|---" + "|---:" * (len(head) - 2) + "|")
     for model, method, lora_all, b, t in cases:
@@ -134,13 +140,21 @@ def main():
         for dt in dtypes:
             o, k = best(ours[dt]), peaks.get(dt)
             p = best(peer[dt] if peer[dt] else peer["float32"])
+            kp = peer_peaks.get(dt)
             mfu = f"{100 * o['gflops'] / k['peak_gflops']:.0f}%" if o and k and k["peak_gflops"] else "-"
+            # The peer's step does the same useful work (the same model and step): its rate over its kernel's peak.
+            peer_gflops = o["gflop_per_step"] / (p["step_ms"] / 1000.0) if o and p and p.get("step_ms") else None
+            peer_mfu = f"{100 * peer_gflops / kp['peak_gflops']:.0f}%" if peer_gflops and kp and kp["peak_gflops"] else "-"
+            # The speed ratio ours would reach if our step were its products alone, at our kernel's peak:
+            # above it only a faster kernel (or less work) can go.
+            ceiling = (ratio(p["step_ms"] / 1000.0, o["gflop_per_step"] / k["peak_gflops"])
+                       if o and p and p.get("step_ms") and k and k["peak_gflops"] else "-")
             row = [name, PAIRS[dt][2],
                    f"{o['tokens_per_s']:.0f}" if o else "-", f"{p['tokens_per_s']:.0f}" if p else "-",
                    ratio(o and o["tokens_per_s"], p and p["tokens_per_s"]),
                    f"{o['peak_rss_mib']:.0f}" if o else "-", f"{p['peak_rss_mib']:.0f}" if p else "-",
                    ratio(o and o["peak_rss_mib"], p and p["peak_rss_mib"]),
-                   f"{o['gflops']:.1f}" if o else "-", mfu]
+                   f"{o['gflops']:.1f}" if o else "-", mfu, peer_mfu, ceiling]
             print("| " + " | ".join(row) + " |", flush=True)
             # A bf16 run that fell back to float32 (no AVX-512 BF16 here) says so.
             if dt == "bf16" and o and o.get("precision") != "bf16":

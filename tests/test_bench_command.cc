@@ -64,7 +64,7 @@ TEST(BenchCommand, TimesAUniPeltStepWithoutClaimingItsFlops) {
   EXPECT_NE(both.output.find("--lora-all goes with --method lora"), std::string::npos) << both.output;
 }
 
-TEST(BenchCommand, KernelPeakPrintsThePeakOfEachPrecision) {
+TEST(BenchCommand, KernelPeakPrintsThePeakOfEachPrecisionAndItsInstructionsCeiling) {
   for (const char* precision : {"", " --bf16"}) {
     auto r = cli_test::run(std::string("bench --kernel-peak --threads 1 --steps 1 --warmup 0") + precision);
     ASSERT_EQ(r.code, 0) << r.output;
@@ -72,6 +72,14 @@ TEST(BenchCommand, KernelPeakPrintsThePeakOfEachPrecision) {
     ASSERT_TRUE(line.contains("peak_gflops")) << r.output;
     EXPECT_GT(line["peak_gflops"].get<double>(), 0.0);
     EXPECT_TRUE(line["precision"] == "float32" || line["precision"] == "bf16") << r.output;
+    // The instruction's own ceiling beside it: the kernel's multiply instruction run from registers.
+    ASSERT_TRUE(line.contains("register_peak_gflops") && line.contains("instruction")) << r.output;
+    const std::string instruction = line["instruction"];
+    if (instruction != "none") {
+      EXPECT_GT(line["register_peak_gflops"].get<double>(), 0.0) << r.output;
+      EXPECT_EQ(instruction.rfind(line["precision"] == "bf16" ? "vdpbf16ps" : "vfmadd231ps", 0), 0u)
+          << r.output;
+    }
   }
 }
 

@@ -253,4 +253,63 @@ TEST(Bf16Linear, FusedLmHeadLossOnABfloat16Head) {
   EXPECT_LT(std::sqrt(diff / norm), 1e-2);
 }
 
+// Attention at Bf16 precision runs its products on the kernel (autocast's bfloat16 attention matmuls):
+// the output equals float32 attention over bfloat16-rounded q, k, v up to the rounding of the
+// probabilities before P V (2^-9 relative each); the gradients stay within bfloat16's precision of
+// the float32 ones. Grouped-query heads, a padding mask, causal rows and two row blocks (T = 300).
+void check_attention(bool causal) {
+  Generator gen(11);
+  const int64_t b = 2, h = 4, hkv = 2, t = 300, d = 24;
+  auto make = [&](int64_t heads) {
+    return Tensor::from_floats(randoms(size_t(b * heads * t * d), gen), {b, heads, t, d});
+  };
+  Tensor q = make(h), k = make(hkv), v = make(hkv);
+  std::vector<float> mask_values(size_t(b * t), 1.0f);
+  for (int64_t j = t - 7; j < t; ++j) mask_values[size_t(t + j)] = 0.0f;  // batch 1: 7 padded keys
+  const Tensor mask = Tensor::from_floats(mask_values, {b, t});
+  const Tensor r = make(h);  // the output's gradient, through sum(out * r)
+
+  auto run = [&](ops::MatmulPrecision precision, const Tensor& qi, const Tensor& ki, const Tensor& vi) {
+    Tensor ql = qi.detach(), kl = ki.detach(), vl = vi.detach();
+    ql.set_requires_grad();
+    kl.set_requires_grad();
+    vl.set_requires_grad();
+    ops::set_matmul_precision(precision);
+    Tensor out = ops::scaled_dot_product_attention(ql, kl, vl, mask, causal);
+    ops::sum_all(ops::mul(out, r)).backward();
+    ops::set_matmul_precision(ops::MatmulPrecision::Exact);
+    return std::vector<Tensor>{out.detach(), ql.grad(), kl.grad(), vl.grad()};
+  };
+  auto rounded = [](const Tensor& x) {
+    std::vector<float> v = x.to_floats();
+    for (auto& e : v) e = round_bf16(e);
+    return Tensor::from_floats(v, x.shape());
+  };
+  const bool kernel = ops::bf16_linear_available();
+  const auto got = run(ops::MatmulPrecision::Bf16, q, k, v);
+  const auto exact = run(ops::MatmulPrecision::Exact, q, k, v);
+  const auto on_rounded = run(ops::MatmulPrecision::Exact, rounded(q), rounded(k), rounded(v));
+  // The outputs are weighted means of v ~ N(0, 1): the probabilities' rounding moves them < 1e-2.
+  EXPECT_LT(worst_diff(got[0], kernel ? on_rounded[0] : exact[0]), kernel ? 1e-2 : 1e-6);
+  if (kernel) EXPECT_GT(worst_diff(got[0], exact[0]), 1e-4);  // the products did run in bfloat16
+  for (int i = 1; i < 4; ++i) {  // each gradient within a few bfloat16 roundings of float32's, norm-wise
+    const std::vector<float> g = got[size_t(i)].to_floats(), e = exact[size_t(i)].to_floats();
+    double diff = 0, norm = 0;
+    for (size_t j = 0; j < g.size(); ++j) {
+      diff += double(g[j] - e[j]) * double(g[j] - e[j]);
+      norm += double(e[j]) * double(e[j]);
+    }
+    EXPECT_GT(norm, 0.0);
+    EXPECT_LT(std::sqrt(diff / norm), kernel ? 3e-2 : 1e-6) << "gradient " << i;
+  }
+  // A padded key gets no gradient in either precision.
+  const std::vector<float> gk = got[2].to_floats();
+  for (int64_t head = 0; head < hkv; ++head)
+    for (int64_t j = t - 7; j < t; ++j)
+      for (int64_t c = 0; c < d; ++c) EXPECT_EQ(gk[size_t(((hkv + head) * t + j) * d + c)], 0.0f);
+}
+
+TEST(Bf16Attention, ProductsInBfloat16WithAPaddingMask) { check_attention(false); }
+TEST(Bf16Attention, ProductsInBfloat16WithCausalRows) { check_attention(true); }
+
 }  // namespace

@@ -85,6 +85,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
   p->dv = v.size(3);
   p->causal = causal;
   p->scale = scale < 0.0f ? (p->d > 0 ? 1.0f / std::sqrt(float(p->d)) : 1.0f) : scale;
+  p->bf16 = matmul_precision() == MatmulPrecision::Bf16 && bf16_linear_available();
   auto mask = std::make_shared<std::vector<uint8_t>>();
   if (key_mask.defined()) {
     const Tensor m = f32_contiguous(key_mask);

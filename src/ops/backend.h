@@ -107,6 +107,10 @@ struct AttentionProblem {
   bool causal = false;
   float scale = 1;
   const uint8_t* mask = nullptr;  // [B, S], 1 = attend; null = attend everywhere
+  // The products (QK^T, PV and the backward's) in bfloat16 with float32 sums, as torch.autocast runs
+  // attention's matmuls: set under MatmulPrecision::Bf16 where the CPU has the BF16 kernel. The softmax
+  // and the gradients stay float32. A backend without such products computes exactly.
+  bool bf16 = false;
   int64_t group() const { return h / hkv; }
   // Keys [0, key_end) can be seen by some row of the block ending before row t1.
   int64_t key_end(int64_t t1) const;

@@ -139,16 +139,15 @@ json run_sweep_cell(const SweepOptions& o, const SweepRun& run) {
   const auto started = std::chrono::steady_clock::now();
   const MethodPreset& method = method_preset(run.method);
 
-  // Few-shot data: the training set shuffled with the seed, K to train, the next (<= max_dev) as dev.
+  // Few-shot data (the workflow draws it): the training set shuffled with the seed, K to train, the next
+  // (<= max_dev) as dev, the classes those of the whole training set.
   data::Task task = data::load_task(run.task_dir);
-  data::FewShot shot = data::few_shot(task.train, run.k, run.seed);
-  if (o.max_dev > 0 && int64_t(shot.dev.size()) > o.max_dev) shot.dev.resize(size_t(o.max_dev));
-  std::vector<data::Example> test = task.test.empty() ? task.dev : task.test;
-  if (o.max_test > 0 && int64_t(test.size()) > o.max_test) test.resize(size_t(o.max_test));
   workflow::TrainRequest request = sweep_cell_request(o, run);
-  request.splits = {std::move(shot.train), std::move(shot.dev), std::move(test), "dev"};
-  // Labels come from the whole training set, so a K-shot sample missing a class still has its column.
-  request.labels = data::LabelMap::from_examples(task.train);
+  request.splits = {
+      std::move(task.train), {}, task.test.empty() ? std::move(task.dev) : std::move(task.test)};
+  request.k_shot = run.k;
+  request.max_dev = o.max_dev;
+  request.max_test = o.max_test;
 
   // A run interrupted before its summary starts again from scratch (its old files are removed).
   fs::remove_all(run.dir);

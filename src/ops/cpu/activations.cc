@@ -98,7 +98,15 @@ void silu_backward(const float* g, const float* x, float* out, int64_t n) {
   }
 }
 
+DELTATUNE_TARGET_CLONES("avx512f", "avx2", "default")
+void exp_shifted_loop(const float* x, float shift, float* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = exp_poly(x[i] - shift);
+}
+
 }  // namespace
+
+void exp_shifted(const float* x, float shift, float* y, int64_t n) { exp_shifted_loop(x, shift, y, n); }
 
 void activation(Activation f, const float* x, float* y, int64_t n) {
   switch (f) {

@@ -19,4 +19,7 @@ void activation(Activation f, const float* x, float* y, int64_t n);
 // out = g * f'(x)
 void activation_backward(Activation f, const float* g, const float* x, float* out, int64_t n);
 
+// y = e^(x - shift), by the same polynomial (the softmax rows of attention; y may be x).
+void exp_shifted(const float* x, float shift, float* y, int64_t n);
+
 }  // namespace deltatune::ops::kernels

@@ -1,7 +1,8 @@
 // The CPU attention kernels: one (batch, head) at a time with a block of query rows against all
 // keys, so no [B, H, T, S] tensor ever exists; the backward recomputes the probabilities block by
 // block from each row's logsumexp (FlashAttention's recipe, on the CPU). QK^T, PV and the backward
-// products are OpenBLAS GEMMs over strided per-head matrices; heads run on the OpenMP threads.
+// products are OpenBLAS GEMMs over strided per-head matrices, or the BF16 kernel with p.bf16 (autocast's
+// bfloat16 attention products); heads run on the OpenMP threads.
 #include <cblas.h>
 
 #include <algorithm>
@@ -10,7 +11,9 @@
 #include <vector>
 
 #include "deltatune/threads.h"
+#include "ops/cpu/activations.h"
 #include "ops/cpu/cpu_backend.h"
+#include "ops/cpu/gemm_bf16.h"
 
 namespace deltatune::ops {
 namespace {
@@ -22,33 +25,94 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Multiply-adds of one pass over all heads: below kParallelWork a thread team costs more than it saves.
 int64_t work(const AttentionProblem& p) { return p.b * p.h * p.t * p.s * (p.d + p.dv); }
 
-// OpenBLAS's pthread pool does not know about our OpenMP threads: while every thread runs its own
-// per-head GEMMs, BLAS runs single-threaded so the two pools do not oversubscribe the cores.
-class BlasSingleThread {
- public:
-  explicit BlasSingleThread(bool on) : on_(on) {
-    if (on_) openblas_set_num_threads(1);
-  }
-  ~BlasSingleThread() {
-    if (on_) openblas_set_num_threads(num_threads());
-  }
-  BlasSingleThread(const BlasSingleThread&) = delete;
-  BlasSingleThread& operator=(const BlasSingleThread&) = delete;
+// BLAS calls from inside the parallel regions below run on their calling thread: the OpenMP build of
+// OpenBLAS (the one we link, cmake/deltatunePrivateDeps.cmake) goes single-threaded inside a parallel
+// region. Lowering its thread count around the region instead, as this file once did, lowered OpenMP's
+// too (that build's openblas_set_num_threads calls omp_set_num_threads), and attention ran on one core.
 
- private:
-  bool on_;
+// The products of one (batch, head): float32 OpenBLAS GEMMs, or with p.bf16 the BF16 kernel, whose B
+// operand (K, V, Q or dO of the head) is rounded to bfloat16 once per head and read by every block.
+// C[m, n] = A[m, k] B[k, n] (+ C with accumulate); A float32 row-major (lda).
+struct HeadProducts {
+  explicit HeadProducts(bool bf16) : bf16(bf16) {}
+  bool bf16;
+  std::vector<uint16_t> k16, v16, q16, g16;  // the head's operands in bfloat16, row-major
+  std::vector<float> at;                     // a transposed block (A^T operands of the backward)
+
+  // Rounds rows x cols of `src` (row stride ld) into `dst` when bf16.
+  void keep(std::vector<uint16_t>& dst, const float* src, int64_t ld, int64_t rows, int64_t cols) {
+    if (!bf16) return;
+    dst.resize(size_t(rows * cols));
+    kernels::round_to_bf16(rows, cols, src, ld, dst.data());
+  }
+
+  // C = alpha A B^T with B [n, k] (row stride ldb): scores (Q K^T) and dP (dO V^T).
+  void a_bt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const float* b,
+            int64_t ldb, const std::vector<uint16_t>& b16, float* c, int64_t ldc) const {
+    if (!bf16) {
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(k), alpha, a, int(lda), b,
+                  int(ldb), 0.0f, c, int(ldc));
+      return;
+    }
+    kernels::gemm_f32_bf16(m, n, k, a, lda, b16.data(), 1, k, c, ldc, false);
+    if (alpha != 1.0f)
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) c[i * ldc + j] *= alpha;
+  }
+  // C (+)= A B with B [k, n] (row stride ldb; its bfloat16 copy starts at row b16_row0): P V, dS K.
+  void a_b(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+           const uint16_t* b16, float* c, int64_t ldc, bool accumulate) const {
+    if (bf16)
+      kernels::gemm_f32_bf16(m, n, k, a, lda, b16, n, 1, c, ldc, accumulate);
+    else
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(m), int(n), int(k), 1.0f, a, int(lda), b,
+                  int(ldb), accumulate ? 1.0f : 0.0f, c, int(ldc));
+  }
+  // C += A^T B with A [k, m] (row stride lda), B [k, n]: dV += P^T dO, dK += dS^T Q. The BF16 kernel
+  // reads A by rows, so A is transposed into `at` first.
+  void at_b_add(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                const uint16_t* b16, float* c, int64_t ldc) {
+    if (!bf16) {
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(m), int(n), int(k), 1.0f, a, int(lda), b,
+                  int(ldb), 1.0f, c, int(ldc));
+      return;
+    }
+    at.resize(size_t(m * k));
+    // In 16 x 16 tiles: a row-by-row transpose writes with a stride of k floats, and at k = 128 its
+    // 128 destination lines fall in 8 of L1's sets and evict each other (70% of the backward's own time).
+    constexpr int64_t kTile = 16;
+    for (int64_t r0 = 0; r0 < k; r0 += kTile)
+      for (int64_t j0 = 0; j0 < m; j0 += kTile) {
+        const int64_t r1 = std::min(k, r0 + kTile), j1 = std::min(m, j0 + kTile);
+        for (int64_t j = j0; j < j1; ++j)
+          for (int64_t r = r0; r < r1; ++r) at[size_t(j * k + r)] = a[r * lda + j];
+      }
+    kernels::gemm_f32_bf16(m, n, k, at.data(), k, b16, n, 1, c, ldc, true);
+  }
 };
 
 // scores[tb, ns] = scale * Q[t0:t0+tb] K[0:ns]^T
 void block_scores(const AttentionProblem& p, const float* q, int64_t ldq, const float* k, int64_t ldk,
-                  int64_t t0, int64_t tb, int64_t ns, float* scores) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tb), int(ns), int(p.d), p.scale, q + t0 * ldq,
-              int(ldq), k, int(ldk), 0.0f, scores, int(ns));
+                  const HeadProducts& hp, int64_t t0, int64_t tb, int64_t ns, float* scores) {
+  if (p.d == 0) {
+    std::fill(scores, scores + tb * ns, 0.0f);
+    return;
+  }
+  hp.a_bt(tb, ns, p.d, p.scale, q + t0 * ldq, ldq, k, ldk, hp.k16, scores, ns);
+}
+
+// row[j] = e^(row[j] - shift) where key j is visible (j < limit, not masked), else 0.
+void exp_visible(float* row, int64_t ns, int64_t limit, const uint8_t* mask, float shift) {
+  kernels::exp_shifted(row, shift, row, limit);
+  if (mask)
+    for (int64_t j = 0; j < limit; ++j)
+      if (!mask[j]) row[j] = 0.0f;
+  std::fill(row + limit, row + ns, 0.0f);
 }
 
 void forward_head(const AttentionProblem& p, int64_t bi, int64_t hi, const HeadMatrices& q,
                   const HeadMatrices& k, const HeadMatrices& v, float* out, float* lse,
-                  std::vector<float>& scratch) {
+                  std::vector<float>& scratch, HeadProducts& hp) {
   const int64_t kvh = hi / p.group();
   const float* qm = q.at(bi, hi);
   const float* km = k.at(bi, kvh);
@@ -56,6 +120,9 @@ void forward_head(const AttentionProblem& p, int64_t bi, int64_t hi, const HeadM
   float* om = out + (bi * p.h + hi) * p.t * p.dv;
   float* lm = lse + (bi * p.h + hi) * p.t;
   const uint8_t* mask = p.mask ? p.mask + bi * p.s : nullptr;
+  const int64_t keys = p.key_end(p.t);
+  hp.keep(hp.k16, km, k.ld, keys, p.d);
+  hp.keep(hp.v16, vm, v.ld, keys, p.dv);
   for (int64_t t0 = 0; t0 < p.t; t0 += kRowBlock) {
     const int64_t tb = std::min(kRowBlock, p.t - t0);
     const int64_t ns = p.key_end(t0 + tb);
@@ -65,10 +132,7 @@ void forward_head(const AttentionProblem& p, int64_t bi, int64_t hi, const HeadM
       continue;
     }
     float* sc = scratch.data();
-    if (p.d > 0)
-      block_scores(p, qm, q.ld, km, k.ld, t0, tb, ns, sc);
-    else
-      std::fill(sc, sc + tb * ns, 0.0f);
+    block_scores(p, qm, q.ld, km, k.ld, hp, t0, tb, ns, sc);
     for (int64_t r = 0; r < tb; ++r) {
       float* row = sc + r * ns;
       const int64_t limit = std::min(ns, p.row_limit(t0 + r));
@@ -80,19 +144,14 @@ void forward_head(const AttentionProblem& p, int64_t bi, int64_t hi, const HeadM
         lm[t0 + r] = kNegInf;
         continue;
       }
+      exp_visible(row, ns, limit, mask, mx);
       double sum = 0;
-      for (int64_t j = 0; j < ns; ++j) {
-        const bool on = j < limit && (!mask || mask[j]);
-        row[j] = on ? std::exp(row[j] - mx) : 0.0f;
-        sum += row[j];
-      }
+      for (int64_t j = 0; j < limit; ++j) sum += row[j];
       const float inv = float(1.0 / sum);
       for (int64_t j = 0; j < limit; ++j) row[j] *= inv;
       lm[t0 + r] = mx + float(std::log(sum));
     }
-    if (p.dv > 0)
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(tb), int(p.dv), int(ns), 1.0f, sc, int(ns),
-                  vm, int(v.ld), 0.0f, om + t0 * p.dv, int(p.dv));
+    if (p.dv > 0) hp.a_b(tb, p.dv, ns, sc, ns, vm, v.ld, hp.v16.data(), om + t0 * p.dv, p.dv, false);
   }
 }
 
@@ -100,44 +159,42 @@ void forward_head(const AttentionProblem& p, int64_t bi, int64_t hi, const HeadM
 // the shared dK, dV (so no two threads touch the same memory).
 void backward_kv_head(const AttentionProblem& p, int64_t bi, int64_t kvh, const HeadMatrices& q,
                       const HeadMatrices& k, const HeadMatrices& v, const float* g, const float* lse,
-                      float* gq, float* gk, float* gv, std::vector<float>& probs,
-                      std::vector<float>& dprobs) {
+                      float* gq, float* gk, float* gv, std::vector<float>& probs, std::vector<float>& dprobs,
+                      HeadProducts& hp) {
   const float* km = k.at(bi, kvh);
   const float* vm = v.at(bi, kvh);
   float* gkm = gk ? gk + (bi * p.hkv + kvh) * p.s * p.d : nullptr;
   float* gvm = gv ? gv + (bi * p.hkv + kvh) * p.s * p.dv : nullptr;
   const uint8_t* mask = p.mask ? p.mask + bi * p.s : nullptr;
   const bool need_ds = gq || gk;
+  const int64_t keys = p.key_end(p.t);
+  hp.keep(hp.k16, km, k.ld, keys, p.d);
+  hp.keep(hp.v16, vm, v.ld, keys, p.dv);
   for (int64_t hi = kvh * p.group(); hi < (kvh + 1) * p.group(); ++hi) {
     const float* qm = q.at(bi, hi);
     const float* gm = g + (bi * p.h + hi) * p.t * p.dv;
     const float* lm = lse + (bi * p.h + hi) * p.t;
     float* gqm = gq ? gq + (bi * p.h + hi) * p.t * p.d : nullptr;
+    if (gkm) hp.keep(hp.q16, qm, q.ld, p.t, p.d);
+    if (gvm) hp.keep(hp.g16, gm, p.dv, p.t, p.dv);
     for (int64_t t0 = 0; t0 < p.t; t0 += kRowBlock) {
       const int64_t tb = std::min(kRowBlock, p.t - t0);
       const int64_t ns = p.key_end(t0 + tb);
       if (ns == 0) continue;  // every row fully masked: no gradient (gq was zeroed)
       float* pr = probs.data();
-      if (p.d > 0)
-        block_scores(p, qm, q.ld, km, k.ld, t0, tb, ns, pr);
-      else
-        std::fill(pr, pr + tb * ns, 0.0f);
+      block_scores(p, qm, q.ld, km, k.ld, hp, t0, tb, ns, pr);
       for (int64_t r = 0; r < tb; ++r) {
-        float* row = pr + r * ns;
         const float l = lm[t0 + r];
         const int64_t limit = l == kNegInf ? 0 : std::min(ns, p.row_limit(t0 + r));
-        for (int64_t j = 0; j < ns; ++j)
-          row[j] = j < limit && (!mask || mask[j]) ? std::exp(row[j] - l) : 0.0f;
+        exp_visible(pr + r * ns, ns, limit, mask, l);
       }
       const float* gblk = gm + t0 * p.dv;
       if (gvm && p.dv > 0)  // dV += P^T dO
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(ns), int(p.dv), int(tb), 1.0f, pr, int(ns),
-                    gblk, int(p.dv), 1.0f, gvm, int(p.dv));
+        hp.at_b_add(ns, p.dv, tb, pr, ns, gblk, p.dv, hp.g16.data() + t0 * p.dv, gvm, p.dv);
       if (!need_ds || p.d == 0) continue;
       float* dp = dprobs.data();
       if (p.dv > 0)  // dP = dO V^T
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(tb), int(ns), int(p.dv), 1.0f, gblk,
-                    int(p.dv), vm, int(v.ld), 0.0f, dp, int(ns));
+        hp.a_bt(tb, ns, p.dv, 1.0f, gblk, p.dv, vm, v.ld, hp.v16, dp, ns);
       else
         std::fill(dp, dp + tb * ns, 0.0f);
       // dS = P * (dP - rowsum(P * dP)) * scale
@@ -150,11 +207,9 @@ void backward_kv_head(const AttentionProblem& p, int64_t bi, int64_t kvh, const 
         for (int64_t j = 0; j < ns; ++j) drow[j] = prow[j] * (drow[j] - fd) * p.scale;
       }
       if (gqm)  // dQ = dS K
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(tb), int(p.d), int(ns), 1.0f, dp, int(ns),
-                    km, int(k.ld), 0.0f, gqm + t0 * p.d, int(p.d));
+        hp.a_b(tb, p.d, ns, dp, ns, km, k.ld, hp.k16.data(), gqm + t0 * p.d, p.d, false);
       if (gkm)  // dK += dS^T Q
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(ns), int(p.d), int(tb), 1.0f, dp, int(ns),
-                    qm + t0 * q.ld, int(q.ld), 1.0f, gkm, int(p.d));
+        hp.at_b_add(ns, p.d, tb, dp, ns, qm + t0 * q.ld, q.ld, hp.q16.data() + t0 * p.d, gkm, p.d);
     }
   }
 }
@@ -166,13 +221,13 @@ void CpuBackend::attention(const AttentionArgs& a) const {
   const int64_t items = p.b * p.h;
   const bool parallel = items > 1 && num_threads() > 1 && work(p) > kParallelWork;
   const int64_t scratch = std::min(kRowBlock, p.t) * p.s;
-  BlasSingleThread blas(parallel);
 #pragma omp parallel if (parallel)
   {
     std::vector<float> sc(static_cast<size_t>(scratch));
+    HeadProducts hp(p.bf16);
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item)
-      forward_head(p, item / p.h, item % p.h, a.q, a.k, a.v, a.out, a.lse, sc);
+      forward_head(p, item / p.h, item % p.h, a.q, a.k, a.v, a.out, a.lse, sc, hp);
   }
 }
 
@@ -181,14 +236,14 @@ void CpuBackend::attention_backward(const AttentionBackwardArgs& a) const {
   const int64_t items = p.b * p.hkv;
   const bool parallel = items > 1 && num_threads() > 1 && work(p) > kParallelWork;
   const int64_t scratch = std::min(kRowBlock, p.t) * p.s;
-  BlasSingleThread blas(parallel);
 #pragma omp parallel if (parallel)
   {
     std::vector<float> probs(static_cast<size_t>(scratch)), dprobs(static_cast<size_t>(scratch));
+    HeadProducts hp(p.bf16);
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item)
       backward_kv_head(p, item / p.hkv, item % p.hkv, a.q, a.k, a.v, a.g, a.lse, a.gq, a.gk, a.gv, probs,
-                       dprobs);
+                       dprobs, hp);
   }
 }
 

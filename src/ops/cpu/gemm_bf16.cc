@@ -9,6 +9,8 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
@@ -175,7 +177,95 @@ void columns(int64_t m, int64_t n0, int64_t n1, int64_t k, const uint16_t* a16, 
   }
 }
 
+constexpr int kProbeChains = 24;
+
+// The lanes' sum (stored and added: GCC 12's _mm512_reduce_add_ps warns about its own undefined operand).
+__attribute__((target("avx512f"))) float lane_sum(__m512 v) {
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, v);
+  float total = 0.0f;
+  for (float x : lanes) total += x;
+  return total;
+}  // independent accumulators: more than latency x issue width needs
+
+DT_BF16_TARGET float bf16_dot_rounds(int64_t rounds) {
+  __m512 acc[kProbeChains];
+  for (int i = 0; i < kProbeChains; ++i) acc[i] = _mm512_set1_ps(float(i));
+  const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80), y = (__m512bh)_mm512_set1_epi32(0x3c003c00);
+  for (int64_t r = 0; r < rounds; ++r)
+#pragma GCC unroll 24  // every accumulator in its own register, no loop over memory
+    for (int i = 0; i < kProbeChains; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], x, y);
+  __m512 sum = acc[0];
+  for (int i = 1; i < kProbeChains; ++i) sum = _mm512_add_ps(sum, acc[i]);
+  return lane_sum(sum);
+}
+
+__attribute__((target("avx512f"))) float fma_rounds_avx512(int64_t rounds) {
+  __m512 acc[kProbeChains];
+  for (int i = 0; i < kProbeChains; ++i) acc[i] = _mm512_set1_ps(float(i));
+  const __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(1e-3f);
+  for (int64_t r = 0; r < rounds; ++r)
+#pragma GCC unroll 24  // every accumulator in its own register, no loop over memory
+    for (int i = 0; i < kProbeChains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], x, y);
+  __m512 sum = acc[0];
+  for (int i = 1; i < kProbeChains; ++i) sum = _mm512_add_ps(sum, acc[i]);
+  return lane_sum(sum);
+}
+
+__attribute__((target("avx2,fma"))) float fma_rounds_avx2(int64_t rounds) {
+  __m256 acc[kProbeChains];
+  for (int i = 0; i < kProbeChains; ++i) acc[i] = _mm256_set1_ps(float(i));
+  const __m256 x = _mm256_set1_ps(0.999f), y = _mm256_set1_ps(1e-3f);
+  for (int64_t r = 0; r < rounds; ++r)
+#pragma GCC unroll 24  // every accumulator in its own register, no loop over memory
+    for (int i = 0; i < kProbeChains; ++i) acc[i] = _mm256_fmadd_ps(acc[i], x, y);
+  __m256 sum = acc[0];
+  for (int i = 1; i < kProbeChains; ++i) sum = _mm256_add_ps(sum, acc[i]);
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, sum);
+  float total = 0.0f;
+  for (float v : lanes) total += v;
+  return total;
+}
+
 }  // namespace
+
+int fma_flops() { return __builtin_cpu_supports("avx512f") ? 32 : __builtin_cpu_supports("fma") ? 16 : 0; }
+
+const char* register_peak_instruction(bool bf16) {
+  if (bf16) return bf16_gemm_available() ? "vdpbf16ps zmm" : "none";
+  switch (fma_flops()) {
+    case 32:
+      return "vfmadd231ps zmm";
+    case 16:
+      return "vfmadd231ps ymm";
+    default:
+      return "none";
+  }
+}
+
+double register_peak_gflops(bool bf16, int64_t rounds) {
+  const int flops = bf16 ? (bf16_gemm_available() ? 64 : 0) : fma_flops();
+  if (flops == 0 || rounds <= 0) return 0.0;
+  float sink = 0.0f;
+  int threads = 1;
+  const auto t0 = std::chrono::steady_clock::now();
+#pragma omp parallel reduction(+ : sink)
+  {
+#pragma omp single
+    threads = omp_get_num_threads();
+    sink += bf16          ? bf16_dot_rounds(rounds)
+            : flops == 32 ? fma_rounds_avx512(rounds)
+                          : fma_rounds_avx2(rounds);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (sink == 12345.0f) std::fputc(' ', stderr);  // the sums are used, so the loops stay
+  return double(kProbeChains) * flops * double(rounds) * threads / seconds * 1e-9;
+}
+
+void round_to_bf16(int64_t rows, int64_t cols, const float* a, int64_t lda, uint16_t* out) {
+  if (rows > 0 && cols > 0) round_rows(a, lda, cols, cols, 0, rows, out);
+}
 
 bool bf16_gemm_available() {
   static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&

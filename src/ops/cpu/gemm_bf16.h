@@ -17,4 +17,16 @@ bool bf16_gemm_available();
 void gemm_f32_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const uint16_t* b,
                    int64_t b_k, int64_t b_n, float* c, int64_t ldc, bool accumulate);
 
+// out[r, c] = A[r, c] rounded to bfloat16 (nearest even), r < rows, c < cols; A row stride lda, out
+// row-major [rows, cols]: a B operand made once and read by many products.
+void round_to_bf16(int64_t rows, int64_t cols, const float* a, int64_t lda, uint16_t* out);
+
+// The instruction's own ceiling (`deltatune bench --kernel-peak`): every OpenMP thread at once runs
+// `rounds` rounds of 24 independent dot products on registers alone (no memory traffic), vdpbf16ps zmm
+// (64 FLOPs) with bf16, else vfmadd231ps (zmm, 32 FLOPs; ymm, 16, without AVX-512). No kernel built on
+// that instruction can beat the GFLOP/s returned (0 when the CPU lacks it).
+double register_peak_gflops(bool bf16, int64_t rounds);
+// The instruction register_peak_gflops(bf16, ...) times here ("vdpbf16ps zmm", "vfmadd231ps ymm", ...).
+const char* register_peak_instruction(bool bf16);
+
 }  // namespace deltatune::ops::kernels
