@@ -177,7 +177,7 @@ void columns(int64_t m, int64_t n0, int64_t n1, int64_t k, const uint16_t* a16, 
   }
 }
 
-constexpr int kProbeChains = 24;
+constexpr int kProbeChains = 24;  // independent accumulators: more than latency x issue width needs
 
 // The lanes' sum (stored and added: GCC 12's _mm512_reduce_add_ps warns about its own undefined operand).
 __attribute__((target("avx512f"))) float lane_sum(__m512 v) {
@@ -186,27 +186,20 @@ __attribute__((target("avx512f"))) float lane_sum(__m512 v) {
   float total = 0.0f;
   for (float x : lanes) total += x;
   return total;
-}  // independent accumulators: more than latency x issue width needs
-
-DT_BF16_TARGET float bf16_dot_rounds(int64_t rounds) {
-  __m512 acc[kProbeChains];
-  for (int i = 0; i < kProbeChains; ++i) acc[i] = _mm512_set1_ps(float(i));
-  const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80), y = (__m512bh)_mm512_set1_epi32(0x3c003c00);
-  for (int64_t r = 0; r < rounds; ++r)
-#pragma GCC unroll 24  // every accumulator in its own register, no loop over memory
-    for (int i = 0; i < kProbeChains; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], x, y);
-  __m512 sum = acc[0];
-  for (int i = 1; i < kProbeChains; ++i) sum = _mm512_add_ps(sum, acc[i]);
-  return lane_sum(sum);
 }
 
-__attribute__((target("avx512f"))) float fma_rounds_avx512(int64_t rounds) {
+// vdpbf16ps (kDot) or vfmadd231ps on zmm registers. Both are built for the BF16 target; the FMA one
+// uses AVX-512 F instructions only and runs where fma_flops() says AVX-512 (F, BW, VL) is there.
+template <bool kDot>
+DT_BF16_TARGET float zmm_rounds(int64_t rounds) {
   __m512 acc[kProbeChains];
   for (int i = 0; i < kProbeChains; ++i) acc[i] = _mm512_set1_ps(float(i));
   const __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(1e-3f);
+  const __m512bh xh = (__m512bh)_mm512_set1_epi32(0x3f803f80), yh = (__m512bh)_mm512_set1_epi32(0x3c003c00);
   for (int64_t r = 0; r < rounds; ++r)
 #pragma GCC unroll 24  // every accumulator in its own register, no loop over memory
-    for (int i = 0; i < kProbeChains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], x, y);
+    for (int i = 0; i < kProbeChains; ++i)
+      acc[i] = kDot ? _mm512_dpbf16_ps(acc[i], xh, yh) : _mm512_fmadd_ps(acc[i], x, y);
   __m512 sum = acc[0];
   for (int i = 1; i < kProbeChains; ++i) sum = _mm512_add_ps(sum, acc[i]);
   return lane_sum(sum);
@@ -230,7 +223,14 @@ __attribute__((target("avx2,fma"))) float fma_rounds_avx2(int64_t rounds) {
 
 }  // namespace
 
-int fma_flops() { return __builtin_cpu_supports("avx512f") ? 32 : __builtin_cpu_supports("fma") ? 16 : 0; }
+int fma_flops() {
+  static const int flops = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                                   __builtin_cpu_supports("avx512vl")
+                               ? 32
+                           : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 16
+                                                                                             : 0;
+  return flops;
+}
 
 const char* register_peak_instruction(bool bf16) {
   if (bf16) return bf16_gemm_available() ? "vdpbf16ps zmm" : "none";
@@ -254,8 +254,8 @@ double register_peak_gflops(bool bf16, int64_t rounds) {
   {
 #pragma omp single
     threads = omp_get_num_threads();
-    sink += bf16          ? bf16_dot_rounds(rounds)
-            : flops == 32 ? fma_rounds_avx512(rounds)
+    sink += bf16          ? zmm_rounds<true>(rounds)
+            : flops == 32 ? zmm_rounds<false>(rounds)
                           : fma_rounds_avx2(rounds);
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
