@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <fstream>
 #include <functional>
@@ -22,7 +23,9 @@
 #include "deltatune/backend.h"
 #include "deltatune/error.h"
 #include "deltatune/ops.h"
+#include "deltatune/threads.h"
 #include "ops/backend.h"
+#include "ops/cpu/activations.h"
 #include "test_names.h"
 
 using namespace deltatune;
@@ -480,6 +483,45 @@ TEST(BackendDispatch, CudaTensorsWithoutCudaKernelsAreAClearError) {
   } catch (const DeviceError& e) {
     EXPECT_NE(std::string(e.what()).find("exp"), std::string::npos) << e.what();
   }
+}
+
+// The CPU kernels give the same bits wherever their buffers lie and on any thread count. The Python
+// module and the command must train the same delta bit for bit (python/tests/test_train.py), and
+// attention's rows live in each thread's own scratch.
+TEST(CpuKernels, ExpGivesTheSameBitsAtEveryAlignment) {
+  Generator gen(5);
+  const Tensor values = Tensor::randn({64}, gen);
+  std::vector<float> buffer(64 + 16), reference(64), shifted(64);
+  O::kernels::exp_shifted(values.f32(), 0.75f, reference.data(), 64);
+  for (int offset = 1; offset < 16; ++offset) {
+    std::copy(values.f32(), values.f32() + 64, buffer.begin() + offset);
+    O::kernels::exp_shifted(buffer.data() + offset, 0.75f, buffer.data() + offset, 64);
+    for (int i = 0; i < 64; ++i)
+      ASSERT_EQ(std::bit_cast<uint32_t>(buffer[size_t(offset + i)]),
+                std::bit_cast<uint32_t>(reference[size_t(i)]))
+          << "offset " << offset << ", element " << i;
+  }
+}
+
+TEST(CpuKernels, AttentionGivesTheSameBitsOnOneAndTwoThreads) {
+  Generator gen(6);
+  const Tensor q0 = Tensor::randn({2, 4, 37, 16}, gen), k0 = Tensor::randn({2, 2, 37, 16}, gen),
+               v0 = Tensor::randn({2, 2, 37, 16}, gen), r = Tensor::randn({2, 4, 37, 16}, gen);
+  auto run = [&](int threads) {
+    set_num_threads(threads);
+    Tensor q = q0.detach(), k = k0.detach(), v = v0.detach();
+    q.set_requires_grad();
+    k.set_requires_grad();
+    v.set_requires_grad();
+    Tensor out = O::scaled_dot_product_attention(q, k, v, Tensor(), true);
+    O::sum_all(O::mul(out, r)).backward();
+    return std::vector<std::vector<float>>{out.to_floats(), q.grad().to_floats(), k.grad().to_floats(),
+                                           v.grad().to_floats()};
+  };
+  const int before = num_threads();
+  const auto one = run(1), two = run(2);
+  set_num_threads(before);
+  for (size_t i = 0; i < one.size(); ++i) EXPECT_EQ(one[i], two[i]) << "output/gradient " << i;
 }
 
 }  // namespace

@@ -25,10 +25,28 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Multiply-adds of one pass over all heads: below kParallelWork a thread team costs more than it saves.
 int64_t work(const AttentionProblem& p) { return p.b * p.h * p.t * p.s * (p.d + p.dv); }
 
-// BLAS calls from inside the parallel regions below run on their calling thread: the OpenMP build of
-// OpenBLAS (the one we link, cmake/deltatunePrivateDeps.cmake) goes single-threaded inside a parallel
-// region. Lowering its thread count around the region instead, as this file once did, lowered OpenMP's
-// too (that build's openblas_set_num_threads calls omp_set_num_threads), and attention ran on one core.
+// While every thread runs its own per-head GEMMs, BLAS must run single-threaded on each. The OpenMP build
+// of OpenBLAS (the one we link) does so by itself inside a parallel region, but a process can hold the
+// pthread build instead: libopenblas.so.0 loaded first by another library (numpy, in the Python module)
+// is the one we get. So its thread count is lowered around the region. In the OpenMP build that call
+// also sets OpenMP's count (openblas_set_num_threads calls omp_set_num_threads), so the regions name
+// their team size themselves: without it attention ran on one core.
+class BlasSingleThread {
+ public:
+  explicit BlasSingleThread(bool on) : on_(on), threads_(num_threads()) {
+    if (on_) openblas_set_num_threads(1);
+  }
+  ~BlasSingleThread() {
+    if (on_) openblas_set_num_threads(threads_);
+  }
+  BlasSingleThread(const BlasSingleThread&) = delete;
+  BlasSingleThread& operator=(const BlasSingleThread&) = delete;
+  int threads() const { return threads_; }  // the team size chosen before BLAS's count was lowered
+
+ private:
+  bool on_;
+  int threads_;
+};
 
 // The products of one (batch, head): float32 OpenBLAS GEMMs, or with p.bf16 the BF16 kernel, whose B
 // operand (K, V, Q or dO of the head) is rounded to bfloat16 once per head and read by every block.
@@ -221,7 +239,8 @@ void CpuBackend::attention(const AttentionArgs& a) const {
   const int64_t items = p.b * p.h;
   const bool parallel = items > 1 && num_threads() > 1 && work(p) > kParallelWork;
   const int64_t scratch = std::min(kRowBlock, p.t) * p.s;
-#pragma omp parallel if (parallel)
+  BlasSingleThread blas(parallel);
+#pragma omp parallel num_threads(blas.threads()) if (parallel)
   {
     std::vector<float> sc(static_cast<size_t>(scratch));
     HeadProducts hp(p.bf16);
@@ -236,7 +255,8 @@ void CpuBackend::attention_backward(const AttentionBackwardArgs& a) const {
   const int64_t items = p.b * p.hkv;
   const bool parallel = items > 1 && num_threads() > 1 && work(p) > kParallelWork;
   const int64_t scratch = std::min(kRowBlock, p.t) * p.s;
-#pragma omp parallel if (parallel)
+  BlasSingleThread blas(parallel);
+#pragma omp parallel num_threads(blas.threads()) if (parallel)
   {
     std::vector<float> probs(static_cast<size_t>(scratch)), dprobs(static_cast<size_t>(scratch));
     HeadProducts hp(p.bf16);
