@@ -77,19 +77,19 @@ struct HeadProducts {
       for (int64_t i = 0; i < m; ++i)
         for (int64_t j = 0; j < n; ++j) c[i * ldc + j] *= alpha;
   }
-  // C (+)= A B with B [k, n] (row stride ldb; its bfloat16 copy starts at row b16_row0): P V, dS K.
+  // C (+)= A B with B [k, n] (row stride ldb; its bfloat16 copy b16 from row b16_row0 on): P V, dS K.
   void a_b(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
-           const uint16_t* b16, float* c, int64_t ldc, bool accumulate) const {
+           const std::vector<uint16_t>& b16, int64_t b16_row0, float* c, int64_t ldc, bool accumulate) const {
     if (bf16)
-      kernels::gemm_f32_bf16(m, n, k, a, lda, b16, n, 1, c, ldc, accumulate);
+      kernels::gemm_f32_bf16(m, n, k, a, lda, b16.data() + b16_row0 * n, n, 1, c, ldc, accumulate);
     else
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(m), int(n), int(k), 1.0f, a, int(lda), b,
                   int(ldb), accumulate ? 1.0f : 0.0f, c, int(ldc));
   }
-  // C += A^T B with A [k, m] (row stride lda), B [k, n]: dV += P^T dO, dK += dS^T Q. The BF16 kernel
-  // reads A by rows, so A is transposed into `at` first.
+  // C += A^T B with A [k, m] (row stride lda), B [k, n] (b16 from row b16_row0): dV += P^T dO, dK += dS^T Q.
+  // The BF16 kernel reads A by rows, so A is transposed into `at` first.
   void at_b_add(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
-                const uint16_t* b16, float* c, int64_t ldc) {
+                const std::vector<uint16_t>& b16, int64_t b16_row0, float* c, int64_t ldc) {
     if (!bf16) {
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(m), int(n), int(k), 1.0f, a, int(lda), b,
                   int(ldb), 1.0f, c, int(ldc));
@@ -105,7 +105,7 @@ struct HeadProducts {
         for (int64_t j = j0; j < j1; ++j)
           for (int64_t r = r0; r < r1; ++r) at[size_t(j * k + r)] = a[r * lda + j];
       }
-    kernels::gemm_f32_bf16(m, n, k, at.data(), k, b16, n, 1, c, ldc, true);
+    kernels::gemm_f32_bf16(m, n, k, at.data(), k, b16.data() + b16_row0 * n, n, 1, c, ldc, true);
   }
 };
 
@@ -169,7 +169,7 @@ void forward_head(const AttentionProblem& p, int64_t bi, int64_t hi, const HeadM
       for (int64_t j = 0; j < limit; ++j) row[j] *= inv;
       lm[t0 + r] = mx + float(std::log(sum));
     }
-    if (p.dv > 0) hp.a_b(tb, p.dv, ns, sc, ns, vm, v.ld, hp.v16.data(), om + t0 * p.dv, p.dv, false);
+    if (p.dv > 0) hp.a_b(tb, p.dv, ns, sc, ns, vm, v.ld, hp.v16, 0, om + t0 * p.dv, p.dv, false);
   }
 }
 
@@ -208,7 +208,7 @@ void backward_kv_head(const AttentionProblem& p, int64_t bi, int64_t kvh, const 
       }
       const float* gblk = gm + t0 * p.dv;
       if (gvm && p.dv > 0)  // dV += P^T dO
-        hp.at_b_add(ns, p.dv, tb, pr, ns, gblk, p.dv, hp.g16.data() + t0 * p.dv, gvm, p.dv);
+        hp.at_b_add(ns, p.dv, tb, pr, ns, gblk, p.dv, hp.g16, t0, gvm, p.dv);
       if (!need_ds || p.d == 0) continue;
       float* dp = dprobs.data();
       if (p.dv > 0)  // dP = dO V^T
@@ -225,9 +225,9 @@ void backward_kv_head(const AttentionProblem& p, int64_t bi, int64_t kvh, const 
         for (int64_t j = 0; j < ns; ++j) drow[j] = prow[j] * (drow[j] - fd) * p.scale;
       }
       if (gqm)  // dQ = dS K
-        hp.a_b(tb, p.d, ns, dp, ns, km, k.ld, hp.k16.data(), gqm + t0 * p.d, p.d, false);
+        hp.a_b(tb, p.d, ns, dp, ns, km, k.ld, hp.k16, 0, gqm + t0 * p.d, p.d, false);
       if (gkm)  // dK += dS^T Q
-        hp.at_b_add(ns, p.d, tb, dp, ns, qm + t0 * q.ld, q.ld, hp.q16.data() + t0 * p.d, gkm, p.d);
+        hp.at_b_add(ns, p.d, tb, dp, ns, qm + t0 * q.ld, q.ld, hp.q16, t0, gkm, p.d);
     }
   }
 }
