@@ -13,7 +13,8 @@ find_package(MPI COMPONENTS CXX QUIET)
 # OpenBLAS's own threads wait for a core, and a 2-core machine runs 30x slower. The rpath pins that
 # build at run time whatever the system's libopenblas.so.0 alternative points to, unless the process
 # already holds a libopenblas.so.0 (numpy's, when the Python module is imported after numpy): the
-# loader then gives us that one, so the kernels must work with either (src/ops/cpu/attention.cc).
+# loader then gives us that one, so the kernels must work with either (src/ops/cpu/attention.cc keeps BLAS single-threaded inside
+# its parallel region for that reason).
 find_path(OPENBLAS_OPENMP_INCLUDE_DIR cblas.h
           PATHS /usr/include/x86_64-linux-gnu/openblas-openmp NO_DEFAULT_PATH REQUIRED)
 find_library(OPENBLAS_OPENMP_LIBRARY NAMES openblas
