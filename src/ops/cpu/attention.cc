@@ -35,18 +35,17 @@ int64_t work(const AttentionProblem& p) { return p.b * p.h * p.t * p.s * (p.d + 
 // libomp in the sanitized build; until that is understood the region keeps the lowered count.
 class BlasSingleThread {
  public:
-  explicit BlasSingleThread(bool on) : on_(on), threads_(num_threads()) {
+  explicit BlasSingleThread(bool on) : on_(on) {
     if (on_) openblas_set_num_threads(1);
   }
   ~BlasSingleThread() {
-    if (on_) openblas_set_num_threads(threads_);
+    if (on_) openblas_set_num_threads(num_threads());
   }
   BlasSingleThread(const BlasSingleThread&) = delete;
   BlasSingleThread& operator=(const BlasSingleThread&) = delete;
 
  private:
   bool on_;
-  int threads_;
 };
 
 // The products of one (batch, head): float32 OpenBLAS GEMMs, or with p.bf16 the BF16 kernel, whose B
