@@ -127,6 +127,12 @@ void add_layout_cases(std::vector<Case>& cs) {
   add({"cast_bf16_roundtrip", {{4, 6}}, [](const Inputs& x) {
          return O::cast(O::cast(x[0], DType::BF16), DType::F32);
        }});
+  add({"cast_bf16_large", {{300, 300}}, [](const Inputs& x) {  // the threaded dense casts
+         return O::cast(O::cast(x[0], DType::BF16), DType::F32);
+       }});
+  add({"cast_bf16_strided", {{40, 30}}, [](const Inputs& x) {  // a transposed source: the gather
+         return O::cast(O::cast(x[0].t(), DType::BF16), DType::F32);
+       }});
   add({"cast_f16_strided", {{4, 6}}, [](const Inputs& x) {
          return O::cast(O::cast(x[0].t(), DType::F16), DType::F32);
        }});

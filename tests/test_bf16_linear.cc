@@ -44,34 +44,38 @@ TEST(Bf16Gemm, EqualsDoubleSumsOfTheRoundedOperandsForEveryShapeAndLayout) {
   Generator gen(7);
   Worst worst;
   int cases = 0;
-  // Tails of every block: rows past a 6-row tile, columns past a 64-column strip, odd k, k past one
-  // 256-deep block; B as [k, n] rows (b_n == 1) and as a transposed [n, k] weight (b_k == 1).
+  // Tails of every block: rows past a 6-row tile (and past a 16-row tile of a transposed A), columns
+  // past a 64-column strip, odd k, k past one 256-deep block; B as [k, n] rows (b_n == 1) and as a
+  // transposed [n, k] weight (b_k == 1); A as [m, k] rows and stored transposed ([k, m], a_trans: a
+  // weight's gradient), up to the sizes that split A's rows between threads.
   for (int64_t m : {1, 5, 6, 7, 13, 100})
     for (int64_t n : {1, 17, 64, 65, 130})
       for (int64_t k : {1, 2, 3, 31, 300, 513})
         for (bool weight_rows : {false, true})
-          for (bool accumulate : {false, true}) {
-            if (m * n * k > 2'000'000) continue;
-            const std::vector<float> a = randoms(size_t(m * k), gen), c0 = randoms(size_t(m * n), gen);
-            std::vector<uint16_t> b(size_t(k * n));
-            for (auto& v : b) v = f32_to_bf16(gen.normal());
-            const int64_t b_k = weight_rows ? 1 : n, b_n = weight_rows ? k : 1;
-            std::vector<float> c = c0;
-            ops::kernels::gemm_f32_bf16(m, n, k, a.data(), k, b.data(), b_k, b_n, c.data(), n, accumulate);
-            for (int64_t i = 0; i < m; ++i)
-              for (int64_t j = 0; j < n; ++j) {
-                double exact = accumulate ? c0[size_t(i * n + j)] : 0.0, magnitude = std::fabs(exact);
-                for (int64_t kk = 0; kk < k; ++kk) {
-                  const double p = double(round_bf16(a[size_t(i * k + kk)])) *
-                                   double(bf16_to_f32(b[size_t(kk * b_k + j * b_n)]));
-                  exact += p;
-                  magnitude += std::fabs(p);
+          for (bool accumulate : {false, true})
+            for (bool a_trans : {false, true}) {
+              if (m * n * k > (a_trans ? 8'000'000 : 2'000'000)) continue;
+              const std::vector<float> a = randoms(size_t(m * k), gen), c0 = randoms(size_t(m * n), gen);
+              std::vector<uint16_t> b(size_t(k * n));
+              for (auto& v : b) v = f32_to_bf16(gen.normal());
+              const int64_t b_k = weight_rows ? 1 : n, b_n = weight_rows ? k : 1;
+              std::vector<float> c = c0;
+              ops::kernels::gemm_f32_bf16(m, n, k, a.data(), a_trans ? m : k, b.data(), b_k, b_n, c.data(), n,
+                                          accumulate, a_trans);
+              for (int64_t i = 0; i < m; ++i)
+                for (int64_t j = 0; j < n; ++j) {
+                  double exact = accumulate ? c0[size_t(i * n + j)] : 0.0, magnitude = std::fabs(exact);
+                  for (int64_t kk = 0; kk < k; ++kk) {
+                    const double p = double(round_bf16(a[size_t(a_trans ? kk * m + i : i * k + kk)])) *
+                                     double(bf16_to_f32(b[size_t(kk * b_k + j * b_n)]));
+                    exact += p;
+                    magnitude += std::fabs(p);
+                  }
+                  worst.add(c[size_t(i * n + j)], exact, magnitude);
                 }
-                worst.add(c[size_t(i * n + j)], exact, magnitude);
-              }
-            ++cases;
-          }
-  EXPECT_GT(cases, 600);
+              ++cases;
+            }
+  EXPECT_GT(cases, 1300);
   EXPECT_LT(worst.relative, 1e-5);  // float32 sums; a wrong element or a missed pair is O(1)
 }
 
@@ -86,7 +90,8 @@ double worst_diff(const Tensor& a, const Tensor& b) {
 
 // linear(x, W) at Bf16 precision against float32 products of what the kernel computes with: x, the
 // output's gradient and W rounded to bfloat16 (as given where the CPU has no kernel). W is stored in
-// bfloat16 (a frozen base) or float32 and learning (mixed precision: its gradient stays float32).
+// bfloat16 (a frozen base) or float32 and learning (mixed precision, as autocast: its gradient is the
+// product of the rounded output gradient and x, summed and kept in float32).
 void check_linear(bool fan_in_fan_out, bool learning) {
   Generator gen(3);
   const int64_t batch = 3, seq = 37, in = 96, out = 130;
@@ -121,9 +126,9 @@ void check_linear(bool fan_in_fan_out, bool learning) {
   const Tensor w = path((fan_in_fan_out ? stored.t() : stored).contiguous());  // [out, in]
   EXPECT_LT(worst_diff(y, ops::linear(path(x), w, bias)), 1e-4);   // values ~ N(0, 96): summation order only
   EXPECT_LT(worst_diff(x.grad(), ops::matmul(path(r), w)), 1e-4);  // dL/dx = r W
-  if (learning) {  // dL/dW = r^T x in float32, from the unrounded x
-    const Tensor gw =
-        ops::matmul(ops::reshape(r, {-1, out}).t(), ops::reshape(x.detach(), {-1, in}));  // [out, in]
+  if (learning) {                                                  // dL/dW = r^T x, from r and x rounded
+    const Tensor gw = ops::matmul(ops::reshape(path(r), {-1, out}).t(),
+                                  ops::reshape(path(x.detach()), {-1, in}));  // [out, in]
     EXPECT_LT(worst_diff(stored.grad(), fan_in_fan_out ? gw.t().contiguous() : gw), 1e-4);
   }
 }
@@ -161,6 +166,73 @@ TEST(Bf16Linear, StoringFrozenWeightsSkipsLearningAndTiedOnes) {
   EXPECT_EQ(b->weight().dtype(), DType::F32);
   EXPECT_EQ(c->weight().dtype(), DType::F32);
   EXPECT_TRUE(c->weight().same(d->weight()));
+}
+
+namespace {
+
+void freeze_all(TransformerModel& model) {
+  for (auto& [name, t] : model.named_parameters()) t->set_requires_grad(false);
+}
+
+// Every parameter of both models has the same dtype and the same bits.
+void expect_same_parameters(TransformerModel& a, TransformerModel& b, const std::string& what) {
+  const auto pa = a.named_parameters(), pb = b.named_parameters();
+  ASSERT_EQ(pa.size(), pb.size()) << what;
+  for (size_t i = 0; i < pa.size(); ++i) {
+    ASSERT_EQ(pa[i].first, pb[i].first) << what;
+    EXPECT_EQ(pa[i].second->dtype(), pb[i].second->dtype()) << what << ": " << pa[i].first;
+    EXPECT_EQ(pa[i].second->float32().to_floats(), pb[i].second->float32().to_floats())
+        << what << ": " << pa[i].first;
+  }
+}
+
+// The linear weights of the body in bfloat16; the task head's parameters float32.
+void expect_body_in_bf16(TransformerModel& m, const std::string& what) {
+  int64_t bf16 = 0;
+  for (auto& [path, module] : m.named_modules())
+    if (auto* linear = dynamic_cast<nn::Linear*>(module); linear && linear->weight().dtype() == DType::BF16)
+      ++bf16;
+  EXPECT_GE(bf16, 4) << what;  // q, k, v, o of a layer at least
+  for (const std::string& head : m.head_parameters())
+    if (Tensor* t = m.find_parameter(head)) EXPECT_EQ(t->dtype(), DType::F32) << what << ": " << head;
+}
+
+}  // namespace
+
+// train --bf16 with a frozen base: LoadOptions::bf16 stores the body's linear weights in bfloat16 as
+// the checkpoint is read (the float32 model is never held in full): the same bits as storing the
+// frozen weights of the loaded model afterwards, GPT-2's [in, out] Conv1D weights included.
+TEST(Bf16Linear, StoringInBfloat16AsTheCheckpointLoadsEqualsStoringAfter) {
+  for (const std::string name : {"bert-mini", "gpt2-mini", "llama-mini"}) {
+    LoadOptions options;
+    options.verbose = false;
+    options.head = HeadKind::SequenceClassification;
+    options.num_labels = 3;
+    auto after = load_pretrained(golden::model_dir(name), options);
+    options.bf16 = true;
+    auto at_load = load_pretrained(golden::model_dir(name), options);
+    expect_body_in_bf16(*at_load, name);
+    freeze_all(*after);
+    freeze_all(*at_load);
+    nn::store_frozen_weights(*after, DType::BF16);
+    nn::store_frozen_weights(*at_load, DType::BF16);
+    expect_same_parameters(*after, *at_load, name);
+  }
+}
+
+// bench --bf16's models: stored in bfloat16 one weight at a time as they are initialised.
+TEST(Bf16Linear, BuildingInBfloat16EqualsStoringTheBuiltModel) {
+  for (const std::string name : {"bert-mini", "gpt2-mini", "llama-mini"}) {
+    const ModelConfig config = load_model_config(golden::model_dir(name));
+    auto after = build_model(config, HeadKind::SequenceClassification, 5);
+    auto as_built = build_model(config, HeadKind::SequenceClassification, 5, std::nullopt, true);
+    expect_body_in_bf16(*as_built, name);
+    freeze_all(*after);
+    freeze_all(*as_built);
+    nn::store_frozen_weights(*after, DType::BF16);
+    nn::store_frozen_weights(*as_built, DType::BF16);
+    expect_same_parameters(*after, *as_built, name);
+  }
 }
 
 // A real model with LoRA: the frozen base stored in bfloat16 keeps the logits within bfloat16's

@@ -142,9 +142,12 @@ void run(const Options& o) {
   const bool is_bert = std::string(s.arch) == "bert";
   // --quantize: the body's weights quantised one by one as they are made (no float32 model at once),
   // as train quantises them while the checkpoint is read; a full run trains them, so they stay float.
+  // --bf16 likewise stores them in bfloat16 as they are made, as train --bf16 does while reading.
   const std::optional<QuantFormat> quantize_as_built = o.method == "full" ? std::nullopt : o.quantize;
-  std::unique_ptr<TransformerModel> model = build_model(
-      config, is_bert ? HeadKind::SequenceClassification : HeadKind::CausalLM, 0, quantize_as_built);
+  const bool bf16_as_built = o.method != "full" && o.bf16 && ops::bf16_linear_available();
+  std::unique_ptr<TransformerModel> model =
+      build_model(config, is_bert ? HeadKind::SequenceClassification : HeadKind::CausalLM, 0,
+                  quantize_as_built, bf16_as_built);
   model->set_training(o.method != "frozen");
 
   std::unique_ptr<delta::Delta> attached;  // LoRA or UniPELT

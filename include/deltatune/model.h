@@ -140,11 +140,12 @@ class TransformerModel : public nn::Module {
 };
 
 // Builds a model from its config, parameters initialised as transformers does (normal(0, 0.02),
-// zero biases, unit norms), seeded. With `quantize`, the body's linear weights are stored quantised
-// one by one as they are initialised (the same values as quantising afterwards, without the float32
-// model in memory at once; the head stays float).
+// zero biases, unit norms), seeded. With `quantize` (or else `bf16`), the body's linear weights are
+// stored quantised (or in bfloat16) one by one as they are initialised: the same values as converting
+// afterwards, without the float32 model in memory at once; the head stays float32.
 std::unique_ptr<TransformerModel> build_model(const ModelConfig& config, HeadKind head, uint64_t seed = 0,
-                                              std::optional<QuantFormat> quantize = std::nullopt);
+                                              std::optional<QuantFormat> quantize = std::nullopt,
+                                              bool bf16 = false);
 
 struct LoadOptions {
   std::optional<HeadKind> head;  // default: from config.architectures
@@ -155,6 +156,11 @@ struct LoadOptions {
   // weights and everything that is not a linear weight load as usual (use_quantized can quantise a
   // frozen head afterwards).
   std::optional<QuantFormat> quantize;
+  // Store the same weights in bfloat16 as each is read (unless quantize): a frozen base under --bf16
+  // (use_bf16 stores the rest), so the float32 model is never held in full. A delta initialised from
+  // the base (DoRA's magnitude) then sees the bfloat16 weights the forward uses, as in PEFT on a
+  // model loaded in bfloat16.
+  bool bf16 = false;
   uint64_t seed = 0;    // for heads the checkpoint lacks
   bool verbose = true;  // print transformers-style missing/unexpected key reports
 };

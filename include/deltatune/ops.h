@@ -63,7 +63,8 @@ Tensor matmul(const Tensor& a, const Tensor& b);
 //   Bf16, where the CPU has AVX-512 BF16 (bf16_linear_available()): products with weights of at least
 //     kBf16MinDim x kBf16MinDim run on the BF16 kernel, the input and the weight rounded to bfloat16
 //     (a float32 weight once per call; store frozen ones in bfloat16 for good: nn::store_frozen_weights),
-//     sums in float32; weight gradients stay float32, and the skinny LoRA factors stay float32.
+//     sums in float32; a learning weight's gradient is the product of the rounded output gradient and
+//     input (as torch.autocast's), summed and kept in float32; the skinny LoRA factors stay float32.
 //     Mixed precision as Hugging Face's --bf16, about twice the speed of float32.
 enum class MatmulPrecision { Exact, Bf16 };
 constexpr int64_t kBf16MinDim = 64;

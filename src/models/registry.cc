@@ -126,12 +126,17 @@ HeadKind head_from_architectures(const ModelConfig& c) {
 }
 
 std::unique_ptr<TransformerModel> build_model(const ModelConfig& config, HeadKind head, uint64_t seed,
-                                              std::optional<QuantFormat> quantize) {
+                                              std::optional<QuantFormat> quantize, bool bf16) {
   std::unique_ptr<TransformerModel> model = construct(config, head);
   std::map<std::string, nn::Linear*> linears;
-  if (quantize) linears = quantizable_linears(*model);
+  if (quantize || bf16) linears = quantizable_linears(*model);
   init_parameters(*model, seed, nullptr, [&](const std::string& name) {
-    if (auto it = linears.find(name); it != linears.end()) nn::quantize_weight(*it->second, *quantize);
+    auto it = linears.find(name);
+    if (it == linears.end()) return;
+    if (quantize)
+      nn::quantize_weight(*it->second, *quantize);
+    else
+      it->second->weight() = it->second->weight().detach().to(DType::BF16);
   });
   return model;
 }
@@ -172,7 +177,7 @@ std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& d
   std::set<std::string> to_init;
   NoGradGuard guard;
   std::map<std::string, nn::Linear*> quantizable;
-  if (options.quantize) quantizable = quantizable_linears(*model);
+  if (options.quantize || options.bf16) quantizable = quantizable_linears(*model);
   for (auto& [name, param] : model->named_parameters()) {
     std::string key = name;
     if (!has_prefix && name.rfind(prefix, 0) == 0) key = name.substr(prefix.size());
@@ -191,7 +196,12 @@ std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& d
       throw IoError(tensor_file + ": tensor '" + key + "' has shape " + shape_str(src.shape()) +
                     " but the model expects " + shape_str(param->shape()));
     if (auto q = quantizable.find(name); q != quantizable.end()) {
-      quantize_from(*q->second, src, *options.quantize, tensor_file, key);
+      if (options.quantize) {
+        quantize_from(*q->second, src, *options.quantize, tensor_file, key);
+      } else {  // options.bf16
+        *param = src.to(DType::BF16).contiguous().detach();
+        if (param->storage() == src.storage()) *param = src.clone().detach();  // own memory, writable
+      }
       release_file_pages(src);
       continue;
     }

@@ -158,6 +158,7 @@ struct GemmBf16Args {
   float* c;
   int64_t ldc;
   bool accumulate;
+  bool a_trans = false;  // A stored transposed: A[i, kk] at a[kk * lda + i]
 };
 
 // Products with a quantised weight W [n, k] (deltatune/quantize.h), dequantised a tile of rows at a

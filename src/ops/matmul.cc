@@ -214,10 +214,15 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
         }
         if (needs[1]) {  // gW[out, in] = g^T[out, rows] @ x[rows, in]
           Tensor gwc = Tensor::empty({outf, in});
-          MatrixView gt{g.f32(), true, std::max<int64_t>(outf, 1)};
-          if (outf && in)
+          if (bf16_kernel) {  // as autocast: g and x in bfloat16, sums in float32
+            const Tensor x16 = xd.to(DType::BF16);
+            be.gemm_bf16({outf, in, rows, g.f32(), outf, x16.data<uint16_t>(), in, 1, gwc.f32(), in, false,
+                          /*a_trans=*/true});
+          } else if (outf && in) {
+            MatrixView gt{g.f32(), true, std::max<int64_t>(outf, 1)};
             gemm(be, outf, in, rows, gt, MatrixView{xd.f32(), false, std::max<int64_t>(in, 1)}, 0.0f,
                  gwc.f32(), in);
+          }
           gw = gwc;
         }
         if (needs[2]) gb = sum(reshape(g, {rows, outf}), {0});

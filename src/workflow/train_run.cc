@@ -7,6 +7,7 @@
 #include "deltatune/error.h"
 #include "deltatune/loading.h"
 #include "deltatune/method_presets.h"
+#include "deltatune/ops.h"
 #include "deltatune/optim.h"
 #include "deltatune/run_folder.h"
 #include "deltatune/threads.h"
@@ -95,10 +96,14 @@ void load_target(const TrainRequest& r, TrainRun& run) {
   load.verbose = false;  // the new classification head is expected, not a problem to report
   const MethodPreset::Trains trains = method_preset(r.method).trains;
   if (trains == MethodPreset::Trains::Delta) run.delta = delta::make_delta(delta_config(r));
-  // QLoRA: the body's linear weights are quantised as they are read, unless the run trains them.
-  if (r.quantize && trains != MethodPreset::Trains::Full &&
-      !(run.delta && delta::trains_linear_weights(*run.delta)))
+  // QLoRA: the body's linear weights are quantised as they are read, unless the run trains them; with
+  // --bf16 they are stored in bfloat16 as read (use_bf16 would store them so once the model is frozen).
+  const bool body_linears_frozen =
+      trains != MethodPreset::Trains::Full && !(run.delta && delta::trains_linear_weights(*run.delta));
+  if (body_linears_frozen && r.quantize)
     load.quantize = r.quantize;
+  else if (body_linears_frozen && r.bf16 && ops::bf16_linear_available())
+    load.bf16 = true;
   run.model = load_pretrained(r.model_dir, load);
   if (trains == MethodPreset::Trains::Full) {
     run.target = train::TrainTarget::full(*run.model);

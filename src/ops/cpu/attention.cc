@@ -128,19 +128,14 @@ void exp_visible(float* row, int64_t ns, int64_t limit, const uint8_t* mask, flo
   std::fill(row + limit, row + ns, 0.0f);
 }
 
+// One query head hi of the kv head whose K, V are km, vm (and, with p.bf16, already in hp.k16, hp.v16).
 void forward_head(const AttentionProblem& p, int64_t bi, int64_t hi, const HeadMatrices& q,
-                  const HeadMatrices& k, const HeadMatrices& v, float* out, float* lse,
-                  std::vector<float>& scratch, HeadProducts& hp) {
-  const int64_t kvh = hi / p.group();
+                  const HeadMatrices& k, const HeadMatrices& v, const float* km, const float* vm, float* out,
+                  float* lse, std::vector<float>& scratch, const HeadProducts& hp) {
   const float* qm = q.at(bi, hi);
-  const float* km = k.at(bi, kvh);
-  const float* vm = v.at(bi, kvh);
   float* om = out + (bi * p.h + hi) * p.t * p.dv;
   float* lm = lse + (bi * p.h + hi) * p.t;
   const uint8_t* mask = p.mask ? p.mask + bi * p.s : nullptr;
-  const int64_t keys = p.key_end(p.t);
-  hp.keep(hp.k16, km, k.ld, keys, p.d);
-  hp.keep(hp.v16, vm, v.ld, keys, p.dv);
   for (int64_t t0 = 0; t0 < p.t; t0 += kRowBlock) {
     const int64_t tb = std::min(kRowBlock, p.t - t0);
     const int64_t ns = p.key_end(t0 + tb);
@@ -171,6 +166,20 @@ void forward_head(const AttentionProblem& p, int64_t bi, int64_t hi, const HeadM
     }
     if (p.dv > 0) hp.a_b(tb, p.dv, ns, sc, ns, vm, v.ld, hp.v16, 0, om + t0 * p.dv, p.dv, false);
   }
+}
+
+// The query heads of one (batch, kv head), as the backward goes: the shared K and V are rounded to
+// bfloat16 once for the group, not once per query head.
+void forward_kv_head(const AttentionProblem& p, int64_t bi, int64_t kvh, const HeadMatrices& q,
+                     const HeadMatrices& k, const HeadMatrices& v, float* out, float* lse,
+                     std::vector<float>& scratch, HeadProducts& hp) {
+  const float* km = k.at(bi, kvh);
+  const float* vm = v.at(bi, kvh);
+  const int64_t keys = p.key_end(p.t);
+  hp.keep(hp.k16, km, k.ld, keys, p.d);
+  hp.keep(hp.v16, vm, v.ld, keys, p.dv);
+  for (int64_t hi = kvh * p.group(); hi < (kvh + 1) * p.group(); ++hi)
+    forward_head(p, bi, hi, q, k, v, km, vm, out, lse, scratch, hp);
 }
 
 // Gradients for one (batch, kv head): its group's query heads write their own dQ rows and add into
@@ -236,7 +245,7 @@ void backward_kv_head(const AttentionProblem& p, int64_t bi, int64_t kvh, const 
 
 void CpuBackend::attention(const AttentionArgs& a) const {
   const AttentionProblem& p = a.p;
-  const int64_t items = p.b * p.h;
+  const int64_t items = p.b * p.hkv;
   const bool parallel = items > 1 && num_threads() > 1 && work(p) > kParallelWork;
   const int64_t scratch = std::min(kRowBlock, p.t) * p.s;
   BlasSingleThread blas(parallel);
@@ -246,7 +255,7 @@ void CpuBackend::attention(const AttentionArgs& a) const {
     HeadProducts hp(p.bf16);
 #pragma omp for schedule(dynamic)
     for (int64_t item = 0; item < items; ++item)
-      forward_head(p, item / p.h, item % p.h, a.q, a.k, a.v, a.out, a.lse, sc, hp);
+      forward_kv_head(p, item / p.hkv, item % p.hkv, a.q, a.k, a.v, a.out, a.lse, sc, hp);
   }
 }
 

@@ -52,6 +52,27 @@ DT_BF16_TARGET void round_rows(const float* a, int64_t lda, int64_t k, int64_t k
   }
 }
 
+// Rows [r0, r1) of A stored transposed (A[i, kk] at at[kk * lda + i]) rounded to bfloat16 like
+// round_rows: 16 x 16 tiles, each read as 16 rows of the stored matrix and written as 16 rows of A.
+DT_BF16_TARGET void round_cols(const float* at, int64_t lda, int64_t k, int64_t k_even, int64_t r0,
+                               int64_t r1, uint16_t* out) {
+  alignas(64) uint16_t tile[16][16];
+  for (int64_t i0 = r0; i0 < r1; i0 += 16) {
+    const int64_t ni = std::min<int64_t>(16, r1 - i0);
+    const __mmask16 m = lanes16(ni);
+    for (int64_t k0 = 0; k0 < k; k0 += 16) {
+      const int64_t nk = std::min<int64_t>(16, k - k0);
+      for (int64_t kk = 0; kk < nk; ++kk)
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tile[kk]),
+                           (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, at + (k0 + kk) * lda + i0)));
+      for (int64_t i = 0; i < ni; ++i)
+        for (int64_t kk = 0; kk < nk; ++kk) out[(i0 + i) * k_even + k0 + kk] = tile[kk][i];
+    }
+    if (k_even > k)  // the zero that pads k to even
+      for (int64_t i = 0; i < ni; ++i) out[(i0 + i) * k_even + k] = 0;
+  }
+}
+
 // Packs B's pairs [p0, p0 + pairs) and columns [n0, n0 + cols) into strips of NR columns, each
 // [pair][NR][2] (bfloat16), zero-padded past k and past the last column.
 DT_BF16_TARGET void pack_b(const uint16_t* b, int64_t b_k, int64_t b_n, int64_t k, int64_t p0, int64_t pairs,
@@ -274,7 +295,7 @@ bool bf16_gemm_available() {
 }
 
 void gemm_f32_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const uint16_t* b,
-                   int64_t b_k, int64_t b_n, float* c, int64_t ldc, bool accumulate) {
+                   int64_t b_k, int64_t b_n, float* c, int64_t ldc, bool accumulate, bool a_trans) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     if (!accumulate)
@@ -293,7 +314,10 @@ void gemm_f32_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
   {
     const int t = omp_get_thread_num(), nt = omp_get_num_threads();
     const int64_t r0 = m * t / nt, r1 = m * (t + 1) / nt;
-    round_rows(a, lda, k, k_even, r0, r1, a16p);
+    if (a_trans)
+      round_cols(a, lda, k, k_even, r0, r1, a16p);
+    else
+      round_rows(a, lda, k, k_even, r0, r1, a16p);
 #pragma omp barrier
     static thread_local std::vector<uint16_t> packed;
     const int64_t s0 = strips * t / nt, s1 = strips * (t + 1) / nt;

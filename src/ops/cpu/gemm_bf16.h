@@ -13,9 +13,11 @@ bool bf16_gemm_available();
 
 // C[m, n] = A[m, k] B[k, n] (+ C when accumulate). A is float32, row-major with row stride lda;
 // B[kk, nn] is the bfloat16 bit pattern at b[kk * b_k + nn * b_n] (any layout: a weight or its
-// transpose); C is float32, row-major with row stride ldc. Runs on the OpenMP threads.
+// transpose); C is float32, row-major with row stride ldc. With a_trans, A is stored transposed:
+// A[i, kk] at a[kk * lda + i] (a weight's gradient, g^T x, reads the output gradient so). Runs on the
+// OpenMP threads.
 void gemm_f32_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const uint16_t* b,
-                   int64_t b_k, int64_t b_n, float* c, int64_t ldc, bool accumulate);
+                   int64_t b_k, int64_t b_n, float* c, int64_t ldc, bool accumulate, bool a_trans = false);
 
 // out[r, c] = A[r, c] rounded to bfloat16 (nearest even), r < rows, c < cols; A row stride lda, out
 // row-major [rows, cols]: a B operand made once and read by many products.

@@ -13,7 +13,7 @@ void CpuBackend::gemm(const GemmArgs& p) const {
 }
 
 void CpuBackend::gemm_bf16(const GemmBf16Args& p) const {
-  kernels::gemm_f32_bf16(p.m, p.n, p.k, p.a, p.lda, p.b, p.b_k, p.b_n, p.c, p.ldc, p.accumulate);
+  kernels::gemm_f32_bf16(p.m, p.n, p.k, p.a, p.lda, p.b, p.b_k, p.b_n, p.c, p.ldc, p.accumulate, p.a_trans);
 }
 
 void CpuBackend::fill_rows(const float* row, float* out, int64_t rows, int64_t cols) const {

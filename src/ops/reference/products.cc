@@ -25,7 +25,8 @@ void ReferenceBackend::gemm_bf16(const GemmBf16Args& p) const {
     for (int64_t j = 0; j < p.n; ++j) {
       double s = 0;
       for (int64_t kk = 0; kk < p.k; ++kk)
-        s += double(bf16_to_f32(f32_to_bf16(p.a[i * p.lda + kk]))) * bf16_to_f32(p.b[kk * p.b_k + j * p.b_n]);
+        s += double(bf16_to_f32(f32_to_bf16(p.a_trans ? p.a[kk * p.lda + i] : p.a[i * p.lda + kk]))) *
+             bf16_to_f32(p.b[kk * p.b_k + j * p.b_n]);
       float& c = p.c[i * p.ldc + j];
       c = float(s + (p.accumulate ? c : 0.0));
     }
