@@ -84,3 +84,31 @@ TEST(BenchCommand, KernelPeakPrintsThePeakOfEachPrecisionAndItsInstructionsCeili
 }
 
 }  // namespace
+
+// The last step's tensor memory, split as the step uses it: the state at rest does not depend on
+// the batch, what the forward keeps for the backward grows with it, and the peak holds both.
+TEST(BenchCommand, SplitsTheStepsTensorMemory) {
+  json lines[2];
+  for (int i = 0; i < 2; ++i) {
+    auto r = cli_test::run(
+        "bench --model bert-mini --method lora --seq 64 --steps 1 --warmup 1 --threads 1 --batch " +
+        std::to_string(2 * (i + 1)));
+    ASSERT_EQ(r.code, 0) << r.output;
+    lines[i] = last_json_line(r.output);
+    ASSERT_TRUE(lines[i].contains("tensor_saved_mib")) << r.output;
+    EXPECT_GT(lines[i]["tensor_rest_mib"].get<double>(), 20.0);  // bert-mini: 5.5M float32 weights
+    EXPECT_GE(lines[i]["tensor_peak_mib"].get<double>(),
+              lines[i]["tensor_rest_mib"].get<double>() + lines[i]["tensor_saved_mib"].get<double>() - 0.1);
+  }
+  EXPECT_EQ(lines[0]["tensor_rest_mib"], lines[1]["tensor_rest_mib"]);
+  const double saved2 = lines[0]["tensor_saved_mib"].get<double>(),
+               saved4 = lines[1]["tensor_saved_mib"].get<double>();
+  EXPECT_GT(saved2, 1.0);
+  EXPECT_NEAR(saved4 / saved2, 2.0, 0.2);  // activations scale with the batch
+
+  auto frozen = cli_test::run(
+      "bench --model bert-mini --method frozen --batch 2 --seq 64 --steps 1 --warmup 0 --threads 1");
+  ASSERT_EQ(frozen.code, 0) << frozen.output;
+  EXPECT_TRUE(last_json_line(frozen.output)["tensor_saved_mib"].is_null())
+      << frozen.output;  // nothing is kept
+}

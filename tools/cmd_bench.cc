@@ -28,6 +28,7 @@
 #include "deltatune/delta.h"
 #include "deltatune/distributed.h"
 #include "deltatune/loading.h"
+#include "deltatune/memory_stats.h"
 #include "deltatune/model.h"
 #include "deltatune/optim.h"
 #include "deltatune/step_flops.h"
@@ -228,13 +229,22 @@ void run(const Options& o) {
   const std::shared_ptr<distributed::Communicator> job = distributed::world();
   std::vector<double> times, comm_times, wait_times;
   int64_t comm_bytes = 0;
+  // The last step's tensor memory (memory_stats.h), split as a step uses it: the state at rest
+  // (weights, optimizer moments), what the forward keeps for the backward, and the peak on top.
+  size_t at_rest = 0, saved_for_backward = 0;
   for (int64_t step = 0; step < o.warmup + o.steps; ++step) {
+    const bool last = step + 1 == o.warmup + o.steps;
+    if (last) {
+      at_rest = tensor_memory().live_bytes;
+      reset_tensor_memory_peak();
+    }
     const auto t0 = std::chrono::steady_clock::now();
     if (o.method == "frozen") {
       NoGradGuard no_grad;
       (void)loss_of().item();
     } else {
       Tensor loss = loss_of();
+      if (last) saved_for_backward = tensor_memory().live_bytes - at_rest;
       loss.backward();
       // A barrier first (bench only; the trainer has none), so the all-reduce's time is the transfer
       // and the time one process waits for the slower one is reported apart.
@@ -277,6 +287,7 @@ void run(const Options& o) {
   // UniPELT's adapter, prefix and gate products are not in step_flops: no FLOP figures for it.
   const double gflop = o.method == "unipelt" ? 0.0 : step_flops(config, step) * 1e-9;
   auto round1 = [](double v) { return double(int64_t(v * 10.0 + 0.5)) / 10.0; };
+  auto mib = [](size_t bytes) { return double(bytes) / double(1 << 20); };
   json line = {{"engine", "deltatune"},
                {"model", o.model},
                {"method", o.method + (o.lora_all ? "-all" : "")},
@@ -288,6 +299,9 @@ void run(const Options& o) {
                {"gflop_per_step", gflop > 0 ? json(double(int64_t(gflop * 1000.0 + 0.5)) / 1000.0) : json()},
                {"gflops", gflop > 0 ? json(round1(gflop * double(job->size()) / med)) : json()},
                {"peak_rss_mib", round1(peak_rss_mib())},
+               {"tensor_rest_mib", round1(mib(at_rest))},
+               {"tensor_saved_mib", o.method == "frozen" ? json() : json(round1(mib(saved_for_backward)))},
+               {"tensor_peak_mib", round1(mib(tensor_memory().peak_bytes))},
                {"trainable", trainable},
                {"total", total},
                {"blas_core", openblas_get_corename()},

@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -11,6 +12,7 @@
 #include "deltatune/autograd.h"
 #include "deltatune/cuda.h"
 #include "deltatune/error.h"
+#include "deltatune/memory_stats.h"
 #include "deltatune/ops.h"
 #include "ops/backend.h"
 
@@ -65,7 +67,24 @@ std::shared_ptr<Storage> allocate_cuda(size_t bytes) {
   storage->owner = std::shared_ptr<void>(p, [](void* q) { cuda::deallocate(q); });
   return storage;
 }
+
+// memory_stats.h: relaxed atomics, since a count is read as a figure, never to order other memory.
+std::atomic<size_t> g_live_bytes{0}, g_peak_bytes{0};
+
+void count_allocated(size_t bytes) {
+  const size_t live = g_live_bytes.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+  size_t peak = g_peak_bytes.load(std::memory_order_relaxed);
+  while (live > peak && !g_peak_bytes.compare_exchange_weak(peak, live, std::memory_order_relaxed)) {
+  }
+}
+void count_freed(size_t bytes) { g_live_bytes.fetch_sub(bytes, std::memory_order_relaxed); }
 }  // namespace
+
+TensorMemory tensor_memory() {
+  return {g_live_bytes.load(std::memory_order_relaxed), g_peak_bytes.load(std::memory_order_relaxed)};
+}
+
+void reset_tensor_memory_peak() { g_peak_bytes.store(g_live_bytes.load(std::memory_order_relaxed)); }
 
 std::shared_ptr<Storage> map_fresh_pages(size_t bytes) {
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -75,7 +94,11 @@ std::shared_ptr<Storage> map_fresh_pages(size_t bytes) {
   storage->data = p;
   storage->bytes = bytes;
   storage->fresh_zeros = true;
-  storage->owner = std::shared_ptr<void>(p, [bytes](void* q) { munmap(q, bytes); });
+  count_allocated(bytes);
+  storage->owner = std::shared_ptr<void>(p, [bytes](void* q) {
+    munmap(q, bytes);
+    count_freed(bytes);
+  });
   return storage;
 }
 
@@ -88,7 +111,11 @@ std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
   if (rounded && !p) throw Error("out of memory allocating " + std::to_string(bytes) + " bytes");
   storage->data = p;
   storage->bytes = bytes;
-  storage->owner = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  count_allocated(bytes);
+  storage->owner = std::shared_ptr<void>(p, [bytes](void* q) {
+    std::free(q);
+    count_freed(bytes);
+  });
   return storage;
 }
 

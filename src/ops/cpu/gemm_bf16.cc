@@ -52,24 +52,66 @@ DT_BF16_TARGET void round_rows(const float* a, int64_t lda, int64_t k, int64_t k
   }
 }
 
+// Index vectors for the 16 x 8 transpose in round_cols: each picks, for output lane e, a lane of the
+// first source (0-15) or of the second (16-31). Built once from the rule that names the lane.
+struct TransposeIndices {
+  alignas(64) uint16_t pair_words[32];  // (A[i, kk], A[i, kk + 1]) from row kk's and row kk+1's lanes
+  alignas(64) uint32_t a[2][16], b[2][16], c[2][16];
+  TransposeIndices() {
+    for (int e = 0; e < 32; ++e) pair_words[e] = uint16_t((e % 2) * 16 + e / 2);
+    for (int h = 0; h < 2; ++h)
+      for (int e = 0; e < 16; ++e) {
+        a[h][e] = uint32_t((e % 2) * 16 + 8 * h + e / 2);                    // 8 i x 2 pairs
+        b[h][e] = uint32_t((e % 4) / 2 * 16 + 2 * (4 * h + e / 4) + e % 2);  // 4 i x 4 pairs
+        c[h][e] = uint32_t((e % 8) / 4 * 16 + 4 * (2 * h + e / 8) + e % 4);  // 2 i x 8 pairs
+      }
+  }
+};
+
 // Rows [r0, r1) of A stored transposed (A[i, kk] at at[kk * lda + i]) rounded to bfloat16 like
-// round_rows: 16 x 16 tiles, each read as 16 rows of the stored matrix and written as 16 rows of A.
+// round_rows, in 16 x 16 tiles: two stored rows (kk, kk + 1) rounded together give 16 pairs, one
+// 32-bit lane per row i of A; the tile's 8 such registers are then transposed in registers (three
+// rounds of two-source permutes) so that each 256-bit half holds 16 consecutive k of one row of A.
 DT_BF16_TARGET void round_cols(const float* at, int64_t lda, int64_t k, int64_t k_even, int64_t r0,
                                int64_t r1, uint16_t* out) {
-  alignas(64) uint16_t tile[16][16];
+  static const TransposeIndices ix;
+  const __m512i pair_words = _mm512_load_si512(ix.pair_words);
+  const __m512i ia[2] = {_mm512_load_si512(ix.a[0]), _mm512_load_si512(ix.a[1])};
+  const __m512i ib[2] = {_mm512_load_si512(ix.b[0]), _mm512_load_si512(ix.b[1])};
+  const __m512i ic[2] = {_mm512_load_si512(ix.c[0]), _mm512_load_si512(ix.c[1])};
   for (int64_t i0 = r0; i0 < r1; i0 += 16) {
     const int64_t ni = std::min<int64_t>(16, r1 - i0);
     const __mmask16 m = lanes16(ni);
-    for (int64_t k0 = 0; k0 < k; k0 += 16) {
-      const int64_t nk = std::min<int64_t>(16, k - k0);
-      for (int64_t kk = 0; kk < nk; ++kk)
-        _mm256_store_si256(reinterpret_cast<__m256i*>(tile[kk]),
-                           (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, at + (k0 + kk) * lda + i0)));
-      for (int64_t i = 0; i < ni; ++i)
-        for (int64_t kk = 0; kk < nk; ++kk) out[(i0 + i) * k_even + k0 + kk] = tile[kk][i];
+    for (int64_t k0 = 0; k0 < k_even; k0 += 16) {
+      __m512i pairs[8];  // pairs[p]: lane i = (A[i0 + i, k0 + 2p], A[i0 + i, k0 + 2p + 1]); rows past k are 0
+      for (int p = 0; p < 8; ++p) {
+        const int64_t kk = k0 + 2 * p;
+        const __m512 lo = kk < k ? _mm512_maskz_loadu_ps(m, at + kk * lda + i0) : _mm512_setzero_ps();
+        const __m512 hi =
+            kk + 1 < k ? _mm512_maskz_loadu_ps(m, at + (kk + 1) * lda + i0) : _mm512_setzero_ps();
+        pairs[p] = _mm512_permutexvar_epi16(pair_words, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+      }
+      __m512i a[4][2], b[2][2][2];
+      for (int q = 0; q < 4; ++q)  // a[q][h]: rows i0 + [8h, 8h + 8), pairs 2q and 2q + 1
+        for (int h = 0; h < 2; ++h)
+          a[q][h] = _mm512_permutex2var_epi32(pairs[2 * q], ia[h], pairs[2 * q + 1]);
+      for (int r = 0; r < 2; ++r)  // b[r][h][g]: rows i0 + 8h + 4g + [0, 4), pairs [4r, 4r + 4)
+        for (int h = 0; h < 2; ++h)
+          for (int g = 0; g < 2; ++g)
+            b[r][h][g] = _mm512_permutex2var_epi32(a[2 * r][h], ib[g], a[2 * r + 1][h]);
+      const __mmask16 kmask = lanes16(k_even - k0);
+      for (int h = 0; h < 2; ++h)
+        for (int g = 0; g < 2; ++g)
+          for (int c = 0; c < 2; ++c) {  // rows i0 + 8h + 4g + 2c and the next, all 8 pairs each
+            const __m512i rows2 = _mm512_permutex2var_epi32(b[0][h][g], ic[c], b[1][h][g]);
+            const int64_t i = 8 * h + 4 * g + 2 * c;
+            if (i < ni)
+              _mm256_mask_storeu_epi16(out + (i0 + i) * k_even + k0, kmask, _mm512_castsi512_si256(rows2));
+            if (i + 1 < ni)
+              _mm256_mask_storeu_epi16(out + (i0 + i + 1) * k_even + k0, kmask,
+                                       _mm512_extracti64x4_epi64(rows2, 1));
+          }
     }
-    if (k_even > k)  // the zero that pads k to even
-      for (int64_t i = 0; i < ni; ++i) out[(i0 + i) * k_even + k] = 0;
   }
 }
 
