@@ -13,9 +13,11 @@
 //     precisions cannot share a process today; a per-call precision would travel in the call's
 //     ForwardContext (forward_context.h), and its backward would need it recorded with each node,
 //     since backward runs outside the forward.
-//   - heap: glibc allocator tuning. Training frees and re-allocates activation-sized buffers (MiBs)
-//     every step; glibc would map each afresh and return it to the kernel, so every step paid page
-//     faults and zeroing again (~4% of a bert-base LoRA step). Keeping them in the heap reuses them.
+//   - heap: glibc allocator tuning, for tensor storage under 1 MiB and everything else the process
+//     allocates (larger tensor blocks come from the library's own pool, src/core/large_blocks.h).
+//     Training frees and re-allocates such buffers every step; glibc would map the larger ones
+//     afresh and return them to the kernel, so every step paid page faults and zeroing again.
+//     Keeping them in the heap reuses them.
 // Not here: OpenMP's wait policy, which libgomp reads once when it loads (tools/wait_policy.h).
 #include <cstddef>
 #include <optional>

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/fresh_pages.h"
+#include "core/large_blocks.h"
 #include "core/strided.h"
 #include "deltatune/autograd.h"
 #include "deltatune/cuda.h"
@@ -51,10 +52,9 @@ int64_t wrap_dim(int64_t d, int64_t rank, const char* op) {
 }
 
 namespace {
-// Blocks this large are mapped directly (glibc would mmap them anyway: its mmap threshold cannot
-// exceed 32 MiB), on transparent huge pages where the kernel allows: a gradient buffer the size of a
-// vocabulary table then costs a few hundred page faults per step instead of tens of thousands, and
-// zeros() skips the memset, the kernel's fresh pages being zero already.
+// Where the large-block pool is off (the sanitizers' builds), blocks this large are mapped directly
+// (glibc would mmap them anyway: its mmap threshold cannot exceed 32 MiB), and zeros() skips the
+// memset, the kernel's fresh pages being zero already.
 constexpr size_t kMappedBytes = size_t(32) << 20;
 
 // GPU memory: cudaMalloc behind the same interface (deltatune/cuda.h; a clear error without CUDA).
@@ -104,8 +104,20 @@ std::shared_ptr<Storage> map_fresh_pages(size_t bytes) {
 
 std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
   if (device == Device::CUDA) return allocate_cuda(bytes);
-  if (bytes >= kMappedBytes) return map_fresh_pages(bytes);
   auto storage = std::make_shared<Storage>();
+  if (bytes >= large_blocks::kMinBytes && large_blocks::pooled()) {  // reused in place (large_blocks.h)
+    const large_blocks::Block block = large_blocks::take(bytes);
+    storage->data = block.data;
+    storage->bytes = bytes;
+    storage->fresh_zeros = block.zeroed;
+    count_allocated(bytes);
+    storage->owner = std::shared_ptr<void>(block.data, [bytes](void* q) {
+      large_blocks::give_back(q);
+      count_freed(bytes);
+    });
+    return storage;
+  }
+  if (bytes >= kMappedBytes) return map_fresh_pages(bytes);  // the sanitizers' builds
   size_t rounded = (bytes + 63) / 64 * 64;
   void* p = rounded ? std::aligned_alloc(64, rounded) : nullptr;
   if (rounded && !p) throw Error("out of memory allocating " + std::to_string(bytes) + " bytes");
