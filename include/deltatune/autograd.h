@@ -47,6 +47,44 @@ class NoGradGuard : public GradModeGuard {
 // Captured tensors in `backward` must not include `output` itself (use output.detach()).
 Tensor record(const char* name, Tensor output, std::vector<Tensor> inputs, BackwardFn backward);
 
+// --- Saved tensors and cheap recomputation (torch's saved tensors, with selective recomputation) ---
+// A backward rule that needs a tensor's values keeps a SavedTensor of it. Usually that is the tensor
+// itself. But an activation's or a norm's output is cheap to compute again from inputs the tape
+// keeps anyway (the activation's input, the norm's input), so such an op marks its recorded output
+// with a Rebuild: the rules that save it then keep the recipe, not the values, and the output's
+// memory is freed once the forward is done with it. The first rule to need it in the backward
+// rebuilds it, bit for bit (the same kernel on the same input), and the rebuilt copy is shared with
+// every other rule that saved it until the last one has taken it. In full fine-tuning of bert-base
+// this frees the FFN's GELU outputs and the layer norms' outputs: a quarter of what the forward
+// keeps, for a few element-wise passes more in the backward.
+struct Rebuild {
+  std::function<Tensor()> compute;  // runs in no-grad mode, in the backward
+  int savers = 0;                   // SavedTensors holding this recipe
+  int taken = 0;                    // of them, how many have had the values
+  Tensor rebuilt;                   // shared between the savers until the last has taken it
+};
+
+// `output` (an op's result, just recorded) can be rebuilt by `compute` from tensors that op's own
+// backward keeps. No effect while rebuilding is off or `output` is not recorded.
+void set_rebuild(const Tensor& output, std::function<Tensor()> compute);
+
+// On by default. Off, every saved tensor keeps its values (tests compare the two; a step then
+// holds more memory for a few element-wise passes less).
+void set_rebuild_saved_activations(bool on);
+bool rebuild_saved_activations();
+
+class SavedTensor {
+ public:
+  SavedTensor() = default;
+  explicit SavedTensor(const Tensor& t);  // the values of t, or t's Rebuild when it has one
+  bool defined() const { return kept_.defined() || rebuild_ != nullptr; }
+  Tensor get() const;  // the values (rebuilt on the first call across the savers)
+
+ private:
+  Tensor kept_;  // detached
+  std::shared_ptr<Rebuild> rebuild_;
+};
+
 // How many nodes have been recorded since the start of the process (all threads): tests use it to
 // check what a forward puts on the tape.
 uint64_t recorded_nodes();

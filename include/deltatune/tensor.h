@@ -28,7 +28,8 @@ struct Storage {
   static std::shared_ptr<Storage> allocate(size_t bytes, Device device = Device::CPU);
 };
 
-struct Node;  // autograd.h
+struct Node;     // autograd.h
+struct Rebuild;  // autograd.h: how a cheap op's output is rebuilt for the backward
 
 struct TensorImpl {
   std::shared_ptr<Storage> storage;
@@ -39,6 +40,7 @@ struct TensorImpl {
   bool requires_grad = false;
   std::shared_ptr<TensorImpl> grad;  // leaves only; created on first accumulation
   std::shared_ptr<Node> grad_fn;     // the op that produced this tensor, when recorded
+  std::shared_ptr<Rebuild> rebuild;  // set by an activation or norm when recorded (see SavedTensor)
 };
 
 class Tensor {

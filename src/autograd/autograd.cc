@@ -55,6 +55,42 @@ Tensor record(const char* name, Tensor output, std::vector<Tensor> inputs, Backw
 }
 
 namespace {
+std::atomic<bool> g_rebuild{true};
+}  // namespace
+
+void set_rebuild_saved_activations(bool on) { g_rebuild = on; }
+bool rebuild_saved_activations() { return g_rebuild; }
+
+void set_rebuild(const Tensor& output, std::function<Tensor()> compute) {
+  if (!g_rebuild || !output.defined() || !output.grad_fn()) return;
+  auto rebuild = std::make_shared<Rebuild>();
+  rebuild->compute = std::move(compute);
+  output.impl()->rebuild = std::move(rebuild);
+}
+
+SavedTensor::SavedTensor(const Tensor& t) {
+  if (!t.defined()) return;
+  if (g_rebuild && g_grad_enabled && t.impl()->rebuild) {
+    rebuild_ = t.impl()->rebuild;
+    ++rebuild_->savers;
+  } else {
+    kept_ = t.detach();
+  }
+}
+
+Tensor SavedTensor::get() const {
+  if (!rebuild_) return kept_;
+  Rebuild& r = *rebuild_;
+  if (!r.rebuilt.defined()) {
+    NoGradGuard no_grad;
+    r.rebuilt = r.compute().detach();
+  }
+  Tensor values = r.rebuilt;
+  if (++r.taken >= r.savers) r.rebuilt = Tensor();  // the last saver has it: free it with that rule
+  return values;
+}
+
+namespace {
 // `t` is contiguous float32 of `shape`, covers its whole storage, and nothing else refers to it.
 bool owns_dense_f32(const Tensor& t, const Shape& shape) {
   return t.uniquely_owned() && t.dtype() == DType::F32 && t.shape() == shape && t.is_contiguous() &&

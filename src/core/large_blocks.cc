@@ -9,15 +9,8 @@
 #include <unordered_map>
 #include <utility>
 
+#include "core/sanitized.h"
 #include "deltatune/error.h"
-
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define DELTATUNE_LARGE_BLOCKS_FROM_MALLOC 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define DELTATUNE_LARGE_BLOCKS_FROM_MALLOC 1
-#endif
-#endif
 
 namespace deltatune::large_blocks {
 namespace {
@@ -99,7 +92,7 @@ Pool& pool() {
 }  // namespace
 
 bool pooled() {
-#if defined(DELTATUNE_LARGE_BLOCKS_FROM_MALLOC)
+#if defined(DELTATUNE_SANITIZED)
   return false;
 #else
   return true;

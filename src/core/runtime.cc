@@ -9,18 +9,12 @@
 #include <malloc.h>
 #endif
 
+#include "core/sanitized.h"
 #include "deltatune/error.h"
 #include "deltatune/threads.h"
 
-// Under AddressSanitizer, ThreadSanitizer (or another allocator replacing glibc's) mallopt is not
+// Under AddressSanitizer or ThreadSanitizer (or another allocator replacing glibc's) mallopt is not
 // glibc's and refuses every setting; the tuning only matters for glibc's own heap.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define DELTATUNE_SANITIZED_HEAP 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define DELTATUNE_SANITIZED_HEAP 1
-#endif
-#endif
 
 namespace deltatune {
 namespace {
@@ -28,7 +22,7 @@ std::mutex g_heap_mutex;
 std::optional<HeapTuning> g_heap;  // the last tuning applied
 
 void apply_heap(const HeapTuning& heap) {
-#if defined(DELTATUNE_SANITIZED_HEAP)
+#if defined(DELTATUNE_SANITIZED)
   (void)heap;  // the sanitizer's allocator: nothing to tune
 #elif defined(__GLIBC__)
   if (mallopt(M_MMAP_THRESHOLD, int(heap.mmap_threshold)) != 1)

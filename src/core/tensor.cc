@@ -86,49 +86,42 @@ TensorMemory tensor_memory() {
 
 void reset_tensor_memory_peak() { g_peak_bytes.store(g_live_bytes.load(std::memory_order_relaxed)); }
 
-std::shared_ptr<Storage> map_fresh_pages(size_t bytes) {
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) throw Error("out of memory mapping " + std::to_string(bytes) + " bytes");
-  madvise(p, bytes, MADV_HUGEPAGE);  // advice only: ignored where huge pages are off
+namespace {
+// A Storage owning `bytes` at `data`: counted in tensor_memory() from now until `release` frees it
+// with the last user.
+template <typename Release>
+std::shared_ptr<Storage> counted_storage(void* data, size_t bytes, bool fresh_zeros, Release release) {
   auto storage = std::make_shared<Storage>();
-  storage->data = p;
+  storage->data = data;
   storage->bytes = bytes;
-  storage->fresh_zeros = true;
+  storage->fresh_zeros = fresh_zeros;
   count_allocated(bytes);
-  storage->owner = std::shared_ptr<void>(p, [bytes](void* q) {
-    munmap(q, bytes);
+  storage->owner = std::shared_ptr<void>(data, [bytes, release](void* q) {
+    release(q);
     count_freed(bytes);
   });
   return storage;
 }
+}  // namespace
+
+std::shared_ptr<Storage> map_fresh_pages(size_t bytes) {
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw Error("out of memory mapping " + std::to_string(bytes) + " bytes");
+  madvise(p, bytes, MADV_HUGEPAGE);  // advice only: ignored where huge pages are off
+  return counted_storage(p, bytes, /*fresh_zeros=*/true, [bytes](void* q) { munmap(q, bytes); });
+}
 
 std::shared_ptr<Storage> Storage::allocate(size_t bytes, Device device) {
   if (device == Device::CUDA) return allocate_cuda(bytes);
-  auto storage = std::make_shared<Storage>();
   if (bytes >= large_blocks::kMinBytes && large_blocks::pooled()) {  // reused in place (large_blocks.h)
     const large_blocks::Block block = large_blocks::take(bytes);
-    storage->data = block.data;
-    storage->bytes = bytes;
-    storage->fresh_zeros = block.zeroed;
-    count_allocated(bytes);
-    storage->owner = std::shared_ptr<void>(block.data, [bytes](void* q) {
-      large_blocks::give_back(q);
-      count_freed(bytes);
-    });
-    return storage;
+    return counted_storage(block.data, bytes, block.zeroed, [](void* q) { large_blocks::give_back(q); });
   }
   if (bytes >= kMappedBytes) return map_fresh_pages(bytes);  // the sanitizers' builds
   size_t rounded = (bytes + 63) / 64 * 64;
   void* p = rounded ? std::aligned_alloc(64, rounded) : nullptr;
   if (rounded && !p) throw Error("out of memory allocating " + std::to_string(bytes) + " bytes");
-  storage->data = p;
-  storage->bytes = bytes;
-  count_allocated(bytes);
-  storage->owner = std::shared_ptr<void>(p, [bytes](void* q) {
-    std::free(q);
-    count_freed(bytes);
-  });
-  return storage;
+  return counted_storage(p, bytes, /*fresh_zeros=*/false, [](void* q) { std::free(q); });
 }
 
 Tensor Tensor::from_storage(std::shared_ptr<Storage> storage, DType dtype, const Shape& shape,

@@ -71,16 +71,24 @@ std::map<std::string, nn::Linear*> quantizable_linears(TransformerModel& model) 
   return out;
 }
 
-// Quantises a linear weight from its source tensor (a view of the checkpoint's mapping, or a copy):
-// only a contiguous float32 copy of this one matrix exists on the way, and only when the source is not
-// float32 already or is stored [in, out].
-void quantize_from(nn::Linear& linear, const Tensor& src, QuantFormat format, const std::string& file,
-                   const std::string& key) {
+// Stores a body linear's weight in the compact form LoadOptions asks for, from `src` (its initialised
+// values, or a view of the checkpoint's mapping): quantised (`quantize`) or else bfloat16, in memory of
+// its own. Only a float32 copy of this one matrix exists on the way to the blocks, and only when the
+// source is not float32 already or is stored [in, out]. `where` ("FILE: tensor 'KEY'") prefixes a
+// quantiser's refusal (NaN or infinite values) as an IoError; empty, the refusal goes on as it is.
+void store_compact(nn::Linear& linear, const Tensor& src, std::optional<QuantFormat> quantize,
+                   const std::string& where = "") {
+  if (!quantize) {
+    linear.weight() = src.to(DType::BF16).contiguous().detach();
+    if (linear.weight().storage() == src.storage()) linear.weight() = src.clone().detach();  // writable
+    return;
+  }
   linear.weight() = src.float32();
   try {
-    nn::quantize_weight(linear, format);
-  } catch (const ConfigError& e) {  // NaN or infinite values
-    throw IoError(file + ": tensor '" + key + "': " + e.what());
+    nn::quantize_weight(linear, *quantize);
+  } catch (const ConfigError& e) {
+    if (where.empty()) throw;
+    throw IoError(where + ": " + e.what());
   }
 }
 
@@ -133,10 +141,7 @@ std::unique_ptr<TransformerModel> build_model(const ModelConfig& config, HeadKin
   init_parameters(*model, seed, nullptr, [&](const std::string& name) {
     auto it = linears.find(name);
     if (it == linears.end()) return;
-    if (quantize)
-      nn::quantize_weight(*it->second, *quantize);
-    else
-      it->second->weight() = it->second->weight().detach().to(DType::BF16);
+    store_compact(*it->second, it->second->weight().detach(), quantize);
   });
   return model;
 }
@@ -195,13 +200,8 @@ std::unique_ptr<TransformerModel> load_pretrained(const std::filesystem::path& d
     if (src.shape() != param->shape())
       throw IoError(tensor_file + ": tensor '" + key + "' has shape " + shape_str(src.shape()) +
                     " but the model expects " + shape_str(param->shape()));
-    if (auto q = quantizable.find(name); q != quantizable.end()) {
-      if (options.quantize) {
-        quantize_from(*q->second, src, *options.quantize, tensor_file, key);
-      } else {  // options.bf16
-        *param = src.to(DType::BF16).contiguous().detach();
-        if (param->storage() == src.storage()) *param = src.clone().detach();  // own memory, writable
-      }
+    if (auto q = quantizable.find(name); q != quantizable.end()) {  // options.quantize or options.bf16
+      store_compact(*q->second, src, options.quantize, tensor_file + ": tensor '" + key + "'");
       release_file_pages(src);
       continue;
     }

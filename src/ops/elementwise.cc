@@ -70,14 +70,20 @@ Tensor unary_op(const char* name, const Tensor& a, Unary kind, Saves saves) {
   if (!grad_enabled() || !a.requires_grad()) return out;
   Tensor xs = saves == Saves::Input ? x.detach() : Tensor();
   Tensor ys = saves == Saves::Output ? out.detach() : Tensor();
-  return record(name, out, {a}, [name, xs, ys, kind](const Tensor& g_in, const std::vector<bool>&) {
-    const Tensor g = f32_contiguous(g_in);
-    const Backend& be = backend_for(name, {&g, &xs, &ys});
-    Tensor gx = Tensor::empty(g.shape());
-    be.unary_backward(kind, g.f32(), xs.defined() ? xs.f32() : nullptr, ys.defined() ? ys.f32() : nullptr,
-                      gx.f32(), g.numel());
-    return std::vector<Tensor>{gx};
-  });
+  Tensor recorded =
+      record(name, out, {a}, [name, xs, ys, kind](const Tensor& g_in, const std::vector<bool>&) {
+        const Tensor g = f32_contiguous(g_in);
+        const Backend& be = backend_for(name, {&g, &xs, &ys});
+        Tensor gx = Tensor::empty(g.shape());
+        be.unary_backward(kind, g.f32(), xs.defined() ? xs.f32() : nullptr, ys.defined() ? ys.f32() : nullptr,
+                          gx.f32(), g.numel());
+        return std::vector<Tensor>{gx};
+      });
+  // The tape keeps the input: a rule that saves the output (the next linear's weight gradient)
+  // can have it rebuilt instead of kept (autograd.h, SavedTensor).
+  if (saves == Saves::Input)
+    set_rebuild(recorded, [name, xs, kind] { return unary_forward(name, xs, kind); });
+  return recorded;
 }
 
 }  // namespace
@@ -100,8 +106,9 @@ Tensor sub(const Tensor& a, const Tensor& b) {
 
 Tensor mul(const Tensor& a, const Tensor& b) {
   Tensor out = binary_forward(a, b, "mul", Binary::Mul);
-  Tensor ad = a.detach(), bd = b.detach();
-  return record("mul", out, {a, b}, [ad, bd](const Tensor& g, const std::vector<bool>& needs) {
+  const SavedTensor as(a), bs(b);
+  return record("mul", out, {a, b}, [as, bs](const Tensor& g, const std::vector<bool>& needs) {
+    const Tensor ad = as.get(), bd = bs.get();
     return std::vector<Tensor>{needs[0] ? sum_to(mul(g, bd), ad.shape()) : Tensor(),
                                needs[1] ? sum_to(mul(g, ad), bd.shape()) : Tensor()};
   });

@@ -115,8 +115,9 @@ Tensor matmul_forward(const Tensor& a_in, const Tensor& b_in) {
 
 Tensor matmul(const Tensor& a, const Tensor& b) {
   Tensor out = matmul_forward(a, b);
-  Tensor ad = a.detach(), bd = b.detach();
-  return record("matmul", out, {a, b}, [ad, bd](const Tensor& g, const std::vector<bool>& needs) {
+  const SavedTensor as(a), bs(b);
+  return record("matmul", out, {a, b}, [as, bs](const Tensor& g, const std::vector<bool>& needs) {
+    const Tensor ad = as.get(), bd = bs.get();
     Tensor ga, gb;
     if (needs[0]) ga = sum_to(matmul_forward(g, transpose(bd, -1, -2)), ad.shape());
     if (needs[1]) {
@@ -194,12 +195,12 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   if (!grad_enabled() ||
       !(x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad())))
     return out;
-  Tensor xd = weight.requires_grad() ? xc.detach() : Tensor();
+  const SavedTensor xs = weight.requires_grad() ? SavedTensor(xc) : SavedTensor();
   Tensor wd = x.requires_grad() ? w.detach() : Tensor();
   const Shape x_shape = x.shape();
   return record(
       "linear", out, {x, weight, bias},
-      [xd, wd, x_shape, in, outf, rows, bf16_kernel](const Tensor& g_in, const std::vector<bool>& needs) {
+      [xs, wd, x_shape, in, outf, rows, bf16_kernel](const Tensor& g_in, const std::vector<bool>& needs) {
         Tensor g = g_in.contiguous();
         const Backend& be = backend_for("linear", {&g});
         Tensor gx, gw, gb;
@@ -213,6 +214,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
             gemm(be, rows, in, outf, gv, view_of(wd), 0.0f, gx.f32(), in);
         }
         if (needs[1]) {  // gW[out, in] = g^T[out, rows] @ x[rows, in]
+          const Tensor xd = xs.get();
           Tensor gwc = Tensor::empty({outf, in});
           if (bf16_kernel) {  // as autocast: g and x in bfloat16, sums in float32
             const Tensor x16 = xd.to(DType::BF16);

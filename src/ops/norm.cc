@@ -1,6 +1,6 @@
 // layer_norm and rms_norm over the last dim, in float32. The tape keeps the input (no copy when it
 // is already float32 and contiguous) and one or two floats per row; the normalised values are
-// recomputed in backward.
+// recomputed in backward, and so is the output where a later rule saves it (SavedTensor).
 #include <cmath>
 #include <memory>
 #include <string>
@@ -47,7 +47,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, flo
     backend_for("layer_norm", {&x, &weight, &bias})
         .layer_norm({xc.f32(), w.defined() ? w.f32() : nullptr, b.defined() ? b.f32() : nullptr, out.f32(),
                      mean->data(), rstd->data(), rows, d, eps});
-  return record(
+  Tensor recorded = record(
       "layer_norm", out, {x, weight, bias},
       [xc, w, mean, rstd, d, rows](const Tensor& g, const std::vector<bool>& needs) -> std::vector<Tensor> {
         Tensor gc = f32_contiguous(g);
@@ -66,6 +66,11 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, flo
         }
         return {gx, gw, gb};
       });
+  // The tape keeps x: a rule that saves the output (the next linears' weight gradients) can have
+  // it rebuilt instead (autograd.h, SavedTensor). Weight and bias are detached: no tape either way.
+  Tensor b_kept = b;
+  set_rebuild(recorded, [xc, w, b_kept, eps] { return layer_norm(xc, w, b_kept, eps); });
+  return recorded;
 }
 
 Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) {
@@ -80,21 +85,23 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight, float eps) {
     backend_for("rms_norm", {&x, &weight})
         .rms_norm({xc.f32(), w.defined() ? w.f32() : nullptr, nullptr, out.f32(), nullptr, rstd->data(), rows,
                    d, eps});
-  return record(
-      "rms_norm", out, {x, weight},
-      [xc, w, rstd, d, rows](const Tensor& g, const std::vector<bool>& needs) -> std::vector<Tensor> {
-        Tensor gc = f32_contiguous(g);
-        Tensor gx = needs[0] ? Tensor::empty(xc.shape()) : Tensor();
-        Tensor gw = needs[1] ? Tensor::empty({d}) : Tensor();
-        if (rows)
-          backend_for("rms_norm", {&gc, &xc})
-              .rms_norm_backward({xc.f32(), w.defined() ? w.f32() : nullptr, gc.f32(), nullptr, rstd->data(),
-                                  gx.defined() ? gx.f32() : nullptr, gw.defined() ? gw.f32() : nullptr,
-                                  nullptr, rows, d});
-        else if (gw.defined())
-          gw.fill_(0.0f);
-        return {gx, gw};
-      });
+  Tensor recorded =
+      record("rms_norm", out, {x, weight},
+             [xc, w, rstd, d, rows](const Tensor& g, const std::vector<bool>& needs) -> std::vector<Tensor> {
+               Tensor gc = f32_contiguous(g);
+               Tensor gx = needs[0] ? Tensor::empty(xc.shape()) : Tensor();
+               Tensor gw = needs[1] ? Tensor::empty({d}) : Tensor();
+               if (rows)
+                 backend_for("rms_norm", {&gc, &xc})
+                     .rms_norm_backward({xc.f32(), w.defined() ? w.f32() : nullptr, gc.f32(), nullptr,
+                                         rstd->data(), gx.defined() ? gx.f32() : nullptr,
+                                         gw.defined() ? gw.f32() : nullptr, nullptr, rows, d});
+               else if (gw.defined())
+                 gw.fill_(0.0f);
+               return {gx, gw};
+             });
+  set_rebuild(recorded, [xc, w, eps] { return rms_norm(xc, w, eps); });  // as layer_norm's
+  return recorded;
 }
 
 }  // namespace deltatune::ops
