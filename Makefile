@@ -84,7 +84,7 @@ fuzz: fuzz-build
 # smoke runs, the replays of past findings, and these tests under the sanitizers: the kernels and their
 # gradients, and every reader of files from outside (the whole suite sanitized: make test-sanitize).
 ROBUST_TESTS = backend_ops gradcheck quantize safetensors gguf_format gguf_model hf_config data config_file tokenizer delta_loading \
-	kv_cache optimizer concurrent_forward gradient_checkpointing
+	kv_cache optimizer concurrent_forward gradient_checkpointing saved_tensors
 test-robust: setup
 	@$(FUZZ_CONFIGURE)
 	@cmake --build build-fuzz -j $(JOBS) --target fuzzers $(addprefix test_,$(ROBUST_TESTS))

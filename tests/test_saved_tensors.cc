@@ -122,12 +122,19 @@ TEST(SavedTensors, DeltasWithDropoutGetTheSameGradients) {
   expect_same_gradients("bert-mini", {{"method", "unipelt"}, {"variant", "APL"}});
 }
 
-TEST(SavedTensors, AnActivationSavedByALinearIsFreedAndRebuiltOnce) {
+namespace {
+
+// Three linears save one GELU output for their weight gradients: float32, and under --bf16's
+// precision (the BF16 kernel, which takes x rounded: rounded once for the three as well).
+void expect_one_rebuild_for_three_savers(ops::MatmulPrecision precision) {
+  SCOPED_TRACE(precision == ops::MatmulPrecision::Bf16 ? "bf16" : "float32");
+  const ops::MatmulPrecision previous = ops::matmul_precision();
+  ops::set_matmul_precision(precision);
   Generator gen(11);
-  Tensor x = Tensor::randn({64, 32}, gen);
-  Tensor w1 = Tensor::randn({128, 32}, gen).set_requires_grad(true);
+  Tensor x = Tensor::randn({64, 64}, gen);
+  Tensor w1 = Tensor::randn({128, 64}, gen).set_requires_grad(true);
   std::vector<Tensor> heads;
-  for (int i = 0; i < 3; ++i) heads.push_back(Tensor::randn({8, 128}, gen).set_requires_grad(true));
+  for (int i = 0; i < 3; ++i) heads.push_back(Tensor::randn({64, 128}, gen).set_requires_grad(true));
 
   using Result = std::pair<size_t, std::vector<std::vector<float>>>;
   auto step = [&](bool rebuild, int* computed) -> Result {
@@ -145,7 +152,7 @@ TEST(SavedTensors, AnActivationSavedByALinearIsFreedAndRebuiltOnce) {
         return inner();
       };
     }
-    Tensor loss;  // three linears save h for their weight gradients
+    Tensor loss;
     for (Tensor& head : heads) {
       Tensor term = ops::sum_all(ops::linear(h, head));
       loss = loss.defined() ? ops::add(loss, term) : term;
@@ -163,11 +170,20 @@ TEST(SavedTensors, AnActivationSavedByALinearIsFreedAndRebuiltOnce) {
   int computed = 0;
   const auto [kept_without, grads_without] = step(false, &computed);
   const auto [kept_with, grads_with] = step(true, &computed);
+  ops::set_matmul_precision(previous);
   ASSERT_FALSE(grads_with.empty()) << "gelu marked no rebuild";
   EXPECT_EQ(grads_with, grads_without);
   EXPECT_EQ(computed, 1) << "the three savers share one rebuilt copy";
   // h (64 x 128 floats) is no longer kept; its input (gelu's own saved tensor) is kept either way.
+  // (Under bf16 the heads keep their rounded weights for the input's gradient, with or without.)
   EXPECT_EQ(kept_without - kept_with, size_t(64 * 128 * 4));
+}
+
+}  // namespace
+
+TEST(SavedTensors, AnActivationSavedByALinearIsFreedAndRebuiltOnce) {
+  expect_one_rebuild_for_three_savers(ops::MatmulPrecision::Exact);
+  expect_one_rebuild_for_three_savers(ops::MatmulPrecision::Bf16);  // float32 where the CPU lacks BF16
 }
 
 TEST(SavedTensors, OffOrWithoutRecordingNothingIsMarked) {

@@ -62,6 +62,7 @@ struct Rebuild {
   int savers = 0;                   // SavedTensors holding this recipe
   int taken = 0;                    // of them, how many have had the values
   Tensor rebuilt;                   // shared between the savers until the last has taken it
+  Tensor rebuilt_bf16;              // its bfloat16 rounding, likewise, once a saver asked for it
 };
 
 // `output` (an op's result, just recorded) can be rebuilt by `compute` from tensors that op's own
@@ -78,7 +79,9 @@ class SavedTensor {
   SavedTensor() = default;
   explicit SavedTensor(const Tensor& t);  // the values of t, or t's Rebuild when it has one
   bool defined() const { return kept_.defined() || rebuild_ != nullptr; }
-  Tensor get() const;  // the values (rebuilt on the first call across the savers)
+  // The values, in float32 or rounded to bfloat16 (for the BF16 kernel's weight gradients): rebuilt,
+  // and rounded, once across the savers. Each rule calls it once.
+  Tensor get(DType dtype = DType::F32) const;
 
  private:
   Tensor kept_;  // detached

@@ -78,15 +78,19 @@ SavedTensor::SavedTensor(const Tensor& t) {
   }
 }
 
-Tensor SavedTensor::get() const {
-  if (!rebuild_) return kept_;
+Tensor SavedTensor::get(DType dtype) const {
+  if (dtype != DType::F32 && dtype != DType::BF16)
+    throw DtypeError(std::string("SavedTensor::get: float32 or bfloat16, not ") + dtype_name(dtype));
+  if (!rebuild_) return kept_.to(dtype);
   Rebuild& r = *rebuild_;
-  if (!r.rebuilt.defined()) {
-    NoGradGuard no_grad;
-    r.rebuilt = r.compute().detach();
+  NoGradGuard no_grad;
+  if (!r.rebuilt.defined()) r.rebuilt = r.compute().detach();
+  if (dtype == DType::BF16 && !r.rebuilt_bf16.defined()) r.rebuilt_bf16 = r.rebuilt.to(DType::BF16).detach();
+  Tensor values = dtype == DType::BF16 ? r.rebuilt_bf16 : r.rebuilt;
+  if (++r.taken >= r.savers) {  // the last saver has it: free the copies with that rule
+    r.rebuilt = Tensor();
+    r.rebuilt_bf16 = Tensor();
   }
-  Tensor values = r.rebuilt;
-  if (++r.taken >= r.savers) r.rebuilt = Tensor();  // the last saver has it: free it with that rule
   return values;
 }
 

@@ -214,13 +214,13 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
             gemm(be, rows, in, outf, gv, view_of(wd), 0.0f, gx.f32(), in);
         }
         if (needs[1]) {  // gW[out, in] = g^T[out, rows] @ x[rows, in]
-          const Tensor xd = xs.get();
           Tensor gwc = Tensor::empty({outf, in});
-          if (bf16_kernel) {  // as autocast: g and x in bfloat16, sums in float32
-            const Tensor x16 = xd.to(DType::BF16);
+          if (bf16_kernel) {                         // as autocast: g and x in bfloat16, sums in float32
+            const Tensor x16 = xs.get(DType::BF16);  // rounded once for q, k and v
             be.gemm_bf16({outf, in, rows, g.f32(), outf, x16.data<uint16_t>(), in, 1, gwc.f32(), in, false,
                           /*a_trans=*/true});
           } else if (outf && in) {
+            const Tensor xd = xs.get();
             MatrixView gt{g.f32(), true, std::max<int64_t>(outf, 1)};
             gemm(be, outf, in, rows, gt, MatrixView{xd.f32(), false, std::max<int64_t>(in, 1)}, 0.0f,
                  gwc.f32(), in);
