@@ -9,8 +9,12 @@
 
 namespace deltatune {
 
-// `bytes` of anonymous private mapping, on transparent huge pages where the kernel allows;
-// Storage::fresh_zeros is set. Throws Error when the mapping fails.
+// `bytes` of anonymous private mapping (reads as zero), on transparent huge pages where the kernel
+// allows; nullptr when the mapping fails. Freed with munmap. The large-block pool maps its segments so.
+void* map_pages(size_t bytes);
+
+// The same as a Storage: Storage::fresh_zeros is set, munmap'ed with the last user. Throws Error when
+// the mapping fails.
 std::shared_ptr<Storage> map_fresh_pages(size_t bytes);
 
 }  // namespace deltatune

@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "core/fresh_pages.h"
 #include "core/sanitized.h"
 #include "deltatune/error.h"
 
@@ -53,9 +54,8 @@ struct Pool {
 
   Span* map_segment(size_t size) {
     const size_t bytes = std::max(kSegmentBytes, round_up(size, kHugePage));
-    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) return nullptr;
-    madvise(p, bytes, MADV_HUGEPAGE);  // advice only: ignored where huge pages are off
+    void* p = map_pages(bytes);
+    if (!p) return nullptr;
     mapped += bytes;
     ++segments;
     return new Span{static_cast<char*>(p), bytes, true, true, nullptr, nullptr};

@@ -104,10 +104,16 @@ std::shared_ptr<Storage> counted_storage(void* data, size_t bytes, bool fresh_ze
 }
 }  // namespace
 
-std::shared_ptr<Storage> map_fresh_pages(size_t bytes) {
+void* map_pages(size_t bytes) {
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) throw Error("out of memory mapping " + std::to_string(bytes) + " bytes");
+  if (p == MAP_FAILED) return nullptr;
   madvise(p, bytes, MADV_HUGEPAGE);  // advice only: ignored where huge pages are off
+  return p;
+}
+
+std::shared_ptr<Storage> map_fresh_pages(size_t bytes) {
+  void* p = map_pages(bytes);
+  if (!p) throw Error("out of memory mapping " + std::to_string(bytes) + " bytes");
   return counted_storage(p, bytes, /*fresh_zeros=*/true, [bytes](void* q) { munmap(q, bytes); });
 }
 

@@ -68,8 +68,7 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, flo
       });
   // The tape keeps x: a rule that saves the output (the next linears' weight gradients) can have
   // it rebuilt instead (autograd.h, SavedTensor). Weight and bias are detached: no tape either way.
-  Tensor b_kept = b;
-  set_rebuild(recorded, [xc, w, b_kept, eps] { return layer_norm(xc, w, b_kept, eps); });
+  set_rebuild(recorded, [xc, w, b, eps] { return layer_norm(xc, w, b, eps); });
   return recorded;
 }
 
