@@ -108,12 +108,15 @@ Tensor linear_cross_entropy(const Tensor& x, const Tensor& weight, const Tensor&
   // head for every chunk and needs the rows to pay for that.
   const int64_t logits_floats = int64_t(1) << (bf16_kernel ? 24 : 22);
   const int64_t chunk = std::clamp<int64_t>(logits_floats / std::max<int64_t>(v, 1), 8, 1024);
-  std::vector<float> logits(size_t(std::min(chunk, std::max<int64_t>(n, 1)) * v));
+  // A tensor, not a std::vector: 64 MiB is past glibc's mmap threshold, so a vector was mapped,
+  // zeroed and faulted in page by page at every call (16,000 faults a GPT-2 step); the large-block
+  // pool hands the same memory back each step, and the products overwrite it.
+  Tensor logits = Tensor::empty({std::min(chunk, std::max<int64_t>(n, 1)), v});
   const float inv_count = counted ? 1.0f / float(counted) : 0.0f;
   double total = 0;
   for (int64_t r0 = 0; r0 < n && v > 0; r0 += chunk) {
     const int64_t rows = std::min(chunk, n - r0);
-    float* lg = logits.data();
+    float* lg = logits.f32();
     const float* xr = xc.f32() + r0 * h;
     if (bf16_kernel)  // B[k, n] = W[n, k]
       be.gemm_bf16({rows, v, h, xr, h, wc.data<uint16_t>(), wc.strides()[1], wc.strides()[0], lg, v, false});
