@@ -98,21 +98,27 @@ void silu_backward(const float* g, const float* x, float* out, int64_t n) {
   }
 }
 
-// In blocks of 16 through an aligned buffer, so that every element goes through the same vector code.
-// A loop over the array itself peels a few elements into scalar code to reach an aligned address, and
-// those can round differently: the result would depend on where the row lies (attention's rows are in
-// each thread's own scratch), and a run on other threads or in another process would differ in its bits.
+// In blocks of exactly 16, so that every element goes through the same vector code. A loop over the
+// whole row would peel a few elements into scalar code to reach an aligned address, and those can
+// round differently: the result would depend on where the row lies (attention's rows are in each
+// thread's own scratch), and a run on other threads or in another process would differ in its bits.
+// Whole blocks are read and written in place; only the last, partial one goes through a buffer
+// (copying every block through one cost more than the exponentials: a store-forwarding stall per
+// block and a scalar copy back).
+[[gnu::always_inline]] inline void exp_shifted_block(const float* x, float shift, float* y) {
+#pragma omp simd
+  for (int64_t j = 0; j < 16; ++j) y[j] = exp_poly(x[j] - shift);
+}
+
 DELTATUNE_TARGET_CLONES("avx512f", "avx2", "default")
 void exp_shifted_loop(const float* x, float shift, float* y, int64_t n) {
-  constexpr int64_t kBlock = 16;
-  alignas(64) float in[kBlock], out[kBlock];
-  for (int64_t i = 0; i < n; i += kBlock) {
-    const int64_t len = std::min(kBlock, n - i);
-    for (int64_t j = 0; j < kBlock; ++j) in[j] = j < len ? x[i + j] : 0.0f;
-#pragma omp simd
-    for (int64_t j = 0; j < kBlock; ++j) out[j] = exp_poly(in[j] - shift);
-    for (int64_t j = 0; j < len; ++j) y[i + j] = out[j];
-  }
+  const int64_t whole = n / 16 * 16;
+  for (int64_t i = 0; i < whole; i += 16) exp_shifted_block(x + i, shift, y + i);
+  if (whole == n) return;
+  alignas(64) float in[16] = {}, out[16];
+  std::copy(x + whole, x + n, in);
+  exp_shifted_block(in, shift, out);
+  std::copy(out, out + (n - whole), y + whole);
 }
 
 }  // namespace
