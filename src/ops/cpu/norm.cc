@@ -37,8 +37,8 @@ struct Partials {
 // The sum over j < d of term(j) in double, in eight running sums (element j into sum j % 8, the
 // rest in order), added together at the end. One running sum is an add per 4 cycles, and the row
 // sums were most of layer_norm's time; eight are one vector. The order is fixed by d alone, not by
-// where the row lies, so every copy of a row gives the same bits (a CPU with FMA may fuse a term's
-// product into its sum, one without cannot: across CPUs, the last bit may differ).
+// where the row lies, so every copy of a row gives the same bits. Across CPUs the last bit may differ:
+// the clones for CPUs with FMA fuse products into sums, here and in the element-wise lines below.
 template <typename Term>
 [[gnu::always_inline]] inline double row_sum(int64_t d, Term term) {
   double lanes[8] = {};
