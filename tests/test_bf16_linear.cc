@@ -45,12 +45,13 @@ TEST(Bf16Gemm, EqualsDoubleSumsOfTheRoundedOperandsForEveryShapeAndLayout) {
   Worst worst;
   int cases = 0;
   // Tails of every block: rows past a 6-row tile (and past a 16-row tile of a transposed A), columns
-  // past a 64-column strip, odd k, k past one 256-deep block; B as [k, n] rows (b_n == 1) and as a
+  // past a 64-column strip and past a group of 8 strips packed together, odd k, k past one and two
+  // 768-deep blocks; B as [k, n] rows (b_n == 1) and as a
   // transposed [n, k] weight (b_k == 1); A as [m, k] rows and stored transposed ([k, m], a_trans: a
   // weight's gradient), up to the sizes that split A's rows between threads.
   for (int64_t m : {1, 5, 6, 7, 13, 100})
-    for (int64_t n : {1, 17, 64, 65, 130})
-      for (int64_t k : {1, 2, 3, 31, 300, 513})
+    for (int64_t n : {1, 17, 64, 65, 130, 1100})
+      for (int64_t k : {1, 2, 3, 31, 300, 513, 1601})
         for (bool weight_rows : {false, true})
           for (bool accumulate : {false, true})
             for (bool a_trans : {false, true}) {

@@ -1,8 +1,9 @@
 // The bfloat16-weight GEMM (see gemm_bf16.h). Blocked in the usual way (Goto & van de Geijn): each
 // thread owns a range of C's columns; A is rounded to bfloat16 once per call; for each block of
-// KC_PAIRS pairs of k, a thread packs its columns of B into strips of NR columns laid out the way
-// vdpbf16ps reads them ([pair][column][2]), then a 6 x 64 register tile of C is accumulated per
-// strip and group of rows. vdpbf16ps multiplies pairs along k, so k is padded to even with zeros.
+// KC_PAIRS pairs of k, a thread packs its columns of B, GROUP strips of NR columns at a time, laid out
+// the way vdpbf16ps reads them ([pair][column][2]), then a 6 x 64 register tile of C is accumulated
+// per strip and group of rows, the next tile's rows of C prefetched while one runs. vdpbf16ps multiplies
+// pairs along k, so k is padded to even with zeros.
 #include "gemm_bf16.h"
 
 #include <immintrin.h>
@@ -19,10 +20,14 @@
 namespace deltatune::ops::kernels {
 namespace {
 
-constexpr int MR = 6;              // rows of C per micro-tile
-constexpr int NR = 64;             // columns of C per micro-tile: four zmm of 16 floats
-constexpr int64_t KC_PAIRS = 128;  // pairs of k per packed block (a B strip: 128 * 64 * 4 B = 32 KiB)
-constexpr int64_t MC = 96;         // rows of A swept per B strip while it is hot
+constexpr int MR = 6;   // rows of C per micro-tile
+constexpr int NR = 64;  // columns of C per micro-tile: four zmm of 16 floats
+// Pairs of k per packed block. A strip is then 384 * 64 * 4 B = 96 KiB (L2, not L1), but C's tiles
+// are loaded and stored once per block: at 128 pairs (a 32 KiB strip in L1) those passes over C cost
+// 15-20% of the kernel's speed on bert-base's shapes (bench/README.md has the figures).
+constexpr int64_t KC_PAIRS = 384;
+constexpr int64_t MC = 96;    // rows of A swept over a group of strips while they are hot
+constexpr int64_t GROUP = 8;  // strips packed at once: 768 KiB, whatever n is
 
 // Masks of the first n lanes (n clamped to [0, 16] or [0, 32]).
 __mmask16 lanes16(int64_t n) {
@@ -212,28 +217,43 @@ using MicroTile = void (*)(int64_t, const uint32_t*, int64_t, const uint16_t*, f
 constexpr MicroTile kTiles[MR + 1] = {nullptr,       micro_tile<1>, micro_tile<2>, micro_tile<3>,
                                       micro_tile<4>, micro_tile<5>, micro_tile<6>};
 
-// One thread's share: columns [n0, n1) of C over all rows.
+// Brings C's rows [0, rows) of one strip towards the core while the tile before them runs: a tile's
+// rows are ldc apart, so the hardware's stream prefetchers do not see them coming.
+void prefetch_tile(const float* c, int64_t ldc, int64_t rows, int width) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int j = 0; j < width; j += 16)
+      _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + j), _MM_HINT_T0);
+}
+
+// One thread's share: columns [n0, n1) of C over all rows. For each block of k, B is packed a
+// group of GROUP strips at a time (GROUP * 96 KiB: most of L2); each MC rows of A then meet every
+// strip of the group while those rows are hot.
 void columns(int64_t m, int64_t n0, int64_t n1, int64_t k, const uint16_t* a16, int64_t k_even,
              const uint16_t* b, int64_t b_k, int64_t b_n, float* c, int64_t ldc, bool accumulate,
              std::vector<uint16_t>& packed) {
   const int64_t all_pairs = k_even / 2, cols = n1 - n0;
   const int64_t strips = (cols + NR - 1) / NR;
-  packed.resize(size_t(strips * KC_PAIRS * NR * 2));
+  packed.resize(size_t(std::min(strips, GROUP) * KC_PAIRS * NR * 2));
   const uint32_t* a32 = reinterpret_cast<const uint32_t*>(a16);
   const int64_t lda_pairs = k_even / 2;
   for (int64_t p0 = 0; p0 < all_pairs; p0 += KC_PAIRS) {
     const int64_t pairs = std::min(KC_PAIRS, all_pairs - p0);
-    pack_b(b, b_k, b_n, k, p0, pairs, n0, cols, packed.data());
     const bool load_c = accumulate || p0 > 0;
-    for (int64_t i0 = 0; i0 < m; i0 += MC) {
-      const int64_t i1 = std::min(m, i0 + MC);
-      for (int64_t s = 0; s < strips; ++s) {
-        const uint16_t* strip = packed.data() + s * pairs * NR * 2;
-        const int width = int(std::min<int64_t>(NR, cols - s * NR));
-        float* cs = c + n0 + s * NR;
-        for (int64_t i = i0; i < i1; i += MR) {
-          const int rows = int(std::min<int64_t>(MR, i1 - i));
-          kTiles[rows](pairs, a32 + i * lda_pairs + p0, lda_pairs, strip, cs + i * ldc, ldc, width, load_c);
+    for (int64_t g0 = 0; g0 < strips; g0 += GROUP) {
+      const int64_t g1 = std::min(strips, g0 + GROUP);
+      pack_b(b, b_k, b_n, k, p0, pairs, n0 + g0 * NR, std::min(cols, g1 * NR) - g0 * NR, packed.data());
+      for (int64_t i0 = 0; i0 < m; i0 += MC) {
+        const int64_t i1 = std::min(m, i0 + MC);
+        for (int64_t s = g0; s < g1; ++s) {
+          const uint16_t* strip = packed.data() + (s - g0) * pairs * NR * 2;
+          const int width = int(std::min<int64_t>(NR, cols - s * NR));
+          float* cs = c + n0 + s * NR;
+          for (int64_t i = i0; i < i1; i += MR) {
+            const int rows = int(std::min<int64_t>(MR, i1 - i));
+            if (i + MR < i1)
+              prefetch_tile(cs + (i + MR) * ldc, ldc, std::min<int64_t>(MR, i1 - i - MR), width);
+            kTiles[rows](pairs, a32 + i * lda_pairs + p0, lda_pairs, strip, cs + i * ldc, ldc, width, load_c);
+          }
         }
       }
     }
