@@ -248,6 +248,15 @@ void add_product_cases(std::vector<Case>& cs) {
   add({"linear_no_bias_transposed_weight", {{3, 4}, {4, 5}}, [](const Inputs& x) {
          return O::linear(x[0], x[1].t());
        }});
+  // Shapes big enough for the AVX-512 float32 kernel (ops/cpu/gemm_f32.h; OpenBLAS below them or
+  // without AVX-512): the forward reads the weight transposed, the input's gradient as rows, the
+  // weight's gradient reads the output gradient transposed; the bias is in C before the sum joins it.
+  add({"linear_f32_kernel_shapes", {{2, 30, 70}, {130, 70}, {130}}, [](const Inputs& x) {
+         return O::linear(x[0], x[1], x[2]);
+       }});
+  add({"matmul_f32_kernel_shapes_transposed", {{70, 48}, {70, 100}}, [](const Inputs& x) {
+         return O::matmul(x[0].t(), x[1]);
+       }});
   add({"linear_bf16_stored_weight", {{3, 4}, {5, 4}}, [](const Inputs& x) {
          return O::linear(x[0], O::cast(x[1], DType::BF16));
        }});

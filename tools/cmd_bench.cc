@@ -341,7 +341,8 @@ void setup(CLI::App& app) {
   app.add_option("--seq", o->seq, "Sequence length");
   deltatune::cli::add_threads_option(app, &o->threads, "CPU threads (default: 2, as the PyTorch peer's)");
   app.add_flag("--kernel-peak", o->kernel_peak,
-               "Time the product kernel alone (float32 sgemm, or the bf16 kernel with --bf16) on a large "
+               "Time the product kernel alone (the float32 kernel the steps use: ours on AVX-512, else "
+               "OpenBLAS sgemm; or the bf16 kernel with --bf16) on a large "
                "shape and print its peak_gflops (the MFU denominator) instead of a step");
   app.add_option("--steps", o->steps, "Timed steps (the median is reported)");
   app.add_option("--warmup", o->warmup, "Untimed steps first");

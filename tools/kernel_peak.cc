@@ -9,6 +9,7 @@
 
 #include "deltatune/dtype.h"
 #include "ops/cpu/gemm_bf16.h"
+#include "ops/cpu/gemm_f32.h"
 
 namespace deltatune::cli {
 namespace {
@@ -27,9 +28,12 @@ nlohmann::json measure_kernel_peak(bool bf16, int threads, int warmup, int repea
   std::vector<uint16_t> b16(b.size());
   for (size_t i = 0; i < b.size(); ++i) b16[i] = f32_to_bf16(b[i]);
 
+  const bool use_f32 = !use_bf16 && ops::kernels::f32_gemm_suits(m, n, k);
   auto product = [&] {  // as the linear products call them (src/ops/cpu/products.cc)
     if (use_bf16)
       ops::kernels::gemm_f32_bf16(m, n, k, a.data(), k, b16.data(), 1, k, c.data(), n, false);
+    else if (use_f32)
+      ops::kernels::gemm_f32(m, n, k, a.data(), k, 1, b.data(), 1, k, c.data(), n, false);
     else
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(k), 1.0f, a.data(), int(k),
                   b.data(), int(k), 0.0f, c.data(), int(n));
@@ -47,7 +51,9 @@ nlohmann::json measure_kernel_peak(bool bf16, int threads, int warmup, int repea
   for (int i = 0; i < std::max(1, repeats); ++i)
     ceiling = std::max(ceiling, ops::kernels::register_peak_gflops(use_bf16, 4'000'000));
   return {{"engine", "deltatune"},
-          {"kernel", use_bf16 ? "gemm_f32_bf16" : "openblas sgemm"},
+          {"kernel", use_bf16  ? "gemm_f32_bf16"
+                     : use_f32 ? "gemm_f32"
+                               : "openblas sgemm"},
           {"precision", use_bf16 ? "bf16" : "float32"},
           {"m", m},
           {"n", n},

@@ -1,9 +1,7 @@
-// The bfloat16-weight GEMM (see gemm_bf16.h). Blocked in the usual way (Goto & van de Geijn): each
-// thread owns a range of C's columns; A is rounded to bfloat16 once per call; for each block of
-// KC_PAIRS pairs of k, a thread packs its columns of B, GROUP strips of NR columns at a time, laid out
-// the way vdpbf16ps reads them ([pair][column][2]), then a 6 x 64 register tile of C is accumulated
-// per strip and group of rows, the next tile's rows of C prefetched while one runs. vdpbf16ps multiplies
-// pairs along k, so k is padded to even with zeros.
+// The bfloat16-weight GEMM (see gemm_bf16.h) on the blocked loop of gemm_tiles.h: A is rounded to
+// bfloat16 once per call (rows split among the threads), then each thread packs its columns of B as
+// vdpbf16ps reads them ([pair][column][2]). vdpbf16ps multiplies pairs along k, so k is padded to
+// even with zeros.
 #include "gemm_bf16.h"
 
 #include <immintrin.h>
@@ -15,31 +13,18 @@
 #include <cstring>
 #include <vector>
 
-#define DT_BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+#include "gemm_tiles.h"
 
 namespace deltatune::ops::kernels {
 namespace {
 
-constexpr int MR = 6;   // rows of C per micro-tile
-constexpr int NR = 64;  // columns of C per micro-tile: four zmm of 16 floats
-// Pairs of k per packed block. A strip is then 384 * 64 * 4 B = 96 KiB (L2, not L1), but C's tiles
-// are loaded and stored once per block: at 128 pairs (a 32 KiB strip in L1) those passes over C cost
-// 15-20% of the kernel's speed on bert-base's shapes (bench/README.md has the figures).
-constexpr int64_t KC_PAIRS = 384;
-constexpr int64_t MC = 96;    // rows of A swept over a group of strips while they are hot
-constexpr int64_t GROUP = 8;  // strips packed at once: 768 KiB, whatever n is
-
-// Masks of the first n lanes (n clamped to [0, 16] or [0, 32]).
-__mmask16 lanes16(int64_t n) {
-  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
-}
-__mmask32 lanes32(int64_t n) {
-  return n >= 32 ? __mmask32(~0u) : n <= 0 ? __mmask32(0) : __mmask32((1u << n) - 1);
-}
+using tiles::lanes16;
+using tiles::lanes32;
+using tiles::NR;
 
 // Rows [r0, r1) of A rounded to bfloat16, row stride k_even (k padded with a zero when odd).
-DT_BF16_TARGET void round_rows(const float* a, int64_t lda, int64_t k, int64_t k_even, int64_t r0, int64_t r1,
-                               uint16_t* out) {
+DT_TILES_TARGET void round_rows(const float* a, int64_t lda, int64_t k, int64_t k_even, int64_t r0,
+                                int64_t r1, uint16_t* out) {
   for (int64_t r = r0; r < r1; ++r) {
     const float* src = a + r * lda;
     uint16_t* dst = out + r * k_even;
@@ -77,8 +62,8 @@ struct TransposeIndices {
 // round_rows, in 16 x 16 tiles: two stored rows (kk, kk + 1) rounded together give 16 pairs, one
 // 32-bit lane per row i of A; the tile's 8 such registers are then transposed in registers (three
 // rounds of two-source permutes) so that each 256-bit half holds 16 consecutive k of one row of A.
-DT_BF16_TARGET void round_cols(const float* at, int64_t lda, int64_t k, int64_t k_even, int64_t r0,
-                               int64_t r1, uint16_t* out) {
+DT_TILES_TARGET void round_cols(const float* at, int64_t lda, int64_t k, int64_t k_even, int64_t r0,
+                                int64_t r1, uint16_t* out) {
   static const TransposeIndices ix;
   const __m512i pair_words = _mm512_load_si512(ix.pair_words);
   const __m512i ia[2] = {_mm512_load_si512(ix.a[0]), _mm512_load_si512(ix.a[1])};
@@ -122,8 +107,8 @@ DT_BF16_TARGET void round_cols(const float* at, int64_t lda, int64_t k, int64_t 
 
 // Packs B's pairs [p0, p0 + pairs) and columns [n0, n0 + cols) into strips of NR columns, each
 // [pair][NR][2] (bfloat16), zero-padded past k and past the last column.
-DT_BF16_TARGET void pack_b(const uint16_t* b, int64_t b_k, int64_t b_n, int64_t k, int64_t p0, int64_t pairs,
-                           int64_t n0, int64_t cols, uint16_t* out) {
+DT_TILES_TARGET void pack_b(const uint16_t* b, int64_t b_k, int64_t b_n, int64_t k, int64_t p0, int64_t pairs,
+                            int64_t n0, int64_t cols, uint16_t* out) {
   // Interleaving indices: element 2j of the result takes row 0's column j, element 2j + 1 row 1's.
   alignas(64) static const uint16_t lo_idx[32] = {0,  32, 1,  33, 2,  34, 3,  35, 4,  36, 5,
                                                   37, 6,  38, 7,  39, 8,  40, 9,  41, 10, 42,
@@ -187,79 +172,6 @@ DT_BF16_TARGET void pack_b(const uint16_t* b, int64_t b_k, int64_t b_n, int64_t 
   }
 }
 
-// C[R rows, up to 64 columns] (+)= A-rows x packed B strip over `pairs` pairs of k.
-template <int R>
-DT_BF16_TARGET void micro_tile(int64_t pairs, const uint32_t* a, int64_t lda_pairs, const uint16_t* b,
-                               float* c, int64_t ldc, int width, bool load_c) {
-  __mmask16 mask[4];
-  for (int j = 0; j < 4; ++j) mask[j] = lanes16(width - 16 * j);
-  __m512 acc[R][4];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < 4; ++j)
-      acc[r][j] = load_c ? _mm512_maskz_loadu_ps(mask[j], c + r * ldc + 16 * j) : _mm512_setzero_ps();
-  for (int64_t p = 0; p < pairs; ++p) {
-    const uint16_t* bp = b + p * NR * 2;
-    const __m512bh b0 = (__m512bh)_mm512_loadu_si512(bp), b1 = (__m512bh)_mm512_loadu_si512(bp + 32),
-                   b2 = (__m512bh)_mm512_loadu_si512(bp + 64), b3 = (__m512bh)_mm512_loadu_si512(bp + 96);
-    for (int r = 0; r < R; ++r) {
-      const __m512bh av = (__m512bh)_mm512_set1_epi32(int(a[r * lda_pairs + p]));
-      acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
-      acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
-      acc[r][2] = _mm512_dpbf16_ps(acc[r][2], av, b2);
-      acc[r][3] = _mm512_dpbf16_ps(acc[r][3], av, b3);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < 4; ++j) _mm512_mask_storeu_ps(c + r * ldc + 16 * j, mask[j], acc[r][j]);
-}
-
-using MicroTile = void (*)(int64_t, const uint32_t*, int64_t, const uint16_t*, float*, int64_t, int, bool);
-constexpr MicroTile kTiles[MR + 1] = {nullptr,       micro_tile<1>, micro_tile<2>, micro_tile<3>,
-                                      micro_tile<4>, micro_tile<5>, micro_tile<6>};
-
-// Brings C's rows [0, rows) of one strip towards the core while the tile before them runs: a tile's
-// rows are ldc apart, so the hardware's stream prefetchers do not see them coming.
-void prefetch_tile(const float* c, int64_t ldc, int64_t rows, int width) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int j = 0; j < width; j += 16)
-      _mm_prefetch(reinterpret_cast<const char*>(c + r * ldc + j), _MM_HINT_T0);
-}
-
-// One thread's share: columns [n0, n1) of C over all rows. For each block of k, B is packed a
-// group of GROUP strips at a time (GROUP * 96 KiB: most of L2); each MC rows of A then meet every
-// strip of the group while those rows are hot.
-void columns(int64_t m, int64_t n0, int64_t n1, int64_t k, const uint16_t* a16, int64_t k_even,
-             const uint16_t* b, int64_t b_k, int64_t b_n, float* c, int64_t ldc, bool accumulate,
-             std::vector<uint16_t>& packed) {
-  const int64_t all_pairs = k_even / 2, cols = n1 - n0;
-  const int64_t strips = (cols + NR - 1) / NR;
-  packed.resize(size_t(std::min(strips, GROUP) * KC_PAIRS * NR * 2));
-  const uint32_t* a32 = reinterpret_cast<const uint32_t*>(a16);
-  const int64_t lda_pairs = k_even / 2;
-  for (int64_t p0 = 0; p0 < all_pairs; p0 += KC_PAIRS) {
-    const int64_t pairs = std::min(KC_PAIRS, all_pairs - p0);
-    const bool load_c = accumulate || p0 > 0;
-    for (int64_t g0 = 0; g0 < strips; g0 += GROUP) {
-      const int64_t g1 = std::min(strips, g0 + GROUP);
-      pack_b(b, b_k, b_n, k, p0, pairs, n0 + g0 * NR, std::min(cols, g1 * NR) - g0 * NR, packed.data());
-      for (int64_t i0 = 0; i0 < m; i0 += MC) {
-        const int64_t i1 = std::min(m, i0 + MC);
-        for (int64_t s = g0; s < g1; ++s) {
-          const uint16_t* strip = packed.data() + (s - g0) * pairs * NR * 2;
-          const int width = int(std::min<int64_t>(NR, cols - s * NR));
-          float* cs = c + n0 + s * NR;
-          for (int64_t i = i0; i < i1; i += MR) {
-            const int rows = int(std::min<int64_t>(MR, i1 - i));
-            if (i + MR < i1)
-              prefetch_tile(cs + (i + MR) * ldc, ldc, std::min<int64_t>(MR, i1 - i - MR), width);
-            kTiles[rows](pairs, a32 + i * lda_pairs + p0, lda_pairs, strip, cs + i * ldc, ldc, width, load_c);
-          }
-        }
-      }
-    }
-  }
-}
-
 constexpr int kProbeChains = 24;  // independent accumulators: more than latency x issue width needs
 
 // The lanes' sum (stored and added: GCC 12's _mm512_reduce_add_ps warns about its own undefined operand).
@@ -274,7 +186,7 @@ __attribute__((target("avx512f"))) float lane_sum(__m512 v) {
 // vdpbf16ps (kDot) or vfmadd231ps on zmm registers. Both are built for the BF16 target; the FMA one
 // uses AVX-512 F instructions only and runs where fma_flops() says AVX-512 (F, BW, VL) is there.
 template <bool kDot>
-DT_BF16_TARGET float zmm_rounds(int64_t rounds) {
+DT_TILES_TARGET float zmm_rounds(int64_t rounds) {
   __m512 acc[kProbeChains];
   for (int i = 0; i < kProbeChains; ++i) acc[i] = _mm512_set1_ps(float(i));
   const __m512 x = _mm512_set1_ps(0.999f), y = _mm512_set1_ps(1e-3f);
@@ -368,23 +280,27 @@ void gemm_f32_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
   static thread_local std::vector<uint16_t> a16;
   a16.resize(size_t(m * k_even));
   uint16_t* a16p = a16.data();
-  // Split the columns into whole strips per thread; small products stay on one thread.
-  const int64_t strips = (n + NR - 1) / NR;
-  const int threads = int(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), strips)));
-  const bool parallel = threads > 1 && m * n * k >= (int64_t(1) << 21);
-#pragma omp parallel num_threads(threads) if (parallel)
+  const int threads = tiles::threads_for(m, n, k);
+#pragma omp parallel num_threads(threads) if (threads > 1)
   {
-    const int t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int64_t r0 = m * t / nt, r1 = m * (t + 1) / nt;
-    if (a_trans)
-      round_cols(a, lda, k, k_even, r0, r1, a16p);
-    else
-      round_rows(a, lda, k, k_even, r0, r1, a16p);
-#pragma omp barrier
+    // A's rows rounded in blocks of 64 (whole 16-row tiles of round_cols) handed out as the threads
+    // come; the loop's end waits for all of them.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t r0 = 0; r0 < m; r0 += 64) {
+      const int64_t r1 = std::min(m, r0 + 64);
+      if (a_trans)
+        round_cols(a, lda, k, k_even, r0, r1, a16p);
+      else
+        round_rows(a, lda, k, k_even, r0, r1, a16p);
+    }
     static thread_local std::vector<uint16_t> packed;
-    const int64_t s0 = strips * t / nt, s1 = strips * (t + 1) / nt;
-    const int64_t n0 = std::min(n, s0 * NR), n1 = std::min(n, s1 * NR);
-    if (n1 > n0) columns(m, n0, n1, k, a16p, k_even, b, b_k, b_n, c, ldc, accumulate, packed);
+    const auto pack = [&](int64_t p0, int64_t pairs, int64_t col0, int64_t cols, uint16_t* out) {
+      pack_b(b, b_k, b_n, k, p0, pairs, col0, cols, out);
+    };
+    tiles::for_column_units(n, threads, [&](int64_t n0, int64_t n1) {
+      tiles::columns<tiles::Bf16Step>(m, n0, n1, k_even / 2, reinterpret_cast<const uint32_t*>(a16p),
+                                      k_even / 2, 1, pack, c, ldc, accumulate, packed);
+    });
   }
 }
 
