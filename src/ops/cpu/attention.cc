@@ -1,8 +1,9 @@
 // The CPU attention kernels: one (batch, head) at a time with a block of query rows against all
 // keys, so no [B, H, T, S] tensor ever exists; the backward recomputes the probabilities block by
 // block from each row's logsumexp (FlashAttention's recipe, on the CPU). QK^T, PV and the backward
-// products are OpenBLAS GEMMs over strided per-head matrices, or the BF16 kernel with p.bf16 (autocast's
-// bfloat16 attention products); heads run on the OpenMP threads.
+// products are float32 GEMMs over strided per-head matrices (the AVX-512 kernel where the shape suits
+// it, else OpenBLAS), or the BF16 kernel with p.bf16 (autocast's bfloat16 attention products); heads
+// run on the OpenMP threads.
 #include <cblas.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include "ops/cpu/activations.h"
 #include "ops/cpu/cpu_backend.h"
 #include "ops/cpu/gemm_bf16.h"
+#include "ops/cpu/gemm_f32.h"
 
 namespace deltatune::ops {
 namespace {
@@ -67,12 +69,15 @@ struct HeadProducts {
   // C = alpha A B^T with B [n, k] (row stride ldb): scores (Q K^T) and dP (dO V^T).
   void a_bt(int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda, const float* b,
             int64_t ldb, const std::vector<uint16_t>& b16, float* c, int64_t ldc) const {
-    if (!bf16) {
+    if (bf16) {
+      kernels::gemm_f32_bf16(m, n, k, a, lda, b16.data(), 1, k, c, ldc, false);
+    } else if (kernels::f32_gemm_suits(m, n, k)) {
+      kernels::gemm_f32(m, n, k, a, lda, 1, b, 1, ldb, c, ldc, false);
+    } else {
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(m), int(n), int(k), alpha, a, int(lda), b,
                   int(ldb), 0.0f, c, int(ldc));
       return;
     }
-    kernels::gemm_f32_bf16(m, n, k, a, lda, b16.data(), 1, k, c, ldc, false);
     if (alpha != 1.0f)
       for (int64_t i = 0; i < m; ++i)
         for (int64_t j = 0; j < n; ++j) c[i * ldc + j] *= alpha;
@@ -82,6 +87,8 @@ struct HeadProducts {
            const std::vector<uint16_t>& b16, int64_t b16_row0, float* c, int64_t ldc, bool accumulate) const {
     if (bf16)
       kernels::gemm_f32_bf16(m, n, k, a, lda, b16.data() + b16_row0 * n, n, 1, c, ldc, accumulate);
+    else if (kernels::f32_gemm_suits(m, n, k))
+      kernels::gemm_f32(m, n, k, a, lda, 1, b, ldb, 1, c, ldc, accumulate);
     else
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(m), int(n), int(k), 1.0f, a, int(lda), b,
                   int(ldb), accumulate ? 1.0f : 0.0f, c, int(ldc));
@@ -90,6 +97,10 @@ struct HeadProducts {
   // The BF16 kernel reads A by rows, so A is transposed into `at` first.
   void at_b_add(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
                 const std::vector<uint16_t>& b16, int64_t b16_row0, float* c, int64_t ldc) {
+    if (!bf16 && kernels::f32_gemm_suits(m, n, k)) {
+      kernels::gemm_f32(m, n, k, a, 1, lda, b, ldb, 1, c, ldc, true);
+      return;
+    }
     if (!bf16) {
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(m), int(n), int(k), 1.0f, a, int(lda), b,
                   int(ldb), 1.0f, c, int(ldc));

@@ -39,6 +39,8 @@ struct Partials {
 // sums were most of layer_norm's time; eight are one vector. The order is fixed by d alone, not by
 // where the row lies, so every copy of a row gives the same bits. Across CPUs the last bit may differ:
 // the clones for CPUs with FMA fuse products into sums, here and in the element-wise lines below.
+// Built without that (-ffp-contract=off), bert-lora-qv's merged logits moved from 7.7e-5 to 1.2e-4
+// away from PEFT's (tests/test_merge.cc allows 1e-4): torch's own norms fuse them, so we do too.
 template <typename Term>
 [[gnu::always_inline]] inline double row_sum(int64_t d, Term term) {
   double lanes[8] = {};
@@ -50,6 +52,11 @@ template <typename Term>
   for (int k = 0; k < 8; ++k) s += lanes[k];
   for (; j < d; ++j) s += term(j);
   return s;
+}
+
+// The output gradient scaled by the norm's weight (gh = g * w), or g itself without a weight.
+[[gnu::always_inline]] inline float scaled_grad(const float* g, const float* w, int64_t j) {
+  return w ? g[j] * w[j] : g[j];
 }
 
 // One row of layer_norm. Per row, so the result does not depend on the thread count.
@@ -82,14 +89,12 @@ void layer_norm_backward_row(const float* xr, const float* gr, int64_t d, float 
       pb[j] += gr[j];
     }
   if (!gxr) return;
-  auto gh_at = [&](int64_t j) { return wp ? gr[j] * wp[j] : gr[j]; };
-  const double sum_gh = row_sum(d, [&](int64_t j) { return double(gh_at(j)); });
-  const double sum_ghx = row_sum(d, [&](int64_t j) { return double(gh_at(j)) * ((xr[j] - m) * rs); });
+  const double sum_gh = row_sum(d, [&](int64_t j) { return double(scaled_grad(gr, wp, j)); });
+  const double sum_ghx =
+      row_sum(d, [&](int64_t j) { return double(scaled_grad(gr, wp, j)) * ((xr[j] - m) * rs); });
   const float mean_gh = float(sum_gh / double(d)), mean_ghx = float(sum_ghx / double(d));
-  for (int64_t j = 0; j < d; ++j) {
-    const float gh = wp ? gr[j] * wp[j] : gr[j];
-    gxr[j] = rs * (gh - mean_gh - (xr[j] - m) * rs * mean_ghx);
-  }
+  for (int64_t j = 0; j < d; ++j)
+    gxr[j] = rs * (scaled_grad(gr, wp, j) - mean_gh - (xr[j] - m) * rs * mean_ghx);
 }
 
 // One row of rms_norm (Llama: x * rsqrt(mean(x^2) + eps), in float32).
@@ -109,10 +114,9 @@ void rms_norm_backward_row(const float* xr, const float* gr, int64_t d, float rs
   if (pw)
     for (int64_t j = 0; j < d; ++j) pw[j] += double(gr[j]) * (xr[j] * rs);
   if (!gxr) return;
-  auto gh_at = [&](int64_t j) { return wp ? gr[j] * wp[j] : gr[j]; };
   const float mean_ghx =
-      float(row_sum(d, [&](int64_t j) { return double(gh_at(j)) * (xr[j] * rs); }) / double(d));
-  for (int64_t j = 0; j < d; ++j) gxr[j] = rs * (gh_at(j) - xr[j] * rs * mean_ghx);
+      float(row_sum(d, [&](int64_t j) { return double(scaled_grad(gr, wp, j)) * (xr[j] * rs); }) / double(d));
+  for (int64_t j = 0; j < d; ++j) gxr[j] = rs * (scaled_grad(gr, wp, j) - xr[j] * rs * mean_ghx);
 }
 
 }  // namespace
