@@ -328,6 +328,14 @@ void add_model_op_cases(std::vector<Case>& cs) {
        Init::Normal,
        1e-5f,
        1e-3f});
+  // Heads of 64 on 100 positions: every head product (Q K^T, P V and the backward's four) big enough for
+  // the AVX-512 float32 kernel (ops/cpu/gemm_f32.h) where the CPU has it.
+  add({"scaled_dot_product_attention_f32_kernel_shapes",
+       {{1, 2, 100, 64}, {1, 2, 100, 64}, {1, 2, 100, 64}},
+       [](const Inputs& x) { return O::scaled_dot_product_attention(x[0], x[1], x[2]); },
+       Init::Normal,
+       1e-5f,
+       1e-3f});
   add({"rope", {{2, 2, 3, 8}}, [](const Inputs& x) {
          return O::rope(x[0], ids({0, 1, 2}, {3}), O::rope_inv_freq(8, 10000.0f));
        }});

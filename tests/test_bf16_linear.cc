@@ -45,7 +45,7 @@ TEST(Bf16Gemm, EqualsDoubleSumsOfTheRoundedOperandsForEveryShapeAndLayout) {
   Worst worst;
   int cases = 0;
   // Tails of every block: rows past a 6-row tile (and past a 16-row tile of a transposed A), columns
-  // past a 64-column strip and past a group of 8 strips packed together, odd k, k past one and two
+  // past a 64-column strip and past one unit of strips a thread takes, odd k, k past one and two
   // 768-deep blocks; B as [k, n] rows (b_n == 1) and as a
   // transposed [n, k] weight (b_k == 1); A as [m, k] rows and stored transposed ([k, m], a_trans: a
   // weight's gradient), up to the sizes that split A's rows between threads.

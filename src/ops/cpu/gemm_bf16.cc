@@ -281,7 +281,7 @@ void gemm_f32_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
   a16.resize(size_t(m * k_even));
   uint16_t* a16p = a16.data();
   const int threads = tiles::threads_for(m, n, k);
-#pragma omp parallel num_threads(threads) if (threads > 1)
+#pragma omp parallel if (threads > 1)
   {
     // A's rows rounded in blocks of 64 (whole 16-row tiles of round_cols) handed out as the threads
     // come; the loop's end waits for all of them.
@@ -297,7 +297,7 @@ void gemm_f32_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
     const auto pack = [&](int64_t p0, int64_t pairs, int64_t col0, int64_t cols, uint16_t* out) {
       pack_b(b, b_k, b_n, k, p0, pairs, col0, cols, out);
     };
-    tiles::for_column_units(n, threads, [&](int64_t n0, int64_t n1) {
+    tiles::for_column_units(n, [&](int64_t n0, int64_t n1) {
       tiles::columns<tiles::Bf16Step>(m, n0, n1, k_even / 2, reinterpret_cast<const uint32_t*>(a16p),
                                       k_even / 2, 1, pack, c, ldc, accumulate, packed);
     });

@@ -68,13 +68,13 @@ void gemm_f32(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, in
     return;
   }
   const int threads = tiles::threads_for(m, n, k);
-#pragma omp parallel num_threads(threads) if (threads > 1)
+#pragma omp parallel if (threads > 1)
   {
     static thread_local std::vector<float> packed;
     const auto pack = [&](int64_t p0, int64_t steps, int64_t col0, int64_t cols, float* out) {
       pack_b(b, b_k, b_n, p0, steps, col0, cols, out);
     };
-    tiles::for_column_units(n, threads, [&](int64_t n0, int64_t n1) {
+    tiles::for_column_units(n, [&](int64_t n0, int64_t n1) {
       tiles::columns<tiles::F32Step>(m, n0, n1, k, a, a_row, a_col, pack, c, ldc, accumulate, packed);
     });
   }

@@ -1,9 +1,9 @@
 #pragma once
 // The blocked loop the two hand-written CPU GEMMs share (gemm_bf16.cc: bfloat16 B and vdpbf16ps;
 // gemm_f32.cc: float32 B and vfmadd231ps). Blocked in the usual way (Goto & van de Geijn): each
-// thread owns a range of C's columns; for each block of KC_STEPS steps along k (a step is one k in
-// float32, a pair of k in bfloat16: what one instruction multiplies per lane) a thread packs its
-// columns of B, GROUP strips of NR columns at a time, in the order the instruction reads them; then a
+// thread takes units of C's columns (GROUP strips of NR columns at most); for each block of KC_STEPS
+// steps along k (a step is one k in float32, a pair of k in bfloat16: what one instruction multiplies
+// per lane) it packs the unit's columns of B in the order the instruction reads them; then a
 // 6 x 64 register tile of C (24 zmm accumulators) is accumulated per strip and group of rows, the
 // next tile's rows of C prefetched while one runs. Every element of C is the sum of its blocks' sums
 // in k's order, each a running sum in k's order, whatever the threads: the same bits for every split.
@@ -103,11 +103,11 @@ DT_TILES_TARGET void micro_tile(int64_t steps, const typename S::A* a, int64_t a
     }
 }
 
-// One thread's share: columns [n0, n1) of C over all m rows, `steps` steps of k. A's element (i, p)
-// is a[i * a_row + p * a_step]. pack(p0, steps, col0, cols, out) writes B's steps [p0, p0 + steps)
-// of columns [col0, col0 + cols) as strips of NR columns, each [step][NR] x kBStep / NR elements,
-// zero past the last column. For each block of k the GROUP strips packed together (most of L2) meet
-// each MC rows of A while those rows are hot.
+// One unit of work: columns [n0, n1) of C (at most GROUP strips: for_column_units) over all m rows,
+// `steps` steps of k. A's element (i, p) is a[i * a_row + p * a_step]. pack(p0, steps, col0, cols, out)
+// writes B's steps [p0, p0 + steps) of columns [col0, col0 + cols) as strips of NR columns, each
+// [step][NR] x kBStep / NR elements, zero past the last column. For each block of k the unit's strips,
+// packed together (most of L2), meet each MC rows of A while those rows are hot.
 template <class S, class Pack>
 void columns(int64_t m, int64_t n0, int64_t n1, int64_t steps, const typename S::A* a, int64_t a_row,
              int64_t a_step, const Pack& pack, float* c, int64_t ldc, bool accumulate,
@@ -118,37 +118,34 @@ void columns(int64_t m, int64_t n0, int64_t n1, int64_t steps, const typename S:
                                           micro_tile<3, S>, micro_tile<4, S>, micro_tile<5, S>,
                                           micro_tile<6, S>};
   const int64_t cols = n1 - n0, strips = (cols + NR - 1) / NR;
-  packed.resize(size_t(std::min(strips, GROUP) * KC_STEPS * S::kBStep));
+  packed.resize(size_t(strips * KC_STEPS * S::kBStep));
   for (int64_t p0 = 0; p0 < steps; p0 += KC_STEPS) {
     const int64_t block = std::min(KC_STEPS, steps - p0);
     const bool add_c = accumulate || p0 > 0;
-    for (int64_t g0 = 0; g0 < strips; g0 += GROUP) {
-      const int64_t g1 = std::min(strips, g0 + GROUP);
-      pack(p0, block, n0 + g0 * NR, std::min(cols, g1 * NR) - g0 * NR, packed.data());
-      for (int64_t i0 = 0; i0 < m; i0 += MC) {
-        const int64_t i1 = std::min(m, i0 + MC);
-        for (int64_t s = g0; s < g1; ++s) {
-          const typename S::B* strip = packed.data() + (s - g0) * block * S::kBStep;
-          const int width = int(std::min<int64_t>(NR, cols - s * NR));
-          float* cs = c + n0 + s * NR;
-          for (int64_t i = i0; i < i1; i += MR) {
-            const int rows = int(std::min<int64_t>(MR, i1 - i));
-            if (i + MR < i1)
-              prefetch_tile(cs + (i + MR) * ldc, ldc, std::min<int64_t>(MR, i1 - i - MR), width);
-            kTiles[rows](block, a + i * a_row + p0 * a_step, a_row, a_step, strip, cs + i * ldc, ldc, width,
-                         add_c);
-          }
+    pack(p0, block, n0, cols, packed.data());
+    for (int64_t i0 = 0; i0 < m; i0 += MC) {
+      const int64_t i1 = std::min(m, i0 + MC);
+      for (int64_t s = 0; s < strips; ++s) {
+        const typename S::B* strip = packed.data() + s * block * S::kBStep;
+        const int width = int(std::min<int64_t>(NR, cols - s * NR));
+        float* cs = c + n0 + s * NR;
+        for (int64_t i = i0; i < i1; i += MR) {
+          const int rows = int(std::min<int64_t>(MR, i1 - i));
+          if (i + MR < i1) prefetch_tile(cs + (i + MR) * ldc, ldc, std::min<int64_t>(MR, i1 - i - MR), width);
+          kTiles[rows](block, a + i * a_row + p0 * a_step, a_row, a_step, strip, cs + i * ldc, ldc, width,
+                       add_c);
         }
       }
     }
   }
 }
 
-// Threads for a product: at most one per strip of C; products under 2M multiply-adds stay on one.
+// Threads for a product: at most one per strip of C; products under 2M multiply-adds, and products
+// called from inside a parallel region (attention's heads), stay on one.
 inline int threads_for(int64_t m, int64_t n, int64_t k) {
+  if (omp_in_parallel() || m * n * k < (int64_t(1) << 21)) return 1;
   const int64_t strips = (n + NR - 1) / NR;
-  const int threads = int(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), strips)));
-  return m * n * k >= (int64_t(1) << 21) ? threads : 1;
+  return int(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), strips)));
 }
 
 // Called by every thread of a parallel region: C's columns in units of whole strips, handed out as the
@@ -156,7 +153,8 @@ inline int threads_for(int64_t m, int64_t n, int64_t k) {
 // thread woken late (under OMP_WAIT_POLICY=passive a sleeping thread can take a millisecond to run
 // on a shared machine) leaves its share to the others instead of making them wait for it.
 template <class F>
-void for_column_units(int64_t n, int threads, const F& f) {
+void for_column_units(int64_t n, const F& f) {
+  const int threads = omp_get_num_threads();
   const int64_t strips = (n + NR - 1) / NR;
   const int64_t per_unit =
       threads == 1 ? GROUP : std::clamp<int64_t>((strips + 4 * threads - 1) / (4 * threads), 1, GROUP);
