@@ -57,7 +57,6 @@ struct HeadProducts {
   explicit HeadProducts(bool bf16) : bf16(bf16) {}
   bool bf16;
   std::vector<uint16_t> k16, v16, q16, g16;  // the head's operands in bfloat16, row-major
-  std::vector<float> at;                     // a transposed block (A^T operands of the backward)
 
   // Rounds rows x cols of `src` (row stride ld) into `dst` when bf16.
   void keep(std::vector<uint16_t>& dst, const float* src, int64_t ld, int64_t rows, int64_t cols) {
@@ -94,29 +93,16 @@ struct HeadProducts {
                   int(ldb), accumulate ? 1.0f : 0.0f, c, int(ldc));
   }
   // C += A^T B with A [k, m] (row stride lda), B [k, n] (b16 from row b16_row0): dV += P^T dO, dK += dS^T Q.
-  // The BF16 kernel reads A by rows, so A is transposed into `at` first.
+  // Both kernels read A through its transpose (a_trans, strides) without a copy.
   void at_b_add(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
-                const std::vector<uint16_t>& b16, int64_t b16_row0, float* c, int64_t ldc) {
-    if (!bf16 && kernels::f32_gemm_suits(m, n, k)) {
+                const std::vector<uint16_t>& b16, int64_t b16_row0, float* c, int64_t ldc) const {
+    if (bf16)
+      kernels::gemm_f32_bf16(m, n, k, a, lda, b16.data() + b16_row0 * n, n, 1, c, ldc, true, true);
+    else if (kernels::f32_gemm_suits(m, n, k))
       kernels::gemm_f32(m, n, k, a, 1, lda, b, ldb, 1, c, ldc, true);
-      return;
-    }
-    if (!bf16) {
+    else
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(m), int(n), int(k), 1.0f, a, int(lda), b,
                   int(ldb), 1.0f, c, int(ldc));
-      return;
-    }
-    at.resize(size_t(m * k));
-    // In 16 x 16 tiles: a row-by-row transpose writes with a stride of k floats, and at k = 128 its
-    // 128 destination lines fall in 8 of L1's sets and evict each other (70% of the backward's own time).
-    constexpr int64_t kTile = 16;
-    for (int64_t r0 = 0; r0 < k; r0 += kTile)
-      for (int64_t j0 = 0; j0 < m; j0 += kTile) {
-        const int64_t r1 = std::min(k, r0 + kTile), j1 = std::min(m, j0 + kTile);
-        for (int64_t j = j0; j < j1; ++j)
-          for (int64_t r = r0; r < r1; ++r) at[size_t(j * k + r)] = a[r * lda + j];
-      }
-    kernels::gemm_f32_bf16(m, n, k, at.data(), k, b16.data() + b16_row0 * n, n, 1, c, ldc, true);
   }
 };
 

@@ -280,8 +280,7 @@ void gemm_f32_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
   static thread_local std::vector<uint16_t> a16;
   a16.resize(size_t(m * k_even));
   uint16_t* a16p = a16.data();
-  const int threads = tiles::threads_for(m, n, k);
-#pragma omp parallel if (threads > 1)
+#pragma omp parallel if (tiles::worth_threads(m, n, k))
   {
     // A's rows rounded in blocks of 64 (whole 16-row tiles of round_cols) handed out as the threads
     // come; the loop's end waits for all of them.

@@ -67,8 +67,7 @@ void gemm_f32(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, in
       for (int64_t i = 0; i < m; ++i) std::fill(c + i * ldc, c + i * ldc + n, 0.0f);
     return;
   }
-  const int threads = tiles::threads_for(m, n, k);
-#pragma omp parallel if (threads > 1)
+#pragma omp parallel if (tiles::worth_threads(m, n, k))
   {
     static thread_local std::vector<float> packed;
     const auto pack = [&](int64_t p0, int64_t steps, int64_t col0, int64_t cols, float* out) {

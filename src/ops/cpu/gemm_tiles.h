@@ -29,8 +29,8 @@ constexpr int NR = 64;  // columns of C per micro-tile: four zmm of 16 floats
 // are loaded and stored once per block: at 128 (a 32 KiB strip in L1) those passes over C cost 15-20%
 // of the bfloat16 kernel's speed on bert-base's shapes (bench/README.md has the figures).
 constexpr int64_t KC_STEPS = 384;
-constexpr int64_t MC = 96;    // rows of A swept over a group of strips while they are hot
-constexpr int64_t GROUP = 8;  // strips packed at once: 768 KiB, whatever n is
+constexpr int64_t MC = 96;    // rows of A swept over a unit's strips while they are hot
+constexpr int64_t GROUP = 8;  // strips in a unit, packed at once: 768 KiB, whatever n is
 
 // Masks of the first n lanes (n clamped to [0, 16] or [0, 32]).
 inline __mmask16 lanes16(int64_t n) {
@@ -140,12 +140,10 @@ void columns(int64_t m, int64_t n0, int64_t n1, int64_t steps, const typename S:
   }
 }
 
-// Threads for a product: at most one per strip of C; products under 2M multiply-adds, and products
-// called from inside a parallel region (attention's heads), stay on one.
-inline int threads_for(int64_t m, int64_t n, int64_t k) {
-  if (omp_in_parallel() || m * n * k < (int64_t(1) << 21)) return 1;
-  const int64_t strips = (n + NR - 1) / NR;
-  return int(std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), strips)));
+// Whether a product runs on a thread team: not under 2M multiply-adds, not on one strip of C, and
+// not when called from inside a parallel region (attention's heads) or with one thread allowed.
+inline bool worth_threads(int64_t m, int64_t n, int64_t k) {
+  return !omp_in_parallel() && omp_get_max_threads() > 1 && n > NR && m * n * k >= (int64_t(1) << 21);
 }
 
 // Called by every thread of a parallel region: C's columns in units of whole strips, handed out as the
