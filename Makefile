@@ -6,7 +6,7 @@ CUDA := $(shell test -x /usr/local/cuda/bin/nvcc && echo ON || echo OFF)
 # ccache when the machine has it (a developer's rebuilds); CI machines without it build as usual.
 CCACHE := $(shell command -v ccache >/dev/null 2>&1 && echo -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
 
-.PHONY: setup configure build cli python test demo bench clean test-sanitize test-tsan fuzz-build fuzz-smoke fuzz \
+.PHONY: setup configure build cli python test demo bench bench-full clean test-sanitize test-tsan fuzz-build fuzz-smoke fuzz \
 	test-robust
 
 setup:
@@ -36,8 +36,16 @@ demo: cli
 	@$(BUILD)/deltatune train --model assets/models/bert-mini \
 		--data assets/tasks/sentiment --method lora --out runs/demo --overwrite
 
+# Our training step against the PyTorch peer, like for like (bench/README.md): the mini shapes, quick.
+# BENCH_ARGS passes options on to bench/run, e.g. BENCH_ARGS='--precision bf16 --only "bert-mini lora"'.
+BENCH_ARGS ?=
 bench: build
-	@bench/run
+	@bench/run $(BENCH_ARGS)
+
+# The base shapes (bert-base, gpt2-124m, llama-160m; bench/README.md's "Latest figures"), each pair the
+# best of two alternated runs: about 15 minutes on 2 cores, best on an otherwise quiet machine.
+bench-full: build
+	@bench/run --full --steps 4 --warmup 1 --repeat 2 $(BENCH_ARGS)
 
 # --- robustness (docs/robustness.md) ----------------------------------------------------------
 # The sanitized build: clang, ASan + UBSan, libFuzzer coverage (cmake/Sanitizers.cmake).
