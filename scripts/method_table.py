@@ -17,9 +17,12 @@ with early stopping after --patience evaluations without improvement, the best d
 tunes the coordinates of a PCA subspace of the IA3 deltas trained on the *other* tasks (every IA3 run of
 the other tasks at the same K: at most runs - 1 directions, capped at 250), so its cells run after the
 IA3 cells. IA3, because its delta starts at the same point (scales of 1) whatever the seed: a PCA of
-LoRA's factors would mostly find the seeds' random initialisations of A, not what training learned. A finished cell (result.json) is skipped: rerun to resume.
-OUT/table.md, table.csv and plot.svg are rebuilt from every result.json at the end (--tables-only:
-only that).
+LoRA's factors would mostly find the seeds' random initialisations of A, not what training learned.
+`head` trains the classification head alone (a linear probe; every other method trains it too): the
+baseline row, left out of the best single method and compared with IA3 and the intrinsic methods.
+A finished cell (result.json) is skipped: rerun to resume.
+OUT/table.md, table.csv and plot_k*.svg are rebuilt from every result.json at the end (--tables-only:
+only that), with the cells of earlier table.csv files given with --with (a result.json wins).
 """
 import argparse
 import csv
@@ -40,6 +43,8 @@ CLI = os.environ.get("DELTATUNE_CLI", str(ROOT / "build" / "deltatune"))
 # tuning's a step higher as its literature uses.
 DELTA_RATES = [6e-4, 2e-3, 6e-3]
 METHODS = {
+    # The baseline every method includes: the classification head alone (a linear probe), rates around 5e-3.
+    "head": ({}, [2e-3, 6e-3, 2e-2]),
     "full": ({}, [3e-5, 1e-4, 3e-4]),
     "bitfit": ({}, DELTA_RATES),
     "houlsby": ({}, DELTA_RATES),
@@ -214,6 +219,11 @@ class Grid:
         return failures
 
 
+def number(value, spec):
+    """A table's number; a dash where a task's cell is missing (an average over the tasks then is too)."""
+    return "–" if math.isnan(value) else format(value, spec)
+
+
 def mean_std(values):
     if not values:
         return math.nan, math.nan
@@ -239,8 +249,7 @@ def reading(k, tasks, methods, cells):
         r = cells.get((t, k, m))
         if not r:
             return None
-        mean, std = mean_std([100 * v for v in r["test"]])
-        return mean, std, len(r["test"])
+        return r["mean"], r["std"], r["n"]
 
     def diff(a, b, t):
         sa, sb = stats(a, t), stats(b, t)
@@ -255,7 +264,7 @@ def reading(k, tasks, methods, cells):
         values = [stats(m, t) for t in tasks]
         return sum(v[0] for v in values) / len(values) if all(values) else math.nan
 
-    singles = [m for m in methods if not m.startswith("unipelt") and not math.isnan(avg(m))]
+    singles = [m for m in methods if not m.startswith("unipelt") and m != "head" and not math.isnan(avg(m))]
     lines = []
     if singles:
         best = max(singles, key=avg)
@@ -266,21 +275,41 @@ def reading(k, tasks, methods, cells):
         lines.append("|---|" + "---:|" * (len(tasks) + 1))
         pairs = [(u, best) for u in ("unipelt-ap", "unipelt-apl") if u in methods]
         pairs += [(i, "ia3") for i in ("intrinsic", "intrinsic-shared") if i in methods and "ia3" in methods]
+        # What the subspace adds over the head it trains with (the head alone is the baseline row).
+        pairs += [(i, "head") for i in ("ia3", "intrinsic", "intrinsic-shared") if i in methods and "head" in methods]
         for a, b in pairs:
             lines.append(f"| {a} − {b} | " + " | ".join(diff(a, b, t) for t in tasks) +
-                         f" | {avg(a) - avg(b):+.1f} |")
+                         f" | {number(avg(a) - avg(b), '+.1f')} |")
         lines.append("")
     return lines
 
 
-def write_tables(out, methods, task_dirs=(), max_test=0):
-    results = [json.loads(p.read_text()) for p in sorted(out.glob("*/k*/*/result.json"))]
-    if not results:
+def cell_record(r):
+    """A finished cell (its result.json) as the tables use it: test accuracy in %, mean and spread."""
+    mean, std = mean_std([100 * v for v in r["test"]])
+    return {"task": r["task"], "k": r["k"], "method": r["method"], "mean": mean, "std": std, "n": len(r["test"]),
+            "lr": r["lr"], "dev_mean": 100 * mean_std(r["dev"])[0],
+            "share": r["trainable_params"] / r["total_params"], "cell_seconds": r["cell_seconds"]}
+
+
+def csv_records(path):
+    """The cells of an earlier table.csv (--with): runs whose folders are no longer at hand."""
+    with open(path, newline="") as f:
+        return [{"task": row["task"], "k": int(row["k"]), "method": row["method"],
+                 "mean": float(row["test_mean"]), "std": float(row["test_std"]), "n": int(row["seeds"]),
+                 "lr": float(row["lr"]), "dev_mean": float(row["dev_mean"]),
+                 "share": float(row["trainable_share"]), "cell_seconds": float(row["cell_seconds"])}
+                for row in csv.DictReader(f)]
+
+
+def write_tables(out, methods, task_dirs=(), max_test=0, earlier=()):
+    records = [*earlier, *(cell_record(json.loads(p.read_text())) for p in sorted(out.glob("*/k*/*/result.json")))]
+    if not records:
         print("no finished cells yet", file=sys.stderr)
         return
-    tasks = sorted({r["task"] for r in results})
-    ks = sorted({r["k"] for r in results})
-    cells = {(r["task"], r["k"], r["method"]): r for r in results}
+    tasks = sorted({r["task"] for r in records})
+    ks = sorted({r["k"] for r in records})
+    cells = {(r["task"], r["k"], r["method"]): r for r in records}  # a cell's result.json wins over --with
     dirs = {pathlib.Path(d).name: pathlib.Path(d) for d in task_dirs}
     lines, rows = [], []
     for k in ks:
@@ -300,20 +329,19 @@ def write_tables(out, methods, task_dirs=(), max_test=0):
                 if not r:
                     parts.append("")
                     continue
-                mean, std = mean_std([100 * v for v in r["test"]])
+                mean, std = r["mean"], r["std"]
                 means.append(mean)
                 parts.append(f"{mean:.1f} ± {std:.1f}")
                 rates.append(f"{r['lr']:g}")
-                rows.append({"k": k, "method": m, "task": t, "test_mean": round(mean, 2), "test_std": round(std, 2),
-                             "seeds": len(r["test"]), "lr": r["lr"],
-                             "dev_mean": round(100 * mean_std(r["dev"])[0], 2),
-                             "trainable_share": round(r["trainable_params"] / r["total_params"], 5),
+                rows.append({"k": k, "method": m, "task": t, "test_mean": round(mean, 4), "test_std": round(std, 4),
+                             "seeds": r["n"], "lr": r["lr"], "dev_mean": round(r["dev_mean"], 2),
+                             "trainable_share": round(r["share"], 5),
                              "cell_seconds": r["cell_seconds"]})
             avg = sum(means) / len(means) if len(means) == len(tasks) else math.nan
             averages[m] = avg
-            share = next((cells[(t, k, m)]["trainable_params"] / cells[(t, k, m)]["total_params"]
+            share = next((cells[(t, k, m)]["share"]
                           for t in tasks if (t, k, m) in cells), math.nan)
-            lines.append(f"| {m} | " + " | ".join(parts) + f" | {avg:.1f} | {', '.join(rates)} | {100 * share:.2f}% |")
+            lines.append(f"| {m} | " + " | ".join(parts) + f" | {number(avg, '.1f')} | {', '.join(rates)} | {100 * share:.2f}% |")
         lines.append("")
         lines += reading(k, tasks, present, cells)
         write_plot(out, k, tasks, present, cells)
@@ -330,13 +358,15 @@ def write_plot(out, k, tasks, methods, cells):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    # Only the tasks with a finished cell at this K (a task still running at one K has none yet).
+    tasks = [t for t in tasks if any((t, k, m) in cells for m in methods)]
     fig, ax = plt.subplots(figsize=(10, 4))
     width = 0.8 / max(1, len(tasks))
     for i, t in enumerate(tasks):
         means, stds = [], []
         for m in methods:
             r = cells.get((t, k, m))
-            mean, std = mean_std([100 * v for v in r["test"]]) if r else (math.nan, math.nan)
+            mean, std = (r["mean"], r["std"]) if r else (math.nan, 0.0)
             means.append(mean)
             stds.append(std)
         xs = [j + (i - (len(tasks) - 1) / 2) * width for j in range(len(methods))]
@@ -368,7 +398,9 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="Threads per run")
     p.add_argument("--workers", type=int, default=1, help="Cells run side by side")
     p.add_argument("--out", required=True)
-    p.add_argument("--tables-only", action="store_true")
+    p.add_argument("--tables-only", action="store_true", help="Only rebuild OUT's tables and plots")
+    p.add_argument("--with", dest="earlier", action="append", default=[], metavar="CSV",
+                   help="An earlier table.csv whose cells join the tables (their run folders gone); repeatable")
     args = p.parse_args()
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:
@@ -381,7 +413,8 @@ def main():
         started = time.time()
         failures = Grid(args).run_all()
         print(f"grid finished in {time.time() - started:.0f} s", file=sys.stderr)
-    write_tables(out, args.methods.split(","), args.tasks.split(","), args.max_test)
+    earlier = [r for path in args.earlier for r in csv_records(path)]
+    write_tables(out, args.methods.split(","), args.tasks.split(","), args.max_test, earlier)
     for f in failures:
         print("FAILED:", f, file=sys.stderr)
     return 1 if failures else 0

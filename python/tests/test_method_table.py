@@ -47,3 +47,41 @@ def test_tiny_grid_writes_the_table_and_resumes(tmp_path):
     # A rerun finds every cell finished.
     again = run_table(out)
     assert again.stderr.count("done in 0 s") == 4
+
+
+def write_result(out, task, k, method, test, lr=2e-3):
+    cell = out / task / f"k{k}" / method
+    cell.mkdir(parents=True)
+    (cell / "result.json").write_text(json.dumps({
+        "task": task, "k": k, "method": method, "lr": lr, "test": test, "dev": test,
+        "trainable_params": 10, "total_params": 1000, "cell_seconds": 1.0}))
+
+
+def test_tables_merge_an_earlier_csv_and_mark_missing_cells(tmp_path):
+    """--tables-only --with CSV: an earlier table's cells (run folders gone) join this run's result.json
+    files, a result.json wins for the same cell, a task missing a cell leaves a dash for the average, and
+    the head-only baseline is compared with IA3 instead of being taken for the best single method."""
+    out = tmp_path / "grid"
+    write_result(out, "spam", 100, "ia3", [0.80, 0.90])
+    write_result(out, "spam", 100, "head", [0.70, 0.72])
+    write_result(out, "sentiment", 100, "ia3", [0.60, 0.62])  # wins over the CSV's 10.0 below
+    earlier = tmp_path / "earlier.csv"
+    fields = "k,method,task,test_mean,test_std,seeds,lr,dev_mean,trainable_share,cell_seconds"
+    earlier.write_text(fields + "\n" + "\n".join([
+        "100,ia3,sentiment,10.0,1.0,5,0.002,10.0,0.01,5.0",
+        "100,head,sentiment,55.0,2.0,5,0.006,55.0,0.001,5.0",
+        "100,lora,sentiment,58.0,1.5,5,0.002,58.0,0.02,5.0"]) + "\n")
+    tasks = ",".join(str(ROOT / "assets" / "tasks" / t) for t in ("sentiment", "spam"))
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tasks", tasks, "--out", str(out), "--tables-only",
+                           "--with", str(earlier)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    table = (out / "table.md").read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert rows["ia3"].startswith("| ia3 | 61.0 ± 1.4 | 85.0 ± 7.1 | 73.0 |")
+    assert rows["head"].startswith("| head | 55.0 ± 2.0 | 71.0 ± 1.4 | 63.0 |")
+    assert rows["lora"].startswith("| lora | 58.0 ± 1.5 |  | – |")  # no spam cell: no average
+    assert "Best single method by average: **ia3**" in table
+    assert rows["ia3 − head"].startswith("| ia3 − head | +6.0 ± ")
+    merged = {(r["method"], r["task"]): r for r in csv.DictReader(open(out / "table.csv"))}
+    assert merged[("ia3", "sentiment")]["seeds"] == "2" and merged[("lora", "sentiment")]["seeds"] == "5"
+    assert (out / "plot_k100.svg").stat().st_size > 1000
