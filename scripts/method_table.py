@@ -10,6 +10,8 @@ Each cell (task, K, method) is two `deltatune tune` studies, the same budget for
      method table's default), data seed 1, Hyperband pruning on the dev accuracy after every epoch;
   2. seeds/: the chosen rate again on data seeds 2..S (no pruning); with the chosen trial's seed 1
      these are the cell's S runs. Only dev chooses; the test accuracy is read, never used to choose.
+With --search-size the grid of step 1 also covers the method's main size knob (SIZE_KNOBS: LoRA's rank,
+the adapters' reduction factor, the number of prefix or prompt tokens), three values: nine trials.
 Every run: K training examples drawn with the seed, dev = the next --max-dev, up to --epochs epochs
 with early stopping after --patience evaluations without improvement, the best dev weights tested.
 
@@ -57,6 +59,16 @@ METHODS = {
     "unipelt-apl": ({}, DELTA_RATES),
     "intrinsic": ({"dim": 250, "delta": {"fixed": {"method": "ia3"}}}, [1e-2, 3e-2, 1e-1]),
     "intrinsic-shared": (None, [1e-2, 3e-2, 1e-1]),  # the subspace folder is filled in per task
+}
+# Each method's main size knob and the values --search-size grids over beside the learning rates (the
+# method table's default in the middle). Methods without one (full, head, BitFit, IA3) and the composite
+# or fixed-size ones (UniPELT, intrinsic at d = 250) keep a grid of rates alone.
+SIZE_KNOBS = {
+    "houlsby": ("reduction_factor", [8, 16, 32]),
+    "pfeiffer": ("reduction_factor", [8, 16, 32]),
+    "prefix": ("num_virtual_tokens", [5, 10, 20]),
+    "prompt": ("num_virtual_tokens", [4, 8, 16]),
+    "lora": ("r", [4, 8, 16]),
 }
 SHARED_FROM = "ia3"  # the method whose deltas on other tasks span the shared subspace (intrinsic's inner delta)
 MAX_SHARED_DIM = 250
@@ -108,7 +120,8 @@ class Grid:
              "--patience", a.patience, "--max-length", a.max_length, "--threads", a.threads,
              "--sampler", "grid", *extra], log)
 
-    def space(self, task, k, method, lr):
+    def space(self, task, k, method, lr, size=None):
+        """The tune space of a cell: the learning rate(s) and, where searched, the size knob's value(s)."""
         settings, _ = METHODS[method]
         if method == "intrinsic-shared":
             settings = {"subspace": {"fixed": str(self.subspace(task, k).resolve())}}
@@ -117,6 +130,8 @@ class Grid:
             name = method
         entry = dict(settings)
         entry["lr"] = lr
+        if size is not None:
+            entry[SIZE_KNOBS[method][0]] = size  # a list: one of the grid's axes; a value: fixed
         return {"methods": {name: entry}, "common": {"epochs": self.epochs.get(k, self.args.epochs)}}
 
     def subspace(self, task, k):
@@ -148,9 +163,10 @@ class Grid:
         log = cell / "log.txt"
         started = time.time()
         _, rates = METHODS[method]
-        # 1. The learning rate: a grid on data seed 1, pruned on dev.
-        self.tune(task, k, self.space(task, k, method, rates), cell / "lr", ["--trials", len(rates),
-                  "--data-seeds", "1"], log)
+        sizes = SIZE_KNOBS[method][1] if self.args.search_size and method in SIZE_KNOBS else None
+        # 1. The learning rate (and with --search-size the size knob): a grid on data seed 1, pruned on dev.
+        self.tune(task, k, self.space(task, k, method, rates, sizes), cell / "lr",
+                  ["--trials", len(rates) * len(sizes or [None]), "--data-seeds", "1"], log)
         import optuna
         lr_trials = load_trials(cell / "lr")
         complete = [t for t in lr_trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -158,13 +174,15 @@ class Grid:
             raise RuntimeError(f"{cell}: no learning rate completed")
         best = max(complete, key=lambda t: (t.value, -t.number))
         lr = next(v for name, v in best.params.items() if name.endswith(".lr"))
-        # 2. The chosen rate on the other data seeds.
+        size = next(v for name, v in best.params.items() if name.endswith("." + SIZE_KNOBS[method][0])) \
+            if sizes else None
+        # 2. The chosen rate (and size) on the other data seeds.
         seeds = list(range(2, self.args.seeds + 1))
         dev, test = list(best.user_attrs["scores"]), list(best.user_attrs.get("test_scores", []))
         runs = list(best.user_attrs["runs"])
         if seeds:
             seed_args = ["--data-seeds", ",".join(map(str, seeds))] if len(seeds) > 1 else ["--seed", seeds[0]]
-            self.tune(task, k, self.space(task, k, method, lr), cell / "seeds",
+            self.tune(task, k, self.space(task, k, method, lr, size), cell / "seeds",
                       ["--trials", 1, "--pruner", "none", *seed_args], log)
             again = [t for t in load_trials(cell / "seeds") if t.state == optuna.trial.TrialState.COMPLETE][0]
             dev += again.user_attrs["scores"]
@@ -173,15 +191,16 @@ class Grid:
         summaries = [json.loads((pathlib.Path(r) / "summary.json").read_text()) for r in runs]
         result = {
             "task": task.name, "k": k, "method": method, "lr": lr,
-            "lr_grid": {str(t.params.get(next(n for n in t.params if n.endswith(".lr")))):
-                        (t.value if t.state == optuna.trial.TrialState.COMPLETE else t.state.name.lower())
-                        for t in lr_trials},
+            "lr_grid": {grid_point(t.params): (t.value if t.state == optuna.trial.TrialState.COMPLETE
+                                                 else t.state.name.lower()) for t in lr_trials},
             "seeds": [1] + seeds, "dev": dev, "test": test,
             "updates": [s["steps"] for s in summaries],
             "trainable_params": summaries[0]["trainable_params"], "total_params": summaries[0]["total_params"],
             "train_seconds": [s["train_seconds"] for s in summaries],
             "cell_seconds": round(time.time() - started, 1),
         }
+        if sizes:
+            result["size"] = {SIZE_KNOBS[method][0]: size}
         result_file.write_text(json.dumps(result, indent=2) + "\n")
 
     def run_all(self):
@@ -222,6 +241,14 @@ class Grid:
 def number(value, spec):
     """A table's number; a dash where a task's cell is missing (an average over the tasks then is too)."""
     return "–" if math.isnan(value) else format(value, spec)
+
+
+def grid_point(params):
+    """A grid trial's name in result.json: its learning rate, and its size knob where one was searched."""
+    lr = next(v for name, v in params.items() if name.endswith(".lr"))
+    others = [f"{name.split('.', 1)[1]} {v}" for name, v in sorted(params.items())
+              if "." in name and not name.endswith(".lr")]
+    return ", ".join([str(lr), *others])
 
 
 def mean_std(values):
@@ -289,7 +316,8 @@ def cell_record(r):
     mean, std = mean_std([100 * v for v in r["test"]])
     return {"task": r["task"], "k": r["k"], "method": r["method"], "mean": mean, "std": std, "n": len(r["test"]),
             "lr": r["lr"], "dev_mean": 100 * mean_std(r["dev"])[0],
-            "share": r["trainable_params"] / r["total_params"], "cell_seconds": r["cell_seconds"]}
+            "share": r["trainable_params"] / r["total_params"], "cell_seconds": r["cell_seconds"],
+            "size": " ".join(f"{knob} {v}" for knob, v in r.get("size", {}).items())}
 
 
 def csv_records(path):
@@ -298,7 +326,8 @@ def csv_records(path):
         return [{"task": row["task"], "k": int(row["k"]), "method": row["method"],
                  "mean": float(row["test_mean"]), "std": float(row["test_std"]), "n": int(row["seeds"]),
                  "lr": float(row["lr"]), "dev_mean": float(row["dev_mean"]),
-                 "share": float(row["trainable_share"]), "cell_seconds": float(row["cell_seconds"])}
+                 "share": float(row["trainable_share"]), "cell_seconds": float(row["cell_seconds"]),
+                 "size": row.get("size", "")}
                 for row in csv.DictReader(f)]
 
 
@@ -311,11 +340,12 @@ def write_tables(out, methods, task_dirs=(), max_test=0, earlier=()):
     ks = sorted({r["k"] for r in records})
     cells = {(r["task"], r["k"], r["method"]): r for r in records}  # a cell's result.json wins over --with
     dirs = {pathlib.Path(d).name: pathlib.Path(d) for d in task_dirs}
+    chosen = "learning rates (sizes)" if any(r["size"] for r in records) else "learning rates"
     lines, rows = [], []
     for k in ks:
         present = [m for m in methods if any((t, k, m) in cells for t in tasks)]
         lines += [f"### K = {k}", "",
-                  "| method | " + " | ".join(tasks) + " | avg | chosen learning rates (column order) | trainable |",
+                  "| method | " + " | ".join(tasks) + f" | avg | chosen {chosen} (column order) | trainable |",
                   "|---|" + "---:|" * (len(tasks) + 3)]
         if dirs:
             shares = [100 * majority_share(dirs[t], max_test) if t in dirs else math.nan for t in tasks]
@@ -332,10 +362,10 @@ def write_tables(out, methods, task_dirs=(), max_test=0, earlier=()):
                 mean, std = r["mean"], r["std"]
                 means.append(mean)
                 parts.append(f"{mean:.1f} ± {std:.1f}")
-                rates.append(f"{r['lr']:g}")
+                rates.append(f"{r['lr']:g}" + (f" ({r['size']})" if r["size"] else ""))
                 rows.append({"k": k, "method": m, "task": t, "test_mean": round(mean, 4), "test_std": round(std, 4),
                              "seeds": r["n"], "lr": r["lr"], "dev_mean": round(r["dev_mean"], 2),
-                             "trainable_share": round(r["share"], 5),
+                             "trainable_share": round(r["share"], 5), "size": r["size"],
                              "cell_seconds": r["cell_seconds"]})
             avg = sum(means) / len(means) if len(means) == len(tasks) else math.nan
             averages[m] = avg
@@ -396,6 +426,8 @@ def main():
     p.add_argument("--max-test", type=int, default=1000)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=1, help="Threads per run")
+    p.add_argument("--search-size", action="store_true",
+                   help="Grid each method's main size knob (SIZE_KNOBS) beside its learning rates")
     p.add_argument("--workers", type=int, default=1, help="Cells run side by side")
     p.add_argument("--out", required=True)
     p.add_argument("--tables-only", action="store_true", help="Only rebuild OUT's tables and plots")

@@ -85,3 +85,21 @@ def test_tables_merge_an_earlier_csv_and_mark_missing_cells(tmp_path):
     merged = {(r["method"], r["task"]): r for r in csv.DictReader(open(out / "table.csv"))}
     assert merged[("ia3", "sentiment")]["seeds"] == "2" and merged[("lora", "sentiment")]["seeds"] == "5"
     assert (out / "plot_k100.svg").stat().st_size > 1000
+
+
+def test_search_size_grids_the_size_knob_beside_the_rate(tmp_path):
+    """--search-size: LoRA's cell grids three ranks x three rates on seed 1, and the chosen rank is the one
+    the other seeds train with and the table shows."""
+    out = tmp_path / "grid"
+    task = str(ROOT / "assets" / "tasks" / "sentiment")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tasks", task, "--k", "16", "--methods", "lora",
+                           "--seeds", "2", "--epochs", "1", "--patience", "2", "--max-dev", "8", "--max-test", "8",
+                           "--max-length", "32", "--search-size", "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    cell = json.loads((out / "sentiment" / "k16" / "lora" / "result.json").read_text())
+    assert len(cell["lr_grid"]) == 9 and {key.split(", ")[1] for key in cell["lr_grid"]} == {"r 4", "r 8", "r 16"}
+    rank = cell["size"]["r"]
+    assert rank in (4, 8, 16)
+    seeds_space = json.loads((out / "sentiment" / "k16" / "lora" / "seeds" / "space.json").read_text())
+    assert seeds_space["methods"]["lora"]["r"] == rank and seeds_space["methods"]["lora"]["lr"] == cell["lr"]
+    assert f"({'r'} {rank})" in (out / "table.md").read_text()
