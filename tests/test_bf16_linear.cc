@@ -5,6 +5,7 @@
 // Products on the kernel are opt-in (ops::set_matmul_precision); without it a bfloat16 weight is
 // widened (tests/test_models.cc: a half-precision checkpoint gives the float32 outputs).
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 
@@ -78,6 +79,49 @@ TEST(Bf16Gemm, EqualsDoubleSumsOfTheRoundedOperandsForEveryShapeAndLayout) {
             }
   EXPECT_GT(cases, 1300);
   EXPECT_LT(worst.relative, 1e-5);  // float32 sums; a wrong element or a missed pair is O(1)
+}
+
+// A C narrower than the threads have column units for (n up to 64 on two threads, 100 on three or four)
+// splits its rows among them as well: every element must still equal the double sum of the rounded
+// operands, with the same bits on 1 to 4 threads.
+TEST(Bf16Gemm, NarrowProductsSplitRowsWithTheSameBits) {
+  if (!ops::kernels::bf16_gemm_available())
+    GTEST_SKIP() << "no AVX-512 BF16 on this CPU: the kernel does not run";
+  Generator gen(9);
+  const int before = omp_get_max_threads();
+  const int64_t m = 500, k = 301;
+  for (int64_t n : {17, 64, 100})
+    for (bool a_trans : {false, true}) {
+      const std::vector<float> a = randoms(size_t(m * k), gen);
+      std::vector<uint16_t> b(size_t(k * n));
+      for (auto& v : b) v = f32_to_bf16(gen.normal());
+      std::vector<float> first;
+      for (int threads : {1, 2, 3, 4}) {
+        omp_set_num_threads(threads);
+        std::vector<float> c(size_t(m * n), std::nanf(""));
+        ops::kernels::gemm_f32_bf16(m, n, k, a.data(), a_trans ? m : k, b.data(), 1, k, c.data(), n, false,
+                                    a_trans);
+        if (first.empty()) {
+          first = c;
+          Worst worst;
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < n; ++j) {
+              double exact = 0, magnitude = 0;
+              for (int64_t kk = 0; kk < k; ++kk) {
+                const double p = double(round_bf16(a[size_t(a_trans ? kk * m + i : i * k + kk)])) *
+                                 double(bf16_to_f32(b[size_t(j * k + kk)]));
+                exact += p;
+                magnitude += std::fabs(p);
+              }
+              worst.add(c[size_t(i * n + j)], exact, magnitude);
+            }
+          EXPECT_LT(worst.relative, 1e-5) << n << " columns";
+        } else {
+          EXPECT_EQ(c, first) << n << " columns, " << threads << " threads";
+        }
+      }
+    }
+  omp_set_num_threads(before);
 }
 
 double worst_diff(const Tensor& a, const Tensor& b) {

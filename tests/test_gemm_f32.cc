@@ -110,19 +110,25 @@ TEST(F32Gemm, TheBitsDoNotDependOnTheThreads) {
   if (!ops::kernels::f32_gemm_available()) GTEST_SKIP() << "no AVX-512 on this CPU: the kernel does not run";
   Generator gen(12);
   ThreadCount restore;
-  for (bool a_trans : {false, true}) {
-    const Product p = product(300, 1100, 900, a_trans, 1, 0, gen);
-    std::vector<float> first;
-    for (int threads : {1, 2, 3, 4}) {
-      omp_set_num_threads(threads);
-      std::vector<float> c(size_t(p.m * p.n), 0.0f);
-      p.run(c, false);
-      if (first.empty())
-        first = c;
-      else
-        ASSERT_EQ(c, first) << threads << " threads";
+  // A wide C (columns split among the threads) and narrow ones with fewer column units than threads
+  // (rows split too, in blocks of 96 rows that 500 and 450 do not fill), one with a padded row stride.
+  struct Shape {
+    int64_t m, n, k, pad;
+  };
+  for (const Shape& s : {Shape{300, 1100, 900, 0}, Shape{500, 100, 700, 0}, Shape{450, 64, 300, 3}})
+    for (bool a_trans : {false, true}) {
+      const Product p = product(s.m, s.n, s.k, a_trans, 1, s.pad, gen);
+      std::vector<float> first;
+      for (int threads : {1, 2, 3, 4}) {
+        omp_set_num_threads(threads);
+        std::vector<float> c(size_t(p.m * p.ldc()), 0.0f);
+        p.run(c, false);
+        if (first.empty())
+          first = c;
+        else
+          ASSERT_EQ(c, first) << s.m << " x " << s.n << " x " << s.k << ", " << threads << " threads";
+      }
     }
-  }
 }
 
 TEST(F32Gemm, OnlyShapesWorthPackingGoToTheKernel) {

@@ -27,17 +27,18 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Multiply-adds of one pass over all heads: below kParallelWork a thread team costs more than it saves.
 int64_t work(const AttentionProblem& p) { return p.b * p.h * p.t * p.s * (p.d + p.dv); }
 
-// While every thread runs its own per-head GEMMs, BLAS must run single-threaded on each. The OpenMP build
-// of OpenBLAS (the one we link) does so by itself inside a parallel region, but a process can hold the
-// pthread build instead: libopenblas.so.0 loaded first by another library (numpy, in the Python module)
-// is the one we get. So its thread count is lowered around the region. In the OpenMP build that call
-// also sets OpenMP's count (openblas_set_num_threads calls omp_set_num_threads), so the region then runs
-// on one thread. Naming the team size instead (num_threads) ran attention on every core, but concurrent
-// forwards from several threads (tests/test_concurrent_forward.cc) then spun forever under clang's
-// libomp in the sanitized build; until that is understood the region keeps the lowered count.
+// While every thread runs its own per-head GEMMs, BLAS must run single-threaded on each (the heads'
+// products mostly run on our kernels, which see the region and stay on their thread; shapes that do not
+// suit them go to OpenBLAS). The OpenMP build of OpenBLAS (the one we link) does so by itself inside a
+// parallel region, but a process can hold the pthread build instead: libopenblas.so.0 loaded first by
+// another library (numpy, in the Python module) is the one we get, and its own threads would then
+// multiply ours. So in that build alone its thread count is lowered around the region. Not in the
+// OpenMP build: there openblas_set_num_threads also sets OpenMP's count, and the region would run on one
+// thread (as it did until 2026-12-05: attention was serial on every core count).
 class BlasSingleThread {
  public:
-  explicit BlasSingleThread(bool on) : on_(on) {
+  // openblas_get_parallel(): 0 sequential, 1 pthreads, 2 OpenMP.
+  explicit BlasSingleThread(bool on) : on_(on && openblas_get_parallel() == 1) {
     if (on_) openblas_set_num_threads(1);
   }
   ~BlasSingleThread() {

@@ -296,9 +296,10 @@ void gemm_f32_bf16(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
     const auto pack = [&](int64_t p0, int64_t pairs, int64_t col0, int64_t cols, uint16_t* out) {
       pack_b(b, b_k, b_n, k, p0, pairs, col0, cols, out);
     };
-    tiles::for_column_units(n, [&](int64_t n0, int64_t n1) {
-      tiles::columns<tiles::Bf16Step>(m, n0, n1, k_even / 2, reinterpret_cast<const uint32_t*>(a16p),
-                                      k_even / 2, 1, pack, c, ldc, accumulate, packed);
+    tiles::for_units(m, n, [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+      tiles::columns<tiles::Bf16Step>(r1 - r0, n0, n1, k_even / 2,
+                                      reinterpret_cast<const uint32_t*>(a16p) + r0 * (k_even / 2), k_even / 2,
+                                      1, pack, c + r0 * ldc, ldc, accumulate, packed);
     });
   }
 }

@@ -73,8 +73,9 @@ void gemm_f32(int64_t m, int64_t n, int64_t k, const float* a, int64_t a_row, in
     const auto pack = [&](int64_t p0, int64_t steps, int64_t col0, int64_t cols, float* out) {
       pack_b(b, b_k, b_n, p0, steps, col0, cols, out);
     };
-    tiles::for_column_units(n, [&](int64_t n0, int64_t n1) {
-      tiles::columns<tiles::F32Step>(m, n0, n1, k, a, a_row, a_col, pack, c, ldc, accumulate, packed);
+    tiles::for_units(m, n, [&](int64_t r0, int64_t r1, int64_t n0, int64_t n1) {
+      tiles::columns<tiles::F32Step>(r1 - r0, n0, n1, k, a + r0 * a_row, a_row, a_col, pack, c + r0 * ldc,
+                                     ldc, accumulate, packed);
     });
   }
 }

@@ -5,7 +5,7 @@
 // kernels on an AVX-512 CPU, at about half the instruction's rate. This kernel runs AVX-512 wherever
 // the CPU has it, and sums each element of C in k's order, so its bits do not depend on the threads.
 // CpuBackend::gemm uses it for products big enough to pay for packing (f32_gemm_suits) and OpenBLAS
-// for the rest (skinny LoRA factors, single rows) and on CPUs without AVX-512.
+// for the rest (LoRA factors of rank under 64, single rows) and on CPUs without AVX-512.
 #include <cstdint>
 
 namespace deltatune::ops::kernels {

@@ -73,8 +73,8 @@ struct F32Step {
 
 // C[R rows, up to 64 columns] (+)= A's rows x a packed B strip over `steps` steps; A's element
 // (row r, step p) is a[r * a_row + p * a_step]. The block's sum starts from zero and is added to C
-// at the end (with add_c), as BLAS adds alpha A B to beta C: a bias already in C joins the sum last,
-// not first, so the products are not summed against its magnitude.
+// at the end (with add_c), as BLAS adds alpha A B to beta C: a bias already in C joins the first k
+// block's sum, not its products one by one (with one k block, k <= 384 pairs or floats, it joins last).
 template <int R, class S>
 DT_TILES_TARGET void micro_tile(int64_t steps, const typename S::A* a, int64_t a_row, int64_t a_step,
                                 const typename S::B* b, float* c, int64_t ldc, int width, bool add_c) {
@@ -103,7 +103,7 @@ DT_TILES_TARGET void micro_tile(int64_t steps, const typename S::A* a, int64_t a
     }
 }
 
-// One unit of work: columns [n0, n1) of C (at most GROUP strips: for_column_units) over all m rows,
+// One unit of work: columns [n0, n1) of C (at most GROUP strips: for_units) over m rows,
 // `steps` steps of k. A's element (i, p) is a[i * a_row + p * a_step]. pack(p0, steps, col0, cols, out)
 // writes B's steps [p0, p0 + steps) of columns [col0, col0 + cols) as strips of NR columns, each
 // [step][NR] x kBStep / NR elements, zero past the last column. For each block of k the unit's strips,
@@ -140,25 +140,39 @@ void columns(int64_t m, int64_t n0, int64_t n1, int64_t steps, const typename S:
   }
 }
 
-// Whether a product runs on a thread team: not under 2M multiply-adds, not on one strip of C, and
-// not when called from inside a parallel region (attention's heads) or with one thread allowed.
+// Whether a product runs on a thread team: not under 2M multiply-adds, not on one strip of C unless it
+// has rows enough to split, and not when called from inside a parallel region (attention's heads) or
+// with one thread allowed.
 inline bool worth_threads(int64_t m, int64_t n, int64_t k) {
-  return !omp_in_parallel() && omp_get_max_threads() > 1 && n > NR && m * n * k >= (int64_t(1) << 21);
+  return !omp_in_parallel() && omp_get_max_threads() > 1 && (n > NR || m >= 2 * MC) &&
+         m * n * k >= (int64_t(1) << 21);
 }
 
-// Called by every thread of a parallel region: C's columns in units of whole strips, handed out as the
-// threads come for them, f(n0, n1) each. About four units a thread (at most GROUP strips), so that a
-// thread woken late (under OMP_WAIT_POLICY=passive a sleeping thread can take a millisecond to run
-// on a shared machine) leaves its share to the others instead of making them wait for it.
+// Called by every thread of a parallel region: C in units of whole strips of columns, handed out as
+// the threads come for them, f(r0, r1, n0, n1) each for rows [r0, r1) and columns [n0, n1). About four
+// column units a thread (at most GROUP strips), so that a thread woken late (under
+// OMP_WAIT_POLICY=passive a sleeping thread can take a millisecond to run on a shared machine) leaves
+// its share to the others instead of making them wait for it. Where C has fewer column units than
+// threads (a narrow C: n = 64 to 128 on two threads, 768 on sixteen) its rows are split too, in whole
+// blocks of MC rows, so that no thread sits idle; each row block packs its strips again, which costs
+// little on a B that narrow. Every element of C is still one unit's k-ordered sum: the same bits.
 template <class F>
-void for_column_units(int64_t n, const F& f) {
+void for_units(int64_t m, int64_t n, const F& f) {
   const int threads = omp_get_num_threads();
   const int64_t strips = (n + NR - 1) / NR;
   const int64_t per_unit =
       threads == 1 ? GROUP : std::clamp<int64_t>((strips + 4 * threads - 1) / (4 * threads), 1, GROUP);
-  const int64_t units = (strips + per_unit - 1) / per_unit;
+  const int64_t col_units = (strips + per_unit - 1) / per_unit;
+  const int64_t row_blocks = (m + MC - 1) / MC;
+  const int64_t row_parts = col_units >= threads ? 1 : std::min<int64_t>(row_blocks, 2 * threads);
+  const int64_t part_rows = (row_blocks + row_parts - 1) / row_parts * MC;
+  const int64_t row_units = (m + part_rows - 1) / part_rows;
 #pragma omp for schedule(dynamic, 1)
-  for (int64_t u = 0; u < units; ++u) f(std::min(n, u * per_unit * NR), std::min(n, (u + 1) * per_unit * NR));
+  for (int64_t u = 0; u < col_units * row_units; ++u) {
+    const int64_t cu = u / row_units, ru = u % row_units;
+    f(ru * part_rows, std::min(m, (ru + 1) * part_rows), std::min(n, cu * per_unit * NR),
+      std::min(n, (cu + 1) * per_unit * NR));
+  }
 }
 
 }  // namespace deltatune::ops::kernels::tiles
