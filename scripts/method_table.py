@@ -98,7 +98,7 @@ class Grid:
         self.args = args
         self.out = pathlib.Path(args.out)
         self.tasks = [pathlib.Path(t) for t in args.tasks.split(",")]
-        self.ks = [int(k) for k in args.k.split(",")]
+        self.ks = [int(k) for k in (args.k or "100").split(",")]
         self.methods = args.methods.split(",")
         self.epochs = {int(k): int(e) for k, e in (p.split(":") for p in args.k_epochs.split(","))} \
             if args.k_epochs else {}
@@ -331,11 +331,13 @@ def csv_records(path):
                 for row in csv.DictReader(f)]
 
 
-def write_tables(out, methods, task_dirs=(), max_test=0, earlier=()):
+def write_tables(out, methods, task_dirs=(), max_test=0, earlier=(), ks=None):
     records = [*earlier, *(cell_record(json.loads(p.read_text())) for p in sorted(out.glob("*/k*/*/result.json")))]
+    records = [r for r in records if ks is None or r["k"] in ks]
     if not records:
         print("no finished cells yet", file=sys.stderr)
         return
+    out.mkdir(parents=True, exist_ok=True)  # --tables-only --with into a folder of its own
     tasks = sorted({r["task"] for r in records})
     ks = sorted({r["k"] for r in records})
     cells = {(r["task"], r["k"], r["method"]): r for r in records}  # a cell's result.json wins over --with
@@ -365,7 +367,7 @@ def write_tables(out, methods, task_dirs=(), max_test=0, earlier=()):
                 rates.append(f"{r['lr']:g}" + (f" ({r['size']})" if r["size"] else ""))
                 rows.append({"k": k, "method": m, "task": t, "test_mean": round(mean, 4), "test_std": round(std, 4),
                              "seeds": r["n"], "lr": r["lr"], "dev_mean": round(r["dev_mean"], 2),
-                             "trainable_share": round(r["share"], 5), "size": r["size"],
+                             "trainable_share": round(r["share"], 7), "size": r["size"],
                              "cell_seconds": r["cell_seconds"]})
             avg = sum(means) / len(means) if len(means) == len(tasks) else math.nan
             averages[m] = avg
@@ -416,7 +418,7 @@ def main():
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--model", default=str(ROOT / "assets" / "models" / "bert-mini"))
     p.add_argument("--tasks", required=True, help="Task folders, comma-separated")
-    p.add_argument("--k", default="100", help="K-shot sizes, comma-separated")
+    p.add_argument("--k", help="K-shot sizes, comma-separated (default 100); the tables then show only these")
     p.add_argument("--methods", default=",".join(METHODS), help="Methods, comma-separated (default: all)")
     p.add_argument("--seeds", type=int, default=5, help="Data seeds per cell (1..S)")
     p.add_argument("--epochs", type=int, default=50, help="Most epochs per run")
@@ -446,7 +448,8 @@ def main():
         failures = Grid(args).run_all()
         print(f"grid finished in {time.time() - started:.0f} s", file=sys.stderr)
     earlier = [r for path in args.earlier for r in csv_records(path)]
-    write_tables(out, args.methods.split(","), args.tasks.split(","), args.max_test, earlier)
+    ks = {int(k) for k in args.k.split(",")} if args.k else None
+    write_tables(out, args.methods.split(","), args.tasks.split(","), args.max_test, earlier, ks)
     for f in failures:
         print("FAILED:", f, file=sys.stderr)
     return 1 if failures else 0

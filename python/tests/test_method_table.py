@@ -85,6 +85,17 @@ def test_tables_merge_an_earlier_csv_and_mark_missing_cells(tmp_path):
     merged = {(r["method"], r["task"]): r for r in csv.DictReader(open(out / "table.csv"))}
     assert merged[("ia3", "sentiment")]["seeds"] == "2" and merged[("lora", "sentiment")]["seeds"] == "5"
     assert (out / "plot_k100.svg").stat().st_size > 1000
+    # --k keeps the tables to those K, and the tables may go to a folder of their own.
+    write_result(out, "spam", 1000, "ia3", [0.95, 0.96])
+    alone = tmp_path / "k100"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tasks", tasks, "--out", str(out), "--tables-only",
+                           "--k", "100"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "### K = 100" in done.stdout and "K = 1000" not in done.stdout
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tasks", tasks, "--out", str(alone), "--tables-only",
+                           "--with", str(earlier)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| lora | 58.0 ± 1.5 |" in (alone / "table.md").read_text()
 
 
 def test_search_size_grids_the_size_knob_beside_the_rate(tmp_path):
