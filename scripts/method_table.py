@@ -100,6 +100,8 @@ class Grid:
         self.tasks = [pathlib.Path(t) for t in args.tasks.split(",")]
         self.ks = [int(k) for k in (args.k or "100").split(",")]
         self.methods = args.methods.split(",")
+        # The tasks whose IA3 runs span the shared subspace (their cells under --out): --tasks unless given.
+        self.shared_from = [pathlib.Path(t) for t in args.shared_from.split(",")] if args.shared_from else []
         self.epochs = {int(k): int(e) for k, e in (p.split(":") for p in args.k_epochs.split(","))} \
             if args.k_epochs else {}
         self.done = {}  # (task, k, method) -> threading.Event
@@ -140,10 +142,11 @@ class Grid:
         if (folder / "subspace.json").exists():
             return folder
         deltas = []
-        for other in self.tasks:
+        for other in self.shared_from or self.tasks:
             if other.name == task.name:
                 continue
-            self.done[(other.name, k, SHARED_FROM)].wait()
+            if (other.name, k, SHARED_FROM) in self.done:  # a cell of this grid: wait until it is finished
+                self.done[(other.name, k, SHARED_FROM)].wait()
             trials = self.cell_dir(other, k, SHARED_FROM)
             deltas += sorted(p for p in trials.glob("*/trials/*/seed*/delta") if (p / "delta_config.json").exists())
         if len(deltas) < 3:
@@ -431,6 +434,9 @@ def main():
     p.add_argument("--search-size", action="store_true",
                    help="Grid each method's main size knob (SIZE_KNOBS) beside its learning rates")
     p.add_argument("--workers", type=int, default=1, help="Cells run side by side")
+    p.add_argument("--shared-from", metavar="TASKS",
+                   help="Task folders whose finished IA3 cells (under --out) span intrinsic-shared's subspace, "
+                        "comma-separated (default: the other --tasks); a task's own cells never count")
     p.add_argument("--out", required=True)
     p.add_argument("--tables-only", action="store_true", help="Only rebuild OUT's tables and plots")
     p.add_argument("--with", dest="earlier", action="append", default=[], metavar="CSV",
@@ -439,8 +445,10 @@ def main():
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)} (known: {', '.join(METHODS)})")
-    if "intrinsic-shared" in args.methods.split(",") and SHARED_FROM not in args.methods.split(","):
-        p.error(f"intrinsic-shared needs {SHARED_FROM} in --methods (its subspace is fitted on those deltas)")
+    if "intrinsic-shared" in args.methods.split(",") and SHARED_FROM not in args.methods.split(",") \
+            and not args.shared_from:
+        p.error(f"intrinsic-shared needs {SHARED_FROM} in --methods, or --shared-from (its subspace is fitted on "
+                f"those deltas)")
     out = pathlib.Path(args.out)
     failures = []
     if not args.tables_only:

@@ -47,6 +47,19 @@ def test_tiny_grid_writes_the_table_and_resumes(tmp_path):
     # A rerun finds every cell finished.
     again = run_table(out)
     assert again.stderr.count("done in 0 s") == 4
+    # A task added later (here sentiment again, its shared cell removed) fits its subspace from the named
+    # tasks' finished IA3 cells under --out (--shared-from), without running them in this grid.
+    import shutil
+    shutil.rmtree(out / "sentiment" / "k16" / "intrinsic-shared")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tasks", str(ROOT / "assets" / "tasks" / "sentiment"),
+                           "--shared-from", str(ROOT / "assets" / "tasks" / "defmatch"), "--k", "16", "--methods",
+                           "intrinsic-shared", "--seeds", "2", "--epochs", "1", "--patience", "2", "--max-dev", "8",
+                           "--max-test", "8", "--max-length", "32", "--out", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (out / "sentiment" / "k16" / "intrinsic-shared" / "result.json").exists()
+    log = (out / "sentiment" / "k16" / "intrinsic-shared" / "log.txt").read_text()
+    fit = next(line for line in log.splitlines() if "subspace fit" in line)
+    assert "/defmatch/" in fit and "/sentiment/" not in fit.split("--out")[0]
 
 
 def write_result(out, task, k, method, test, lr=2e-3):
