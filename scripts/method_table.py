@@ -166,7 +166,7 @@ class Grid:
         log = cell / "log.txt"
         started = time.time()
         _, rates = METHODS[method]
-        sizes = SIZE_KNOBS[method][1] if self.args.search_size and method in SIZE_KNOBS else None
+        knob, sizes = SIZE_KNOBS[method] if self.args.search_size and method in SIZE_KNOBS else (None, None)
         # 1. The learning rate (and with --search-size the size knob): a grid on data seed 1, pruned on dev.
         self.tune(task, k, self.space(task, k, method, rates, sizes), cell / "lr",
                   ["--trials", len(rates) * len(sizes or [None]), "--data-seeds", "1"], log)
@@ -177,8 +177,7 @@ class Grid:
             raise RuntimeError(f"{cell}: no learning rate completed")
         best = max(complete, key=lambda t: (t.value, -t.number))
         lr = next(v for name, v in best.params.items() if name.endswith(".lr"))
-        size = next(v for name, v in best.params.items() if name.endswith("." + SIZE_KNOBS[method][0])) \
-            if sizes else None
+        size = next(v for name, v in best.params.items() if name.endswith("." + knob)) if knob else None
         # 2. The chosen rate (and size) on the other data seeds.
         seeds = list(range(2, self.args.seeds + 1))
         dev, test = list(best.user_attrs["scores"]), list(best.user_attrs.get("test_scores", []))
@@ -202,8 +201,8 @@ class Grid:
             "train_seconds": [s["train_seconds"] for s in summaries],
             "cell_seconds": round(time.time() - started, 1),
         }
-        if sizes:
-            result["size"] = {SIZE_KNOBS[method][0]: size}
+        if knob:
+            result["size"] = {knob: size}
         result_file.write_text(json.dumps(result, indent=2) + "\n")
 
     def run_all(self):

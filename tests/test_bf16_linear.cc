@@ -37,6 +37,25 @@ struct Worst {
   }
 };
 
+// Adds to `worst` every element of the kernel's C [m, n] against the double sum of the rounded operands:
+// A [m, k] rows or stored transposed ([k, m]), B's element (p, j) at b[p * b_k + j * b_n], plus c0 where
+// the product accumulated (c0 non-null).
+void check_against_double_sums(Worst& worst, int64_t m, int64_t n, int64_t k, const std::vector<float>& a,
+                               bool a_trans, const std::vector<uint16_t>& b, int64_t b_k, int64_t b_n,
+                               const float* c0, const std::vector<float>& c) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double exact = c0 ? c0[i * n + j] : 0.0, magnitude = std::fabs(exact);
+      for (int64_t kk = 0; kk < k; ++kk) {
+        const double p = double(round_bf16(a[size_t(a_trans ? kk * m + i : i * k + kk)])) *
+                         double(bf16_to_f32(b[size_t(kk * b_k + j * b_n)]));
+        exact += p;
+        magnitude += std::fabs(p);
+      }
+      worst.add(c[size_t(i * n + j)], exact, magnitude);
+    }
+}
+
 TEST(Bf16Gemm, EqualsDoubleSumsOfTheRoundedOperandsForEveryShapeAndLayout) {
   if (!ops::kernels::bf16_gemm_available()) {
     EXPECT_FALSE(ops::bf16_linear_available());  // and the linear tests below check the float32 path
@@ -64,17 +83,8 @@ TEST(Bf16Gemm, EqualsDoubleSumsOfTheRoundedOperandsForEveryShapeAndLayout) {
               std::vector<float> c = c0;
               ops::kernels::gemm_f32_bf16(m, n, k, a.data(), a_trans ? m : k, b.data(), b_k, b_n, c.data(), n,
                                           accumulate, a_trans);
-              for (int64_t i = 0; i < m; ++i)
-                for (int64_t j = 0; j < n; ++j) {
-                  double exact = accumulate ? c0[size_t(i * n + j)] : 0.0, magnitude = std::fabs(exact);
-                  for (int64_t kk = 0; kk < k; ++kk) {
-                    const double p = double(round_bf16(a[size_t(a_trans ? kk * m + i : i * k + kk)])) *
-                                     double(bf16_to_f32(b[size_t(kk * b_k + j * b_n)]));
-                    exact += p;
-                    magnitude += std::fabs(p);
-                  }
-                  worst.add(c[size_t(i * n + j)], exact, magnitude);
-                }
+              check_against_double_sums(worst, m, n, k, a, a_trans, b, b_k, b_n,
+                                        accumulate ? c0.data() : nullptr, c);
               ++cases;
             }
   EXPECT_GT(cases, 1300);
@@ -104,17 +114,7 @@ TEST(Bf16Gemm, NarrowProductsSplitRowsWithTheSameBits) {
         if (first.empty()) {
           first = c;
           Worst worst;
-          for (int64_t i = 0; i < m; ++i)
-            for (int64_t j = 0; j < n; ++j) {
-              double exact = 0, magnitude = 0;
-              for (int64_t kk = 0; kk < k; ++kk) {
-                const double p = double(round_bf16(a[size_t(a_trans ? kk * m + i : i * k + kk)])) *
-                                 double(bf16_to_f32(b[size_t(j * k + kk)]));
-                exact += p;
-                magnitude += std::fabs(p);
-              }
-              worst.add(c[size_t(i * n + j)], exact, magnitude);
-            }
+          check_against_double_sums(worst, m, n, k, a, a_trans, b, 1, k, nullptr, c);
           EXPECT_LT(worst.relative, 1e-5) << n << " columns";
         } else {
           EXPECT_EQ(c, first) << n << " columns, " << threads << " threads";
