@@ -22,7 +22,7 @@ IA3 cells. IA3, because its delta starts at the same point (scales of 1) whateve
 LoRA's factors would mostly find the seeds' random initialisations of A, not what training learned.
 `head` trains the classification head alone (a linear probe; every other method trains it too): the
 baseline row, left out of the best single method and compared with IA3 and the intrinsic methods.
-A finished cell (result.json) is skipped: rerun to resume.
+A finished cell (result.json, or a row of a --with table) is skipped: rerun to resume.
 OUT/table.md, table.csv and plot_k*.svg are rebuilt from every result.json at the end (--tables-only:
 only that), with the cells of earlier table.csv files given with --with (a result.json wins).
 """
@@ -94,8 +94,10 @@ def load_trials(study_dir):
 
 
 class Grid:
-    def __init__(self, args):
+    def __init__(self, args, earlier=()):
         self.args = args
+        # Cells of the --with tables are finished (their run folders gone, e.g. on another machine).
+        self.finished_before = {(r["task"], r["k"], r["method"]) for r in earlier}
         self.out = pathlib.Path(args.out)
         self.tasks = [pathlib.Path(t) for t in args.tasks.split(",")]
         self.ks = [int(k) for k in (args.k or "100").split(",")]
@@ -160,7 +162,7 @@ class Grid:
     def run_cell(self, task, k, method):
         cell = self.cell_dir(task, k, method)
         result_file = cell / "result.json"
-        if result_file.exists():
+        if result_file.exists() or (task.name, k, method) in self.finished_before:
             return
         cell.mkdir(parents=True, exist_ok=True)
         log = cell / "log.txt"
@@ -439,7 +441,8 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--tables-only", action="store_true", help="Only rebuild OUT's tables and plots")
     p.add_argument("--with", dest="earlier", action="append", default=[], metavar="CSV",
-                   help="An earlier table.csv whose cells join the tables (their run folders gone); repeatable")
+                   help="An earlier table.csv whose cells join the tables and are not run again (their run folders "
+                        "gone); repeatable")
     args = p.parse_args()
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:
@@ -450,11 +453,11 @@ def main():
                 f"those deltas)")
     out = pathlib.Path(args.out)
     failures = []
+    earlier = [r for path in args.earlier for r in csv_records(path)]
     if not args.tables_only:
         started = time.time()
-        failures = Grid(args).run_all()
+        failures = Grid(args, earlier).run_all()
         print(f"grid finished in {time.time() - started:.0f} s", file=sys.stderr)
-    earlier = [r for path in args.earlier for r in csv_records(path)]
     ks = {int(k) for k in args.k.split(",")} if args.k else None
     write_tables(out, args.methods.split(","), args.tasks.split(","), args.max_test, earlier, ks)
     for f in failures:

@@ -4,6 +4,7 @@ fitted on the other task's IA3 deltas; the tables, the comparisons and the plot 
 skips finished cells."""
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -127,3 +128,19 @@ def test_search_size_grids_the_size_knob_beside_the_rate(tmp_path):
     seeds_space = json.loads((out / "sentiment" / "k16" / "lora" / "seeds" / "space.json").read_text())
     assert seeds_space["methods"]["lora"]["r"] == rank and seeds_space["methods"]["lora"]["lr"] == cell["lr"]
     assert f"({'r'} {rank})" in (out / "table.md").read_text()
+
+
+def test_cells_of_an_earlier_table_are_not_run_again(tmp_path):
+    """A cell given by --with (finished in an earlier session, its run folder gone) is skipped like a cell
+    with a result.json: nothing runs, and the table shows the earlier figures."""
+    out = tmp_path / "grid"
+    earlier = tmp_path / "earlier.csv"
+    earlier.write_text("k,method,task,test_mean,test_std,seeds,lr,dev_mean,trainable_share,cell_seconds\n"
+                       "16,ia3,sentiment,61.5,0.5,2,0.002,60.0,0.01,5.0\n")
+    done = subprocess.run([sys.executable, str(SCRIPT), "--tasks", str(ROOT / "assets" / "tasks" / "sentiment"),
+                           "--k", "16", "--methods", "ia3", "--seeds", "2", "--out", str(out), "--with", str(earlier)],
+                          capture_output=True, text=True, env={**os.environ, "DELTATUNE_CLI": "/nonexistent/deltatune"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "sentiment K=16 ia3: done in 0 s" in done.stderr
+    assert not (out / "sentiment").exists()
+    assert "| ia3 | 61.5 ± 0.5 |" in (out / "table.md").read_text()
