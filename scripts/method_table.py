@@ -10,6 +10,9 @@ Each cell (task, K, method) is two `deltatune tune` studies, the same budget for
      method table's default), data seed 1, Hyperband pruning on the dev accuracy after every epoch;
   2. seeds/: the chosen rate again on data seeds 2..S (no pruning); with the chosen trial's seed 1
      these are the cell's S runs. Only dev chooses; the test accuracy is read, never used to choose.
+With --choose-seeds N each grid trial of step 1 trains on data seeds 1..N and scores their mean dev
+accuracy (one seed's dev picks noise from a large grid: docs/method_comparison.md, the size knob);
+step 2 then runs seeds N+1..S.
 With --search-size the grid of step 1 also covers the method's main size knob (SIZE_KNOBS: LoRA's rank,
 the adapters' reduction factor, the number of prefix or prompt tokens), three values: nine trials.
 Every run: K training examples drawn with the seed, dev = the next --max-dev, up to --epochs epochs
@@ -169,9 +172,11 @@ class Grid:
         started = time.time()
         _, rates = METHODS[method]
         knob, sizes = SIZE_KNOBS[method] if self.args.search_size and method in SIZE_KNOBS else (None, None)
-        # 1. The learning rate (and with --search-size the size knob): a grid on data seed 1, pruned on dev.
+        # 1. The learning rate (and with --search-size the size knob): a grid on data seeds 1..N (N = 1 by
+        #    default), pruned on dev.
+        choose = self.args.choose_seeds
         self.tune(task, k, self.space(task, k, method, rates, sizes), cell / "lr",
-                  ["--trials", len(rates) * len(sizes or [None]), "--data-seeds", "1"], log)
+                  ["--trials", len(rates) * len(sizes or [None]), "--data-seeds", choose], log)
         import optuna
         lr_trials = load_trials(cell / "lr")
         complete = [t for t in lr_trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -181,7 +186,7 @@ class Grid:
         lr = next(v for name, v in best.params.items() if name.endswith(".lr"))
         size = next(v for name, v in best.params.items() if name.endswith("." + knob)) if knob else None
         # 2. The chosen rate (and size) on the other data seeds.
-        seeds = list(range(2, self.args.seeds + 1))
+        seeds = list(range(choose + 1, self.args.seeds + 1))
         dev, test = list(best.user_attrs["scores"]), list(best.user_attrs.get("test_scores", []))
         runs = list(best.user_attrs["runs"])
         if seeds:
@@ -197,7 +202,7 @@ class Grid:
             "task": task.name, "k": k, "method": method, "lr": lr,
             "lr_grid": {grid_point(t.params): (t.value if t.state == optuna.trial.TrialState.COMPLETE
                                                  else t.state.name.lower()) for t in lr_trials},
-            "seeds": [1] + seeds, "dev": dev, "test": test,
+            "seeds": list(range(1, choose + 1)) + seeds, "dev": dev, "test": test,
             "updates": [s["steps"] for s in summaries],
             "trainable_params": summaries[0]["trainable_params"], "total_params": summaries[0]["total_params"],
             "train_seconds": [s["train_seconds"] for s in summaries],
@@ -434,6 +439,9 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="Threads per run")
     p.add_argument("--search-size", action="store_true",
                    help="Grid each method's main size knob (SIZE_KNOBS) beside its learning rates")
+    p.add_argument("--choose-seeds", type=int, default=1, metavar="N",
+                   help="Data seeds 1..N each grid trial trains on, its score their mean dev accuracy (default 1: "
+                        "seed 1 alone chooses, as the committed tables); the cell's other seeds then run")
     p.add_argument("--workers", type=int, default=1, help="Cells run side by side")
     p.add_argument("--shared-from", metavar="TASKS",
                    help="Task folders whose finished IA3 cells (under --out) span intrinsic-shared's subspace, "
@@ -444,6 +452,8 @@ def main():
                    help="An earlier table.csv whose cells join the tables and are not run again (their run folders "
                         "gone); repeatable")
     args = p.parse_args()
+    if not 1 <= args.choose_seeds <= args.seeds:
+        p.error(f"--choose-seeds {args.choose_seeds} must be between 1 and --seeds ({args.seeds})")
     unknown = set(args.methods.split(",")) - set(METHODS)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)} (known: {', '.join(METHODS)})")

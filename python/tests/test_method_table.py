@@ -144,3 +144,24 @@ def test_cells_of_an_earlier_table_are_not_run_again(tmp_path):
     assert "sentiment K=16 ia3: done in 0 s" in done.stderr
     assert not (out / "sentiment").exists()
     assert "| ia3 | 61.5 ± 0.5 |" in (out / "table.md").read_text()
+
+
+def test_choose_seeds_scores_each_grid_trial_on_several_seeds(tmp_path):
+    """--choose-seeds 2: every learning-rate trial trains on data seeds 1 and 2 and scores their mean dev
+    accuracy; only seed 3 runs afterwards, and the cell still has its three runs. Out of range: refused."""
+    out = tmp_path / "grid"
+    common = [sys.executable, str(SCRIPT), "--tasks", str(ROOT / "assets" / "tasks" / "sentiment"), "--k", "16",
+              "--methods", "ia3", "--seeds", "3", "--epochs", "1", "--patience", "2", "--max-dev", "8",
+              "--max-test", "8", "--max-length", "32", "--out", str(out)]
+    done = subprocess.run(common + ["--choose-seeds", "2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    cell_dir = out / "sentiment" / "k16" / "ia3"
+    cell = json.loads((cell_dir / "result.json").read_text())
+    assert cell["seeds"] == [1, 2, 3] and len(cell["test"]) == 3 and len(cell["dev"]) == 3
+    trials = [sorted(p.name for p in trial.iterdir()) for trial in (cell_dir / "lr" / "trials").iterdir()]
+    assert ["seed1", "seed2"] in trials and all(t[0] == "seed1" for t in trials)  # a pruned trial may stop early
+    grid_value = cell["lr_grid"][f"{cell['lr']:g}"]
+    assert grid_value == pytest.approx(sum(cell["dev"][:2]) / 2)
+    assert [p.name for p in (cell_dir / "seeds" / "trials" / "0000").iterdir()] == ["seed3"]
+    refused = subprocess.run(common + ["--choose-seeds", "4"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--choose-seeds 4 must be between 1 and --seeds (3)" in refused.stderr
