@@ -202,7 +202,7 @@ class Grid:
             "task": task.name, "k": k, "method": method, "lr": lr,
             "lr_grid": {grid_point(t.params): (t.value if t.state == optuna.trial.TrialState.COMPLETE
                                                  else t.state.name.lower()) for t in lr_trials},
-            "seeds": list(range(1, choose + 1)) + seeds, "dev": dev, "test": test,
+            "seeds": list(range(1, self.args.seeds + 1)), "dev": dev, "test": test,
             "updates": [s["steps"] for s in summaries],
             "trainable_params": summaries[0]["trainable_params"], "total_params": summaries[0]["total_params"],
             "train_seconds": [s["train_seconds"] for s in summaries],
