@@ -13,6 +13,8 @@ Each cell (task, K, method) is two `deltatune tune` studies, the same budget for
 With --choose-seeds N each grid trial of step 1 trains on data seeds 1..N and scores their mean dev
 accuracy (one seed's dev picks noise from a large grid: docs/method_comparison.md, the size knob);
 step 2 then runs seeds N+1..S.
+With --grid-pruner none every trial of step 1 trains to the end (Hyperband, the default, favours the
+grid's first points in a small grid: docs/method_comparison.md, the size knob).
 With --search-size the grid of step 1 also covers the method's main size knob (SIZE_KNOBS: LoRA's rank,
 the adapters' reduction factor, the number of prefix or prompt tokens), three values: nine trials.
 Every run: K training examples drawn with the seed, dev = the next --max-dev, up to --epochs epochs
@@ -176,7 +178,8 @@ class Grid:
         #    default), pruned on dev.
         choose = self.args.choose_seeds
         self.tune(task, k, self.space(task, k, method, rates, sizes), cell / "lr",
-                  ["--trials", len(rates) * len(sizes or [None]), "--data-seeds", choose], log)
+                  ["--trials", len(rates) * len(sizes or [None]), "--data-seeds", choose,
+                   "--pruner", self.args.grid_pruner], log)
         import optuna
         lr_trials = load_trials(cell / "lr")
         complete = [t for t in lr_trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -442,6 +445,10 @@ def main():
     p.add_argument("--choose-seeds", type=int, default=1, metavar="N",
                    help="Data seeds 1..N each grid trial trains on, its score their mean dev accuracy (default 1: "
                         "seed 1 alone chooses, as the committed tables); the cell's other seeds then run")
+    p.add_argument("--grid-pruner", choices=["hyperband", "none"], default="hyperband",
+                   help="The grid study's pruner (default hyperband, as the committed tables). Optuna's Hyperband "
+                        "promotes a trial at a rung only past the best trials before it there, so in a small grid it "
+                        "prunes the late grid points most; none: every grid point trains to the end")
     p.add_argument("--workers", type=int, default=1, help="Cells run side by side")
     p.add_argument("--shared-from", metavar="TASKS",
                    help="Task folders whose finished IA3 cells (under --out) span intrinsic-shared's subspace, "

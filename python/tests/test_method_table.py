@@ -165,3 +165,26 @@ def test_choose_seeds_scores_each_grid_trial_on_several_seeds(tmp_path):
     assert [p.name for p in (cell_dir / "seeds" / "trials" / "0000").iterdir()] == ["seed3"]
     refused = subprocess.run(common + ["--choose-seeds", "4"], capture_output=True, text=True)
     assert refused.returncode == 2 and "--choose-seeds 4 must be between 1 and --seeds (3)" in refused.stderr
+
+
+def test_grid_pruner_none_trains_every_grid_point_to_the_end(tmp_path):
+    """--grid-pruner none: the learning-rate study runs without a pruner, so every grid trial completes and
+    the grid shows a dev accuracy for each; the default hands tune Hyperband."""
+    common = [sys.executable, str(SCRIPT), "--tasks", str(ROOT / "assets" / "tasks" / "sentiment"), "--k", "16",
+              "--methods", "ia3", "--seeds", "1", "--epochs", "3", "--patience", "3", "--max-dev", "8",
+              "--max-test", "8", "--max-length", "32"]
+    for pruner, out in (("none", tmp_path / "none"), (None, tmp_path / "default")):
+        done = subprocess.run(common + ["--out", str(out)] + (["--grid-pruner", pruner] if pruner else []),
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout + done.stderr
+        cell_dir = out / "sentiment" / "k16" / "ia3"
+        grid_call = next(line for line in (cell_dir / "log.txt").read_text().splitlines()
+                         if " tune " in line and "/lr" in line)
+        assert f"--pruner {pruner or 'hyperband'}" in grid_call
+    cell = json.loads((tmp_path / "none" / "sentiment" / "k16" / "ia3" / "result.json").read_text())
+    assert len(cell["lr_grid"]) == 3 and all(isinstance(v, float) for v in cell["lr_grid"].values())
+    trials = sorted((tmp_path / "none" / "sentiment" / "k16" / "ia3" / "lr" / "trials").iterdir())
+    assert len(trials) == 3
+    refused = subprocess.run(common + ["--out", str(tmp_path / "x"), "--grid-pruner", "median"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "--grid-pruner" in refused.stderr
