@@ -175,7 +175,7 @@ class Grid:
         _, rates = METHODS[method]
         knob, sizes = SIZE_KNOBS[method] if self.args.search_size and method in SIZE_KNOBS else (None, None)
         # 1. The learning rate (and with --search-size the size knob): a grid on data seeds 1..N (N = 1 by
-        #    default), pruned on dev.
+        #    default), pruned on dev by --grid-pruner (Hyperband unless none).
         choose = self.args.choose_seeds
         self.tune(task, k, self.space(task, k, method, rates, sizes), cell / "lr",
                   ["--trials", len(rates) * len(sizes or [None]), "--data-seeds", choose,
